@@ -1,0 +1,166 @@
+"""Tests for tuning/save.py: PEFT-format round trips, clear errors, atomic saves."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tasktune.errors import ConfigError
+from tuning import save as save_module
+from tuning.prefix import PrefixConfig, attach_prefix
+from tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+
+P = 4
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def _ids():
+    return torch.randint(3, 250, (2, 6), generator=torch.Generator().manual_seed(1))
+
+
+def _trained_tuner(path, projection=False, seed=0):
+    """A tuner whose prefix is random (as if trained), on a fresh copy of the base."""
+    torch.manual_seed(seed)
+    model = _load(path)
+    config = PrefixConfig(pre_seq_len=P, prefix_projection=projection, prefix_hidden_size=24)
+    return attach_prefix(model, config)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+@pytest.mark.parametrize("arch", ["glm", "llama", "qwen2"])
+@pytest.mark.parametrize("projection", [False, True])
+def test_peft_loads_our_adapter_with_same_logits(tiny_model_dir, tmp_path, arch, projection):
+    from peft import PeftModel
+
+    path = tiny_model_dir(arch)
+    tuner = _trained_tuner(path, projection)
+    out = save_adapter(tuner, tmp_path / "run", base_model=str(path))
+    peft_model = PeftModel.from_pretrained(_load(path), out).eval()
+    ids = _ids()
+    torch.testing.assert_close(_logits(peft_model, ids), _logits(tuner.model, ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_round_trip_gives_same_logits_and_resumes(tiny_model_dir, tmp_path, projection):
+    path = tiny_model_dir("glm4")
+    tuner = _trained_tuner(path, projection)
+    save_adapter(tuner, tmp_path, base_model="tiny-glm4", extra={"seed": 7, "prompt_template": "grid"})
+    ids = _ids()
+    frozen = load_adapter(_load(path), tmp_path)
+    assert frozen.trainable_parameters() == 0 and not frozen.config.prefix_projection
+    torch.testing.assert_close(_logits(frozen.model, ids), _logits(tuner.model, ids), rtol=1e-5, atol=1e-5)
+    resumed = load_adapter(_load(path), tmp_path, is_trainable=True)
+    assert resumed.config.prefix_projection == projection and resumed.trainable_parameters() > 0
+    for key, value in tuner.encoder.state_dict().items():
+        assert torch.equal(resumed.encoder.state_dict()[key], value)
+    record = json.loads((tmp_path / RECORD_NAME).read_text())
+    assert record["base_model"] == "tiny-glm4" and record["extra"] == {"seed": 7, "prompt_template": "grid"}
+    assert record["prefix"]["pre_seq_len"] == P and record["tasktune_version"]
+    assert set(record["sha256"]) == ({WEIGHTS_NAME, ENCODER_NAME} if projection else {WEIGHTS_NAME})
+
+
+def test_we_load_an_adapter_saved_by_peft(tiny_model_dir, tmp_path):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    path = tiny_model_dir("llama")
+    torch.manual_seed(3)
+    peft_model = get_peft_model(_load(path), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P)).eval()
+    peft_model.save_pretrained(tmp_path)
+    tuner = load_adapter(_load(path), tmp_path)
+    ids = _ids()
+    torch.testing.assert_close(_logits(tuner.model, ids), _logits(peft_model, ids), rtol=1e-4, atol=1e-4)
+
+
+def test_mismatched_base_model_is_a_clear_error(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model_dir("llama")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    other_config = _load(path).config
+    other_config.num_hidden_layers = 3
+    other = AutoModelForCausalLM.from_config(other_config)
+    with pytest.raises(ConfigError, match=r"different base model.*2 layers.*3 layers"):
+        load_adapter(other, tmp_path)
+    assert not hasattr(other, "tasktune_prefix_encoder")
+
+
+def test_mismatched_pre_seq_len_is_a_clear_error(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["num_virtual_tokens"] = P + 2
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"pre_seq_len=6"):
+        load_adapter(_load(path), tmp_path)
+
+
+def test_truncated_weights_name_the_file(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    weights = tmp_path / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=WEIGHTS_NAME):
+        load_adapter(_load(path), tmp_path)
+
+
+def test_missing_folder_and_config_are_clear_errors(tiny_model_dir, tmp_path):
+    model = _load(tiny_model_dir("glm"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_adapter(model, tmp_path / "nope")
+    with pytest.raises(ConfigError, match=CONFIG_NAME):
+        load_adapter(model, tmp_path)
+
+
+def test_crash_mid_save_leaves_previous_adapter_loadable(tiny_model_dir, tmp_path, monkeypatch):
+    path = tiny_model_dir("glm")
+    first = _trained_tuner(path, seed=0)
+    save_adapter(first, tmp_path, base_model="tiny")
+    (tmp_path / "train_log.jsonl").write_text("{}\n")  # the run folder's other files survive saves
+    ids = _ids()
+    expected = _logits(first.model, ids)
+
+    calls, real_replace = [], os.replace
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # weights moved in, then the disk fills up
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(save_module.os, "replace", crash_on_second)
+    with pytest.raises(OSError):
+        save_adapter(_trained_tuner(path, seed=1), tmp_path, base_model="tiny")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="interrupted save"):  # new weights landed, old record stayed
+        loaded = load_adapter(_load(path), tmp_path)
+    assert not torch.allclose(_logits(loaded.model, ids), expected)  # a complete, loadable adapter
+    assert (tmp_path / "train_log.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tasktune-save-")]  # staging cleaned up
+
+    monkeypatch.setattr(save_module.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError):
+        save_adapter(_trained_tuner(path, seed=2), tmp_path, base_model="tiny")
+    monkeypatch.undo()
+    untouched = load_adapter(_load(path), tmp_path)  # crash before any file moved: previous save intact
+    assert torch.equal(_logits(untouched.model, ids), _logits(loaded.model, ids))
+
+
+def test_projection_adapter_from_peft_cannot_resume_without_mlp(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path, projection=True), tmp_path, base_model="tiny")
+    (tmp_path / ENCODER_NAME).unlink()
+    with pytest.raises(ConfigError, match="cannot resume"):
+        load_adapter(_load(path), tmp_path, is_trainable=True)
+    assert load_adapter(_load(path), tmp_path).trainable_parameters() == 0

@@ -1,0 +1,167 @@
+"""Load the frozen base: a causal LM (or sequence classifier) by hub id or local path, 4/8-bit or not, and its tokenizer.
+
+Weights come from safetensors only unless the caller opts in to pickle files (`allow_pickle=True`);
+remote code runs only with `trust_remote_code=True`. Errors the user can fix are `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasktune.errors import ConfigError
+
+TASKS = ("causal-lm", "classification")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _check_source(name_or_path: str) -> Path | None:
+    """The local folder, or None for a hub id; a path-like name that does not exist is a ConfigError."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model path {path} is a file; give the folder that holds config.json")
+        return path
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if looks_local:
+        raise ConfigError(f"model path {path} does not exist")
+    return None
+
+
+def _check_weights(folder: Path, allow_pickle: bool) -> None:
+    has_safe = any((folder / name).exists() for name in SAFE_WEIGHTS)
+    has_pickle = any((folder / name).exists() for name in PICKLE_WEIGHTS)
+    if not has_safe and has_pickle and not allow_pickle:
+        raise ConfigError(
+            f"{folder} holds only pickle weights (pytorch_model.bin), which can run code when loaded; convert them "
+            "to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    if not has_safe and not has_pickle:
+        raise ConfigError(f"{folder} has no model weights (model.safetensors or pytorch_model.bin)")
+
+
+def build_quantization(quantization_bit: int | None):
+    """BitsAndBytesConfig for 4-bit NF4 (double quant, bf16 compute) or 8-bit LLM.int8, None for full precision."""
+    if quantization_bit is None:
+        return None
+    if quantization_bit not in (4, 8):
+        raise ConfigError(f"quantization_bit must be 4, 8 or None, got {quantization_bit!r}")
+    try:
+        import bitsandbytes  # noqa: F401  (fail here with a clear message, not deep inside from_pretrained)
+    except ImportError:
+        raise ConfigError(
+            f"quantization_bit={quantization_bit} needs bitsandbytes: pip install 'bitsandbytes>=0.45', "
+            "or run without quantization"
+        ) from None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization_bit == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _resolve_dtype(dtype, quantization_bit):
+    import torch
+
+    if dtype is None:
+        # Quantized: the non-quantized parts (norms, embeddings) in bf16 like the compute dtype; else as saved.
+        return torch.bfloat16 if quantization_bit == 4 else (torch.float16 if quantization_bit == 8 else "auto")
+    if isinstance(dtype, str) and dtype != "auto":
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
+        return value
+    return dtype
+
+
+def _default_quantized_device_map():
+    """bitsandbytes layers must be created on their device: this process's GPU (LOCAL_RANK under torchrun), else CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return None
+
+
+def load_model(
+    name_or_path,
+    *,
+    quantization_bit: int | None = None,
+    dtype=None,
+    trust_remote_code: bool = False,
+    device_map=None,
+    allow_pickle: bool = False,
+    task: str = "causal-lm",
+    attn_implementation: str = "sdpa",
+    **model_kwargs,
+):
+    """Load a frozen base model in eval mode. `task`: "causal-lm" (AutoModelForCausalLM) or "classification"
+    (AutoModelForSequenceClassification; pass e.g. num_labels=3). `attn_implementation`: "sdpa" or "eager"
+    (what the prefix can wrap). Extra keywords go to `from_pretrained`."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    name = str(name_or_path)
+    folder = _check_source(name)
+    if folder is not None:
+        _check_weights(folder, allow_pickle)
+    quantization = build_quantization(quantization_bit)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    kwargs = dict(
+        dtype=_resolve_dtype(dtype, quantization_bit),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if allow_pickle else True,
+        attn_implementation=attn_implementation,
+        **model_kwargs,
+    )
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device_map is None and quantization is not None:
+        device_map = _default_quantized_device_map()
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = auto.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if "trust_remote_code" in text and not trust_remote_code:
+            raise ConfigError(
+                f"{name} needs its own modeling code; pass trust_remote_code=True (--trust-remote-code) "
+                "only if you trust it"
+            ) from None
+        where = "local folder" if folder is not None else "hub id (is it spelled right, and is the hub reachable?)"
+        raise ConfigError(f"could not load model {name} ({where}): {text.splitlines()[0] if text else exc}") from None
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_side: str = "left"):
+    """AutoTokenizer with a pad token: if the tokenizer has none, pad = eos (the pad positions are masked
+    out, so reusing eos is harmless). `padding_side` "left" suits batched generation."""
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    name = str(name_or_path)
+    _check_source(name)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load the tokenizer of {name}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"the tokenizer of {name} has neither a pad nor an eos token; add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer

@@ -1,0 +1,213 @@
+"""Save and load a prefix adapter in PEFT's PREFIX_TUNING format, plus a tasktune reproduction record.
+
+A folder holds `adapter_config.json` + `adapter_model.safetensors` (key `prompt_embeddings`, shape
+(P, num_layers * 2 * kv_heads * head_dim), the projection already applied, as peft saves with
+inference_mode=True), so `peft.PeftModel.from_pretrained(base, folder)` loads it. With a projection, the
+MLP weights go to `tasktune_prefix_encoder.safetensors` too, so training can resume. `tasktune_adapter.json`
+records how the adapter was made (base model, prefix options, geometry, caller's `extra`, weight hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from tasktune import __version__
+from tasktune.errors import ConfigError
+from tuning.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
+
+CONFIG_NAME = "adapter_config.json"  # peft's file names
+WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_KEY = "prompt_embeddings"
+ENCODER_NAME = "tasktune_prefix_encoder.safetensors"  # full encoder (projection MLP), ours only
+RECORD_NAME = "tasktune_adapter.json"
+RECORD_FORMAT = 1
+
+
+def _task_type(model) -> str:
+    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+
+
+def build_peft_config(tuner: PrefixTuner, base_model: str):
+    """The peft `PrefixTuningConfig` that describes `tuner` (inference_mode: weights are the final K/V)."""
+    from peft import PrefixTuningConfig
+
+    shape, cfg = tuner.shape, tuner.config
+    return PrefixTuningConfig(
+        task_type=_task_type(tuner.model),
+        base_model_name_or_path=base_model,
+        num_virtual_tokens=cfg.pre_seq_len,
+        num_layers=shape.num_layers,
+        num_attention_heads=shape.num_kv_heads,  # peft's GQA rule: kv heads, token_dim = kv_heads * head_dim
+        token_dim=shape.token_dim,
+        num_transformer_submodules=1,
+        encoder_hidden_size=cfg.prefix_hidden_size if cfg.prefix_projection else shape.token_dim,
+        prefix_projection=cfg.prefix_projection,
+        inference_mode=True,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | None = None) -> Path:
+    """Write the adapter into `out_dir` (created if needed; other files there are left alone); return it.
+
+    Files are written to a temporary folder inside `out_dir`, then moved in one by one with os.replace
+    (weights first, record last), so every file is always complete: an interrupted save leaves the previous
+    adapter loadable (at worst new weights with the old record, which `load_adapter` warns about).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tasktune-save-", dir=out) as tmp:
+        staging = Path(tmp)
+        with torch.no_grad():
+            flat = tuner.encoder.flat().detach().to("cpu", torch.float32).contiguous()
+            save_file({WEIGHTS_KEY: flat}, staging / WEIGHTS_NAME, metadata={"format": "pt"})
+            names = [WEIGHTS_NAME]
+            if tuner.config.prefix_projection:
+                state = {k: v.detach().to("cpu").contiguous() for k, v in tuner.encoder.state_dict().items()}
+                save_file(state, staging / ENCODER_NAME, metadata={"format": "pt"})
+                names.append(ENCODER_NAME)
+        build_peft_config(tuner, base_model).save_pretrained(str(staging))
+        names.append(CONFIG_NAME)
+        record = {
+            "format": RECORD_FORMAT,
+            "tasktune_version": __version__,
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": base_model,
+            "prefix": dataclasses.asdict(tuner.config),
+            "shape": dataclasses.asdict(tuner.shape),
+            "sha256": {name: _sha256(staging / name) for name in names if name.endswith(".safetensors")},
+            "extra": extra or {},
+        }
+        (staging / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+        names.append(RECORD_NAME)
+        _fsync_tree(staging)
+        for name in names:
+            os.replace(staging / name, out / name)
+        if not tuner.config.prefix_projection and (out / ENCODER_NAME).exists():
+            (out / ENCODER_NAME).unlink()  # stale MLP from an earlier projection run
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (not an adapter folder written by tasktune or peft)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing adapter weights")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on truncated or corrupt files
+        raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def _check_geometry(peft_config: dict, model, config_path: Path) -> None:
+    shape = read_prefix_shape(model.config)
+    want = {
+        "num_layers": shape.num_layers,
+        "num_attention_heads": shape.num_kv_heads,
+        "token_dim": shape.token_dim,
+    }
+    got = {key: peft_config.get(key) for key in want}
+    if got != want:
+        raise ConfigError(
+            f"{config_path}: adapter made for a different base model: it has {got['num_layers']} layers x "
+            f"{got['num_attention_heads']} kv heads (token_dim {got['token_dim']}), the model has "
+            f"{want['num_layers']} layers x {want['num_attention_heads']} kv heads (token_dim {want['token_dim']})"
+        )
+
+
+def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTuner:
+    """Attach the prefix saved in `adapter_dir` (by `save_adapter` or peft) to `model`.
+
+    Not trainable: the encoder is the flat (P, width) prompt_embeddings, frozen (as peft's inference_mode).
+    Trainable: the encoder trains on; a projection adapter then needs ENCODER_NAME (tasktune-saved).
+    """
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"adapter folder {folder} does not exist")
+    config_path = folder / CONFIG_NAME
+    peft_config = _read_json(config_path)
+    if peft_config.get("peft_type") != "PREFIX_TUNING":
+        raise ConfigError(f"{config_path}: peft_type is {peft_config.get('peft_type')!r}, expected 'PREFIX_TUNING'")
+    if peft_config.get("num_transformer_submodules", 1) != 1:
+        raise ConfigError(f"{config_path}: encoder-decoder prefixes (num_transformer_submodules=2) are not supported")
+    _check_geometry(peft_config, model, config_path)
+    record = _read_json(folder / RECORD_NAME) if (folder / RECORD_NAME).exists() else {}
+    saved = record.get("prefix", {})
+    pre_seq_len = peft_config.get("num_virtual_tokens")
+    projection = bool(peft_config.get("prefix_projection", False))
+    weights_path = folder / WEIGHTS_NAME
+    weights = _read_tensors(weights_path)
+    _warn_on_hash_mismatch(record, folder)
+    flat = weights.get(WEIGHTS_KEY)
+    shape = read_prefix_shape(model.config)
+    if flat is None or tuple(flat.shape) != (pre_seq_len, shape.width):
+        found = None if flat is None else tuple(flat.shape)
+        raise ConfigError(
+            f"{weights_path}: expected '{WEIGHTS_KEY}' of shape ({pre_seq_len}, {shape.width}) "
+            f"(pre_seq_len={pre_seq_len} from {CONFIG_NAME}), found {found}"
+        )
+    resume_projection = is_trainable and projection
+    config = PrefixConfig(
+        pre_seq_len=pre_seq_len,
+        prefix_projection=resume_projection,
+        prefix_hidden_size=int(saved.get("prefix_hidden_size") or peft_config.get("encoder_hidden_size") or 512),
+        prefix_dropout=float(saved.get("prefix_dropout", 0.0)),
+    )
+    if resume_projection and not (folder / ENCODER_NAME).is_file():
+        raise ConfigError(
+            f"{folder}: a prefix_projection adapter without {ENCODER_NAME} (the MLP weights) cannot resume "
+            "training; load it with is_trainable=False, or train a new adapter"
+        )
+    tuner = attach_prefix(model, config)
+    state = _read_tensors(folder / ENCODER_NAME) if resume_projection else {"embedding.weight": flat}
+    try:
+        tuner.encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        tuner.detach()
+        raise ConfigError(f"{folder}: encoder weights do not fit the saved config: {exc}") from None
+    tuner.encoder.requires_grad_(is_trainable)
+    return tuner
+
+
+def _warn_on_hash_mismatch(record: dict, folder: Path) -> None:
+    for name, expected in record.get("sha256", {}).items():
+        path = folder / name
+        if path.is_file() and _sha256(path) != expected:
+            warnings.warn(
+                f"{path} differs from the hash in {RECORD_NAME} (an interrupted save, or edited by hand); "
+                "loading it anyway",
+                stacklevel=3,
+            )
