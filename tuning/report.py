@@ -126,6 +126,20 @@ def format_metric_table(
     return "\n".join(lines)
 
 
+def format_step_summary(base_metrics: Mapping[str, Any], tuned_metrics: Mapping[str, Any]) -> str:
+    """One line per step: n, exact match and (where the step has arguments) all-arguments-right, base -> tuned."""
+    base_steps = base_metrics.get("per_step", {})
+    tuned_steps = tuned_metrics.get("per_step", {})
+    lines = [f"{'step':<14}{'n':>6}  {'exact match (base -> tuned)':>28}  {'arguments right':>22}"]
+    for step in sorted(set(base_steps) | set(tuned_steps)):
+        b, t = base_steps.get(step, {}), tuned_steps.get(step, {})
+        em = f"{format_value(b.get('exact_match'))} -> {format_value(t.get('exact_match'))}"
+        args = (f"{format_value(b.get('arguments_all'))} -> {format_value(t.get('arguments_all'))}"
+                if "arguments_all" in t or "arguments_all" in b else "")
+        lines.append(f"{step:<14}{format_value(t.get('n', b.get('n'))):>6}  {em:>28}  {args:>22}")
+    return "\n".join(lines)
+
+
 # ---- examples -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,60 @@
+"""Checkpoints: atomic writes, retention, corruption and foreign-run detection."""
+
+import random
+
+import pytest
+import torch
+
+from tasktune.errors import ConfigError
+from tuning import checkpoint as ckpt
+
+
+def _write(run, step, keep=2, fail=False):
+    def save(folder):
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        if fail:
+            raise RuntimeError("disk full")
+
+    return ckpt.write_checkpoint(run, step, save_adapter_fn=save, state={"step": step, "rng": ckpt.rng_state()},
+                                 keep=keep)
+
+
+def test_crash_mid_write_keeps_previous_checkpoint(tmp_path):
+    _write(tmp_path, 2)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _write(tmp_path, 4, fail=True)
+    dirs = ckpt.checkpoint_dirs(tmp_path)
+    assert [d.name for d in dirs] == ["step-000002"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert ckpt.read_state(dirs[-1])["step"] == 2
+
+
+def test_only_the_newest_are_kept(tmp_path):
+    for step in (1, 2, 3, 4):
+        _write(tmp_path, step, keep=2)
+    assert [d.name for d in ckpt.checkpoint_dirs(tmp_path)] == ["step-000003", "step-000004"]
+
+
+def test_truncated_state_names_the_file(tmp_path):
+    folder = _write(tmp_path, 2)
+    state = folder / ckpt.STATE_FILE
+    state.write_bytes(state.read_bytes()[:40])
+    with pytest.raises(ConfigError, match=r"training_state\.pt.*corrupted"):
+        ckpt.read_state(folder)
+
+
+def test_rng_state_round_trips():
+    state = ckpt.rng_state()
+    expected = (random.random(), torch.rand(3))
+    ckpt.set_rng_state(state)
+    again = (random.random(), torch.rand(3))
+    assert expected[0] == again[0] and torch.equal(expected[1], again[1])
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path):
+    ckpt.write_fingerprint(tmp_path, {"model": "a", "pre_seq_len": 8})
+    _write(tmp_path, 2)
+    with pytest.raises(ConfigError, match="different run.*pre_seq_len: checkpoint has 8, this run has 16"):
+        ckpt.find_resume_point(tmp_path, "auto", {"model": "a", "pre_seq_len": 16})
+    assert ckpt.find_resume_point(tmp_path, "auto", {"model": "a", "pre_seq_len": 8}).step == 2
+    assert ckpt.find_resume_point(tmp_path, "never", {"model": "b"}) is None

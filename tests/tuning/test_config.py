@@ -1,0 +1,63 @@
+"""TrainConfig: recipe defaults, YAML < flags precedence, clear errors."""
+
+import argparse
+
+import pytest
+
+from tasktune.errors import ConfigError
+from tuning.config import TrainConfig, add_config_arguments, config_from_args
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, TrainConfig)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_defaults_follow_the_reference_recipe():
+    cfg = TrainConfig()
+    assert (cfg.pre_seq_len, cfg.learning_rate) == (128, 2e-2)
+    assert (cfg.max_source_length, cfg.max_target_length) == (64, 64)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.save_steps) == (4, 16, 500)
+    assert cfg.gradient_checkpointing is True and cfg.trust_remote_code is False
+
+
+def test_yaml_then_flags_override(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("pre_seq_len: 16\nlearning-rate: 0.1\nmax_steps: 7\ngradient_checkpointing: false\n")
+    cfg = _parse(["--config", str(yaml_file), "--max-steps", "9"])
+    assert cfg.pre_seq_len == 16 and cfg.learning_rate == 0.1 and cfg.max_steps == 9
+    assert cfg.gradient_checkpointing is False
+
+
+def test_bool_flag_without_value_means_true():
+    assert _parse(["--prefix-projection"]).prefix_projection is True
+    assert _parse(["--prefix-projection", "false"]).prefix_projection is False
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("pre_seq_lenn: 3\n", "unknown key 'pre_seq_lenn'"),
+    ("max_steps: many\n", "max_steps: expected int"),
+    ("- a\n- b\n", "expected a mapping"),
+])
+def test_bad_yaml_names_the_key(tmp_path, text, fragment):
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        _parse(["--config", str(yaml_file)])
+
+
+@pytest.mark.parametrize("field, value", [("pre_seq_len", 0), ("pre_seq_len", -3), ("max_steps", 0),
+                                          ("prefix_dropout", 1.0)])
+def test_invalid_values_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_quantization_resolves(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrainConfig(quantization_bit="auto").quantization is None
+    assert TrainConfig(quantization_bit="4").quantization == 4
+    assert TrainConfig(quantization_bit="none").quantization is None

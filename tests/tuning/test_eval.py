@@ -1,0 +1,77 @@
+"""`tasktune eval`: base and tuned answers from one loaded model, report files, bad run folders."""
+
+import json
+
+import pytest
+
+from tasktune.errors import ConfigError, DataError
+from tests.tuning.runs import fast_config, write_data
+from tuning.eval import EvalConfig, evaluate
+from tuning.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    data = write_data(root / "data")
+    run = root / "run"
+    fit(fast_config(tiny_model_dir("glm"), data, run, max_steps=10, learning_rate=3e-1), log=lambda *_: None)
+    return run
+
+
+def test_eval_uses_one_model_for_base_and_tuned(trained_run, monkeypatch):
+    import tuning.load
+
+    loads = []
+    real = tuning.load.load_model
+    monkeypatch.setattr(tuning.load, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    out = evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=8, batch_size=4), log=lambda *_: None)
+    assert len(loads) == 1
+    preds = [json.loads(line) for line in (trained_run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and {"prompt", "predict", "label", "base_predict"} <= set(preds[0])
+    assert any(p["predict"] != p["base_predict"] for p in preds), "the adapter changed nothing"
+    saved = json.loads((trained_run / "eval" / "metrics.json").read_text())
+    assert saved["tuned"] == out["tuned"] and saved["base"] == out["base"]
+    for name in ("report.md", "report.html"):
+        assert (trained_run / "eval" / name).stat().st_size > 0
+
+
+def test_base_pass_equals_the_plain_base_model(trained_run, tiny_model_dir):
+    """The base answers are what the model gives with no adapter at all."""
+    from tuning.data import format_prompt
+    from tuning.generate import generate_batched
+    from tuning.load import load_model, load_tokenizer
+
+    evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=8, limit=3), log=lambda *_: None)
+    preds = [json.loads(line) for line in (trained_run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    model_dir = tiny_model_dir("glm")
+    tok = load_tokenizer(model_dir)
+    prompts = [format_prompt(tok, json.loads((trained_run.parent / "data" / "dev.json").read_text())[i]["content"])
+               for i in range(3)]
+    plain, _ = generate_batched(load_model(model_dir), tok, prompts, max_new_tokens=8, progress=False)
+    assert plain == [p["base_predict"] for p in preds]
+
+
+def test_folder_without_adapter(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="no adapter"):
+        evaluate(EvalConfig(run_dir=str(tmp_path / "run")))
+    with pytest.raises(ConfigError, match="not found"):
+        evaluate(EvalConfig(run_dir=str(tmp_path / "nope")))
+
+
+def test_missing_dev_file(trained_run, tmp_path):
+    (tmp_path / "only-train").mkdir()
+    (tmp_path / "only-train" / "train.json").write_text("[]")
+    with pytest.raises(DataError, match="dev"):
+        evaluate(EvalConfig(run_dir=str(trained_run), data=str(tmp_path / "only-train")))
+
+
+def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
+    from tuning.generate import generate_batched
+    from tuning.load import load_model, load_tokenizer
+
+    model_dir = tiny_model_dir("glm")
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    answers, cut = generate_batched(model, tok, ["你好" * 400, "你好"], max_new_tokens=4, progress=False)
+    assert cut == 1 and len(answers) == 2

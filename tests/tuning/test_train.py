@@ -1,0 +1,106 @@
+"""The training loop on a 2-layer model: what it writes, that only the prefix learns, exact resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasktune.errors import ConfigError, DataError
+from tests.tuning.runs import fast_config, write_data
+from tuning import checkpoint as ckpt
+from tuning.train import TrainingDiverged, batch_indices, fit
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+def _prefix(run_dir):
+    return load_file(str(run_dir / "adapter_model.safetensors"))["prompt_embeddings"]
+
+
+def test_fit_writes_a_complete_run_folder(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "run"
+    result = fit(fast_config(tiny_model_dir("glm"), data, run), log=lambda *_: None)
+    assert result.steps == 4
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tasktune_run.json", "loss.png",
+                 "train_history.json", "fingerprint.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").iterdir()), "TensorBoard event file missing"
+    record = json.loads((run / "tasktune_run.json").read_text())
+    assert record["steps"] == 4 and record["config"]["pre_seq_len"] == 4
+    assert record["trainable_parameters"] == 4 * 2 * 2 * 2 * 16  # P x layers x (k,v) x kv heads x head_dim
+    assert [d.name for d in ckpt.checkpoint_dirs(run)] == ["step-000002", "step-000004"]
+    assert json.loads((run / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+
+
+def test_loss_falls_and_base_weights_stay(tiny_model_dir, data, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    before = load_file(str(model_dir / "model.safetensors"))
+    result = fit(fast_config(model_dir, data, tmp_path / "run", max_steps=40, learning_rate=3e-1,
+                             pre_seq_len=8), log=lambda *_: None)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:3]) / 3, losses
+    after = load_file(str(model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_ends_with_the_same_prefix(tiny_model_dir, data, tmp_path):
+    model = tiny_model_dir("glm")
+    straight = tmp_path / "straight"
+    fit(fast_config(model, data, straight, max_steps=6, prefix_dropout=0.1), log=lambda *_: None)
+    resumed = tmp_path / "resumed"
+    fit(fast_config(model, data, resumed, max_steps=6, prefix_dropout=0.1), log=lambda *_: None)
+    # drop the last checkpoint and the final adapter: as if killed after step 4's checkpoint
+    for name in ("adapter_model.safetensors", "tasktune_run.json"):
+        (resumed / name).unlink()
+    import shutil
+
+    shutil.rmtree(resumed / "checkpoints" / "step-000006")
+    fit(fast_config(model, data, resumed, max_steps=6, prefix_dropout=0.1), log=lambda *_: None)
+    assert torch.equal(_prefix(straight), _prefix(resumed))
+
+
+def test_resume_from_another_run_is_refused(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "run"
+    fit(fast_config(tiny_model_dir("glm"), data, run), log=lambda *_: None)
+    with pytest.raises(ConfigError, match="different run"):
+        fit(fast_config(tiny_model_dir("glm"), data, run, pre_seq_len=8), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip"])
+def test_non_finite_loss(tiny_model_dir, data, tmp_path, on_nan):
+    cfg = fast_config(tiny_model_dir("glm"), data, tmp_path / "run", learning_rate=float("inf"), max_grad_norm=0,
+                      on_nan=on_nan, save_steps=1)
+    if on_nan == "stop":
+        with pytest.raises(TrainingDiverged, match=r"at step 2.*step-000001"):
+            fit(cfg, log=lambda *_: None)
+    else:
+        messages = []
+        fit(cfg, log=messages.append)
+        assert any("skipped" in m for m in messages)
+
+
+def test_bad_inputs(tiny_model_dir, data, tmp_path):
+    with pytest.raises(ConfigError, match="no-such-model"):
+        fit(fast_config(tmp_path / "no-such-model", data, tmp_path / "r1"), log=lambda *_: None)
+    (tmp_path / "cols").mkdir()
+    (tmp_path / "cols" / "train.json").write_text('[{"question": "q", "answer": "a"}]')
+    with pytest.raises(DataError, match="content"):
+        fit(fast_config(tiny_model_dir("glm"), tmp_path / "cols", tmp_path / "r2"), log=lambda *_: None)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.json").write_text("[]")
+    with pytest.raises(DataError):
+        fit(fast_config(tiny_model_dir("glm"), tmp_path / "empty", tmp_path / "r3"), log=lambda *_: None)
+
+
+def test_batch_order_is_a_function_of_seed_and_position():
+    stream = batch_indices(10, 4, seed=3)
+    first = [next(stream) for _ in range(6)]
+    assert all(len(b) == 4 for b in first)
+    assert len(set(first[0] + first[1])) == 8  # one epoch (2 batches of 4 from 10) repeats no example
+    resumed = batch_indices(10, 4, seed=3, start=3)
+    assert [next(resumed) for _ in range(3)] == first[3:]
+    assert first[:2] != [next(batch_indices(10, 4, seed=4)) for _ in range(2)]

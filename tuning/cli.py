@@ -1,0 +1,92 @@
+"""Subcommands of the tuning half: tiny-model, train, eval, chat.
+
+Heavy imports (torch, transformers) happen inside the handlers so `tasktune --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tuning import tiny
+from tuning.config import TrainConfig, add_config_arguments, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tiny-model",
+        help="build the embedded default: a small GLM + tokenizer trained on a spec's text",
+        description=(
+            "Build a small GLM-architecture causal LM (a few million parameters) and a tokenizer trained "
+            "with `tokenizers` on the text a spec generates, then pre-train it briefly as a plain language "
+            "model on UNPAIRED text (prompts and answers as separate documents). Like a real base model it "
+            "writes fluent domain text but does not do the task; `tasktune train` teaches the task."
+        ),
+    )
+    tiny.add_arguments(p)
+    p.set_defaults(func=tiny.run)
+
+    p = sub.add_parser(
+        "train",
+        help="P-tune (v2) a frozen, optionally 4-bit, causal LM on train.json",
+        description=(
+            "Train pre_seq_len prefix key/values at every layer of a frozen causal LM (P-tuning v2). "
+            "Every option is also a key of the --config YAML file; flags override the file. The run folder "
+            "gets the adapter (PEFT format: PeftModel.from_pretrained(base, RUN) loads it), checkpoints, "
+            "TensorBoard logs, loss.png and tasktune_run.json (what is needed to reproduce the run). "
+            "Re-running the same command resumes from the last checkpoint; Ctrl-C saves one first."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="answer the dev set with the base and the tuned model; metrics + side-by-side report",
+        description=(
+            "Load the run's base model once and answer every dev prompt twice, greedily: with the adapter "
+            "disabled (base) and enabled (tuned). Writes RUN/eval/report.md, report.html, metrics.json and "
+            "predictions.jsonl (prompt/predict/label), and prints the metric table."
+        ),
+    )
+    p.add_argument("run_dir", help="a run folder written by `tasktune train`")
+    p.add_argument("--data", help="data folder or file (default: the one the run was trained on)")
+    p.add_argument("--split", default="dev", help="which split to answer (default: dev)")
+    p.add_argument("--limit", type=int, help="answer only the first N records")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (default: 16)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default: the run's max_target_length)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "chat",
+        help="talk to the tuned model (or --base) interactively",
+        description="An interactive prompt with the tuned model; --base talks to the base model. "
+                    "Empty line or Ctrl-D quits; `clear` forgets the history.",
+    )
+    p.add_argument("run_dir", help="a run folder written by `tasktune train`")
+    p.add_argument("--base", action="store_true", help="answer with the adapter disabled")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
+    p.add_argument("--no-history", action="store_true", help="do not feed earlier turns back as history")
+    p.set_defaults(func=_chat)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tuning.train import fit
+
+    fit(config_from_args(args, TrainConfig))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tuning.eval import EvalConfig, evaluate
+
+    evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
+                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tuning.chat import chat
+
+    chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history)
+    return 0

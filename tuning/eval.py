@@ -1,0 +1,120 @@
+"""`tasktune eval RUN_DIR`: answer the dev set with the base and the tuned model, score, report.
+
+Both answers come from ONE loaded model: the adapter is switched off for the base pass
+(`tuner.disabled()`) and on for the tuned pass, so nothing but the prefix differs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasktune.errors import ConfigError, DataError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class EvalConfig:
+    run_dir: str
+    data: str | None = None          # default: the data folder the run was trained on
+    split: str = "dev"
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # default: the run's max_target_length
+    examples_in_markdown: int = 50
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder not found: {run_dir}")
+    missing = [name for name in ADAPTER_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir}: no adapter ({', '.join(missing)} missing). Train first: "
+                          f"`tasktune train --out {run_dir}`, or point at a finished run folder.")
+
+
+def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Dev records as plain dicts: prompt, history, reference and the generator's meta."""
+    from tuning.data import DataConfig, load_records
+
+    ds = load_records(data, split, DataConfig(prompt_column=cfg["prompt_column"],
+                                              response_column=cfg["response_column"],
+                                              history_column=cfg["history_column"]))
+    rows = []
+    for row in ds:
+        meta = row.get("meta")
+        if isinstance(meta, str):
+            meta = json.loads(meta) if meta else {}
+        rows.append({"content": row[cfg["prompt_column"]], "summary": row[cfg["response_column"]],
+                     "history": row.get(cfg["history_column"]) or [], "meta": meta or {}})
+    if limit:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{data}: the {split} split is empty")
+    return rows
+
+
+def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
+    from tuning.data import format_prompt
+    from tuning.generate import generate_batched
+    from tuning.load import load_model, load_tokenizer
+    from tuning.metrics import compute_metrics
+    from tuning.report import format_metric_table, format_step_summary, write_report
+    from tuning.save import load_adapter
+    from tuning.train import load_run_record
+
+    run_dir = Path(ecfg.run_dir)
+    check_run_dir(run_dir)
+    record = load_run_record(run_dir)
+    cfg = record["config"]
+    data = ecfg.data or cfg["data"]
+    records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
+
+    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
+                               padding_side="left")
+    quant = record.get("quantization")
+    model = load_model(cfg["model"], quantization_bit=quant, trust_remote_code=cfg.get("trust_remote_code", False),
+                       allow_pickle=cfg.get("allow_pickle", False), device_map=_device_map(quant))
+    tuner = load_adapter(model, run_dir)
+    model.eval()
+
+    prompts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"])
+               for r in records]
+    max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
+    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=tuner.config.pre_seq_len)
+    t0 = time.perf_counter()
+    with tuner.disabled():
+        base, cut = generate_batched(model, tokenizer, prompts, desc="base ", **kwargs)
+    t_base = time.perf_counter() - t0
+    tuned, _ = generate_batched(model, tokenizer, prompts, desc="tuned", **kwargs)
+    t_tuned = time.perf_counter() - t0 - t_base
+    if cut:
+        log(f"note: {cut} prompt(s) longer than the model's context were cut to their last tokens")
+
+    base_metrics = compute_metrics(records, base)
+    tuned_metrics = compute_metrics(records, tuned)
+    info = {"run_dir": str(run_dir), "model": cfg["model"], "data": str(data), "split": ecfg.split,
+            "n": len(records), "pre_seq_len": tuner.config.pre_seq_len, "quantization": quant,
+            "max_new_tokens": max_new, "batch_size": ecfg.batch_size, "prompts_cut": cut,
+            "seconds_base": round(t_base, 2), "seconds_tuned": round(t_tuned, 2),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    paths = write_report(run_dir / "eval", records=records, base_predictions=base, tuned_predictions=tuned,
+                         base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=info,
+                         max_markdown_examples=ecfg.examples_in_markdown)
+    log(format_metric_table(base_metrics, tuned_metrics))
+    log(format_step_summary(base_metrics, tuned_metrics))
+    log(f"report: {paths['html']}")
+    return {"base": base_metrics, "tuned": tuned_metrics, "info": info, "paths": paths}
+
+
+def _device_map(quant):
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": 0}
+    return None
+

@@ -1,0 +1,64 @@
+"""Batched greedy generation: prompts sorted by length, left-padded, KV cache on.
+
+Sorting by length keeps padding (wasted compute) small; the results come back in the caller's
+order. Greedy decoding makes eval deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def context_limit(model) -> int | None:
+    """The longest sequence the model accepts (positions), if its config says."""
+    for name in ("max_position_embeddings", "seq_length", "n_positions"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@torch.inference_mode()
+def generate_batched(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16,
+                     max_new_tokens: int = 64, reserved_positions: int = 0, desc: str = "generate",
+                     progress: bool = True) -> tuple[list[str], int]:
+    """Answer every prompt greedily. Returns (answers in input order, number of prompts cut to fit).
+
+    A prompt longer than the context (minus `max_new_tokens` and `reserved_positions`, e.g. the
+    prefix length, which takes positions) keeps its last tokens: the question sits at the end.
+    """
+    from tqdm.auto import tqdm
+
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; load it with tuning.load.load_tokenizer")
+    tokenizer.padding_side = "left"
+    limit = context_limit(model)
+    keep = None if limit is None else limit - max_new_tokens - reserved_positions
+    if keep is not None and keep <= 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{limit}-position context")
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    cut = 0
+    if keep is not None:
+        for i, ids in enumerate(encoded):
+            if len(ids) > keep:
+                encoded[i], cut = ids[-keep:], cut + 1
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    answers: list[str] = [""] * len(encoded)
+    device = next(p for p in model.parameters()).device
+    eos = tokenizer.eos_token_id
+    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for i, row in zip(chunk, new):
+            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        bar.update(len(chunk))
+    bar.close()
+    return answers, cut

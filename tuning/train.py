@@ -1,0 +1,273 @@
+"""The training loop: frozen base + trainable prefix, accumulation, checkpoints, exact resume.
+
+Order of one optimizer step (as nanoGPT's loop reads): set lr -> accumulate micro-batches ->
+all-reduce prefix grads (multi-GPU) -> clip -> step -> zero_grad -> log -> checkpoint -> stop.
+Data order is a pure function of (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one; RNG and optimizer state come back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tasktune.errors import ConfigError, TaskTuneError
+from tuning import checkpoint as ckpt
+from tuning.config import TrainConfig
+from tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
+
+
+class TrainingDiverged(TaskTuneError):
+    """The loss became NaN/inf."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# -- data order ----------------------------------------------------------------------------------
+
+def batch_indices(n: int, global_batch: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Endless stream of global micro-batches: epoch e is a permutation drawn from seed + e.
+
+    `start` skips that many micro-batches (resume). Incomplete tail batches are dropped unless
+    the data set is smaller than one batch.
+    """
+    if n == 0:
+        raise ConfigError("the training set is empty")
+    per_epoch = max(1, n // global_batch)
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        if n < global_batch:  # tiny data: repeat the permutation to fill a batch
+            order = (order * math.ceil(global_batch / n))[: global_batch]
+        for b in range(offset, per_epoch):
+            yield order[b * global_batch:(b + 1) * global_batch]
+        epoch, offset = epoch + 1, 0
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def fit(cfg: TrainConfig, *, log=print) -> FitResult:
+    """Train a prefix per `cfg`; returns when max_steps are done (or raises with a clear message)."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
+    from tuning.load import load_model, load_tokenizer
+    from tuning.prefix import PrefixConfig, attach_prefix
+    from tuning.save import load_adapter, save_adapter
+
+    run_dir = Path(cfg.out)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and torch.cuda.is_available()
+                                       and torch.cuda.is_bf16_supported())
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+    torch.manual_seed(cfg.seed)
+
+    # data first: a bad data folder should fail before a slow model load
+    data_cfg = DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                          history_column=cfg.history_column, max_source_length=cfg.max_source_length,
+                          max_target_length=cfg.max_target_length, prompt_template=cfg.prompt_template)
+    records = load_records(cfg.data, "train", data_cfg)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, padding_side="right")
+    train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
+    if main:
+        log(f"train examples: {len(train_set)}; {truncation}")
+    collate = make_collator(tokenizer)
+
+    fingerprint = {"model": cfg.model, "method": cfg.method, "pre_seq_len": cfg.pre_seq_len,
+                   "prefix_projection": cfg.prefix_projection, "data": data_fingerprint(cfg.data),
+                   "seed": cfg.seed, "global_batch": cfg.per_device_train_batch_size * world
+                   * cfg.gradient_accumulation_steps}
+    resume = ckpt.find_resume_point(run_dir, cfg.resume, fingerprint)
+
+    quant = cfg.quantization
+    model = load_model(cfg.model, quantization_bit=quant, trust_remote_code=cfg.trust_remote_code,
+                       allow_pickle=cfg.allow_pickle,
+                       device_map={"": accelerator.device} if quant else None)
+    if not quant:
+        model.to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: the frozen inputs need no grad, the prefix reaches each layer as a kwarg
+        # (transformers >= 5.2x renamed it activation_checkpointing_enable; 5.17 has the old name only)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if resume:
+        tuner = load_adapter(model, resume.path, is_trainable=True)
+    else:
+        tuner = attach_prefix(model, PrefixConfig(pre_seq_len=cfg.pre_seq_len,
+                                                  prefix_projection=cfg.prefix_projection,
+                                                  prefix_hidden_size=cfg.prefix_hidden_size,
+                                                  prefix_dropout=cfg.prefix_dropout))
+    tuner.encoder.to(accelerator.device)
+    model.train()
+    params = [p for p in tuner.encoder.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in model.parameters())  # the encoder is registered on the model
+    if main:
+        log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.4f}%)")
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    step, history = 0, []
+    if resume:
+        optimizer.load_state_dict(resume.state["optimizer"])
+        scheduler.load_state_dict(resume.state["scheduler"])
+        ckpt.set_rng_state(resume.state["rng"])
+        step, history = resume.step, list(resume.state.get("history", []))
+        if main:
+            log(f"resuming from {resume.path} at step {step}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        ckpt.write_fingerprint(run_dir, fingerprint)
+    writer = _tensorboard(run_dir) if main else None
+    record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": n_trainable,
+              "truncation": truncation.to_dict() if hasattr(truncation, "to_dict") else str(truncation),
+              "environment": environment_info(), "quantization": quant}
+
+    def save_to(folder: Path) -> None:
+        save_adapter(tuner, folder, base_model=cfg.model,
+                     extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
+                            "data": fingerprint["data"], "step": step})
+
+    def save_checkpoint() -> Path:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": ckpt.rng_state(), "history": history}
+        return ckpt.write_checkpoint(run_dir, step, save_adapter_fn=save_to, state=state,
+                                     keep=cfg.save_total_limit)
+
+    per_device = cfg.per_device_train_batch_size
+    accum = cfg.gradient_accumulation_steps
+    stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum)
+    rank = accelerator.process_index
+    t0 = time.perf_counter()
+    last_good = ckpt.checkpoint_dirs(run_dir)[-1] if ckpt.checkpoint_dirs(run_dir) else None
+    progress = _progress(cfg.max_steps, step, disable=not main)
+    loss_value = history[-1]["loss"] if history else None
+    try:
+        while step < cfg.max_steps:
+            total = torch.zeros((), device=accelerator.device)
+            for _ in range(accum):
+                ids = next(stream)[rank * per_device:(rank + 1) * per_device]
+                batch = {k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in ids]).items()}
+                with accelerator.autocast():
+                    loss = model(**batch).loss / accum
+                loss.backward()
+                total += loss.detach()
+            if world > 1:
+                for p in params:  # only the prefix trains: its grads are tiny, a plain all-reduce is cheap
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+                total = accelerator.reduce(total, reduction="mean")
+            loss_value = float(total)
+            if not math.isfinite(loss_value):
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.on_nan == "skip":
+                    if main:
+                        log(f"step {step + 1}: non-finite loss {loss_value}; step skipped (--on-nan skip)")
+                    step += 1
+                    scheduler.step()
+                    progress.update(1)
+                    continue
+                raise TrainingDiverged(
+                    f"loss became {loss_value} at step {step + 1}; training stopped. Last good checkpoint: "
+                    f"{last_good or 'none yet'}. Lower --learning-rate, or pass --on-nan skip to skip such steps.")
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                entry = {"step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
+                         "seconds": round(time.perf_counter() - t0, 2)}
+                history.append(entry)
+                if main:
+                    progress.set_postfix(loss=f"{loss_value:.4f}")
+                    writer.add_scalar("train/loss", loss_value, step)
+                    writer.add_scalar("train/lr", entry["lr"], step)
+            if main and (step % cfg.save_steps == 0 or step == cfg.max_steps):
+                last_good = save_checkpoint()
+            accelerator.wait_for_everyone()
+    except KeyboardInterrupt:
+        if main:
+            progress.close()
+            path = save_checkpoint()
+            log(f"interrupted: checkpoint saved to {path}; run the same command again to resume")
+        raise
+    finally:
+        progress.close()
+        if writer:
+            writer.close()
+
+    seconds = time.perf_counter() - t0
+    if main:
+        save_to(run_dir)  # the final adapter at the run folder's root: PeftModel.from_pretrained(base, RUN)
+        record.update({"steps": step, "final_loss": loss_value, "train_seconds": round(seconds, 2)})
+        write_json_atomic(run_dir / "tasktune_run.json", record)
+        write_json_atomic(run_dir / "train_history.json", history)
+        _plot_loss(history, run_dir / "loss.png")
+        log(f"done: {step} steps, final loss {loss_value}, adapter in {run_dir}")
+    return FitResult(run_dir=run_dir, steps=step, final_loss=loss_value, seconds=seconds, history=history)
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True)
+
+
+def _tensorboard(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "logs"))
+
+
+def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="#3465a4")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("tasktune: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def load_run_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "tasktune_run.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no tasktune_run.json — not a finished tasktune run folder "
+                          f"(train one with `tasktune train --out {run_dir}`)")
+    return json.loads(path.read_text(encoding="utf-8"))
