@@ -1,0 +1,288 @@
+"""Expand a `TaskSpec` into clean `Example`s: pick a content template, fill slots, render frame/content/answer.
+
+Counts per step come from `count`/`share`/an even split of the rest of N; uniqueness is by
+(prompt, answer) text; asking for more unique examples than combinations exist is an error
+when the number is known, a warning when sampling stalls.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from datagen.answers import build_pattern
+from datagen.render import Compiled, getter
+from datagen.slots import SlotSampler
+from datagen.spec import StepSpec, TaskSpec
+from tasktune.errors import SpecError
+
+UTTERANCE = "utterance"
+_SENTINEL = "\x00utterance\x00"
+_NO_CASE = "\x00no case\x00"
+_STALL_LIMIT = 2000  # consecutive duplicates before a step is declared exhausted
+
+
+@dataclass(slots=True)
+class Example:
+    """One clean example; `noise` spans are filled by `datagen.noise` (offsets within `utterance`)."""
+
+    step: str
+    template: str
+    prefix: str
+    utterance: str
+    suffix: str
+    summary: str
+    slots: dict[str, Any]
+    arguments: dict[str, Any] | None = None
+    answer_pattern: str | None = None
+    history: list[list[str]] | None = None
+    label: bool = False
+    spoken: bool = True
+    chain: tuple[str, ...] | None = None
+    noise: list[dict] = field(default_factory=list)
+    key: tuple[str, str] = ("", "")  # the clean (content, summary), for dedup and split
+
+    @property
+    def content(self) -> str:
+        return self.prefix + self.utterance + self.suffix
+
+
+class StepPlan:
+    """A step with every template compiled once and checked against the declared slots."""
+
+    def __init__(self, step: StepSpec, sampler: SlotSampler):
+        self.step, self.sampler = step, sampler
+        slots = set(sampler.slots)
+        self.pattern = Compiled(step.pattern, step.pattern_where)
+        self.pattern.check_refs(slots | {UTTERANCE})
+        self.contents = [Compiled(c.text, c.where) for c in step.contents]
+        whens = [Compiled(c.when, c.when_where, "expr") if c.when else None for c in step.cases]
+        self.cases = [Compiled(c.text, c.where) for c in step.cases]
+        self.label = Compiled(step.label, step.label_where) if step.label is not None else None
+        for compiled in [*self.contents, *self.cases, *(w for w in whens if w), *([self.label] if self.label else [])]:
+            compiled.check_refs(slots)
+        # all `when`s in one template that prints the index of the first case that holds
+        if any(w is None for w in whens[:-1]):
+            k = whens.index(None)
+            raise SpecError(f"{step.cases[k].where}: only the last summary case may lack `when` (later cases never apply)")
+        self.selector = None
+        if whens and (len(whens) > 1 or whens[0] is not None):
+            branches = "".join(
+                ("{% if " if k == 0 else "{% elif ") + f"({w.source}) %}}{k}" if w else f"{{% else %}}{k}"
+                for k, w in enumerate(whens)
+            )
+            else_ = "" if whens[-1] is None else "{% else %}-1"
+            self.selector = Compiled(branches + else_ + "{% endif %}", f"{step.where}.summary")
+        # ... and all cases in one template that renders the answer directly (one render, not two)
+        self.answer = None
+        if self.selector is not None:
+            merged = "".join(
+                (("{% if " if k == 0 else "{% elif ") + f"({w.source}) %}}" if w else "{% else %}") + c.source
+                for k, (w, c) in enumerate(zip(whens, self.cases))
+            )
+            else_ = "" if whens[-1] is None else "{% else %}" + _NO_CASE
+            self.answer = Compiled(merged + else_ + "{% endif %}", f"{step.where}.summary")
+        shared = set(self.pattern.refs) - {UTTERANCE}
+        shared |= set(itertools.chain.from_iterable(c.refs for c in self.cases))
+        shared |= set(itertools.chain.from_iterable(w.refs for w in whens if w))
+        shared |= set(self.label.refs if self.label else ()) | set(step.arguments)
+        self.needs = [frozenset(shared | set(c.refs) | set(spec.fix)) for c, spec in zip(self.contents, step.contents)]
+        self.orders = [sampler.order(need) for need in self.needs]
+        self.draw_plans = [sampler.compile(order) for order in self.orders]
+        self.cum_weights = list(itertools.accumulate(c.weight for c in step.contents))
+        self.bounds = [sampler.size(o, c.fix) for o, c in zip(self.orders, step.contents)]
+        self._patterns: dict[tuple, str] = {}
+        # the texts depend only on the slots templates read, not on intermediate derived slots
+        self._keys = [getter(tuple(sorted(need))) for need in self.needs]
+        self.names = [f"{step.name}/{i}" for i in range(len(step.contents))]
+        self.spoken = step.spoken and UTTERANCE in self.pattern.refs
+        self._made: dict[tuple, tuple] = {}  # (template, slot values) -> rendered texts
+
+    def frame(self, values: dict[str, Any]) -> tuple[str, str]:
+        values[UTTERANCE] = _SENTINEL
+        text = self.pattern(values)
+        del values[UTTERANCE]
+        if text.count(_SENTINEL) > 1:
+            raise SpecError(f"{self.step.pattern_where}: the pattern uses {{{{ utterance }}}} more than once")
+        prefix, _, suffix = text.partition(_SENTINEL)
+        return prefix, suffix
+
+    def case(self, values: dict[str, Any]) -> int:
+        if self.selector is None:
+            return 0
+        index = int(self.selector(values))
+        if index < 0:
+            raise SpecError(f"{self.step.where}.summary: no case holds for slots {values}")
+        return index
+
+    def answer_pattern(self, index: int, values: dict[str, Any], answer: str) -> str:
+        """A regex matching this answer with one named group per argument (cached per shape)."""
+        args = self.step.arguments
+        case = self.cases[index]
+        key = (index, *[values[r] for r in case.refs if r not in args])
+        if key in self._patterns:
+            return self._patterns[key]
+        pattern, general = build_pattern(case, values, args, answer, self.step.where)
+        if general:  # holds for any argument values: reuse it
+            self._patterns[key] = pattern
+        return pattern
+
+    def render(self, index: int, values: dict[str, Any]) -> tuple[str, str, str, str, str | None]:
+        """(prefix, utterance, suffix, answer, answer_pattern) for content template `index`."""
+        utterance = self.contents[index](values)
+        prefix, suffix = self.frame(values)
+        pattern = None
+        if self.label is not None:
+            summary = self.label(values)
+        elif self.step.arguments:  # the case index is needed for the pattern
+            case = self.case(values)
+            summary = self.cases[case](values)
+            pattern = self.answer_pattern(case, values, summary)
+        elif self.answer is not None:
+            summary = self.answer(values)
+            if _NO_CASE in summary:
+                raise SpecError(f"{self.step.where}.summary: no case holds for slots {values}")
+        else:
+            summary = self.cases[0](values)
+        return prefix, utterance, suffix, summary, pattern
+
+    def make(self, index: int, values: dict[str, Any]) -> Example:
+        # every text is a pure function of (template, slot values): render each combination once
+        key = (index, *self._keys[index](values))
+        texts = self._made.get(key)
+        if texts is None:
+            texts = self._made[key] = self.render(index, values)
+        prefix, utterance, suffix, summary, pattern = texts
+        step = self.step
+        arguments = {a: values[a] for a in step.arguments} if step.arguments and self.label is None else None
+        return Example(
+            step.name, self.names[index], prefix, utterance, suffix, summary, values, arguments, pattern,
+            None, self.label is not None, self.spoken, key=(prefix + utterance + suffix, summary),
+        )
+
+
+def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
+    """Records per step and chain count: `count`, `share` of n, else an even split of what is left."""
+    fixed: dict[str, int] = {}
+    for s in spec.steps:
+        if s.count is not None:
+            fixed[s.name] = s.count
+        elif s.share is not None:
+            fixed[s.name] = round(s.share * n)
+    chains = spec.chains
+    chain_n = 0 if chains is None else chains.count if chains.count is not None else round((chains.share or 0) * n)
+    rest = n - sum(fixed.values()) - chain_n
+    free = [s.name for s in spec.steps if s.name not in fixed]
+    if rest < 0:
+        raise SpecError(
+            f"{spec.path}: impossible counts: steps and chains ask for {n - rest} records but n is {n}"
+        )
+    counts = dict(fixed)
+    for i, name in enumerate(free):
+        counts[name] = rest // len(free) + (1 if i < rest % len(free) else 0)
+    return {s.name: counts[s.name] for s in spec.steps}, chain_n
+
+
+def _pick(cum: list[float], active: list[int], rng: random.Random) -> int:
+    return active[bisect.bisect_right(cum, rng.random() * cum[-1])]
+
+
+def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str]) -> list[Example]:
+    """`count` examples of one step (unique by text unless the step says `unique: false`)."""
+    step = plan.step
+    if step.unique and all(b is not None for b in plan.bounds) and sum(plan.bounds) < count:
+        raise SpecError(
+            f"{step.where}: impossible counts: {count} unique examples asked for but the templates give at most "
+            f"{sum(plan.bounds)} combinations (lower count/share, add slot values or set unique: false)"
+        )
+    active = list(range(len(plan.contents)))
+    weights = [c.weight for c in step.contents]
+    cum = list(plan.cum_weights)
+    made = [0] * len(active)
+    seen: set[tuple[str, str]] = set()
+    out: list[Example] = []
+    stall = 0
+    fixes = [c.fix for c in step.contents]
+    while len(out) < count and active:
+        index = _pick(cum, active, rng)
+        example = plan.make(index, plan.sampler.draw(plan.draw_plans[index], fixes[index], rng))
+        if step.unique:
+            key = example.key
+            if key in seen:
+                stall += 1
+                if stall > _STALL_LIMIT:
+                    break
+                continue
+            seen.add(key)
+            made[index] += 1
+            if plan.bounds[index] is not None and made[index] >= plan.bounds[index]:
+                active.remove(index)
+                cum = list(itertools.accumulate(weights[i] for i in active))
+        stall = 0
+        out.append(example)
+    if len(out) < count:
+        warnings.append(f"step {step.name!r}: only {len(out)} unique examples of the {count} asked for")
+    return out
+
+
+def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: random.Random,
+                  warnings: list[str]) -> list[Example]:
+    """Whole dialogues: one record per chain, the last step's turn with the earlier turns as history."""
+    steps = [plans[name] for name in spec.chains.steps] if spec.chains else []
+    candidates: dict[tuple, tuple[list[int], list[float]]] = {}  # (step, fixed so far) -> templates that agree
+    seen: set[tuple] = set()
+    out: list[Example] = []
+    stall = 0
+    while len(out) < count:
+        fixed: dict[str, Any] = {}
+        picks = []
+        for k, plan in enumerate(steps):
+            memo_key = (k, *sorted(fixed.items()))
+            if memo_key not in candidates:
+                ok = [i for i, c in enumerate(plan.step.contents) if all(fixed.get(n, v) == v for n, v in c.fix.items())]
+                if not ok:
+                    raise SpecError(f"{plan.step.where}: no content template agrees with {fixed} in the chain")
+                candidates[memo_key] = ok, list(itertools.accumulate(plan.step.contents[i].weight for i in ok))
+            ok, cum = candidates[memo_key]
+            index = _pick(cum, ok, rng)
+            fixed.update(plan.step.contents[index].fix)
+            picks.append(index)
+        need = frozenset().union(*(p.needs[i] for p, i in zip(steps, picks)))
+        sampler = steps[0].sampler
+        values = sampler.draw(sampler.compile(sampler.order(need)), fixed, rng)
+        turns = [p.make(i, dict(values)) for p, i in zip(steps, picks)]
+        key = tuple(t.key for t in turns)
+        if key in seen:
+            stall += 1
+            if stall > _STALL_LIMIT:
+                warnings.append(f"chains: only {len(out)} unique dialogues of the {count} asked for")
+                break
+            continue
+        seen.add(key)
+        stall = 0
+        last = turns[-1]
+        last.history = [[t.content, t.summary] for t in turns[:-1]]
+        last.chain = spec.chains.steps
+        out.append(last)
+    return out
+
+
+def expand(spec: TaskSpec, rng: random.Random, n: int | None = None,
+           warnings: list[str] | None = None, progress: Callable[[int], Any] | None = None) -> list[Example]:
+    """Every clean example of the spec, step by step in spec order, then the chains."""
+    warnings = [] if warnings is None else warnings
+    counts, chain_n = plan_counts(spec, n or spec.n)
+    sampler = SlotSampler(spec.slots)
+    plans = {s.name: StepPlan(s, sampler) for s in spec.steps}
+    out: list[Example] = []
+    for step in spec.steps:
+        out.extend(expand_step(plans[step.name], counts[step.name], rng, warnings))
+        if progress:
+            progress(counts[step.name])
+    out.extend(expand_chains(spec, plans, chain_n, rng, warnings))
+    if progress:
+        progress(chain_n)
+    return out

@@ -1,0 +1,58 @@
+"""Record shapes: an `Example` becomes a ChatGLM record; a ChatGLM record becomes any output format."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tasktune.errors import SpecError
+
+if TYPE_CHECKING:
+    from datagen.expand import Example
+
+FORMATS = ("chatglm", "jsonl", "alpaca", "sharegpt", "classification")
+
+
+def to_chatglm(example: Example) -> dict[str, Any]:
+    """The default record: content/summary (+history), with `meta` for evaluation and audit."""
+    shift = len(example.prefix)
+    meta: dict[str, Any] = {"step": example.step, "template": example.template, "slots": example.slots}
+    if example.arguments is not None:
+        meta["arguments"] = example.arguments
+        meta["answer_pattern"] = example.answer_pattern
+    meta["noise"] = [{**s, "start": s["start"] + shift, "end": s["end"] + shift, "at": s["at"] + shift}
+                     for s in example.noise] if example.noise else []
+    if example.chain:
+        meta["chain"] = list(example.chain)
+    if example.label:
+        meta["label"] = True
+    record: dict[str, Any] = {"content": example.content, "summary": example.summary}
+    if example.history:
+        record["history"] = example.history
+    record["meta"] = meta
+    return record
+
+
+def convert(record: dict[str, Any], fmt: str, meta: bool = True) -> dict[str, Any]:
+    """A ChatGLM record in `fmt`; `meta=False` drops the meta block."""
+    history = record.get("history")
+    if fmt in ("chatglm", "jsonl"):
+        out = {k: v for k, v in record.items() if k != "meta"}
+    elif fmt == "alpaca":
+        out = {"instruction": record["content"], "input": "", "output": record["summary"]}
+        if history:
+            out["history"] = history
+    elif fmt == "sharegpt":
+        turns = [*(history or []), [record["content"], record["summary"]]]
+        out = {"conversations": [{"from": who, "value": text} for turn in turns
+                                 for who, text in zip(("human", "gpt"), turn)]}
+    elif fmt == "classification":
+        if not record.get("meta", {}).get("label"):
+            raise SpecError(
+                f"format 'classification' needs steps that declare `label:`; step {record['meta']['step']!r} has a summary"
+            )
+        out = {"text": record["content"], "label": record["summary"]}
+    else:
+        raise SpecError(f"unknown output format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if meta and "meta" in record:
+        out["meta"] = record["meta"]
+    return out

@@ -1,0 +1,276 @@
+"""Load a task spec: YAML -> JSON Schema check (errors name file, line and JSON path) -> `TaskSpec`.
+
+Nothing is rendered here; `datagen.expand` compiles the templates. Pool files are read here,
+relative to the spec's folder (paths escaping that folder are refused).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from tasktune import SCHEMAS
+from tasktune.errors import SpecError
+
+SPEC_SCHEMA = SCHEMAS / "spec.schema.json"
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """One slot. kind: `pool` (values/file), `range` (inclusive ints), `choices` (weighted), `expr` (derived)."""
+
+    name: str
+    kind: str
+    where: str
+    values: tuple[Scalar, ...] = ()
+    weights: tuple[float, ...] | None = None
+    expr: str | None = None
+
+    def domain(self) -> tuple[Scalar, ...] | None:
+        """Every value the slot can take, or None when unknown (derived slots)."""
+        return None if self.kind == "expr" else self.values
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    """What the user says: a template, the slot values it implies (`fix`) and its weight."""
+
+    text: str
+    where: str
+    fix: dict[str, Scalar] = field(default_factory=dict)
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One summary branch: the first case whose `when` holds (or has no `when`) gives the answer."""
+
+    text: str
+    where: str
+    when: str | None = None
+    when_where: str = ""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    pattern: str
+    contents: tuple[ContentSpec, ...]
+    cases: tuple[CaseSpec, ...]  # summary cases; empty for label steps
+    where: str
+    pattern_where: str
+    label: str | None = None
+    label_where: str = ""
+    arguments: tuple[str, ...] = ()
+    count: int | None = None
+    share: float | None = None
+    unique: bool = True
+    spoken: bool = True
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    rate: float = 0.0
+    ops: dict[str, float] = field(default_factory=lambda: {"mask": 1.0})
+    mask_token: str = "[MASK]"
+    insert_chars: str = ""  # empty: an insert repeats the current character (a stutter)
+    splits: tuple[str, ...] = ("train",)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    strategy: str = "random"
+    dev: float = 0.1
+    slot: str | None = None
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    steps: tuple[str, ...]
+    count: int | None = None
+    share: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    path: Path
+    language: str
+    n: int
+    seed: int | None
+    slots: dict[str, SlotSpec]
+    steps: tuple[StepSpec, ...]
+    noise: NoiseSpec
+    split: SplitSpec
+    chains: ChainSpec | None = None
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(SPEC_SCHEMA.read_text(encoding="utf-8")))
+
+
+def _json_path(parts) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """JSON path (tuple) -> 1-based line of the YAML node, so errors can point into the file."""
+    out = {} if out is None else out
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _line_map(value, prefix + (key.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _line_map(value, prefix + (i,), out)
+    return out
+
+
+class _Locator:
+    """Formats `file:line: $.json.path` for a path into the spec."""
+
+    def __init__(self, path: Path, lines: dict[tuple, int]):
+        self.path, self.lines = path, lines
+
+    def __call__(self, *parts) -> str:
+        probe = tuple(parts)
+        while probe not in self.lines and probe:
+            probe = probe[:-1]
+        return f"{self.path}:{self.lines.get(probe, 1)}: {_json_path(parts)}"
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return data, (_line_map(node) if node is not None else {})
+
+
+def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
+    target = (spec_dir / name).resolve()
+    if not target.is_relative_to(spec_dir.resolve()):
+        raise SpecError(f"{where}: pool file {name!r} lies outside the spec's folder {spec_dir}")
+    try:
+        lines = target.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpecError(f"{where}: cannot read pool file {target}: {exc.strerror or exc}") from None
+    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+
+
+def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
+    where = at("slots", name)
+    if "expr" in raw:
+        return SlotSpec(name, "expr", where, expr=raw["expr"])
+    if "range" in raw:
+        low, high = raw["range"]
+        if low > high:
+            raise SpecError(f"{where}.range: low {low} is above high {high}")
+        if high - low >= 1_000_000:
+            raise SpecError(f"{where}.range: {high - low + 1} values; at most 1,000,000 (use an expr slot)")
+        return SlotSpec(name, "range", where, values=tuple(range(low, high + 1)))
+    if "choices" in raw:
+        values, weights = tuple(raw["choices"]), raw.get("weights")
+        if weights is not None:
+            if len(weights) != len(values):
+                raise SpecError(f"{where}.weights: {len(weights)} weights for {len(values)} choices")
+            if sum(weights) <= 0:
+                raise SpecError(f"{where}.weights: weights sum to 0")
+        return SlotSpec(name, "choices", where, values=values, weights=tuple(weights) if weights else None)
+    values = tuple(raw["values"]) if "values" in raw else _read_pool(spec_dir, raw["file"], where)
+    if not values:
+        raise SpecError(f"{where}: empty pool (no values)")
+    return SlotSpec(name, "pool", where, values=tuple(dict.fromkeys(values)))
+
+
+def _build_step(i: int, raw: dict, slots: dict[str, SlotSpec], at: _Locator) -> StepSpec:
+    name = raw["name"]
+    contents = []
+    for j, item in enumerate(raw["contents"]):
+        item = {"text": item} if isinstance(item, str) else item
+        where = at("steps", i, "contents", j)
+        for slot, value in item.get("fix", {}).items():
+            if slot not in slots:
+                raise SpecError(f"{where}.fix: unknown slot {slot!r} (declared: {', '.join(slots) or 'none'})")
+            domain = slots[slot].domain()
+            if domain is not None and value not in domain:
+                raise SpecError(f"{where}.fix.{slot}: {value!r} is not a value of slot {slot!r}")
+        contents.append(ContentSpec(item["text"], where, dict(item.get("fix", {})), item.get("weight", 1.0)))
+    summary = raw.get("summary")
+    if isinstance(summary, str):
+        cases = (CaseSpec(summary, at("steps", i, "summary")),)
+    else:
+        cases = tuple(
+            CaseSpec(c["text"], at("steps", i, "summary", k, "text"), c.get("when"), at("steps", i, "summary", k, "when"))
+            for k, c in enumerate(summary or ())
+        )
+    for arg in raw.get("arguments", ()):
+        if arg not in slots:
+            raise SpecError(f"{at('steps', i, 'arguments')}: unknown slot {arg!r}")
+    return StepSpec(
+        name=name, pattern=raw.get("pattern", "{{ utterance }}"), contents=tuple(contents), cases=cases,
+        where=at("steps", i), pattern_where=at("steps", i, "pattern"), label=raw.get("label"),
+        label_where=at("steps", i, "label"), arguments=tuple(raw.get("arguments", ())), count=raw.get("count"),
+        share=raw.get("share"), unique=raw.get("unique", True), spoken=raw.get("spoken", True),
+    )
+
+
+def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> TaskSpec:
+    """Check `data` (the parsed YAML) against the spec schema, then build a `TaskSpec`."""
+    at = _Locator(path, lines or {})
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        raise SpecError(f"{at(*error.absolute_path)}: {error.message}")
+    slots = {name: _build_slot(name, raw, path.parent, at) for name, raw in (data.get("slots") or {}).items()}
+    steps = tuple(_build_step(i, raw, slots, at) for i, raw in enumerate(data["steps"]))
+    names = [s.name for s in steps]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise SpecError(f"{at('steps', i, 'name')}: duplicate step name {name!r}")
+    noise_raw = data.get("noise") or {}
+    noise = NoiseSpec(
+        rate=noise_raw.get("rate", 0.05 if noise_raw else 0.0),
+        ops=dict(noise_raw.get("ops", {"mask": 1.0})),
+        mask_token=noise_raw.get("mask_token", "[MASK]"),
+        insert_chars=noise_raw.get("insert_chars", ""),
+        splits=tuple(noise_raw.get("splits", ["train"])),
+    )
+    if noise.rate > 0 and sum(noise.ops.values()) <= 0:
+        raise SpecError(f"{at('noise', 'ops')}: op probabilities sum to 0")
+    split_raw = data.get("split") or {}
+    split = SplitSpec(split_raw.get("strategy", "random"), split_raw.get("dev", 0.1), split_raw.get("slot"))
+    if split.slot is not None and split.slot not in slots:
+        raise SpecError(f"{at('split', 'slot')}: unknown slot {split.slot!r}")
+    chains = None
+    if data.get("chains"):
+        raw = data["chains"]
+        for k, step in enumerate(raw["steps"]):
+            if step not in names:
+                raise SpecError(f"{at('chains', 'steps', k)}: unknown step {step!r} (steps: {', '.join(names)})")
+        chains = ChainSpec(tuple(raw["steps"]), raw.get("count"), raw.get("share"))
+    return TaskSpec(
+        name=data["name"], path=path, language=data.get("language", "zh"), n=data.get("n", 1000),
+        seed=data.get("seed"), slots=slots, steps=steps, noise=noise, split=split, chains=chains,
+    )
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and check a YAML task spec. Raises `SpecError` naming file, line and JSON path."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    return parse_spec(data, path, lines)

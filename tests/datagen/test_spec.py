@@ -1,0 +1,95 @@
+"""datagen.spec: schema check before anything else, errors with file:line and JSON path, pool files."""
+
+import pytest
+
+from datagen.spec import load_spec
+from datagen_testutil import MINI, write_spec
+from tasktune import TEMPLATES
+from tasktune.errors import SpecError
+
+
+def test_grid_spec_loads_with_every_step_and_pool():
+    spec = load_spec(TEMPLATES / "grid" / "spec.yaml")
+    assert [s.name for s in spec.steps] == ["greet", "arguments", "summary"]
+    assert len(spec.slots["place"].values) >= 60
+    assert len(spec.steps[1].contents) == 12
+    assert sum(1 for c in spec.steps[1].contents if c.fix == {"check": "人数检测"}) == 4
+    assert spec.chains.steps == ("greet", "arguments", "summary")
+
+
+def test_mini_spec_fields(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert spec.n == 40 and spec.split.strategy == "random" and spec.noise.splits == ("train",)
+    assert spec.slots["expected"].values == tuple(range(1, 21))
+    assert spec.steps[2].cases[0].when == "present == expected"
+
+
+@pytest.mark.parametrize("bad, where", [
+    ("name: mini\nsteps: []\n", "$.steps"),
+    ("name: mini\nsteps:\n  - {name: a, contents: [x]}\n", "$.steps[0]"),  # neither summary nor label
+    ("name: mini\nnoise: {rate: 2}\nsteps:\n  - {name: a, contents: [x], summary: y}\n", "$.noise.rate"),
+    ("name: mini\nslots: {p: {values: [a], range: [1, 2]}}\nsteps:\n  - {name: a, contents: [x], summary: y}\n",
+     "$.slots.p"),
+    ("name: mini\nsplit: {strategy: slot}\nsteps:\n  - {name: a, contents: [x], summary: y}\n", "$.split"),
+])
+def test_schema_errors_name_the_json_path(tmp_path, bad, where):
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, bad))
+    assert where in str(err.value) and "spec.yaml:" in str(err.value)
+
+
+def test_schema_error_points_at_the_yaml_line(tmp_path):
+    text = MINI.replace("  rate: 0.3", "  rate: high")
+    line = text.splitlines().index("  rate: high") + 1
+    with pytest.raises(SpecError, match=rf"spec.yaml:{line}: \$\.noise\.rate"):
+        load_spec(write_spec(tmp_path, text))
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(write_spec(tmp_path, "name: [unclosed\n"))
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_pool_file_is_read_relative_to_the_spec(tmp_path):
+    text = MINI.replace("place: {values: [济南, 青岛, 烟台, 潍坊, 临沂, 德州]}", "place: {file: pool.txt}")
+    spec = load_spec(write_spec(tmp_path, text, pool__txt="# comment\n济南\n\n青岛\n济南\n"))
+    assert spec.slots["place"].values == ("济南", "青岛")  # comments, blanks and repeats dropped
+
+
+def test_pool_file_outside_the_spec_folder_is_refused(tmp_path):
+    (tmp_path / "secret.txt").write_text("x\n", encoding="utf-8")
+    text = MINI.replace("place: {values: [济南, 青岛, 烟台, 潍坊, 临沂, 德州]}", "place: {file: ../secret.txt}")
+    with pytest.raises(SpecError, match="outside the spec's folder"):
+        load_spec(write_spec(tmp_path / "specs", text))
+
+
+@pytest.mark.parametrize("pool", ["{values: []}", "{file: empty.txt}"])
+def test_empty_pool(tmp_path, pool):
+    text = MINI.replace("{values: [济南, 青岛, 烟台, 潍坊, 临沂, 德州]}", pool)
+    with pytest.raises(SpecError, match=r"\$\.slots\.place: empty pool"):
+        load_spec(write_spec(tmp_path, text, empty__txt="# nothing\n"))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("fix: {check: 人数检测}", "fix: {task: 人数检测}", "unknown slot 'task'"),
+    ("fix: {check: 人数检测}", "fix: {check: 跑步}", "not a value of slot 'check'"),
+    ("arguments: [place, check]", "arguments: [place, city]", "unknown slot 'city'"),
+    ("split: {strategy: random, dev: 0.25}", "split: {strategy: slot, slot: town}", "unknown slot 'town'"),
+    ("expected: {range: [1, 20]}", "expected: {range: [20, 1]}", "low 20 is above high 1"),
+    ("check: {choices: [人数检测, 安全检查]}", "check: {choices: [人数检测, 安全检查], weights: [1]}", "1 weights for 2"),
+    ("  - name: summary", "  - name: greet", "duplicate step name"),
+])
+def test_semantic_errors(tmp_path, old, new, message):
+    assert old in MINI
+    with pytest.raises(SpecError, match=message):
+        load_spec(write_spec(tmp_path, MINI.replace(old, new, 1)))
+
+
+def test_unknown_chain_step(tmp_path):
+    with pytest.raises(SpecError, match=r"\$\.chains\.steps\[1\]: unknown step 'nope'"):
+        load_spec(write_spec(tmp_path, MINI + "chains: {steps: [greet, nope], count: 2}\n"))

@@ -1,0 +1,85 @@
+"""datagen.write: files and formats, LLaMA-Factory dataset_info, atomic writes, unwritable folders."""
+
+import json
+import os
+
+import pytest
+
+from datagen import Splits, generate, write_splits
+from datagen.write import write_files
+from datagen_testutil import write_spec
+from tasktune.errors import SpecError
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return generate(write_spec(tmp_path_factory.mktemp("spec")), seed=2)
+
+
+def test_chatglm_files(splits, tmp_path):
+    paths = write_splits(splits, tmp_path / "out")
+    assert sorted(p.name for p in paths) == ["dataset_info.json", "dev.json", "stats.json", "train.json"]
+    train = json.loads((tmp_path / "out" / "train.json").read_text(encoding="utf-8"))
+    assert train == splits.train
+    raw = (tmp_path / "out" / "train.json").read_text(encoding="utf-8")
+    assert "步骤" in raw and "\\u" not in raw  # UTF-8, not ASCII escapes
+    info = json.loads((tmp_path / "out" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["mini_train"] == {"file_name": "train.json",
+                                  "columns": {"prompt": "content", "response": "summary", "history": "history"}}
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+@pytest.mark.parametrize("fmt, name, key", [("jsonl", "train.jsonl", "content"), ("alpaca", "train.json", "instruction"),
+                                            ("sharegpt", "train.json", "conversations")])
+def test_other_formats(splits, tmp_path, fmt, name, key):
+    write_splits(splits, tmp_path, fmt, meta=False)
+    text = (tmp_path / name).read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else json.loads(text)
+    assert len(records) == len(splits.train) and all(key in r and "meta" not in r for r in records)
+    info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["mini_dev"]["file_name"] == name.replace("train", "dev")
+
+
+def test_failure_leaves_nothing_half_written(splits, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(SpecError, match="No space left"):
+        write_splits(splits, out)
+    # the temp files are gone; only what was fully moved into place may remain
+    assert not list(out.glob(".*tmp")) if out.exists() else True
+    for path in out.glob("*.json") if out.exists() else []:
+        json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_invalid_record_writes_nothing(tmp_path):
+    bad = Splits(train=[{"content": "", "summary": "x"}], dev=[], stats={})
+    with pytest.raises(SpecError, match=r"record 0 \(chatglm\) fails the output schema: \$\.content"):
+        write_splits(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_files_replaces_existing_files_whole(tmp_path):
+    (tmp_path / "a.json").write_text("old")
+    write_files(tmp_path, {"a.json": "new", "b.json": "b"})
+    assert (tmp_path / "a.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_unwritable_output_directory(splits, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SpecError, match="cannot create the output directory"):
+        write_splits(splits, blocker / "out")
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(SpecError, match="not writable"):
+            write_splits(splits, locked)
