@@ -1,0 +1,229 @@
+"""tuning/data.py: loading records, prompt frames, label masking, truncation counts, collators, DataErrors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from tasktune.errors import DataError
+from tuning.data import (
+    IGNORE_INDEX,
+    DataConfig,
+    build_generation_examples,
+    format_prompt,
+    iter_generation_batches,
+    load_records,
+    make_collator,
+    tokenize_dataset,
+)
+from tuning.tiny import train_tokenizer
+
+GREET = "您好,我是电网大模型的语言核心,用于拆解执行行为库并向您汇报结果"
+RECORDS = [
+    {"content": "步骤#问候*语音#你好", "summary": GREET, "meta": {"step": "greet", "noise": []}},
+    {
+        "content": "步骤#理解并基于输入拆分函数参数*语音#尝试查济南的人数",
+        "summary": "因为出现地名为济南, 所以函数一参数为济南; 因为出现人数要求, 所以函数二参数为人数检测",
+        "meta": {"step": "arguments", "slots": {"place": "济南", "check": "人数检测"}},
+    },
+    {
+        "content": "步骤#基于函数调用结果进行总结*工单查询#应到47人*目标检测#实到34人*任务类型#人数检测",
+        "summary": "[人数检测] 应到47人, 实到34人, 有人缺勤",
+        "history": [["步骤#问候*语音#你好", GREET]],
+        "meta": {"step": "summary", "slots": {"expected": 47, "present": 34}, "chain": ["greet", "summary"]},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [r[k] for r in RECORDS for k in ("content", "summary")]
+    return train_tokenizer(texts + ["[Round 1]\n\n问：\n\n答：Human: Assistant: 0123456789"], vocab_size=400)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "dev.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in RECORDS) + "\n", encoding="utf-8"
+    )
+    return tmp_path
+
+
+# ------------------------------------------------------------------ load_records
+
+
+def test_load_records_keeps_needed_columns_and_meta_as_json(data_dir):
+    ds = load_records(data_dir, "train")
+    assert sorted(ds.column_names) == ["content", "history", "meta", "summary"]
+    assert ds["content"] == [r["content"] for r in RECORDS]
+    assert ds["history"] == [[], [], [["步骤#问候*语音#你好", GREET]]]
+    # meta keys differ per record: each comes back intact from its JSON string
+    assert [json.loads(m) for m in ds["meta"]] == [r["meta"] for r in RECORDS]
+
+
+def test_load_records_reads_jsonl_and_single_files(data_dir):
+    assert load_records(data_dir, "dev")["summary"] == [r["summary"] for r in RECORDS]
+    assert len(load_records(data_dir / "train.json", "ignored")) == 3
+
+
+def test_load_records_custom_columns(tmp_path):
+    rows = [{"q": "问题", "a": "回答", "turns": [["x", "y"]]}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    ds = load_records(tmp_path, "train", DataConfig(prompt_column="q", response_column="a", history_column="turns"))
+    assert ds["q"] == ["问题"] and ds["turns"] == [[["x", "y"]]] and ds["meta"] == ["{}"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no train.json or train.jsonl"),
+        ("[]", "no records"),
+        ('[{"content": "x"}]', "no column 'summary'"),
+        ('[{"content": 3, "summary": "y"}]', "column 'content' must be a string"),
+        ('[{"content": "x", "summary": "y", "history": [["only one"]]}]', "history must be a list"),
+        ('{"content": "x"}', "expected a JSON array"),
+        ('[{"content": "x",\n "summary": }]', ":2: invalid JSON"),
+    ],
+)
+def test_load_records_errors_name_file_and_problem(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "train.json").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as info:
+        load_records(tmp_path, "train")
+    assert str(tmp_path) in str(info.value)
+
+
+def test_load_records_missing_file_and_bad_jsonl_line(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        load_records(tmp_path / "nope.json", "train")
+    (tmp_path / "train.jsonl").write_text('{"content": "a", "summary": "b"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train\.jsonl:2: invalid JSON"):
+        load_records(tmp_path, "train")
+
+
+# ------------------------------------------------------------------ format_prompt
+
+
+def test_chatglm_frame_with_history(tokenizer):
+    prompt = format_prompt(tokenizer, "问题三", [["问题一", "回答一"], ["问题二", "回答二"]])
+    assert prompt == (
+        "[Round 1]\n\n问：问题一\n\n答：回答一\n\n"
+        "[Round 2]\n\n问：问题二\n\n答：回答二\n\n"
+        "[Round 3]\n\n问：问题三\n\n答："
+    )
+    assert format_prompt(tokenizer, "你好") == "[Round 1]\n\n问：你好\n\n答："
+
+
+def test_human_assistant_frame(tokenizer):
+    assert format_prompt(tokenizer, "你好", template="human_assistant") == "Human: 你好\n\nAssistant: "
+    assert format_prompt(tokenizer, "b", [["a", "x"]], template="human_assistant") == (
+        "Human: a\n\nAssistant: x\n\nHuman: b\n\nAssistant: "
+    )
+
+
+def test_custom_template_file_and_strict_undefined(tokenizer, tmp_path):
+    good = tmp_path / "mine.jinja"
+    good.write_text("Q={{ query }} n={{ history | length }}", encoding="utf-8")
+    assert format_prompt(tokenizer, "hi", [["a", "b"]], template=str(good)) == "Q=hi n=1"
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{{ querry }}", encoding="utf-8")
+    with pytest.raises(Exception, match="querry"):
+        format_prompt(tokenizer, "hi", template=str(bad))
+    with pytest.raises(DataError, match="prompt template"):
+        format_prompt(tokenizer, "hi", template="alpaca")
+
+
+def test_chat_template_wins_in_auto_mode(tokenizer):
+    chat_tok = copy.deepcopy(tokenizer)
+    chat_tok.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert format_prompt(chat_tok, "q2", [["q1", "a1"]]) == "<user>q1<assistant>a1<user>q2<assistant>"
+    # an explicit Jinja frame still overrides the chat template
+    assert format_prompt(chat_tok, "q", template="chatglm") == "[Round 1]\n\n问：q\n\n答："
+    with pytest.raises(DataError, match="no chat template"):
+        format_prompt(tokenizer, "q", template="chat")
+
+
+# ------------------------------------------------------------------ tokenize_dataset
+
+
+def test_labels_mask_exactly_the_prompt(data_dir, tokenizer):
+    ds = load_records(data_dir, "train")
+    cfg = DataConfig(max_source_length=512, max_target_length=512)
+    tokenized, report = tokenize_dataset(ds, tokenizer, cfg)
+    assert (report.total, report.source_truncated, report.target_truncated) == (3, 0, 0)
+    for record, row in zip(RECORDS, tokenized):
+        prompt = format_prompt(tokenizer, record["content"], record.get("history"))
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = tokenizer(record["summary"], add_special_tokens=False)["input_ids"]
+        assert row["input_ids"] == p_ids + a_ids + [tokenizer.eos_token_id]
+        assert row["labels"] == [IGNORE_INDEX] * len(p_ids) + a_ids + [tokenizer.eos_token_id]
+        assert tokenizer.decode(a_ids) == record["summary"]
+
+
+def test_truncation_counts_and_kept_parts(data_dir, tokenizer):
+    ds = load_records(data_dir, "train")
+    lengths = [len(tokenizer(format_prompt(tokenizer, r["content"], r.get("history")))["input_ids"]) for r in RECORDS]
+    answers = [len(tokenizer(r["summary"], add_special_tokens=False)["input_ids"]) for r in RECORDS]
+    src, tgt = sorted(lengths)[1], sorted(answers)[1]  # the middle lengths: exactly one longer each
+    tokenized, report = tokenize_dataset(ds, tokenizer, DataConfig(max_source_length=src, max_target_length=tgt))
+    assert report.source_truncated == sum(n > src for n in lengths) == 1
+    assert report.target_truncated == sum(n > tgt for n in answers) == 1
+    longest = lengths.index(max(lengths))
+    row = tokenized[longest]
+    full = tokenizer(format_prompt(tokenizer, RECORDS[longest]["content"], RECORDS[longest].get("history")))
+    assert row["input_ids"][:src] == full["input_ids"][-src:]  # the prompt keeps its end (query + 答：)
+    assert row["labels"][:src] == [IGNORE_INDEX] * src
+    assert all(len([t for t in r["labels"] if t != IGNORE_INDEX]) <= tgt + 1 for r in tokenized)
+    assert "1 prompts truncated" in str(report)
+
+
+def test_all_responses_or_prompts_too_long_is_an_error(data_dir, tokenizer):
+    ds = load_records(data_dir, "train")
+    with pytest.raises(DataError, match="every response in column 'summary'.*max_target_length=2") as info:
+        tokenize_dataset(ds, tokenizer, DataConfig(max_target_length=2))
+    assert "train.json" in str(info.value)
+    with pytest.raises(DataError, match="every prompt in column 'content'"):
+        tokenize_dataset(ds, tokenizer, DataConfig(max_source_length=3))
+
+
+def test_tokenize_rejects_missing_columns_and_empty(data_dir, tokenizer):
+    ds = load_records(data_dir, "train")
+    with pytest.raises(DataError, match="no column 'instruction'"):
+        tokenize_dataset(ds, tokenizer, DataConfig(prompt_column="instruction"))
+    with pytest.raises(DataError, match="no records"):
+        tokenize_dataset(ds.select([]), tokenizer, DataConfig())
+
+
+# ------------------------------------------------------------------ collators and generation
+
+
+def test_collator_pads_right_with_ignore_labels(tokenizer):
+    collate = make_collator(tokenizer)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    pad = tokenizer.pad_token_id
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, pad, pad]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert make_collator(tokenizer, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])["input_ids"].shape == (1, 4)
+
+
+def test_generation_examples_left_padded_with_references_and_meta(data_dir, tokenizer):
+    ds = load_records(data_dir, "dev")
+    examples = build_generation_examples(ds, tokenizer, DataConfig(max_source_length=512))
+    assert [e.reference for e in examples] == [r["summary"] for r in RECORDS]
+    assert [e.meta for e in examples] == [r["meta"] for r in RECORDS]
+    assert examples[0].prompt == "[Round 1]\n\n问：步骤#问候*语音#你好\n\n答："
+    chunks = list(iter_generation_batches(examples, tokenizer, batch_size=2))
+    assert [len(c) for c, _ in chunks] == [2, 1]
+    first, batch = chunks[0]
+    width = max(len(e.input_ids) for e in first)
+    for row, mask, example in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), first):
+        n = len(example.input_ids)
+        assert row[width - n:] == example.input_ids  # left padded: the prompt ends at the last column
+        assert mask == [0] * (width - n) + [1] * n

@@ -1,0 +1,197 @@
+"""tuning/tiny.py: the tokenizer covers the grid text, the corpus never pairs prompt and answer,
+pre-training lowers the loss, the builder writes a loadable model atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tasktune.errors import ConfigError, SpecError
+from tuning import tiny
+from tuning.tiny import RECORD_FILE, TinyConfig, build_corpus, build_tiny_model, make_model, pretrain, train_tokenizer
+
+GREET = "您好,我是电网大模型的语言核心,用于拆解执行行为库并向您汇报结果"
+
+
+def _record(content, summary, **slots):
+    return {"content": content, "summary": summary, "meta": {"slots": slots}}
+
+
+TRAIN = [
+    _record("步骤#问候*语音#你好", GREET),
+    _record("步骤#问候*语音#中午[MASK]", GREET),
+    _record(
+        "步骤#理解并基于输入拆分函数参数*语音#检测在邹城的电笔配备情况",
+        "因为出现地名为邹城, 所以函数一参数为邹城; 因为出现设备要求, 所以函数二参数为设备检查",
+        place="邹城", check="设备检查",
+    ),
+    _record(
+        "步骤#理解并基于输入拆分函数参数*语音#尝试查济南的人数",
+        "因为出现地名为济南, 所以函数一参数为济南; 因为出现人数要求, 所以函数二参数为人数检测",
+        place="济南", check="人数检测",
+    ),
+    _record(
+        "步骤#基于函数调用结果进行总结*工单查询#应到47人*目标检测#实到34人*任务类型#人数检测",
+        "[人数检测] 应到47人, 实到34人, 有人缺勤",
+        check="人数检测", scenario="absent",
+    ),
+]
+DEV = [
+    _record(
+        "步骤#理解并基于输入拆分函数参数*语音#检查历城有没有设备异常",
+        "因为出现地名为历城, 所以函数一参数为历城; 因为出现设备要求, 所以函数二参数为设备检查",
+        place="历城", check="设备检查",
+    ),
+]
+SMALL = dict(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(TRAIN, DEV, ["name: grid\ndescription: power-grid site assistant"])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return train_tokenizer(corpus.tokenizer_text, 500, words=corpus.words)
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "spec" / "spec.yaml"
+    path.parent.mkdir()
+    path.write_text("name: grid\n", encoding="utf-8")
+    (path.parent / "places.txt").write_text("邹城\n济南\n历城\n", encoding="utf-8")
+    return path
+
+
+def test_tokenizer_round_trips_grid_text_without_unk(tokenizer):
+    from tuning.data import format_prompt
+
+    texts = [r[k] for r in TRAIN + DEV for k in ("content", "summary")]
+    texts += [format_prompt(tokenizer, TRAIN[2]["content"], [[TRAIN[0]["content"], GREET]])]
+    texts += ["Human: hello\n\nAssistant: name: grid"]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids) == text
+    assert tokenizer.chat_template is None  # so the ChatGLM Jinja frame is used
+    assert tokenizer.convert_tokens_to_ids("[MASK]") == tokenizer.mask_token_id
+    assert "[MASK]" in tokenizer.convert_ids_to_tokens(tokenizer(TRAIN[1]["content"])["input_ids"])
+
+
+def test_unseen_characters_fall_back_to_bytes(tokenizer):
+    ids = tokenizer("龘", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids and len(ids) == 3  # three UTF-8 bytes
+    assert tokenizer.decode(ids) == "龘"
+
+
+def test_slot_values_are_single_tokens_in_prompt_and_answer(tokenizer):
+    # the place must be spelled by the same token ids in the question and in the answer, so it can be copied
+    for record in TRAIN[2:4] + DEV:
+        place = record["meta"]["slots"]["place"]
+        place_ids = tokenizer(place, add_special_tokens=False)["input_ids"]
+        assert len(place_ids) == 1
+        for text in (record["content"], record["summary"]):
+            assert place_ids[0] in tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_corpus_never_pairs_content_with_summary(corpus):
+    texts = [text for text, _ in corpus.documents]
+    for record in TRAIN:
+        assert record["content"] in texts and record["summary"] in texts
+        assert not any(record["content"] in t and record["summary"] in t for t in texts)
+    framed = [(t, closed) for t, closed in corpus.documents if t.startswith("[Round 1]")]
+    assert framed and all(t.endswith("答：") and not closed for t, closed in framed)  # no answer, no eos
+    assert not any(r["content"] in t for r in DEV for t in texts)  # dev text only reaches the tokenizer
+    assert corpus.words == ["人数检测", "历城", "济南", "设备检查", "邹城"]  # "absent" is not in any text
+
+
+def test_copy_and_skill_documents_stay_unpaired():
+    corpus = build_corpus(TRAIN, DEV, [], copy_docs=True, skill_docs=True, rng=random.Random(0))
+    texts = [t for t, _ in corpus.documents]
+    assert any(t.endswith("答：47 34") for t in texts)  # the numbers of the question
+    copies = [t for t in texts if "\n" in t and not t.startswith("[Round")]
+    assert len(copies) == len(TRAIN) and all(a == b for a, b in (t.split("\n") for t in copies))
+    for record in TRAIN:
+        assert not any(record["summary"] in t and record["content"] in t for t in texts)
+
+
+def test_pretraining_lowers_the_loss_and_is_deterministic(corpus, tokenizer):
+    import torch
+
+    cfg = TinyConfig(**SMALL, pretrain_steps=25, warmup_steps=3, lr=1e-2)
+    model = make_model(cfg, tokenizer)
+    first = [t for t, _ in corpus.documents]
+    batch = tokenizer(first[:4], add_special_tokens=False, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        before = model(**batch, labels=labels).loss.item()
+    final = pretrain(model, tokenizer, corpus.documents, cfg, progress=False)
+    with torch.no_grad():
+        after = model(**batch, labels=labels).loss.item()
+    assert after < before - 1.0 and final < before
+    twin = make_model(cfg, tokenizer)
+    assert pretrain(twin, tokenizer, corpus.documents, cfg, progress=False) == pytest.approx(final, rel=1e-4)
+
+
+def test_build_writes_a_loadable_model_and_record(spec, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "models" / "tiny-glm"
+    result = build_tiny_model(spec, out, seed=3, config=TinyConfig(**SMALL), pretrain_steps=2,
+                              records=(TRAIN, DEV), progress=False)
+    assert result == out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", RECORD_FILE} <= names
+    record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
+    assert record["seed"] == 3 and record["pretrain_steps"] == 2 and record["spec"] == str(spec)
+    assert len(record["spec_sha256"]) == 64 and record["parameters"] > 0 and record["final_loss"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "glm" and model.config.vocab_size == len(tok)
+    assert model.config.num_key_value_heads == 2 and tok.chat_template is None
+    assert tok.decode(tok("邹城的电笔")["input_ids"]) == "邹城的电笔"  # "邹城" comes from the spec's pool file too
+    assert not list(out.parent.glob(".tiny-glm*"))  # no temp folders left behind
+
+
+def test_a_failed_build_leaves_nothing(spec, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    out = tmp_path / "tiny"
+    monkeypatch.setattr("pathlib.Path.write_text", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_tiny_model(spec, out, config=TinyConfig(**SMALL), pretrain_steps=1, records=(TRAIN, DEV), progress=False)
+    assert list(tmp_path.iterdir()) == [spec.parent]
+
+
+def test_build_refuses_foreign_folders_and_missing_spec(spec, tmp_path):
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a tiny model folder"):
+        build_tiny_model(spec, foreign, config=TinyConfig(**SMALL), pretrain_steps=0, records=(TRAIN, DEV),
+                         progress=False)
+    assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    with pytest.raises(SpecError, match="no such spec"):
+        build_tiny_model(tmp_path / "nope.yaml", tmp_path / "m", records=(TRAIN, DEV))
+    with pytest.raises(ConfigError, match="num_heads"):
+        TinyConfig(hidden_size=30, num_heads=4)
+
+
+def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tiny.add_arguments(parser)
+    args = parser.parse_args(["--spec", "s.yaml", "--out", str(tmp_path / "m"), "--steps", "7", "--layers", "3",
+                              "--hidden", "48", "--heads", "4", "--kv-heads", "2", "--lr", "0.01"])
+    seen = {}
+    monkeypatch.setattr(tiny, "build_tiny_model", lambda spec, out, *, seed, config: seen.update(
+        spec=spec, out=out, seed=seed, config=config) or out)
+    assert tiny.run(args) == 0
+    cfg = seen["config"]
+    assert (cfg.pretrain_steps, cfg.num_layers, cfg.hidden_size, cfg.lr, seen["seed"]) == (7, 3, 48, 0.01, 42)

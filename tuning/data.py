@@ -1,0 +1,324 @@
+"""Training data: train/dev JSON(L) records -> prompt strings -> tokenized, label-masked examples.
+
+Prompts use the tokenizer's chat template when it has one, else a Jinja frame from templates/prompts/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from tasktune import TEMPLATES
+from tasktune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: -100 is the index that torch's cross-entropy ignores: prompt and padding positions get it.
+IGNORE_INDEX = -100
+PROMPT_TEMPLATES = TEMPLATES / "prompts"
+#: Column holding each record's `meta` dict, serialized as JSON (its keys vary per record,
+#: which Arrow schema inference cannot hold in one struct column).
+META_COLUMN = "meta"
+
+
+@dataclass
+class DataConfig:
+    """Which columns hold what, how long prompts/answers may be, and how prompts are framed."""
+
+    prompt_column: str = "content"
+    response_column: str = "summary"
+    history_column: str = "history"
+    max_source_length: int = 64
+    """Prompt tokens kept; a longer prompt loses its *start* (the query and answer cue are at the end)."""
+    max_target_length: int = 64
+    """Answer tokens kept (before the eos token)."""
+    prompt_template: str = "auto"
+    """"auto" (chat template if the tokenizer has one, else chatglm), "chat", "chatglm",
+    "human_assistant", or a path to a .jinja file (variables: query, history)."""
+
+    def __post_init__(self) -> None:
+        if self.max_source_length < 1 or self.max_target_length < 1:
+            raise DataError(
+                f"max_source_length/max_target_length must be >= 1, got "
+                f"{self.max_source_length}/{self.max_target_length}"
+            )
+
+
+@dataclass
+class TruncationReport:
+    """How many examples lost tokens to the length limits (source and target counted separately)."""
+
+    total: int
+    source_truncated: int
+    target_truncated: int
+    source: str = "dataset"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.source}: {self.total} examples, {self.source_truncated} prompts truncated, "
+            f"{self.target_truncated} responses truncated"
+        )
+
+
+@dataclass
+class GenerationExample:
+    """One dev/test prompt for generation, with its reference answer and parsed meta."""
+
+    prompt: str
+    input_ids: list[int]
+    reference: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _resolve(path_or_dir: str | Path, split: str) -> Path:
+    path = Path(path_or_dir)
+    if path.is_dir():
+        for name in (f"{split}.json", f"{split}.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise DataError(f"{path}: no {split}.json or {split}.jsonl in this folder")
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    return path
+
+
+def _read_rows(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+        return rows
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON array of records, got {type(rows).__name__}")
+    return rows
+
+
+def _clean_history(value: Any, where: str) -> list[list[str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+        for turn in value
+    ):
+        raise DataError(f"{where}: history must be a list of [query, answer] string pairs")
+    return [list(turn) for turn in value]
+
+
+def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig | None = None):
+    """Read `split` (`{split}.json` array or `{split}.jsonl`) into a `datasets.Dataset`.
+
+    Keeps only the prompt, response and history columns (history defaults to [] when absent)
+    plus `meta` as a JSON string. `path_or_dir` is a data folder or one file.
+    """
+    from datasets import Dataset
+
+    cfg = cfg or DataConfig()
+    path = _resolve(path_or_dir, split)
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    keep: dict[str, list] = {cfg.prompt_column: [], cfg.response_column: [], cfg.history_column: [], META_COLUMN: []}
+    for i, row in enumerate(rows):
+        where = f"{path}: record {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+        for column in (cfg.prompt_column, cfg.response_column):
+            if column not in row:
+                raise DataError(f"{where}: no column {column!r} (has: {', '.join(sorted(row)) or 'none'})")
+            if not isinstance(row[column], str):
+                raise DataError(f"{where}: column {column!r} must be a string")
+            keep[column].append(row[column])
+        keep[cfg.history_column].append(_clean_history(row.get(cfg.history_column), where))
+        keep[META_COLUMN].append(json.dumps(row.get("meta") or {}, ensure_ascii=False, sort_keys=True))
+    ds = Dataset.from_dict(keep)
+    ds.info.description = str(path)  # lets later errors name the file
+    return ds
+
+
+# ---------------------------------------------------------------- prompts
+
+
+@lru_cache(maxsize=16)
+def _jinja_template(path: str):
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read prompt template ({exc.strerror})") from None
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
+    return env.from_string(source)
+
+
+def _template_path(template: str) -> Path:
+    if template in ("chatglm", "human_assistant"):
+        return PROMPT_TEMPLATES / f"{template}.jinja"
+    path = Path(template)
+    if path.suffix != ".jinja" or not path.is_file():
+        raise DataError(
+            f"prompt template {template!r}: expected auto, chat, chatglm, human_assistant or a .jinja file"
+        )
+    return path
+
+
+def _uses_chat_template(tokenizer, template: str) -> bool:
+    return template == "chat" or (template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+
+
+def format_prompt(tokenizer, query: str, history: list | None = None, template: str = "auto") -> str:
+    """The prompt text for `query` after `history` ([query, answer] pairs), ready for the answer."""
+    history = [list(turn) for turn in (history or [])]
+    if _uses_chat_template(tokenizer, template):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("prompt template 'chat': the tokenizer has no chat template")
+        messages = []
+        for q, a in history:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": query})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    name = "chatglm" if template == "auto" else template
+    return _jinja_template(str(_template_path(name))).render(query=query, history=history)
+
+
+def _encode_prompts(tokenizer, prompts: list[str], cfg: DataConfig) -> list[list[int]]:
+    # A chat template writes its own bos/special tokens; a plain frame lets the tokenizer add them.
+    add_special = not _uses_chat_template(tokenizer, cfg.prompt_template)
+    return tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
+
+
+def _prompts_of(ds, tokenizer, cfg: DataConfig) -> list[str]:
+    return [
+        format_prompt(tokenizer, q, h, cfg.prompt_template)
+        for q, h in zip(ds[cfg.prompt_column], ds[cfg.history_column])
+    ]
+
+
+def _check_columns(ds, cfg: DataConfig) -> str:
+    source = ds.info.description or "dataset"
+    for column in (cfg.prompt_column, cfg.response_column, cfg.history_column):
+        if column not in ds.column_names:
+            raise DataError(f"{source}: no column {column!r} (has: {', '.join(ds.column_names)})")
+    if len(ds) == 0:
+        raise DataError(f"{source}: no records")
+    return source
+
+
+# ---------------------------------------------------------------- training
+
+
+def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
+    """Tokenize for training: returns (Dataset[input_ids, labels], TruncationReport).
+
+    input_ids = prompt ids (last `max_source_length`) + response ids (first `max_target_length`) + eos;
+    labels are IGNORE_INDEX over the prompt so only the answer (and eos) is learned.
+    """
+    from datasets import Dataset
+
+    source = _check_columns(ds, cfg)
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no eos token: answers could never end")
+    prompt_ids = _encode_prompts(tokenizer, _prompts_of(ds, tokenizer, cfg), cfg)
+    answer_ids = tokenizer(list(ds[cfg.response_column]), add_special_tokens=False)["input_ids"]
+    input_ids, labels = [], []
+    src_cut = tgt_cut = 0
+    for p, a in zip(prompt_ids, answer_ids):
+        if len(p) > cfg.max_source_length:
+            src_cut += 1
+            p = p[-cfg.max_source_length:]
+        if len(a) > cfg.max_target_length:
+            tgt_cut += 1
+            a = a[: cfg.max_target_length]
+        a = a + [tokenizer.eos_token_id]
+        input_ids.append(p + a)
+        labels.append([IGNORE_INDEX] * len(p) + a)
+    report = TruncationReport(len(input_ids), src_cut, tgt_cut, source)
+    log.info("%s", report)
+    if tgt_cut == len(input_ids):
+        raise DataError(
+            f"{source}: every response in column {cfg.response_column!r} is longer than "
+            f"max_target_length={cfg.max_target_length} tokens; raise it"
+        )
+    if src_cut == len(input_ids):
+        raise DataError(
+            f"{source}: every prompt in column {cfg.prompt_column!r} is longer than "
+            f"max_source_length={cfg.max_source_length} tokens; raise it"
+        )
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels}), report
+
+
+def make_collator(tokenizer, pad_to_multiple_of: int | None = None):
+    """A collator that right-pads input_ids (pad id), attention_mask (0) and labels (IGNORE_INDEX)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def collate(features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        ids, mask, labels = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [pad_id] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * (width - n))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+    return collate
+
+
+# ---------------------------------------------------------------- generation (eval)
+
+
+def build_generation_examples(ds, tokenizer, cfg: DataConfig) -> list[GenerationExample]:
+    """Prompts (truncated like training), references and parsed meta for every record of `ds`."""
+    _check_columns(ds, cfg)
+    prompts = _prompts_of(ds, tokenizer, cfg)
+    encoded = _encode_prompts(tokenizer, prompts, cfg)
+    metas = ds[META_COLUMN] if META_COLUMN in ds.column_names else ["{}"] * len(ds)
+    return [
+        GenerationExample(prompt, ids[-cfg.max_source_length:], ref, json.loads(meta))
+        for prompt, ids, ref, meta in zip(prompts, encoded, ds[cfg.response_column], metas)
+    ]
+
+
+def left_pad(tokenizer, sequences: list[list[int]]) -> dict:
+    """Left-pad token id lists into a generation batch {input_ids, attention_mask} (torch tensors)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(s) for s in sequences)
+    ids = [[pad_id] * (width - len(s)) + list(s) for s in sequences]
+    mask = [[0] * (width - len(s)) + [1] * len(s) for s in sequences]
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+
+
+def iter_generation_batches(
+    examples: list[GenerationExample], tokenizer, batch_size: int
+) -> Iterator[tuple[list[GenerationExample], dict]]:
+    """Yield (examples, left-padded batch) chunks of `batch_size`, in order."""
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        yield chunk, left_pad(tokenizer, [e.input_ids for e in chunk])

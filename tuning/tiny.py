@@ -1,0 +1,430 @@
+"""`tasktune tiny-model`: build the embedded default base model (a small random GLM + a local tokenizer),
+briefly pre-trained as a plain LM on *unpaired* domain text so it writes the domain but does not do the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasktune.errors import ConfigError, SpecError
+
+#: Written next to the weights: how this model was built (spec + hash, seed, steps, loss, size).
+RECORD_FILE = "tiny_model.json"
+PAD, UNK, BOS, EOS, MASK, GMASK = "<pad>", "<unk>", "<bos>", "<eos>", "[MASK]", "[gMASK]"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, MASK, GMASK]
+#: Text the tokenizer must always cover: the ChatGLM / Human-Assistant prompt frames, digits, ASCII.
+FRAME_TEXT = "[Round 1]\n\n问：\n\n答：\n\nHuman: \n\nAssistant: 0123456789" + "".join(map(chr, range(32, 127)))
+SPEC_SUFFIXES = {".yaml", ".yml", ".txt", ".jinja", ".j2", ".json", ".md"}
+
+
+@dataclass
+class TinyConfig:
+    """Size of the tiny GLM, its tokenizer and its LM pre-training (the knobs the demo may tune)."""
+
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    """Fewer key/value heads than query heads: grouped-query attention, as GLM-4."""
+    intermediate_size: int = 704
+    vocab_size: int = 3000
+    """Upper bound for the BPE vocabulary (256 byte-fallback tokens come on top)."""
+    max_token_chars: int = 4
+    """Longest merged token: keeps the BPE char-level-ish, so slot values (places, numbers)
+    are spelled the same inside prompts and answers."""
+    pretrain_steps: int = 300
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    batch_size: int = 16
+    block_size: int = 128
+    """Longest training row in tokens."""
+    pack: bool = False
+    """Join documents with eos into full rows (faster, but teaches "ignore what came before eos")."""
+    copy_docs: bool = False
+    """Also train on random strings of domain pieces written twice (a copying / induction signal)."""
+    skill_docs: bool = False
+    """Also train on generic skills in the prompt frame (echo / numbers / slot words of the question)."""
+    n_records: int | None = None
+    """Records asked of the data generator; None = its default."""
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+    """Further GlmConfig keyword arguments (e.g. initializer_range)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"tiny model: hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}, "
+                f"and num_heads by num_kv_heads {self.num_kv_heads}"
+            )
+        if self.pretrain_steps < 0 or self.batch_size < 1 or self.block_size < 8:
+            raise ConfigError("tiny model: pretrain_steps >= 0, batch_size >= 1, block_size >= 8 required")
+
+
+@dataclass
+class Corpus:
+    """Unpaired pre-training documents and the text the tokenizer is trained on."""
+
+    documents: list[tuple[str, bool]]
+    """(text, ends with eos): a framed prompt stays open after "答：" so the base model learns no answer."""
+    tokenizer_text: list[str]
+    words: list[str] = field(default_factory=list)
+    """Slot values (places, check types) that become whole tokens: the same token ids in the prompt and
+    in the answer, so copying them is one step (BPE merges would split "在邹城的" as "在邹|城的")."""
+
+
+# ---------------------------------------------------------------- text
+
+
+def generate_records(spec_path: Path, seed: int, n: int | None) -> tuple[list[dict], list[dict]]:
+    """(train, dev) records from the data generator's Python API."""
+    try:
+        from datagen import generate
+    except ImportError as exc:
+        raise ConfigError(f"tiny-model needs the data generator (datagen.generate): {exc}") from None
+    splits = generate(spec_path, seed=seed, **({"n": n} if n else {}))
+    return list(splits.train), list(splits.dev)
+
+
+def read_spec_text(spec_path: Path) -> list[str]:
+    """The spec file and its sibling text files (templates, pools): the tokenizer must know their chars."""
+    files = [spec_path] + sorted(
+        p for p in spec_path.parent.rglob("*") if p.is_file() and p.suffix in SPEC_SUFFIXES and p != spec_path
+    )
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
+
+def build_corpus(
+    train: list[dict],
+    dev: list[dict],
+    spec_text: list[str],
+    copy_docs: bool = False,
+    skill_docs: bool = False,
+    rng: random.Random | None = None,
+) -> Corpus:
+    """Pre-training documents from the *train* records: each content (raw, and in the ChatGLM frame
+    left open after "答："), each summary, as separate documents, never content -> summary.
+    `copy_docs` adds, per record, a random string of domain pieces (slot words, digits, characters)
+    written twice: repeated text teaches copying from context (induction), as in real corpora.
+    `skill_docs` adds generic in-frame skills on the contents (answer = the question echoed, its
+    numbers, its slot words): the base model learns to read the question, not the task.
+    Dev text only feeds the tokenizer's alphabet."""
+    from tuning.data import format_prompt
+
+    words = collect_slot_words(train + dev)
+    rng = rng or random.Random(0)
+    chars = sorted({ch for r in train for ch in r["content"] + r["summary"] if not ch.isspace()})
+    pool = words + list("0123456789") + chars
+    docs: list[tuple[str, bool]] = []  # (text, ends with eos)
+    copies: list[tuple[str, bool]] = []
+    for record in train:
+        content, summary = record["content"], record["summary"]
+        framed = format_prompt(None, content, template="chatglm")
+        docs += [(content, True), (framed, False), (summary, True)]
+        if copy_docs:
+            pieces = "".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+            copies.append((f"{pieces}\n{pieces}", True))
+        if skill_docs:
+            docs.append((framed + content, True))
+            numbers = re.findall(r"\d+", content)
+            found = [w for w in words if w in content]
+            if numbers:
+                docs.append((framed + " ".join(numbers), True))
+            if found:
+                docs.append((framed + ", ".join(found), True))
+    seen: set = set()
+    unique = [d for d in docs if not (d in seen or seen.add(d))]
+    # the random copy strings stay out of the tokenizer's text: they would teach junk merges
+    tok_text = [d for d, _ in unique] + [r[k] for r in dev for k in ("content", "summary")] + spec_text + [FRAME_TEXT]
+    unique += copies
+    return Corpus(unique, tok_text, words)
+
+
+def collect_slot_words(records: list[dict]) -> list[str]:
+    """String slot values (datagen's meta.slots) of two or more characters that occur in the records' text."""
+    text = "\n".join(r.get("content", "") + "\n" + r.get("summary", "") for r in records)
+    words = {
+        value
+        for record in records
+        for value in ((record.get("meta") or {}).get("slots") or {}).values()
+        if isinstance(value, str) and len(value) >= 2 and not value.isdigit()
+    }
+    words = {w for w in words if w in text}
+    return sorted(words)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, max_token_chars: int = 4, words: list[str] = ()):
+    """A char-level-ish BPE (digits and punctuation split off, byte fallback for unseen chars),
+    wrapped as a PreTrainedTokenizerFast with no chat template (so the ChatGLM Jinja frame is used)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    alphabet = sorted(set("".join(texts)))
+    trainer = trainers.BpeTrainer(
+        vocab_size=max(vocab_size, len(alphabet) + len(SPECIAL_TOKENS)),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        max_token_length=max_token_chars,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    # Byte fallback (as Llama's tokenizer): a char never seen in training becomes <0xNN> bytes, not <unk>.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    if words:  # matched before BPE, anywhere in the text
+        tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        mask_token=MASK,
+        additional_special_tokens=[GMASK],
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+def make_model(cfg: TinyConfig, tokenizer):
+    """A randomly initialised GlmForCausalLM of `cfg`'s size (seeded by cfg.seed)."""
+    import torch
+    from transformers import GlmConfig, GlmForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = GlmConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **cfg.extra,
+    )
+    model = GlmForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def make_rows(docs: list[tuple[str, bool]], tokenizer, cfg: TinyConfig, rng: random.Random) -> list[list[int]]:
+    """One shuffled pass over the documents as token rows: one document per row (cut at block_size),
+    or with cfg.pack, all joined by eos and cut into rows of block_size."""
+    order = list(docs)
+    rng.shuffle(order)
+    ids = tokenizer([text for text, _ in order], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    rows = [doc + [eos] if closed else doc for doc, (_, closed) in zip(ids, order)]
+    if not cfg.pack:
+        return [row[: cfg.block_size] for row in rows if len(row) > 1]
+    stream = [t for row in rows for t in row]
+    stream = stream * math.ceil(cfg.block_size / max(len(stream), 1)) if len(stream) < cfg.block_size else stream
+    return [stream[i : i + cfg.block_size] for i in range(0, len(stream) - cfg.block_size + 1, cfg.block_size)]
+
+
+def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, progress: bool = True) -> float:
+    """Plain next-token LM training on the documents; returns the mean loss of the last 20 steps."""
+    import torch
+    from tqdm import tqdm
+
+    if cfg.pretrain_steps == 0 or not docs:
+        return float("nan")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:  # linear warmup, then cosine down to 10%
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.pretrain_steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+
+    model.train()
+    rows: list[list[int]] = []
+    recent: list[float] = []
+    bar = tqdm(range(cfg.pretrain_steps), desc="pre-training tiny LM", disable=not progress)
+    for step in bar:
+        if len(rows) < cfg.batch_size:  # a fresh shuffle of the documents each pass
+            rows += make_rows(docs, tokenizer, cfg, rng)
+        picked = [rows.pop() for _ in range(cfg.batch_size)]
+        width = max(map(len, picked))
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in picked], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in picked], device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = (recent + [loss.item()])[-20:]
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return sum(recent) / len(recent)
+
+
+# ---------------------------------------------------------------- build + save
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished tmp folder to out; an existing out is replaced only if it is a tiny model."""
+    if out.exists():
+        if not (out / RECORD_FILE).is_file() and any(out.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"{out}: exists and is not a tiny model folder; not overwriting it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def build_tiny_model(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 42,
+    pretrain_steps: int | None = None,
+    config: TinyConfig | None = None,
+    records: tuple[list[dict], list[dict]] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build tokenizer + tiny GLM for `spec_path`, pre-train it on unpaired text, save it to `out_dir`.
+
+    `records` = (train, dev) record lists skips the data generator (tests). Writes atomically:
+    a failure leaves no half-built folder. Returns the output folder.
+    """
+    spec_path, out = Path(spec_path), Path(out_dir)
+    if not spec_path.is_file():
+        raise SpecError(f"{spec_path}: no such spec file")
+    cfg = config or TinyConfig()
+    cfg.seed = seed
+    if pretrain_steps is not None:
+        cfg.pretrain_steps = pretrain_steps
+    train, dev = records if records is not None else generate_records(spec_path, seed, cfg.n_records)
+    if not train:
+        raise SpecError(f"{spec_path}: the data generator produced no training records")
+    corpus = build_corpus(
+        train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed)
+    )
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words)
+    model = make_model(cfg, tokenizer)
+    loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)
+    seconds = time.perf_counter() - started
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+          f"{cfg.pretrain_steps} steps in {seconds:.0f}s, final LM loss {loss:.3f}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {
+            "spec": str(spec_path),
+            "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
+            "seed": seed,
+            "pretrain_steps": cfg.pretrain_steps,
+            "final_loss": None if math.isnan(loss) else round(loss, 4),
+            "parameters": n_params,
+            "vocab_size": len(tokenizer),
+            "documents": len(corpus.documents),
+            "seconds": round(seconds, 1),
+            "config": asdict(cfg),
+        }
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------- CLI (wired by tuning/cli.py)
+
+
+def add_arguments(parser) -> None:
+    """The `tasktune tiny-model` options."""
+    d = TinyConfig()
+    parser.add_argument("--spec", default=Path("templates/grid/spec.yaml"), type=Path,
+                        help="task spec whose text the model learns (default: the grid spec)")
+    parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
+    parser.add_argument("--seed", type=int, default=42, help="seed for data, init and training order")
+    parser.add_argument("--steps", type=int, default=d.pretrain_steps, help="LM pre-training steps")
+    parser.add_argument("--layers", type=int, default=d.num_layers, help="transformer layers")
+    parser.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
+    parser.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
+    parser.add_argument("--kv-heads", type=int, default=d.num_kv_heads, help="key/value heads (GQA)")
+    parser.add_argument("--ffn", type=int, default=d.intermediate_size, help="MLP intermediate size")
+    parser.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary bound")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step")
+    parser.add_argument("--block-size", type=int, default=d.block_size, help="tokens per row")
+    parser.add_argument("--n", type=int, default=None, help="records to generate (default: the generator's)")
+    parser.add_argument("--pack", action="store_true", help="pack documents into full rows (faster)")
+    parser.add_argument("--copy-docs", action="store_true", help="add repeated random strings (copying signal)")
+    parser.add_argument("--skill-docs", action="store_true", help="add echo/numbers/words answers in the frame")
+
+
+def run(args) -> int:
+    """Handler for `tasktune tiny-model`."""
+    cfg = TinyConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        intermediate_size=args.ffn,
+        vocab_size=args.vocab_size,
+        pretrain_steps=args.steps,
+        lr=args.lr,
+        warmup_steps=min(TinyConfig.warmup_steps, max(1, args.steps // 10)),
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        n_records=args.n,
+        pack=args.pack,
+        copy_docs=args.copy_docs,
+        skill_docs=args.skill_docs,
+    )
+    out = build_tiny_model(args.spec, args.out, seed=args.seed, config=cfg)
+    print(f"wrote {out}")
+    return 0
