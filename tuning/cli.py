@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from tuning import tiny
-from tuning.config import TrainConfig, add_config_arguments, config_from_args
+from tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +69,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-history", action="store_true", help="do not feed earlier turns back as history")
     p.set_defaults(func=_chat)
 
+    p = sub.add_parser(
+        "compare",
+        help="train + evaluate every tuning method on the same data and step budget; table + chart",
+        description=(
+            "Train each --method in turn (own subprocess) on the same data with the same number of steps, "
+            "evaluate it on the dev set, and write OUT/compare.md, compare.png and compare.json: trainable "
+            "parameters, checkpoint size, peak memory, seconds per step and dev metrics (base -> tuned)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="base model folder or hub id (tiny model on CPU)")
+    p.add_argument("--data", required=True, help="data folder with train/dev splits")
+    p.add_argument("--out", default="runs/compare", help="output folder (one run folder per method inside)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to compare")
+    p.add_argument("--task", default="causal-lm", choices=TASKS, help="causal-lm or classification")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per method")
+    p.add_argument("--batch-size", type=int, default=4, help="micro-batch size")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--pre-seq-len", type=int, default=16, help="prefix length / virtual tokens")
+    p.add_argument("--limit", type=int, default=30, help="dev records to evaluate (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap in eval")
+    p.add_argument("--quantization-bit", default="auto", choices=("auto", "4", "8", "none"),
+                   help="base quantization (qlora is always 4-bit, full never)")
+    p.add_argument("--seed", type=int, default=42, help="seed shared by every method")
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
+                   help="override one method's learning rate (repeatable)")
+    p.set_defaults(func=_compare)
+
 
 def _train(args: argparse.Namespace) -> int:
     from tuning.train import fit
@@ -89,4 +117,23 @@ def _chat(args: argparse.Namespace) -> int:
     from tuning.chat import chat
 
     chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tasktune.errors import ConfigError
+    from tuning.compare import CompareConfig, compare
+
+    rates = {}
+    for item in args.lr:
+        method, _, value = item.partition("=")
+        try:
+            rates[method.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--lr {item!r}: expected METHOD=NUMBER") from None
+    compare(CompareConfig(model=args.model, data=args.data, out=args.out,
+                          methods=[m.strip() for m in args.methods.split(",") if m.strip()], task=args.task,
+                          steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
+                          pre_seq_len=args.pre_seq_len, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                          quantization_bit=args.quantization_bit, seed=args.seed, learning_rates=rates))
     return 0

@@ -19,7 +19,10 @@ import yaml
 
 from tasktune.errors import ConfigError
 
-METHODS = ("ptuning-v2", "prefix")
+#: Tuning methods (`--method`); tuning/methods.py holds what each one does, docs/methods.md compares them.
+METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
+#: What the model learns to do (`--task`): answer (causal LM) or label a text (sequence classification).
+TASKS = ("causal-lm", "classification")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -33,7 +36,18 @@ class TrainConfig:
     model: str = _opt("models/tiny-glm", "base model: local path or hub id (loaded with AutoModelForCausalLM)")
     data: str = _opt("data/grid", "folder with train.json/dev.json (or .jsonl) from `tasktune data`")
     out: str = _opt("runs/grid-tiny", "run folder: adapter, checkpoints, logs, loss curve, reproduction record")
-    method: str = _opt("ptuning-v2", "tuning method", choices=METHODS)
+    method: str = _opt("ptuning-v2", "tuning method (docs/methods.md)", choices=METHODS)
+    task: str = _opt("causal-lm", "causal-lm (answer prompts) or classification (records {text, label})",
+                     choices=TASKS)
+    # the other methods (ignored by ptuning-v2/prefix)
+    num_virtual_tokens: int = _opt(0, "prompt/p-tuning virtual tokens; 0 = pre_seq_len (prompt-text: the init "
+                                      "text's token count)")
+    prompt_init_text: str = _opt("下面是一段人与机器人的对话。", "prompt-text: the text whose embeddings start the prompt")
+    encoder_hidden_size: int = _opt(128, "p-tuning: hidden size of the prompt encoder (MLP)")
+    lora_r: int = _opt(8, "lora/qlora: rank of the update matrices")
+    lora_alpha: int = _opt(16, "lora/qlora: scaling numerator (update scaled by alpha / r)")
+    lora_dropout: float = _opt(0.05, "lora/qlora: dropout on the LoRA input")
+    lora_target_modules: str = _opt("all-linear", "lora/qlora: comma-separated module names, or all-linear")
     # the prefix
     pre_seq_len: int = _opt(128, "number of trainable prefix positions at every layer")
     prefix_projection: bool = _opt(False, "re-parameterise the prefix with embedding->Linear->Tanh->Linear")
@@ -81,6 +95,11 @@ class TrainConfig:
             raise ConfigError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.num_virtual_tokens < 0 or self.lora_r <= 0:
+            raise ConfigError(f"num_virtual_tokens must be >= 0 and lora_r > 0, got "
+                              f"{self.num_virtual_tokens} and {self.lora_r}")
 
     @property
     def quantization(self) -> int | None:

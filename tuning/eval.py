@@ -1,7 +1,8 @@
 """`tasktune eval RUN_DIR`: answer the dev set with the base and the tuned model, score, report.
 
 Both answers come from ONE loaded model: the adapter is switched off for the base pass
-(`tuner.disabled()`) and on for the tuned pass, so nothing but the prefix differs.
+(`adapter.disabled()`, for every method in tuning/methods.py) and on for the tuned pass, so nothing but
+the adapter differs. Classification runs are scored by tuning/classify.py (accuracy, macro-F1).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ class EvalConfig:
 
 
 def check_run_dir(run_dir: Path) -> None:
+    from tuning.methods import METHOD_FILE
+
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
     missing = [name for name in ADAPTER_FILES if not (run_dir / name).is_file()]
-    if missing:
+    if missing and not (run_dir / METHOD_FILE).is_file():
         raise ConfigError(f"{run_dir}: no adapter ({', '.join(missing)} missing). Train first: "
                           f"`tasktune train --out {run_dir}`, or point at a finished run folder.")
 
@@ -61,36 +64,37 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     from tuning.data import format_prompt
     from tuning.generate import generate_batched
-    from tuning.load import load_model, load_tokenizer
+    from tuning import methods
+    from tuning.load import load_tokenizer
     from tuning.metrics import compute_metrics
     from tuning.report import format_metric_table, format_step_summary, write_report
-    from tuning.save import load_adapter
     from tuning.train import load_run_record
 
     run_dir = Path(ecfg.run_dir)
     check_run_dir(run_dir)
     record = load_run_record(run_dir)
     cfg = record["config"]
+    if cfg.get("task", "causal-lm") == "classification":
+        from tuning.classify import evaluate_classification
+
+        return evaluate_classification(run_dir, record, data=ecfg.data, split=ecfg.split, limit=ecfg.limit,
+                                       batch_size=ecfg.batch_size, log=log)
     data = ecfg.data or cfg["data"]
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
     tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
                                padding_side="left")
-    quant = record.get("quantization")
-    model = load_model(cfg["model"], quantization_bit=quant, trust_remote_code=cfg.get("trust_remote_code", False),
-                       allow_pickle=cfg.get("allow_pickle", False), device_map=_device_map(quant))
-    tuner = load_adapter(model, run_dir)
-    model.eval()
+    adapter = load_run_adapter(run_dir, record)
 
     prompts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"])
                for r in records]
     max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
-    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=tuner.config.pre_seq_len)
+    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions)
     t0 = time.perf_counter()
-    with tuner.disabled():
-        base, cut = generate_batched(model, tokenizer, prompts, desc="base ", **kwargs)
+    with adapter.disabled() as base_model:
+        base, cut = generate_batched(base_model, tokenizer, prompts, desc="base ", **kwargs)
     t_base = time.perf_counter() - t0
-    tuned, _ = generate_batched(model, tokenizer, prompts, desc="tuned", **kwargs)
+    tuned, _ = generate_batched(adapter.model, tokenizer, prompts, desc="tuned", **kwargs)
     t_tuned = time.perf_counter() - t0 - t_base
     if cut:
         log(f"note: {cut} prompt(s) longer than the model's context were cut to their last tokens")
@@ -98,7 +102,8 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     base_metrics = compute_metrics(records, base)
     tuned_metrics = compute_metrics(records, tuned)
     info = {"run_dir": str(run_dir), "model": cfg["model"], "data": str(data), "split": ecfg.split,
-            "n": len(records), "pre_seq_len": tuner.config.pre_seq_len, "quantization": quant,
+            "n": len(records), "method": adapter.method, "pre_seq_len": adapter.reserved_positions,
+            "quantization": record.get("quantization"),
             "max_new_tokens": max_new, "batch_size": ecfg.batch_size, "prompts_cut": cut,
             "seconds_base": round(t_base, 2), "seconds_tuned": round(t_tuned, 2),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -109,6 +114,20 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     log(format_step_summary(base_metrics, tuned_metrics))
     log(f"report: {paths['html']}")
     return {"base": base_metrics, "tuned": tuned_metrics, "info": info, "paths": paths}
+
+
+def load_run_adapter(run_dir: Path, record: dict[str, Any]):
+    """The run's base model (as trained: same quantization) with its adapter on, in eval mode."""
+    from tuning import methods
+
+    cfg, quant = record["config"], record.get("quantization")
+
+    def reload_base():  # only for the base pass of a full fine-tune too big to keep a CPU copy of
+        return methods.load_base(cfg, quantization=quant, labels=record.get("labels"), device_map=_device_map(quant))
+
+    adapter = methods.load(reload_base(), run_dir, reload_base=reload_base)
+    adapter.model.eval()
+    return adapter
 
 
 def _device_map(quant):

@@ -1,4 +1,7 @@
-"""The training loop: frozen base + trainable prefix, accumulation, checkpoints, exact resume.
+"""The training loop: frozen base + a tuning method's trainable parameters, accumulation, checkpoints, resume.
+
+Every method (tuning/methods.py: P-tuning v2, prefix, prompt, P-tuning, BitFit, LoRA, QLoRA, full) comes
+through one `Adapter`, so the loop has no per-method branches.
 
 Order of one optimizer step (as nanoGPT's loop reads): set lr -> accumulate micro-batches ->
 all-reduce prefix grads (multi-GPU) -> clip -> step -> zero_grad -> log -> checkpoint -> stop.
@@ -60,46 +63,43 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0) -> Itera
 # -- the loop ------------------------------------------------------------------------------------
 
 def fit(cfg: TrainConfig, *, log=print) -> FitResult:
-    """Train a prefix per `cfg`; returns when max_steps are done (or raises with a clear message)."""
+    """Train per `cfg` (method, task); returns when max_steps are done (or raises with a clear message)."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
-    from tuning.load import load_model, load_tokenizer
-    from tuning.prefix import PrefixConfig, attach_prefix
-    from tuning.save import load_adapter, save_adapter
+    from tuning import methods
+    from tuning.load import load_tokenizer
 
     run_dir = Path(cfg.out)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and torch.cuda.is_available()
                                        and torch.cuda.is_bf16_supported())
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    # cpu=True lets torchrun/accelerate launch run data-parallel on CPUs over gloo (CI has no GPU)
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     world = accelerator.num_processes
     torch.manual_seed(cfg.seed)
+    quant = methods.resolve_quantization(cfg.method, cfg.task, cfg.quantization, cfg.quantization_bit)
 
     # data first: a bad data folder should fail before a slow model load
-    data_cfg = DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                          history_column=cfg.history_column, max_source_length=cfg.max_source_length,
-                          max_target_length=cfg.max_target_length, prompt_template=cfg.prompt_template)
-    records = load_records(cfg.data, "train", data_cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, padding_side="right")
-    train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
+    train_set, collate, truncation, labels = _training_data(cfg, tokenizer)
     if main:
         log(f"train examples: {len(train_set)}; {truncation}")
-    collate = make_collator(tokenizer)
 
-    fingerprint = {"model": cfg.model, "method": cfg.method, "pre_seq_len": cfg.pre_seq_len,
+    fingerprint = {"model": cfg.model, "method": cfg.method, "task": cfg.task, "pre_seq_len": cfg.pre_seq_len,
                    "prefix_projection": cfg.prefix_projection, "data": data_fingerprint(cfg.data),
                    "seed": cfg.seed, "global_batch": cfg.per_device_train_batch_size * world
                    * cfg.gradient_accumulation_steps}
+    if labels is not None:
+        fingerprint["labels"] = labels
     resume = ckpt.find_resume_point(run_dir, cfg.resume, fingerprint)
 
-    quant = cfg.quantization
-    model = load_model(cfg.model, quantization_bit=quant, trust_remote_code=cfg.trust_remote_code,
-                       allow_pickle=cfg.allow_pickle,
-                       device_map={"": accelerator.device} if quant else None)
+    model = methods.load_base(cfg.to_dict(), quantization=quant, labels=labels,
+                              device_map={"": accelerator.device} if quant else None)
+    if labels is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers pool at the last non-pad token
     if not quant:
         model.to(accelerator.device)
     if cfg.gradient_checkpointing:
@@ -111,19 +111,18 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if resume:
-        tuner = load_adapter(model, resume.path, is_trainable=True)
+        adapter = methods.load(model, resume.path, is_trainable=True)
     else:
-        tuner = attach_prefix(model, PrefixConfig(pre_seq_len=cfg.pre_seq_len,
-                                                  prefix_projection=cfg.prefix_projection,
-                                                  prefix_hidden_size=cfg.prefix_hidden_size,
-                                                  prefix_dropout=cfg.prefix_dropout))
-    tuner.encoder.to(accelerator.device)
-    model.train()
-    params = [p for p in tuner.encoder.parameters() if p.requires_grad]
+        adapter = methods.attach(model, cfg, labels=labels)
+    if not quant:
+        adapter.model.to(accelerator.device)  # what the method added (prefix encoder, PEFT modules)
+    adapter.model.train()
+    params = adapter.parameters()
     n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in model.parameters())  # the encoder is registered on the model
+    n_total = sum(p.numel() for p in adapter.model.parameters())  # the prefix encoder is registered on the model
     if main:
-        log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.4f}%)")
+        log(f"{cfg.method}: trainable parameters: {n_trainable:,} of {n_total:,} "
+            f"({100 * n_trainable / n_total:.4f}%)")
 
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -142,11 +141,12 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
         ckpt.write_fingerprint(run_dir, fingerprint)
     writer = _tensorboard(run_dir) if main else None
     record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": n_trainable,
+              "total_parameters": n_total, "labels": labels,
               "truncation": truncation.to_dict() if hasattr(truncation, "to_dict") else str(truncation),
               "environment": environment_info(), "quantization": quant}
 
     def save_to(folder: Path) -> None:
-        save_adapter(tuner, folder, base_model=cfg.model,
+        adapter.save(folder, base_model=cfg.model,
                      extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
                             "data": fingerprint["data"], "step": step})
 
@@ -171,11 +171,11 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                 ids = next(stream)[rank * per_device:(rank + 1) * per_device]
                 batch = {k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in ids]).items()}
                 with accelerator.autocast():
-                    loss = model(**batch).loss / accum
+                    loss = adapter.model(**batch).loss / accum
                 loss.backward()
                 total += loss.detach()
             if world > 1:
-                for p in params:  # only the prefix trains: its grads are tiny, a plain all-reduce is cheap
+                for p in params:  # a plain all-reduce of the trainable grads (small for every method but full)
                     if p.grad is not None:
                         p.grad = accelerator.reduce(p.grad, reduction="mean")
                 total = accelerator.reduce(total, reduction="mean")
@@ -223,13 +223,32 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 
     seconds = time.perf_counter() - t0
     if main:
-        save_to(run_dir)  # the final adapter at the run folder's root: PeftModel.from_pretrained(base, RUN)
+        save_to(run_dir)  # the final adapter at the run folder's root (PEFT methods: PeftModel.from_pretrained)
         record.update({"steps": step, "final_loss": loss_value, "train_seconds": round(seconds, 2)})
         write_json_atomic(run_dir / "tasktune_run.json", record)
         write_json_atomic(run_dir / "train_history.json", history)
         _plot_loss(history, run_dir / "loss.png")
         log(f"done: {step} steps, final loss {loss_value}, adapter in {run_dir}")
     return FitResult(run_dir=run_dir, steps=step, final_loss=loss_value, seconds=seconds, history=history)
+
+
+def _training_data(cfg: TrainConfig, tokenizer):
+    """(examples, collate, truncation report, labels or None) for cfg.task."""
+    if cfg.task == "classification":
+        from tuning import classify
+
+        records = classify.read_records(cfg.data, "train")
+        labels = classify.label_names(records)
+        train_set = classify.tokenize_classification(records, tokenizer, labels, cfg.max_source_length)
+        return train_set, classify.make_collator(tokenizer), train_set, labels
+    from tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
+
+    data_cfg = DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                          history_column=cfg.history_column, max_source_length=cfg.max_source_length,
+                          max_target_length=cfg.max_target_length, prompt_template=cfg.prompt_template)
+    records = load_records(cfg.data, "train", data_cfg)
+    train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
+    return train_set, make_collator(tokenizer), truncation, None
 
 
 def _progress(total: int, initial: int, disable: bool):

@@ -1,0 +1,53 @@
+"""`tasktune compare`: every method in its own process, one table row each, a chart; failures are rows too."""
+
+import json
+
+import pytest
+
+from tasktune.errors import ConfigError
+from tests.tuning.runs import write_data
+from tuning.compare import CompareConfig, compare, format_markdown, train_config_for
+
+
+def test_compare_writes_table_and_chart(tiny_model_dir, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "cmp"
+    # llama has no biases: bitfit fails, and the comparison goes on
+    cfg = CompareConfig(model=str(tiny_model_dir("llama")), data=str(data), out=str(out),
+                        methods=["ptuning-v2", "lora", "bitfit"], steps=2, batch_size=2, pre_seq_len=4, limit=2,
+                        max_new_tokens=4, quantization_bit="none")
+    summary = compare(cfg, log=lambda *_: None)
+    rows = {r["method"]: r for r in summary["results"]}
+    assert "no bias parameters" in rows["bitfit"]["error"]
+    for method in ("ptuning-v2", "lora"):
+        r = rows[method]
+        assert "error" not in r, r
+        assert r["trainable"] > 0 and r["checkpoint_bytes"] > 0 and r["peak_mib"] > 0 and r["seconds_per_step"] > 0
+        assert {"exact_match", "rouge-l"} <= set(r["tuned"])
+    assert rows["ptuning-v2"]["trainable"] == 4 * 2 * 2 * 2 * 16  # P x layers x (k,v) x kv heads x head_dim
+    table = (out / "compare.md").read_text()
+    assert table.count("\n| ptuning-v2 |") == 1 and "| bitfit | failed:" in table
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "compare.json").read_text())["results"] == summary["results"]
+
+
+def test_every_method_gets_the_same_budget():
+    cfg = CompareConfig(model="m", data="d", out="o", steps=7, learning_rates={"lora": 1e-3})
+    runs = [train_config_for(cfg, m) for m in cfg.methods]
+    assert {r["max_steps"] for r in runs} == {7} and {r["resume"] for r in runs} == {"never"}
+    assert len({r["out"] for r in runs}) == len(runs)
+    assert train_config_for(cfg, "lora")["learning_rate"] == 1e-3
+
+
+def test_unknown_method():
+    with pytest.raises(ConfigError, match="unknown method"):
+        CompareConfig(model="m", data="d", methods=["lora", "adapterdrop"])
+
+
+def test_markdown_for_classification_metrics():
+    cfg = CompareConfig(model="m", data="d", methods=["lora"], task="classification")
+    row = {"method": "lora", "trainable": 10, "total": 1000, "checkpoint_bytes": 2048, "peak_mib": 300.0,
+           "peak_delta_mib": 50.0, "memory_kind": "peak RSS", "seconds_per_step": 0.5, "final_loss": 0.1,
+           "base": {"accuracy": 33.3, "macro_f1": 20.0}, "tuned": {"accuracy": 90.0, "macro_f1": 89.5}}
+    text = format_markdown(cfg, [row], {"device": "cpu"})
+    assert "| lora | 10 | 1.000 | 2.0 KiB | 300 (+50) | 0.500 | 0.1000 | 33.3 → 90.0 | 20.0 → 89.5 |" in text

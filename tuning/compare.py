@@ -1,0 +1,252 @@
+"""`tasktune compare`: every tuning method on the same data and step budget -> compare.md + compare.png.
+
+Each method trains and evaluates in its own subprocess (`python -m tuning.compare --worker`), so its peak
+memory is its own: peak RSS from `resource.getrusage` on CPU (torch allocates outside tracemalloc's
+view), `torch.cuda.max_memory_allocated` on a GPU. A method that fails is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasktune.errors import ConfigError
+from tuning.config import METHODS
+
+#: Learning rates that work for each method on the same short budget (AdamW, linear decay); the soft-prompt
+#: methods want large steps, the methods that move base weights small ones.
+DEFAULT_LR = {"ptuning-v2": 2e-2, "prefix": 5e-3, "prompt": 3e-2, "prompt-text": 3e-2, "p-tuning": 1e-2,
+              "bitfit": 1e-2, "lora": 2e-3, "qlora": 2e-3, "full": 2e-4}
+
+
+@dataclass
+class CompareConfig:
+    model: str
+    data: str
+    out: str = "runs/compare"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    task: str = "causal-lm"
+    steps: int = 30
+    """Optimizer steps per method (the shared budget)."""
+    batch_size: int = 4
+    accumulation: int = 1
+    pre_seq_len: int = 16
+    """Prefix / virtual-token length for the prefix and prompt methods."""
+    limit: int = 30
+    """Dev records each method answers (0 = all)."""
+    max_new_tokens: int = 48
+    quantization_bit: str = "auto"
+    seed: int = 42
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    """Per-method overrides of DEFAULT_LR."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if self.steps <= 0 or self.batch_size <= 0 or self.accumulation <= 0:
+            raise ConfigError("compare: --steps, --batch-size and --accumulation must be positive")
+
+
+def train_config_for(cfg: CompareConfig, method: str) -> dict[str, Any]:
+    """The TrainConfig values of one method's run (everything but the method is shared)."""
+    return dict(model=cfg.model, data=cfg.data, out=str(Path(cfg.out) / method), method=method, task=cfg.task,
+                pre_seq_len=cfg.pre_seq_len, max_steps=cfg.steps, save_steps=cfg.steps,
+                logging_steps=max(1, cfg.steps // 10), per_device_train_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=cfg.accumulation,
+                learning_rate=cfg.learning_rates.get(method, DEFAULT_LR[method]),
+                quantization_bit=cfg.quantization_bit, seed=cfg.seed, resume="never")
+
+
+# -- one method, in a subprocess ----------------------------------------------------------------------
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_worker(spec_path: Path, result_path: Path) -> None:
+    """Train + evaluate one method per the spec JSON; write measurements as JSON (errors included)."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    result: dict[str, Any] = {"method": spec["train"]["method"]}
+    try:
+        import torch
+
+        from tuning import methods
+        from tuning.config import TrainConfig
+        from tuning.eval import EvalConfig, evaluate
+        from tuning.train import fit
+
+        baseline = _peak_rss_mib()
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        fitted = fit(TrainConfig(**spec["train"]), log=lambda *_: None)
+        run = Path(spec["train"]["out"])
+        record = json.loads((run / "tasktune_run.json").read_text(encoding="utf-8"))
+        info = methods.read_method_info(run)
+        result.update(
+            trainable=record["trainable_parameters"], total=record.get("total_parameters"),
+            checkpoint_bytes=methods.folder_bytes(run, info["files"]),
+            peak_mib=round(torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib(), 1),
+            peak_delta_mib=None if cuda else round(_peak_rss_mib() - baseline, 1),
+            memory_kind="cuda max allocated" if cuda else "peak RSS",
+            seconds_per_step=round(fitted.seconds / max(1, fitted.steps), 3),
+            first_loss=fitted.history[0]["loss"] if fitted.history else None, final_loss=fitted.final_loss)
+        t0 = time.perf_counter()
+        out = evaluate(EvalConfig(run_dir=str(run), limit=spec["limit"] or None,
+                                  max_new_tokens=spec["max_new_tokens"], batch_size=16), log=lambda *_: None)
+        result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        result["base"], result["tuned"] = _headline(out["base"]), _headline(out["tuned"])
+    except Exception as exc:  # a failing method is a row of the table, not the end of the comparison
+        result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    Path(result_path).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The dev metrics shown in the table: classification or generation."""
+    if "accuracy" in metrics:
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    overall = metrics["overall"]
+    keys = ("exact_match", "bleu-4", "rouge-l", "arguments_all")
+    return {k: overall[k] for k in keys if k in overall}
+
+
+# -- all methods ------------------------------------------------------------------------------------------
+
+def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
+    """Run every method in turn; write OUT/compare.json, compare.md and compare.png; return the results."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, method in enumerate(cfg.methods, 1):
+        run = out / method
+        shutil.rmtree(run, ignore_errors=True)  # same budget from scratch, never a resumed run
+        spec = {"train": train_config_for(cfg, method), "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
+        spec_path, result_path = out / f".{method}.spec.json", out / f".{method}.result.json"
+        spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        result_path.unlink(missing_ok=True)
+        log(f"[{i}/{len(cfg.methods)}] {method}: {cfg.steps} steps ...")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "tuning.compare", "--worker", str(spec_path), str(result_path)],
+                              capture_output=True, text=True)
+        if result_path.is_file():
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+        else:  # killed (e.g. out of memory) before it could write
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            result = {"method": method, "error": f"worker died: {tail[0]}"}
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        results.append(result)
+        log(f"    {_one_line(result)}")
+        spec_path.unlink(missing_ok=True)
+        result_path.unlink(missing_ok=True)
+    from tuning.runinfo import environment_info, write_json_atomic
+
+    summary = {"config": asdict(cfg), "environment": environment_info(), "results": results}
+    write_json_atomic(out / "compare.json", summary)
+    (out / "compare.md").write_text(format_markdown(cfg, results, summary["environment"]), encoding="utf-8")
+    plot(results, out / "compare.png")
+    log(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+    return summary
+
+
+def _one_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"failed: {r['error']}"
+    return (f"trainable {r['trainable']:,}, checkpoint {_size(r['checkpoint_bytes'])}, "
+            f"{r['seconds_per_step']} s/step, loss {r['first_loss']} -> {r['final_loss']:.4f}, tuned {r['tuned']}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def format_markdown(cfg: CompareConfig, results: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    metric_keys: list[str] = []
+    for r in results:
+        for k in r.get("tuned", {}):
+            if k not in metric_keys:
+                metric_keys.append(k)
+    head = (["method", "trainable params", "% of model", "checkpoint", "peak mem (MiB)", "s/step", "final loss"]
+            + [f"dev {k} (base → tuned)" for k in metric_keys])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'].replace('|', '/')} |" + " |" * (len(head) - 2))
+            continue
+        pct = f"{100 * r['trainable'] / r['total']:.3f}" if r.get("total") else "?"
+        mem = f"{r['peak_mib']:.0f}" + (f" (+{r['peak_delta_mib']:.0f})" if r.get("peak_delta_mib") is not None else "")
+        cells = [r["method"], f"{r['trainable']:,}", pct, _size(r["checkpoint_bytes"]), mem,
+                 f"{r['seconds_per_step']:.3f}", f"{r['final_loss']:.4f}"]
+        cells += [f"{r['base'].get(k, float('nan')):.1f} → {r['tuned'].get(k, float('nan')):.1f}" for k in metric_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    memory = next((r["memory_kind"] for r in results if "memory_kind" in r), "peak RSS")
+    return "\n".join([
+        "# tasktune compare", "",
+        f"Model `{cfg.model}`, data `{cfg.data}`, task {cfg.task}; every method: {cfg.steps} optimizer steps of "
+        f"{cfg.batch_size}×{cfg.accumulation} examples, seed {cfg.seed}, pre_seq_len/virtual tokens "
+        f"{cfg.pre_seq_len}; dev metrics on {cfg.limit or 'all'} dev records (greedy, {cfg.max_new_tokens} new "
+        f"tokens for generation). Device: {env.get('device')}; torch {env.get('torch')}, "
+        f"transformers {env.get('transformers')}, peft {env.get('peft')}.", "",
+        *lines, "",
+        f"Peak memory: {memory} of the method's own process (in brackets: growth over the process after its imports, "
+        "i.e. base model + method + training). Checkpoint: the files the method saves (adapter, or biases / whole "
+        "model). Learning rates per method: " + ", ".join(
+            f"{m} {cfg.learning_rates.get(m, DEFAULT_LR[m]):g}" for m in cfg.methods) + ".", "",
+        "![compare](compare.png)", ""])
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "error" not in r]
+    metric = next((k for k in ("accuracy", "arguments_all", "rouge-l") if ok and k in ok[0].get("tuned", {})), None)
+    panels = [("trainable parameters", lambda r: r["trainable"], True),
+              ("checkpoint (KiB)", lambda r: r["checkpoint_bytes"] / 1024, True),
+              ("peak memory (MiB)", lambda r: r["peak_mib"], False),
+              ("seconds / step", lambda r: r["seconds_per_step"], False)]
+    if metric:
+        panels.append((f"dev {metric} (tuned)", lambda r: r["tuned"].get(metric, 0.0), False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.45 * max(3, len(ok)) + 1.2), dpi=100,
+                             sharey=True)
+    names = [r["method"] for r in ok]
+    for ax, (title, value, log_scale) in zip(axes, panels):
+        values = [value(r) for r in ok]
+        ax.barh(names, values, color="#3465a4")
+        if log_scale and values and min(values) > 0:
+            ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("tasktune compare: same data, same step budget", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--worker":
+        run_worker(Path(argv[1]), Path(argv[2]))
+        return 0
+    print("usage: python -m tuning.compare --worker SPEC.json RESULT.json  (use `tasktune compare`)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
