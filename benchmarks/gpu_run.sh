@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU runs behind benchmarks/RESULTS.md, on the lent H100 (device tool), from the repo root:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_g .wheelhouse/*.whl \
+#     && export PYTHONPATH=/tmp/site_g:$PWD; bash benchmarks/gpu_run.sh bench6b|more6b|issue3
+# bench6b: build the random 6.24B GLM, train_bench.py (tasktune vs PEFT reference, caps, profiles), eval_bench.py.
+# issue3:  a ~1B random GLM trained by `tasktune train` in 4-bit, reloaded by `tasktune eval`; then the tests.
+# Logs and JSON go to $OUT (the device tool brings them back).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+phase=${1:?bench6b or issue3}
+[[ "$phase" =~ ^(caps6b|eval6b|evalcache)$ ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+[[ "$phase" =~ ^(caps6b|eval6b|evalcache)$ ]] || python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [ "$phase" = bench6b ]; then
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model' | tee "$OUT/build6b.log"
+  python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/train6b.json" \
+    --profile-dir "$OUT/prof" 2>&1 | tee "$OUT/train6b.log"
+  python3 benchmarks/eval_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/eval6b.json" 2>&1 | tee "$OUT/eval6b.log"
+fi
+
+if [ "$phase" = issue3 ]; then
+  mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz && export PYTHONPATH=$PYTHONPATH:/tmp/pysite
+  python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model' | tee "$OUT/issue3.log"
+  python3 benchmarks/issue3_gpu.py --model /tmp/glm1b --data data/grid --run /tmp/run1b --out "$OUT/issue3.json" 2>&1 \
+    | grep -v -E 'it/s\]|s/it\]' | tee -a "$OUT/issue3.log"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/benchmarks -m "gpu or not gpu" 2>&1 | tail -30 \
+    | tee "$OUT/pytest.log"
+  bash "$0" evalcache
+  timeout 170 python3 -m pytest -q -p no:cacheprovider -x tests/tuning -m "not slow" 2>&1 | tail -40 | tee -a "$OUT/pytest.log"
+fi
+
+if [ "$phase" = evalcache ]; then  # generate_batched's static cache (its CUDA default) against the dynamic one
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model'
+  timeout 150 python3 benchmarks/eval_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/eval6b_caches.json" \
+    --batch-sizes 32,16 --caches static,dynamic 2>&1 | grep -v 'Loading weights' | tee "$OUT/eval6b_caches.log"
+fi
+
+if [ "$phase" = more6b ]; then  # second 6B run: re-measure 64/64 (10 timed steps), the 8 GiB cap, eval variants
+  bash "$0" caps6b; bash "$0" eval6b
+fi
+
+if [ "$phase" = caps6b ]; then  # re-measure batch 4 and 16 at 64/64 and the 8 GiB cap (10 timed steps)
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model'
+  timeout 200 python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/caps6b.json" \
+    --cases 4x64x64,16x64x64 --checkpointing full,every2 --caps 8 --steps 10 2>&1 | grep -v 'Loading weights' | tee "$OUT/caps6b.log"
+fi
+
+if [ "$phase" = eval6b ]; then  # batched vs loop again, plus a static KV cache variant and a profile
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model'
+  timeout 120 python3 benchmarks/eval_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/eval6b_2.json" \
+    --batch-sizes 32 --profile "$OUT/eval6b_profile.txt" 2>&1 | grep -v 'Loading weights' | tee "$OUT/eval6b_2.log"
+  timeout 240 python3 benchmarks/eval_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/eval6b_static.json" \
+    --batch-sizes 32 --static 2>&1 | grep -v 'Loading weights' | tee "$OUT/eval6b_static.log"
+fi

@@ -1,0 +1,406 @@
+"""Training benchmark (issue #6): tasktune's P-tuning v2 vs the reference recipe (PEFT PrefixTuningConfig) on a
+frozen 4-bit GLM: peak GPU memory, step time, tokens/s, FLOP utilisation, largest batch under memory caps.
+
+    python benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out $OUT/train.json   # GPU machine
+    python benchmarks/train_bench.py --tiny                                                   # CPU smoke test
+
+The tasktune side runs the project's own path: `tuning.load.load_model` + `tuning.prefix.attach_prefix` and the
+micro-step of `tuning/train.py` (bf16 autocast on GPU, loss.backward, clip, AdamW on the prefix), with the
+non-reentrant gradient checkpointing train.py enables by default ("full"); "none" and "every2" (every other
+layer checkpointed) are variants. The reference wraps the same loaded model in PEFT's prefix tuning without
+gradient checkpointing (PEFT refuses it with prefix tuning). Synthetic batches: src/tgt tokens, loss on tgt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import benchmodel  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+GIB = 2 ** 30
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+def measure_bf16_peak() -> float | None:
+    """Measured bf16 matmul rate (TFLOP/s) of this GPU: 8192^3 products on random data, median of 10."""
+    if not CUDA:
+        return None
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * 8192 ** 3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def make_batch(batch: int, src: int, tgt: int, vocab: int, rng: random.Random) -> dict:
+    """Full-length synthetic rows (no padding): loss on the tgt part only, as tuning/data.py labels it."""
+    ids = torch.tensor([[rng.randrange(len(benchmodel.SPECIALS), vocab) for _ in range(src + tgt)]
+                        for _ in range(batch)])
+    labels = ids.clone()
+    labels[:, :src] = -100
+    device = "cuda" if CUDA else "cpu"
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": labels.to(device)}
+
+
+def set_checkpointing(model, mode: str) -> str:
+    """"full" as tuning/train.py does it; "none"; "everyN": only every N-th decoder layer recomputes."""
+    if mode == "none":
+        if hasattr(model, "activation_checkpointing_disable"):  # transformers >= 5.2x
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        return mode
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if mode.startswith("every"):
+        every = int(mode[5:])
+        layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and hasattr(m, "self_attn")]
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i % every == 0
+    return mode
+
+
+class Method:
+    """One way of training a prefix on the loaded model: `params`, `model` to call, `close()`."""
+
+    def __init__(self, name, model, params, close):
+        self.name, self.model, self.params, self.close = name, model, params, close
+
+
+def attach_tasktune(model, pre_seq_len: int) -> Method:
+    from tuning.prefix import PrefixConfig, attach_prefix
+
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=pre_seq_len))
+    model.config.use_cache = False
+    model.train()
+
+    def close():
+        set_checkpointing(model, "none")
+        tuner.detach()
+
+    return Method("tasktune", model, [p for p in tuner.encoder.parameters() if p.requires_grad], close)
+
+
+def attach_reference(model, pre_seq_len: int) -> Method:
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    set_checkpointing(model, "none")
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=pre_seq_len))
+    peft_model.train()
+    return Method("reference", peft_model, [p for p in peft_model.parameters() if p.requires_grad], lambda: None)
+
+
+# ------------------------------------------------------------------------------------------ measure
+
+def train_step(method: Method, optimizer, batch: dict) -> float:
+    """One micro-step as tuning/train.py runs it (accumulation 1): autocast, backward, clip, AdamW."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=CUDA):
+        loss = method.model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(method.params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def measure(method: Method, batch_size: int, src: int, tgt: int, *, steps: int, warmup: int, vocab: int,
+            n_params: int, peak_tflops: float | None, seed: int = 0) -> dict:
+    """Warm up, then time `steps` steps; peak memory over warm-up and timed steps."""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(method.params, lr=2e-2)
+    batches = [make_batch(batch_size, src, tgt, vocab, rng) for _ in range(2)]
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup):
+        train_step(method, optimizer, batches[i % 2])
+    sync()
+    started = time.perf_counter()
+    losses = [train_step(method, optimizer, batches[i % 2]) for i in range(steps)]
+    sync()
+    step_s = (time.perf_counter() - started) / steps
+    tokens = batch_size * (src + tgt)
+    row = {"method": method.name, "batch": batch_size, "src": src, "tgt": tgt, "step_s": round(step_s, 4),
+           "tokens_per_s": round(tokens / step_s, 1), "loss": round(losses[-1], 4)}
+    if CUDA:
+        row["max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+        row["max_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+    if peak_tflops:
+        row["mfu_pct"] = round(100 * 4 * n_params * tokens / step_s / 1e12 / peak_tflops, 2)
+    del optimizer, batches
+    return row
+
+
+def fits(method: Method, batch_size: int, src: int, tgt: int, vocab: int) -> bool:
+    """True if one full step at this batch runs without running out of GPU memory."""
+    ok = True
+    try:
+        optimizer = torch.optim.AdamW(method.params, lr=2e-2)
+        train_step(method, optimizer, make_batch(batch_size, src, tgt, vocab, random.Random(1)))
+        sync()
+    except torch.OutOfMemoryError:
+        ok = False
+    for p in method.params:
+        p.grad = None
+    gc.collect()
+    torch.cuda.empty_cache()
+    return ok
+
+
+def largest_batch(method: Method, cap_gib: float, src: int, tgt: int, vocab: int, limit: int = 512) -> int:
+    """Largest batch that fits under `cap_gib` (doubling, then bisection); 0 if batch 1 does not fit."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GIB / total))
+    try:
+        good, bad = 0, None
+        size = 1
+        while size <= limit and fits(method, size, src, tgt, vocab):
+            good, size = size, size * 2
+        bad = size if size <= limit else None
+        while bad is not None and bad - good > max(1, good // 8):
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if fits(method, mid, src, tgt, vocab) else (good, mid)
+        return good
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def profile(method: Method, batch_size: int, src: int, tgt: int, vocab: int, out: Path | None, top: int = 25) -> dict:
+    """torch.profiler over 2 steps: GPU busy time vs wall time, time per kernel family, the top kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    optimizer = torch.optim.AdamW(method.params, lr=2e-2)
+    batch = make_batch(batch_size, src, tgt, vocab, random.Random(2))
+    train_step(method, optimizer, batch)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    with torch_profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(2):
+            train_step(method, optimizer, batch)
+        sync()
+        wall = (time.perf_counter() - started) / 2
+    events = prof.key_averages()
+    device_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    families = {"dequantize (bnb)": ("dequant",), "matmul": ("gemm", "gemv", "nvjet", "cutlass", "xmma", "matmul"),
+                "attention": ("flash", "fmha", "attention", "efficient"), "other": ()}
+    family_us = dict.fromkeys(families, 0.0)
+    kernels = [e for e in events if device_time(e) > 0 and e.device_type == torch.autograd.DeviceType.CUDA] \
+        if CUDA else []
+    for e in kernels:
+        name = e.key.lower()
+        family = next((f for f, keys in families.items() if any(k in name for k in keys)), "other")
+        family_us[family] += device_time(e)
+    launches = sum(e.count for e in kernels)
+    busy = sum(family_us.values()) / 2 / 1e6
+    result = {"method": method.name, "batch": batch_size, "src": src, "tgt": tgt, "wall_step_s": round(wall, 4),
+              "gpu_busy_step_s": round(busy, 4), "kernel_launches_per_step": launches // 2,
+              "family_ms_per_step": {k: round(v / 2 / 1e3, 2) for k, v in family_us.items()}}
+    sort = "self_device_time_total" if CUDA else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=top, max_name_column_width=60)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n\n" + table)
+    del optimizer
+    return result
+
+
+# ------------------------------------------------------------------------------------------ run
+
+def parse_cases(text: str) -> list[tuple[int, int, int]]:
+    """"1x64x64,4x256x256" -> [(batch, src, tgt), ...]."""
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
+
+
+def print_table(rows: list[dict], keys: list[str]) -> None:
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row.get(k, "")) for k in keys))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="small random GLM (CPU smoke test)")
+    parser.add_argument("--size", choices=sorted(benchmodel.SIZES), default="6b")
+    parser.add_argument("--model-dir", help="where the random model is built (reused if already there)")
+    parser.add_argument("--quantization-bit", default="4", choices=["4", "8", "none"])
+    parser.add_argument("--pre-seq-len", type=int, default=128)
+    parser.add_argument("--cases", default="1x64x64,4x64x64,4x256x256", help="BATCHxSRCxTGT, comma-separated")
+    parser.add_argument("--checkpointing", default="full,none,every2",
+                        help="tasktune variants: full (train.py's default), none, everyN")
+    parser.add_argument("--methods", default="tasktune,reference")
+    parser.add_argument("--caps", default="8,24", help="GiB caps for the largest-batch search (GPU only)")
+    parser.add_argument("--cap-case", default="64x64", help="SRCxTGT for the cap search")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--profile-dir", help="write torch.profiler tables here (batch 4, 64/64)")
+    parser.add_argument("--out", help="JSON file for all figures")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.size = "tiny"
+        args.pre_seq_len = min(args.pre_seq_len, 8)
+        args.cases = "1x8x8,2x8x8" if args.cases == parser.get_default("cases") else args.cases
+        args.checkpointing = "full,none" if args.checkpointing == parser.get_default("checkpointing") \
+            else args.checkpointing
+
+    from tuning.load import load_model
+
+    model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix=f"glm-{args.size}-"))
+    benchmodel.build_model_dir(args.size, model_dir)
+    n_params = json.loads((model_dir / benchmodel.RECORD).read_text())["parameters"]
+    vocab = benchmodel.SIZES[args.size]["vocab_size"]
+    quant = None if args.quantization_bit == "none" else int(args.quantization_bit)
+    results: dict = {"size": args.size, "parameters": n_params, "quantization_bit": quant,
+                     "pre_seq_len": args.pre_seq_len, "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "torch": torch.__version__, "runs": [], "caps": [], "profiles": []}
+    try:
+        import peft
+        import transformers
+
+        results.update(transformers=transformers.__version__, peft=peft.__version__)
+    except ImportError:
+        pass
+    if CUDA:
+        results["gpu"] = torch.cuda.get_device_name(0)
+    results["bf16_peak_tflops"] = peak = measure_bf16_peak()
+    out = Path(args.out) if args.out else None
+
+    def save():
+        if out is not None:
+            out.write_text(json.dumps(results, indent=2) + "\n")
+
+    started = time.perf_counter()
+    model = load_model(model_dir, quantization_bit=quant)
+    if quant is None and CUDA:  # quantized models are placed by load_model; full precision is moved here
+        model.to("cuda")
+    results["load_seconds"] = round(time.perf_counter() - started, 1)
+    if CUDA:
+        results["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
+    print(f"loaded {args.size} ({n_params / 1e9:.3f}B params, {quant}-bit) in {results['load_seconds']}s; "
+          f"weights {results.get('weights_gib')} GiB; bf16 peak {peak and round(peak)} TFLOP/s", flush=True)
+    cases = parse_cases(args.cases)
+    cap_src, cap_tgt = (int(v) for v in args.cap_case.split("x"))
+    caps = [float(c) for c in args.caps.split(",") if c] if CUDA else []
+    for name in args.methods.split(","):
+        try:
+            method = attach_tasktune(model, args.pre_seq_len) if name == "tasktune" \
+                else attach_reference(model, args.pre_seq_len)
+        except Exception as exc:  # noqa: BLE001
+            results["runs"].append({"method": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            print(json.dumps(results["runs"][-1]), flush=True)
+            continue
+        variants = args.checkpointing.split(",") if name == "tasktune" else ["none"]
+        for mode in variants:
+            set_checkpointing(model, mode)
+            for batch_size, src, tgt in cases:
+                try:
+                    row = measure(method, batch_size, src, tgt, steps=args.steps, warmup=args.warmup, vocab=vocab,
+                                  n_params=n_params, peak_tflops=peak)
+                except Exception as exc:  # noqa: BLE001  (an OOM or a library error: record it, go on)
+                    error = "OOM" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
+                    row = {"method": name, "batch": batch_size, "src": src, "tgt": tgt, "error": error[:300]}
+                    for p in method.params:
+                        p.grad = None
+                    gc.collect()
+                    if CUDA:
+                        torch.cuda.empty_cache()
+                row["checkpointing"] = mode
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
+                save()
+        set_checkpointing(model, variants[0])
+        if args.profile_dir and not any(r.get("error") for r in results["runs"] if r["method"] == name):
+            folder = Path(args.profile_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            prof = profile(method, 4 if not args.tiny else 2, cap_src if not args.tiny else 8,
+                           cap_tgt if not args.tiny else 8, vocab, folder / f"profile_{name}.txt")
+            prof["checkpointing"] = variants[0]
+            results["profiles"].append(prof)
+            print(json.dumps(prof), flush=True)
+            save()
+        for cap in caps:
+            try:
+                best = largest_batch(method, cap, cap_src, cap_tgt, vocab)
+            except Exception as exc:  # noqa: BLE001
+                results["caps"].append({"method": name, "cap_gib": cap, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            row = {"method": name, "cap_gib": cap, "checkpointing": variants[0], "largest_batch": best}
+            size = best
+            while size:  # timing keeps two batches alive: step down (by 1/8) if that no longer fits
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GIB / torch.cuda.get_device_properties(0)
+                                                               .total_memory))
+                try:
+                    row.update({k: v for k, v in measure(method, size, cap_src, cap_tgt, steps=3, warmup=1,
+                                                         vocab=vocab, n_params=n_params, peak_tflops=peak).items()
+                                if k in ("step_s", "tokens_per_s", "max_allocated_gib", "max_reserved_gib",
+                                         "mfu_pct")})
+                    row["measured_batch"] = size
+                    break
+                except torch.OutOfMemoryError:
+                    size = size - max(1, size // 8)
+                    for p in method.params:
+                        p.grad = None
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                finally:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
+            results["caps"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
+        method.close()
+    save()
+    print(f"\n== train bench: {args.size} GLM, {n_params / 1e9:.2f}B params, {quant}-bit, P={args.pre_seq_len}, "
+          f"{results.get('gpu', 'CPU')}, bf16 peak {peak and round(peak)} TFLOP/s")
+    print_table(results["runs"], ["method", "checkpointing", "batch", "src", "tgt", "step_s", "tokens_per_s",
+                                  "max_allocated_gib", "max_reserved_gib", "mfu_pct", "error"])
+    ref = {(r["batch"], r["src"], r["tgt"]): r for r in results["runs"]
+           if r["method"] == "reference" and "tokens_per_s" in r}
+    for r in results["runs"]:
+        other = ref.get((r["batch"], r["src"], r["tgt"]))
+        if r["method"] == "tasktune" and other and "tokens_per_s" in r:
+            ratio = {"case": f"{r['batch']}x{r['src']}/{r['tgt']}", "checkpointing": r["checkpointing"],
+                     "speed_ratio": round(r["tokens_per_s"] / other["tokens_per_s"], 2)}
+            if CUDA:
+                ratio["memory_ratio"] = round(r["max_allocated_gib"] / other["max_allocated_gib"], 3)
+            print(json.dumps(ratio))
+    if results["caps"]:
+        print_table(results["caps"], ["method", "cap_gib", "largest_batch", "measured_batch", "tokens_per_s",
+                                      "max_reserved_gib", "error"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""CPU smoke tests of the GPU benchmarks (`--tiny`): they run end to end and report sane figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench-tiny")
+    return _module("benchmodel").build_model_dir("tiny", folder)
+
+
+def test_parameter_count_matches_built_model_and_6b_dimensions(tiny_dir):
+    benchmodel = _module("benchmodel")
+    record = json.loads((tiny_dir / benchmodel.RECORD).read_text())
+    assert record["parameters"] == benchmodel.count_parameters("tiny")
+    assert abs(benchmodel.count_parameters("6b") - 6.24e9) < 0.01e9  # ChatGLM3-6B's size
+
+
+def test_char_tokenizer_round_trips_prompts_and_fills_vocabulary():
+    benchmodel = _module("benchmodel")
+    tokenizer = benchmodel.char_tokenizer(4096)
+    assert len(tokenizer) == 4096
+    prompt = benchmodel.grid_prompts(3)[1]
+    ids = tokenizer(prompt)["input_ids"]
+    assert len(ids) == len(prompt) and tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == prompt
+    assert tokenizer.decode([4000, 4001]) == "<x4000><x4001>"  # filler ids decode to distinct text
+
+
+def test_train_bench_tiny_runs_both_methods(tiny_dir, tmp_path):
+    out = tmp_path / "train.json"
+    code = _module("train_bench").main(["--tiny", "--model-dir", str(tiny_dir), "--quantization-bit", "none",
+                                        "--steps", "1", "--warmup", "0", "--cases", "2x8x8",
+                                        "--checkpointing", "full", "--out", str(out)])
+    assert code == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert {r["method"] for r in runs} == {"tasktune", "reference"}
+    for row in runs:
+        assert "error" not in row, row
+        assert row["tokens_per_s"] > 0 and row["batch"] == 2 and row["src"] == 8
+
+
+def test_eval_bench_tiny_batched_matches_loop_with_either_cache(tiny_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    code = _module("eval_bench").main(["--tiny", "--model-dir", str(tiny_dir), "--quantization-bit", "none",
+                                       "--prompts", "5", "--max-new-tokens", "4", "--batch-sizes", "5",
+                                       "--caches", "auto,static", "--out", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["one-by-one loop", "generate_batched (auto)", "generate_batched (static)"]
+    for row in rows[1:]:  # left-padded prompts of different lengths, prefix attached
+        assert "error" not in row, row
+        assert row["same_answers"] == 5 and row["speedup"] > 0
