@@ -187,7 +187,8 @@ def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
 
 
 def _pick(cum: list[float], active: list[int], rng: random.Random) -> int:
-    return active[bisect.bisect_right(cum, rng.random() * cum[-1])]
+    # min(): r * total can round up to total itself (tiny or subnormal weights)
+    return active[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(active) - 1)]
 
 
 def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str]) -> list[Example]:

@@ -128,7 +128,8 @@ def add_noise(text: str, rng: random.Random, spec: NoiseSpec) -> tuple[str, list
             out.append(char)
             pos += 1
             continue
-        op = names[bisect.bisect_right(cum, random_() * cum[-1])]
+        # min(): r * total can round up to total itself (tiny or subnormal weights)
+        op = names[min(bisect.bisect_right(cum, random_() * cum[-1]), len(names) - 1)]
         new = OP_FUNCTIONS[op](char, rng, spec)
         if new == char:  # nothing to substitute (no homophone known)
             out.append(char)

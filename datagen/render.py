@@ -10,12 +10,44 @@ from operator import itemgetter
 from typing import Any, Callable
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
-from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import generate_lorem_ipsum
 
 from tasktune.errors import SpecError
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+MAX_SIZE = 1_000_000  # longest string/list a `*` may build; largest `**` exponent is MAX_EXPONENT
+MAX_EXPONENT = 1_000
+
+
+class BoundedSandbox(SandboxedEnvironment):
+    """The sandbox (no Python internals) plus bounds on `*`, `**` and lipsum, which could exhaust memory/CPU.
+
+    The sandbox keeps templates away from code and files; these bounds keep the most direct
+    resource bombs (`'a' * 10**10`, `10**10**10`, `lipsum(10**6)`) from hanging `tasktune data`.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT and abs(left) not in (0, 1):
+                raise SecurityError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
+            return left**right
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_SIZE:
+                raise SecurityError(f"`*` would build {len(seq) * times:,} items (at most {MAX_SIZE:,})")
+        return left * right
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    if n > 100 or max > 1000:
+        raise SecurityError("lipsum is limited to n <= 100 paragraphs of max <= 1000 words")
+    return generate_lorem_ipsum(n, html, min, max)
+
+
+_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_ENV.globals["lipsum"] = _lipsum
 GLOBALS = frozenset(_ENV.globals)
 _MISSING = object()
 
@@ -98,7 +130,9 @@ class Compiled:
                     result = tuple(result)
                 elif isinstance(result, list):
                     result = tuple(result)
-        except (TemplateError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        except SpecError:
+            raise
+        except Exception as exc:  # whatever a user's template raises (filters assert, recurse, ...) is the spec's fault
             raise _render_error(exc, self.where, context) from None
         self._memo[key] = result
         return result

@@ -90,7 +90,8 @@ class SlotSampler:
                 values[name] = result
             else:
                 weights, choices = data
-                values[name] = choices[bisect.bisect_right(weights, rand() * weights[-1])]
+                # min(): r * total can round up to total itself (tiny or subnormal weights)
+                values[name] = choices[min(bisect.bisect_right(weights, rand() * weights[-1]), len(choices) - 1)]
         return values
 
     def size(self, order: tuple[str, ...], fixed: dict[str, Any]) -> int | None:

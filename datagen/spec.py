@@ -20,6 +20,7 @@ from tasktune.errors import SpecError
 
 SPEC_SCHEMA = SCHEMAS / "spec.schema.json"
 Scalar = str | int | float | bool
+MAX_NODES = 1_000_000  # YAML nodes after alias expansion; a real spec has a few hundred
 
 
 @dataclass(frozen=True)
@@ -147,18 +148,53 @@ class _Locator:
         return f"{self.path}:{self.lines.get(probe, 1)}: {_json_path(parts)}"
 
 
+def _expanded_size(root: yaml.Node, path: Path) -> int:
+    """Nodes in `root` with every alias expanded (memoised: linear time), refusing alias bombs and cycles."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(f"{path}:{node.start_mark.line + 1}: an alias refers to the node that contains it")
+        active.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1 + sum(size(child) for child in children)
+        active.discard(key)
+        if total > MAX_NODES:
+            raise SpecError(f"{path}:{node.start_mark.line + 1}: the spec expands to more than {MAX_NODES:,} "
+                            "YAML nodes (aliases that repeat aliases?)")
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _expanded_size(node, path)  # before anything walks the tree alias by alias
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise SpecError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a task spec") from None
     return data, (_line_map(node) if node is not None else {})
 
 
@@ -170,6 +206,8 @@ def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
         lines = target.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise SpecError(f"{where}: cannot read pool file {target}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{where}: pool file {target} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
 
 

@@ -69,10 +69,13 @@ def explain(record: Any, fmt: str) -> str:
     return f"{path}: {error.message}"
 
 
-def validate_records(records: list[dict[str, Any]], fmt: str, where: str = "") -> None:
-    """Raise SpecError naming the record, JSON path and problem of the first invalid record."""
+def validate_records(records: list[dict[str, Any]], fmt: str, where: str = "", start: int = 0) -> None:
+    """Raise SpecError naming the record, JSON path and problem of the first invalid record.
+
+    `start` is the index of `records[0]` in the whole file (for checks done chunk by chunk).
+    """
     check = _fast_validator(fmt)
-    for i, record in enumerate(records):
+    for i, record in enumerate(records, start):
         try:
             check(record)
         except Exception:  # fastjsonschema.JsonSchemaValueException or the fallback's ValueError

@@ -85,6 +85,8 @@ def write_checkpoint(run_dir: Path, step: int, *, save_adapter_fn, state: dict[s
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
+    for stale in root.glob(f".tmp-{PREFIX}*"):  # a write killed before its rename (one writer per run folder)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:06d}-", dir=root))
     try:
         save_adapter_fn(tmp)
@@ -149,7 +151,13 @@ def check_fingerprint(checkpoint: Path, fingerprint: dict[str, Any]) -> None:
     path = Path(checkpoint).parent.parent / FINGERPRINT_FILE
     if not path.is_file():
         raise ConfigError(f"{checkpoint}: no {FINGERPRINT_FILE} beside its run folder; not a tasktune run")
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); the run folder is damaged — use a new --out "
+                          "folder, or --resume never to start over") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a JSON object; the run folder is damaged")
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {v!r}"
              for k, v in fingerprint.items() if saved.get(k) != v]
     if diffs:

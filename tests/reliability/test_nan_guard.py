@@ -1,0 +1,77 @@
+"""The NaN/inf guard through the CLI: the message names the step and the last good checkpoint; skip goes on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from reliability_util import prefix, run_cli, train_argv
+from tuning import checkpoint as ckpt
+
+
+class _NanLossAt:
+    """Make the loss of the N-th whole-model forward NaN (a bad batch / an overflow in that step)."""
+
+    def __init__(self, *calls: int):
+        self.at, self.calls = set(calls), 0
+
+    def __call__(self, module, args, output):
+        if type(module).__name__.endswith("ForCausalLM"):
+            self.calls += 1
+            if self.calls in self.at:
+                output["loss"] = output.loss * float("nan")
+                return output
+
+
+@pytest.fixture
+def nan_at():
+    hooks = []
+
+    def install(*calls: int):
+        hooks.append(torch.nn.modules.module.register_module_forward_hook(_NanLossAt(*calls)))
+
+    yield install
+    for hook in hooks:
+        hook.remove()
+
+
+def test_stop_names_the_step_and_the_last_good_checkpoint(tiny_glm, train_data, tmp_path, capsys, nan_at):
+    out = tmp_path / "run"
+    nan_at(5)  # forward 5 = the first micro-batch of step 3 (2 micro-batches a step)
+    code = run_cli(train_argv(tiny_glm, train_data, out, max_steps=6, save_steps=2))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    good = ckpt.checkpoint_dirs(out)[-1]
+    assert re.search(rf"loss became nan at step 3\b.*Last good checkpoint: {re.escape(str(good))}", err), err
+    assert "--on-nan skip" in err
+    assert good.name == "step-000002" and not (out / "tasktune_run.json").exists()
+    assert all(torch.isfinite(t).all() for t in prefix(good).values())
+
+
+def test_skip_goes_on_and_the_adapter_stays_finite(tiny_glm, train_data, tmp_path, capsys, nan_at):
+    out = tmp_path / "run"
+    nan_at(5)
+    assert run_cli(train_argv(tiny_glm, train_data, out, max_steps=4, on_nan="skip")) == 0
+    text = capsys.readouterr().out
+    assert "step 3: non-finite loss nan; step skipped" in text
+    assert all(torch.isfinite(t).all() for t in prefix(out).values())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "tuning/train.py: the guard checks the loss only. With a huge learning rate, step 1's loss is finite but its "
+    "update makes the prefix inf; checkpoint 1 is saved with those weights and then named 'Last good checkpoint' "
+    "when step 2's loss is NaN. Fix: after optimizer.step(), check the trainable parameters are finite "
+    "(torch.isfinite on each, cheap for a prefix) and treat a non-finite update like a non-finite loss, before any "
+    "checkpoint is written."))
+def test_the_named_last_good_checkpoint_is_finite(tiny_glm, train_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(train_argv(tiny_glm, train_data, out, max_steps=4, save_steps=1, learning_rate="inf",
+                              max_grad_norm=0))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    named = Path(re.search(r"Last good checkpoint: (\S+?)\.? ", err).group(1))
+    assert all(torch.isfinite(t).all() for t in prefix(named).values())

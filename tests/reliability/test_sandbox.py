@@ -1,0 +1,198 @@
+"""Untrusted input stays contained: spec templates, pool files, YAML, model folders with code or pickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from datagen import load_spec
+from reliability_util import run_cli, train_argv
+from tasktune.errors import ConfigError
+
+SPEC = """\
+name: probe
+n: 3
+slots:
+  place: {FILE}
+steps:
+  - name: ask
+    pattern: "语音#{{ utterance }}"
+    contents: ["查查{{ place }}"]
+    summary: {SUMMARY}
+"""
+
+
+def _spec(folder: Path, summary: str = '"好的"', file: str = "{values: [济南, 青岛, 烟台]}") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(SPEC.replace("{FILE}", file).replace("{SUMMARY}", json.dumps(summary, ensure_ascii=False)),
+                    encoding="utf-8")
+    return path
+
+
+def _data(tmp_path: Path, spec: Path, capsys) -> tuple[int, str]:
+    code = run_cli(["data", str(spec), "--out", str(tmp_path / "out"), "--seed", "1", "--quiet"])
+    return code, capsys.readouterr().err
+
+
+ESCAPES = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ joiner.__init__.__globals__.os }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{{ lipsum.__globals__['os'] }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ self.__dict__ }}",
+    "{{ range.__self__ }}",
+    "{{ place.__class__.__base__ }}",
+    "{{ ''|attr('__class__') }}",
+    "{{ '{0.__class__}'.format(place) }}",
+    "{{ '%s'|format(place.__init__) }}",
+    "{{ dict.mro() }}",
+    "{% include '/etc/passwd' %}",
+    "{% import 'os' as os %}",
+]
+
+
+@pytest.mark.parametrize("template", ESCAPES)
+def test_templates_cannot_reach_python_internals(tmp_path, capsys, template):
+    code, err = _data(tmp_path, _spec(tmp_path, template), capsys)
+    assert code == 2
+    assert "$.steps[0].summary" in err and "cannot render" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+BOMBS = [
+    "{{ 'x' * 10**10 }}",             # 10 GB string
+    "{{ 10 ** 100000000 }}",          # CPU-bound bignum
+    "{{ lipsum(n=10**6) }}",
+    "{% for i in range(10**9) %}{% endfor %}",
+    "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+    "{{ place|truncate(-1) }}",       # a filter's AssertionError
+]
+
+
+@pytest.mark.parametrize("template", BOMBS)
+def test_resource_bombs_and_filter_crashes_fail_cleanly(tmp_path, capsys, template):
+    code, err = _data(tmp_path, _spec(tmp_path, template), capsys)
+    assert code == 2 and "cannot render" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "../outside.txt", "inside/../../outside.txt"])
+def test_pool_files_outside_the_spec_folder_are_refused(tmp_path, capsys, name):
+    (tmp_path / "outside.txt").write_text("秘密\n", encoding="utf-8")
+    code, err = _data(tmp_path, _spec(tmp_path / "spec", file=json.dumps({"file": name})), capsys)
+    assert code == 2 and "outside the spec's folder" in err, err
+
+
+def test_a_symlink_pointing_outside_is_refused_one_inside_is_followed(tmp_path, capsys):
+    (tmp_path / "secret.txt").write_text("秘密\n", encoding="utf-8")
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (folder / "places.txt").write_text("济南\n青岛\n", encoding="utf-8")
+    (folder / "alias.txt").symlink_to(folder / "places.txt")
+    code, err = _data(tmp_path, _spec(folder, file="{file: link.txt}"), capsys)
+    assert code == 2 and "outside the spec's folder" in err, err
+    assert load_spec(_spec(folder, file="{file: alias.txt}")).slots["place"].values == ("济南", "青岛")
+
+
+def test_undecodable_pool_file_names_it(tmp_path, capsys):
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "bin.txt").write_bytes(b"\xff\xfe\x00\x01binary")
+    code, err = _data(tmp_path, _spec(folder, file="{file: bin.txt}"), capsys)
+    assert code == 2 and "bin.txt is not UTF-8 text" in err, err
+
+
+BAD_YAML = {
+    "python tag": ("name: x\nsteps: !!python/object/apply:os.system ['touch PWNED']\n", "invalid YAML"),
+    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+                   + "name: x\n", "more than 1,000,000 YAML nodes"),
+    "recursive alias": ("name: x\nsteps: &s [*s]\n", "refers to the node that contains it"),
+    "deep nesting": ("name: x\nsteps: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    "not UTF-8": (b"name: x\nsteps: [\xff\xfe]\n", "not UTF-8"),
+    "binary": (os.urandom(64).replace(b"\n", b" ") + b"\xff", ""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_YAML)
+def test_hostile_yaml_fails_cleanly(tmp_path, capsys, monkeypatch, case):
+    text, message = BAD_YAML[case]
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.chdir(tmp_path)
+    code, err = _data(tmp_path, path, capsys)
+    assert code == 2 and message in err and str(path) in err, err
+    assert not (tmp_path / "PWNED").exists()
+
+
+# -- model folders ---------------------------------------------------------------------------------
+
+MARKER_CODE = """
+from pathlib import Path
+Path({marker!r}).write_text("remote code ran")
+from transformers import LlamaConfig
+class EvilConfig(LlamaConfig):
+    model_type = "evil"
+"""
+
+
+def _model_with_code(src: Path, dst: Path, *, known_type: bool) -> Path:
+    shutil.copytree(src, dst)
+    (dst / "configuration_evil.py").write_text(MARKER_CODE.format(marker=str(dst / "RAN")))
+    config = json.loads((dst / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
+                          "AutoModelForCausalLM": "configuration_evil.EvilConfig"}
+    if not known_type:
+        config["model_type"] = "evil"
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_custom_code_is_refused_without_trust_remote_code(tiny_glm, train_data, tmp_path, capsys):
+    model = _model_with_code(tiny_glm, tmp_path / "evil", known_type=False)
+    code = run_cli(train_argv(model, train_data, tmp_path / "run", max_steps=1))
+    err = capsys.readouterr().err
+    assert code == 2 and "trust" in err.lower() and "Traceback" not in err, err
+    assert not (model / "RAN").exists()
+
+
+def test_auto_map_on_a_known_architecture_does_not_run_its_code(tiny_glm, tmp_path):
+    from tuning.load import load_model
+
+    model_dir = _model_with_code(tiny_glm, tmp_path / "evil", known_type=True)
+    model = load_model(model_dir)
+    assert type(model).__module__.startswith("transformers.")
+    assert not (model_dir / "RAN").exists()
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_glm, train_data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from tuning.load import load_model
+
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(tiny_glm, model_dir)
+    torch.save(load_file(str(model_dir / "model.safetensors")), model_dir / "pytorch_model.bin")
+    (model_dir / "model.safetensors").unlink()
+    code = run_cli(train_argv(model_dir, train_data, tmp_path / "run", max_steps=1))
+    err = capsys.readouterr().err
+    assert code == 2 and "pytorch_model.bin" in err and "--allow-pickle" in err, err
+    with pytest.raises(ConfigError, match="pickle"):
+        load_model(model_dir)
+    assert load_model(model_dir, allow_pickle=True) is not None
+
+
+def test_trust_remote_code_and_allow_pickle_default_off():
+    from tuning.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.trust_remote_code is False and cfg.allow_pickle is False
