@@ -15,6 +15,7 @@ MODEL  ?= models/tiny-glm
 RUN    ?= runs/grid-tiny
 STEPS  ?=
 GPUS   ?= 1
+TRAIN_CONFIG ?= templates/demo/train-tiny.yaml
 ARGS   ?=
 
 .PHONY: help install test test-slow test-all data tiny-model train eval chat demo compare bench clean
@@ -27,7 +28,7 @@ help:
 	@echo "make tiny-model  build $(MODEL) (tokenizer + small GLM, briefly pre-trained on unpaired text)"
 	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N for data-parallel)"
 	@echo "make eval        base vs tuned answers on the dev set, report in $(RUN)/eval/"
-	@echo "variables: SPEC SEED N DATA MODEL RUN STEPS GPUS ARGS"
+	@echo "variables: SPEC SEED N DATA MODEL RUN STEPS GPUS TRAIN_CONFIG ARGS"
 
 install: $(STAMP)
 
@@ -56,9 +57,9 @@ tiny-model: install
 
 train: install
 ifeq ($(GPUS),1)
-	$(TT) train --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
+	$(TT) train --config $(TRAIN_CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
 else
-	$(BIN)/torchrun --nproc-per-node $(GPUS) -m tasktune train --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
+	$(BIN)/torchrun --nproc-per-node $(GPUS) -m tasktune train --config $(TRAIN_CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
 endif
 
 eval: install
