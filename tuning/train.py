@@ -150,9 +150,9 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                      extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
                             "data": fingerprint["data"], "step": step})
 
-    def save_checkpoint() -> Path:
+    def save_checkpoint(rng: dict | None = None) -> Path:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": ckpt.rng_state(), "history": history}
+                 "rng": rng or ckpt.rng_state(), "history": history}
         return ckpt.write_checkpoint(run_dir, step, save_adapter_fn=save_to, state=state,
                                      keep=cfg.save_total_limit)
 
@@ -164,8 +164,12 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     last_good = ckpt.checkpoint_dirs(run_dir)[-1] if ckpt.checkpoint_dirs(run_dir) else None
     progress = _progress(cfg.max_steps, step, disable=not main)
     loss_value = history[-1]["loss"] if history else None
+    step_rng = None
     try:
         while step < cfg.max_steps:
+            # the RNG as the step begins: a Ctrl-C inside the step saves this, so the resumed run
+            # redoes the whole step with the same dropout draws
+            step_rng = ckpt.rng_state()
             total = torch.zeros((), device=accelerator.device)
             for _ in range(accum):
                 ids = next(stream)[rank * per_device:(rank + 1) * per_device]
@@ -195,6 +199,10 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            if not all(torch.isfinite(p).all() for p in params):  # a finite loss can still give an inf update
+                raise TrainingDiverged(
+                    f"the update of step {step + 1} made the trainable weights non-finite; training stopped. "
+                    f"Last good checkpoint: {last_good or 'none yet'}. Lower --learning-rate or set --max-grad-norm.")
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -213,7 +221,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     except KeyboardInterrupt:
         if main:
             progress.close()
-            path = save_checkpoint()
+            path = save_checkpoint(step_rng)
             log(f"interrupted: checkpoint saved to {path}; run the same command again to resume")
         raise
     finally:
@@ -289,4 +297,7 @@ def load_run_record(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no tasktune_run.json — not a finished tasktune run folder "
                           f"(train one with `tasktune train --out {run_dir}`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); re-run `tasktune train` to rewrite it") from None

@@ -110,10 +110,6 @@ def test_eval_of_a_run_with_damaged_adapter_names_the_file(finished, tmp_path, c
     assert code == 2 and str(run / ADAPTER) in err and "Traceback" not in err, err
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "tuning/train.py load_run_record (used by eval and chat) calls json.loads on tasktune_run.json unguarded: a "
-    "truncated file gives a JSONDecodeError traceback. Fix: catch json.JSONDecodeError/UnicodeDecodeError there "
-    "and raise ConfigError(f'{path}: not valid JSON (...); re-run `tasktune train` to rewrite it')."))
 def test_eval_of_a_run_with_damaged_record_names_the_file(finished, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished, run)

@@ -143,11 +143,7 @@ class _InterruptAtForward:
 
 @pytest.mark.parametrize("forward", [
     pytest.param(5, marks=pytest.mark.slow),  # the first micro-batch of step 3: nothing of step 3 has run yet
-    pytest.param(6, marks=pytest.mark.xfail(strict=True, reason=(
-        "tuning/train.py: Ctrl-C in the middle of gradient accumulation saves the RNG state as it is *after* "
-        "the first micro-batch's dropout draws, so the resumed step 3 uses different dropout masks. Fix: "
-        "take the RNG state at the start of each optimizer step and save that one on KeyboardInterrupt "
-        "(or defer SIGINT to the step boundary with a signal handler that sets a flag)."))),
+    6,  # the second micro-batch of step 3: the RNG saved is the one step 3 began with
 ])
 def test_ctrl_c_inside_a_step_resumes_exactly(tiny_glm, train_data, tmp_path, reference, forward):
     out = tmp_path / "run"
