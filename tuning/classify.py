@@ -39,21 +39,11 @@ class ClassificationSet:
         return f"{len(self.examples)} texts, {len(self.labels)} labels, {self.truncated} texts truncated"
 
 
-def _resolve(data, split: str) -> Path:
-    path = Path(data)
-    if path.is_dir():
-        for name in (f"{split}.json", f"{split}.jsonl"):
-            if (path / name).is_file():
-                return path / name
-        raise DataError(f"{path}: no {split}.json or {split}.jsonl in this folder")
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    return path
-
-
 def read_records(data, split: str) -> list[dict[str, Any]]:
     """The split's {text, label} records (JSON array or JSONL); a record without them is a DataError."""
-    path = _resolve(data, split)
+    from tuning.data import resolve_split_file  # the same folder/file rules as the generation task
+
+    path = resolve_split_file(data, split)
     text = path.read_text(encoding="utf-8")
     try:
         rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"

@@ -77,7 +77,8 @@ class GenerationExample:
 # ---------------------------------------------------------------- loading
 
 
-def _resolve(path_or_dir: str | Path, split: str) -> Path:
+def resolve_split_file(path_or_dir: str | Path, split: str) -> Path:
+    """`{split}.json` or `{split}.jsonl` in a data folder, or the file itself; DataError if neither."""
     path = Path(path_or_dir)
     if path.is_dir():
         for name in (f"{split}.json", f"{split}.jsonl"):
@@ -130,7 +131,7 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
     from datasets import Dataset
 
     cfg = cfg or DataConfig()
-    path = _resolve(path_or_dir, split)
+    path = resolve_split_file(path_or_dir, split)
     rows = _read_rows(path)
     if not rows:
         raise DataError(f"{path}: no records")

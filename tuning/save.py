@@ -10,7 +10,6 @@ records how the adapter was made (base model, prefix options, geometry, caller's
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from tasktune import __version__
+from tuning.runinfo import sha256_file
 from tasktune.errors import ConfigError
 from tuning.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
 
@@ -53,14 +53,6 @@ def build_peft_config(tuner: PrefixTuner, base_model: str):
         prefix_projection=cfg.prefix_projection,
         inference_mode=True,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -99,7 +91,7 @@ def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | 
             "base_model": base_model,
             "prefix": dataclasses.asdict(tuner.config),
             "shape": dataclasses.asdict(tuner.shape),
-            "sha256": {name: _sha256(staging / name) for name in names if name.endswith(".safetensors")},
+            "sha256": {name: sha256_file(staging / name) for name in names if name.endswith(".safetensors")},
             "extra": extra or {},
         }
         (staging / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -205,7 +197,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
 def _warn_on_hash_mismatch(record: dict, folder: Path) -> None:
     for name, expected in record.get("sha256", {}).items():
         path = folder / name
-        if path.is_file() and _sha256(path) != expected:
+        if path.is_file() and sha256_file(path) != expected:
             warnings.warn(
                 f"{path} differs from the hash in {RECORD_NAME} (an interrupted save, or edited by hand); "
                 "loading it anyway",
