@@ -132,3 +132,12 @@ if __name__ == "__main__":
             if path.is_file():
                 texts += [r.get("content", "") + r.get("summary", "") for r in json.loads(path.read_text("utf-8"))]
     build_model_dir(args.size, args.out, texts=texts)
+
+
+def add_model_arguments(parser) -> None:
+    """The options every benchmark shares: which random model, where, how quantised, how long a prefix."""
+    parser.add_argument("--tiny", action="store_true", help="small random GLM (CPU smoke test)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="6b")
+    parser.add_argument("--model-dir", help="where the random model is built (reused if already there)")
+    parser.add_argument("--quantization-bit", default="4", choices=["4", "8", "none"])
+    parser.add_argument("--pre-seq-len", type=int, default=128)

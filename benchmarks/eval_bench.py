@@ -86,11 +86,7 @@ def timed(fn):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="small random GLM (CPU smoke test)")
-    parser.add_argument("--size", choices=sorted(benchmodel.SIZES), default="6b")
-    parser.add_argument("--model-dir", help="where the random model is built (reused if already there)")
-    parser.add_argument("--quantization-bit", default="4", choices=["4", "8", "none"])
-    parser.add_argument("--pre-seq-len", type=int, default=128)
+    benchmodel.add_model_arguments(parser)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", default="32,16,8", help="batched runs to time")

@@ -253,11 +253,7 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="small random GLM (CPU smoke test)")
-    parser.add_argument("--size", choices=sorted(benchmodel.SIZES), default="6b")
-    parser.add_argument("--model-dir", help="where the random model is built (reused if already there)")
-    parser.add_argument("--quantization-bit", default="4", choices=["4", "8", "none"])
-    parser.add_argument("--pre-seq-len", type=int, default=128)
+    benchmodel.add_model_arguments(parser)
     parser.add_argument("--cases", default="1x64x64,4x64x64,4x256x256", help="BATCHxSRCxTGT, comma-separated")
     parser.add_argument("--checkpointing", default="full,none,every2",
                         help="tasktune variants: full (train.py's default), none, everyN")
