@@ -26,7 +26,7 @@ help:
 	@echo "make test-slow   the slow tests (long training runs)"
 	@echo "make data        tasktune data $(SPEC) --out $(DATA) --seed $(SEED)"
 	@echo "make tiny-model  build $(MODEL) (tokenizer + small GLM, briefly pre-trained on unpaired text)"
-	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N for data-parallel)"
+	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N: data-parallel, N x the global batch)"
 	@echo "make eval        base vs tuned answers on the dev set, report in $(RUN)/eval/"
 	@echo "variables: SPEC SEED N DATA MODEL RUN STEPS GPUS TRAIN_CONFIG ARGS"
 
@@ -59,7 +59,7 @@ train: install
 ifeq ($(GPUS),1)
 	$(TT) train --config $(TRAIN_CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
 else
-	$(BIN)/torchrun --nproc-per-node $(GPUS) -m tasktune train --config $(TRAIN_CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
+	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m tasktune train --config $(TRAIN_CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --seed $(SEED) $(if $(STEPS),--max-steps $(STEPS)) $(ARGS)
 endif
 
 eval: install

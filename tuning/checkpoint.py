@@ -55,6 +55,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_state_for_rank(state: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
+    """The RNG state rank `rank` of `world` resumes with.
+
+    A data-parallel checkpoint holds every rank's state under "rng_ranks" (ranks draw dropout masks
+    of their own shapes, e.g. LoRA's over padded sequence lengths, so their streams drift apart).
+    On the same number of processes each rank gets its own; otherwise (or from a checkpoint
+    without them: single-process, Ctrl-C) every rank gets rank 0's "rng".
+    """
+    ranks = state.get("rng_ranks")
+    return ranks[rank] if isinstance(ranks, list) and len(ranks) == world else state["rng"]
+
+
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     # plain values + a tensor so the state file loads with weights_only=True
     name, keys, pos, has_gauss, cached = state

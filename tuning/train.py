@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0) -> Itera
 def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     """Train per `cfg` (method, task); returns when max_steps are done (or raises with a clear message)."""
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from transformers import get_scheduler
 
     from tuning import methods
@@ -75,6 +77,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
         torch.set_num_threads(cfg.num_threads)
     use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and torch.cuda.is_available()
                                        and torch.cuda.is_bf16_supported())
+    _refuse_sharded_launch()
     # cpu=True lets torchrun/accelerate launch run data-parallel on CPUs over gloo (CI has no GPU)
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -131,7 +134,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     if resume:
         optimizer.load_state_dict(resume.state["optimizer"])
         scheduler.load_state_dict(resume.state["scheduler"])
-        ckpt.set_rng_state(resume.state["rng"])
+        ckpt.set_rng_state(ckpt.rng_state_for_rank(resume.state, accelerator.process_index, world))
         step, history = resume.step, list(resume.state.get("history", []))
         if main:
             log(f"resuming from {resume.path} at step {step}")
@@ -150,9 +153,11 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                      extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
                             "data": fingerprint["data"], "step": step})
 
-    def save_checkpoint(rng: dict | None = None) -> Path:
+    def save_checkpoint(rng: dict | None = None, rng_ranks: list | None = None) -> Path:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": rng or ckpt.rng_state(), "history": history}
+        if rng_ranks:
+            state["rng_ranks"] = rng_ranks
         return ckpt.write_checkpoint(run_dir, step, save_adapter_fn=save_to, state=state,
                                      keep=cfg.save_total_limit)
 
@@ -215,8 +220,11 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                     progress.set_postfix(loss=f"{loss_value:.4f}")
                     writer.add_scalar("train/loss", loss_value, step)
                     writer.add_scalar("train/lr", entry["lr"], step)
-            if main and (step % cfg.save_steps == 0 or step == cfg.max_steps):
-                last_good = save_checkpoint()
+            if step % cfg.save_steps == 0 or step == cfg.max_steps:
+                # every rank's RNG (a collective, so on every rank): their dropout streams differ
+                rng_ranks = gather_object([ckpt.rng_state()]) if world > 1 else None
+                if main:
+                    last_good = save_checkpoint(rng_ranks=rng_ranks)
             accelerator.wait_for_everyone()
     except KeyboardInterrupt:
         if main:
@@ -238,6 +246,22 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
         _plot_loss(history, run_dir / "loss.png")
         log(f"done: {step} steps, final loss {loss_value}, adapter in {run_dir}")
     return FitResult(run_dir=run_dir, steps=step, final_loss=loss_value, seconds=seconds, history=history)
+
+
+def _refuse_sharded_launch() -> None:
+    """An `accelerate launch` with an FSDP or DeepSpeed config: refuse, since fit() shards nothing.
+
+    The loop never hands the model to accelerator.prepare(), so those settings would be ignored
+    silently and every process would hold a whole copy of the base (docs/multi-gpu.md).
+    """
+    for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(var, "false").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"this launch asks for {name} ({var}=true), but tasktune train does not shard the base model: "
+                "every process holds a full copy and only the trainable parameters' gradients are all-reduced. "
+                "Launch plain data-parallel instead (torchrun --nproc-per-node N, or accelerate launch --multi_gpu "
+                "with no FSDP/DeepSpeed config); a base too large for one GPU in 16-bit can train 4-bit "
+                "(--quantization-bit 4). See docs/multi-gpu.md.")
 
 
 def _training_data(cfg: TrainConfig, tokenizer):
