@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from datagen import load_spec
+from datagen.render import Compiled
 from reliability_util import run_cli, train_argv
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, SpecError
 
 SPEC = """\
 name: probe
@@ -82,6 +83,79 @@ BOMBS = [
 def test_resource_bombs_and_filter_crashes_fail_cleanly(tmp_path, capsys, template):
     code, err = _data(tmp_path, _spec(tmp_path, template), capsys)
     assert code == 2 and "cannot render" in err and "Traceback" not in err, err
+
+
+# width/count arguments that ask for gigabytes: refused before anything is built
+WIDTH_BOMBS = [
+    "{{ 'x'|center(10**9) }}",
+    "{{ place|indent(10**9) }}",
+    "{{ ('a\n' * 50000)|indent(1000) }}",  # 50,000 lines x 1,000 spaces
+    "{{ place|truncate(10**9) }}",
+    "{{ ('a ' * 40000)|wordwrap(1, wrapstring='x' * 90000) }}",
+    "{{ '%0999999999d'|format(1) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ '%*d' % (10**9, 1) }}",
+    "{{ '%.999999999f' % 1.0 }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '{:{}}'.format(1, 10**9) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ 'x'.zfill(10**9) }}",
+    "{{ ('x' * 90000).replace('', 'y' * 90000) }}",
+    "{{ ('y' * 90000).join(range(90000)|map('string')) }}",
+    "{{ [1]|batch(10**9, 'x')|list }}",
+    "{{ [1]|slice(10**9)|list }}",
+    "{{ {'a': 1}|tojson(indent=10**9) }}",
+]
+# text that doubles, repeats or is shared until writing it out would take gigabytes
+GROWTH_BOMBS = [
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{% set l = ['x' * 1000] %}{% for i in range(40) %}{{ l.extend(l) or '' }}{% endfor %}",
+    "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('x', 40) }}",
+    "{% for i in range(100000) %}{{ 'x' * 50000 }}{% endfor %}",
+    "{% set b %}{% for i in range(100000) %}{{ 'x' * 50000 }}{% endfor %}{% endset %}{{ b|length }}",
+    "{% set a = ['x' * 90000] %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+    "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c }}",  # 9 GB once written out, 100 references in memory
+    "{% set ns = namespace(n=10) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n > 0 }}",
+    "{{ (10 ** 1000) ** 1000 }}",
+]
+
+
+@pytest.mark.parametrize("template", WIDTH_BOMBS + GROWTH_BOMBS)
+def test_width_arguments_and_growing_text_are_bounded(tmp_path, capsys, template):
+    """Each would allocate gigabytes (or hang) without the bounds in datagen/render.py; now a clean SpecError."""
+    code, err = _data(tmp_path, _spec(tmp_path, template), capsys)
+    assert code == 2 and "$.steps[0].summary" in err and "blocked by the sandbox" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+LEGITIMATE = {
+    "{{ place|center(6) }}|{{ 'a\nb'|indent(2, true) }}|{{ 'hello world'|truncate(8, leeway=0) }}": "  济南  |  a\n  b|hello...",
+    "{{ 'aaa bbb ccc'|wordwrap(4) }}": "aaa\nbbb\nccc",
+    "{{ '%s-%s'|format(place, 1) }}|{{ '%05.1f' % 3.14159 }}|{{ '%*d' % (4, 42) }}|{{ '100%%' % () }}":
+        "济南-1|003.1|  42|100%",
+    "{{ '{:.2f}'.format(3.14159) }}|{{ '{:>{w}}'.format(place, w=4) }}": "3.14|  济南",
+    "{{ 'x'.ljust(3) }}|{{ '5'.zfill(3) }}|{{ 'aXb'.replace('X', '--') }}|{{ '-'.join(['a', 'b']) }}":
+        "x  |005|a--b|a-b",
+    "{{ [1, 2, 3, 4, 5]|batch(2)|list }}|{{ [1, 2, 3]|slice(2)|list }}|{{ range(4)|join(',') }}":
+        "[[1, 2], [3, 4], [5]]|[[1, 2], [3]]|0,1,2,3",
+    "{{ {'a': [1]}|tojson(indent=1) }}": '{\n "a": [\n  1\n ]\n}',
+    "{% set ns = namespace(s='') %}{% for i in range(3) %}{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.s }}"
+    "{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(place) }}": "012[济南]",
+    "{{ ('x' * 100000)|length }}|{{ 2 ** 10 }}|{{ [0] * 3 }}|{{ 'ab' + 'c' }}": "100000|1024|[0, 0, 0]|abc",
+}
+
+
+@pytest.mark.parametrize("template", LEGITIMATE)
+def test_ordinary_widths_and_formats_still_render(template):
+    assert Compiled(template, "w")({"place": "济南"}) == LEGITIMATE[template]
+
+
+def test_the_bound_is_one_hundred_thousand_characters():
+    with pytest.raises(SpecError, match="at most 100,000"):
+        Compiled("{{ 'x' * 100001 }}", "w")({})
+    with pytest.raises(SpecError, match="longer than 100,000"):
+        Compiled("{% for i in range(3) %}{{ 'x' * 50000 }}{% endfor %}", "w")({})
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "../outside.txt", "inside/../../outside.txt"])
