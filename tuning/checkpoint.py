@@ -14,6 +14,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,25 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def set_aside_checkpoints(run_dir: Path) -> Path | None:
+    """A fresh start (`--resume never`) in a folder holding checkpoints: rename RUN/checkpoints aside.
+
+    Left in place, the old run's later checkpoints would sit beside the new run's and the next plain
+    re-run would resume the *old* run. One atomic rename to `checkpoints.replaced-<UTC time>` keeps them
+    for the user to inspect or delete. Returns the new path, or None when there was nothing to move.
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not checkpoint_dirs(run_dir):
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target, n = root.with_name(f"{CHECKPOINT_DIR}.replaced-{stamp}"), 1
+    while target.exists():  # two fresh starts within one second
+        n += 1
+        target = root.with_name(f"{CHECKPOINT_DIR}.replaced-{stamp}-{n}")
+    os.rename(root, target)
+    return target
 
 
 def write_checkpoint(run_dir: Path, step: int, *, save_adapter_fn, state: dict[str, Any], keep: int) -> Path:

@@ -5,6 +5,7 @@ A folder holds `adapter_config.json` + `adapter_model.safetensors` (key `prompt_
 inference_mode=True), so `peft.PeftModel.from_pretrained(base, folder)` loads it. With a projection, the
 MLP weights go to `tasktune_prefix_encoder.safetensors` too, so training can resume. `tasktune_adapter.json`
 records how the adapter was made (base model, prefix options, geometry, caller's `extra`, weight hash).
+Loading checks that hash: a weight file that differs from its record (a flipped bit, a bad copy) is an error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -30,6 +33,11 @@ WEIGHTS_KEY = "prompt_embeddings"
 ENCODER_NAME = "tasktune_prefix_encoder.safetensors"  # full encoder (projection MLP), ours only
 RECORD_NAME = "tasktune_adapter.json"
 RECORD_FORMAT = 1
+#: the records of saves begun since the last one that finished (a JSON list, newest last): written before the
+#: weights move in, removed once the record has; they tell new weights with an old record (a save that died
+#: between the two) from a damaged weight file
+PENDING_RECORD_NAME = f".{RECORD_NAME}.pending"
+STAGING_PREFIX = ".tasktune-save-"  # + "<pid>-": the staging folder of a save in progress
 
 
 def _task_type(model) -> str:
@@ -66,13 +74,16 @@ def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | 
 
     Files are written to a temporary folder inside `out_dir`, then moved in one by one with os.replace
     (weights first, record last), so every file is always complete: an interrupted save leaves the previous
-    adapter loadable (at worst new weights with the old record, which `load_adapter` warns about).
+    adapter loadable (at worst new weights with the old record; the new record, added first to
+    PENDING_RECORD_NAME, vouches for them, and `load_adapter` warns). A process killed mid-save leaves its
+    temporary folder behind; the next save into the folder removes it.
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tasktune-save-", dir=out) as tmp:
+    sweep_dead_staging(out)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out) as tmp:
         staging = Path(tmp)
         with torch.no_grad():
             flat = tuner.encoder.flat().detach().to("cpu", torch.float32).contiguous()
@@ -96,12 +107,45 @@ def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | 
         }
         (staging / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
         names.append(RECORD_NAME)
+        pending = out / PENDING_RECORD_NAME
+        (staging / PENDING_RECORD_NAME).write_text(json.dumps(_pending_records(out) + [record], default=str))
         _fsync_tree(staging)
+        os.replace(staging / PENDING_RECORD_NAME, pending)  # first: it vouches for the weights that follow
         for name in names:
             os.replace(staging / name, out / name)
+        pending.unlink()  # the record is in place: nothing left to vouch for
         if not tuner.config.prefix_projection and (out / ENCODER_NAME).exists():
             (out / ENCODER_NAME).unlink()  # stale MLP from an earlier projection run
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows: count every writer as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except (OverflowError, ValueError):  # not a pid
+        return False
+    return True
+
+
+def sweep_dead_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders (STAGING_PREFIX) that saves killed mid-way left in `folder`; return them.
+
+    A staging folder is named after the pid of its writer; it is dead when that process is gone (a folder
+    from an older tasktune, without a pid, counts as dead). Live writers' folders are left alone.
+    """
+    swept = []
+    for path in Path(folder).glob(f"{STAGING_PREFIX}*"):
+        match = re.match(re.escape(STAGING_PREFIX) + r"(\d+)-", path.name)
+        if path.is_dir() and not (match and _pid_alive(int(match.group(1)))):
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path)
+    return swept
 
 
 def _read_json(path: Path) -> dict:
@@ -157,12 +201,12 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
         raise ConfigError(f"{config_path}: encoder-decoder prefixes (num_transformer_submodules=2) are not supported")
     _check_geometry(peft_config, model, config_path)
     record = _read_json(folder / RECORD_NAME) if (folder / RECORD_NAME).exists() else {}
-    saved = record.get("prefix", {})
     pre_seq_len = peft_config.get("num_virtual_tokens")
     projection = bool(peft_config.get("prefix_projection", False))
     weights_path = folder / WEIGHTS_NAME
     weights = _read_tensors(weights_path)
-    _warn_on_hash_mismatch(record, folder)
+    record = _verified_record(record, folder)
+    saved = record.get("prefix", {})
     flat = weights.get(WEIGHTS_KEY)
     shape = read_prefix_shape(model.config)
     if flat is None or tuple(flat.shape) != (pre_seq_len, shape.width):
@@ -194,12 +238,48 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
     return tuner
 
 
-def _warn_on_hash_mismatch(record: dict, folder: Path) -> None:
-    for name, expected in record.get("sha256", {}).items():
-        path = folder / name
-        if path.is_file() and sha256_file(path) != expected:
+def _pending_records(folder: Path) -> list[dict]:
+    try:
+        records = json.loads((Path(folder) / PENDING_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def _hashes(record: dict) -> dict:
+    hashes = record.get("sha256") if isinstance(record, dict) else None
+    return hashes if isinstance(hashes, dict) else {}
+
+
+def _mismatched(hashes: dict, folder: Path) -> list[str]:
+    """The recorded files present in `folder` whose sha256 differs from `hashes`."""
+    return [name for name, digest in hashes.items()
+            if (folder / name).is_file() and sha256_file(folder / name) != digest]
+
+
+def _verified_record(record: dict, folder: Path) -> dict:
+    """`record` once the weight files match its sha256s; else the pending record of an interrupted save
+    that explains them (with a warning); else a ConfigError naming the file and what to do."""
+    bad = _mismatched(_hashes(record), folder)
+    if not bad:
+        return record
+    for pending in reversed(_pending_records(folder)):
+        if _hashes(pending) and not _mismatched(_hashes(pending), folder):
             warnings.warn(
-                f"{path} differs from the hash in {RECORD_NAME} (an interrupted save, or edited by hand); "
-                "loading it anyway",
+                f"{folder}: an interrupted save moved in new weights but not their record ({RECORD_NAME}); "
+                f"loading them, as the save's pending record ({PENDING_RECORD_NAME}) describes them",
                 stacklevel=3,
             )
+            return pending
+    path = folder / bad[0]
+    if folder.parent.name == "checkpoints":
+        fix = f"delete {folder} to resume from an older checkpoint"
+    elif (folder / "checkpoints").is_dir():
+        fix = "re-run the same `tasktune train` command to rewrite it from the run's last checkpoint"
+    else:
+        fix = "restore it from a copy, or save the adapter again"
+    raise ConfigError(
+        f"{path}: its sha256 differs from the one {folder / RECORD_NAME} recorded when it was saved, so the "
+        f"file is damaged (a flipped bit, a bad disk or copy) or was changed since; {fix}. (If you changed it "
+        f"on purpose, delete its entry under \"sha256\" in {RECORD_NAME}.)"
+    )

@@ -141,6 +141,10 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
+        if resume is None:  # a fresh start (--resume never): the old run's checkpoints must not be resumed later
+            moved = ckpt.set_aside_checkpoints(run_dir)
+            if moved:
+                log(f"starting over: moved the previous run's checkpoints to {moved}")
         ckpt.write_fingerprint(run_dir, fingerprint)
     writer = _tensorboard(run_dir) if main else None
     record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": n_trainable,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from reliability_util import ADAPTER, run_cli, train_argv
 from tuning import checkpoint as ckpt
@@ -32,6 +37,15 @@ def _garbage(path):
     path.write_bytes(b"\x00\xff" * 50)
 
 
+def _flip_a_bit(path):
+    """One bit of the tensor data (after safetensors' 8-byte length and JSON header): still a valid file."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start + (len(data) - start) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    load_file(str(path))  # readable: only the recorded sha256 can tell
+
+
 def _malicious_pickle(path):
     path.write_bytes(pickle.dumps({"step": 4, "payload": _Evil()}))
 
@@ -44,6 +58,7 @@ DAMAGE = {
     "truncated adapter weights": (ADAPTER, _truncate),
     "empty adapter weights": (ADAPTER, lambda p: p.write_bytes(b"")),
     "garbage adapter weights": (ADAPTER, _garbage),
+    "flipped bit in adapter weights": (ADAPTER, _flip_a_bit),
     "truncated adapter config": ("adapter_config.json", _truncate),
 }
 
@@ -84,16 +99,20 @@ def test_resume_never_starts_over_despite_a_damaged_checkpoint(finished, tiny_gl
     assert (run / "checkpoints" / "step-000002" / ckpt.STATE_FILE).is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`--resume never` in a used run folder leaves the old run's later checkpoints (step-000004) beside the new "
-    "run's; the next plain re-run (`--resume auto`) then resumes the OLD run. Fix in tuning/train.py (or "
-    "checkpoint.find_resume_point): on a fresh start, move an existing RUN/checkpoints aside "
-    "(e.g. checkpoints.replaced-<time>) or refuse a non-empty one with a clear message."))
-def test_resume_never_leaves_no_checkpoint_of_the_old_run(finished, tiny_glm, train_data, tmp_path):
+def test_resume_never_leaves_no_checkpoint_of_the_old_run(finished, tiny_glm, train_data, tmp_path, capsys):
+    """`--resume never` in a used folder moves the old run's checkpoints aside; a plain re-run resumes the new run."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
+    capsys.readouterr()
     assert run_cli(train_argv(tiny_glm, train_data, run, max_steps=2, resume="never")) == 0
+    out = capsys.readouterr().out
     assert [d.name for d in ckpt.checkpoint_dirs(run)] == ["step-000002"]
+    [aside] = run.glob("checkpoints.replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step-000002", "step-000004"]  # kept, out of the way
+    assert [line for line in out.splitlines() if "moved the previous run's checkpoints" in line] == [
+        f"starting over: moved the previous run's checkpoints to {aside}"]
+    assert run_cli(train_argv(tiny_glm, train_data, run, max_steps=2)) == 0
+    assert f"resuming from {run / 'checkpoints' / 'step-000002'} at step 2" in capsys.readouterr().out
 
 
 def _eval(run, capsys) -> tuple[int, str]:
@@ -108,6 +127,60 @@ def test_eval_of_a_run_with_damaged_adapter_names_the_file(finished, tmp_path, c
     _truncate(run / ADAPTER)
     code, err = _eval(run, capsys)
     assert code == 2 and str(run / ADAPTER) in err and "Traceback" not in err, err
+
+
+def test_a_flipped_bit_in_a_checkpoints_adapter_says_to_delete_it(finished, tiny_glm, train_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    newest = ckpt.checkpoint_dirs(run)[-1]
+    _flip_a_bit(newest / ADAPTER)
+    capsys.readouterr()
+    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{newest / ADAPTER}: its sha256 differs" in err and f"delete {newest} to resume" in err, err
+
+
+def test_eval_of_a_run_with_a_flipped_bit_in_its_adapter_is_an_error(finished, tiny_glm, train_data, tmp_path,
+                                                                    capsys):
+    """Was a warning ('... loading it anyway'); now exit 2, and re-running train rewrites the adapter."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    _flip_a_bit(run / ADAPTER)
+    code, err = _eval(run, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{run / ADAPTER}: its sha256 differs" in err and "re-run the same `tasktune train` command" in err, err
+    assert not (run / "eval").exists()
+    assert run_cli(train_argv(tiny_glm, train_data, run, max_steps=4)) == 0  # as the message says
+    code, err = _eval(run, capsys)
+    assert code == 0, err
+
+
+STAGING = ".tasktune-save-"  # save_adapter's temporary folders (+ "<pid>-" since they are swept)
+
+
+def _killed_mid_save(folder) -> str:
+    """A process that dies (SIGKILL) inside a save, its staging folder half-written, as save_adapter names it."""
+    script = ("import os, signal, sys, tempfile\n"
+              "tmp = tempfile.mkdtemp(prefix=f'{sys.argv[1]}{os.getpid()}-', dir=sys.argv[2])\n"
+              f"open(os.path.join(tmp, {ADAPTER!r}), 'wb').write(b'half')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, STAGING, str(folder)])
+    assert proc.returncode == -signal.SIGKILL
+    [dead] = [p.name for p in folder.glob(STAGING + "*")]
+    return dead
+
+
+def test_a_killed_saves_temporary_folder_is_swept_by_the_next_save(finished, tiny_glm, train_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    dead = _killed_mid_save(run)
+    older = run / f"{STAGING}k2j3h4q9"  # an older tasktune's name, without the pid
+    older.mkdir()
+    live = run / f"{STAGING}{os.getppid()}-abcd1234"  # a writer that is still running
+    live.mkdir()
+    assert run_cli(train_argv(tiny_glm, train_data, run, max_steps=4)) == 0  # resumes at 4, saves the adapter
+    assert sorted(p.name for p in run.glob(STAGING + "*")) == [live.name], dead
 
 
 def test_eval_of_a_run_with_damaged_record_names_the_file(finished, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,15 +132,14 @@ def test_crash_mid_save_leaves_previous_adapter_loadable(tiny_model_dir, tmp_pat
     ids = _ids()
     expected = _logits(first.model, ids)
 
-    calls, real_replace = [], os.replace
+    real_replace = os.replace
 
-    def crash_on_second(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:  # weights moved in, then the disk fills up
+    def crash_after_weights(src, dst):
+        if Path(dst).name == CONFIG_NAME:  # weights moved in, then the disk fills up
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(save_module.os, "replace", crash_on_second)
+    monkeypatch.setattr(save_module.os, "replace", crash_after_weights)
     with pytest.raises(OSError):
         save_adapter(_trained_tuner(path, seed=1), tmp_path, base_model="tiny")
     monkeypatch.undo()
