@@ -12,7 +12,8 @@ import json
 import time
 from pathlib import Path
 
-#: name -> GlmConfig keywords. "6b": ChatGLM3-6B (6.24B parameters); "1b": ~1B for issue #3; "tiny": CPU smoke.
+#: name -> GlmConfig keywords. "6b": ChatGLM3-6B (6.24B parameters); "1b": ~1B for issue #3; "tiny": CPU smoke;
+#: "narrow28": 6b's layer count at tiny width (op counts on a CPU).
 SIZES = {
     "6b": dict(hidden_size=4096, intermediate_size=13696, num_hidden_layers=28, num_attention_heads=32,
                num_key_value_heads=2, head_dim=128, vocab_size=65024, max_position_embeddings=8192),
@@ -20,6 +21,9 @@ SIZES = {
                num_key_value_heads=2, head_dim=128, vocab_size=65024, max_position_embeddings=8192),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=2048, max_position_embeddings=1024),
+    # 6b's 28 layers at tiny width: the same ops per step as 6b (train_bench.py --count-ops), on a CPU
+    "narrow28": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=28, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, vocab_size=2048, max_position_embeddings=1024),
 }
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 RECORD = "benchmodel.json"

@@ -4,13 +4,15 @@
 #     && export PYTHONPATH=/tmp/site_g:$PWD; bash benchmarks/gpu_run.sh bench6b|more6b|issue3
 # bench6b: build the random 6.24B GLM, train_bench.py (tasktune vs PEFT reference, caps, profiles), eval_bench.py.
 # issue3:  a ~1B random GLM trained by `tasktune train` in 4-bit, reloaded by `tasktune eval`; then the tests.
+# compile6b: issue #6's step, eager vs torch.compile vs compile + CUDA graphs (tuning/compiling.py), with profiles
+#            (one call, ~9 min); tests: pytest tests/tuning tests/gpu (not slow) on the GPU machine.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 phase=${1:?bench6b or issue3}
-[[ "$phase" =~ ^(caps6b|eval6b|evalcache)$ ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-[[ "$phase" =~ ^(caps6b|eval6b|evalcache)$ ]] || python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" | tee -a "$OUT/gpu.txt"
+[[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+[[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [ "$phase" = bench6b ]; then
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model' | tee "$OUT/build6b.log"
@@ -52,4 +54,25 @@ if [ "$phase" = eval6b ]; then  # batched vs loop again, plus a static KV cache 
     --batch-sizes 32 --profile "$OUT/eval6b_profile.txt" 2>&1 | grep -v 'Loading weights' | tee "$OUT/eval6b_2.log"
   timeout 240 python3 benchmarks/eval_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/eval6b_static.json" \
     --batch-sizes 32 --static 2>&1 | grep -v 'Loading weights' | tee "$OUT/eval6b_static.log"
+fi
+
+if [ "$phase" = compile6b ]; then  # eager (reference, tasktune) and compiled tasktune at 4 x 64/64, one process each
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model'
+  export TORCH_LOGS=${TORCH_LOGS:-graph_breaks,recompiles,perf_hints}  # perf_hints: why CUDA graphs were skipped
+  timeout ${T_EAGER:-300} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/compile6b_a.json" \
+    --methods tasktune,reference --cases 4x64x64 --checkpointing full,none --compile ${C_A:-off,on} --caps "" \
+    --steps 10 --warmup 3 --profile-dir /tmp/prof 2>&1 | grep -v 'Loading weights' | tee "$OUT/compile6b_a.log"
+  bash "$0" compile6b_b
+  tar -C /tmp -czf "$OUT/prof.tgz" prof
+fi
+
+if [ "$phase" = compile6b_b ]; then  # compile + CUDA graphs (mode="reduce-overhead")
+  timeout ${T_GRAPHS:-240} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/compile6b_b.json" \
+    --methods tasktune --cases 4x64x64 --checkpointing ${CK_B:-full,none} --compile cudagraphs --caps "" \
+    --steps 10 --warmup 3 --profile-dir /tmp/prof 2>&1 | grep -v 'Loading weights' | tee "$OUT/compile6b_b.log"
+fi
+
+if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
+  timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
+    | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60
 fi

@@ -3,12 +3,15 @@ frozen 4-bit GLM: peak GPU memory, step time, tokens/s, FLOP utilisation, larges
 
     python benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out $OUT/train.json   # GPU machine
     python benchmarks/train_bench.py --tiny                                                   # CPU smoke test
+    python benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --cases 4x64x64 --compile off,on,cudagraphs
+    python benchmarks/train_bench.py --size narrow28 --cases 4x64x64 --count-ops --caps ""     # ops/step, CPU
 
 The tasktune side runs the project's own path: `tuning.load.load_model` + `tuning.prefix.attach_prefix` and the
 micro-step of `tuning/train.py` (bf16 autocast on GPU, loss.backward, clip, AdamW on the prefix), with the
 non-reentrant gradient checkpointing train.py enables by default ("full"); "none" and "every2" (every other
-layer checkpointed) are variants. The reference wraps the same loaded model in PEFT's prefix tuning without
-gradient checkpointing (PEFT refuses it with prefix tuning). Synthetic batches: src/tgt tokens, loss on tgt.
+layer checkpointed) are variants, each also under `--compile on|cudagraphs` (tuning/compiling.py). The
+reference wraps the same loaded model in PEFT's prefix tuning without gradient checkpointing (PEFT refuses it
+with prefix tuning). Synthetic batches: src/tgt tokens, loss on tgt.
 """
 
 from __future__ import annotations
@@ -88,10 +91,20 @@ def set_checkpointing(model, mode: str) -> str:
 
 
 class Method:
-    """One way of training a prefix on the loaded model: `params`, `model` to call, `close()`."""
+    """One way of training a prefix on the loaded model: `params`, `model` to call, `close()`.
+
+    `forward` is what a step calls: `model`, or its torch.compile'd version (`compile`: tuning/compiling.py).
+    """
 
     def __init__(self, name, model, params, close):
         self.name, self.model, self.params, self.close = name, model, params, close
+        self.forward, self.compile = model, "off"
+
+    def set_compile(self, mode: str) -> None:
+        from tuning import compiling
+
+        torch._dynamo.reset()  # drop earlier variants' graphs (and CUDA-graph pools)
+        self.forward, self.compile = compiling.compile_model(self.model, mode), mode
 
 
 def attach_tasktune(model, pre_seq_len: int) -> Method:
@@ -121,13 +134,20 @@ def attach_reference(model, pre_seq_len: int) -> Method:
 
 def train_step(method: Method, optimizer, batch: dict) -> float:
     """One micro-step as tuning/train.py runs it (accumulation 1): autocast, backward, clip, AdamW."""
+    from tuning import compiling
+
+    graphs = method.compile == "cudagraphs"
+    compiling.step_begin(method.compile)
+    if graphs:
+        compiling.materialize_grads(method.params)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=CUDA):
-        loss = method.model(**batch).loss
+        loss = method.forward(**batch).loss
+    value = loss.detach().clone() if graphs else loss.detach()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(method.params, 1.0)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    optimizer.zero_grad(set_to_none=not graphs)
+    return float(value)
 
 
 def sync() -> None:
@@ -145,16 +165,27 @@ def measure(method: Method, batch_size: int, src: int, tgt: int, *, steps: int, 
     if CUDA:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    first_s = None
     for i in range(warmup):
+        t0 = time.perf_counter()
         train_step(method, optimizer, batches[i % 2])
+        sync()
+        first_s = first_s if first_s is not None else time.perf_counter() - t0
     sync()
     started = time.perf_counter()
-    losses = [train_step(method, optimizer, batches[i % 2]) for i in range(steps)]
+    losses, times = [], []
+    for i in range(steps):  # each step ends with float(loss): a host sync, as in tuning/train.py's log
+        t0 = time.perf_counter()
+        losses.append(train_step(method, optimizer, batches[i % 2]))
+        times.append(time.perf_counter() - t0)
     sync()
     step_s = (time.perf_counter() - started) / steps
     tokens = batch_size * (src + tgt)
-    row = {"method": method.name, "batch": batch_size, "src": src, "tgt": tgt, "step_s": round(step_s, 4),
-           "tokens_per_s": round(tokens / step_s, 1), "loss": round(losses[-1], 4)}
+    ordered = sorted(times)
+    row = {"method": method.name, "compile": method.compile, "batch": batch_size, "src": src, "tgt": tgt,
+           "step_s": round(step_s, 4), "median_step_s": round(ordered[len(ordered) // 2], 4),
+           "min_step_s": round(ordered[0], 4), "tokens_per_s": round(tokens / step_s, 1),
+           "loss": round(losses[-1], 4), "first_step_s": first_s and round(first_s, 2)}
     if CUDA:
         row["max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
         row["max_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
@@ -162,6 +193,33 @@ def measure(method: Method, batch_size: int, src: int, tgt: int, *, steps: int, 
         row["mfu_pct"] = round(100 * 4 * n_params * tokens / step_s / 1e12 / peak_tflops, 2)
     del optimizer, batches
     return row
+
+
+def count_ops(method: Method, batch: dict) -> dict:
+    """ATen ops one training step dispatches (views and detach left out): on a GPU each is about one kernel
+    launch (bitsandbytes' ops count once here but launch 2-3 kernels), so this is the launch count a CPU can
+    measure. Eager steps only: compiled code launches its kernels without dispatching ATen ops (use
+    --profile-dir on a GPU for those)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.overloadpacket is not torch.ops.aten.detach:
+                self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    optimizer = torch.optim.AdamW(method.params, lr=2e-2)
+    train_step(method, optimizer, batch)
+    with Count() as counter:
+        train_step(method, optimizer, batch)
+    del optimizer
+    return {"ops_per_step": sum(counter.ops.values()), "top_ops": dict(counter.ops.most_common(8))}
 
 
 def fits(method: Method, batch_size: int, src: int, tgt: int, vocab: int) -> bool:
@@ -227,7 +285,8 @@ def profile(method: Method, batch_size: int, src: int, tgt: int, vocab: int, out
         family_us[family] += device_time(e)
     launches = sum(e.count for e in kernels)
     busy = sum(family_us.values()) / 2 / 1e6
-    result = {"method": method.name, "batch": batch_size, "src": src, "tgt": tgt, "wall_step_s": round(wall, 4),
+    result = {"method": method.name, "compile": method.compile, "batch": batch_size, "src": src, "tgt": tgt,
+              "wall_step_s": round(wall, 4),
               "gpu_busy_step_s": round(busy, 4), "kernel_launches_per_step": launches // 2,
               "family_ms_per_step": {k: round(v / 2 / 1e3, 2) for k, v in family_us.items()}}
     sort = "self_device_time_total" if CUDA else "self_cpu_time_total"
@@ -258,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpointing", default="full,none,every2",
                         help="tasktune variants: full (train.py's default), none, everyN")
     parser.add_argument("--methods", default="tasktune,reference")
+    parser.add_argument("--compile", default="off", help="tasktune variants: off, on, cudagraphs (tuning/compiling.py)")
     parser.add_argument("--caps", default="8,24", help="GiB caps for the largest-batch search (GPU only)")
     parser.add_argument("--cap-case", default="64x64", help="SRCxTGT for the cap search")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--count-ops", action="store_true", help="ATen ops per step (≈ kernel launches)")
     parser.add_argument("--profile-dir", help="write torch.profiler tables here (batch 4, 64/64)")
     parser.add_argument("--out", help="JSON file for all figures")
     args = parser.parse_args(argv)
@@ -318,35 +379,48 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"].append({"method": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(json.dumps(results["runs"][-1]), flush=True)
             continue
-        variants = args.checkpointing.split(",") if name == "tasktune" else ["none"]
-        for mode in variants:
-            set_checkpointing(model, mode)
-            for batch_size, src, tgt in cases:
-                try:
-                    row = measure(method, batch_size, src, tgt, steps=args.steps, warmup=args.warmup, vocab=vocab,
-                                  n_params=n_params, peak_tflops=peak)
-                except Exception as exc:  # noqa: BLE001  (an OOM or a library error: record it, go on)
-                    error = "OOM" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
-                    row = {"method": name, "batch": batch_size, "src": src, "tgt": tgt, "error": error[:300]}
-                    for p in method.params:
-                        p.grad = None
-                    gc.collect()
-                    if CUDA:
-                        torch.cuda.empty_cache()
-                row["checkpointing"] = mode
-                results["runs"].append(row)
-                print(json.dumps(row), flush=True)
-                save()
-        set_checkpointing(model, variants[0])
-        if args.profile_dir and not any(r.get("error") for r in results["runs"] if r["method"] == name):
-            folder = Path(args.profile_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            prof = profile(method, 4 if not args.tiny else 2, cap_src if not args.tiny else 8,
-                           cap_tgt if not args.tiny else 8, vocab, folder / f"profile_{name}.txt")
-            prof["checkpointing"] = variants[0]
-            results["profiles"].append(prof)
-            print(json.dumps(prof), flush=True)
-            save()
+        checkpointing = args.checkpointing.split(",") if name == "tasktune" else ["none"]
+        compiles = args.compile.split(",") if name == "tasktune" else ["off"]
+        for comp in compiles:
+            for mode in checkpointing:
+                set_checkpointing(model, mode)
+                if comp != "off" or method.compile != "off":  # a new trace for every compiled variant
+                    method.set_compile(comp)
+                variant_rows = []
+                for batch_size, src, tgt in cases:
+                    try:
+                        row = measure(method, batch_size, src, tgt, steps=args.steps, warmup=args.warmup,
+                                      vocab=vocab, n_params=n_params, peak_tflops=peak)
+                    except Exception as exc:  # noqa: BLE001  (an OOM or a library error: record it, go on)
+                        error = "OOM" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
+                        row = {"method": name, "compile": comp, "batch": batch_size, "src": src, "tgt": tgt,
+                               "error": error[:300]}
+                        for p in method.params:
+                            p.grad = None
+                        gc.collect()
+                        if CUDA:
+                            torch.cuda.empty_cache()
+                    row["checkpointing"] = mode
+                    if args.count_ops and "error" not in row and comp == "off":
+                        row.update(count_ops(method, make_batch(batch_size, src, tgt, vocab, random.Random(3))))
+                    variant_rows.append(row)
+                    results["runs"].append(row)
+                    print(json.dumps(row), flush=True)
+                    save()
+                if args.profile_dir and not any(r.get("error") for r in variant_rows):
+                    folder = Path(args.profile_dir)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    suffix = "" if (mode, comp) == (checkpointing[0], "off") else f"_{mode}_{comp}"
+                    prof = profile(method, 4 if not args.tiny else 2, cap_src if not args.tiny else 8,
+                                   cap_tgt if not args.tiny else 8, vocab, folder / f"profile_{name}{suffix}.txt")
+                    prof["checkpointing"] = mode
+                    results["profiles"].append(prof)
+                    print(json.dumps(prof), flush=True)
+                    save()
+        if method.compile != "off":
+            method.set_compile("off")
+        set_checkpointing(model, checkpointing[0])
+        variants = checkpointing
         for cap in caps:
             try:
                 best = largest_batch(method, cap, cap_src, cap_tgt, vocab)
@@ -380,14 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(f"\n== train bench: {args.size} GLM, {n_params / 1e9:.2f}B params, {quant}-bit, P={args.pre_seq_len}, "
           f"{results.get('gpu', 'CPU')}, bf16 peak {peak and round(peak)} TFLOP/s")
-    print_table(results["runs"], ["method", "checkpointing", "batch", "src", "tgt", "step_s", "tokens_per_s",
-                                  "max_allocated_gib", "max_reserved_gib", "mfu_pct", "error"])
+    print_table(results["runs"], ["method", "checkpointing", "compile", "batch", "src", "tgt", "step_s",
+                                  "median_step_s", "tokens_per_s", "first_step_s", "max_allocated_gib",
+                                  "max_reserved_gib", "mfu_pct", "ops_per_step", "error"])
     ref = {(r["batch"], r["src"], r["tgt"]): r for r in results["runs"]
            if r["method"] == "reference" and "tokens_per_s" in r}
     for r in results["runs"]:
         other = ref.get((r["batch"], r["src"], r["tgt"]))
         if r["method"] == "tasktune" and other and "tokens_per_s" in r:
             ratio = {"case": f"{r['batch']}x{r['src']}/{r['tgt']}", "checkpointing": r["checkpointing"],
+                     "compile": r.get("compile", "off"),
                      "speed_ratio": round(r["tokens_per_s"] / other["tokens_per_s"], 2)}
             if CUDA:
                 ratio["memory_ratio"] = round(r["max_allocated_gib"] / other["max_allocated_gib"], 3)

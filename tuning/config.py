@@ -60,6 +60,9 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow the model folder's own Python code to run (off by default)")
     allow_pickle: bool = _opt(False, "allow loading .bin/.pt (pickle) weights; safetensors only by default")
     gradient_checkpointing: bool = _opt(True, "recompute activations in backward to save memory")
+    compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
+                                "CUDA graphs; CUDA only); auto = off until a GPU run measures a gain "
+                                "(tuning/compiling.py)", choices=("auto", "off", "on", "cudagraphs"))
     # data
     prompt_column: str = _opt("content", "record key holding the prompt")
     response_column: str = _opt("summary", "record key holding the answer")

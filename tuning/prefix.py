@@ -10,6 +10,10 @@ Design (longer version in docs/prefix-design.md):
 - A forward pre-hook on the model computes the prefix once per call and hands it down as the keyword
   `tasktune_prefix`; transformers forwards **kwargs from `XForCausalLM.forward` to the attention function, so
   plain forward, the HF Trainer and `generate()` all get it, and gradient checkpointing recomputes with it.
+  The hook also does the per-call work once rather than in every layer (issue #6: the eager step is bound by
+  kernel launches): one cast to the compute dtype, one batch expand, one split into per-layer keys/values
+  (their backward is one stack, not a zero-filled select_backward + add per layer), and every layer shares
+  one extended attention mask per call (`PrefixKV.mask`).
 - The KV cache holds text tokens only: cache lengths, masks and `generate()` need no special handling.
 - Text positions start at P (PEFT's convention): the hook adds P to `position_ids`, computing them from the
   attention-mask cumsum (left padding) or the cache length when absent.
@@ -148,6 +152,42 @@ def extend_mask(mask, query: torch.Tensor, key: torch.Tensor, prefix_len: int, a
     return torch.cat([columns, mask], dim=-1)
 
 
+class PrefixKV(dict):
+    """What the hook hands to every layer for one forward call: per-layer prefix keys/values, already in the
+    compute dtype and expanded to the batch, plus a cache of extended masks shared by the layers.
+
+    A dict (keys "key", "value": tuples of (batch, kv_heads, P, head_dim) per layer; "masks": the cache) so
+    that torch.compile traces it as plain data.
+    """
+
+    def layer(self, idx: int, batch: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key, value = self["key"][idx], self["value"][idx]
+        if key.shape[0] != batch:  # a caller that reshaped the batch: expand the shared prefix again
+            key, value = (t[:1].expand(batch, -1, -1, -1) for t in (key, value))
+        if key.dtype != dtype:  # the hook's compute-dtype guess missed (e.g. fp32 rotary under autocast)
+            key, value = key.to(dtype), value.to(dtype)
+        return key, value
+
+    def mask(self, mask, query: torch.Tensor, key: torch.Tensor, prefix_len: int, additive: bool):
+        """`extend_mask`, computed once per forward call (all layers get the same mask or None)."""
+        if torch.compiler.is_compiling():  # traced once per graph anyway; keep the graph free of side effects
+            return extend_mask(mask, query, key, prefix_len, additive)
+        entry = ("none", query.shape[-2], key.shape[-2], query.dtype, additive) if mask is None else \
+            ("mask", id(mask), query.dtype, additive)
+        cached = self["masks"].get(entry)
+        if cached is None or (mask is not None and cached[0] is not mask):
+            cached = (mask, extend_mask(mask, query, key, prefix_len, additive))  # holding `mask` keeps its id
+            self["masks"][entry] = cached
+        return cached[1]
+
+
+def split_prefix(kv: torch.Tensor, batch: int, dtype) -> PrefixKV:
+    """(num_layers, 2, kv_heads, P, head_dim) -> PrefixKV: one cast, one expand, one unbind per call."""
+    kv = kv.to(dtype).unsqueeze(2).expand(-1, -1, batch, -1, -1, -1)  # (L, 2, B, H, P, D)
+    keys, values = kv.unbind(1)
+    return PrefixKV(key=keys.unbind(0), value=values.unbind(0), masks={})
+
+
 def _base_attention(base: str, module: nn.Module):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -166,11 +206,10 @@ def _make_prefixed_attention(base: str):
         attend = _base_attention(base, module)
         if prefix is None:  # prefix disabled: exactly the base computation
             return attend(module, query, key, value, attention_mask, **kwargs)
-        layer = prefix[module.layer_idx].to(key.dtype)  # (2, H_kv, P, D), cast from fp32 at use
-        batch = query.shape[0]
-        prefix_key = layer[0].unsqueeze(0).expand(batch, -1, -1, -1)
-        prefix_value = layer[1].unsqueeze(0).expand(batch, -1, -1, -1)
-        mask = extend_mask(attention_mask, query, key, layer.shape[-2], additive=(base == "eager"))
+        if not isinstance(prefix, PrefixKV):  # a raw (L, 2, H_kv, P, D) tensor: split it here
+            prefix = split_prefix(prefix, query.shape[0], key.dtype)
+        prefix_key, prefix_value = prefix.layer(module.layer_idx, query.shape[0], key.dtype)
+        mask = prefix.mask(attention_mask, query, key, prefix_key.shape[-2], additive=(base == "eager"))
         key = torch.cat([prefix_key, key], dim=2)
         value = torch.cat([prefix_value, value], dim=2)
         return attend(module, query, key, value, mask, **kwargs)
@@ -257,8 +296,18 @@ class PrefixTuner:
             positions = self._text_positions(kwargs)
         # Text positions start after the prefix (PEFT: the prefix fills cache slots 0..P-1).
         kwargs["position_ids"] = positions + self.config.pre_seq_len
-        kwargs[PREFIX_KWARG] = self.prefix()
+        inputs = kwargs.get("input_ids")
+        batch = (inputs if inputs is not None else kwargs["inputs_embeds"]).shape[0]
+        kwargs[PREFIX_KWARG] = split_prefix(self.prefix(), batch, self._compute_dtype())
         return (), kwargs
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The dtype the attention keys will have: autocast's if on, else the hidden states' (embedding) dtype.
+        A wrong guess costs one cast per layer (PrefixKV.layer), not correctness."""
+        device_type = self.encoder.prefix_ids.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return self.model.get_input_embeddings().weight.dtype
 
     def detach(self) -> None:
         """Remove the prefix: hook, attention wrapper and encoder; base parameters keep requires_grad=False."""

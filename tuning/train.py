@@ -69,7 +69,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     from accelerate.utils import gather_object
     from transformers import get_scheduler
 
-    from tuning import methods
+    from tuning import compiling, methods
     from tuning.load import load_tokenizer
 
     run_dir = Path(cfg.out)
@@ -126,6 +126,9 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     if main:
         log(f"{cfg.method}: trainable parameters: {n_trainable:,} of {n_total:,} "
             f"({100 * n_trainable / n_total:.4f}%)")
+    # --compile: torch.compile (and CUDA graphs) for the host-bound step; fixed-width batches (tuning/compiling.py)
+    compile_mode, forward, collate = compiling.prepare(cfg, adapter.model, collate, tokenizer,
+                                                       log=log if main else None)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -180,11 +183,14 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             # redoes the whole step with the same dropout draws
             step_rng = ckpt.rng_state()
             total = torch.zeros((), device=accelerator.device)
+            if compile_mode == "cudagraphs":
+                compiling.materialize_grads(params)
             for _ in range(accum):
                 ids = next(stream)[rank * per_device:(rank + 1) * per_device]
                 batch = {k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in ids]).items()}
+                compiling.step_begin(compile_mode)
                 with accelerator.autocast():
-                    loss = adapter.model(**batch).loss / accum
+                    loss = forward(**batch).loss / accum
                 loss.backward()
                 total += loss.detach()
             if world > 1:

@@ -1,0 +1,74 @@
+"""--compile on CUDA (tuning/compiling.py): inductor and CUDA graphs give the eager loss and prefix gradient,
+also when gradients of several micro-batches accumulate (the CUDA-graph pool would overwrite an adopted grad)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tuning.runs import fast_config, write_data
+from tuning import compiling
+from tuning.load import load_model, load_tokenizer
+from tuning.prefix import PrefixConfig, attach_prefix
+from tuning.train import fit
+
+TEXTS = ["步骤#问候*语音#你好", "因为出现地名为济南", "hello world, the quick brown fox",
+         "[人数检测] 应到47人, 实到34人, 有人缺勤"]
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("mode", ["on", "cudagraphs"])
+def test_compiled_4bit_step_matches_eager_with_accumulation(gpu_tiny_dir, mode):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = load_model(gpu_tiny_dir, quantization_bit=4)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=4))
+    torch.nn.init.normal_(tuner.encoder.embedding.weight, std=0.5)
+    model.config.use_cache = False
+    model.train()
+    tokenizer = load_tokenizer(gpu_tiny_dir, padding_side="right")
+    batches = []
+    for texts in (TEXTS[:2], TEXTS[2:]):  # two micro-batches of one fixed width
+        batch = tokenizer(texts, return_tensors="pt", padding="max_length", max_length=40).to("cuda")
+        batches.append({**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)})
+    weight = tuner.encoder.embedding.weight
+
+    def accumulate(forward, how):
+        if how == "cudagraphs":
+            compiling.materialize_grads([weight])
+        losses = []
+        for batch in batches:
+            compiling.step_begin(how)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = forward(**batch).loss / len(batches)
+            losses.append(loss.detach().clone())
+            loss.backward()
+        grad = weight.grad.clone()
+        weight.grad = None
+        return torch.stack(losses), grad
+
+    eager_losses, eager_grad = accumulate(model, "off")
+    compiled = compiling.compile_model(model, mode)
+    runs = [accumulate(compiled, mode) for _ in range(3)]  # compile (and record), then replays
+    for losses, grad in runs:
+        assert _rel(losses, eager_losses) < 2e-2, (losses, eager_losses)
+        assert _rel(grad, eager_grad) < 5e-2, _rel(grad, eager_grad)  # one micro-batch alone: ~100 % off
+    torch.testing.assert_close(runs[2][1], runs[1][1])  # replays are deterministic
+    if mode == "cudagraphs":
+        assert not torch._dynamo.utils.counters["inductor"].get("cudagraph_skips"), \
+            dict(torch._dynamo.utils.counters["inductor"])
+
+
+def test_fit_with_cudagraphs_gives_the_eager_losses(gpu_tiny_dir, tmp_path):
+    torch._dynamo.reset()
+    data = write_data(tmp_path / "data")
+    losses = {}
+    for mode in ("off", "cudagraphs"):
+        result = fit(fast_config(gpu_tiny_dir, data, tmp_path / mode, compile=mode, max_steps=3,
+                                 quantization_bit="4"), log=lambda *_: None)
+        losses[mode] = [h["loss"] for h in result.history]
+    assert losses["cudagraphs"] == pytest.approx(losses["off"], rel=3e-2)
