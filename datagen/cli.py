@@ -15,8 +15,10 @@ The spec is checked against schemas/spec.schema.json before anything is rendered
 content templates are filled with slot values and framed by the step's pattern; speech-recognition
 noise (mask / homophone / delete / insert) is added to the spoken part only, in the splits the spec
 names. Writes DIR/train.json and DIR/dev.json (ChatGLM content/summary records by default),
-DIR/dataset_info.json (LLaMA-Factory) and DIR/stats.json, atomically. The same spec, seed and N
-always give byte-identical files.
+DIR/dataset_info.json (LLaMA-Factory) and DIR/stats.json as one set: all are written into a staging
+folder beside DIR first, then moved in together (a new DIR appears in one rename), so an interrupted
+run leaves the old complete set or the new one; other files in DIR are left alone. The same spec,
+seed and N always give byte-identical files.
 """
 
 

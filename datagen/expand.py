@@ -8,9 +8,10 @@ when the number is known, a warning when sampling stalls.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from datagen.answers import build_pattern
@@ -42,7 +43,7 @@ class Example:
     label: bool = False
     spoken: bool = True
     chain: tuple[str, ...] | None = None
-    noise: list[dict] = field(default_factory=list)
+    noise: list[dict] | tuple = ()  # (a list once noised)
     key: tuple[str, str] = ("", "")  # the clean (content, summary), for dedup and split
 
     @property
@@ -53,15 +54,18 @@ class Example:
 class StepPlan:
     """A step with every template compiled once and checked against the declared slots."""
 
-    def __init__(self, step: StepSpec, sampler: SlotSampler):
+    def __init__(self, step: StepSpec, sampler: SlotSampler, pieces: dict | None = None):
+        """`pieces`: template pieces shared with the other steps' plans (see `Compiled`)."""
         self.step, self.sampler = step, sampler
         slots = set(sampler.slots)
-        self.pattern = Compiled(step.pattern, step.pattern_where)
+        pieces = {} if pieces is None else pieces
+        template = functools.partial(Compiled, pieces=pieces)
+        self.pattern = template(step.pattern, step.pattern_where)
         self.pattern.check_refs(slots | {UTTERANCE})
-        self.contents = [Compiled(c.text, c.where) for c in step.contents]
+        self.contents = [template(c.text, c.where) for c in step.contents]
         whens = [Compiled(c.when, c.when_where, "expr") if c.when else None for c in step.cases]
-        self.cases = [Compiled(c.text, c.where) for c in step.cases]
-        self.label = Compiled(step.label, step.label_where) if step.label is not None else None
+        self.cases = [template(c.text, c.where) for c in step.cases]
+        self.label = template(step.label, step.label_where) if step.label is not None else None
         for compiled in [*self.contents, *self.cases, *(w for w in whens if w), *([self.label] if self.label else [])]:
             compiled.check_refs(slots)
         # all `when`s in one template that prints the index of the first case that holds
@@ -75,7 +79,7 @@ class StepPlan:
                 for k, w in enumerate(whens)
             )
             else_ = "" if whens[-1] is None else "{% else %}-1"
-            self.selector = Compiled(branches + else_ + "{% endif %}", f"{step.where}.summary")
+            self.selector = template(branches + else_ + "{% endif %}", f"{step.where}.summary")
         # ... and all cases in one template that renders the answer directly (one render, not two)
         self.answer = None
         if self.selector is not None:
@@ -84,7 +88,7 @@ class StepPlan:
                 for k, (w, c) in enumerate(zip(whens, self.cases))
             )
             else_ = "" if whens[-1] is None else "{% else %}" + _NO_CASE
-            self.answer = Compiled(merged + else_ + "{% endif %}", f"{step.where}.summary")
+            self.answer = template(merged + else_ + "{% endif %}", f"{step.where}.summary")
         shared = set(self.pattern.refs) - {UTTERANCE}
         shared |= set(itertools.chain.from_iterable(c.refs for c in self.cases))
         shared |= set(itertools.chain.from_iterable(w.refs for w in whens if w))
@@ -99,11 +103,23 @@ class StepPlan:
         self._keys = [getter(tuple(sorted(need))) for need in self.needs]
         self.names = [f"{step.name}/{i}" for i in range(len(step.contents))]
         self.spoken = step.spoken and UTTERANCE in self.pattern.refs
-        self._made: dict[tuple, tuple] = {}  # (template, slot values) -> rendered texts
+        self._made: list[dict[Any, tuple]] = [{} for _ in step.contents]  # per template: slot values -> texts
+        self._name, self._labelled = step.name, self.label is not None
+        # a template that reads every slot of the texts key is rendered only when `_made` misses, on a new
+        # combination: its own memo would never hit (so it is skipped); one that reads fewer keeps its memo
+        self._pattern, self._answer, self._label = (self._cached(t) for t in (self.pattern, self.answer, self.label))
+        self._cases = [self._cached(c) for c in self.cases]
+        self._arguments = step.arguments if step.arguments and self.label is None else ()
+
+    def _cached(self, template: Compiled | None) -> Callable[[dict[str, Any]], Any] | None:
+        if template is None:
+            return None
+        reads = set(template.refs)
+        return template.uncached if all(need <= reads for need in self.needs) else template
 
     def frame(self, values: dict[str, Any]) -> tuple[str, str]:
         values[UTTERANCE] = _SENTINEL
-        text = self.pattern(values)
+        text = self._pattern(values)
         del values[UTTERANCE]
         if text.count(_SENTINEL) > 1:
             raise SpecError(f"{self.step.pattern_where}: the pattern uses {{{{ utterance }}}} more than once")
@@ -136,32 +152,41 @@ class StepPlan:
         prefix, suffix = self.frame(values)
         pattern = None
         if self.label is not None:
-            summary = self.label(values)
+            summary = self._label(values)
         elif self.step.arguments:  # the case index is needed for the pattern
             case = self.case(values)
-            summary = self.cases[case](values)
+            summary = self._cases[case](values)
             pattern = self.answer_pattern(case, values, summary)
         elif self.answer is not None:
-            summary = self.answer(values)
+            summary = self._answer(values)
             if _NO_CASE in summary:
                 raise SpecError(f"{self.step.where}.summary: no case holds for slots {values}")
         else:
-            summary = self.cases[0](values)
+            summary = self._cases[0](values)
         return prefix, utterance, suffix, summary, pattern
 
-    def make(self, index: int, values: dict[str, Any]) -> Example:
-        # every text is a pure function of (template, slot values): render each combination once
-        key = (index, *self._keys[index](values))
-        texts = self._made.get(key)
+    def texts(self, index: int, values: dict[str, Any]) -> tuple:
+        """(prefix, utterance, suffix, answer, answer_pattern, (content, answer)) of content template `index`.
+
+        Every text is a pure function of (template, the slots its templates read): each combination is
+        rendered once; records that share it share these (immutable) strings and the key tuple.
+        """
+        made = self._made[index]
+        key = self._keys[index](values)
+        texts = made.get(key)
         if texts is None:
-            texts = self._made[key] = self.render(index, values)
-        prefix, utterance, suffix, summary, pattern = texts
-        step = self.step
-        arguments = {a: values[a] for a in step.arguments} if step.arguments and self.label is None else None
-        return Example(
-            step.name, self.names[index], prefix, utterance, suffix, summary, values, arguments, pattern,
-            None, self.label is not None, self.spoken, key=(prefix + utterance + suffix, summary),
-        )
+            prefix, utterance, suffix, summary, pattern = self.render(index, values)
+            texts = made[key] = (prefix, utterance, suffix, summary, pattern, (prefix + utterance + suffix, summary))
+        return texts
+
+    def make(self, index: int, values: dict[str, Any]) -> Example:
+        """The example of content template `index` for these slot values (kept as its `slots`, not copied)."""
+        prefix, utterance, suffix, summary, pattern, clean = self.texts(index, values)
+        args = self._arguments
+        # (all fields positionally: a dataclass __init__ with keywords costs ~3x as much)
+        return Example(self._name, self.names[index], prefix, utterance, suffix, summary, values,
+                       {a: values[a] for a in args} if args else None, pattern, None, self._labelled, self.spoken,
+                       None, (), clean)
 
 
 def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
@@ -186,11 +211,6 @@ def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
     return {s.name: counts[s.name] for s in spec.steps}, chain_n
 
 
-def _pick(cum: list[float], active: list[int], rng: random.Random) -> int:
-    # min(): r * total can round up to total itself (tiny or subnormal weights)
-    return active[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(active) - 1)]
-
-
 def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str]) -> list[Example]:
     """`count` examples of one step (unique by text unless the step says `unique: false`)."""
     step = plan.step
@@ -207,10 +227,13 @@ def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[s
     out: list[Example] = []
     stall = 0
     fixes = [c.fix for c in step.contents]
+    # the hot loop: names looked up once
+    draw_plans, make, append, rand, unique = plan.draw_plans, plan.make, out.append, rng.random, step.unique
     while len(out) < count and active:
-        index = _pick(cum, active, rng)
-        example = plan.make(index, plan.sampler.draw(plan.draw_plans[index], fixes[index], rng))
-        if step.unique:
+        # min(): r * total can round up to total itself (tiny or subnormal weights)
+        index = active[min(bisect.bisect_right(cum, rand() * cum[-1]), len(active) - 1)]
+        example = make(index, draw_plans[index](fixes[index], rng))
+        if unique:
             key = example.key
             if key in seen:
                 stall += 1
@@ -223,39 +246,54 @@ def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[s
                 active.remove(index)
                 cum = list(itertools.accumulate(weights[i] for i in active))
         stall = 0
-        out.append(example)
+        append(example)
     if len(out) < count:
         warnings.append(f"step {step.name!r}: only {len(out)} unique examples of the {count} asked for")
     return out
+
+
+def _chain_fixed(steps: list[StepPlan], picks: tuple[int, ...]) -> dict[str, Any]:
+    """The slot values fixed by the content templates picked so far (later picks override, as `dict.update`)."""
+    fixed: dict[str, Any] = {}
+    for plan, index in zip(steps, picks):
+        fixed.update(plan.step.contents[index].fix)
+    return fixed
 
 
 def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: random.Random,
                   warnings: list[str]) -> list[Example]:
     """Whole dialogues: one record per chain, the last step's turn with the earlier turns as history."""
     steps = [plans[name] for name in spec.chains.steps] if spec.chains else []
-    candidates: dict[tuple, tuple[list[int], list[float]]] = {}  # (step, fixed so far) -> templates that agree
+    # the picks so far determine the fixed slot values: per such prefix, the templates that agree with them
+    candidates: dict[tuple[int, ...], tuple[list[int], list[float]]] = {}
+    finals: dict[tuple[int, ...], tuple[dict[str, Any], Callable]] = {}  # all picks -> (fixed values, draw plan)
     seen: set[tuple] = set()
     out: list[Example] = []
     stall = 0
+    rand = rng.random
     while len(out) < count:
-        fixed: dict[str, Any] = {}
-        picks = []
-        for k, plan in enumerate(steps):
-            memo_key = (k, *sorted(fixed.items()))
-            if memo_key not in candidates:
+        picks: tuple[int, ...] = ()
+        for plan in steps:
+            entry = candidates.get(picks)
+            if entry is None:
+                fixed = _chain_fixed(steps, picks)
                 ok = [i for i, c in enumerate(plan.step.contents) if all(fixed.get(n, v) == v for n, v in c.fix.items())]
                 if not ok:
                     raise SpecError(f"{plan.step.where}: no content template agrees with {fixed} in the chain")
-                candidates[memo_key] = ok, list(itertools.accumulate(plan.step.contents[i].weight for i in ok))
-            ok, cum = candidates[memo_key]
-            index = _pick(cum, ok, rng)
-            fixed.update(plan.step.contents[index].fix)
-            picks.append(index)
-        need = frozenset().union(*(p.needs[i] for p, i in zip(steps, picks)))
-        sampler = steps[0].sampler
-        values = sampler.draw(sampler.compile(sampler.order(need)), fixed, rng)
-        turns = [p.make(i, dict(values)) for p, i in zip(steps, picks)]
-        key = tuple(t.key for t in turns)
+                entry = candidates[picks] = ok, list(itertools.accumulate(plan.step.contents[i].weight for i in ok))
+            ok, cum = entry
+            # min(): r * total can round up to total itself (tiny or subnormal weights)
+            picks += (ok[min(bisect.bisect_right(cum, rand() * cum[-1]), len(ok) - 1)],)
+        final = finals.get(picks)
+        if final is None:
+            need = frozenset().union(*(p.needs[i] for p, i in zip(steps, picks)))
+            sampler = steps[0].sampler
+            final = finals[picks] = _chain_fixed(steps, picks), sampler.compile(sampler.order(need))
+        fixed, draw = final
+        values = draw(fixed, rng)
+        # earlier turns are only text (history); the last turn is the record and keeps `values` as its slots
+        earlier = [p.texts(i, values) for p, i in zip(steps[:-1], picks)]
+        key = (*(t[5] for t in earlier), steps[-1].texts(picks[-1], values)[5])
         if key in seen:
             stall += 1
             if stall > _STALL_LIMIT:
@@ -264,8 +302,8 @@ def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: r
             continue
         seen.add(key)
         stall = 0
-        last = turns[-1]
-        last.history = [[t.content, t.summary] for t in turns[:-1]]
+        last = steps[-1].make(picks[-1], values)
+        last.history = [list(t[5]) for t in earlier]  # [content, answer], clean
         last.chain = spec.chains.steps
         out.append(last)
     return out
@@ -277,7 +315,8 @@ def expand(spec: TaskSpec, rng: random.Random, n: int | None = None,
     warnings = [] if warnings is None else warnings
     counts, chain_n = plan_counts(spec, n or spec.n)
     sampler = SlotSampler(spec.slots)
-    plans = {s.name: StepPlan(s, sampler) for s in spec.steps}
+    pieces: dict = {}
+    plans = {s.name: StepPlan(s, sampler, pieces) for s in spec.steps}
     out: list[Example] = []
     for step in spec.steps:
         out.extend(expand_step(plans[step.name], counts[step.name], rng, warnings))

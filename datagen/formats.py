@@ -14,6 +14,10 @@ FORMATS = ("chatglm", "jsonl", "alpaca", "sharegpt", "classification")
 
 def to_chatglm(example: Example) -> dict[str, Any]:
     """The default record: content/summary (+history), with `meta` for evaluation and audit."""
+    if not (example.arguments is not None or example.noise or example.chain or example.label or example.history):
+        # the usual record, built in one go (the same keys in the same order as below)
+        return {"content": example.prefix + example.utterance + example.suffix, "summary": example.summary,
+                "meta": {"step": example.step, "template": example.template, "slots": example.slots, "noise": []}}
     shift = len(example.prefix)
     meta: dict[str, Any] = {"step": example.step, "template": example.template, "slots": example.slots}
     if example.arguments is not None:

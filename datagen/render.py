@@ -17,9 +17,11 @@ from typing import Any, Callable
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
 
+from datagen import segments
 from tasktune.errors import SpecError
 
 #: the most text a template may build or output: a string's characters, or a list's items plus their text
@@ -393,6 +395,20 @@ def _render_error(exc: Exception, where: str, context: dict) -> SpecError:
     return SpecError(f"{where}: cannot render ({what}) with slots {shown}")
 
 
+def _is_plain_text(source: str) -> bool:
+    """Whether Jinja would output `source` unchanged: no `{` (no tag, output or comment can start), no newline
+    (which the lexer normalises, and trims at the end), not longer than the output bound."""
+    return "{" not in source and "\n" not in source and "\r" not in source and len(source) <= MAX_TEXT
+
+
+def _parse_expression(source: str) -> None:
+    """Raise TemplateSyntaxError where `Environment.compile_expression(source)` would, without compiling."""
+    parser = Parser(_ENV, source, state="variable")
+    parser.parse_expression()
+    if not parser.stream.eos:
+        raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno, None, None)
+
+
 def getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
     """A fast `values -> tuple(values[n] for n in names)` (raises KeyError for a missing name)."""
     if not names:
@@ -406,28 +422,65 @@ def getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
 class Compiled:
     """A template (`kind="template"`) or expression (`kind="expr"`) compiled once.
 
-    `refs` are the variables it reads; calling it with a slot dict returns the (cached) result.
+    `refs` are the variables it reads; calling it with a slot dict returns the (cached) result. A template
+    that reads several slots is also split into pieces cached on fewer slots (`datagen.segments`), which
+    render it on a cache miss; the whole Jinja render remains the reference (it runs whenever a piece fails,
+    so errors read as before).
     """
 
-    __slots__ = ("source", "where", "kind", "refs", "_fn", "_memo", "_key", "_join")
+    __slots__ = ("source", "where", "kind", "refs", "_fn", "_tree", "_memo", "_key", "_join", "_ops")
 
-    def __init__(self, source: str, where: str, kind: str = "template"):
+    def __init__(self, source: str, where: str, kind: str = "template", *, tree: nodes.Template | None = None,
+                 pieces: dict[str, segments.Piece] | None = None):
+        """`tree`: the parsed template, when it is not `source` itself (a piece of it); `pieces`: pieces shared
+        with other templates (by their text), so that each is rendered and cached once.
+
+        Every error a spec can have is raised here: syntax errors by the parser, the others (an unknown
+        filter or test, a block defined twice, ...) by Jinja's code generator, which runs here to find
+        `refs`. The Python code itself is compiled on the first render (a template never rendered, e.g. a
+        summary case that only the merged answer template uses, costs no compile)."""
         self.source, self.where, self.kind = source, where, kind
+        if kind == "template" and tree is None and _is_plain_text(source):
+            self._plain(source)
+            return
         text = source if kind == "template" else "{{ (" + source + ") }}"
         try:
-            ast = _ENV.parse(text)
-            self._fn = _ENV.from_string(ast) if kind == "template" else _ENV.compile_expression(source)
+            ast = _ENV.parse(text) if tree is None else tree
+            if kind == "expr":
+                _parse_expression(source)  # as `compile_expression` will: no text after the expression
+            undeclared = meta.find_undeclared_variables(ast)  # (runs the code generator: its errors surface here)
         except TemplateSyntaxError as exc:
             raise _syntax_error(exc, where, source) from None
-        # Jinja keeps globals in a ChainMap that every render copies slowly; a plain dict is 3x faster
-        template = self._fn if kind == "template" else self._fn._template
-        template.globals = dict(template.globals)
-        self.refs = tuple(sorted(meta.find_undeclared_variables(ast) - GLOBALS))
+        self._tree = ast if kind == "template" else None
+        self._fn = None
+        self.refs = tuple(sorted(undeclared - GLOBALS))
         self._memo: dict[tuple, Any] = {}
-        self._key = getter(self.refs)
+        # the memo key: the values of `refs` (one value itself, not a 1-tuple: itemgetter is C, no tuple is built)
+        self._key = itemgetter(self.refs[0]) if len(self.refs) == 1 else getter(self.refs)
         # without a loop the output has as many pieces as the source has outputs, each checked by finalize:
         # a plain join, then a length check, is safe (and faster); a loop's output is bounded as it comes
         self._join = _ENV.concat if ast.find(nodes.For) is not None else "".join
+        self._ops = None
+        if kind == "template" and tree is None and len(self.refs) > 1:
+            ops = segments.plan(ast, self._piece, {} if pieces is None else pieces)
+            self._ops = segments.compile_plan(ops) if ops is not None else None
+
+    def _plain(self, text: str) -> None:
+        """A template that is only text renders to that text (Jinja's lexer would make it one TemplateData):
+        nothing to parse or compile; the memo holds the answer."""
+        self._tree, self._fn, self.refs = None, None, ()
+        self._key, self._join = getter(()), "".join
+        self._memo = {(): text}
+        self._ops = lambda values: text  # (for `uncached`)
+
+    def _compile(self) -> None:
+        self._fn = _ENV.from_string(self._tree) if self.kind == "template" else _ENV.compile_expression(self.source)
+        # Jinja keeps globals in a ChainMap that every render copies slowly; a plain dict is 3x faster
+        template = self._fn if self.kind == "template" else self._fn._template
+        template.globals = dict(template.globals)
+
+    def _piece(self, tree: nodes.Template) -> segments.Piece:
+        return Compiled(self.source, self.where, tree=tree).memo_view()
 
     def check_refs(self, known: set[str] | frozenset[str]) -> None:
         """Raise SpecError for a variable that is neither a slot nor `utterance` (where allowed)."""
@@ -438,6 +491,17 @@ class Compiled:
                 f"(known: {', '.join(sorted(known)) or 'none'})"
             )
 
+    def key_source(self, values: str) -> str:
+        """Python source of this template's memo key, read from the dict named `values` (for generated code)."""
+        if len(self.refs) == 1:
+            return f"{values}[{self.refs[0]!r}]"
+        return "(" + "".join(f"{values}[{r!r}], " for r in self.refs) + ")"
+
+    def memo_view(self) -> tuple[Compiled, dict[tuple, Any], Callable[[dict], tuple]]:
+        """(self, memo, key): `memo.get(key(values))` is the cached result for `values`, if any (a hot loop can
+        look there before calling; `key` raises KeyError where a value is missing)."""
+        return self, self._memo, self._key
+
     def __call__(self, values: dict[str, Any]) -> Any:
         try:
             key = self._key(values)
@@ -446,8 +510,39 @@ class Compiled:
         result = self._memo.get(key, _MISSING)
         if result is not _MISSING:
             return result
-        context = dict(zip(self.refs, key))
+        result = self._memo[key] = self._render(key, values)
+        return result
+
+    def uncached(self, values: dict[str, Any]) -> Any:
+        """The result, not looked up in nor added to the memo: for a caller that caches it on a key that
+        determines this one (the memo would only grow)."""
+        if self._ops is not None:
+            result = self._split_render(values)
+            if result is not _MISSING:
+                return result
         try:
+            key = self._key(values)
+        except KeyError as exc:
+            raise SpecError(f"{self.where}: undefined variable {exc.args[0]!r} in {self.source!r}") from None
+        return self._render(key, values)
+
+    def _split_render(self, values: dict[str, Any]) -> Any:
+        """The output from the pieces, or _MISSING when a piece fails (the whole render then says why)."""
+        try:
+            result = self._ops(values)
+        except Exception:  # (a SpecError from a piece, a KeyError for a missing slot)
+            return _MISSING
+        return result if len(result) <= MAX_TEXT else _MISSING
+
+    def _render(self, key: Any, values: dict[str, Any]) -> Any:
+        if self._ops is not None:
+            result = self._split_render(values)
+            if result is not _MISSING:
+                return result
+        context = dict(zip(self.refs, (key,) if len(self.refs) == 1 else key))
+        try:
+            if self._fn is None:
+                self._compile()
             if self.kind == "template":  # Template.render minus its argument copying
                 result = self._join(self._fn.root_render_func(self._fn.new_context(context)))
                 if len(result) > MAX_TEXT:
@@ -466,6 +561,5 @@ class Compiled:
             raise
         except Exception as exc:  # whatever a user's template raises (filters assert, recurse, ...) is the spec's fault
             raise _render_error(exc, self.where, context) from None
-        self._memo[key] = result
         return result
 

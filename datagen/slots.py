@@ -5,11 +5,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from typing import Any
+from typing import Any, Callable
 
 from datagen.render import Compiled
 from datagen.spec import SlotSpec
 from tasktune.errors import SpecError
+
+_MISSING = object()
 
 
 class SlotSampler:
@@ -26,6 +28,7 @@ class SlotSampler:
             if s.kind == "choices" and s.weights
         }
         self._orders: dict[frozenset[str], tuple[str, ...]] = {}
+        self._plans: dict[tuple[str, ...], tuple[tuple[str, int, Any], ...]] = {}
 
     def deps(self, name: str) -> tuple[str, ...]:
         return self.exprs[name].refs if name in self.exprs else ()
@@ -59,40 +62,56 @@ class SlotSampler:
             visit(name)
         return tuple(done)
 
-    def compile(self, order: tuple[str, ...]) -> tuple[tuple[str, int, Any], ...]:
-        """A draw plan for `order`: (name, kind, data) with kind 0 = pool/range, 1 = weighted, 2 = derived."""
-        plan = []
-        for name in order:
-            slot = self.slots[name]
-            if name in self._cum:
-                plan.append((name, 1, self._cum[name]))
-            elif slot.kind == "expr":
-                plan.append((name, 2, self.exprs[name]))
-            else:
-                plan.append((name, 0, slot.values))
-        return tuple(plan)
+    def compile(self, order: tuple[str, ...]) -> Callable[[dict[str, Any], random.Random], dict[str, Any]]:
+        """A draw plan for `order` (built once per order): `plan(fixed, rng) -> values`, see `_compile`."""
+        plan = self._plans.get(order)
+        if plan is None:
+            plan = self._plans[order] = self._compile(order)
+        return plan
 
-    def draw(self, plan: tuple[tuple[str, int, Any], ...], fixed: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """Values for every slot of `plan` (from `compile`); `fixed` values (from a content template) are kept."""
-        values = dict(fixed)
-        rand = rng.random
-        for name, kind, data in plan:
-            if name in values:
-                continue
-            if kind == 0:
-                values[name] = data[int(rand() * len(data))]
-            elif kind == 2:
-                result = data(values)
-                if result.__class__ is tuple:  # a list/range: draw one element
-                    if not result:
-                        raise SpecError(f"{self.slots[name].where}.expr: gave an empty list for slots {values}")
-                    result = result[int(rand() * len(result))]
-                values[name] = result
-            else:
-                weights, choices = data
+    def _compile(self, order: tuple[str, ...]) -> Callable[[dict[str, Any], random.Random], dict[str, Any]]:
+        """`draw(fixed, rng)`: `fixed` plus a value for every other slot of `order`, drawn in that order.
+
+        One generated function per order (the hot path of expansion: no loop over slot kinds, constants
+        folded). Each slot: a pool or range takes `values[int(random() * n)]`; weighted choices bisect the
+        cumulative weights; a derived slot evaluates its expression (through its memo) and, when that gives
+        a list or range, draws one element the same way. Slot names reach the code through repr, values and
+        expressions only as names in its namespace."""
+        names: dict[str, Any] = {"_MISSING": _MISSING, "bisect_right": bisect.bisect_right, "_empty": self._empty}
+        lines = ["def draw(fixed, rng):", "    values = dict(fixed)", "    rand = rng.random"]
+        for k, name in enumerate(order):
+            slot = self.slots[name]
+            lines.append(f"    if {name!r} not in values:")
+            if name in self._cum:
+                weights, choices = self._cum[name]
+                names[f"W{k}"], names[f"D{k}"], names[f"T{k}"] = weights, choices, weights[-1]
                 # min(): r * total can round up to total itself (tiny or subnormal weights)
-                values[name] = choices[min(bisect.bisect_right(weights, rand() * weights[-1]), len(choices) - 1)]
-        return values
+                lines.append(f"        values[{name!r}] = D{k}[min(bisect_right(W{k}, rand() * T{k}), {len(choices) - 1})]")
+            elif slot.kind == "expr":
+                compiled = self.exprs[name]
+                names[f"C{k}"], names[f"M{k}"] = compiled, compiled.memo_view()[1]
+                lines += [f"        r = M{k}.get({compiled.key_source('values')}, _MISSING)",
+                          "        if r is _MISSING:",
+                          f"            r = C{k}(values)",
+                          "        if r.__class__ is tuple:  # a list/range: draw one element",
+                          "            if not r:",
+                          f"                _empty({name!r}, values)",
+                          "            r = r[int(rand() * len(r))]",
+                          f"        values[{name!r}] = r"]
+            else:
+                names[f"D{k}"] = slot.values
+                lines.append(f"        values[{name!r}] = D{k}[int(rand() * {len(slot.values)})]")
+        lines.append("    return values")
+        exec(compile("\n".join(lines) + "\n", "<datagen.slots>", "exec"), names)  # noqa: S102 (see docstring)
+        return names["draw"]
+
+    def _empty(self, name: str, values: dict[str, Any]) -> None:
+        raise SpecError(f"{self.slots[name].where}.expr: gave an empty list for slots {values}")
+
+    def draw(self, plan: Callable[[dict[str, Any], random.Random], dict[str, Any]], fixed: dict[str, Any],
+             rng: random.Random) -> dict[str, Any]:
+        """Values for every slot of `plan` (from `compile`); `fixed` values (from a content template) are kept."""
+        return plan(fixed, rng)
 
     def size(self, order: tuple[str, ...], fixed: dict[str, Any]) -> int | None:
         """How many distinct assignments `order` has, or None when unknown (a derived slot)."""

@@ -1,18 +1,19 @@
 """Write train/dev files, LLaMA-Factory's dataset_info.json and stats.json, all or nothing.
 
-Every file is first written to a temporary file in the output folder, then moved into place
-with os.replace, so a failure leaves no half-written file behind. Train/dev text is streamed in
-chunks (convert -> validate -> dump), so the whole file never sits in memory as one string.
+The files are one set (`datagen.fileset`): all are written into a staging folder beside the output
+folder, then moved in together (one rename of the folder when it is new), so an interrupted run
+leaves the old complete set or the new one. Train/dev text is streamed in chunks (convert ->
+validate -> dump), so the whole file never sits in memory as one string.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from datagen import fileset
 from datagen.formats import FORMATS, convert
 from datagen.validate import validate_records
 from tasktune.errors import SpecError
@@ -39,6 +40,8 @@ def serialize(records: list[dict[str, Any]], fmt: str) -> str:
 
 
 CHUNK = 4096  # records converted, validated and dumped at a time
+# = json.dumps(record, ensure_ascii=False), whose non-default argument makes it build an encoder per call
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def stream_records(records: list[dict[str, Any]], fmt: str, meta: bool, where: str) -> Iterator[str]:
@@ -49,9 +52,13 @@ def stream_records(records: list[dict[str, Any]], fmt: str, meta: bool, where: s
     if fmt != "jsonl":
         yield "[\n"
     for start in range(0, len(records), CHUNK):
-        chunk = [convert(r, fmt, meta) for r in records[start:start + CHUNK]]
+        part = records[start:start + CHUNK]
+        if fmt in ("chatglm", "jsonl") and meta:  # a record whose meta (if any) is last is its own conversion
+            chunk = [r if "meta" not in r or next(reversed(r)) == "meta" else convert(r, fmt, meta) for r in part]
+        else:
+            chunk = [convert(r, fmt, meta) for r in part]
         validate_records(chunk, fmt, where, start=start)
-        lines = [json.dumps(r, ensure_ascii=False) for r in chunk]
+        lines = list(map(_dumps, chunk))
         if fmt == "jsonl":
             yield "".join(line + "\n" for line in lines)
         else:
@@ -59,42 +66,28 @@ def stream_records(records: list[dict[str, Any]], fmt: str, meta: bool, where: s
             yield ",\n".join(lines) + ("\n]\n" if last else ",\n")
 
 
-def _prepare(out_dir: Path) -> bool:
-    """Create `out_dir` if needed (returns whether it did) and check that it is writable."""
-    created = not out_dir.exists()
+def _prepare(out_dir: Path) -> None:
+    """Check that `out_dir` can be written: its parent folder exists (created if needed), and `out_dir`, if it
+    exists, is a writable folder."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpecError(f"{out_dir}: cannot create the output directory: {exc.strerror or exc}") from None
-    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+    if out_dir.exists() and (not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK)):
         raise SpecError(f"{out_dir}: the output directory is not writable")
-    return created
+    if not out_dir.exists() and not os.access(out_dir.parent, os.W_OK | os.X_OK):
+        raise SpecError(f"{out_dir}: cannot create the output directory: permission denied")
 
 
 def write_files(out_dir: Path, files: dict[str, str | Iterable[str]]) -> list[Path]:
-    """Write {name: text or text pieces} into `out_dir` atomically: temp files first, then os.replace each."""
+    """Write {name: text or text pieces} into `out_dir` as one set (`datagen.fileset`): all files are written
+    to a staging folder first; a failure before they are all written changes nothing in `out_dir`."""
     out_dir = Path(out_dir)
-    created = _prepare(out_dir)
-    temps: dict[str, str] = {}
+    _prepare(out_dir)
     try:
-        for name, text in files.items():
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            temps[name] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                for piece in [text] if isinstance(text, str) else text:
-                    f.write(piece)
-        for name, tmp in temps.items():
-            os.replace(tmp, out_dir / name)
-    except BaseException as exc:  # an OSError, or a SpecError from a streamed piece: leave nothing behind
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        if isinstance(exc, OSError):
-            raise SpecError(f"{out_dir}: cannot write output: {exc.strerror or exc}") from None
-        raise
-    return [out_dir / name for name in files]
+        return fileset.write_set(out_dir, files)
+    except OSError as exc:
+        raise SpecError(f"{out_dir}: cannot write output: {exc.strerror or exc}") from None
 
 
 def write_splits(splits, out_dir: str | Path, fmt: str = "chatglm", *, meta: bool = True) -> list[Path]:

@@ -94,3 +94,14 @@ def test_help_explains_the_command(capsys):
     out = capsys.readouterr().out
     for word in ("SPEC.yaml", "--out", "--seed", "--format", "byte-identical", "noise", "dataset_info.json"):
         assert word in out
+
+
+def test_rerun_into_a_folder_replaces_the_set_and_keeps_other_files(tmp_path):
+    spec = write_spec(tmp_path / "spec")
+    out = tmp_path / "out"
+    assert main(["data", str(spec), "--out", str(out), "--seed", "5", "--quiet"]) == 0
+    (out / "README.txt").write_text("mine", encoding="utf-8")
+    assert main(["data", str(spec), "--out", str(out), "--seed", "6", "--quiet"]) == 0
+    assert json.loads((out / "stats.json").read_text())["seed"] == 6 and (out / "README.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, "README.txt"])
+    assert not list(tmp_path.glob(".out.tasktune-*"))

@@ -12,10 +12,10 @@ def test_template_renders_and_lists_its_variables():
     assert t({"place": "济南", "check": "人数检测", "unused": 1}) == "因为出现地名为济南, 所以函数一参数为济南; 人数检测"
 
 
-def test_render_is_memoised_on_the_values_it_reads():
+def test_render_is_memoised_on_the_values_it_reads(monkeypatch):
     t = Compiled("{{ a }}-{{ b }}", "w")
     assert t({"a": 1, "b": 2}) == "1-2"
-    t._fn = None  # a second render would now fail: the memo must answer
+    monkeypatch.setattr(Compiled, "_render", lambda *args: pytest.fail("rendered twice"))  # the memo must answer
     assert t({"a": 1, "b": 2, "c": 3}) == "1-2"
 
 

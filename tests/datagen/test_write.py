@@ -6,6 +6,7 @@ import os
 import pytest
 
 from datagen import Splits, generate, write_splits
+from datagen import fileset
 from datagen.write import write_files
 from datagen_testutil import write_spec
 from tasktune.errors import SpecError
@@ -40,24 +41,26 @@ def test_other_formats(splits, tmp_path, fmt, name, key):
     assert info["mini_dev"]["file_name"] == name.replace("train", "dev")
 
 
-def test_failure_leaves_nothing_half_written(splits, tmp_path, monkeypatch):
+def test_failure_while_moving_in_leaves_a_marker_and_the_next_run_finishes(splits, tmp_path, monkeypatch):
     out = tmp_path / "out"
+    write_splits(splits, out)  # an old complete set
     real_replace = os.replace
     calls = []
 
     def failing_replace(src, dst):
         calls.append(dst)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
+        if len(calls) == 3:  # (1: the marker, 2: train.json, 3: dev.json)
+            raise OSError(1, "Operation not permitted")
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(SpecError, match="No space left"):
+    with pytest.raises(SpecError, match="cannot write output: Operation not permitted"):
         write_splits(splits, out)
-    # the temp files are gone; only what was fully moved into place may remain
-    assert not list(out.glob(".*tmp")) if out.exists() else True
-    for path in out.glob("*.json") if out.exists() else []:
-        json.loads(path.read_text(encoding="utf-8"))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert fileset.pending(out)["files"] == ["train.json", "dev.json", "dataset_info.json", "stats.json"]
+    paths = write_splits(splits, out)  # finishes the interrupted moves, then writes its own set
+    assert fileset.pending(out) is None and sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
+    assert not list(tmp_path.glob(".out.tasktune-*"))
 
 
 def test_invalid_record_writes_nothing(tmp_path):

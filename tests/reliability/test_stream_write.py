@@ -32,3 +32,10 @@ def test_a_bad_record_mid_stream_leaves_nothing(monkeypatch, tmp_path):
     with pytest.raises(SpecError, match=r"record 7 .*summary"):
         write.write_files(out, {"train.json": write.stream_records(records, "chatglm", True, "train: ")})
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["chatglm", "jsonl"])
+def test_records_whose_meta_is_not_last_are_written_as_converted(fmt):
+    records = [{"meta": r.pop("meta"), **r} if i % 2 else r for i, r in enumerate(_records(6))]
+    expected = write.serialize([convert(r, fmt, True) for r in records], fmt)
+    assert "".join(write.stream_records(records, fmt, True, "train: ")) == expected
