@@ -72,6 +72,21 @@ if [ "$phase" = compile6b_b ]; then  # compile + CUDA graphs (mode="reduce-overh
     --steps 10 --warmup 3 --profile-dir /tmp/prof 2>&1 | grep -v 'Loading weights' | tee "$OUT/compile6b_b.log"
 fi
 
+if [ "$phase" = e2e_graphs ]; then  # `tasktune train --compile cudagraphs` end to end (1B, 4-bit): eager vs graphs, then resume
+  python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model'
+  common="--model /tmp/glm1b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+          --gradient-accumulation-steps 4 --save-steps 20 --logging-steps 5 --seed 42"
+  for mode in off cudagraphs; do
+    t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_$mode --max-steps 40 \
+      --resume never --compile $mode 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|s/step\]|Loading weights' | tail -8
+    echo "$mode: $((SECONDS - t)) s wall"
+  done
+  t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_cudagraphs --max-steps 60 \
+    --compile cudagraphs 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|s/step\]|Loading weights' | tail -6
+  echo "resume to 60: $((SECONDS - t)) s wall"
+  python3 benchmarks/e2e_losses.py /tmp/e2e_off /tmp/e2e_cudagraphs | tee "$OUT/e2e_graphs.txt"
+fi
+
 if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
   timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60

@@ -8,8 +8,10 @@ the model; no graph breaks); "cudagraphs" (mode="reduce-overhead") also replays 
 removes the launch cost and bitsandbytes' per-call Python.
 
 Modes: off; on (inductor); cudagraphs (inductor + CUDA graphs); auto = AUTO_CUDA_MODE on a CUDA GPU for
-AUTO_METHODS, off elsewhere (CPU: compile time outweighs any gain). AUTO_CUDA_MODE is "off" until a GPU run
-of `benchmarks/gpu_run.sh compile6b` measures a mode better than eager (none has been timed yet).
+AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps, off elsewhere (CPU, or a short run: the
+compile time outweighs any gain). Measured on an H100/H200 (benchmarks/RESULTS.md, `gpu_run.sh compile6b`): a 6B
+4-bit step at batch 4, 64/64, checkpointed, 286 ms eager, 122 ms compiled, 45-47 ms with CUDA graphs; the first
+step takes 85-120 s to compile, and CUDA graphs keep ~0.85 GiB more memory (5.16 vs 4.32 GiB allocated).
 Compiled steps need fixed shapes: `tasktune train` pads every batch to its longest possible row, so the
 model compiles once (the first step takes the compile time: tens of seconds to minutes for a 6B model).
 """
@@ -22,14 +24,18 @@ from tasktune.errors import ConfigError
 
 MODES = ("auto", "off", "on", "cudagraphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
-AUTO_CUDA_MODE = "off"
+AUTO_CUDA_MODE = "cudagraphs"
+#: `auto` compiles only runs this long: at ~0.24 s saved per 6B step, ~100 s of compile pays back after ~400
+#: steps; the margin covers smaller models, whose steps save less.
+AUTO_MIN_STEPS = 1000
 #: Methods (causal-lm task) for which `auto` may turn compilation on: the ones the 6B bench measured.
 AUTO_METHODS = ("ptuning-v2", "prefix")
 #: torch.compile backend (tests use "aot_eager": the same tracing, no code generation).
 BACKEND = "inductor"
 
 
-def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-lm", cuda: bool | None = None) -> str:
+def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-lm", cuda: bool | None = None,
+                 steps: int | None = None) -> str:
     """"auto" -> "off"/"on"/"cudagraphs" for this run; checks the name and that cudagraphs has a GPU."""
     import torch
 
@@ -37,7 +43,12 @@ def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-l
         raise ConfigError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if mode == "auto":
-        return AUTO_CUDA_MODE if cuda and method in AUTO_METHODS and task == "causal-lm" else "off"
+        import os
+
+        long_run = steps is None or steps >= AUTO_MIN_STEPS
+        one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1  # graphs under DDP: not measured
+        ok = cuda and long_run and one_process and method in AUTO_METHODS and task == "causal-lm"
+        return AUTO_CUDA_MODE if ok else "off"
     if mode == "cudagraphs" and not cuda:
         raise ConfigError("--compile cudagraphs needs a CUDA GPU; use --compile on (or off) on a CPU")
     return mode
@@ -120,7 +131,7 @@ def fixed_width_collate(collate: Callable[[list], dict], width: int, pad_id: int
 
 def prepare(cfg, model, collate, tokenizer, *, log=None):
     """For tuning/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`."""
-    mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task)
+    mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps)
     forward = compile_model(model, mode)
     if mode != "off":
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
