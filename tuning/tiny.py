@@ -1,5 +1,9 @@
 """`tasktune tiny-model`: build the embedded default base model (a small random GLM + a local tokenizer),
 briefly pre-trained as a plain LM on *unpaired* domain text so it writes the domain but does not do the task.
+
+Two phases: a copy warm-up on random strings written twice (a real base model can copy from its context;
+a tiny one learns it only there, with tied embeddings and a moderate learning rate), then the domain text
+(contents, summaries, two requests naming the same slot values), never a request followed by its answer.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tasktune.errors import ConfigError, SpecError
@@ -41,21 +45,35 @@ class TinyConfig:
     max_token_chars: int = 4
     """Longest merged token: keeps the BPE char-level-ish, so slot values (places, numbers)
     are spelled the same inside prompts and answers."""
-    pretrain_steps: int = 300
-    lr: float = 3e-3
+    pretrain_steps: int = 600
+    """Steps of LM training on the domain documents (after the copy warm-up)."""
+    lr: float = 1e-3
+    """Peak learning rate. 3e-3 and above learn the domain text faster but never learn to copy from the
+    context (measured: copy accuracy 0 at 1e-2 and 3e-3, rising at 1e-3), and P-tuning cannot add that later."""
     warmup_steps: int = 30
     batch_size: int = 16
     block_size: int = 128
     """Longest training row in tokens."""
     pack: bool = False
     """Join documents with eos into full rows (faster, but teaches "ignore what came before eos")."""
-    copy_docs: bool = False
+    copy_docs: bool = True
     """Also train on random strings of domain pieces written twice (a copying / induction signal)."""
+    copy_warmup_steps: int = 400
+    """First train this many steps on the copy strings alone (batch copy_batch_size): a small model forms its
+    copying heads there; mixed with the domain text from the start, it does not within the step budget."""
+    copy_batch_size: int = 32
+    para_docs: bool = True
+    """Also train on two requests of one step that name the same slot values (e.g. two wordings of a check at
+    one place), one after the other: entity repetition as in real text, never a request with its answer."""
     skill_docs: bool = False
     """Also train on generic skills in the prompt frame (echo / numbers / slot words of the question)."""
     n_records: int | None = None
     """Records asked of the data generator; None = its default."""
     seed: int = 42
+    tie_embeddings: bool = True
+    """Share the input embedding and the output head: a head that moves a token's embedding unchanged
+    then raises that same token's logit, so copying from the context is easy to learn (measured after the
+    copy warm-up: copy accuracy 0.43 tied, 0.01 untied)."""
     extra: dict = field(default_factory=dict)
     """Further GlmConfig keyword arguments (e.g. initializer_range)."""
 
@@ -65,8 +83,10 @@ class TinyConfig:
                 f"tiny model: hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}, "
                 f"and num_heads by num_kv_heads {self.num_kv_heads}"
             )
-        if self.pretrain_steps < 0 or self.batch_size < 1 or self.block_size < 8:
-            raise ConfigError("tiny model: pretrain_steps >= 0, batch_size >= 1, block_size >= 8 required")
+        if min(self.pretrain_steps, self.copy_warmup_steps) < 0 or min(self.batch_size, self.copy_batch_size) < 1 \
+                or self.block_size < 8:
+            raise ConfigError("tiny model: pretrain_steps, copy_warmup_steps >= 0, batch sizes >= 1, "
+                              "block_size >= 8 required")
 
 
 @dataclass
@@ -79,6 +99,8 @@ class Corpus:
     words: list[str] = field(default_factory=list)
     """Slot values (places, check types) that become whole tokens: the same token ids in the prompt and
     in the answer, so copying them is one step (BPE merges would split "在邹城的" as "在邹|城的")."""
+    copies: list[tuple[str, bool]] = field(default_factory=list)
+    """The copy strings alone (also inside `documents`): the copy warm-up trains on these."""
 
 
 # ---------------------------------------------------------------- text
@@ -109,6 +131,7 @@ def build_corpus(
     copy_docs: bool = False,
     skill_docs: bool = False,
     rng: random.Random | None = None,
+    para_docs: bool = False,
 ) -> Corpus:
     """Pre-training documents from the *train* records: each content (raw, and in the ChatGLM frame
     left open after "答："), each summary, as separate documents, never content -> summary.
@@ -116,6 +139,8 @@ def build_corpus(
     written twice: repeated text teaches copying from context (induction), as in real corpora.
     `skill_docs` adds generic in-frame skills on the contents (answer = the question echoed, its
     numbers, its slot words): the base model learns to read the question, not the task.
+    `para_docs` adds, per record, its content followed by the content of another record of the same step
+    with the same slot values (meta.slots), when there is one: the same entity named twice.
     Dev text only feeds the tokenizer's alphabet."""
     from tuning.data import format_prompt
 
@@ -140,12 +165,33 @@ def build_corpus(
                 docs.append((framed + " ".join(numbers), True))
             if found:
                 docs.append((framed + ", ".join(found), True))
+    if para_docs:
+        docs += paraphrase_docs(train, rng)
     seen: set = set()
     unique = [d for d in docs if not (d in seen or seen.add(d))]
     # the random copy strings stay out of the tokenizer's text: they would teach junk merges
     tok_text = [d for d, _ in unique] + [r[k] for r in dev for k in ("content", "summary")] + spec_text + [FRAME_TEXT]
     unique += copies
-    return Corpus(unique, tok_text, words)
+    return Corpus(unique, tok_text, words, copies)
+
+
+def paraphrase_docs(records: list[dict], rng: random.Random) -> list[tuple[str, bool]]:
+    """Per record: its content, a newline, and the content of another record of the same step whose slot
+    values are all equal (datagen's meta.step / meta.slots); records without a twin add nothing."""
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        meta = record.get("meta") or {}
+        if meta.get("slots"):
+            key = json.dumps([meta.get("step"), meta["slots"]], sort_keys=True, ensure_ascii=False)
+            groups.setdefault(key, []).append(record["content"])
+    docs = []
+    for key in sorted(groups):
+        contents = groups[key]
+        for i, content in enumerate(contents):
+            others = [c for j, c in enumerate(contents) if j != i and c != content]
+            if others:
+                docs.append((f"{content}\n{rng.choice(others)}", True))
+    return docs
 
 
 def collect_slot_words(records: list[dict]) -> list[str]:
@@ -233,7 +279,7 @@ def make_model(cfg: TinyConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
         **cfg.extra,
     )
     model = GlmForCausalLM(config)
@@ -258,7 +304,8 @@ def make_rows(docs: list[tuple[str, bool]], tokenizer, cfg: TinyConfig, rng: ran
     return [stream[i : i + cfg.block_size] for i in range(0, len(stream) - cfg.block_size + 1, cfg.block_size)]
 
 
-def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, progress: bool = True) -> float:
+def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, progress: bool = True,
+             desc: str = "pre-training tiny LM") -> float:
     """Plain next-token LM training on the documents; returns the mean loss of the last 20 steps."""
     import torch
     from tqdm import tqdm
@@ -279,10 +326,13 @@ def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, pr
     model.train()
     rows: list[list[int]] = []
     recent: list[float] = []
-    bar = tqdm(range(cfg.pretrain_steps), desc="pre-training tiny LM", disable=not progress)
+    bar = tqdm(range(cfg.pretrain_steps), desc=desc, disable=not progress)
     for step in bar:
-        if len(rows) < cfg.batch_size:  # a fresh shuffle of the documents each pass
-            rows += make_rows(docs, tokenizer, cfg, rng)
+        while len(rows) < cfg.batch_size:  # a fresh shuffle of the documents each pass
+            fresh = make_rows(docs, tokenizer, cfg, rng)
+            if not fresh:
+                raise ConfigError("tiny model: no pre-training document is longer than one token")
+            rows += fresh
         picked = [rows.pop() for _ in range(cfg.batch_size)]
         width = max(map(len, picked))
         ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in picked], device=device)
@@ -343,16 +393,22 @@ def build_tiny_model(
     if not train:
         raise SpecError(f"{spec_path}: the data generator produced no training records")
     corpus = build_corpus(
-        train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed)
+        train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs
     )
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words)
     model = make_model(cfg, tokenizer)
-    loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)
+    copy_loss = float("nan")
+    if cfg.copy_warmup_steps and corpus.copies:  # phase 1: learn to copy from the context
+        warm = replace(cfg, pretrain_steps=cfg.copy_warmup_steps, batch_size=cfg.copy_batch_size,
+                       warmup_steps=min(cfg.warmup_steps, max(1, cfg.copy_warmup_steps // 10)))
+        copy_loss = pretrain(model, tokenizer, corpus.copies, warm, progress, desc="copy warm-up")
+    loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)  # phase 2: the domain text
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-          f"{cfg.pretrain_steps} steps in {seconds:.0f}s, final LM loss {loss:.3f}")
+          f"{cfg.copy_warmup_steps if corpus.copies else 0} copy + {cfg.pretrain_steps} LM steps in "
+          f"{seconds:.0f}s, final LM loss {loss:.3f}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -366,6 +422,7 @@ def build_tiny_model(
             "seed": seed,
             "pretrain_steps": cfg.pretrain_steps,
             "final_loss": None if math.isnan(loss) else round(loss, 4),
+            "copy_warmup_loss": None if math.isnan(copy_loss) else round(copy_loss, 4),
             "parameters": n_params,
             "vocab_size": len(tokenizer),
             "documents": len(corpus.documents),
@@ -385,12 +442,16 @@ def build_tiny_model(
 
 def add_arguments(parser) -> None:
     """The `tasktune tiny-model` options."""
+    import argparse
+
     d = TinyConfig()
     parser.add_argument("--spec", default=Path("templates/grid/spec.yaml"), type=Path,
                         help="task spec whose text the model learns (default: the grid spec)")
     parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
     parser.add_argument("--seed", type=int, default=42, help="seed for data, init and training order")
-    parser.add_argument("--steps", type=int, default=d.pretrain_steps, help="LM pre-training steps")
+    parser.add_argument("--steps", type=int, default=d.pretrain_steps, help="LM pre-training steps on the domain text")
+    parser.add_argument("--copy-warmup-steps", type=int, default=d.copy_warmup_steps,
+                        help="steps on the copy strings alone before the domain text (0: none)")
     parser.add_argument("--layers", type=int, default=d.num_layers, help="transformer layers")
     parser.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
     parser.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
@@ -402,8 +463,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--block-size", type=int, default=d.block_size, help="tokens per row")
     parser.add_argument("--n", type=int, default=None, help="records to generate (default: the generator's)")
     parser.add_argument("--pack", action="store_true", help="pack documents into full rows (faster)")
-    parser.add_argument("--copy-docs", action="store_true", help="add repeated random strings (copying signal)")
-    parser.add_argument("--skill-docs", action="store_true", help="add echo/numbers/words answers in the frame")
+    flag = argparse.BooleanOptionalAction
+    parser.add_argument("--copy-docs", action=flag, default=d.copy_docs,
+                        help="add repeated random strings (copying signal)")
+    parser.add_argument("--para-docs", action=flag, default=d.para_docs,
+                        help="add two requests naming the same slot values, one after the other")
+    parser.add_argument("--skill-docs", action=flag, default=d.skill_docs,
+                        help="add echo/numbers/words answers in the frame")
+    parser.add_argument("--tie-embeddings", action=flag, default=d.tie_embeddings,
+                        help="share the input embedding and the output head")
 
 
 def run(args) -> int:
@@ -423,7 +491,10 @@ def run(args) -> int:
         n_records=args.n,
         pack=args.pack,
         copy_docs=args.copy_docs,
+        copy_warmup_steps=args.copy_warmup_steps,
+        para_docs=args.para_docs,
         skill_docs=args.skill_docs,
+        tie_embeddings=args.tie_embeddings,
     )
     out = build_tiny_model(args.spec, args.out, seed=args.seed, config=cfg)
     print(f"wrote {out}")

@@ -45,7 +45,8 @@ DEV = [
         place="历城", check="设备检查",
     ),
 ]
-SMALL = dict(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, batch_size=4)
+SMALL = dict(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, batch_size=4,
+             copy_warmup_steps=0)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +196,35 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     assert tiny.run(args) == 0
     cfg = seen["config"]
     assert (cfg.pretrain_steps, cfg.num_layers, cfg.hidden_size, cfg.lr, seen["seed"]) == (7, 3, 48, 0.01, 42)
+    assert (cfg.copy_docs, cfg.para_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == (True, True, True, 400)
+    args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0"])
+    tiny.run(args)
+    cfg = seen["config"]
+    assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == (False, False, 0)
+
+
+def test_para_documents_pair_requests_with_the_same_slots_never_answers():
+    twin = _record("步骤#理解并基于输入拆分函数参数*语音#告诉我邹城配备电笔检查结果",
+                   TRAIN[2]["summary"], place="邹城", check="设备检查")
+    corpus = build_corpus(TRAIN + [twin], DEV, [], para_docs=True, rng=random.Random(0))
+    paras = [t for t, _ in corpus.documents if "\n" in t and not t.startswith("[Round")]
+    assert sorted(paras) == sorted([f"{TRAIN[2]['content']}\n{twin['content']}",
+                                    f"{twin['content']}\n{TRAIN[2]['content']}"])
+    assert not any(r["summary"] in t for r in TRAIN for t in paras)
+
+
+def test_build_runs_the_copy_warm_up_first(spec, tmp_path, monkeypatch):
+    phases = []
+    real = tiny.pretrain
+
+    def spy(model, tokenizer, docs, cfg, progress=True, desc="pre-training tiny LM"):
+        phases.append((desc, cfg.pretrain_steps, cfg.batch_size, len(docs)))
+        return real(model, tokenizer, docs, cfg, progress, desc)
+
+    monkeypatch.setattr(tiny, "pretrain", spy)
+    cfg = TinyConfig(**{**SMALL, "copy_warmup_steps": 2}, copy_batch_size=8)
+    out = build_tiny_model(spec, tmp_path / "m", config=cfg, pretrain_steps=1, records=(TRAIN, DEV), progress=False)
+    assert [p[:3] for p in phases] == [("copy warm-up", 2, 8), ("pre-training tiny LM", 1, 4)]
+    assert phases[0][3] == len(TRAIN)  # the copy strings alone: one per training record
+    record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
+    assert record["copy_warmup_loss"] > 0 and record["config"]["tie_embeddings"] is True
