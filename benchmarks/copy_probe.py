@@ -1,0 +1,62 @@
+"""Can a base model copy from its context? Two probes on a model folder (issue #3's tiny base):
+
+1. random strings of the data's slot words and digits written twice ("X\\nX"): greedy next-token accuracy
+   over the second copy;
+2. argument answers of the training data cut before their second place mention ("…参数为"): does the
+   model's top token equal the place named earlier in the same answer?
+
+    python benchmarks/copy_probe.py models/tiny-glm [--data data/grid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.tiny import collect_slot_words
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--data", default="data/grid", type=Path)
+    parser.add_argument("--n", type=int, default=60)
+    args = parser.parse_args()
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    train = json.loads((args.data / "train.json").read_text(encoding="utf-8"))
+    rng = random.Random(1)
+    pool = collect_slot_words(train) + list("0123456789")
+    acc = []
+    for _ in range(args.n):
+        pieces = "".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+        ids = tok(pieces + "\n" + pieces, add_special_tokens=False)["input_ids"]
+        half = len(tok(pieces, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            pred = model(input_ids=torch.tensor([ids])).logits[0, :-1].argmax(-1)
+        target = torch.tensor(ids[1:])
+        acc.append((pred[half + 1:] == target[half + 1:]).float().mean().item())
+    print(f"random strings written twice: {sum(acc) / len(acc):.3f} of the second copy's tokens")
+    rows = [r for r in train if (r.get("meta") or {}).get("step") == "arguments"][: args.n]
+    hits = 0
+    for r in rows:
+        place = r["meta"]["arguments"]["place"]
+        cut = r["summary"].index("参数为" + place) + 3
+        ids = tok(r["summary"][:cut], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            top = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
+        hits += tok.decode([top]) == place
+    print(f"second place mention in an argument answer: {hits}/{len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
