@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuning.tiny import collect_slot_words
+    from tuning.tiny import collect_slot_words, copy_string
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
@@ -38,7 +38,7 @@ def main() -> None:
     pool = collect_slot_words(train) + list("0123456789")
     acc = []
     for _ in range(args.n):
-        pieces = "".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+        pieces = copy_string(pool, rng)
         ids = tok(pieces + "\n" + pieces, add_special_tokens=False)["input_ids"]
         half = len(tok(pieces, add_special_tokens=False)["input_ids"])
         with torch.no_grad():

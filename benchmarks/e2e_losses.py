@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def main(argv: list[str]) -> int:
     runs = [Path(a) for a in argv]
@@ -26,8 +28,10 @@ def main(argv: list[str]) -> int:
             worst = max(worst, abs(b - a))
         print(f"{step} | {'' if a is None else f'{a:.4f}'} | {'' if b is None else f'{b:.4f}'} | {diff}")
     print(f"largest difference on common steps: {worst:.4f}")
+    from tuning.train import load_run_record
+
     for r in runs:
-        rec = json.loads((r / "tasktune_run.json").read_text())
+        rec = load_run_record(r)
         print(r.name, {k: rec.get(k) for k in ("steps", "final_loss", "train_seconds")})
     return 0
 

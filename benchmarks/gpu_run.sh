@@ -76,13 +76,14 @@ if [ "$phase" = e2e_graphs ]; then  # `tasktune train --compile cudagraphs` end 
   python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model'
   common="--model /tmp/glm1b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
           --gradient-accumulation-steps 4 --save-steps 20 --logging-steps 5 --seed 42"
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'   # progress bars and weight loading
   for mode in off cudagraphs; do
     t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_$mode --max-steps 40 \
-      --resume never --compile $mode 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|s/step\]|Loading weights' | tail -8
+      --resume never --compile $mode 2>&1 | grep -v -E "$bars" | tail -8
     echo "$mode: $((SECONDS - t)) s wall"
   done
   t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_cudagraphs --max-steps 60 \
-    --compile cudagraphs 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|s/step\]|Loading weights' | tail -6
+    --compile cudagraphs 2>&1 | grep -v -E "$bars" | tail -6
   echo "resume to 60: $((SECONDS - t)) s wall"
   python3 benchmarks/e2e_losses.py /tmp/e2e_off /tmp/e2e_cudagraphs | tee "$OUT/e2e_graphs.txt"
 fi

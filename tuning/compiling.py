@@ -35,7 +35,7 @@ BACKEND = "inductor"
 
 
 def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-lm", cuda: bool | None = None,
-                 steps: int | None = None) -> str:
+                 steps: int | None = None, processes: int = 1) -> str:
     """"auto" -> "off"/"on"/"cudagraphs" for this run; checks the name and that cudagraphs has a GPU."""
     import torch
 
@@ -43,11 +43,9 @@ def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-l
         raise ConfigError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if mode == "auto":
-        import os
-
         long_run = steps is None or steps >= AUTO_MIN_STEPS
-        one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1  # graphs under DDP: not measured
-        ok = cuda and long_run and one_process and method in AUTO_METHODS and task == "causal-lm"
+        # graphs under DDP (processes > 1): not measured
+        ok = cuda and long_run and processes == 1 and method in AUTO_METHODS and task == "causal-lm"
         return AUTO_CUDA_MODE if ok else "off"
     if mode == "cudagraphs" and not cuda:
         raise ConfigError("--compile cudagraphs needs a CUDA GPU; use --compile on (or off) on a CPU")
@@ -129,9 +127,9 @@ def fixed_width_collate(collate: Callable[[list], dict], width: int, pad_id: int
     return collate_fixed
 
 
-def prepare(cfg, model, collate, tokenizer, *, log=None):
+def prepare(cfg, model, collate, tokenizer, *, processes: int = 1, log=None):
     """For tuning/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`."""
-    mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps)
+    mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps, processes=processes)
     forward = compile_model(model, mode)
     if mode != "off":
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -61,8 +61,9 @@ class TrainConfig:
     allow_pickle: bool = _opt(False, "allow loading .bin/.pt (pickle) weights; safetensors only by default")
     gradient_checkpointing: bool = _opt(True, "recompute activations in backward to save memory")
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
-                                "CUDA graphs; CUDA only); auto = cudagraphs on a CUDA GPU for "
-                                "prefix methods in runs of >= 1000 steps, else off (tuning/compiling.py)", choices=("auto", "off", "on", "cudagraphs"))
+                                "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for "
+                                "prefix methods in runs of >= 1000 steps, else off (tuning/compiling.py)",
+                         choices=("auto", "off", "on", "cudagraphs"))
     # data
     prompt_column: str = _opt("content", "record key holding the prompt")
     response_column: str = _opt("summary", "record key holding the answer")

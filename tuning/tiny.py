@@ -155,7 +155,7 @@ def build_corpus(
         framed = format_prompt(None, content, template="chatglm")
         docs += [(content, True), (framed, False), (summary, True)]
         if copy_docs:
-            pieces = "".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+            pieces = copy_string(pool, rng)
             copies.append((f"{pieces}\n{pieces}", True))
         if skill_docs:
             docs.append((framed + content, True))
@@ -175,6 +175,11 @@ def build_corpus(
     return Corpus(unique, tok_text, words, copies)
 
 
+def copy_string(pool: list[str], rng: random.Random) -> str:
+    """4 to 12 random pieces of `pool` joined: what a copy document writes twice."""
+    return "".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+
+
 def paraphrase_docs(records: list[dict], rng: random.Random) -> list[tuple[str, bool]]:
     """Per record: its content, a newline, and the content of another record of the same step whose slot
     values are all equal (datagen's meta.step / meta.slots); records without a twin add nothing."""
@@ -187,8 +192,8 @@ def paraphrase_docs(records: list[dict], rng: random.Random) -> list[tuple[str, 
     docs = []
     for key in sorted(groups):
         contents = groups[key]
-        for i, content in enumerate(contents):
-            others = [c for j, c in enumerate(contents) if j != i and c != content]
+        for content in contents:
+            others = [c for c in contents if c != content]
             if others:
                 docs.append((f"{content}\n{rng.choice(others)}", True))
     return docs
@@ -399,15 +404,16 @@ def build_tiny_model(
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words)
     model = make_model(cfg, tokenizer)
     copy_loss = float("nan")
-    if cfg.copy_warmup_steps and corpus.copies:  # phase 1: learn to copy from the context
-        warm = replace(cfg, pretrain_steps=cfg.copy_warmup_steps, batch_size=cfg.copy_batch_size,
-                       warmup_steps=min(cfg.warmup_steps, max(1, cfg.copy_warmup_steps // 10)))
+    copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
+    if copy_steps:  # phase 1: learn to copy from the context
+        warm = replace(cfg, pretrain_steps=copy_steps, batch_size=cfg.copy_batch_size,
+                       warmup_steps=min(cfg.warmup_steps, max(1, copy_steps // 10)))
         copy_loss = pretrain(model, tokenizer, corpus.copies, warm, progress, desc="copy warm-up")
     loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)  # phase 2: the domain text
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-          f"{cfg.copy_warmup_steps if corpus.copies else 0} copy + {cfg.pretrain_steps} LM steps in "
+          f"{copy_steps} copy + {cfg.pretrain_steps} LM steps in "
           f"{seconds:.0f}s, final LM loss {loss:.3f}")
 
     out.parent.mkdir(parents=True, exist_ok=True)

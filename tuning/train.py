@@ -127,7 +127,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
         log(f"{cfg.method}: trainable parameters: {n_trainable:,} of {n_total:,} "
             f"({100 * n_trainable / n_total:.4f}%)")
     # --compile: torch.compile (and CUDA graphs) for the host-bound step; fixed-width batches (tuning/compiling.py)
-    compile_mode, forward, collate = compiling.prepare(cfg, adapter.model, collate, tokenizer,
+    compile_mode, forward, collate = compiling.prepare(cfg, adapter.model, collate, tokenizer, processes=world,
                                                        log=log if main else None)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

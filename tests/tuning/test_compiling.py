@@ -95,17 +95,14 @@ def test_fit_with_compile_on_gives_the_eager_losses(tiny_model_dir, tmp_path, mo
     assert runs["on"] == pytest.approx(runs["off"], rel=1e-5)
 
 
-def test_modes_and_auto(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def test_modes_and_auto():
     assert compiling.resolve_mode("off") == "off"
     assert compiling.resolve_mode("auto", cuda=False) == "off"
     assert compiling.resolve_mode("auto", cuda=True) == compiling.AUTO_CUDA_MODE == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS) == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS - 1) == "off"
     assert compiling.resolve_mode("auto", method="lora", cuda=True) == "off"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert compiling.resolve_mode("auto", cuda=True) == "off"
-    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert compiling.resolve_mode("auto", cuda=True, processes=2) == "off"
     assert compiling.resolve_mode("auto", task="classification", cuda=True) == "off"
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         compiling.resolve_mode("cudagraphs", cuda=False)
