@@ -4,6 +4,8 @@
    over the second copy;
 2. argument answers of the training data cut before their second place mention ("…参数为"): does the
    model's top token equal the place named earlier in the same answer?
+3. the framed request followed by the answer's first words ("…答：因为出现地名为"): does the model's top token
+   equal the request's place? (What a prefix must bring out: the place comes from the question, not the answer.)
 
     python benchmarks/copy_probe.py models/tiny-glm [--data data/grid]
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuning.data import format_prompt
     from tuning.tiny import collect_slot_words, copy_string
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +59,15 @@ def main() -> None:
             top = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
         hits += tok.decode([top]) == place
     print(f"second place mention in an argument answer: {hits}/{len(rows)}")
+    hits = 0
+    for r in rows:
+        place = r["meta"]["arguments"]["place"]
+        text = format_prompt(None, r["content"], template="chatglm") + "因为出现地名为"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            top = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
+        hits += tok.decode([top]) == place
+    print(f"first place mention after the framed request: {hits}/{len(rows)}")
 
 
 if __name__ == "__main__":

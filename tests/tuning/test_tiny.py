@@ -3,6 +3,7 @@ pre-training lowers the loss, the builder writes a loadable model atomically."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 
@@ -114,6 +115,8 @@ def test_copy_and_skill_documents_stay_unpaired():
     corpus = build_corpus(TRAIN, DEV, [], copy_docs=True, skill_docs=True, rng=random.Random(0))
     texts = [t for t, _ in corpus.documents]
     assert any(t.endswith("答：47 34") for t in texts)  # the numbers of the question
+    assert any(t.endswith("答：邹城") for t in texts)  # the slot words it names
+    assert any(t.endswith("答：" + TRAIN[3]["content"]) for t in texts)  # the question echoed
     copies = [t for t in texts if "\n" in t and not t.startswith("[Round")]
     assert len(copies) == len(TRAIN) and all(a == b for a, b in (t.split("\n") for t in copies))
     for record in TRAIN:
@@ -196,11 +199,12 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     assert tiny.run(args) == 0
     cfg = seen["config"]
     assert (cfg.pretrain_steps, cfg.num_layers, cfg.hidden_size, cfg.lr, seen["seed"]) == (7, 3, 48, 0.01, 42)
-    assert (cfg.copy_docs, cfg.para_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == (True, True, True, 400)
-    args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0"])
+    assert (cfg.copy_docs, cfg.para_docs, cfg.skill_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == \
+        (True, True, True, True, 600)
+    args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0", "--no-skill-docs"])
     tiny.run(args)
     cfg = seen["config"]
-    assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == (False, False, 0)
+    assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps, cfg.skill_docs) == (False, False, 0, False)
 
 
 def test_para_documents_pair_requests_with_the_same_slots_never_answers():
@@ -228,3 +232,16 @@ def test_build_runs_the_copy_warm_up_first(spec, tmp_path, monkeypatch):
     assert phases[0][3] == len(TRAIN)  # the copy strings alone: one per training record
     record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
     assert record["copy_warmup_loss"] > 0 and record["config"]["tie_embeddings"] is True
+
+
+def test_number_chunks_keep_a_number_one_token():
+    corpus = build_corpus(TRAIN, DEV, [])
+    digits = train_tokenizer(corpus.tokenizer_text, 500, words=corpus.words)
+    chunks = train_tokenizer(corpus.tokenizer_text, 500, words=corpus.words, number_chunks=True)
+    text = "[人数检测] 应到47人, 实到34人"
+    assert {"47", "34"} <= set(chunks.tokenize(text))
+    assert not {"47", "34"} & set(digits.tokenize(text)) and "4" in digits.tokenize(text)
+    assert chunks.decode(chunks(text, add_special_tokens=False)["input_ids"]) == text
+    parser = argparse.ArgumentParser()
+    tiny.add_arguments(parser)
+    assert parser.parse_args(["--number-chunks"]).number_chunks is True
