@@ -1,4 +1,4 @@
-"""Can a base model copy from its context? Two probes on a model folder (issue #3's tiny base):
+"""Can a base model copy from its context? Three probes on a model folder (issue #3's tiny base):
 
 1. random strings of the data's slot words and digits written twice ("X\\nX"): greedy next-token accuracy
    over the second copy;
@@ -50,23 +50,23 @@ def main() -> None:
         acc.append((pred[half + 1:] == target[half + 1:]).float().mean().item())
     print(f"random strings written twice: {sum(acc) / len(acc):.3f} of the second copy's tokens")
     rows = [r for r in train if (r.get("meta") or {}).get("step") == "arguments"][: args.n]
-    hits = 0
-    for r in rows:
-        place = r["meta"]["arguments"]["place"]
-        cut = r["summary"].index("参数为" + place) + 3
-        ids = tok(r["summary"][:cut], add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            top = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
-        hits += tok.decode([top]) == place
-    print(f"second place mention in an argument answer: {hits}/{len(rows)}")
-    hits = 0
-    for r in rows:
-        place = r["meta"]["arguments"]["place"]
-        text = format_prompt(None, r["content"], template="chatglm") + "因为出现地名为"
+
+    def names_place(text: str, place: str) -> bool:
+        """Is the model's top next token after `text` the place?"""
         ids = tok(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             top = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
-        hits += tok.decode([top]) == place
+        return tok.decode([top]) == place
+
+    hits = 0
+    for r in rows:
+        place = r["meta"]["arguments"]["place"]
+        hits += names_place(r["summary"][: r["summary"].index("参数为" + place) + 3], place)
+    print(f"second place mention in an argument answer: {hits}/{len(rows)}")
+    hits = 0
+    for r in rows:
+        framed = format_prompt(None, r["content"], template="chatglm")
+        hits += names_place(framed + "因为出现地名为", r["meta"]["arguments"]["place"])
     print(f"first place mention after the framed request: {hits}/{len(rows)}")
 
 
