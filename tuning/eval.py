@@ -89,7 +89,8 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     prompts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"])
                for r in records]
     max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
-    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions)
+    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions,
+                  max_prompt_tokens=int(cfg["max_source_length"]))  # prompts cut as in training
     t0 = time.perf_counter()
     with adapter.disabled() as base_model:
         base, cut = generate_batched(base_model, tokenizer, prompts, desc="base ", **kwargs)

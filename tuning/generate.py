@@ -34,12 +34,15 @@ def choose_cache(model, cache_implementation: str | None) -> str | None:
 @torch.inference_mode()
 def generate_batched(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16,
                      max_new_tokens: int = 64, reserved_positions: int = 0, desc: str = "generate",
-                     progress: bool = True, cache_implementation: str | None = "auto") -> tuple[list[str], int]:
+                     progress: bool = True, cache_implementation: str | None = "auto",
+                     max_prompt_tokens: int | None = None) -> tuple[list[str], int]:
     """Answer every prompt greedily. Returns (answers in input order, number of prompts cut to fit).
 
     A prompt longer than the context (minus `max_new_tokens` and `reserved_positions`, e.g. the
     prefix length, which takes positions) keeps its last tokens: the question sits at the end.
     `cache_implementation`: "auto" (static on CUDA, dynamic elsewhere), "static", or None (dynamic).
+    `max_prompt_tokens`: keep at most the last N prompt tokens, as training's max_source_length did (a tuned
+    model has never seen more); these cuts are not counted in the returned number.
     """
     from tqdm.auto import tqdm
 
@@ -52,6 +55,8 @@ def generate_batched(model, tokenizer, prompts: Sequence[str], *, batch_size: in
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                          f"{limit}-position context")
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    if max_prompt_tokens:
+        encoded = [ids[-max_prompt_tokens:] for ids in encoded]
     cut = 0
     if keep is not None:
         for i, ids in enumerate(encoded):

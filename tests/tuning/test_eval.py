@@ -75,3 +75,36 @@ def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     answers, cut = generate_batched(model, tok, ["你好" * 400, "你好"], max_new_tokens=4, progress=False)
     assert cut == 1 and len(answers) == 2
+
+
+def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
+    """A tuned model never saw more than max_source_length prompt tokens: eval keeps the same last tokens."""
+    import tuning.generate
+    from tuning.train import load_run_record
+
+    seen = []
+    real = tuning.generate.generate_batched
+    monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
+    evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=4, limit=2), log=lambda *_: None)
+    limit = load_run_record(trained_run)["config"]["max_source_length"]
+    assert [k["max_prompt_tokens"] for k in seen] == [limit, limit]  # base pass and tuned pass
+
+
+def test_max_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
+    import torch
+
+    from tuning.generate import generate_batched
+    from tuning.load import load_model, load_tokenizer
+
+    model_dir = tiny_model_dir("glm")
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    widths = []
+    real = model.generate
+    model.generate = lambda **k: widths.append(k["input_ids"].shape[1]) or real(**k)
+    prompt = "你好" * 40 + "步骤#问候"
+    cut_answer, cut = generate_batched(model, tok, [prompt], max_new_tokens=4, progress=False, max_prompt_tokens=8)
+    assert widths == [8] and cut == 0
+    tail = tok(prompt)["input_ids"][-8:]
+    out = real(input_ids=torch.tensor([tail]), max_new_tokens=4, do_sample=False,
+               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert cut_answer == [tok.decode(out[0, 8:], skip_special_tokens=True).strip()]
