@@ -194,17 +194,22 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     args = parser.parse_args(["--spec", "s.yaml", "--out", str(tmp_path / "m"), "--steps", "7", "--layers", "3",
                               "--hidden", "48", "--heads", "4", "--kv-heads", "2", "--lr", "0.01"])
     seen = {}
-    monkeypatch.setattr(tiny, "build_tiny_model", lambda spec, out, *, seed, config: seen.update(
-        spec=spec, out=out, seed=seed, config=config) or out)
+    monkeypatch.setattr(tiny, "build_tiny_model", lambda spec, out, *, seed, config, device: seen.update(
+        spec=spec, out=out, seed=seed, config=config, device=device) or out)
     assert tiny.run(args) == 0
     cfg = seen["config"]
     assert (cfg.pretrain_steps, cfg.num_layers, cfg.hidden_size, cfg.lr, seen["seed"]) == (7, 3, 48, 0.01, 42)
     assert (cfg.copy_docs, cfg.para_docs, cfg.skill_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == \
         (True, True, True, True, 600)
-    args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0", "--no-skill-docs"])
+    assert (cfg.round_docs, cfg.block_size, seen["device"]) == (0.3, 256, "cpu")
+    args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0", "--no-skill-docs",
+                              "--round-docs", "0", "--device", "cuda"])
     tiny.run(args)
     cfg = seen["config"]
     assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps, cfg.skill_docs) == (False, False, 0, False)
+    assert (cfg.round_docs, seen["device"]) == (0.0, "cuda")
+    with pytest.raises(ConfigError, match="round_docs"):
+        tiny.run(parser.parse_args(["--round-docs", "1.5"]))
 
 
 def test_para_documents_pair_requests_with_the_same_slots_never_answers():
@@ -245,3 +250,33 @@ def test_number_chunks_keep_a_number_one_token():
     parser = argparse.ArgumentParser()
     tiny.add_arguments(parser)
     assert parser.parse_args(["--number-chunks"]).number_chunks is True
+
+
+def test_multi_round_documents_chain_reading_answers_never_task_answers():
+    corpus = build_corpus(TRAIN, DEV, [], skill_docs=True, rng=random.Random(0), round_docs=1.0)
+    rounds = [t for t, closed in corpus.documents if "[Round 2]" in t]
+    assert len(rounds) == len(TRAIN) and all(t.startswith("[Round 1]\n\n问：") for t in rounds)
+    for text in rounds:
+        turns = text.split("\n\n答：")
+        assert len(turns) in (3, 4)  # 2 or 3 rounds: each question followed by an answer
+        answers = [turn.split("\n\n[Round")[0] for turn in turns[1:]]
+        questions = [turn.split("问：")[-1] for turn in turns[:-1]]
+        for question, answer in zip(questions, answers):  # a reading of its own question
+            assert answer in tiny.reading_answers(question, corpus.words)
+        assert not any(r["summary"] in text for r in TRAIN)
+    assert not [t for t, _ in build_corpus(TRAIN, DEV, [], skill_docs=True, round_docs=0.0).documents
+                if "[Round 2]" in t]
+
+
+def test_length_batches_keep_every_row_and_group_similar_lengths():
+    rng = random.Random(0)
+    rows = [[1] * rng.randint(2, 200) for _ in range(203)]
+    out = tiny.length_batches(rows, 8, random.Random(1), window=4)
+    assert sorted(map(len, out)) == sorted(map(len, rows))  # same rows, reordered
+    tail = [out[len(out) - 8 * (i + 1): len(out) - 8 * i] for i in range(len(out) // 8)]  # what pretrain pops
+    padded = sum(8 * max(map(len, b)) for b in tail)
+    shuffled = list(rows)
+    random.Random(2).shuffle(shuffled)
+    baseline = sum(8 * max(map(len, shuffled[i:i + 8])) for i in range(len(rows) % 8, len(rows), 8))
+    assert padded < 0.7 * baseline  # far less padding than random batches
+    assert tiny.length_batches(rows, 8, random.Random(1), window=4) == out  # deterministic for a seed
