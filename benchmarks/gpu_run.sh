@@ -6,6 +6,7 @@
 # issue3:  a ~1B random GLM trained by `tasktune train` in 4-bit, reloaded by `tasktune eval`; then the tests.
 # compile6b: issue #6's step, eager vs torch.compile vs compile + CUDA graphs (tuning/compiling.py), with profiles
 #            (one call, ~9 min); tests: pytest tests/tuning tests/gpu (not slow) on the GPU machine.
+# sweep:   issue #3's tiny bases x P-tuning settings (benchmarks/tiny_sweep.py; CASES=benchmarks/sweeps/basesN.json).
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -91,4 +92,11 @@ fi
 if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
   timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60
+fi
+
+if [ "$phase" = sweep ]; then  # issue #3: tiny bases x P-tuning settings on the GPU (benchmarks/tiny_sweep.py)
+  timeout ${T_SWEEP:-560} python3 benchmarks/tiny_sweep.py --cases "${CASES:-benchmarks/sweeps/bases1.json}" \
+    --device cuda --workers ${WORKERS:-8} --threads 2 --out "$OUT/sweep" ${ONLY:+--only $ONLY} 2>&1 \
+    | grep -v -E 'it/s\]|s/it\]|Loading weights|Writing model' | tee "$OUT/sweep.log"
+  rm -rf "$OUT"/sweep/*/model
 fi

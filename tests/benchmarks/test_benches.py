@@ -66,3 +66,27 @@ def test_eval_bench_tiny_batched_matches_loop_with_either_cache(tiny_dir, tmp_pa
     for row in rows[1:]:  # left-padded prompts of different lengths, prefix attached
         assert "error" not in row, row
         assert row["same_answers"] == 5 and row["speedup"] > 0
+
+
+def test_tiny_sweep_builds_tunes_and_reports_each_case(tmp_path):
+    from datagen import generate
+
+    splits = generate(BENCH.parent / "templates/grid/spec.yaml", seed=3)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "dev"):
+        (data / f"{name}.json").write_text(json.dumps(list(getattr(splits, name)), ensure_ascii=False))
+    small = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 2, "intermediate_size": 32,
+             "pretrain_steps": 2, "copy_warmup_steps": 1, "round_docs": 0.1}
+    cases = [{"name": "ok", "tiny": small, "ptune": {"steps": 2, "evals": [1, 2], "pre_seq_len": 4}},
+             {"name": "bad", "tiny": {**small, "num_heads": 4, "hidden_size": 30}}]  # 30 heads of 7.5: refused
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    out = tmp_path / "out"
+    assert _module("tiny_sweep").main(["--cases", str(tmp_path / "cases.json"), "--data", str(data), "--out", str(out),
+                                       "--n-dev", "12", "--spec", str(BENCH.parent / "templates/grid/spec.yaml")]) == 0
+    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert "ConfigError" in results["bad"]["error"]  # a broken case is reported, the others still run
+    evals = results["ok"]["runs"][0]["evals"]
+    assert [e["step"] for e in evals] == [1, 2]
+    assert all(0 <= e["em_task"] <= 1 and sum(int(v.split("/")[1]) for k, v in e.items() if "/" in str(v)) == 12
+               for e in evals)

@@ -1,0 +1,203 @@
+"""Which tiny base (and which P-tuning setting) reaches the grid demo's exact-match target? (issue #3)
+
+Each case builds a tiny GLM (`tuning.tiny.build_tiny_model` with the case's TinyConfig overrides), P-tunes it
+with tasktune's own prefix (`tuning.prefix.attach_prefix`) in a plain loop that mirrors `tasktune train`'s
+recipe (AdamW, linear decay, clip 1.0, labels on the answer + eos, source cut to its last tokens), and answers
+the dev set greedily at a few step counts. Cases run in worker processes (one device, or CPU threads), so a
+GPU machine can try many bases in minutes; the CPU figures that count are `tasktune train` + `tasktune eval`.
+
+    python benchmarks/tiny_sweep.py --cases benchmarks/sweeps/base.json --data data/grid --out /tmp/sweep \\
+        --device cuda --workers 6
+
+A cases file is a JSON list of {"name": str, "tiny": {TinyConfig field: value}, "ptune": {option: value},
+"ptunes": [{option: value}, ...] (several P-tuning runs of one base; default one), "model": folder (skip the
+build)}; ptune options: pre_seq_len, lr, batch_size, steps, evals (step counts), projection, seed.
+Prints a table (exact match per step kind at each eval point) and writes results.jsonl under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals": [300, 600, 900],
+         "projection": False, "seed": 42, "source": 160, "target": 64}
+
+
+def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | None) -> list[dict]:
+    """P-tune the model at model_dir; returns one row per eval point: step, seconds, exact match per kind."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.data import format_prompt
+    from tuning.generate import generate_batched
+    from tuning.prefix import PrefixConfig, attach_prefix
+
+    torch.manual_seed(opts["seed"])
+    rng = random.Random(opts["seed"])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=opts["pre_seq_len"], prefix_projection=opts["projection"]))
+    tuner.encoder.to(device)
+    train = json.loads((data / "train.json").read_text(encoding="utf-8"))
+    dev = json.loads((data / "dev.json").read_text(encoding="utf-8"))[:n_dev]
+
+    def encode(r):
+        prompt = format_prompt(tok, r["content"], r.get("history"), template="chatglm")
+        x = tok(prompt)["input_ids"][-opts["source"]:]
+        y = tok(r["summary"], add_special_tokens=False)["input_ids"][: opts["target"] - 1] + [tok.eos_token_id]
+        return x, y
+
+    rows = [encode(r) for r in train]
+    params = list(tuner.encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
+    prompts = [format_prompt(tok, r["content"], r.get("history"), template="chatglm") for r in dev]
+    results, order, started = [], [], time.perf_counter()
+    model.train()
+    for step in range(1, opts["steps"] + 1):
+        if len(order) < opts["batch_size"]:
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+        batch = [rows[order.pop()] for _ in range(opts["batch_size"])]
+        width = max(len(x) + len(y) for x, y in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (x, y) in enumerate(batch):
+            n = len(x) + len(y)
+            ids[i, :n], labels[i, len(x):n], mask[i, :n] = torch.tensor(x + y), torch.tensor(y), 1
+        for group in opt.param_groups:
+            group["lr"] = opts["lr"] * (1 - (step - 1) / opts["steps"])
+        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step in opts["evals"] or step == opts["steps"]:
+            model.eval()
+            with torch.no_grad():
+                answers, _ = generate_batched(model, tok, prompts, batch_size=64, max_new_tokens=opts["target"],
+                                              reserved_positions=opts["pre_seq_len"], progress=False,
+                                              cache_implementation=None, max_prompt_tokens=opts["source"])
+            model.train()
+            kinds: dict[str, list[bool]] = {}
+            for r, a in zip(dev, answers):
+                kind = r["meta"]["step"] + ("+history" if r.get("history") else "")
+                kinds.setdefault(kind, []).append(a.strip() == r["summary"].strip())
+            row = {"step": step, "seconds": round(time.perf_counter() - started, 1), "loss": round(loss.item(), 4),
+                   "em": round(sum(sum(v) for v in kinds.values()) / len(dev), 4)}
+            row.update({k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())})
+            task = [ok for k, v in kinds.items() if not k.startswith("greet") for ok in v]  # the target's steps
+            row["em_task"] = round(sum(task) / max(1, len(task)), 4)
+            wrong = [(r["content"][-40:], a, r["summary"]) for r, a in zip(dev, answers)
+                     if a.strip() != r["summary"].strip()]
+            row["wrong"] = wrong
+            results.append(row)
+    return results
+
+
+def run_case(case: dict, args) -> dict:
+    from tuning.tiny import TinyConfig, build_tiny_model
+
+    out = Path(args.out) / case["name"]
+    model_dir = Path(case["model"]) if case.get("model") else out / "model"
+    started = time.perf_counter()
+    if not case.get("model"):
+        tiny = dict(case.get("tiny", {}))
+        seed = tiny.pop("seed", 42)
+        build_tiny_model(args.spec, model_dir, seed=seed, config=TinyConfig(**tiny), progress=False,
+                         device=args.device)
+    build_s = time.perf_counter() - started
+    runs = []
+    for variant in case.get("ptunes", [{}]):
+        opts = {**PTUNE, **case.get("ptune", {}), **variant}
+        runs.append({"ptune": {k: v for k, v in opts.items() if PTUNE.get(k) != v},
+                     "evals": ptune(model_dir, Path(args.data), opts, args.device, args.n_dev)})
+    return {"name": case["name"], "tiny": case.get("tiny", {}), "build_s": round(build_s, 1), "runs": runs}
+
+
+def safe_case(case: dict, args) -> dict:
+    try:
+        return run_case(case, args)
+    except Exception:  # noqa: BLE001 - report and go on with the other cases
+        return {"name": case["name"], "error": traceback.format_exc()[-2000:]}
+
+
+def worker(case: dict, args, queue) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    queue.put(safe_case(case, args))
+
+
+def results(cases: list[dict], args):
+    """Each case's result as it finishes: in this process with one worker, else in `workers` spawned processes."""
+    if args.workers == 1:
+        yield from (safe_case(case, args) for case in cases)
+        return
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    pending, running = list(cases), {}
+    while pending or running:
+        while pending and len(running) < args.workers:
+            case = pending.pop(0)
+            running[case["name"]] = ctx.Process(target=worker, args=(case, args, queue))
+            running[case["name"]].start()
+        result = queue.get()
+        running.pop(result["name"]).join()
+        yield result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", required=True, type=Path, help="JSON list of cases (see the module docstring)")
+    ap.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
+    ap.add_argument("--spec", default="templates/grid/spec.yaml", type=Path)
+    ap.add_argument("--data", default="data/grid", help="folder with train.json / dev.json")
+    ap.add_argument("--out", default="/tmp/tiny_sweep", help="models and results.jsonl go here")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=1, help="cases run at once")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per worker process (with --workers > 1)")
+    ap.add_argument("--n-dev", type=int, default=None, help="answer only the first N dev records")
+    args = ap.parse_args(argv)
+    cases = json.loads(args.cases.read_text(encoding="utf-8"))
+    if args.only:
+        keep = set(args.only.split(","))
+        cases = [c for c in cases if c["name"] in keep]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    done = []
+    with open(Path(args.out) / "results.jsonl", "a", encoding="utf-8") as log:
+        for result in results(cases, args):
+            done.append(result)
+            log.write(json.dumps(result, ensure_ascii=False) + "\n")
+            log.flush()
+            summary = result.get("error") or " || ".join(" | ".join(
+                f"{e['step']}: {e['em']:.3f}/{e['em_task']:.3f} ({e['seconds']:.0f}s)" for e in run["evals"])
+                for run in result["runs"])
+            print(f"[{len(done)}/{len(cases)}] {result['name']} build {result.get('build_s')}s :: {summary}",
+                  flush=True)
+    print("\n| case | P-tuning | build s | step | EM | EM args+summary | greet | arguments | summary | with history |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in done:
+        for run in r.get("runs", []):
+            for e in run["evals"]:
+                print(f"| {r['name']} | {json.dumps(run['ptune'])} | {r['build_s']} | {e['step']} | {e['em']:.3f} | "
+                      f"{e['em_task']:.3f} | {e.get('greet', '-')} | {e.get('arguments', '-')} | {e.get('summary', '-')} | "
+                      f"{e.get('summary+history', '-')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
