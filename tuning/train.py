@@ -42,11 +42,14 @@ class FitResult:
 
 # -- data order ----------------------------------------------------------------------------------
 
-def batch_indices(n: int, global_batch: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+def batch_indices(n: int, global_batch: int, seed: int, start: int = 0,
+                  lengths: list[int] | None = None, window: int = 16) -> Iterator[list[int]]:
     """Endless stream of global micro-batches: epoch e is a permutation drawn from seed + e.
 
     `start` skips that many micro-batches (resume). Incomplete tail batches are dropped unless
-    the data set is smaller than one batch.
+    the data set is smaller than one batch. With `lengths` (one per example), each run of `window`
+    batches of the permutation is sorted by length before it is cut, and the batches are then shuffled:
+    a batch holds examples of similar length (less padding), still a random set each epoch.
     """
     if n == 0:
         raise ConfigError("the training set is empty")
@@ -56,9 +59,21 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0) -> Itera
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         if n < global_batch:  # tiny data: repeat the permutation to fill a batch
             order = (order * math.ceil(global_batch / n))[: global_batch]
+        elif lengths is not None:
+            order = _group_by_length(order[: per_epoch * global_batch], lengths, global_batch, window, seed + epoch)
         for b in range(offset, per_epoch):
             yield order[b * global_batch:(b + 1) * global_batch]
         epoch, offset = epoch + 1, 0
+
+
+def _group_by_length(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
+    span = batch * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+    shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 10_000)).tolist()
+    return [i for b in shuffled for i in batches[b]]
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -170,7 +185,8 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 
     per_device = cfg.per_device_train_batch_size
     accum = cfg.gradient_accumulation_steps
-    stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum)
+    lengths = [len(ids) for ids in train_set["input_ids"]] if cfg.group_by_length else None
+    stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum, lengths=lengths)
     rank = accelerator.process_index
     t0 = time.perf_counter()
     last_good = ckpt.checkpoint_dirs(run_dir)[-1] if ckpt.checkpoint_dirs(run_dir) else None

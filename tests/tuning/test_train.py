@@ -100,3 +100,21 @@ def test_batch_order_is_a_function_of_seed_and_position():
     resumed = batch_indices(10, 4, seed=3, start=3)
     assert [next(resumed) for _ in range(3)] == first[3:]
     assert first[:2] != [next(batch_indices(10, 4, seed=4)) for _ in range(2)]
+
+
+def test_group_by_length_batches_similar_lengths_and_resumes():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.choice([20, 25, 30, 160]) + rng.randint(0, 5) for _ in range(400)]
+    grouped = batch_indices(400, 16, seed=3, lengths=lengths, window=8)
+    epoch = [next(grouped) for _ in range(25)]
+    assert sorted(i for b in epoch for i in b) == list(range(400))  # each example once per epoch
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch]
+    plain = [next(batch_indices(400, 16, seed=3)) for _ in range(1)]
+    assert sum(s < 40 for s in spread) >= 20  # most batches hold one length class
+    assert max(lengths[i] for i in plain[0]) - min(lengths[i] for i in plain[0]) > 100  # random ones do not
+    second = [next(grouped) for _ in range(25)]
+    assert second != epoch  # a new grouping each epoch
+    resumed = batch_indices(400, 16, seed=3, start=27, lengths=lengths, window=8)
+    assert [next(resumed) for _ in range(3)] == second[2:5]
