@@ -77,8 +77,8 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
     per_device_train_batch_size: int = _opt(4, "micro-batch size per device")
-    group_by_length: bool = _opt(False, "batch examples of similar length together: less padding, faster steps "
-                                        "(batches stay random sets; order differs from an ungrouped run)")
+    group_by_length: bool = _opt(False, "batch examples of similar length together: less padding, faster steps; "
+                                        "batches then hold mostly one kind of record, which can slow learning")
     gradient_accumulation_steps: int = _opt(16, "micro-batches per optimizer step")
     max_steps: int = _opt(3000, "optimizer steps")
     logging_steps: int = _opt(10, "log loss every N steps")

@@ -61,3 +61,14 @@ def test_quantization_resolves(monkeypatch):
     assert TrainConfig(quantization_bit="auto").quantization is None
     assert TrainConfig(quantization_bit="4").quantization == 4
     assert TrainConfig(quantization_bit="none").quantization is None
+
+
+@pytest.mark.parametrize("name", ["train-tiny.yaml", "train-tiny-gpu.yaml"])
+def test_demo_configs_are_valid_train_configs(name):
+    from pathlib import Path
+
+    from tuning.config import read_yaml_config
+
+    path = Path(__file__).resolve().parents[2] / "templates" / "demo" / name
+    cfg = TrainConfig(**read_yaml_config(path, TrainConfig))
+    assert cfg.max_source_length == 160 and cfg.pre_seq_len == 64  # whole dialogues fit; the sweep's P
