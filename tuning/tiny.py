@@ -429,6 +429,13 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"tiny model: --device {device}, but torch sees no CUDA device here; use --device cpu")
+
+
 def build_tiny_model(
     spec_path: str | Path,
     out_dir: str | Path,
@@ -460,6 +467,7 @@ def build_tiny_model(
         train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs,
         cfg.round_docs,
     )
+    _check_device(device)
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,
                                 cfg.number_chunks)
@@ -494,6 +502,7 @@ def build_tiny_model(
             "vocab_size": len(tokenizer),
             "documents": len(corpus.documents),
             "seconds": round(seconds, 1),
+            "device": device,
             "config": asdict(cfg),
         }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

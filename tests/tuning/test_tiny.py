@@ -280,3 +280,13 @@ def test_length_batches_keep_every_row_and_group_similar_lengths():
     baseline = sum(8 * max(map(len, shuffled[i:i + 8])) for i in range(len(rows) % 8, len(rows), 8))
     assert padded < 0.7 * baseline  # far less padding than random batches
     assert tiny.length_batches(rows, 8, random.Random(1), window=4) == out  # deterministic for a seed
+
+
+def test_a_cuda_build_without_cuda_is_a_clear_error(spec, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        build_tiny_model(spec, tmp_path / "m", config=TinyConfig(**SMALL), records=(TRAIN, DEV), progress=False,
+                         device="cuda")
+    assert not (tmp_path / "m").exists()
