@@ -184,6 +184,17 @@ def _uses_chat_template(tokenizer, template: str) -> bool:
     return template == "chat" or (template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
 
 
+def length_batches(items: list, length, batch: int, window: int = 16) -> list[list]:
+    """`items` cut into batches of `batch` whose members have similar `length(item)`: each run of `window` batches
+    is sorted by length before it is cut. The caller shuffles the batches (a padded batch costs its longest row)."""
+    span = batch * window
+    out = []
+    for start in range(0, len(items), span):
+        chunk = sorted(items[start:start + span], key=length)
+        out += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+    return out
+
+
 def format_prompt(tokenizer, query: str, history: list | None = None, template: str = "auto") -> str:
     """The prompt text for `query` after `history` ([query, answer] pairs), ready for the answer."""
     history = [list(turn) for turn in (history or [])]

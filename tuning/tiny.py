@@ -354,13 +354,11 @@ def make_rows(docs: list[tuple[str, bool]], tokenizer, cfg: TinyConfig, rng: ran
 
 def length_batches(rows: list[list[int]], batch_size: int, rng: random.Random, window: int = 16) -> list[list[int]]:
     """The rows reordered so that each run of batch_size rows (counted from the end: `pretrain` pops rows off
-    the end) holds rows of similar length: sorted within windows of `window` batches, batches shuffled.
-    A batch is padded to its longest row, so this saves most of the padding (multi-round documents are long)."""
-    span = batch_size * window
-    batches = []
-    for start in range(0, len(rows), span):
-        chunk = sorted(rows[start : start + span], key=len)
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    the end) holds rows of similar length, the batches shuffled: this saves most of the padding (multi-round
+    documents are long)."""
+    from tuning.data import length_batches as similar_lengths
+
+    batches = similar_lengths(rows, len, batch_size, window)
     rng.shuffle(batches)
     batches.sort(key=lambda b: len(b) == batch_size)  # a short batch goes first, so the end stays aligned
     return [row for batch in batches for row in batch]

@@ -67,11 +67,9 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0,
 
 
 def _group_by_length(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
-    span = batch * window
-    batches = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+    from tuning.data import length_batches
+
+    batches = length_batches(order, lengths.__getitem__, batch, window)
     shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 10_000)).tolist()
     return [i for b in shuffled for i in batches[b]]
 
