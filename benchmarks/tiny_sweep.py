@@ -1,9 +1,9 @@
 """Which tiny base (and which P-tuning setting) reaches the grid demo's exact-match target? (issue #3)
 
 Each case builds a tiny GLM (`tuning.tiny.build_tiny_model` with the case's TinyConfig overrides), P-tunes it
-with tasktune's own prefix (`tuning.prefix.attach_prefix`) in a plain loop that mirrors `tasktune train`'s
-recipe (AdamW, linear decay, clip 1.0, labels on the answer + eos, source cut to its last tokens), and answers
-the dev set greedily at a few step counts. Cases run in worker processes (one device, or CPU threads), so a
+with tasktune's own prefix (`tuning.prefix.attach_prefix`) and `tasktune train`'s data code (records, prompt
+frame, cuts, labels, padding) in a plain loop with its recipe (AdamW, linear decay, clip 1.0), and answers the dev
+set greedily at a few step counts, prompts cut as `tasktune eval` cuts them. Cases run in worker processes (one device, or CPU threads), so a
 GPU machine can try many bases in minutes; the CPU figures that count are `tasktune train` + `tasktune eval`.
 
     python benchmarks/tiny_sweep.py --cases benchmarks/sweeps/base.json --data data/grid --out /tmp/sweep \\
@@ -38,7 +38,8 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuning.data import format_prompt
+    from tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
+    from tuning.eval import load_eval_records
     from tuning.generate import generate_batched
     from tuning.prefix import PrefixConfig, attach_prefix
 
@@ -50,36 +51,27 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
         p.requires_grad_(False)
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=opts["pre_seq_len"], prefix_projection=opts["projection"]))
     tuner.encoder.to(device)
-    train = json.loads((data / "train.json").read_text(encoding="utf-8"))
-    dev = json.loads((data / "dev.json").read_text(encoding="utf-8"))[:n_dev]
+    # the records, prompts, cuts and padding of `tasktune train` / `tasktune eval`
+    data_cfg = DataConfig(max_source_length=opts["source"], max_target_length=opts["target"],
+                          prompt_template="chatglm")
+    train_set, _ = tokenize_dataset(load_records(data, "train", data_cfg), tok, data_cfg)
+    collate = make_collator(tok)
+    dev = load_eval_records(data, "dev", n_dev, {"prompt_column": "content", "response_column": "summary",
+                                                 "history_column": "history"})
 
-    def encode(r):
-        prompt = format_prompt(tok, r["content"], r.get("history"), template="chatglm")
-        x = tok(prompt)["input_ids"][-opts["source"]:]
-        y = tok(r["summary"], add_special_tokens=False)["input_ids"][: opts["target"] - 1] + [tok.eos_token_id]
-        return x, y
-
-    rows = [encode(r) for r in train]
     params = list(tuner.encoder.parameters())
     opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
-    prompts = [format_prompt(tok, r["content"], r.get("history"), template="chatglm") for r in dev]
-    results, order, started = [], [], time.perf_counter()
+    prompts = [format_prompt(tok, r["content"], r["history"], template="chatglm") for r in dev]
+    points, order, started = [], [], time.perf_counter()
     model.train()
     for step in range(1, opts["steps"] + 1):
         if len(order) < opts["batch_size"]:
-            order = list(range(len(rows)))
+            order = list(range(len(train_set)))
             rng.shuffle(order)
-        batch = [rows[order.pop()] for _ in range(opts["batch_size"])]
-        width = max(len(x) + len(y) for x, y in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (x, y) in enumerate(batch):
-            n = len(x) + len(y)
-            ids[i, :n], labels[i, len(x):n], mask[i, :n] = torch.tensor(x + y), torch.tensor(y), 1
+        batch = collate([train_set[order.pop()] for _ in range(opts["batch_size"])])
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * (1 - (step - 1) / opts["steps"])
-        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -91,20 +83,18 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
                                               reserved_positions=opts["pre_seq_len"], progress=False,
                                               cache_implementation=None, max_prompt_tokens=opts["source"])
             model.train()
+            right = [a.strip() == r["summary"].strip() for r, a in zip(dev, answers)]
             kinds: dict[str, list[bool]] = {}
-            for r, a in zip(dev, answers):
-                kind = r["meta"]["step"] + ("+history" if r.get("history") else "")
-                kinds.setdefault(kind, []).append(a.strip() == r["summary"].strip())
+            for r, ok in zip(dev, right):
+                kinds.setdefault(r["meta"]["step"] + ("+history" if r["history"] else ""), []).append(ok)
             row = {"step": step, "seconds": round(time.perf_counter() - started, 1), "loss": round(loss.item(), 4),
                    "em": round(sum(sum(v) for v in kinds.values()) / len(dev), 4)}
             row.update({k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())})
             task = [ok for k, v in kinds.items() if not k.startswith("greet") for ok in v]  # the target's steps
             row["em_task"] = round(sum(task) / max(1, len(task)), 4)
-            wrong = [(r["content"][-40:], a, r["summary"]) for r, a in zip(dev, answers)
-                     if a.strip() != r["summary"].strip()]
-            row["wrong"] = wrong
-            results.append(row)
-    return results
+            row["wrong"] = [(r["content"][-40:], a, r["summary"]) for r, a, ok in zip(dev, answers, right) if not ok]
+            points.append(row)
+    return points
 
 
 def run_case(case: dict, args) -> dict:
