@@ -184,7 +184,7 @@ def _uses_chat_template(tokenizer, template: str) -> bool:
     return template == "chat" or (template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
 
 
-def length_batches(items: list, length, batch: int, window: int = 16) -> list[list]:
+def group_by_length(items: list, length, batch: int, window: int = 16) -> list[list]:
     """`items` cut into batches of `batch` whose members have similar `length(item)`: each run of `window` batches
     is sorted by length before it is cut. The caller shuffles the batches (a padded batch costs its longest row)."""
     span = batch * window

@@ -356,9 +356,9 @@ def length_batches(rows: list[list[int]], batch_size: int, rng: random.Random, w
     """The rows reordered so that each run of batch_size rows (counted from the end: `pretrain` pops rows off
     the end) holds rows of similar length, the batches shuffled: this saves most of the padding (multi-round
     documents are long)."""
-    from tuning.data import length_batches as similar_lengths
+    from tuning.data import group_by_length
 
-    batches = similar_lengths(rows, len, batch_size, window)
+    batches = group_by_length(rows, len, batch_size, window)
     rng.shuffle(batches)
     batches.sort(key=lambda b: len(b) == batch_size)  # a short batch goes first, so the end stays aligned
     return [row for batch in batches for row in batch]
@@ -454,6 +454,7 @@ def build_tiny_model(
     spec_path, out = Path(spec_path), Path(out_dir)
     if not spec_path.is_file():
         raise SpecError(f"{spec_path}: no such spec file")
+    _check_device(device)
     cfg = config or TinyConfig()
     cfg.seed = seed
     if pretrain_steps is not None:
@@ -465,7 +466,6 @@ def build_tiny_model(
         train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs,
         cfg.round_docs,
     )
-    _check_device(device)
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,
                                 cfg.number_chunks)

@@ -60,16 +60,16 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0,
         if n < global_batch:  # tiny data: repeat the permutation to fill a batch
             order = (order * math.ceil(global_batch / n))[: global_batch]
         elif lengths is not None:
-            order = _group_by_length(order[: per_epoch * global_batch], lengths, global_batch, window, seed + epoch)
+            order = _length_grouped(order[: per_epoch * global_batch], lengths, global_batch, window, seed + epoch)
         for b in range(offset, per_epoch):
             yield order[b * global_batch:(b + 1) * global_batch]
         epoch, offset = epoch + 1, 0
 
 
-def _group_by_length(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
-    from tuning.data import length_batches
+def _length_grouped(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
+    from tuning.data import group_by_length
 
-    batches = length_batches(order, lengths.__getitem__, batch, window)
+    batches = group_by_length(order, lengths.__getitem__, batch, window)
     shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 10_000)).tolist()
     return [i for b in shuffled for i in batches[b]]
 
