@@ -52,7 +52,8 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
                                template=cfg["prompt_template"])
         with _answering_model(adapter, base) as m:
             (answer,), _ = generate_batched(m, tokenizer, [prompt], batch_size=1, max_new_tokens=max_new_tokens,
-                                            reserved_positions=adapter.reserved_positions, progress=False)
+                                            reserved_positions=adapter.reserved_positions, progress=False,
+                                            max_prompt_tokens=int(cfg["max_source_length"]))  # as training cut
         print(f"{who}> {answer}", file=stdout, flush=True)
         turns.append((query, answer))
         if keep_history:

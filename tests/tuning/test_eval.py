@@ -90,6 +90,21 @@ def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
     assert [k["max_prompt_tokens"] for k in seen] == [limit, limit]  # base pass and tuned pass
 
 
+def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
+    import io
+
+    import tuning.generate
+    from tuning.chat import chat
+    from tuning.train import load_run_record
+
+    seen = []
+    real = tuning.generate.generate_batched
+    monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
+    turns = chat(trained_run, max_new_tokens=4, stdin=io.StringIO("你好\n你是谁\n"), stdout=io.StringIO())
+    limit = load_run_record(trained_run)["config"]["max_source_length"]
+    assert len(turns) == 2 and [k["max_prompt_tokens"] for k in seen] == [limit, limit]
+
+
 def test_max_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
     import torch
 
