@@ -23,6 +23,11 @@ from tasktune.errors import ConfigError
 METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
 #: What the model learns to do (`--task`): answer (causal LM) or label a text (sequence classification).
 TASKS = ("causal-lm", "classification")
+#: `--group-by-length`: none, within each optimizer step (exact), or across the epoch (tuning/train.py batch_indices).
+GROUPINGS = ("none", "step", "window")
+#: what the YAML/flag values of the old boolean `group_by_length` mean now
+_GROUPING_ALIASES = {"false": "none", "no": "none", "off": "none", "0": "none", "true": "window", "yes": "window",
+                     "on": "window", "1": "window"}
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -77,8 +82,11 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
     per_device_train_batch_size: int = _opt(4, "micro-batch size per device")
-    group_by_length: bool = _opt(False, "batch examples of similar length together: less padding, faster steps; "
-                                        "batches then hold mostly one kind of record, which can slow learning")
+    group_by_length: str = _opt(
+        "none", "none; step = each optimizer step's random examples are re-cut into its accumulation micro-batches by "
+                "length (less padding, the same update); window = whole batches of similar length across the epoch "
+                "(less padding still, but a batch then holds mostly one kind of record, which can slow learning)",
+        choices=GROUPINGS)
     gradient_accumulation_steps: int = _opt(16, "micro-batches per optimizer step")
     max_steps: int = _opt(3000, "optimizer steps")
     logging_steps: int = _opt(10, "log loss every N steps")
@@ -103,6 +111,10 @@ class TrainConfig:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        grouping = str(self.group_by_length).lower()
+        self.group_by_length = _GROUPING_ALIASES.get(grouping, grouping)
+        if self.group_by_length not in GROUPINGS:
+            raise ConfigError(f"group_by_length must be one of {', '.join(GROUPINGS)}, got {grouping!r}")
         if self.num_virtual_tokens < 0 or self.lora_r <= 0:
             raise ConfigError(f"num_virtual_tokens must be >= 0 and lora_r > 0, got "
                               f"{self.num_virtual_tokens} and {self.lora_r}")

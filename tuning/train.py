@@ -24,6 +24,7 @@ import torch
 from tasktune.errors import ConfigError, TaskTuneError
 from tuning import checkpoint as ckpt
 from tuning.config import TrainConfig
+from tuning.data import IGNORE_INDEX
 from tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
 
 
@@ -64,6 +65,18 @@ def batch_indices(n: int, global_batch: int, seed: int, start: int = 0,
         for b in range(offset, per_epoch):
             yield order[b * global_batch:(b + 1) * global_batch]
         epoch, offset = epoch + 1, 0
+
+
+def step_micro_batches(draws: list[list[int]], rank: int, per_device: int,
+                       lengths: list[int] | None = None) -> list[list[int]]:
+    """This rank's micro-batches for one optimizer step, from the step's `draws` (one global batch per accumulation
+    step). With `lengths` (`--group-by-length step`) the step's examples are pooled, sorted by length and cut again
+    into as many micro-batches: the step sees the same random examples, each micro-batch pads less."""
+    if lengths is not None:
+        width = len(draws[0])
+        pooled = sorted((i for d in draws for i in d), key=lengths.__getitem__)
+        draws = [pooled[k * width:(k + 1) * width] for k in range(len(draws))]
+    return [d[rank * per_device:(rank + 1) * per_device] for d in draws]
 
 
 def _length_grouped(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
@@ -183,8 +196,14 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 
     per_device = cfg.per_device_train_batch_size
     accum = cfg.gradient_accumulation_steps
-    lengths = [len(ids) for ids in train_set["input_ids"]] if cfg.group_by_length else None
-    stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum, lengths=lengths)
+    grouping = cfg.group_by_length
+    lengths = [len(ids) for ids in train_set["input_ids"]] if grouping != "none" else None
+    stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum,
+                           lengths=lengths if grouping == "window" else None)
+    # `step` grouping cuts micro-batches of unequal token counts: the loss is then the sum over the step's answer
+    # tokens divided by their number (transformers' num_items_in_batch), so the update equals the ungrouped one
+    label_counts = ([sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in train_set["labels"]]
+                    if grouping == "step" and labels is None else None)
     rank = accelerator.process_index
     t0 = time.perf_counter()
     last_good = ckpt.checkpoint_dirs(run_dir)[-1] if ckpt.checkpoint_dirs(run_dir) else None
@@ -199,12 +218,18 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             total = torch.zeros((), device=accelerator.device)
             if compile_mode == "cudagraphs":
                 compiling.materialize_grads(params)
-            for _ in range(accum):
-                ids = next(stream)[rank * per_device:(rank + 1) * per_device]
+            micro = step_micro_batches([next(stream) for _ in range(accum)], rank, per_device,
+                                       lengths if grouping == "step" else None)
+            n_items = (torch.tensor(sum(label_counts[i] for ids in micro for i in ids), device=accelerator.device)
+                       if label_counts is not None else None)
+            for ids in micro:
                 batch = {k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in ids]).items()}
                 compiling.step_begin(compile_mode)
                 with accelerator.autocast():
-                    loss = forward(**batch).loss / accum
+                    if n_items is not None:
+                        loss = forward(**batch, num_items_in_batch=n_items).loss
+                    else:
+                        loss = forward(**batch).loss / accum
                 loss.backward()
                 total += loss.detach()
             if world > 1:

@@ -47,8 +47,18 @@ def test_bad_yaml_names_the_key(tmp_path, text, fragment):
         _parse(["--config", str(yaml_file)])
 
 
+def test_group_by_length_takes_a_mode_and_the_old_booleans(tmp_path):
+    assert _parse([]).group_by_length == "none"
+    assert _parse(["--group-by-length", "step"]).group_by_length == "step"
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("group_by_length: true\n")  # a config written when it was a boolean: whole-batch grouping
+    assert _parse(["--config", str(yaml_file)]).group_by_length == "window"
+    yaml_file.write_text("group_by_length: false\n")
+    assert _parse(["--config", str(yaml_file)]).group_by_length == "none"
+
+
 @pytest.mark.parametrize("field, value", [("pre_seq_len", 0), ("pre_seq_len", -3), ("max_steps", 0),
-                                          ("prefix_dropout", 1.0)])
+                                          ("prefix_dropout", 1.0), ("group_by_length", "sorted")])
 def test_invalid_values_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from tasktune.errors import ConfigError, DataError
-from tests.tuning.runs import fast_config, write_data
+from tests.tuning.runs import PLACES, fast_config, write_data
 from tuning import checkpoint as ckpt
-from tuning.train import TrainingDiverged, batch_indices, fit
+from tuning.train import TrainingDiverged, batch_indices, fit, step_micro_batches
 
 
 @pytest.fixture
@@ -118,3 +118,41 @@ def test_group_by_length_batches_similar_lengths_and_resumes():
     assert second != epoch  # a new grouping each epoch
     resumed = batch_indices(400, 16, seed=3, start=27, lengths=lengths, window=8)
     assert [next(resumed) for _ in range(3)] == second[2:5]
+
+
+def test_step_micro_batches_recut_the_steps_examples_by_length():
+    lengths = [50, 10, 40, 20, 30, 60, 5, 45]
+    draws = [[0, 1], [2, 3], [4, 5], [6, 7]]  # one optimizer step: 4 accumulation draws of a global batch of 2
+    assert step_micro_batches(draws, rank=0, per_device=2) == draws  # no grouping: the draws as they come
+    grouped = step_micro_batches(draws, rank=0, per_device=2, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(8))  # the same examples in the step
+    assert [[lengths[i] for i in b] for b in grouped] == [[5, 10], [20, 30], [40, 45], [50, 60]]
+    # two ranks share each global micro-batch: rank 1 takes the second half of every re-cut draw
+    wide = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert step_micro_batches(wide, rank=1, per_device=2, lengths=lengths) == [[3, 4], [0, 5]]
+
+
+def _uneven_data(folder):
+    """Answers of 1 to 12 words: micro-batches of one step then hold very different numbers of answer tokens."""
+    folder.mkdir(parents=True)
+    records = [{"content": f"步骤#总结*语音#查查{p}", "summary": "，".join([p] * (1 + (i * 5) % 12))}
+               for i, p in enumerate(PLACES * 3)]
+    for split in ("train", "dev"):
+        (folder / f"{split}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def test_step_grouping_updates_as_one_big_batch_does(tiny_model_dir, tmp_path):
+    """--group-by-length step: 4 length-sorted micro-batches of 2 give the update of one random batch of 8."""
+    model, data = tiny_model_dir("glm"), _uneven_data(tmp_path / "data")
+
+    def run(name, **kw):
+        fit(fast_config(model, data, tmp_path / name, max_steps=2, learning_rate=1e-2, **kw), log=lambda *_: None)
+        return _prefix(tmp_path / name)
+
+    big = run("big", per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    step = run("step", per_device_train_batch_size=2, gradient_accumulation_steps=4, group_by_length="step")
+    plain = run("plain", per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    assert torch.allclose(step, big, rtol=0, atol=1e-5), (step - big).abs().max()
+    # averaging per-micro-batch means instead (the ungrouped loop) weighs tokens unequally: a visible difference
+    assert (plain - big).abs().max() > 1e-3
