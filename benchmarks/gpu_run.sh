@@ -98,5 +98,7 @@ if [ "$phase" = sweep ]; then  # issue #3: tiny bases x P-tuning settings on the
   timeout ${T_SWEEP:-560} python3 benchmarks/tiny_sweep.py --cases "${CASES:-benchmarks/sweeps/bases1.json}" \
     --device cuda --workers ${WORKERS:-8} --threads 2 --out "$OUT/sweep" ${ONLY:+--only $ONLY} 2>&1 \
     | grep -v -E 'it/s\]|s/it\]|Loading weights|Writing model' | tee "$OUT/sweep.log"
-  rm -rf "$OUT"/sweep/*/model
+  for m in "$OUT"/sweep/*/model; do  # kept bases come back as sweep/NAME.tgz (the device tool skips deep folders)
+    d=$(dirname "$m"); [ -e "$d/KEEP" ] && tar -C "$d" -czf "$d.tgz" model; rm -rf "$m"
+  done
 fi

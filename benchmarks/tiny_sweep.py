@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals": [300, 600, 900],
-         "projection": False, "seed": 42, "source": 160, "target": 64}
+         "projection": False, "warmup": 0, "seed": 42, "source": 160, "target": 64}
 
 
 def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | None) -> list[dict]:
@@ -70,7 +70,8 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
             rng.shuffle(order)
         batch = collate([train_set[order.pop()] for _ in range(opts["batch_size"])])
         for group in opt.param_groups:
-            group["lr"] = opts["lr"] * (1 - (step - 1) / opts["steps"])
+            done, warm = step - 1, opts["warmup"]  # transformers' linear schedule, as `tasktune train` steps it
+            group["lr"] = opts["lr"] * (done / warm if done < warm else (opts["steps"] - done) / (opts["steps"] - warm))
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -109,6 +110,8 @@ def run_case(case: dict, args) -> dict:
         build_tiny_model(args.spec, model_dir, seed=seed, config=TinyConfig(**tiny), progress=False,
                          device=args.device)
     build_s = time.perf_counter() - started
+    if case.get("keep"):
+        (out / "KEEP").write_text("gpu_run.sh sweep leaves this case's model in place\n", encoding="utf-8")
     runs = []
     for variant in case.get("ptunes", [{}]):
         opts = {**PTUNE, **case.get("ptune", {}), **variant}

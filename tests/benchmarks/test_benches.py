@@ -78,7 +78,8 @@ def test_tiny_sweep_builds_tunes_and_reports_each_case(tmp_path):
         (data / f"{name}.json").write_text(json.dumps(list(getattr(splits, name)), ensure_ascii=False))
     small = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 2, "intermediate_size": 32,
              "pretrain_steps": 2, "copy_warmup_steps": 1, "round_docs": 0.1}
-    cases = [{"name": "ok", "tiny": small, "ptune": {"steps": 2, "evals": [1, 2], "pre_seq_len": 4}},
+    cases = [{"name": "ok", "keep": True, "tiny": small,
+              "ptune": {"steps": 2, "evals": [1, 2], "pre_seq_len": 4, "warmup": 1}},
              {"name": "bad", "tiny": {**small, "num_heads": 4, "hidden_size": 30}}]  # 30 heads of 7.5: refused
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     out = tmp_path / "out"
@@ -88,5 +89,21 @@ def test_tiny_sweep_builds_tunes_and_reports_each_case(tmp_path):
     assert "ConfigError" in results["bad"]["error"]  # a broken case is reported, the others still run
     evals = results["ok"]["runs"][0]["evals"]
     assert [e["step"] for e in evals] == [1, 2]
+    assert (out / "ok" / "KEEP").is_file() and (out / "ok" / "model" / "config.json").is_file()
     assert all(0 <= e["em_task"] <= 1 and sum(int(v.split("/")[1]) for k, v in e.items() if "/" in str(v)) == 12
                for e in evals)
+
+
+def test_grouping_bench_times_each_case_and_step_grouping_keeps_the_update(tiny_dir, tmp_path, capsys):
+    from tests.tuning.runs import write_data
+
+    data = write_data(tmp_path / "data")
+    rows_file = tmp_path / "rows.json"
+    assert _module("grouping_bench").main(["--model", str(tiny_dir), "--data", str(data), "--cases",
+                                           "4x4:none,4x2:step", "--steps", "3", "--skip", "1", "--threads", "1",
+                                           "--out", str(rows_file)]) == 0
+    rows = json.loads(rows_file.read_text())
+    assert [(r["global_batch"], r["micro_batch"], r["grouping"]) for r in rows] == [(4, 4, "none"), (4, 2, "step")]
+    assert all(r["s_per_step"] > 0 for r in rows)
+    assert abs(rows[0]["final_loss"] - rows[1]["final_loss"]) < 1e-3  # the same examples, the same update
+    assert "| 4x2:step | 4 | 2 | step |" in capsys.readouterr().out
