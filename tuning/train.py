@@ -197,7 +197,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     per_device = cfg.per_device_train_batch_size
     accum = cfg.gradient_accumulation_steps
     grouping = cfg.group_by_length
-    lengths = [len(ids) for ids in train_set["input_ids"]] if grouping != "none" else None
+    lengths = _example_lengths(train_set) if grouping != "none" else None
     stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum,
                            lengths=lengths if grouping == "window" else None)
     # `step` grouping cuts micro-batches of unequal token counts: the loss is then the sum over the step's answer
@@ -330,6 +330,13 @@ def _training_data(cfg: TrainConfig, tokenizer):
     records = load_records(cfg.data, "train", data_cfg)
     train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
     return train_set, make_collator(tokenizer), truncation, None
+
+
+def _example_lengths(train_set) -> list[int]:
+    """Token count of every training example: a datasets column, or a ClassificationSet's examples."""
+    examples = getattr(train_set, "examples", None)
+    rows = train_set["input_ids"] if examples is None else (e["input_ids"] for e in examples)
+    return [len(ids) for ids in rows]
 
 
 def _progress(total: int, initial: int, disable: bool):

@@ -122,3 +122,18 @@ def test_minilm_dev_accuracy_rises(tmp_path):
     out = evaluate(EvalConfig(run_dir=str(run)), log=lambda *_: None)
     print(f"MiniLM dev accuracy: base {out['base']['accuracy']} -> tuned {out['tuned']['accuracy']}")
     assert out["tuned"]["accuracy"] >= out["base"]["accuracy"] + 30, out
+
+
+def test_step_grouping_keeps_the_classifier_update(tiny_model_dir, intents, tmp_path):
+    """Micro-batches of equal size: the mean over each, averaged over the step, is the big batch's mean."""
+    from safetensors.torch import load_file
+
+    model = tiny_model_dir("glm")
+
+    def run(name, **kw):
+        fit(_config(model, intents, tmp_path / name, max_steps=2, **kw), log=lambda *_: None)
+        return load_file(str(tmp_path / name / "adapter_model.safetensors"))
+
+    big = run("big", per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    step = run("step", per_device_train_batch_size=2, gradient_accumulation_steps=4, group_by_length="step")
+    assert all(torch.allclose(step[k], big[k], rtol=0, atol=1e-5) for k in big)
