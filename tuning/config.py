@@ -25,9 +25,6 @@ METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit"
 TASKS = ("causal-lm", "classification")
 #: `--group-by-length`: none, within each optimizer step (exact), or across the epoch (tuning/train.py batch_indices).
 GROUPINGS = ("none", "step", "window")
-#: what the YAML/flag values of the old boolean `group_by_length` mean now
-_GROUPING_ALIASES = {"false": "none", "no": "none", "off": "none", "0": "none", "true": "window", "yes": "window",
-                     "on": "window", "1": "window"}
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -112,9 +109,13 @@ class TrainConfig:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         grouping = str(self.group_by_length).lower()
-        self.group_by_length = _GROUPING_ALIASES.get(grouping, grouping)
-        if self.group_by_length not in GROUPINGS:
-            raise ConfigError(f"group_by_length must be one of {', '.join(GROUPINGS)}, got {grouping!r}")
+        if grouping not in GROUPINGS:  # a config written when this was a boolean: true = window, false = none
+            try:
+                grouping = "window" if _parse_bool(grouping) else "none"
+            except argparse.ArgumentTypeError:
+                raise ConfigError(f"group_by_length must be one of {', '.join(GROUPINGS)}, "
+                                  f"got {self.group_by_length!r}") from None
+        self.group_by_length = grouping
         if self.num_virtual_tokens < 0 or self.lora_r <= 0:
             raise ConfigError(f"num_virtual_tokens must be >= 0 and lora_r > 0, got "
                               f"{self.num_virtual_tokens} and {self.lora_r}")
