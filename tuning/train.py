@@ -200,6 +200,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     lengths = _example_lengths(train_set) if grouping != "none" else None
     stream = batch_indices(len(train_set), per_device * world, cfg.seed, start=step * accum,
                            lengths=lengths if grouping == "window" else None)
+    step_lengths = lengths if grouping == "step" else None
     # `step` grouping cuts micro-batches of unequal token counts: the loss is then the sum over the step's answer
     # tokens divided by their number (transformers' num_items_in_batch), so the update equals the ungrouped one
     label_counts = ([sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in train_set["labels"]]
@@ -218,8 +219,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             total = torch.zeros((), device=accelerator.device)
             if compile_mode == "cudagraphs":
                 compiling.materialize_grads(params)
-            micro = step_micro_batches([next(stream) for _ in range(accum)], rank, per_device,
-                                       lengths if grouping == "step" else None)
+            micro = step_micro_batches([next(stream) for _ in range(accum)], rank, per_device, step_lengths)
             n_items = (torch.tensor(sum(label_counts[i] for ids in micro for i in ids), device=accelerator.device)
                        if label_counts is not None else None)
             for ids in micro:
