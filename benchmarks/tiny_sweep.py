@@ -11,7 +11,8 @@ GPU machine can try many bases in minutes; the CPU figures that count are `taskt
 
 A cases file is a JSON list of {"name": str, "tiny": {TinyConfig field: value}, "ptune": {option: value},
 "ptunes": [{option: value}, ...] (several P-tuning runs of one base; default one), "model": folder (skip the
-build)}; ptune options: pre_seq_len, lr, batch_size, steps, evals (step counts), projection, seed.
+build), "keep": true (leave the built base in OUT/NAME/model)}; ptune options: pre_seq_len, lr, batch_size, steps,
+evals (step counts), projection, warmup (linear warm-up steps before the linear decay), seed.
 Prints a table (exact match per step kind at each eval point) and writes results.jsonl under --out.
 """
 
@@ -36,7 +37,7 @@ PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals":
 def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | None) -> list[dict]:
     """P-tune the model at model_dir; returns one row per eval point: step, seconds, exact match per kind."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     from tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
     from tuning.eval import load_eval_records
@@ -61,6 +62,7 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
 
     params = list(tuner.encoder.parameters())
     opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
+    schedule = get_scheduler("linear", opt, num_warmup_steps=opts["warmup"], num_training_steps=opts["steps"])
     prompts = [format_prompt(tok, r["content"], r["history"], template="chatglm") for r in dev]
     points, order, started = [], [], time.perf_counter()
     model.train()
@@ -69,13 +71,11 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
             order = list(range(len(train_set)))
             rng.shuffle(order)
         batch = collate([train_set[order.pop()] for _ in range(opts["batch_size"])])
-        for group in opt.param_groups:
-            done, warm = step - 1, opts["warmup"]  # transformers' linear schedule, as `tasktune train` steps it
-            group["lr"] = opts["lr"] * (done / warm if done < warm else (opts["steps"] - done) / (opts["steps"] - warm))
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
         if step in opts["evals"] or step == opts["steps"]:
             model.eval()
