@@ -2,7 +2,8 @@
 
 Runs `tuning.train.fit` itself for `--steps` optimizer steps per case on a model folder and a data folder and
 prints a table: seconds per step (after the first `--skip` steps, which warm up), examples/s and padded tokens per
-step. Cases are GLOBALxMICRO:GROUPING, e.g. 32x8:step = batch 32 per step as 4 micro-batches of 8 re-cut by length.
+step. Cases are GLOBALxMICRO:GROUPING[:full], e.g. 32x8:step = batch 32 per step as 4 micro-batches of 8 re-cut by
+length; a trailing :full computes the LM head over every position (`--answer-logits false`) instead of the answers.
 
     python benchmarks/grouping_bench.py --model models/tiny-glm --data data/grid \\
         --cases 16x16:none,16x4:step,32x32:none,32x8:step --steps 30 --threads 2
@@ -20,23 +21,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse_case(text: str) -> tuple[int, int, str]:
-    sizes, _, grouping = text.partition(":")
+def parse_case(text: str) -> tuple[int, int, str, bool]:
+    sizes, _, rest = text.partition(":")
+    grouping, _, logits = rest.partition(":")
     total, micro = (int(x) for x in sizes.split("x"))
     if total % micro:
         raise SystemExit(f"case {text!r}: the global batch {total} is not a multiple of the micro-batch {micro}")
-    return total, micro, grouping or "none"
+    if logits not in ("", "full"):
+        raise SystemExit(f"case {text!r}: the third part can only be 'full' (LM head over every position)")
+    return total, micro, grouping or "none", logits != "full"
 
 
 def run_case(model: str, data: str, case: str, steps: int, skip: int, threads: int, source: int) -> dict:
     from tuning.config import TrainConfig
     from tuning.train import fit
 
-    total, micro, grouping = parse_case(case)
+    total, micro, grouping, answer_logits = parse_case(case)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(model=model, data=data, out=out, pre_seq_len=64, learning_rate=0.1,
                           per_device_train_batch_size=micro, gradient_accumulation_steps=total // micro,
-                          group_by_length=grouping, max_steps=steps, logging_steps=1, save_steps=10 ** 6,
+                          group_by_length=grouping, answer_logits=answer_logits, max_steps=steps, logging_steps=1,
+                          save_steps=10 ** 6,
                           max_source_length=source, max_target_length=64, gradient_checkpointing=False,
                           quantization_bit="none", num_threads=threads, resume="never")
         started = time.perf_counter()

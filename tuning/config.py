@@ -79,6 +79,8 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
     per_device_train_batch_size: int = _opt(4, "micro-batch size per device")
+    answer_logits: bool = _opt(True, "run the LM head only where the next token is an answer token (ptuning-v2 "
+                                     "and prefix; the same loss, less work); false: full logits")
     group_by_length: str = _opt(
         "none", "none; step = each optimizer step's random examples are re-cut into its accumulation micro-batches by "
                 "length (less padding, the same update); window = whole batches of similar length across the epoch "

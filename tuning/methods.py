@@ -10,6 +10,7 @@ docs/methods.md compares them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -85,6 +86,9 @@ class Adapter:
     task: str = "causal-lm"
     #: context positions the method's virtual tokens take (generation must leave room for them)
     reserved_positions: int = 0
+    #: the model's logits line up with the batch's tokens (no virtual tokens in the input) and its forward takes
+    #: transformers' `logits_to_keep`: training may then run the LM head on the answer positions only
+    answer_logits: bool = False
 
     def __init__(self, model: nn.Module, labels: list[str] | None = None):
         self.model = model  # what to call: forward, generate
@@ -148,6 +152,7 @@ class PrefixAdapter(Adapter):
         super().__init__(model)
         self.tuner, self.method = tuner, method
         self.reserved_positions = tuner.config.pre_seq_len
+        self.answer_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.tuner.encoder.parameters() if p.requires_grad]

@@ -100,10 +100,13 @@ def test_grouping_bench_times_each_case_and_step_grouping_keeps_the_update(tiny_
     data = write_data(tmp_path / "data")
     rows_file = tmp_path / "rows.json"
     assert _module("grouping_bench").main(["--model", str(tiny_dir), "--data", str(data), "--cases",
-                                           "4x4:none,4x2:step", "--steps", "3", "--skip", "1", "--threads", "1",
-                                           "--out", str(rows_file)]) == 0
+                                           "4x4:none,4x2:step,4x2:step:full", "--steps", "3", "--skip", "1",
+                                           "--threads", "1", "--out", str(rows_file)]) == 0
     rows = json.loads(rows_file.read_text())
-    assert [(r["global_batch"], r["micro_batch"], r["grouping"]) for r in rows] == [(4, 4, "none"), (4, 2, "step")]
+    assert [(r["global_batch"], r["micro_batch"], r["grouping"]) for r in rows] == \
+        [(4, 4, "none"), (4, 2, "step"), (4, 2, "step")]
     assert all(r["s_per_step"] > 0 for r in rows)
-    assert abs(rows[0]["final_loss"] - rows[1]["final_loss"]) < 1e-3  # the same examples, the same update
+    # the same examples, the same update (answer-position logits or the full ones)
+    assert abs(rows[0]["final_loss"] - rows[1]["final_loss"]) < 1e-3
+    assert abs(rows[1]["final_loss"] - rows[2]["final_loss"]) < 2e-4  # (rounded to 4 places)
     assert "| 4x2:step | 4 | 2 | step |" in capsys.readouterr().out

@@ -173,3 +173,33 @@ def test_step_grouping_keeps_the_update_for_peft_methods(tiny_model_dir, tmp_pat
     assert big.keys() == step.keys()
     # 1e-4: LoRA's B starts at 0, so A's first gradients are ~1e-9 and Adam's normalisation scales up float noise
     assert all(torch.allclose(step[k], big[k], rtol=0, atol=1e-4) for k in big)
+
+
+@pytest.mark.parametrize("arch", ["glm", "llama"])
+def test_answer_loss_equals_the_full_logits_loss(tiny_model_dir, tmp_path, arch):
+    """The LM head on the answer positions only gives the loss (and gradient) of the full-vocabulary logits."""
+    from tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
+    from tuning.load import load_model, load_tokenizer
+    from tuning.prefix import PrefixConfig, attach_prefix
+    from tuning.train import answer_loss
+
+    folder, data = tiny_model_dir(arch), _uneven_data(tmp_path / "data")
+    tokenizer = load_tokenizer(folder, padding_side="right")
+    cfg = DataConfig(max_source_length=64, max_target_length=64)
+    examples, _ = tokenize_dataset(load_records(data, "train", cfg), tokenizer, cfg)
+    batch = make_collator(tokenizer)([examples[i] for i in (0, 1, 2, 7)])  # answers of different lengths
+    assert len({int((row != -100).sum()) for row in batch["labels"]}) > 1
+    model = load_model(folder)
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=4))
+    grads = {}
+    for name, loss_of in {"full": lambda: model(**batch).loss / 2,
+                          "answer": lambda: answer_loss(model, batch, accum=2),
+                          "full_n": lambda: model(**batch, num_items_in_batch=torch.tensor(37)).loss,
+                          "answer_n": lambda: answer_loss(model, batch, torch.tensor(37))}.items():
+        tuner.encoder.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        grads[name] = (loss.detach(), tuner.encoder.embedding.weight.grad.clone())
+    for full, answer in (("full", "answer"), ("full_n", "answer_n")):
+        assert torch.allclose(grads[full][0], grads[answer][0], rtol=1e-5), (grads[full][0], grads[answer][0])
+        assert torch.allclose(grads[full][1], grads[answer][1], rtol=1e-4, atol=1e-7)
