@@ -201,13 +201,13 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     assert (cfg.pretrain_steps, cfg.num_layers, cfg.hidden_size, cfg.lr, seen["seed"]) == (7, 3, 48, 0.01, 42)
     assert (cfg.copy_docs, cfg.para_docs, cfg.skill_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == \
         (True, True, True, True, 600)
-    assert (cfg.round_docs, cfg.block_size, seen["device"]) == (0.3, 256, "cpu")
+    assert (cfg.round_docs, cfg.block_size, cfg.answer_pairs, seen["device"]) == (0.3, 256, True, "cpu")
     args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0", "--no-skill-docs",
-                              "--round-docs", "0", "--device", "cuda"])
+                              "--round-docs", "0", "--no-answer-pairs", "--device", "cuda"])
     tiny.run(args)
     cfg = seen["config"]
     assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps, cfg.skill_docs) == (False, False, 0, False)
-    assert (cfg.round_docs, seen["device"]) == (0.0, "cuda")
+    assert (cfg.round_docs, cfg.answer_pairs, seen["device"]) == (0.0, False, "cuda")
     with pytest.raises(ConfigError, match="round_docs"):
         tiny.run(parser.parse_args(["--round-docs", "1.5"]))
 
@@ -290,3 +290,21 @@ def test_a_cuda_build_without_cuda_is_a_clear_error(spec, tmp_path, monkeypatch)
         build_tiny_model(spec, tmp_path / "m", config=TinyConfig(**SMALL), records=(TRAIN, DEV), progress=False,
                          device="cuda")
     assert not (tmp_path / "m").exists()
+
+
+def test_answer_pairs_repeat_a_place_and_never_contradict_a_number():
+    other_check = _record("步骤#理解并基于输入拆分函数参数*语音#开始检查邹城的安全状况",
+                          "因为出现地名为邹城, 所以函数一参数为邹城; 因为出现安全要求, 所以函数二参数为安全检查",
+                          place="邹城", check="安全检查")
+    other_count = _record("步骤#基于函数调用结果进行总结*工单查询#应到20人*目标检测#实到20人*任务类型#人数检测",
+                          "[人数检测] 应到20人, 实到20人, 无人缺勤, 正常出工", check="人数检测", scenario="full")
+    records = [{**r, "meta": {**r["meta"], "step": step}} for r, step in
+               zip(TRAIN + [other_check, other_count], ["greet"] * 2 + ["arguments"] * 2 + ["summary", "arguments",
+                                                                                          "summary"])]
+    corpus = build_corpus(records, DEV, [], answer_pairs=True, rng=random.Random(0))
+    pairs = [t for t, _ in corpus.documents if "\n" in t and not t.startswith("[Round") and "步骤#" not in t]
+    # the two 邹城 answers (one place, two check types) pair both ways; 济南 has no twin, and the two head-count
+    # answers share their check type but not their numbers, so they do not pair
+    assert sorted(pairs) == sorted([f"{TRAIN[2]['summary']}\n{other_check['summary']}",
+                                    f"{other_check['summary']}\n{TRAIN[2]['summary']}"])
+    assert not build_corpus(records, DEV, [], rng=random.Random(0)).documents.count(pairs[0])
