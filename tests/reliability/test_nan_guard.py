@@ -22,7 +22,10 @@ class _NanLossAt:
         if type(module).__name__.endswith("ForCausalLM"):
             self.calls += 1
             if self.calls in self.at:
-                output["loss"] = output.loss * float("nan")
+                # the loss if the model computed it, else the logits the trainer's answer-position loss reads
+                if output.loss is not None:
+                    output["loss"] = output.loss * float("nan")
+                output["logits"] = output.logits * float("nan")
                 return output
 
 
