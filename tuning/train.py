@@ -47,7 +47,7 @@ def answer_loss(forward, batch: dict, n_items=None, accum: int = 1) -> torch.Ten
 
     Equals `forward(**batch).loss / accum`, or `forward(**batch, num_items_in_batch=n_items).loss`; on the demo's
     tiny model (vocabulary 1.7k, hidden 128) the head is a quarter of the step's matmul work and ~60 % of the
-    positions are prompt (benchmarks/RESULTS.md: ~8 % less time per step)."""
+    positions are prompt (benchmarks/RESULTS.md: 5-10 % less time per step)."""
     import torch.nn.functional as F
 
     targets = batch["labels"][:, 1:]
