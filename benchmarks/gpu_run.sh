@@ -90,6 +90,9 @@ if [ "$phase" = e2e_graphs ]; then  # `tasktune train --compile cudagraphs` end 
 fi
 
 if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
+  # jieba (the metrics' word cutter) has no wheel: .wheelhouse/extra/pysite.tar.xz holds it, installed here
+  [ -f .wheelhouse/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/pysite
   timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60
 fi

@@ -34,7 +34,8 @@ def _setup(model_dir, quantization_bit=None, checkpointing=False):
     batch = tokenizer(["步骤#问候*语音#你好", "因为出现地名为济南, 所以函数一参数为济南"], return_tensors="pt",
                       padding=True)
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    return model, tuner, dict(batch)
+    device = model.get_input_embeddings().weight.device  # a 4-bit base sits on the GPU where there is one
+    return model, tuner, {k: v.to(device) for k, v in batch.items()}
 
 
 def _loss_and_grad(forward, tuner, batch):

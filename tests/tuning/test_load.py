@@ -56,7 +56,7 @@ def test_quantized_loading(tiny_model_dir, bits, layer):
     pytest.importorskip("bitsandbytes")
     model = load_model(tiny_model_dir("glm"), quantization_bit=bits)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer
-    ids = torch.tensor([[5, 6, 7, 8]])
+    ids = torch.tensor([[5, 6, 7, 8]], device=model.device)  # a quantized base sits on the GPU where there is one
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits.float()).all()
 

@@ -222,7 +222,7 @@ def test_four_bit_base_forward_backward_generate(tiny_model_dir):
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=P))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    ids = _ids()
+    ids = _ids().to(model.device)  # a 4-bit base sits on the GPU where there is one
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     grad = tuner.encoder.embedding.weight.grad
