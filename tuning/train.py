@@ -46,20 +46,23 @@ def answer_loss(forward, batch: dict, n_items=None, accum: int = 1) -> torch.Ten
     `logits_to_keep` as indices: the columns where any row's next label counts), not over the prompt.
 
     Equals `forward(**batch).loss / accum`, or `forward(**batch, num_items_in_batch=n_items).loss`; on the demo's
-    tiny model (vocabulary 1.7k, hidden 128) the head is a quarter of the step's matmul work and ~60 % of the
-    positions are prompt (benchmarks/RESULTS.md: 5-10 % less time per step)."""
+    6-layer tiny model (vocabulary 1.7k, hidden 128) the head is about an eighth of the step's matmul work and
+    ~60 % of the positions are prompt (benchmarks/RESULTS.md: 5-10 % less time per step)."""
     import torch.nn.functional as F
 
     targets = batch["labels"][:, 1:]
     keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = forward(**inputs, logits_to_keep=keep).logits
+    if logits.shape[1] != keep.numel():
+        raise ConfigError(f"{type(getattr(forward, '__self__', forward)).__name__}: its forward takes logits_to_keep "
+                          "but did not honour it as positions; train with --answer-logits false")
     picked = targets[:, keep]
     total = F.cross_entropy(logits.float().flatten(0, 1), picked.flatten(), ignore_index=IGNORE_INDEX,
                             reduction="sum")
     if n_items is not None:
         return total / n_items
-    return total / (picked != IGNORE_INDEX).sum().clamp(min=1) / accum
+    return total / (picked != IGNORE_INDEX).sum() / accum  # no answer token: NaN, as transformers' mean gives
 
 
 # -- data order ----------------------------------------------------------------------------------

@@ -307,4 +307,4 @@ def test_answer_pairs_repeat_a_place_and_never_contradict_a_number():
     # answers share their check type but not their numbers, so they do not pair
     assert sorted(pairs) == sorted([f"{TRAIN[2]['summary']}\n{other_check['summary']}",
                                     f"{other_check['summary']}\n{TRAIN[2]['summary']}"])
-    assert not build_corpus(records, DEV, [], rng=random.Random(0)).documents.count(pairs[0])
+    assert pairs[0] not in [t for t, _ in build_corpus(records, DEV, [], rng=random.Random(0)).documents]
