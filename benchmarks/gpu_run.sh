@@ -23,7 +23,7 @@ if [ "$phase" = bench6b ]; then
 fi
 
 if [ "$phase" = issue3 ]; then
-  mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz && export PYTHONPATH=$PYTHONPATH:/tmp/pysite
+  mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
   python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model' | tee "$OUT/issue3.log"
   python3 benchmarks/issue3_gpu.py --model /tmp/glm1b --data data/grid --run /tmp/run1b --out "$OUT/issue3.json" 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee -a "$OUT/issue3.log"
@@ -92,7 +92,7 @@ fi
 if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
   # jieba (the metrics' word cutter) has no wheel: .wheelhouse/extra/pysite.tar.xz holds it, installed here
   [ -f .wheelhouse/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/pysite
+    && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
   timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60
 fi

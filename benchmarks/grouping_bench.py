@@ -3,7 +3,8 @@
 Runs `tuning.train.fit` itself for `--steps` optimizer steps per case on a model folder and a data folder and
 prints a table: seconds per step (after the first `--skip` steps, which warm up), examples/s and padded tokens per
 step. Cases are GLOBALxMICRO:GROUPING[:full], e.g. 32x8:step = batch 32 per step as 4 micro-batches of 8 re-cut by
-length; a trailing :full computes the LM head over every position (`--answer-logits false`) instead of the answers.
+length; a trailing :full computes the LM head over every position (`--answer-logits false`) instead of the answers
+(without grouping: 32x32::full).
 
     python benchmarks/grouping_bench.py --model models/tiny-glm --data data/grid \\
         --cases 16x16:none,16x4:step,32x32:none,32x8:step --steps 30 --threads 2
