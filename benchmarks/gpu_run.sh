@@ -12,6 +12,11 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 phase=${1:?bench6b or issue3}
+# jieba (the metrics' word cutter) has no wheel: .wheelhouse/extra/pysite.tar.xz holds it, unpacked onto the path
+use_pysite() {
+  [ -f .wheelhouse/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz \
+    && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
+}
 [[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 [[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" | tee -a "$OUT/gpu.txt"
 
@@ -23,7 +28,7 @@ if [ "$phase" = bench6b ]; then
 fi
 
 if [ "$phase" = issue3 ]; then
-  mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
+  use_pysite
   python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model' | tee "$OUT/issue3.log"
   python3 benchmarks/issue3_gpu.py --model /tmp/glm1b --data data/grid --run /tmp/run1b --out "$OUT/issue3.json" 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee -a "$OUT/issue3.log"
@@ -90,9 +95,7 @@ if [ "$phase" = e2e_graphs ]; then  # `tasktune train --compile cudagraphs` end 
 fi
 
 if [ "$phase" = tests ]; then  # the tuning and GPU tests on the GPU machine (the image's transformers)
-  # jieba (the metrics' word cutter) has no wheel: .wheelhouse/extra/pysite.tar.xz holds it, installed here
-  [ -f .wheelhouse/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz \
-    && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
+  use_pysite
   timeout ${T_TESTS:-540} python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/tuning tests/gpu 2>&1 \
     | grep -v -E 'it/s\]|s/it\]' | tee "$OUT/pytest.log" | tail -60
 fi

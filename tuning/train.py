@@ -55,7 +55,7 @@ def answer_loss(forward, batch: dict, n_items=None, accum: int = 1) -> torch.Ten
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = forward(**inputs, logits_to_keep=keep).logits
     if logits.shape[1] != keep.numel():
-        raise ConfigError(f"{type(getattr(forward, '__self__', forward)).__name__}: its forward takes logits_to_keep "
+        raise ConfigError(f"{type(forward).__name__}: its forward takes logits_to_keep "
                           "but did not honour it as positions; train with --answer-logits false")
     picked = targets[:, keep]
     total = F.cross_entropy(logits.float().flatten(0, 1), picked.flatten(), ignore_index=IGNORE_INDEX,

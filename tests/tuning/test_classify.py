@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError, DataError
+from tests.tuning.runs import EXACT
 from tuning import classify, methods
 from tuning.config import TrainConfig
 from tuning.eval import EvalConfig, evaluate
@@ -136,5 +137,4 @@ def test_step_grouping_keeps_the_classifier_update(tiny_model_dir, intents, tmp_
 
     big = run("big", per_device_train_batch_size=8, gradient_accumulation_steps=1)
     step = run("step", per_device_train_batch_size=2, gradient_accumulation_steps=4, group_by_length="step")
-    tolerance = 2e-3 if torch.cuda.is_available() else 1e-5  # fit runs bf16 autocast on a CUDA GPU
-    assert all(torch.allclose(step[k], big[k], rtol=0, atol=tolerance) for k in big)
+    assert all(torch.allclose(step[k], big[k], rtol=0, atol=EXACT) for k in big)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasktune.errors import ConfigError, DataError
-from tests.tuning.runs import PLACES, fast_config, write_data
+from tests.tuning.runs import EXACT, PLACES, fast_config, write_data
 from tuning import checkpoint as ckpt
 from tuning.train import TrainingDiverged, batch_indices, fit, step_micro_batches
 
@@ -15,11 +15,6 @@ from tuning.train import TrainingDiverged, batch_indices, fit, step_micro_batche
 @pytest.fixture
 def data(tmp_path):
     return write_data(tmp_path / "data")
-
-
-#: how close two batch layouts of one update must come: fp32 on the CPU; on a CUDA GPU `fit` runs bf16 autocast,
-#: whose rounding differs between layouts (still far below the 0.03 of ungrouped micro-batches)
-EXACT = 2e-3 if torch.cuda.is_available() else 1e-5
 
 
 def _prefix(run_dir):
