@@ -96,6 +96,10 @@ class TinyConfig:
     Without them every whole-dialogue record (one in ten of dev) came out as garbage after P-tuning (0/30)."""
     n_records: int | None = None
     """Records asked of the data generator; None = its default."""
+    data_seed: int | None = None
+    """Seed of the data-generator run whose train records become the documents (None: the build seed). Keep it at
+    the seed `tasktune data` ran with: the documents then come from that data set's train split only, never from
+    its dev split (bases of several seeds for one data set keep this fixed and vary `seed`)."""
     seed: int = 42
     tie_embeddings: bool = True
     """Share the input embedding and the output head: a head that moves a token's embedding unchanged
@@ -501,7 +505,8 @@ def build_tiny_model(
     cfg.seed = seed
     if pretrain_steps is not None:
         cfg.pretrain_steps = pretrain_steps
-    train, dev = records if records is not None else generate_records(spec_path, seed, cfg.n_records)
+    data_seed = seed if cfg.data_seed is None else cfg.data_seed
+    train, dev = records if records is not None else generate_records(spec_path, data_seed, cfg.n_records)
     if not train:
         raise SpecError(f"{spec_path}: the data generator produced no training records")
     corpus = build_corpus(
@@ -589,6 +594,9 @@ def add_arguments(parser) -> None:
                              "its numbers or its slot words (never its task answer)")
     parser.add_argument("--answer-pairs", action=flag, default=d.answer_pairs,
                         help="add two answers naming the same slot value (and the same numbers), one after the other")
+    parser.add_argument("--data-seed", type=int, default=None,
+                        help="seed of the data generator run the documents come from: the seed `tasktune data` ran "
+                             "with (default: --seed; set it when --seed differs, so no dev text becomes a document)")
     parser.add_argument("--round-docs", type=float, default=d.round_docs,
                         help="share of records that add a multi-round reading document (0: none)")
     parser.add_argument("--device", default="cpu",
@@ -619,6 +627,7 @@ def run(args) -> int:
         copy_warmup_steps=args.copy_warmup_steps,
         para_docs=args.para_docs,
         answer_pairs=args.answer_pairs,
+        data_seed=args.data_seed,
         skill_docs=args.skill_docs,
         round_docs=args.round_docs,
         tie_embeddings=args.tie_embeddings,

@@ -172,6 +172,22 @@ def test_a_failed_build_leaves_nothing(spec, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [spec.parent]
 
 
+def test_the_data_seed_picks_the_generator_run_and_the_seed_the_rest(spec, tmp_path, monkeypatch):
+    asked = []
+
+    def fake_generate(spec_path, seed, n):
+        asked.append(seed)
+        return TRAIN, DEV
+
+    monkeypatch.setattr(tiny, "generate_records", fake_generate)
+    build_tiny_model(spec, tmp_path / "a", seed=7, config=TinyConfig(**SMALL), pretrain_steps=0, progress=False)
+    build_tiny_model(spec, tmp_path / "b", seed=7, config=TinyConfig(**SMALL, data_seed=42), pretrain_steps=0,
+                     progress=False)
+    assert asked == [7, 42]  # base seed 7 on the split of `tasktune data --seed 42`: none of its dev text trains
+    record = json.loads((tmp_path / "b" / RECORD_FILE).read_text(encoding="utf-8"))
+    assert (record["seed"], record["config"]["data_seed"]) == (7, 42)
+
+
 def test_build_refuses_foreign_folders_and_missing_spec(spec, tmp_path):
     foreign = tmp_path / "precious"
     foreign.mkdir()
@@ -202,12 +218,15 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     assert (cfg.copy_docs, cfg.para_docs, cfg.skill_docs, cfg.tie_embeddings, cfg.copy_warmup_steps) == \
         (True, True, True, True, 600)
     assert (cfg.round_docs, cfg.block_size, cfg.answer_pairs, seen["device"]) == (0.3, 256, True, "cpu")
+    assert cfg.data_seed is None
     args = parser.parse_args(["--no-copy-docs", "--no-tie-embeddings", "--copy-warmup-steps", "0", "--no-skill-docs",
-                              "--round-docs", "0", "--no-answer-pairs", "--device", "cuda"])
+                              "--round-docs", "0", "--no-answer-pairs", "--device", "cuda", "--seed", "7",
+                              "--data-seed", "42"])
     tiny.run(args)
     cfg = seen["config"]
     assert (cfg.copy_docs, cfg.tie_embeddings, cfg.copy_warmup_steps, cfg.skill_docs) == (False, False, 0, False)
     assert (cfg.round_docs, cfg.answer_pairs, seen["device"]) == (0.0, False, "cuda")
+    assert (seen["seed"], cfg.data_seed) == (7, 42)
     with pytest.raises(ConfigError, match="round_docs"):
         tiny.run(parser.parse_args(["--round-docs", "1.5"]))
 
