@@ -23,12 +23,22 @@ def context_limit(model) -> int | None:
     return None
 
 
+def peft_prompt_learning(model) -> bool:
+    """Whether `model` is a peft.PeftModel whose active adapter is a prompt-learning one (prompt, p-tuning, prefix)."""
+    configs = getattr(model, "peft_config", None)
+    config = configs.get(getattr(model, "active_adapter", None)) if isinstance(configs, dict) else None
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def choose_cache(model, cache_implementation: str | None) -> str | None:
-    """"auto" -> "static" on CUDA, None (dynamic cache) elsewhere; any other value is passed through."""
+    """"auto" -> "static" on CUDA, None (dynamic cache) elsewhere; any other value is passed through.
+    PEFT's prompt-learning models stay on the dynamic cache: with the static one, transformers 5.17 hands
+    `prepare_inputs_for_generation` a per-layer-type mask dict holding None (no padding), which peft 0.21.0's
+    prompt-learning version dereferences (AttributeError on the GPU image; fixed in peft 0.21.2)."""
     if cache_implementation != "auto":
         return cache_implementation
     device = next(model.parameters()).device
-    return "static" if device.type == "cuda" else None
+    return "static" if device.type == "cuda" and not peft_prompt_learning(model) else None
 
 
 @torch.inference_mode()

@@ -136,3 +136,16 @@ def test_old_run_folders_read_as_ptuning_v2(tmp_path):
     assert methods.read_method_info(tmp_path)["method"] == "ptuning-v2"
     with pytest.raises(ConfigError, match="not a tasktune adapter folder"):
         methods.read_method_info(tmp_path / "missing")
+
+
+def test_peft_prompt_learning_models_stay_on_the_dynamic_cache(tiny_model_dir):
+    # on CUDA, "auto" picks the static cache except for PEFT prompt learning (peft 0.21.0 fails on its masks)
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    from tuning.generate import peft_prompt_learning
+
+    tiny_model_dir = tiny_model_dir("qwen2")
+    prompt = get_peft_model(load_model(tiny_model_dir), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    lora = get_peft_model(load_model(tiny_model_dir), LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear"))
+    assert peft_prompt_learning(prompt)
+    assert not peft_prompt_learning(lora) and not peft_prompt_learning(load_model(tiny_model_dir))
