@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,18 @@ NO_STEP = "(none)"  # step name for records whose meta has no "step"
 _tokenizer = None  # a private jieba.Tokenizer, built on first use
 
 
+def _quiet_import(name: str):
+    """Import a module whose source has invalid escape sequences (jieba 0.42, rouge_chinese 1.0.3) without the
+    warnings Python prints when it compiles them on a first import (DeprecationWarning on 3.11, SyntaxWarning on
+    3.12+: visible on the GPU image, whose wheels are installed without bytecode)."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return importlib.import_module(name)
+
+
 def _jieba():
     """A private jieba tokenizer on the default dictionary, with jieba's log chatter silenced.
 
@@ -27,8 +40,7 @@ def _jieba():
     """
     global _tokenizer
     if _tokenizer is None:
-        import jieba
-
+        jieba = _quiet_import("jieba")
         # jieba logs "Building prefix dict ..." at DEBUG on a console handler when it first loads.
         jieba.setLogLevel(logging.WARNING)
         _tokenizer = jieba.Tokenizer()
@@ -64,7 +76,7 @@ def rouge_scores(pred: str, ref: str) -> dict[str, float]:
     As in LLaMA-Factory: both sides are cut with jieba and joined by spaces; if either has no word
     left after splitting on whitespace, all three scores are 0 (rouge_chinese would raise).
     """
-    from rouge_chinese import Rouge
+    Rouge = _quiet_import("rouge_chinese").Rouge
 
     hypothesis = " ".join(_jieba().cut(pred))
     reference = " ".join(_jieba().cut(ref))
