@@ -21,14 +21,16 @@ _tokenizer = None  # a private jieba.Tokenizer, built on first use
 
 
 def _quiet_import(name: str):
-    """Import a module whose source has invalid escape sequences (jieba 0.42, rouge_chinese 1.0.3) without the
-    warnings Python prints when it compiles them on a first import (DeprecationWarning on 3.11, SyntaxWarning on
-    3.12+: visible on the GPU image, whose wheels are installed without bytecode)."""
+    """Import jieba 0.42 / rouge_chinese 1.0.3 without the warnings their old code prints on a first import: invalid
+    escape sequences when Python compiles them (DeprecationWarning on 3.11, SyntaxWarning on 3.12+: visible on the
+    GPU image, whose wheels are installed without bytecode) and jieba's `import pkg_resources` (a UserWarning
+    from setuptools 81+)."""
     import importlib
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         return importlib.import_module(name)
 
 
