@@ -110,3 +110,35 @@ def test_grouping_bench_times_each_case_and_step_grouping_keeps_the_update(tiny_
     assert abs(rows[0]["final_loss"] - rows[1]["final_loss"]) < 1e-3
     assert abs(rows[1]["final_loss"] - rows[2]["final_loss"]) < 2e-4  # (rounded to 4 places)
     assert "| 4x2:step | 4 | 2 | step |" in capsys.readouterr().out
+
+
+def test_verdict_probe_scores_only_the_verdict_of_single_round_count_answers():
+    import torch
+
+    probe = _module("verdict_probe")
+
+    class CharTokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    class Model:
+        def __init__(self, guess=None):
+            self.guess = guess  # None: an oracle that knows every next token
+
+        def eval(self):
+            return self
+
+        def __call__(self, ids):
+            ids = ids[0].tolist()
+            targets = ids[1:] + [0] if self.guess is None else [ord(self.guess)] * len(ids)
+            logits = torch.zeros(1, len(ids), 0x10000)
+            logits[0, torch.arange(len(ids)), torch.tensor(targets)] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    records = [{"summary": "[人数检测] 应到5人, 实到3人, 有人缺勤"},
+               {"summary": "[人数检测] 应到5人, 实到5人, 无人缺勤, 正常出工"},
+               {"summary": "[人数检测] 应到5人, 实到3人, 有人缺勤", "history": [["q", "a"]]},  # a dialogue: skipped
+               {"summary": "[安全检查] 实到3人, 均佩戴安全帽"}]  # not a count answer: skipped
+    assert probe.verdict_share(Model(), CharTokenizer(), records) == 1.0
+    assert probe.verdict_share(Model("有"), CharTokenizer(), records) == 0.5
+    assert probe.verdict_share(Model("人"), CharTokenizer(), records) == 0.0
