@@ -12,7 +12,9 @@ GPU machine can try many bases in minutes; the CPU figures that count are `taskt
 A cases file is a JSON list of {"name": str, "tiny": {TinyConfig field: value}, "ptune": {option: value},
 "ptunes": [{option: value}, ...] (several P-tuning runs of one base; default one), "model": folder (skip the
 build), "keep": true (leave the built base in OUT/NAME/model)}; ptune options: pre_seq_len, lr, batch_size, steps,
-evals (step counts), projection, warmup (linear warm-up steps before the linear decay), seed.
+evals (step counts), projection, warmup (linear warm-up steps before the decay), schedule (transformers'
+`get_scheduler` name: linear, cosine, ...), seed. Bases of several seeds for one data set set "data_seed" to the
+data's seed (42 for data/grid) in "tiny", so their documents come from that data set's train split.
 Prints a table (exact match per step kind at each eval point) and writes results.jsonl under --out.
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals": [300, 600, 900],
-         "projection": False, "warmup": 0, "seed": 42, "source": 160, "target": 64}
+         "projection": False, "warmup": 0, "seed": 42, "source": 160, "target": 64, "schedule": "linear"}
 
 
 def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | None) -> list[dict]:
@@ -62,7 +64,7 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
 
     params = list(tuner.encoder.parameters())
     opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
-    schedule = get_scheduler("linear", opt, num_warmup_steps=opts["warmup"], num_training_steps=opts["steps"])
+    schedule = get_scheduler(opts["schedule"], opt, num_warmup_steps=opts["warmup"], num_training_steps=opts["steps"])
     prompts = [format_prompt(tok, r["content"], r["history"], template="chatglm") for r in dev]
     points, order, started = [], [], time.perf_counter()
     model.train()
