@@ -24,21 +24,25 @@ def context_limit(model) -> int | None:
 
 
 def peft_prompt_learning(model) -> bool:
-    """Whether `model` is a peft.PeftModel whose active adapter is a prompt-learning one (prompt, p-tuning, prefix)."""
+    """Whether `model` is a peft.PeftModel with a prompt-learning adapter active (prompt, p-tuning, prefix)."""
     configs = getattr(model, "peft_config", None)
-    config = configs.get(getattr(model, "active_adapter", None)) if isinstance(configs, dict) else None
-    return bool(getattr(config, "is_prompt_learning", False))
+    active = getattr(model, "active_adapter", None)
+    names = [active] if isinstance(active, str) else list(active or []) if isinstance(active, (list, tuple)) else []
+    return isinstance(configs, dict) and any(
+        getattr(configs.get(name), "is_prompt_learning", False) for name in names if isinstance(name, str))
 
 
-def choose_cache(model, cache_implementation: str | None) -> str | None:
+def choose_cache(model, cache_implementation: str | None, device_type: str | None = None) -> str | None:
     """"auto" -> "static" on CUDA, None (dynamic cache) elsewhere; any other value is passed through.
-    PEFT's prompt-learning models stay on the dynamic cache: with the static one, transformers 5.17 hands
-    `prepare_inputs_for_generation` a per-layer-type mask dict holding None (no padding), which peft 0.21.0's
-    prompt-learning version dereferences (AttributeError on the GPU image; fixed in peft 0.21.2)."""
+    `device_type`: where the model runs (default: its first parameter's device).
+
+    PEFT's prompt-learning models stay on the dynamic cache: their `prepare_inputs_for_generation` fails with the
+    static one (peft 0.21.0 + transformers 5.17 on the GPU image: AttributeError on a None mask; peft 0.21.2 +
+    transformers 5.23 on the CPU: KeyError 'cache_position')."""
     if cache_implementation != "auto":
         return cache_implementation
-    device = next(model.parameters()).device
-    return "static" if device.type == "cuda" and not peft_prompt_learning(model) else None
+    device_type = device_type or next(model.parameters()).device.type
+    return "static" if device_type == "cuda" and not peft_prompt_learning(model) else None
 
 
 @torch.inference_mode()

@@ -139,13 +139,19 @@ def test_old_run_folders_read_as_ptuning_v2(tmp_path):
 
 
 def test_peft_prompt_learning_models_stay_on_the_dynamic_cache(tiny_model_dir):
-    # on CUDA, "auto" picks the static cache except for PEFT prompt learning (peft 0.21.0 fails on its masks)
+    # on CUDA, "auto" picks the static cache except for PEFT prompt learning (its generation fails with it)
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
-    from tuning.generate import peft_prompt_learning
+    from tuning.generate import choose_cache, peft_prompt_learning
 
-    tiny_model_dir = tiny_model_dir("qwen2")
-    prompt = get_peft_model(load_model(tiny_model_dir), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    lora = get_peft_model(load_model(tiny_model_dir), LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear"))
+    folder = tiny_model_dir("qwen2")
+    prompt = get_peft_model(load_model(folder), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    lora = get_peft_model(load_model(folder), LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear"))
+    plain = load_model(folder)
+    assert [choose_cache(m, "auto", "cuda") for m in (prompt, lora, plain)] == [None, "static", "static"]
+    assert [choose_cache(m, "auto") for m in (prompt, lora, plain)] == [None, None, None]  # this CPU
+    assert choose_cache(prompt, "static", "cuda") == "static"  # asked for explicitly: passed through
+    prompt.active_adapter = ["default"]  # a list of active adapters (peft tuners allow one)
     assert peft_prompt_learning(prompt)
-    assert not peft_prompt_learning(lora) and not peft_prompt_learning(load_model(tiny_model_dir))
+    prompt.active_adapter = []
+    assert not peft_prompt_learning(prompt)
