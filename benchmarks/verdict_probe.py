@@ -3,8 +3,9 @@
 Teacher-forced on the unpaired 人数检测 answers ("[人数检测] 应到A人, 实到B人, <verdict>"), the share whose verdict
 token is the model's top token after "实到B人, ", for the train and the dev records. With `--continue-steps N` the
 model then goes on training as a plain LM on the distinct 人数检测 answers of a second generator run (`--seed`,
-every dev answer left out) and the shares are printed every 500 steps: can this base learn the comparison from
-unpaired answers, and how many does it need? Nothing is written.
+every dev answer left out) and the shares are printed every 500 steps (each 500 a fresh AdamW with its own warm-up
+and decay, as `tuning.tiny.pretrain` runs them): can this base learn the comparison from unpaired answers, and how
+many does it need? Nothing is written.
 
     python benchmarks/verdict_probe.py models/tiny-glm [--data data/grid] [--continue-steps 2000]
 """
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1001, help="seed of the generator run the extra answers come from")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.continue_steps % 500:
+        ap.error("--continue-steps must be a multiple of 500")
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)

@@ -18,6 +18,7 @@ ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
 NO_STEP = "(none)"  # step name for records whose meta has no "step"
 
 _tokenizer = None  # a private jieba.Tokenizer, built on first use
+_rouge = None  # rouge_chinese.Rouge, imported on first use
 
 
 def _quiet_import(name: str):
@@ -78,7 +79,10 @@ def rouge_scores(pred: str, ref: str) -> dict[str, float]:
     As in LLaMA-Factory: both sides are cut with jieba and joined by spaces; if either has no word
     left after splitting on whitespace, all three scores are 0 (rouge_chinese would raise).
     """
-    Rouge = _quiet_import("rouge_chinese").Rouge
+    global _rouge
+    if _rouge is None:
+        _rouge = _quiet_import("rouge_chinese").Rouge
+    Rouge = _rouge
 
     hypothesis = " ".join(_jieba().cut(pred))
     reference = " ".join(_jieba().cut(ref))

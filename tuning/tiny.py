@@ -97,9 +97,9 @@ class TinyConfig:
     n_records: int | None = None
     """Records asked of the data generator; None = its default."""
     data_seed: int | None = None
-    """Seed of the data-generator run whose train records become the documents (None: the build seed). Keep it at
-    the seed `tasktune data` ran with: the documents then come from that data set's train split only, never from
-    its dev split (bases of several seeds for one data set keep this fixed and vary `seed`)."""
+    """Seed of the data-generator run whose train records become the documents (None: the build seed). Keep it (and
+    n_records) at what `tasktune data` ran with: the documents then come from that data set's train split only,
+    never from its dev split (bases of several seeds for one data set keep this fixed and vary `seed`)."""
     seed: int = 42
     tie_embeddings: bool = True
     """Share the input embedding and the output head: a head that moves a token's embedding unchanged
@@ -540,6 +540,7 @@ def build_tiny_model(
             "spec": str(spec_path),
             "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
             "seed": seed,
+            "data_seed": None if records is not None else data_seed,  # None: records were passed in
             "pretrain_steps": cfg.pretrain_steps,
             "final_loss": None if math.isnan(loss) else round(loss, 4),
             "copy_warmup_loss": None if math.isnan(copy_loss) else round(copy_loss, 4),
@@ -595,8 +596,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--answer-pairs", action=flag, default=d.answer_pairs,
                         help="add two answers naming the same slot value (and the same numbers), one after the other")
     parser.add_argument("--data-seed", type=int, default=None,
-                        help="seed of the data generator run the documents come from: the seed `tasktune data` ran "
-                             "with (default: --seed; set it when --seed differs, so no dev text becomes a document)")
+                        help="seed of the data generator run the documents come from: the seed (and --n) `tasktune "
+                             "data` ran with (default: --seed; set it when --seed differs, so no dev text becomes a "
+                             "document)")
     parser.add_argument("--round-docs", type=float, default=d.round_docs,
                         help="share of records that add a multi-round reading document (0: none)")
     parser.add_argument("--device", default="cpu",

@@ -142,3 +142,4 @@ def test_verdict_probe_scores_only_the_verdict_of_single_round_count_answers():
     assert probe.verdict_share(Model(), CharTokenizer(), records) == 1.0
     assert probe.verdict_share(Model("有"), CharTokenizer(), records) == 0.5
     assert probe.verdict_share(Model("人"), CharTokenizer(), records) == 0.0
+    assert probe.verdict_share(Model("均"), CharTokenizer(), records) == 0.0  # the safety answer is not counted

@@ -185,7 +185,8 @@ def test_the_data_seed_picks_the_generator_run_and_the_seed_the_rest(spec, tmp_p
                      progress=False)
     assert asked == [7, 42]  # base seed 7 on the split of `tasktune data --seed 42`: none of its dev text trains
     record = json.loads((tmp_path / "b" / RECORD_FILE).read_text(encoding="utf-8"))
-    assert (record["seed"], record["config"]["data_seed"]) == (7, 42)
+    assert (record["seed"], record["config"]["seed"], record["data_seed"]) == (7, 7, 42)
+    assert json.loads((tmp_path / "a" / RECORD_FILE).read_text(encoding="utf-8"))["data_seed"] == 7
 
 
 def test_build_refuses_foreign_folders_and_missing_spec(spec, tmp_path):
