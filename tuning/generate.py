@@ -27,7 +27,7 @@ def peft_prompt_learning(model) -> bool:
     """Whether `model` is a peft.PeftModel with a prompt-learning adapter active (prompt, p-tuning, prefix)."""
     configs = getattr(model, "peft_config", None)
     active = getattr(model, "active_adapter", None)
-    names = [active] if isinstance(active, str) else list(active or []) if isinstance(active, (list, tuple)) else []
+    names = [active] if isinstance(active, str) else list(active) if isinstance(active, (list, tuple)) else []
     return isinstance(configs, dict) and any(
         getattr(configs.get(name), "is_prompt_learning", False) for name in names if isinstance(name, str))
 

@@ -10,6 +10,7 @@ import logging
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 # Per-record text metrics, in report order; values are percentages (0-100).
@@ -18,9 +19,9 @@ ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
 NO_STEP = "(none)"  # step name for records whose meta has no "step"
 
 _tokenizer = None  # a private jieba.Tokenizer, built on first use
-_rouge = None  # rouge_chinese.Rouge, imported on first use
 
 
+@lru_cache(maxsize=None)  # once per module: the warning filters are swapped at the first import only
 def _quiet_import(name: str):
     """Import jieba 0.42 / rouge_chinese 1.0.3 without the warnings their old code prints on a first import: invalid
     escape sequences when Python compiles them (DeprecationWarning on 3.11, SyntaxWarning on 3.12+: visible on the
@@ -79,16 +80,11 @@ def rouge_scores(pred: str, ref: str) -> dict[str, float]:
     As in LLaMA-Factory: both sides are cut with jieba and joined by spaces; if either has no word
     left after splitting on whitespace, all three scores are 0 (rouge_chinese would raise).
     """
-    global _rouge
-    if _rouge is None:
-        _rouge = _quiet_import("rouge_chinese").Rouge
-    Rouge = _rouge
-
     hypothesis = " ".join(_jieba().cut(pred))
     reference = " ".join(_jieba().cut(ref))
     if not hypothesis.split() or not reference.split():
         return {key: 0.0 for key in ROUGE_KEYS}
-    scores = Rouge().get_scores(hypothesis, reference)[0]
+    scores = _quiet_import("rouge_chinese").Rouge().get_scores(hypothesis, reference)[0]
     return {key: round(scores[key]["f"] * 100, 4) for key in ROUGE_KEYS}
 
 
