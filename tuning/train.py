@@ -226,7 +226,8 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                            lengths=lengths if grouping == "window" else None)
     step_lengths = lengths if grouping == "step" else None
     # `step` grouping cuts micro-batches of unequal token counts: the loss is then the sum over the step's answer
-    # tokens divided by their number (transformers' num_items_in_batch), so the update equals the ungrouped one
+    # tokens divided by their number (transformers' num_items_in_batch), so the update equals the ungrouped one,
+    # and the same on N processes as on one
     label_counts = ([sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in train_set["labels"]]
                     if grouping == "step" and labels is None else None)
     # the LM head on the answer positions only (causal LM, eager step, a method whose logits match its input)
@@ -245,9 +246,12 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             total = torch.zeros((), device=accelerator.device)
             if compile_mode == "cudagraphs":
                 compiling.materialize_grads(params)
-            micro = step_micro_batches([next(stream) for _ in range(accum)], rank, per_device, step_lengths)
-            n_items = (torch.tensor(sum(label_counts[i] for ids in micro for i in ids), device=accelerator.device)
-                       if label_counts is not None else None)
+            draws = [next(stream) for _ in range(accum)]
+            micro = step_micro_batches(draws, rank, per_device, step_lengths)
+            # the step's answer tokens on all ranks (each draws the same global batches), over the rank count: after
+            # the mean all-reduce below the gradient is that of the sum over every rank's tokens / their number
+            n_items = (torch.tensor(sum(label_counts[i] for ids in draws for i in ids) / world,
+                                    device=accelerator.device) if label_counts is not None else None)
             for ids in micro:
                 batch = {k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in ids]).items()}
                 compiling.step_begin(compile_mode)
