@@ -28,7 +28,7 @@ def load_for_chat(run_dir: str | Path):
 def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, keep_history: bool = True,
          stdin=None, stdout=None) -> list[tuple[str, str]]:
     """Read a line, answer it, repeat. Returns the (question, answer) turns (tests drive it with stdin)."""
-    from tuning.data import format_prompt
+    from tuning.data import encode_prompts, format_prompt
     from tuning.generate import generate_batched
 
     stdin = stdin or sys.stdin
@@ -50,6 +50,7 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
             continue
         prompt = format_prompt(tokenizer, query, [list(t) for t in history] if keep_history else None,
                                template=cfg["prompt_template"])
+        (prompt,) = encode_prompts(tokenizer, [prompt], cfg["prompt_template"])  # as training encoded it
         with _answering_model(adapter, base) as m:
             (answer,), _ = generate_batched(m, tokenizer, [prompt], batch_size=1, max_new_tokens=max_new_tokens,
                                             reserved_positions=adapter.reserved_positions, progress=False,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tasktune import TEMPLATES
 from tasktune.errors import DataError
@@ -62,16 +62,6 @@ class TruncationReport:
             f"{self.source}: {self.total} examples, {self.source_truncated} prompts truncated, "
             f"{self.target_truncated} responses truncated"
         )
-
-
-@dataclass
-class GenerationExample:
-    """One dev/test prompt for generation, with its reference answer and parsed meta."""
-
-    prompt: str
-    input_ids: list[int]
-    reference: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading
@@ -210,9 +200,10 @@ def format_prompt(tokenizer, query: str, history: list | None = None, template: 
     return _jinja_template(str(_template_path(name))).render(query=query, history=history)
 
 
-def _encode_prompts(tokenizer, prompts: list[str], cfg: DataConfig) -> list[list[int]]:
-    # A chat template writes its own bos/special tokens; a plain frame lets the tokenizer add them.
-    add_special = not _uses_chat_template(tokenizer, cfg.prompt_template)
+def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> list[list[int]]:
+    """Token ids of prompts from `format_prompt(..., template)`, as training and generation both take them: a chat
+    template writes its own bos/special tokens, a plain frame lets the tokenizer add them."""
+    add_special = not _uses_chat_template(tokenizer, template)
     return tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
 
 
@@ -247,7 +238,7 @@ def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
     source = _check_columns(ds, cfg)
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token: answers could never end")
-    prompt_ids = _encode_prompts(tokenizer, _prompts_of(ds, tokenizer, cfg), cfg)
+    prompt_ids = encode_prompts(tokenizer, _prompts_of(ds, tokenizer, cfg), cfg.prompt_template)
     answer_ids = tokenizer(list(ds[cfg.response_column]), add_special_tokens=False)["input_ids"]
     input_ids, labels = [], []
     src_cut = tgt_cut = 0
@@ -299,38 +290,3 @@ def make_collator(tokenizer, pad_to_multiple_of: int | None = None):
         }
 
     return collate
-
-
-# ---------------------------------------------------------------- generation (eval)
-
-
-def build_generation_examples(ds, tokenizer, cfg: DataConfig) -> list[GenerationExample]:
-    """Prompts (truncated like training), references and parsed meta for every record of `ds`."""
-    _check_columns(ds, cfg)
-    prompts = _prompts_of(ds, tokenizer, cfg)
-    encoded = _encode_prompts(tokenizer, prompts, cfg)
-    metas = ds[META_COLUMN] if META_COLUMN in ds.column_names else ["{}"] * len(ds)
-    return [
-        GenerationExample(prompt, ids[-cfg.max_source_length:], ref, json.loads(meta))
-        for prompt, ids, ref, meta in zip(prompts, encoded, ds[cfg.response_column], metas)
-    ]
-
-
-def left_pad(tokenizer, sequences: list[list[int]]) -> dict:
-    """Left-pad token id lists into a generation batch {input_ids, attention_mask} (torch tensors)."""
-    import torch
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(s) for s in sequences)
-    ids = [[pad_id] * (width - len(s)) + list(s) for s in sequences]
-    mask = [[0] * (width - len(s)) + [1] * len(s) for s in sequences]
-    return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
-
-
-def iter_generation_batches(
-    examples: list[GenerationExample], tokenizer, batch_size: int
-) -> Iterator[tuple[list[GenerationExample], dict]]:
-    """Yield (examples, left-padded batch) chunks of `batch_size`, in order."""
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        yield chunk, left_pad(tokenizer, [e.input_ids for e in chunk])

@@ -62,7 +62,7 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict
 
 
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
-    from tuning.data import format_prompt
+    from tuning.data import encode_prompts, format_prompt
     from tuning.generate import generate_batched
     from tuning import methods
     from tuning.load import load_tokenizer
@@ -86,8 +86,9 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
                                padding_side="left")
     adapter = load_run_adapter(run_dir, record)
 
-    prompts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"])
-               for r in records]
+    prompts = encode_prompts(tokenizer, [format_prompt(tokenizer, r["content"], r["history"],
+                                                       template=cfg["prompt_template"]) for r in records],
+                             cfg["prompt_template"])  # the ids training saw (a chat template's bos once)
     max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
     kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions,
                   max_prompt_tokens=int(cfg["max_source_length"]))  # prompts cut as in training

@@ -46,12 +46,15 @@ def choose_cache(model, cache_implementation: str | None, device_type: str | Non
 
 
 @torch.inference_mode()
-def generate_batched(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16,
+def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, batch_size: int = 16,
                      max_new_tokens: int = 64, reserved_positions: int = 0, desc: str = "generate",
                      progress: bool = True, cache_implementation: str | None = "auto",
                      max_prompt_tokens: int | None = None) -> tuple[list[str], int]:
     """Answer every prompt greedily. Returns (answers in input order, number of prompts cut to fit).
 
+    A prompt is text (encoded with the tokenizer's special tokens) or token ids: pass
+    `tuning.data.encode_prompts(...)` for prompts formatted as training formatted them, so a chat template's own
+    bos is not doubled.
     A prompt longer than the context (minus `max_new_tokens` and `reserved_positions`, e.g. the
     prefix length, which takes positions) keeps its last tokens: the question sits at the end.
     `cache_implementation`: "auto" (static on CUDA, dynamic elsewhere), "static", or None (dynamic).
@@ -68,7 +71,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     if keep is not None and keep <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                          f"{limit}-position context")
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
     if max_prompt_tokens:
         encoded = [ids[-max_prompt_tokens:] for ids in encoded]
     cut = 0

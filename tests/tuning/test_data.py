@@ -11,9 +11,8 @@ from tasktune.errors import DataError
 from tuning.data import (
     IGNORE_INDEX,
     DataConfig,
-    build_generation_examples,
+    encode_prompts,
     format_prompt,
-    iter_generation_batches,
     load_records,
     make_collator,
     tokenize_dataset,
@@ -213,17 +212,29 @@ def test_collator_pads_right_with_ignore_labels(tokenizer):
     assert make_collator(tokenizer, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])["input_ids"].shape == (1, 4)
 
 
-def test_generation_examples_left_padded_with_references_and_meta(data_dir, tokenizer):
-    ds = load_records(data_dir, "dev")
-    examples = build_generation_examples(ds, tokenizer, DataConfig(max_source_length=512))
-    assert [e.reference for e in examples] == [r["summary"] for r in RECORDS]
-    assert [e.meta for e in examples] == [r["meta"] for r in RECORDS]
-    assert examples[0].prompt == "[Round 1]\n\n问：步骤#问候*语音#你好\n\n答："
-    chunks = list(iter_generation_batches(examples, tokenizer, batch_size=2))
-    assert [len(c) for c, _ in chunks] == [2, 1]
-    first, batch = chunks[0]
-    width = max(len(e.input_ids) for e in first)
-    for row, mask, example in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), first):
-        n = len(example.input_ids)
-        assert row[width - n:] == example.input_ids  # left padded: the prompt ends at the last column
-        assert mask == [0] * (width - n) + [1] * n
+def with_bos_and_chat_template(tokenizer):
+    """A copy that adds bos to every encoding (as Llama's) and has a chat template that writes bos itself."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok
+
+
+def test_prompt_ids_hold_one_bos_and_are_the_training_prompts(data_dir, tokenizer):
+    tok = with_bos_and_chat_template(tokenizer)
+    bos = tok.bos_token_id
+    assert tok("q")["input_ids"][0] == bos  # the tokenizer adds bos to plain text
+    chat_ids = encode_prompts(tok, [format_prompt(tok, r["content"], r.get("history")) for r in RECORDS])
+    frame = [format_prompt(tok, r["content"], r.get("history"), template="chatglm") for r in RECORDS]
+    frame_ids = encode_prompts(tok, frame, "chatglm")
+    for ids in chat_ids + frame_ids:
+        assert ids[0] == bos and ids.count(bos) == 1  # the chat template's bos, not a second one
+    assert frame_ids == [tok(p)["input_ids"] for p in frame]
+    rows, _ = tokenize_dataset(load_records(data_dir, "train"), tok, DataConfig(max_source_length=512,
+                                                                                 max_target_length=512))
+    for ids, row in zip(chat_ids, rows):  # what training put before the answer
+        assert row["input_ids"][:len(ids)] == ids and row["labels"][:len(ids)] == [IGNORE_INDEX] * len(ids)

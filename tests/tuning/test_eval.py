@@ -90,6 +90,33 @@ def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
     assert [k["max_prompt_tokens"] for k in seen] == [limit, limit]  # base pass and tuned pass
 
 
+def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, monkeypatch):
+    """With a tokenizer whose chat template writes bos and whose encoding adds one, generation gets the ids
+    training saw: one bos (text re-encoded with special tokens would start with two)."""
+    import io
+
+    import tuning.generate
+    import tuning.load
+    from tests.tuning.test_data import with_bos_and_chat_template
+    from tuning.chat import chat
+
+    real_tok, real_gen = tuning.load.load_tokenizer, tuning.generate.generate_batched
+    monkeypatch.setattr(tuning.load, "load_tokenizer", lambda *a, **k: with_bos_and_chat_template(real_tok(*a, **k)))
+    prompts = []  # the ids generate_batched encodes (text: with the tokenizer's special tokens)
+
+    def spy(model, tok, ps, **k):
+        prompts.extend(tok(p)["input_ids"] if isinstance(p, str) else list(p) for p in ps)
+        return real_gen(model, tok, ps, **k)
+
+    monkeypatch.setattr(tuning.generate, "generate_batched", spy)
+    evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=2, limit=2), log=lambda *_: None)
+    chat(trained_run, max_new_tokens=2, stdin=io.StringIO("你好\n"), stdout=io.StringIO())
+    bos = real_tok(json.loads((trained_run / "tasktune_run.json").read_text())["config"]["model"]).bos_token_id
+    assert len(prompts) == 5  # 2 base + 2 tuned + 1 chat turn
+    for ids in prompts:
+        assert ids[0] == bos and ids.count(bos) == 1, ids
+
+
 def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
     import io
 
