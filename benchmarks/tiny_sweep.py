@@ -12,7 +12,8 @@ GPU machine can try many bases in minutes; the CPU figures that count are `taskt
 A cases file is a JSON list of {"name": str, "tiny": {TinyConfig field: value}, "ptune": {option: value},
 "ptunes": [{option: value}, ...] (several P-tuning runs of one base; default one), "model": folder (skip the
 build), "keep": true (leave the built base in OUT/NAME/model)}; ptune options: pre_seq_len, lr, batch_size, steps,
-evals (step counts), projection, warmup (linear warm-up steps before the decay), schedule (transformers'
+evals (step counts), projection, init ("random": nn.Embedding's N(0, 1); "tokens": the base's keys/values at
+P random token positions of train rows), betas (AdamW's), warmup (linear warm-up steps before the decay), schedule (transformers'
 `get_scheduler` name: linear, cosine, ...), seed. Bases of several seeds for one data set set "data_seed" to the
 data's seed (42 for data/grid) in "tiny", so their documents come from that data set's train split.
 Prints a table (exact match per step kind at each eval point) and writes results.jsonl under --out.
@@ -33,7 +34,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals": [300, 600, 900],
-         "projection": False, "warmup": 0, "seed": 42, "source": 160, "target": 64, "schedule": "linear"}
+         "projection": False, "warmup": 0, "seed": 42, "source": 160, "target": 64, "schedule": "linear",
+         "init": "random", "betas": [0.9, 0.999]}
+
+
+def token_kv_init(model, rows: list[list[int]], pre_seq_len: int, rng: random.Random, device: str):
+    """(P, width) prefix rows in PEFT's flat layout: the base's own keys/values (k_proj / v_proj outputs, before
+    rotary) at P random token positions of `rows`, so the prefix starts as P real context tokens."""
+    import torch
+
+    caught = {}
+    layers = model.model.layers
+    hooks = [getattr(layer.self_attn, name).register_forward_hook(
+                 lambda mod, a, out, key=(i, kv): caught.__setitem__(key, out.detach()))
+             for i, layer in enumerate(layers) for kv, name in enumerate(("k_proj", "v_proj"))]
+    positions = [(r, t) for r, row in enumerate(rows) for t in range(len(row))]
+    picks = rng.sample(positions, pre_seq_len)
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=device)
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    r_idx = torch.tensor([r for r, _ in picks], device=device)
+    t_idx = torch.tensor([t for _, t in picks], device=device)
+    return torch.cat([caught[(i, kv)][r_idx, t_idx] for i in range(len(layers)) for kv in (0, 1)], dim=-1)
 
 
 def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | None) -> list[dict]:
@@ -52,18 +77,25 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=opts["pre_seq_len"], prefix_projection=opts["projection"]))
-    tuner.encoder.to(device)
     # the records, prompts, cuts and padding of `tasktune train` / `tasktune eval`
     data_cfg = DataConfig(max_source_length=opts["source"], max_target_length=opts["target"],
                           prompt_template="chatglm")
     train_set, _ = tokenize_dataset(load_records(data, "train", data_cfg), tok, data_cfg)
+    init = None
+    if opts["init"] == "tokens":
+        rows = [train_set[i]["input_ids"] for i in random.Random(opts["seed"]).sample(range(len(train_set)), 16)]
+        init = token_kv_init(model, rows, opts["pre_seq_len"], random.Random(opts["seed"]), device)
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=opts["pre_seq_len"], prefix_projection=opts["projection"]))
+    tuner.encoder.to(device)
+    if init is not None:
+        with torch.no_grad():
+            tuner.encoder.embedding.weight.copy_(init)
     collate = make_collator(tok)
     dev = load_eval_records(data, "dev", n_dev, {"prompt_column": "content", "response_column": "summary",
                                                  "history_column": "history"})
 
     params = list(tuner.encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0, betas=tuple(opts["betas"]))
     schedule = get_scheduler(opts["schedule"], opt, num_warmup_steps=opts["warmup"], num_training_steps=opts["steps"])
     prompts = [format_prompt(tok, r["content"], r["history"], template="chatglm") for r in dev]
     points, order, started = [], [], time.perf_counter()
