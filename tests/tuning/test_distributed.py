@@ -300,10 +300,11 @@ def test_fsdp2_sharded_frozen_base_trains_the_prefix_as_unsharded(tiny_model_dir
     unsharded model on 2 CPU processes over gloo. What it cannot show here: the GPU memory saving."""
     script = tmp_path / "fsdp2_probe.py"
     script.write_text(_FSDP2_PROBE)
-    env = dict(_env(), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    repo = str(Path(__file__).resolve().parents[2])  # ahead of, not instead of, the caller's path
+    env = dict(_env(), PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script), str(tiny_model_dir("glm")), str(write_data(tmp_path / "data"))],
                          capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.returncode == 0, out.stderr[:3000] + "\n...\n" + out.stderr[-1000:]  # a rank's traceback comes first
     result = json.loads(out.stdout.split("RESULT", 1)[1])
     assert result["plain"] == result["sharded"] and result["equal"], result
