@@ -7,6 +7,8 @@
 # compile6b: issue #6's step, eager vs torch.compile vs compile + CUDA graphs (tuning/compiling.py), with profiles
 #            (one call, ~9 min); tests: pytest tests/tuning tests/gpu (not slow) on the GPU machine.
 # sweep:   issue #3's tiny bases x P-tuning settings (benchmarks/tiny_sweep.py; CASES=benchmarks/sweeps/basesN.json).
+# ddp2:    on 2 GPUs (nvidia-h200-x2): the ~1B random GLM in 4-bit, 1 GPU vs torchrun on 2 at equal global batch and at
+#          twice the batch, then `tasktune eval` of the 2-GPU adapter (benchmarks/ddp_table.py prints the table).
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -107,4 +109,29 @@ if [ "$phase" = sweep ]; then  # issue #3: tiny bases x P-tuning settings on the
   for m in "$OUT"/sweep/*/model; do  # kept bases come back as sweep/NAME.tgz (the device tool skips deep folders)
     d=$(dirname "$m"); [ -e "$d/KEEP" ] && tar -C "$d" -czf "$d.tgz" model; rm -rf "$m"
   done
+fi
+
+if [ "$phase" = ddp2 ]; then  # multi-GPU: real NCCL data-parallel runs of `tasktune train`
+  use_pysite
+  python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model' | tee "$OUT/ddp2.log"
+  nvidia-smi --query-gpu=timestamp,index,memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/ddp2_mem.csv" &
+  smi=$!
+  common="--model /tmp/glm1b --data data/grid --quantization-bit 4 --max-steps ${DDP_STEPS:-40} --gradient-accumulation-steps 2
+    --group-by-length step --logging-steps 1 --save-steps 20 --resume never --seed 3"
+  windows=""
+  run() {  # run NAME CMD...: one training, its wall-clock window recorded for the memory table
+    local name=$1; shift; local t0; t0=$(date +%s.%N)
+    "$@" --out "/tmp/ddp/$name" 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|Loading weights' | tail -4 | tee -a "$OUT/ddp2.log"
+    windows="$windows${windows:+,}$t0-$(date +%s.%N)"
+  }
+  run gpu1_b8 env CUDA_VISIBLE_DEVICES=0 python3 -m tasktune train $common --per-device-train-batch-size 8
+  run gpu2_b4 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m tasktune train $common --per-device-train-batch-size 4
+  run gpu2_b8 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m tasktune train $common --per-device-train-batch-size 8
+  kill $smi
+  python3 benchmarks/ddp_table.py /tmp/ddp/gpu1_b8="1 GPU" /tmp/ddp/gpu2_b4="2 GPUs, equal global batch" \
+    /tmp/ddp/gpu2_b8="2 GPUs, twice the batch" --memory "$OUT/ddp2_mem.csv" --windows "$windows" | tee "$OUT/ddp2_table.md"
+  for r in gpu1_b8 gpu2_b4 gpu2_b8; do cp "/tmp/ddp/$r/train_history.json" "$OUT/ddp2_$r.history.json"; done
+  ls /tmp/ddp/gpu2_b4 | tee -a "$OUT/ddp2.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tasktune eval /tmp/ddp/gpu2_b4 --limit 16 2>&1 | grep -v -E 'prompt/s\]|Loading weights' \
+    | tail -8 | tee -a "$OUT/ddp2.log"
 fi
