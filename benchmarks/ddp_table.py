@@ -4,7 +4,8 @@ at N x the batch): steady seconds per step, examples/s, the loss at a few steps,
     python benchmarks/ddp_table.py RUN_DIR[=LABEL] ... [--memory nvidia-smi.csv --windows START-END,...]
 
 `--memory` reads an `nvidia-smi --query-gpu=timestamp,index,memory.used --format=csv,noheader,nounits -lms 500` log;
-`--windows` gives each run's wall-clock span as unix seconds (from `date +%s` around it), in the runs' order.
+`--windows` gives each run's wall-clock span as unix seconds (from `date +%s` around it), in the runs' order; a run on
+P processes is taken to use GPUs 0..P-1. A run folder without a finished run prints a row saying so.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def peak_memory(csv_path: Path, start: float, end: float) -> dict[int, int]:
             continue
         try:
             when = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
-        except ValueError:
+            index, used = int(parts[1]), int(parts[2])
+        except ValueError:  # a header, or "[N/A]"
             continue
         if start <= when <= end:
-            peaks[int(parts[1])] = max(peaks.get(int(parts[1]), 0), int(parts[2]))
+            peaks[index] = max(peaks.get(index, 0), used)
     return peaks
 
 
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     for i, spec in enumerate(args.runs):
         path, _, label = spec.partition("=")
         run = Path(path)
+        if not (run / "tasktune_run.json").exists() or not (run / "train_history.json").exists():
+            print(f"| {label or run.name} | no finished run in {run} |")
+            continue
         record = json.loads((run / "tasktune_run.json").read_text())
         history = json.loads((run / "train_history.json").read_text())
         cfg = record["config"]
@@ -63,8 +68,8 @@ def main(argv=None) -> int:
         losses = {h["step"]: h["loss"] for h in history}
         memory = "-"
         if args.memory and i < len(windows):
-            peaks = peak_memory(args.memory, *windows[i])
-            memory = " / ".join(f"{peaks[k]}" for k in sorted(peaks)) or "-"
+            peaks = peak_memory(args.memory, *windows[i])  # the run's GPUs: indices 0..processes-1
+            memory = " / ".join(f"{peaks[k]}" for k in sorted(peaks) if k < world) or "-"
         speed = f"{sps:.3f} | {per_step / sps:.1f}" if sps else "- | -"
         cells = [label or run.name,
                  f"{world} x {cfg['per_device_train_batch_size']} x {cfg['gradient_accumulation_steps']}",

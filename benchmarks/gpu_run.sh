@@ -119,19 +119,22 @@ if [ "$phase" = ddp2 ]; then  # multi-GPU: real NCCL data-parallel runs of `task
   common="--model /tmp/glm1b --data data/grid --quantization-bit 4 --max-steps ${DDP_STEPS:-40} --gradient-accumulation-steps 2
     --group-by-length step --logging-steps 1 --save-steps 20 --resume never --seed 3"
   windows=""
-  run() {  # run NAME CMD...: one training, its wall-clock window recorded for the memory table
-    local name=$1; shift; local t0; t0=$(date +%s.%N)
-    "$@" --out "/tmp/ddp/$name" 2>&1 | grep -v -E 'it/s\]|s/it\]|step/s\]|Loading weights' | tail -4 | tee -a "$OUT/ddp2.log"
+  run() {  # run NAME CMD...: one training (at most 150 s), its wall-clock window recorded for the memory table
+    local name=$1; shift; local t0 rc; t0=$(date +%s.%N)
+    timeout 150 "$@" --out "/tmp/ddp/$name" > "/tmp/ddp_$name.log" 2>&1; rc=$?
+    grep -v -E 'it/s\]|s/it\]|step/s\]|Loading weights' "/tmp/ddp_$name.log" | tail -n $([ $rc = 0 ] && echo 4 || echo 40) \
+      | sed "s/^/[$name rc=$rc] /" | tee -a "$OUT/ddp2.log"
     windows="$windows${windows:+,}$t0-$(date +%s.%N)"
   }
+  mkdir -p /tmp/ddp
   run gpu1_b8 env CUDA_VISIBLE_DEVICES=0 python3 -m tasktune train $common --per-device-train-batch-size 8
   run gpu2_b4 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m tasktune train $common --per-device-train-batch-size 4
   run gpu2_b8 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m tasktune train $common --per-device-train-batch-size 8
   kill $smi
   python3 benchmarks/ddp_table.py /tmp/ddp/gpu1_b8="1 GPU" /tmp/ddp/gpu2_b4="2 GPUs, equal global batch" \
     /tmp/ddp/gpu2_b8="2 GPUs, twice the batch" --memory "$OUT/ddp2_mem.csv" --windows "$windows" | tee "$OUT/ddp2_table.md"
-  for r in gpu1_b8 gpu2_b4 gpu2_b8; do cp "/tmp/ddp/$r/train_history.json" "$OUT/ddp2_$r.history.json"; done
+  for r in gpu1_b8 gpu2_b4 gpu2_b8; do cp "/tmp/ddp/$r/train_history.json" "$OUT/ddp2_$r.history.json" 2>/dev/null; done
   ls /tmp/ddp/gpu2_b4 | tee -a "$OUT/ddp2.log"
-  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tasktune eval /tmp/ddp/gpu2_b4 --limit 16 2>&1 | grep -v -E 'prompt/s\]|Loading weights' \
+  CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m tasktune eval /tmp/ddp/gpu2_b4 --limit 16 2>&1 | grep -v -E 'prompt/s\]|Loading weights' \
     | tail -8 | tee -a "$OUT/ddp2.log"
 fi

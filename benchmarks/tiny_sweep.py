@@ -40,7 +40,8 @@ PTUNE = {"pre_seq_len": 64, "lr": 2e-2, "batch_size": 16, "steps": 900, "evals":
 
 def token_kv_init(model, rows: list[list[int]], pre_seq_len: int, rng: random.Random, device: str):
     """(P, width) prefix rows in PEFT's flat layout: the base's own keys/values (k_proj / v_proj outputs, before
-    rotary) at P random token positions of `rows`, so the prefix starts as P real context tokens."""
+    rotary and any key norm) at P random token positions of `rows`: roughly P real context tokens, without their
+    positions (the prefix takes none)."""
     import torch
 
     caught = {}
@@ -82,6 +83,8 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
                           prompt_template="chatglm")
     train_set, _ = tokenize_dataset(load_records(data, "train", data_cfg), tok, data_cfg)
     init = None
+    if opts["init"] == "tokens" and opts["projection"]:
+        raise ValueError('"init": "tokens" sets the prefix keys/values themselves; it cannot start a projection')
     if opts["init"] == "tokens":
         rows = [train_set[i]["input_ids"] for i in random.Random(opts["seed"]).sample(range(len(train_set)), 16)]
         init = token_kv_init(model, rows, opts["pre_seq_len"], random.Random(opts["seed"]), device)

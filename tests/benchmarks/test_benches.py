@@ -148,11 +148,12 @@ def test_verdict_probe_scores_only_the_verdict_of_single_round_count_answers():
 def test_ddp_table_reads_steady_speed_and_windowed_peak_memory(tmp_path, capsys):
     ddp = _module("ddp_table")
     history = [{"step": s, "loss": 5.0 - s / 100, "seconds": 9.0 + 0.5 * s} for s in range(1, 41)]
-    history[0]["seconds"] = 30.0  # a slow first step stays out of the steady figure
+    history[0]["seconds"] = 30.0  # the slow first step: the mean over all steps would be 0.49, after it 0.5
     assert ddp.steady_seconds_per_step(history) == pytest.approx(0.5)
     csv = tmp_path / "mem.csv"
     csv.write_text("2026/11/24 07:40:10.000, 0, 900\n2026/11/24 07:40:12.500, 0, 1200\n"
-                   "2026/11/24 07:40:13.000, 1, 1100\n2026/11/24 07:40:20.000, 0, 5000\nbad line\n")
+                   "2026/11/24 07:40:13.000, 1, 1100\n2026/11/24 07:40:13.500, 1, [N/A]\n2026/11/24 07:40:20.000, 0, 5000\n"
+                   "bad line\n")
     start = ddp.datetime.strptime("2026/11/24 07:40:11.000", "%Y/%m/%d %H:%M:%S.%f").timestamp()
     assert ddp.peak_memory(csv, start, start + 5) == {0: 1200, 1: 1100}  # 900 before, 5000 after the window
     run = tmp_path / "run"
@@ -161,6 +162,8 @@ def test_ddp_table_reads_steady_speed_and_windowed_peak_memory(tmp_path, capsys)
     (run / "tasktune_run.json").write_text(json.dumps({
         "steps": 40, "train_seconds": 31.0, "fingerprint": {"global_batch": 16},
         "config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}}))
-    assert ddp.main([f"{run}=two", "--memory", str(csv), "--windows", f"{start}-{start + 5}"]) == 0
-    row = capsys.readouterr().out.splitlines()[-1]
+    assert ddp.main([f"{run}=two", str(tmp_path / "crashed"), "--memory", str(csv),
+                     "--windows", f"{start}-{start + 5}"]) == 0
+    row, missing = capsys.readouterr().out.splitlines()[-2:]
+    assert missing.startswith("| crashed | no finished run")
     assert row.startswith("| two | 2 x 4 x 2 | 40 | 31.0 | 0.500 | 32.0 | 4.9900 | 4.9000 |") and "1200 / 1100" in row

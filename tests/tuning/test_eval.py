@@ -95,20 +95,21 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
     training saw: one bos (text re-encoded with special tokens would start with two)."""
     import io
 
-    import tuning.generate
     import tuning.load
     from tests.tuning.test_data import with_bos_and_chat_template
     from tuning.chat import chat
 
-    real_tok, real_gen = tuning.load.load_tokenizer, tuning.generate.generate_batched
-    monkeypatch.setattr(tuning.load, "load_tokenizer", lambda *a, **k: with_bos_and_chat_template(real_tok(*a, **k)))
-    prompts = []  # the ids generate_batched encodes (text: with the tokenizer's special tokens)
+    real_tok = tuning.load.load_tokenizer
+    prompts = []  # the rows generate_batched pads for model.generate: what the model is fed
 
-    def spy(model, tok, ps, **k):
-        prompts.extend(tok(p)["input_ids"] if isinstance(p, str) else list(p) for p in ps)
-        return real_gen(model, tok, ps, **k)
+    def chat_tokenizer(*a, **k):
+        tok = with_bos_and_chat_template(real_tok(*a, **k))
+        real_pad = tok.pad
+        tok.pad = lambda features, **kw: prompts.extend(list(r) for r in features["input_ids"]) or real_pad(features,
+                                                                                                            **kw)
+        return tok
 
-    monkeypatch.setattr(tuning.generate, "generate_batched", spy)
+    monkeypatch.setattr(tuning.load, "load_tokenizer", chat_tokenizer)
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=2, limit=2), log=lambda *_: None)
     chat(trained_run, max_new_tokens=2, stdin=io.StringIO("你好\n"), stdout=io.StringIO())
     bos = real_tok(json.loads((trained_run / "tasktune_run.json").read_text())["config"]["model"]).bos_token_id
