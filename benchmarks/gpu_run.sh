@@ -122,7 +122,8 @@ if [ "$phase" = ddp2 ]; then  # multi-GPU: real NCCL data-parallel runs of `task
   run() {  # run NAME CMD...: one training (at most 150 s), its wall-clock window recorded for the memory table
     local name=$1; shift; local t0 rc; t0=$(date +%s.%N)
     timeout 150 "$@" --out "/tmp/ddp/$name" > "/tmp/ddp_$name.log" 2>&1; rc=$?
-    grep -v -E 'it/s\]|s/it\]|step/s\]|Loading weights' "/tmp/ddp_$name.log" | tail -n $([ $rc = 0 ] && echo 4 || echo 40) \
+    { [ $rc = 0 ] || grep -m 12 -E '(Error|error):' "/tmp/ddp_$name.log"  # the ranks' errors first
+      grep -v -E 'it/s\]|s/it\]|step/s\]|Loading weights' "/tmp/ddp_$name.log" | tail -n 4; } \
       | sed "s/^/[$name rc=$rc] /" | tee -a "$OUT/ddp2.log"
     windows="$windows${windows:+,}$t0-$(date +%s.%N)"
   }
