@@ -1,7 +1,8 @@
-"""Helpers for tests that train: a small hand-written data folder and a fast TrainConfig."""
+"""Helpers for tests that train: a small hand-written data folder, a fast TrainConfig, a Llama-like tokenizer copy."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -44,3 +45,15 @@ def fast_config(model: Path, data: Path, out: Path, **overrides) -> TrainConfig:
                   quantization_bit="none", seed=7)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def with_bos_and_chat_template(tokenizer):
+    """A copy that adds bos to every encoding (as Llama's) and has a chat template that writes bos itself."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok

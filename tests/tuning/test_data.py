@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tasktune.errors import DataError
+from tests.tuning.runs import with_bos_and_chat_template
 from tuning.data import (
     IGNORE_INDEX,
     DataConfig,
@@ -210,18 +211,6 @@ def test_collator_pads_right_with_ignore_labels(tokenizer):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert make_collator(tokenizer, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])["input_ids"].shape == (1, 4)
-
-
-def with_bos_and_chat_template(tokenizer):
-    """A copy that adds bos to every encoding (as Llama's) and has a chat template that writes bos itself."""
-    from tokenizers.processors import TemplateProcessing
-
-    tok = copy.deepcopy(tokenizer)
-    tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
-    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    return tok
 
 
 def test_prompt_ids_hold_one_bos_and_are_the_training_prompts(data_dir, tokenizer):

@@ -96,7 +96,7 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
     import io
 
     import tuning.load
-    from tests.tuning.test_data import with_bos_and_chat_template
+    from tests.tuning.runs import with_bos_and_chat_template
     from tuning.chat import chat
 
     real_tok = tuning.load.load_tokenizer
@@ -105,8 +105,12 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
     def chat_tokenizer(*a, **k):
         tok = with_bos_and_chat_template(real_tok(*a, **k))
         real_pad = tok.pad
-        tok.pad = lambda features, **kw: prompts.extend(list(r) for r in features["input_ids"]) or real_pad(features,
-                                                                                                            **kw)
+
+        def pad(features, **kw):
+            prompts.extend(list(row) for row in features["input_ids"])
+            return real_pad(features, **kw)
+
+        tok.pad = pad
         return tok
 
     monkeypatch.setattr(tuning.load, "load_tokenizer", chat_tokenizer)
