@@ -17,13 +17,20 @@ STEPS  ?=
 GPUS   ?= 1
 TRAIN_CONFIG ?= templates/demo/train-tiny.yaml
 ARGS   ?=
+# The exact versions the tests passed with (pip constraints); LOCK= (empty) installs the newest in the ranges.
+LOCK   ?= locks/cpu.txt
+EXTRAS ?= dev
+LATEST := .venv-latest
+CPU_TORCH := torch==2.13.0
 
-.PHONY: help install test test-slow test-all data tiny-model train eval chat demo compare bench clean
+.PHONY: help install lock test-latest test test-slow test-all data tiny-model train eval chat demo compare bench clean
 
 help:
 	@echo "make demo        data -> tiny model -> train -> eval on the embedded default (CPU, minutes)"
 	@echo "make test        install if needed, then run the default test suite"
 	@echo "make test-slow   the slow tests (long training runs)"
+	@echo "make test-latest the suite on the newest versions inside pyproject's ranges (in $(LATEST)), not the lock"
+	@echo "make lock        rewrite $(LOCK) from what .venv holds (after make test passed)"
 	@echo "make data        tasktune data $(SPEC) --out $(DATA) --seed $(SEED)"
 	@echo "make tiny-model  build $(MODEL) (tokenizer + small GLM, briefly pre-trained on unpaired text)"
 	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N: data-parallel, N x the global batch)"
@@ -32,13 +39,27 @@ help:
 
 install: $(STAMP)
 
-# CPU machines take the CPU build of torch that lies on disk (an open range would pull a CUDA build).
-$(STAMP): pyproject.toml
+# CPU machines take the CPU build of torch that lies on disk (an open range would pull a CUDA build);
+# everything else comes at the locked versions, so a fresh clone gets what CI tested.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch==2.13.0; fi
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q $(CPU_TORCH); fi
+	$(BIN)/python -m pip install -q $(if $(LOCK),-c $(LOCK)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+lock: install
+	{ sed -n '1,/^# apart/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' | grep -v '^#'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
+# Drift check: the newest releases inside pyproject's ranges, in a venv of their own.
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(LATEST)/bin/python -m pip install -q $(CPU_TORCH); fi
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST)/bin/python -m pip freeze | grep -iE '^(transformers|peft|accelerate|datasets|tokenizers|bitsandbytes)=='
+	$(LATEST)/bin/python -m pytest -q $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
