@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuning.data import format_prompt
-    from tuning.tiny import collect_slot_words, copy_string
+    from tasktune.tuning.data import format_prompt
+    from tasktune.tuning.tiny import collect_slot_words, copy_string
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")

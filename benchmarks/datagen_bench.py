@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datagen import generate, load_spec, write_splits  # noqa: E402
-from datagen.noise import homophone_table  # noqa: E402
+from tasktune.datagen import generate, load_spec, write_splits  # noqa: E402
+from tasktune.datagen.noise import homophone_table  # noqa: E402
 
 
 def bench_spec(path: str):

@@ -34,8 +34,8 @@ def parse_case(text: str) -> tuple[int, int, str, bool]:
 
 
 def run_case(model: str, data: str, case: str, steps: int, skip: int, threads: int, source: int) -> dict:
-    from tuning.config import TrainConfig
-    from tuning.train import fit
+    from tasktune.tuning.config import TrainConfig
+    from tasktune.tuning.train import fit
 
     total, micro, grouping, answer_logits = parse_case(case)
     with tempfile.TemporaryDirectory() as out:

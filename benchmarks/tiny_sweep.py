@@ -67,10 +67,10 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    from tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
-    from tuning.eval import load_eval_records
-    from tuning.generate import generate_batched
-    from tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
+    from tasktune.tuning.eval import load_eval_records
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
 
     torch.manual_seed(opts["seed"])
     rng = random.Random(opts["seed"])
@@ -136,7 +136,7 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
 
 
 def run_case(case: dict, args) -> dict:
-    from tuning.tiny import TinyConfig, build_tiny_model
+    from tasktune.tuning.tiny import TinyConfig, build_tiny_model
 
     out = Path(args.out) / case["name"]
     model_dir = Path(case["model"]) if case.get("model") else out / "model"

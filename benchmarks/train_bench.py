@@ -101,14 +101,14 @@ class Method:
         self.forward, self.compile = model, "off"
 
     def set_compile(self, mode: str) -> None:
-        from tuning import compiling
+        from tasktune.tuning import compiling
 
         torch._dynamo.reset()  # drop earlier variants' graphs (and CUDA-graph pools)
         self.forward, self.compile = compiling.compile_model(self.model, mode), mode
 
 
 def attach_tasktune(model, pre_seq_len: int) -> Method:
-    from tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
 
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=pre_seq_len))
     model.config.use_cache = False
@@ -134,7 +134,7 @@ def attach_reference(model, pre_seq_len: int) -> Method:
 
 def train_step(method: Method, optimizer, batch: dict) -> float:
     """One micro-step as tuning/train.py runs it (accumulation 1): autocast, backward, clip, AdamW."""
-    from tuning import compiling
+    from tasktune.tuning import compiling
 
     graphs = method.compile == "cudagraphs"
     compiling.step_begin(method.compile)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpointing = "full,none" if args.checkpointing == parser.get_default("checkpointing") \
             else args.checkpointing
 
-    from tuning.load import load_model
+    from tasktune.tuning.load import load_model
 
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix=f"glm-{args.size}-"))
     benchmodel.build_model_dir(args.size, model_dir)

@@ -45,8 +45,8 @@ def verdict_share(model, tokenizer, records: list[dict]) -> float:
 def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datagen import generate
-    from tuning.tiny import TinyConfig, pretrain
+    from tasktune.datagen import generate
+    from tasktune.tuning.tiny import TinyConfig, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="model folder (e.g. from `tasktune tiny-model`)")

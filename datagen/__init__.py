@@ -11,11 +11,11 @@ import importlib
 from typing import Any
 
 _API = {
-    "load_spec": "datagen.spec",
-    "TaskSpec": "datagen.spec",
-    "generate": "datagen.pipeline",
-    "Splits": "datagen.pipeline",
-    "write_splits": "datagen.write",
+    "load_spec": "tasktune.datagen.spec",
+    "TaskSpec": "tasktune.datagen.spec",
+    "generate": "tasktune.datagen.pipeline",
+    "Splits": "tasktune.datagen.pipeline",
+    "write_splits": "tasktune.datagen.write",
 }
 __all__ = list(_API)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from datagen.render import Compiled
+from tasktune.datagen.render import Compiled
 from tasktune.errors import SpecError
 
 

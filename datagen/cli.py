@@ -6,7 +6,7 @@ import argparse
 import random
 import sys
 
-from datagen.formats import FORMATS
+from tasktune.datagen.formats import FORMATS
 
 DESCRIPTION = """\
 Generate train/dev data from a task spec (YAML + Jinja templates; see docs/spec.md).
@@ -26,9 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "data", help="generate noisy, split, schema-checked train/dev data from a task spec",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: tasktune data templates/grid/spec.yaml --out data/grid --seed 42",
+        epilog="examples: tasktune data grid --out data/grid --seed 42\n"
+               "          tasktune data my/spec.yaml --out data/mine",
     )
-    p.add_argument("spec", metavar="SPEC.yaml", help="task spec, e.g. templates/grid/spec.yaml")
+    p.add_argument("spec", metavar="SPEC", help="task spec: a SPEC.yaml path, or a built-in spec's name (grid, "
+                                                  "smarthome; `tasktune specs` lists them)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: the spec's `seed`, else a fresh one, printed)")
@@ -41,12 +43,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the files written")
     p.set_defaults(func=run)
 
+    s = subparsers.add_parser("specs", help="list the built-in task specs (usable by name: tasktune data grid ...)",
+                              description="List the task specs shipped with tasktune, with their steps and file.")
+    s.set_defaults(func=list_specs)
+
+
+def list_specs(args: argparse.Namespace) -> int:
+    from tasktune.datagen.spec import builtin_specs, load_spec
+
+    for name, path in builtin_specs().items():
+        spec = load_spec(path)
+        print(f"{name:<12} {len(spec.steps)} steps ({', '.join(s.name for s in spec.steps)}), n={spec.n}  {path}")
+    return 0
+
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from datagen import generate, load_spec, write_splits
-    from datagen.stats import format_table
+    from tasktune.datagen import generate, load_spec, write_splits
+    from tasktune.datagen.stats import format_table
     from tasktune.errors import SpecError
 
     if args.n is not None and args.n < 1:

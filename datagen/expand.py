@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from datagen.answers import build_pattern
-from datagen.render import Compiled, getter
-from datagen.slots import SlotSampler
-from datagen.spec import StepSpec, TaskSpec
+from tasktune.datagen.answers import build_pattern
+from tasktune.datagen.render import Compiled, getter
+from tasktune.datagen.slots import SlotSampler
+from tasktune.datagen.spec import StepSpec, TaskSpec
 from tasktune.errors import SpecError
 
 UTTERANCE = "utterance"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tasktune.errors import SpecError
 
 if TYPE_CHECKING:
-    from datagen.expand import Example
+    from tasktune.datagen.expand import Example
 
 FORMATS = ("chatglm", "jsonl", "alpaca", "sharegpt", "classification")
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from pypinyin import Style, lazy_pinyin
 
-from datagen.spec import NoiseSpec
+from tasktune.datagen.spec import NoiseSpec
 
 OPS = ("mask", "homophone", "delete", "insert")
 # initials/finals that ASR systems (and southern accents) often confuse

@@ -9,13 +9,13 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable
 
-from datagen.expand import expand
-from datagen.formats import to_chatglm
-from datagen.noise import apply_noise
-from datagen.spec import TaskSpec, load_spec
-from datagen.split import split
-from datagen.stats import StatsCounter
-from datagen.validate import validate_records
+from tasktune.datagen.expand import expand
+from tasktune.datagen.formats import to_chatglm
+from tasktune.datagen.noise import apply_noise
+from tasktune.datagen.spec import TaskSpec, load_spec
+from tasktune.datagen.split import split
+from tasktune.datagen.stats import StatsCounter
+from tasktune.datagen.validate import validate_records
 
 
 @dataclass

@@ -21,7 +21,7 @@ from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
 
-from datagen import segments
+from tasktune.datagen import segments
 from tasktune.errors import SpecError
 
 #: the most text a template may build or output: a string's characters, or a list's items plus their text

@@ -7,8 +7,8 @@ import itertools
 import random
 from typing import Any, Callable
 
-from datagen.render import Compiled
-from datagen.spec import SlotSpec
+from tasktune.datagen.render import Compiled
+from tasktune.datagen.spec import SlotSpec
 from tasktune.errors import SpecError
 
 _MISSING = object()

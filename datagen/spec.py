@@ -307,8 +307,29 @@ def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> 
     )
 
 
+def builtin_specs() -> dict[str, Path]:
+    """The specs shipped with tasktune, by name: every `templates/NAME/spec.yaml`."""
+    from tasktune import TEMPLATES
+
+    return {p.parent.name: p for p in sorted(TEMPLATES.glob("*/spec.yaml"))}
+
+
+def resolve_spec(name_or_path: str | Path) -> Path:
+    """A spec file path, or a built-in spec's name (`grid`, `smarthome`) -> its file. An existing path wins
+    over a name; neither is a SpecError listing the built-in names."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    known = builtin_specs()
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
+    raise SpecError(f"{name_or_path}: no such spec file, and no built-in spec of that name "
+                    f"(built-in: {', '.join(known) or 'none'}; `tasktune specs` lists them)")
+
+
 def load_spec(path: str | Path) -> TaskSpec:
-    """Read and check a YAML task spec. Raises `SpecError` naming file, line and JSON path."""
-    path = Path(path)
+    """Read and check a YAML task spec (a path, or a built-in spec's name). Raises `SpecError` naming file,
+    line and JSON path."""
+    path = resolve_spec(path)
     data, lines = _read_yaml(path)
     return parse_spec(data, path, lines)

@@ -12,8 +12,8 @@ import random
 from operator import attrgetter
 from typing import Any, Callable
 
-from datagen.expand import Example
-from datagen.spec import SplitSpec
+from tasktune.datagen.expand import Example
+from tasktune.datagen.spec import SplitSpec
 
 
 def _stratum(example: Example) -> str:

@@ -7,7 +7,7 @@ from collections import Counter
 from operator import attrgetter
 from typing import Any
 
-from datagen.expand import Example
+from tasktune.datagen.expand import Example
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import jsonschema
 
-from datagen.schemacheck import Unsupported, compile_check
+from tasktune.datagen.schemacheck import Unsupported, compile_check
 from tasktune import SCHEMAS
 from tasktune.errors import SpecError
 

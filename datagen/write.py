@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from datagen import fileset
-from datagen.formats import FORMATS, convert
-from datagen.validate import validate_records
+from tasktune.datagen import fileset
+from tasktune.datagen.formats import FORMATS, convert
+from tasktune.datagen.validate import validate_records
 from tasktune.errors import SpecError
 
 

@@ -15,8 +15,8 @@ from tasktune.errors import TaskTuneError
 
 # (module, purpose) in pipeline order; each module defines register(subparsers).
 COMMAND_MODULES = [
-    "datagen.cli",
-    "tuning.cli",
+    "tasktune.datagen.cli",
+    "tasktune.tuning.cli",
 ]
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 def load_for_chat(run_dir: str | Path):
     """The run's model with its adapter on (`adapter.model`), its tokenizer, the Adapter and training config."""
     from tasktune.errors import ConfigError
-    from tuning.eval import check_run_dir, load_run_adapter
-    from tuning.load import load_tokenizer
-    from tuning.train import load_run_record
+    from tasktune.tuning.eval import check_run_dir, load_run_adapter
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.train import load_run_record
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
@@ -28,8 +28,8 @@ def load_for_chat(run_dir: str | Path):
 def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, keep_history: bool = True,
          stdin=None, stdout=None) -> list[tuple[str, str]]:
     """Read a line, answer it, repeat. Returns the (question, answer) turns (tests drive it with stdin)."""
-    from tuning.data import encode_prompts, format_prompt
-    from tuning.generate import generate_batched
+    from tasktune.tuning.data import encode_prompts, format_prompt
+    from tasktune.tuning.generate import generate_batched
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

@@ -41,7 +41,7 @@ class ClassificationSet:
 
 def read_records(data, split: str) -> list[dict[str, Any]]:
     """The split's {text, label} records (JSON array or JSONL); a record without them is a DataError."""
-    from tuning.data import resolve_split_file  # the same folder/file rules as the generation task
+    from tasktune.tuning.data import resolve_split_file  # the same folder/file rules as the generation task
 
     path = resolve_split_file(data, split)
     text = path.read_text(encoding="utf-8")
@@ -114,7 +114,7 @@ def predict(model, tokenizer, texts: list[str], *, batch_size: int = 32, max_len
 
 def score(predicted: list[int], gold: list[int], labels: list[str]) -> dict[str, float]:
     """Accuracy and macro-F1 (percentages), per tuning/metrics.py."""
-    from tuning.metrics import accuracy, macro_f1
+    from tasktune.tuning.metrics import accuracy, macro_f1
 
     # classes = those seen in gold or predictions: a trained label absent from this split does not count as F1 0
     return {"n": len(gold), "accuracy": round(100 * accuracy(predicted, gold), 2),
@@ -125,10 +125,10 @@ def evaluate_classification(run_dir: Path, record: dict, *, data=None, split: st
                             batch_size: int = 32, log=print) -> dict[str, Any]:
     """Base and tuned predictions on the split from one loaded classifier; writes RUN/eval/metrics.json,
     predictions.jsonl and report.md."""
-    from tuning import methods
-    from tuning.eval import _device_map
-    from tuning.load import load_tokenizer
-    from tuning.runinfo import write_json_atomic
+    from tasktune.tuning import methods
+    from tasktune.tuning.eval import _device_map
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.runinfo import write_json_atomic
 
     cfg = record["config"]
     info = methods.read_method_info(run_dir)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from tuning import tiny
-from tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
+from tasktune.tuning import tiny
+from tasktune.tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,14 +99,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tuning.train import fit
+    from tasktune.tuning.train import fit
 
     fit(config_from_args(args, TrainConfig))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tuning.eval import EvalConfig, evaluate
+    from tasktune.tuning.eval import EvalConfig, evaluate
 
     evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens))
@@ -114,7 +114,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tuning.chat import chat
+    from tasktune.tuning.chat import chat
 
     chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history)
     return 0
@@ -122,7 +122,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from tasktune.errors import ConfigError
-    from tuning.compare import CompareConfig, compare
+    from tasktune.tuning.compare import CompareConfig, compare
 
     rates = {}
     for item in args.lr:

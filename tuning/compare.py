@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import ConfigError
-from tuning.config import METHODS
+from tasktune.tuning.config import METHODS
 
 #: Learning rates that work for each method on the same short budget (AdamW, linear decay); the soft-prompt
 #: methods want large steps, the methods that move base weights small ones.
@@ -79,10 +79,10 @@ def run_worker(spec_path: Path, result_path: Path) -> None:
     try:
         import torch
 
-        from tuning import methods
-        from tuning.config import TrainConfig
-        from tuning.eval import EvalConfig, evaluate
-        from tuning.train import fit
+        from tasktune.tuning import methods
+        from tasktune.tuning.config import TrainConfig
+        from tasktune.tuning.eval import EvalConfig, evaluate
+        from tasktune.tuning.train import fit
 
         baseline = _peak_rss_mib()
         cuda = torch.cuda.is_available()
@@ -135,7 +135,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
         result_path.unlink(missing_ok=True)
         log(f"[{i}/{len(cfg.methods)}] {method}: {cfg.steps} steps ...")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "tuning.compare", "--worker", str(spec_path), str(result_path)],
+        proc = subprocess.run([sys.executable, "-m", "tasktune.tuning.compare", "--worker", str(spec_path), str(result_path)],
                               capture_output=True, text=True)
         if result_path.is_file():
             result = json.loads(result_path.read_text(encoding="utf-8"))
@@ -147,7 +147,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
         log(f"    {_one_line(result)}")
         spec_path.unlink(missing_ok=True)
         result_path.unlink(missing_ok=True)
-    from tuning.runinfo import environment_info, write_json_atomic
+    from tasktune.tuning.runinfo import environment_info, write_json_atomic
 
     summary = {"config": asdict(cfg), "environment": environment_info(), "results": results}
     write_json_atomic(out / "compare.json", summary)

@@ -30,7 +30,7 @@ class EvalConfig:
 
 
 def check_run_dir(run_dir: Path) -> None:
-    from tuning.methods import METHOD_FILE
+    from tasktune.tuning.methods import METHOD_FILE
 
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
@@ -42,7 +42,7 @@ def check_run_dir(run_dir: Path) -> None:
 
 def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Dev records as plain dicts: prompt, history, reference and the generator's meta."""
-    from tuning.data import DataConfig, load_records
+    from tasktune.tuning.data import DataConfig, load_records
 
     ds = load_records(data, split, DataConfig(prompt_column=cfg["prompt_column"],
                                               response_column=cfg["response_column"],
@@ -62,20 +62,20 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict
 
 
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
-    from tuning.data import encode_prompts, format_prompt
-    from tuning.generate import generate_batched
-    from tuning import methods
-    from tuning.load import load_tokenizer
-    from tuning.metrics import compute_metrics
-    from tuning.report import format_metric_table, format_step_summary, write_report
-    from tuning.train import load_run_record
+    from tasktune.tuning.data import encode_prompts, format_prompt
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning import methods
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.metrics import compute_metrics
+    from tasktune.tuning.report import format_metric_table, format_step_summary, write_report
+    from tasktune.tuning.train import load_run_record
 
     run_dir = Path(ecfg.run_dir)
     check_run_dir(run_dir)
     record = load_run_record(run_dir)
     cfg = record["config"]
     if cfg.get("task", "causal-lm") == "classification":
-        from tuning.classify import evaluate_classification
+        from tasktune.tuning.classify import evaluate_classification
 
         return evaluate_classification(run_dir, record, data=ecfg.data, split=ecfg.split, limit=ecfg.limit,
                                        batch_size=ecfg.batch_size, log=log)
@@ -120,7 +120,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
 
 def load_run_adapter(run_dir: Path, record: dict[str, Any]):
     """The run's base model (as trained: same quantization) with its adapter on, in eval mode."""
-    from tuning import methods
+    from tasktune.tuning import methods
 
     cfg, quant = record["config"], record.get("quantization")
 

@@ -163,14 +163,14 @@ class PrefixAdapter(Adapter):
             yield self.model
 
     def save_weights(self, folder: Path, base_model: str, extra: dict) -> list[str]:
-        from tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, save_adapter
+        from tasktune.tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, save_adapter
 
         save_adapter(self.tuner, folder, base_model=base_model, extra=extra)
         return [CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME] + ([ENCODER_NAME] if self.tuner.config.prefix_projection else [])
 
 
 def _attach_prefix(model, cfg, method: str) -> PrefixAdapter:
-    from tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
 
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=cfg.pre_seq_len,
                                               prefix_projection=cfg.prefix_projection or method == "prefix",
@@ -180,7 +180,7 @@ def _attach_prefix(model, cfg, method: str) -> PrefixAdapter:
 
 
 def _load_prefix(model, folder: Path, info: dict, is_trainable: bool) -> PrefixAdapter:
-    from tuning.save import load_adapter
+    from tasktune.tuning.save import load_adapter
 
     return PrefixAdapter(model, load_adapter(model, folder, is_trainable=is_trainable), info["method"])
 
@@ -242,7 +242,7 @@ def _peft_config(model, cfg, method: str, task: str):
     if method == "prompt-text":
         if not cfg.prompt_init_text.strip():
             raise ConfigError("--method prompt-text needs a non-empty --prompt-init-text")
-        from tuning.load import load_tokenizer
+        from tasktune.tuning.load import load_tokenizer
 
         # as peft counts it when it initialises: the text through the tokenizer, special tokens included
         text_tokens = len(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)(
@@ -489,7 +489,7 @@ def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[],
 
 def load_base(cfg: dict[str, Any], *, quantization: int | None, labels: list[str] | None = None, device_map=None):
     """The run's frozen base model (causal LM, or a sequence classifier with `labels`) from a config dict."""
-    from tuning.load import load_model
+    from tasktune.tuning.load import load_model
 
     kwargs: dict[str, Any] = {}
     task = cfg.get("task", "causal-lm")

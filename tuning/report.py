@@ -18,7 +18,7 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from tasktune import TEMPLATES
-from tuning.metrics import argument_accuracy, exact_match, step_of
+from tasktune.tuning.metrics import argument_accuracy, exact_match, step_of
 
 REPORT_TEMPLATES = TEMPLATES / "report"
 FILE_NAMES = {

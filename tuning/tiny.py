@@ -142,7 +142,7 @@ class Corpus:
 def generate_records(spec_path: Path, seed: int, n: int | None) -> tuple[list[dict], list[dict]]:
     """(train, dev) records from the data generator's Python API."""
     try:
-        from datagen import generate
+        from tasktune.datagen import generate
     except ImportError as exc:
         raise ConfigError(f"tiny-model needs the data generator (datagen.generate): {exc}") from None
     splits = generate(spec_path, seed=seed, **({"n": n} if n else {}))
@@ -178,7 +178,7 @@ def build_corpus(
     with the same slot values (meta.slots), when there is one: the same entity named twice.
     `round_docs` (a share of the records, with skill_docs) adds reading skills chained in the multi-round frame.
     Dev text only feeds the tokenizer's alphabet."""
-    from tuning.data import format_prompt
+    from tasktune.tuning.data import format_prompt
 
     words = collect_slot_words(train + dev)
     rng = rng or random.Random(0)
@@ -221,7 +221,7 @@ def reading_answers(content: str, words: list[str]) -> list[str]:
 
 def multi_round_docs(skills: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[str, bool]]:
     """n dialogues of 2 or 3 rounds in the ChatGLM frame, each round a random (question, reading answer)."""
-    from tuning.data import format_prompt
+    from tasktune.tuning.data import format_prompt
 
     docs = []
     for _ in range(n if skills else 0):
@@ -402,7 +402,7 @@ def length_batches(rows: list[list[int]], batch_size: int, rng: random.Random, w
     """The rows reordered so that each run of batch_size rows (counted from the end: `pretrain` pops rows off
     the end) holds rows of similar length, the batches shuffled: this saves most of the padding (multi-round
     documents are long)."""
-    from tuning.data import group_by_length
+    from tasktune.tuning.data import group_by_length
 
     batches = group_by_length(rows, len, batch_size, window)
     rng.shuffle(batches)
@@ -497,7 +497,9 @@ def build_tiny_model(
     ("cpu" is bit-reproducible for a seed; "cuda" is faster but not bit-identical). Writes atomically:
     a failure leaves no half-built folder. Returns the output folder.
     """
-    spec_path, out = Path(spec_path), Path(out_dir)
+    from tasktune.datagen.spec import resolve_spec
+
+    spec_path, out = resolve_spec(spec_path), Path(out_dir)
     if not spec_path.is_file():
         raise SpecError(f"{spec_path}: no such spec file")
     _check_device(device)
@@ -567,8 +569,8 @@ def add_arguments(parser) -> None:
     import argparse
 
     d = TinyConfig()
-    parser.add_argument("--spec", default=Path("templates/grid/spec.yaml"), type=Path,
-                        help="task spec whose text the model learns (default: the grid spec)")
+    parser.add_argument("--spec", default="grid",
+                        help="task spec whose text the model learns: a YAML path or a built-in name (default: grid)")
     parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
     parser.add_argument("--seed", type=int, default=42, help="seed for data, init and training order")
     parser.add_argument("--steps", type=int, default=d.pretrain_steps, help="LM pre-training steps on the domain text")

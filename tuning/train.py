@@ -22,10 +22,10 @@ from typing import Any, Iterator
 import torch
 
 from tasktune.errors import ConfigError, TaskTuneError
-from tuning import checkpoint as ckpt
-from tuning.config import TrainConfig
-from tuning.data import IGNORE_INDEX
-from tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
+from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.config import TrainConfig
+from tasktune.tuning.data import IGNORE_INDEX
+from tasktune.tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
 
 
 class TrainingDiverged(TaskTuneError):
@@ -104,7 +104,7 @@ def step_micro_batches(draws: list[list[int]], rank: int, per_device: int,
 
 
 def _length_grouped(order: list[int], lengths: list[int], batch: int, window: int, seed: int) -> list[int]:
-    from tuning.data import group_by_length
+    from tasktune.tuning.data import group_by_length
 
     batches = group_by_length(order, lengths.__getitem__, batch, window)
     shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 10_000)).tolist()
@@ -119,8 +119,8 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     from accelerate.utils import gather_object
     from transformers import get_scheduler
 
-    from tuning import compiling, methods
-    from tuning.load import load_tokenizer
+    from tasktune.tuning import compiling, methods
+    from tasktune.tuning.load import load_tokenizer
 
     run_dir = Path(cfg.out)
     if cfg.num_threads:
@@ -348,13 +348,13 @@ def _refuse_sharded_launch() -> None:
 def _training_data(cfg: TrainConfig, tokenizer):
     """(examples, collate, truncation report, labels or None) for cfg.task."""
     if cfg.task == "classification":
-        from tuning import classify
+        from tasktune.tuning import classify
 
         records = classify.read_records(cfg.data, "train")
         labels = classify.label_names(records)
         train_set = classify.tokenize_classification(records, tokenizer, labels, cfg.max_source_length)
         return train_set, classify.make_collator(tokenizer), train_set, labels
-    from tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
+    from tasktune.tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
 
     data_cfg = DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
                           history_column=cfg.history_column, max_source_length=cfg.max_source_length,

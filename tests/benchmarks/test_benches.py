@@ -69,7 +69,7 @@ def test_eval_bench_tiny_batched_matches_loop_with_either_cache(tiny_dir, tmp_pa
 
 
 def test_tiny_sweep_builds_tunes_and_reports_each_case(tmp_path):
-    from datagen import generate
+    from tasktune.datagen import generate
 
     splits = generate(BENCH.parent / "templates/grid/spec.yaml", seed=3)
     data = tmp_path / "data"

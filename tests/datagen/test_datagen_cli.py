@@ -1,4 +1,4 @@
-"""datagen.cli (`tasktune data`): files, byte-identical reruns, seed printing, errors without traceback.
+"""tasktune.datagen.cli (`tasktune data`): files, byte-identical reruns, seed printing, errors without traceback.
 
 Named test_datagen_cli.py (not test_cli.py) so that it cannot clash with tests/tuning/test_cli.py.
 """
@@ -92,7 +92,7 @@ def test_help_explains_the_command(capsys):
     with pytest.raises(SystemExit):
         main(["data", "--help"])
     out = capsys.readouterr().out
-    for word in ("SPEC.yaml", "--out", "--seed", "--format", "byte-identical", "noise", "dataset_info.json"):
+    for word in ("SPEC.yaml", "built-in", "--out", "--seed", "--format", "byte-identical", "noise", "dataset_info.json"):
         assert word in out
 
 

@@ -1,4 +1,4 @@
-"""datagen.expand: counts, uniqueness, fixed slots, answer patterns, chains, label steps, spec errors."""
+"""tasktune.datagen.expand: counts, uniqueness, fixed slots, answer patterns, chains, label steps, spec errors."""
 
 import random
 import re
@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from datagen.expand import expand, plan_counts
-from datagen.spec import load_spec
+from tasktune.datagen.expand import expand, plan_counts
+from tasktune.datagen.spec import load_spec
 from datagen_testutil import MINI, write_spec
 from tasktune import TEMPLATES
 from tasktune.errors import SpecError

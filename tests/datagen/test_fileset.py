@@ -1,4 +1,4 @@
-"""datagen.fileset: the files of one `tasktune data` run replace the old set as a unit."""
+"""tasktune.datagen.fileset: the files of one `tasktune data` run replace the old set as a unit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import fileset
+from tasktune.datagen import fileset
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD = {"train.json": "old train\n", "dev.json": "old dev\n", "stats.json": "old stats\n"}
@@ -100,7 +100,7 @@ def test_a_run_killed_while_writing_leaves_the_old_set(tmp_path):
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
-        from datagen import fileset
+        from tasktune.datagen import fileset
 
         def slow_dev():
             yield "new dev, first half"

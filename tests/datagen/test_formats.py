@@ -1,9 +1,9 @@
-"""datagen.formats: the ChatGLM record (with meta) and its conversion to the other layouts."""
+"""tasktune.datagen.formats: the ChatGLM record (with meta) and its conversion to the other layouts."""
 
 import pytest
 
-from datagen.expand import Example
-from datagen.formats import convert, to_chatglm
+from tasktune.datagen.expand import Example
+from tasktune.datagen.formats import convert, to_chatglm
 from tasktune.errors import SpecError
 
 

@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from datagen import generate, write_splits
+from tasktune.datagen import generate, write_splits
 
 GOLDEN = Path(__file__).parent / "golden"
 FILES = ("train.json", "dev.json", "dataset_info.json", "stats.json")

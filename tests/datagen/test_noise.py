@@ -1,4 +1,4 @@
-"""datagen.noise: each op, spans that audit every change, homophones, determinism, utterance only."""
+"""tasktune.datagen.noise: each op, spans that audit every change, homophones, determinism, utterance only."""
 
 import random
 
@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypinyin import Style, lazy_pinyin
 
-from datagen import generate
-from datagen.noise import add_noise, homophone_table, homophones
-from datagen.spec import NoiseSpec
+from tasktune.datagen import generate
+from tasktune.datagen.noise import add_noise, homophone_table, homophones
+from tasktune.datagen.spec import NoiseSpec
 from datagen_testutil import write_spec
 
 

@@ -1,10 +1,10 @@
-"""datagen.pipeline.generate (datagen.generate): determinism, n, progress, and the built-in specs."""
+"""tasktune.datagen.pipeline.generate (datagen.generate): determinism, n, progress, and the built-in specs."""
 
 import json
 
 import pytest
 
-from datagen import Splits, generate, load_spec, write_splits
+from tasktune.datagen import Splits, generate, load_spec, write_splits
 from tasktune import TEMPLATES
 from datagen_testutil import write_spec
 

@@ -1,8 +1,8 @@
-"""datagen.render: sandboxed, strict, compiled once, memoised renders; errors name the template."""
+"""tasktune.datagen.render: sandboxed, strict, compiled once, memoised renders; errors name the template."""
 
 import pytest
 
-from datagen.render import Compiled
+from tasktune.datagen.render import Compiled
 from tasktune.errors import SpecError
 
 

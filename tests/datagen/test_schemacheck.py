@@ -1,4 +1,4 @@
-"""datagen.schemacheck: the compiled predicate accepts exactly what fastjsonschema accepts."""
+"""tasktune.datagen.schemacheck: the compiled predicate accepts exactly what fastjsonschema accepts."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagen.formats import FORMATS, convert
-from datagen.pipeline import generate
-from datagen.schemacheck import Unsupported, compile_check
-from datagen.validate import checker, format_schema
+from tasktune.datagen.formats import FORMATS, convert
+from tasktune.datagen.pipeline import generate
+from tasktune.datagen.schemacheck import Unsupported, compile_check
+from tasktune.datagen.validate import checker, format_schema
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

@@ -1,4 +1,4 @@
-"""datagen.segments: a template rendered from its cached pieces equals the whole Jinja render, errors included."""
+"""tasktune.datagen.segments: a template rendered from its cached pieces equals the whole Jinja render, errors included."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagen.render import MAX_TEXT, Compiled
-from datagen.split import shuffle
+from tasktune.datagen.render import MAX_TEXT, Compiled
+from tasktune.datagen.split import shuffle
 from tasktune.errors import SpecError
 
 FAST = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -90,7 +90,7 @@ def test_only_output_and_if_templates_are_split(source):
 
 @pytest.mark.parametrize("source", ["你好", "", " a}b %} #} ", "x\ty\u2028z"])
 def test_plain_text_renders_as_itself_without_jinja(source):
-    from datagen.render import _ENV
+    from tasktune.datagen.render import _ENV
 
     plain = Compiled(source, "w")
     assert plain.refs == () and plain({}) == plain.uncached({"a": 1}) == _ENV.from_string(source).render()

@@ -1,12 +1,12 @@
-"""datagen.slots: dependency order, cycles, fixed values, weighted choices, derived (expr) slots."""
+"""tasktune.datagen.slots: dependency order, cycles, fixed values, weighted choices, derived (expr) slots."""
 
 import random
 from collections import Counter
 
 import pytest
 
-from datagen.slots import SlotSampler
-from datagen.spec import SlotSpec
+from tasktune.datagen.slots import SlotSampler
+from tasktune.datagen.spec import SlotSpec
 from tasktune.errors import SpecError
 
 

@@ -1,8 +1,8 @@
-"""datagen.spec: schema check before anything else, errors with file:line and JSON path, pool files."""
+"""tasktune.datagen.spec: schema check before anything else, errors with file:line and JSON path, pool files."""
 
 import pytest
 
-from datagen.spec import load_spec
+from tasktune.datagen.spec import load_spec
 from datagen_testutil import MINI, write_spec
 from tasktune import TEMPLATES
 from tasktune.errors import SpecError

@@ -1,12 +1,12 @@
-"""datagen.split: each strategy's disjointness, per-step shares, determinism."""
+"""tasktune.datagen.split: each strategy's disjointness, per-step shares, determinism."""
 
 import random
 
 import pytest
 
-from datagen.expand import expand
-from datagen.spec import SplitSpec, load_spec
-from datagen.split import split
+from tasktune.datagen.expand import expand
+from tasktune.datagen.spec import SplitSpec, load_spec
+from tasktune.datagen.split import split
 from datagen_testutil import MINI, write_spec
 
 BIG = MINI.replace("n: 40", "n: 200").replace("[济南, 青岛, 烟台, 潍坊, 临沂, 德州]",

@@ -1,7 +1,7 @@
-"""datagen.stats: counts add up, noise rate, lengths, table."""
+"""tasktune.datagen.stats: counts add up, noise rate, lengths, table."""
 
-from datagen import generate
-from datagen.stats import format_table
+from tasktune.datagen import generate
+from tasktune.datagen.stats import format_table
 from datagen_testutil import write_spec
 
 

@@ -1,9 +1,9 @@
-"""datagen.validate: every format's schema accepts good records and names the path of a bad one."""
+"""tasktune.datagen.validate: every format's schema accepts good records and names the path of a bad one."""
 
 import pytest
 
-from datagen.formats import FORMATS
-from datagen.validate import explain, format_schema, validate_records
+from tasktune.datagen.formats import FORMATS
+from tasktune.datagen.validate import explain, format_schema, validate_records
 from tasktune.errors import SpecError
 
 META = {"step": "arguments", "template": "arguments/0", "slots": {"place": "济南", "n": 3}, "noise": [

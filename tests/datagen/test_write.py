@@ -1,13 +1,13 @@
-"""datagen.write: files and formats, LLaMA-Factory dataset_info, atomic writes, unwritable folders."""
+"""tasktune.datagen.write: files and formats, LLaMA-Factory dataset_info, atomic writes, unwritable folders."""
 
 import json
 import os
 
 import pytest
 
-from datagen import Splits, generate, write_splits
-from datagen import fileset
-from datagen.write import write_files
+from tasktune.datagen import Splits, generate, write_splits
+from tasktune.datagen import fileset
+from tasktune.datagen.write import write_files
 from datagen_testutil import write_spec
 from tasktune.errors import SpecError
 

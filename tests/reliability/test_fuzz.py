@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagen.noise import OP_FUNCTIONS, add_noise
-from datagen.pipeline import generate
-from datagen.render import Compiled
-from datagen.spec import NoiseSpec, parse_spec
-from datagen.validate import validate_records
+from tasktune.datagen.noise import OP_FUNCTIONS, add_noise
+from tasktune.datagen.pipeline import generate
+from tasktune.datagen.render import Compiled
+from tasktune.datagen.spec import NoiseSpec, parse_spec
+from tasktune.datagen.validate import validate_records
 from tasktune.errors import SpecError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from datagen import write
-from datagen.formats import convert
+from tasktune.datagen import write
+from tasktune.datagen.formats import convert
 from tasktune.errors import SpecError
 
 

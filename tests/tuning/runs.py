@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tuning.config import TrainConfig
+from tasktune.tuning.config import TrainConfig
 
 PLACES = ["济南", "青岛", "烟台", "潍坊", "临沂", "淄博", "威海", "日照"]
 CHECKS = {"人数": "人数检测", "安全": "安全检查", "设备": "设备检查"}

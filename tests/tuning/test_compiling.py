@@ -10,10 +10,10 @@ import torch
 
 from tasktune.errors import ConfigError
 from tests.tuning.runs import fast_config, write_data
-from tuning import compiling
-from tuning.load import load_model, load_tokenizer
-from tuning.prefix import PrefixConfig, attach_prefix
-from tuning.train import fit
+from tasktune.tuning import compiling
+from tasktune.tuning.load import load_model, load_tokenizer
+from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.train import fit
 
 
 @pytest.fixture(autouse=True)

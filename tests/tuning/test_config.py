@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from tasktune.errors import ConfigError
-from tuning.config import TrainConfig, add_config_arguments, config_from_args
+from tasktune.tuning.config import TrainConfig, add_config_arguments, config_from_args
 
 
 def _parse(argv):
@@ -77,7 +77,7 @@ def test_quantization_resolves(monkeypatch):
 def test_demo_configs_are_valid_train_configs(name):
     from pathlib import Path
 
-    from tuning.config import read_yaml_config
+    from tasktune.tuning.config import read_yaml_config
 
     path = Path(__file__).resolve().parents[2] / "templates" / "demo" / name
     cfg = TrainConfig(**read_yaml_config(path, TrainConfig))

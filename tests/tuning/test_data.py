@@ -9,7 +9,7 @@ import pytest
 
 from tasktune.errors import DataError
 from tests.tuning.runs import with_bos_and_chat_template
-from tuning.data import (
+from tasktune.tuning.data import (
     IGNORE_INDEX,
     DataConfig,
     encode_prompts,
@@ -18,7 +18,7 @@ from tuning.data import (
     make_collator,
     tokenize_dataset,
 )
-from tuning.tiny import train_tokenizer
+from tasktune.tuning.tiny import train_tokenizer
 
 GREET = "您好,我是电网大模型的语言核心,用于拆解执行行为库并向您汇报结果"
 RECORDS = [

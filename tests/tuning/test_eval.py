@@ -6,8 +6,8 @@ import pytest
 
 from tasktune.errors import ConfigError, DataError
 from tests.tuning.runs import fast_config, write_data
-from tuning.eval import EvalConfig, evaluate
-from tuning.train import fit
+from tasktune.tuning.eval import EvalConfig, evaluate
+from tasktune.tuning.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,8 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_eval_uses_one_model_for_base_and_tuned(trained_run, monkeypatch):
-    import tuning.load
+    from tasktune import tuning
+    import tasktune.tuning.load
 
     loads = []
     real = tuning.load.load_model
@@ -38,9 +39,9 @@ def test_eval_uses_one_model_for_base_and_tuned(trained_run, monkeypatch):
 
 def test_base_pass_equals_the_plain_base_model(trained_run, tiny_model_dir):
     """The base answers are what the model gives with no adapter at all."""
-    from tuning.data import format_prompt
-    from tuning.generate import generate_batched
-    from tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.data import format_prompt
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.load import load_model, load_tokenizer
 
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=8, limit=3), log=lambda *_: None)
     preds = [json.loads(line) for line in (trained_run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -68,8 +69,8 @@ def test_missing_dev_file(trained_run, tmp_path):
 
 
 def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
-    from tuning.generate import generate_batched
-    from tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.load import load_model, load_tokenizer
 
     model_dir = tiny_model_dir("glm")
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
@@ -79,8 +80,9 @@ def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
 
 def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
     """A tuned model never saw more than max_source_length prompt tokens: eval keeps the same last tokens."""
-    import tuning.generate
-    from tuning.train import load_run_record
+    from tasktune import tuning
+    import tasktune.tuning.generate
+    from tasktune.tuning.train import load_run_record
 
     seen = []
     real = tuning.generate.generate_batched
@@ -95,9 +97,10 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
     training saw: one bos (text re-encoded with special tokens would start with two)."""
     import io
 
-    import tuning.load
+    from tasktune import tuning
+    import tasktune.tuning.load
     from tests.tuning.runs import with_bos_and_chat_template
-    from tuning.chat import chat
+    from tasktune.tuning.chat import chat
 
     real_tok = tuning.load.load_tokenizer
     prompts = []  # the rows generate_batched pads for model.generate: what the model is fed
@@ -125,9 +128,10 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
 def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
     import io
 
-    import tuning.generate
-    from tuning.chat import chat
-    from tuning.train import load_run_record
+    from tasktune import tuning
+    import tasktune.tuning.generate
+    from tasktune.tuning.chat import chat
+    from tasktune.tuning.train import load_run_record
 
     seen = []
     real = tuning.generate.generate_batched
@@ -140,8 +144,8 @@ def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
 def test_max_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
     import torch
 
-    from tuning.generate import generate_batched
-    from tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.load import load_model, load_tokenizer
 
     model_dir = tiny_model_dir("glm")
     model, tok = load_model(model_dir), load_tokenizer(model_dir)

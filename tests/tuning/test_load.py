@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tuning.load import load_model, load_tokenizer
-from tuning.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.load import load_model, load_tokenizer
+from tasktune.tuning.prefix import PrefixConfig, attach_prefix
 
 
 def test_loads_frozen_model_in_eval_mode(tiny_model_dir):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tuning.metrics import (
+from tasktune.tuning.metrics import (
     accuracy,
     aggregate_arguments,
     argument_accuracy,

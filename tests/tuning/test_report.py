@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from tuning.metrics import compute_metrics
-from tuning.report import format_metric_table, write_report
+from tasktune.tuning.metrics import compute_metrics
+from tasktune.tuning.report import format_metric_table, write_report
 
 PATTERN = (
     "^因为出现地名为(?P<place>.+?), 所以函数一参数为(?P=place); "

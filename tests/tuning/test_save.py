@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tuning import save as save_module
-from tuning.prefix import PrefixConfig, attach_prefix
-from tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from tasktune.tuning import save as save_module
+from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 
 P = 4
 

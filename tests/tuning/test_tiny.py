@@ -10,8 +10,8 @@ import random
 import pytest
 
 from tasktune.errors import ConfigError, SpecError
-from tuning import tiny
-from tuning.tiny import RECORD_FILE, TinyConfig, build_corpus, build_tiny_model, make_model, pretrain, train_tokenizer
+from tasktune.tuning import tiny
+from tasktune.tuning.tiny import RECORD_FILE, TinyConfig, build_corpus, build_tiny_model, make_model, pretrain, train_tokenizer
 
 GREET = "您好,我是电网大模型的语言核心,用于拆解执行行为库并向您汇报结果"
 
@@ -70,7 +70,7 @@ def spec(tmp_path):
 
 
 def test_tokenizer_round_trips_grid_text_without_unk(tokenizer):
-    from tuning.data import format_prompt
+    from tasktune.tuning.data import format_prompt
 
     texts = [r[k] for r in TRAIN + DEV for k in ("content", "summary")]
     texts += [format_prompt(tokenizer, TRAIN[2]["content"], [[TRAIN[0]["content"], GREET]])]

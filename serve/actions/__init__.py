@@ -1,0 +1,1 @@
+"""Simulated action libraries: tool name -> callable (`tasktune serve --actions MODULE`)."""

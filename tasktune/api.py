@@ -1,0 +1,58 @@
+"""The public Python API: each function is one pipeline stage, as the CLI runs it.
+
+    import tasktune
+    tasktune.generate_data("grid", "data/grid", seed=42)
+    tasktune.train(model="models/tiny-glm", data="data/grid", out="runs/grid", max_steps=100)
+    metrics = tasktune.evaluate("runs/grid")
+    bot = tasktune.Assistant.from_run("runs/grid")
+    bot.answer(["您好,请简单自我介绍一下"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def builtin_specs() -> dict[str, Path]:
+    """The task specs shipped with tasktune, by name (`grid`, `smarthome`, ...) -> spec file."""
+    from tasktune.datagen.spec import builtin_specs as specs
+
+    return specs()
+
+
+def generate_data(spec: str | Path, out: str | Path, *, seed: int | None = None, n: int | None = None,
+                  fmt: str = "chatglm", meta: bool = True) -> list[Path]:
+    """Generate train/dev data from `spec` (a YAML path or a built-in spec's name) into the folder `out`, as
+    `tasktune data` does; returns the files written. `seed` defaults to the spec's own."""
+    from tasktune.datagen import generate, load_spec, write_splits
+    from tasktune.errors import SpecError
+
+    loaded = load_spec(spec)
+    seed = seed if seed is not None else loaded.seed
+    if seed is None:
+        raise SpecError(f"{loaded.path}: the spec sets no seed; pass seed=")
+    return write_splits(generate(loaded, seed=seed, n=n), out, fmt, meta=meta)
+
+
+def train(config=None, **fields: Any):
+    """Train a run as `tasktune train` does. Pass a `TrainConfig`, or its fields as keywords
+    (`model=`, `data=`, `out=`, `max_steps=`, ...). Returns the `FitResult`."""
+    from tasktune.tuning.config import TrainConfig
+    from tasktune.tuning.train import fit
+
+    if config is None:
+        config = TrainConfig(**fields)
+    elif fields:
+        import dataclasses
+
+        config = dataclasses.replace(config, **fields)
+    return fit(config)
+
+
+def evaluate(run_dir: str | Path, *, log=print, **options: Any) -> dict[str, Any]:
+    """Answer the dev split with the base and the tuned model, write RUN/eval/ and return the metrics
+    (`{"base": ..., "tuned": ..., "info": ..., "paths": ...}`). `options`: EvalConfig fields (limit=, split=...)."""
+    from tasktune.tuning.eval import EvalConfig, evaluate as run_eval
+
+    return run_eval(EvalConfig(run_dir=str(run_dir), **options), log=log)
