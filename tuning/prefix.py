@@ -136,19 +136,34 @@ def _causal_mask(q_len: int, kv_len: int, device, additive_dtype=None) -> torch.
     )
 
 
-def extend_mask(mask, query: torch.Tensor, key: torch.Tensor, prefix_len: int, additive: bool):
-    """Prepend `prefix_len` always-visible key columns to a 4D mask (bool: True = attend; additive: 0 = attend).
+def extend_mask(mask, query: torch.Tensor, key: torch.Tensor, prefix_len: int, additive: bool,
+                visible: torch.Tensor | None = None):
+    """Prepend `prefix_len` prefix key columns to a 4D mask (bool: True = attend; additive: 0 = attend).
 
-    A None mask means "plain causal" (sdpa fast path) or "all visible" (one query token); the first is
+    `visible`: None (every row sees every prefix column), or a (batch, prefix_len) bool tensor saying which prefix
+    columns each row sees (the server batches rows of different prefixes, and rows of the base model, which see
+    none). A None mask means "plain causal" (sdpa fast path) or "all visible" (one query token); the first is
     materialised because with extra keys sdpa's top-left `is_causal` would be wrong.
     """
     q_len, kv_len = query.shape[-2], key.shape[-2]
     if mask is None:
-        if q_len == 1:
+        if q_len == 1 and visible is None:
             return None  # decoding one token: prefix, past and itself are all visible
-        mask = _causal_mask(q_len, kv_len, query.device, query.dtype if additive else None)
-    visible = True if mask.dtype == torch.bool else 0.0
-    columns = torch.full((*mask.shape[:-1], prefix_len), visible, dtype=mask.dtype, device=mask.device)
+        if q_len == 1:
+            mask = torch.ones((1, 1, 1, kv_len), dtype=torch.bool, device=query.device)
+            if additive:
+                mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+        else:
+            mask = _causal_mask(q_len, kv_len, query.device, query.dtype if additive else None)
+    if visible is None:
+        fill = True if mask.dtype == torch.bool else 0.0
+        columns = torch.full((*mask.shape[:-1], prefix_len), fill, dtype=mask.dtype, device=mask.device)
+    else:
+        batch = visible.shape[0]
+        mask = mask.expand(batch, *mask.shape[1:])
+        seen = visible[:, None, None, :].expand(batch, mask.shape[1], mask.shape[2], prefix_len)
+        columns = seen if mask.dtype == torch.bool else torch.zeros(
+            seen.shape, dtype=mask.dtype, device=mask.device).masked_fill(~seen, torch.finfo(mask.dtype).min)
     return torch.cat([columns, mask], dim=-1)
 
 
@@ -156,8 +171,9 @@ class PrefixKV(dict):
     """What the hook hands to every layer for one forward call: per-layer prefix keys/values, already in the
     compute dtype and expanded to the batch, plus a cache of extended masks shared by the layers.
 
-    A dict (keys "key", "value": tuples of (batch, kv_heads, P, head_dim) per layer; "masks": the cache) so
-    that torch.compile traces it as plain data.
+    A dict (keys "key", "value": tuples of (batch, kv_heads, P, head_dim) per layer; "masks": the cache;
+    optional "visible": (batch, P) bool, which prefix columns each row sees, see `extend_mask`) so that
+    torch.compile traces it as plain data.
     """
 
     def layer(self, idx: int, batch: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,13 +186,14 @@ class PrefixKV(dict):
 
     def mask(self, mask, query: torch.Tensor, key: torch.Tensor, prefix_len: int, additive: bool):
         """`extend_mask`, computed once per forward call (all layers get the same mask or None)."""
+        visible = self.get("visible")
         if torch.compiler.is_compiling():  # traced once per graph anyway; keep the graph free of side effects
-            return extend_mask(mask, query, key, prefix_len, additive)
+            return extend_mask(mask, query, key, prefix_len, additive, visible)
         entry = ("none", query.shape[-2], key.shape[-2], query.dtype, additive) if mask is None else \
             ("mask", id(mask), query.dtype, additive)
         cached = self["masks"].get(entry)
         if cached is None or (mask is not None and cached[0] is not mask):
-            cached = (mask, extend_mask(mask, query, key, prefix_len, additive))  # holding `mask` keeps its id
+            cached = (mask, extend_mask(mask, query, key, prefix_len, additive, visible))  # holding `mask` keeps its id
             self["masks"][entry] = cached
         return cached[1]
 

@@ -1,0 +1,167 @@
+"""Many task prefixes on one base: load the base once, read every run's prefix into a bank of keys/values.
+
+A P-tuning v2 prefix is a block of keys/values per layer that every request of its task shares (positions of the
+text start at P). The bank computes each run's block once, in the compute dtype, and the engine hands each batch
+row its own block through the prefix attention wrapper of tasktune.tuning.prefix (rows of the base model see
+none). Only prefix methods (ptuning-v2, prefix) can share a base this way; other methods are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasktune.errors import ConfigError
+
+#: Methods whose adapter is a key/value prefix (served per row); the rest change the base's weights.
+PREFIX_METHODS = ("ptuning-v2", "prefix")
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """One run as the server sees it: its model name, folder and what formatting/cutting it was trained with."""
+
+    name: str
+    run_dir: Path
+    base_model: str
+    quantization: Any
+    pre_seq_len: int
+    prompt_template: str
+    max_source_length: int
+    max_target_length: int
+    data: str
+
+
+def _record(run_dir: Path) -> dict[str, Any]:
+    from tasktune.tuning.eval import check_run_dir
+    from tasktune.tuning.methods import read_method_info
+    from tasktune.tuning.train import load_run_record
+
+    check_run_dir(run_dir)
+    record = load_run_record(run_dir)
+    cfg = record["config"]
+    if cfg.get("task", "causal-lm") != "causal-lm":
+        raise ConfigError(f"{run_dir}: a {cfg['task']} run labels texts; serve causal-lm runs (use it as --router)")
+    method = read_method_info(run_dir).get("method", cfg.get("method"))
+    if method not in PREFIX_METHODS:
+        raise ConfigError(f"{run_dir}: method {method!r} changes the base model's weights and cannot share one base "
+                          f"with other runs; `tasktune serve` serves {' and '.join(PREFIX_METHODS)} runs")
+    return record
+
+
+def describe_run(run_dir: str | Path, name: str | None = None) -> tuple[ServedRun, dict[str, Any]]:
+    """The ServedRun of a run folder (name: the folder's name unless given) and its raw record."""
+    run_dir = Path(run_dir)
+    record = _record(run_dir)
+    cfg = record["config"]
+    run = ServedRun(name=name or run_dir.resolve().name, run_dir=run_dir, base_model=str(cfg["model"]),
+                    quantization=record.get("quantization"), pre_seq_len=int(cfg["pre_seq_len"]),
+                    prompt_template=str(cfg.get("prompt_template", "auto")),
+                    max_source_length=int(cfg["max_source_length"]), max_target_length=int(cfg["max_target_length"]),
+                    data=str(cfg.get("data", "")))
+    return run, record
+
+
+def check_same_base(runs: list[ServedRun]) -> None:
+    """Every run must have been trained on the same base, loaded the same way; else a ConfigError naming them."""
+    def key(r: ServedRun):
+        path = Path(r.base_model).expanduser()
+        where = str(path.resolve()) if path.exists() else r.base_model
+        return where, r.quantization
+
+    first = runs[0]
+    for run in runs[1:]:
+        if key(run) != key(first):
+            raise ConfigError(
+                f"runs {first.name} ({first.base_model}, quantization {first.quantization}) and {run.name} "
+                f"({run.base_model}, quantization {run.quantization}) were trained on different bases; one server "
+                "shares one base: serve them from two servers")
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"two runs would be served as {dupes[0]!r}; name them apart with NAME=RUN_DIR")
+
+
+class PrefixBank:
+    """The base model (prefix attention wrapper on, no hook) and every run's prefix keys/values.
+
+    `kv[name]`: (layers, 2, kv_heads, P, head_dim) in the compute dtype on the model's device.
+    `batch(names)` builds one forward call's `tasktune_prefix` argument for rows served by `names`
+    (None = the base model: no prefix, no position shift)."""
+
+    def __init__(self, model, tokenizer, runs: dict[str, ServedRun], kv: dict[str, torch.Tensor]):
+        self.model, self.tokenizer, self.runs, self.kv = model, tokenizer, runs, kv
+        self.width = max((t.shape[3] for t in kv.values()), default=0)
+        sample = next(iter(kv.values()), None)
+        self._empty = None if sample is None else torch.zeros_like(sample[:, :, :, :1]).expand(
+            -1, -1, -1, self.width, -1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def offset(self, name: str | None) -> int:
+        """How far the run's text positions are shifted (its P; 0 for the base model)."""
+        return 0 if name is None else self.runs[name].pre_seq_len
+
+    def batch(self, names: list[str | None]):
+        """The PrefixKV for rows served by `names` (left-padded to the widest prefix, padding columns hidden)."""
+        from tasktune.tuning.prefix import PrefixKV
+
+        if not self.kv or all(n is None for n in names):
+            return None
+        blocks, visible = [], torch.zeros((len(names), self.width), dtype=torch.bool, device=self.device)
+        for i, name in enumerate(names):
+            block = self._empty if name is None else self.kv[name]
+            pad = self.width - block.shape[3]
+            if pad:
+                block = torch.cat([self._empty[:, :, :, :pad], block], dim=3)
+            blocks.append(block)
+            if name is not None:
+                visible[i, pad:] = True
+        stacked = torch.stack(blocks, dim=2)  # (L, 2, B, H, P, D)
+        keys, values = stacked.unbind(1)
+        return PrefixKV(key=keys.unbind(0), value=values.unbind(0), masks={}, visible=visible)
+
+
+def _compute_dtype(model) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
+def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
+    """Load the shared base once (as the runs were trained: same quantization) and every run's prefix.
+
+    `run_dirs`: (name or None, folder) pairs."""
+    from tasktune.tuning import methods
+    from tasktune.tuning.eval import _device_map
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
+    from tasktune.tuning.save import load_adapter
+
+    if not run_dirs:
+        raise ConfigError("give at least one run folder to serve")
+    described = [describe_run(path, name) for name, path in run_dirs]
+    runs = [r for r, _ in described]
+    check_same_base(runs)
+    record = described[0][1]
+    cfg, quant = record["config"], record.get("quantization")
+    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
+                               padding_side="left")
+    model = methods.load_base(cfg, quantization=quant, device_map=_device_map(quant))
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        model.to("cuda")
+    model.eval()
+    base_attention = model.config._attn_implementation or "eager"
+    dtype = _compute_dtype(model)
+    kv: dict[str, torch.Tensor] = {}
+    for run in runs:
+        tuner = load_adapter(model, run.run_dir)  # checks the geometry, reads PEFT's format
+        with torch.no_grad():
+            kv[run.name] = tuner.encoder().to(dtype).contiguous()
+        tuner.detach()
+    register_attention()
+    _set_attention(model, WRAPPED_ATTENTION.get(base_attention, base_attention))
+    return PrefixBank(model, tokenizer, {r.name: r for r in runs}, kv)

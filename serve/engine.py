@@ -1,0 +1,347 @@
+"""Continuous batching of requests for many prefixes on one base: one thread owns the model and steps a batch.
+
+Each loop of the engine thread:
+1. admit waiting requests into free slots (up to `max_batch_size` rows), prefill them together (left-padded,
+   each row with its own prefix) and sample their first token;
+2. merge their caches into the running batch (left padding to the longest row: the 2D attention mask hides it);
+3. decode one token for every row at once;
+4. retire rows that finished (eos, a stop string, max_tokens) or whose client went away; their slots are free
+   for the next loop, so a short request that arrives while a long one decodes joins it and finishes first.
+
+Why not transformers' continuous batching (`generate_batch`, paged cache)? It flattens every request into one
+row of a paged cache, while a P-tuning v2 prefix is per row: our attention wrapper prepends each row's prefix
+keys/values, which the paged kernels cannot take, and its API moved between the transformers versions we
+support. The padded dynamic cache used here is what `generate()` itself uses for eval's batches, so greedy
+answers equal eval's (tests/serve/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from tasktune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request decodes: greedy when temperature is 0, else temperature + top-p with its own seed."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Event:
+    """What the engine reports for a request: new text, and at the end the reason it finished."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    full_text: str | None = None  # the whole answer, on the finishing event (deltas may hold back odd bytes)
+
+
+@dataclass(eq=False)
+class Request:
+    """A prompt (token ids) for one served run (`adapter`; None = the base model) and where its events go."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """Free the request's slot at the next step (a client that went away)."""
+        self.cancelled.set()
+
+
+@dataclass(eq=False)
+class _Row:
+    """A request being decoded: its tokens so far, the text already sent, its sampler."""
+
+    request: Request
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+    generator: torch.Generator | None = None
+    first_token_at: float | None = None
+
+
+class EngineStats:
+    """Counters the metrics endpoint reads (the engine thread writes them)."""
+
+    def __init__(self):
+        self.waiting = 0
+        self.running = 0
+        self.steps = 0
+        self.tokens = 0
+        self.observers: list[Callable[[str, float], None]] = []
+
+    def observe(self, name: str, value: float) -> None:
+        for observer in self.observers:
+            observer(name, value)
+
+
+class Engine:
+    """Owns the model on one thread; `submit()` from any thread; events come back through each request's `emit`."""
+
+    def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05):
+        if max_batch_size < 1:
+            raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
+        self.bank, self.tokenizer, self.model = bank, bank.tokenizer, bank.model
+        self.max_batch_size = max_batch_size
+        self.idle_wait = idle_wait
+        self.stats = EngineStats()
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id
+        self._waiting: queue.Queue[Request] = queue.Queue()
+        self._rows: list[_Row] = []
+        self._cache = None
+        self._mask: torch.Tensor | None = None  # (rows, cached length): 1 = a real token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tasktune-engine", daemon=True)
+
+    # -- the outside -------------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def submit(self, request: Request) -> Request:
+        if request.adapter is not None and request.adapter not in self.bank.runs:
+            raise ConfigError(f"unknown run {request.adapter!r}")
+        self._waiting.put(request)
+        self.stats.waiting = self._waiting.qsize()
+        return request
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel what is in flight and stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                admitted = self._admit()
+                if not self._rows and not admitted:
+                    time.sleep(self.idle_wait) if self._waiting.empty() else None
+                    continue
+                if self._rows:
+                    self._decode()
+            except Exception as exc:  # a failed step fails its requests, never the server
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+        self._fail_all("server shutting down", reason="cancelled")
+
+    def _fail_all(self, message: str, reason: str = "error") -> None:
+        for row in self._rows:
+            row.request.emit(Event(finish_reason=reason, error=message,
+                                   prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
+        self._rows, self._cache, self._mask = [], None, None
+        while True:
+            try:
+                request = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            request.emit(Event(finish_reason=reason, error=message, prompt_tokens=len(request.prompt_ids)))
+        self.stats.running = self.stats.waiting = 0
+
+    def _admit(self) -> bool:
+        new: list[Request] = []
+        while len(self._rows) + len(new) < self.max_batch_size:
+            try:
+                request = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if request.cancelled.is_set():
+                request.emit(Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids)))
+                continue
+            new.append(request)
+        self.stats.waiting = self._waiting.qsize()
+        if not new:
+            return False
+        self._prefill(new)
+        return True
+
+    @torch.inference_mode()
+    def _forward(self, input_ids, mask, positions, names, cache):
+        prefix = self.bank.batch(names)
+        extra = {} if prefix is None else {"tasktune_prefix": prefix}
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, **extra)
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    def _prefill(self, requests: list[Request]) -> None:
+        from transformers import DynamicCache
+
+        device = self.bank.device
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = self._positions(mask, [r.adapter for r in requests])
+        logits, cache = self._forward(ids, mask, positions, [r.adapter for r in requests],
+                                      DynamicCache(config=self.model.config))
+        rows = [_Row(r, generator=self._generator(r.params)) for r in requests]
+        self._merge(rows, cache, mask)
+        self._advance(rows, logits)
+
+    def _positions(self, mask: torch.Tensor, names: list[str | None]) -> torch.Tensor:
+        """Text positions from the mask (left padding), shifted by each row's prefix length."""
+        offsets = torch.tensor([self.bank.offset(n) for n in names], device=mask.device)[:, None]
+        return (mask.long().cumsum(-1) - 1).clamp(min=0) + offsets
+
+    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+        """Put newly prefilled rows into the running batch: left-pad the shorter cache to the longer one."""
+        if self._cache is None:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        layers = []
+        for old, new in zip(_layers(self._cache), _layers(cache)):
+            layers.append(tuple(torch.cat([_left_pad(a, width), _left_pad(b, width)], dim=0)
+                                for a, b in zip(old, new)))
+        self._cache = _rebuild(layers, self.model.config)
+        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)], dim=0)
+        self._rows = self._rows + rows
+
+    def _retire(self, keep: list[int]) -> None:
+        """Keep only the rows at `keep` (others finished); drop cache columns no remaining row uses."""
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else mask.shape[1]
+        layers = [tuple(t.index_select(0, index)[:, :, start:] for t in layer) for layer in _layers(self._cache)]
+        self._cache = _rebuild(layers, self.model.config)
+        self._mask = mask[:, start:]
+        self._rows = [self._rows[i] for i in keep]
+
+    def _decode(self) -> None:
+        started = time.perf_counter()
+        last = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self._mask.device)
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        names = [row.request.adapter for row in self._rows]
+        positions = self._positions(self._mask, names)[:, -1:]
+        logits, self._cache = self._forward(last, self._mask, positions, names, self._cache)
+        self._advance(self._rows, logits)
+        self.stats.steps += 1
+        self.stats.observe("step_seconds", time.perf_counter() - started)
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Sample each row's next token, send its new text, and retire the rows that are done."""
+        chosen = self._sample(rows, logits)
+        now = time.perf_counter()
+        finished: set[int] = set()
+        for row, token in zip(rows, chosen):
+            request, params = row.request, row.request.params
+            if row.first_token_at is None:
+                row.first_token_at = now
+                self.stats.observe("ttft_seconds", now - request.arrived)
+            reason = None
+            if request.cancelled.is_set():
+                reason = "cancelled"
+            elif token == self.eos and not params.ignore_eos:
+                reason = "stop"
+            else:
+                row.tokens.append(token)
+                self.stats.tokens += 1
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
+            if reason is None:
+                for stop in params.stop:
+                    at = text.find(stop)
+                    if stop and at >= 0:
+                        text, reason = text[:at], "stop"
+                        break
+            if reason is None and len(row.tokens) >= params.max_new_tokens:
+                reason = "length"
+            if reason is None and text.endswith("\ufffd"):
+                text = row.sent  # half of a multi-byte character: wait for the rest
+            delta = text[len(row.sent):] if text.startswith(row.sent) else ""
+            row.sent = text if reason is None or text.startswith(row.sent) else row.sent
+            event = Event(text=delta, finish_reason=reason, prompt_tokens=len(request.prompt_ids),
+                          completion_tokens=len(row.tokens), full_text=text if reason else None)
+            if delta or reason:
+                request.emit(event)
+            if reason is not None:
+                finished.add(id(row))
+                self.stats.observe("latency_seconds", now - request.arrived)
+        keep = [i for i, row in enumerate(self._rows) if id(row) not in finished]
+        if len(keep) != len(self._rows):
+            self._retire(keep)
+        self.stats.running = len(self._rows)
+
+    def _generator(self, params: SamplingParams) -> torch.Generator | None:
+        if params.temperature <= 0:
+            return None
+        generator = torch.Generator(device=self.bank.device)
+        generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
+        return generator
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        greedy = logits.argmax(dim=-1).tolist()
+        out = []
+        for i, row in enumerate(rows):
+            params = row.request.params
+            if row.generator is None:
+                out.append(greedy[i])
+                continue
+            probs = torch.softmax(logits[i] / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+                keep[0] = True
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        return out
+
+
+# -- cache plumbing: transformers' DynamicCache as per-layer (keys, values) tensors ------------------------
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _rebuild(layers, config):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for idx, (keys, values) in enumerate(layers):
+        cache.update(keys, values, idx)
+    return cache
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, H, width, D), zeros in front."""
+    missing = width - t.shape[2]
+    if missing <= 0:
+        return t
+    return torch.cat([t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3])), t], dim=2)
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    return mask if missing <= 0 else torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)

@@ -1,0 +1,130 @@
+"""serve.engine: greedy answers equal eval's whatever shares the batch; continuous batching; freed slots."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tasktune.serve.engine import Engine, Request, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def bank(serve_runs):
+    from tasktune.serve.bank import load_bank
+
+    return load_bank([("grid", serve_runs["grid"]), ("grid2", serve_runs["grid2"])])
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(bank, serve_prompts):
+    from tasktune.tuning.data import encode_prompts, format_prompt
+
+    tok = bank.tokenizer
+    return encode_prompts(tok, [format_prompt(tok, q, [], template="auto") for q in serve_prompts], "auto")
+
+
+class Collector:
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, event):
+        self.events.append(event)
+        if event.finish_reason:
+            self.done.set()
+
+    def text(self) -> str:
+        assert self.done.wait(60), "the engine never finished the request"
+        return self.events[-1].full_text.strip()
+
+
+def eval_answers(run_dir, prompt_ids, max_new_tokens):
+    """What `tasktune eval` answers: the run loaded its way, generate_batched, tuned and base."""
+    from tasktune.tuning.eval import load_run_adapter
+    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.train import load_run_record
+
+    record = load_run_record(run_dir)
+    tok = load_tokenizer(record["config"]["model"])
+    adapter = load_run_adapter(run_dir, record)
+    tuned, _ = generate_batched(adapter.model, tok, prompt_ids, batch_size=4, max_new_tokens=max_new_tokens,
+                                reserved_positions=adapter.reserved_positions, progress=False)
+    with adapter.disabled() as base_model:
+        base, _ = generate_batched(base_model, tok, prompt_ids, batch_size=4, max_new_tokens=max_new_tokens,
+                                   progress=False)
+    return tuned, base
+
+
+def test_mixed_batch_answers_equal_eval(bank, serve_runs, prompt_ids):
+    engine = Engine(bank, max_batch_size=32).start()
+    try:
+        jobs = {}
+        for name in ("grid", "grid2", None):  # two prefixes of different lengths and the base, one batch
+            for i, ids in enumerate(prompt_ids):
+                jobs[name, i] = Collector()
+                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=24), jobs[name, i]))
+        got = {key: c.text() for key, c in jobs.items()}
+    finally:
+        engine.shutdown()
+    for name in ("grid", "grid2"):
+        tuned, base = eval_answers(serve_runs[name], prompt_ids, 24)
+        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
+        assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert got["grid", 0] != got["grid2", 0] != got[None, 0]  # the rows really had different prefixes
+
+
+def test_short_request_joins_a_long_one_and_finishes_first(bank, prompt_ids):
+    engine = Engine(bank, max_batch_size=4).start()
+    sizes = []
+    engine.stats.observers.append(lambda name, _: sizes.append(engine.stats.running) if name == "step_seconds"
+                                  else None)
+    try:
+        long, short = Collector(), Collector()
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=60, ignore_eos=True), long))
+        while not long.events:
+            time.sleep(0.001)
+        engine.submit(Request(prompt_ids[1], "grid2", SamplingParams(max_new_tokens=3, ignore_eos=True), short))
+        assert short.done.wait(60)
+        assert not long.done.is_set()  # the short one finished while the long one was still decoding
+        assert long.done.wait(60)
+        assert long.events[-1].completion_tokens == 60 and short.events[-1].completion_tokens == 3
+        assert max(sizes) == 2 and sizes[-1] == 1  # they decoded together, then the long one alone
+    finally:
+        engine.shutdown()
+
+
+def test_cancelled_request_frees_its_slot(bank, prompt_ids):
+    engine = Engine(bank, max_batch_size=1).start()
+    try:
+        first, second = Collector(), Collector()
+        request = engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=500, ignore_eos=True),
+                                        first))
+        engine.submit(Request(prompt_ids[1], None, SamplingParams(max_new_tokens=2, ignore_eos=True), second))
+        while not first.events:
+            time.sleep(0.001)
+        request.cancel()
+        assert second.done.wait(60) and first.done.wait(60)
+        assert first.events[-1].finish_reason == "cancelled" and first.events[-1].completion_tokens < 500
+        assert second.events[-1].finish_reason == "length"
+        deadline = time.time() + 5
+        while engine.stats.running and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.running == 0 and engine.stats.waiting == 0
+    finally:
+        engine.shutdown()
+
+
+def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
+    engine = Engine(bank).start()
+    try:
+        runs = []
+        for seed in (3, 3, 4):
+            c = Collector()
+            engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=12, temperature=1.0,
+                                                                        top_p=0.9, seed=seed), c))
+            runs.append(c.text())
+    finally:
+        engine.shutdown()
+    assert runs[0] == runs[1] and runs[0] != runs[2]
