@@ -7,6 +7,7 @@ relative to the spec's folder (paths escaping that folder are refused).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -60,6 +61,17 @@ class CaseSpec:
 
 
 @dataclass(frozen=True)
+class RouteSpec:
+    """Which plain user text goes to a step (`tasktune serve`): a keyword (case-insensitive substring) or regex
+    (`re.search`) hit, or `default` for text no step's rule claims."""
+
+    where: str
+    keywords: tuple[str, ...] = ()
+    regex: tuple[str, ...] = ()
+    default: bool = False
+
+
+@dataclass(frozen=True)
 class StepSpec:
     name: str
     pattern: str
@@ -74,6 +86,7 @@ class StepSpec:
     share: float | None = None
     unique: bool = True
     spoken: bool = True
+    route: RouteSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,24 @@ class ChainSpec:
 
 
 @dataclass(frozen=True)
+class ActionSpec:
+    """A function the assistant calls (an OpenAI tool in `tasktune serve`); it never changes the data.
+
+    Its arguments are `step`'s `arguments`, parsed out of that step's answer; its result's `result_fields`
+    (name -> JSON Schema of the value), with the call arguments named by `frame_arguments` (frame variable ->
+    argument), fill the frame (pattern) of `result_step`."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments (type: object)
+    step: str
+    result_step: str
+    result_fields: dict[str, dict[str, Any]]
+    frame_arguments: dict[str, str]
+    where: str
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     path: Path
@@ -111,6 +142,14 @@ class TaskSpec:
     noise: NoiseSpec
     split: SplitSpec
     chains: ChainSpec | None = None
+    actions: tuple[ActionSpec, ...] = ()
+
+    def step(self, name: str) -> StepSpec:
+        """The step called `name` (KeyError if none)."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
 
 
 @cache
@@ -260,12 +299,71 @@ def _build_step(i: int, raw: dict, slots: dict[str, SlotSpec], at: _Locator) -> 
     for arg in raw.get("arguments", ()):
         if arg not in slots:
             raise SpecError(f"{at('steps', i, 'arguments')}: unknown slot {arg!r}")
+    route = None
+    if "route" in raw:
+        rule = raw["route"]
+        for k, source in enumerate(rule.get("regex", ())):
+            try:
+                re.compile(source)
+            except re.error as exc:
+                raise SpecError(f"{at('steps', i, 'route', 'regex', k)}: not a regular expression ({exc})") from None
+        route = RouteSpec(at("steps", i, "route"), tuple(rule.get("keywords", ())), tuple(rule.get("regex", ())),
+                          rule.get("default", False))
     return StepSpec(
         name=name, pattern=raw.get("pattern", "{{ utterance }}"), contents=tuple(contents), cases=cases,
         where=at("steps", i), pattern_where=at("steps", i, "pattern"), label=raw.get("label"),
         label_where=at("steps", i, "label"), arguments=tuple(raw.get("arguments", ())), count=raw.get("count"),
-        share=raw.get("share"), unique=raw.get("unique", True), spoken=raw.get("spoken", True),
+        share=raw.get("share"), unique=raw.get("unique", True), spoken=raw.get("spoken", True), route=route,
     )
+
+
+def _check_schema(schema: dict, where: str) -> None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        raise SpecError(f"{where}{_json_path(exc.absolute_path)[1:]}: not a JSON Schema: {exc.message}") from None
+
+
+def _build_action(k: int, raw: dict, steps: dict[str, StepSpec], at: _Locator) -> ActionSpec:
+    """An action, cross-checked: its steps exist, its parameters are the step's arguments, and every variable
+    of the result step's frame is a result field or a frame argument."""
+    where = at("actions", k)
+    for key in ("step", "result_step"):
+        if raw[key] not in steps:
+            raise SpecError(f"{at('actions', k, key)}: unknown step {raw[key]!r} (steps: {', '.join(steps)})")
+    step = steps[raw["step"]]
+    if not step.arguments or step.label is not None:
+        raise SpecError(f"{at('actions', k, 'step')}: step {step.name!r} declares no `arguments` to call with")
+    params = raw["parameters"]
+    _check_schema(params, at("actions", k, "parameters"))
+    for name in params["properties"]:
+        if name not in step.arguments:
+            raise SpecError(f"{at('actions', k, 'parameters', 'properties', name)}: {name!r} is not an argument of "
+                            f"step {step.name!r} (arguments: {', '.join(step.arguments)})")
+    for name in step.arguments:
+        if name not in params["properties"]:
+            raise SpecError(f"{at('actions', k, 'parameters', 'properties')}: no parameter for argument {name!r} of "
+                            f"step {step.name!r}")
+    fields = raw["result_fields"]
+    for name, schema in fields.items():
+        _check_schema(schema, at("actions", k, "result_fields", name))
+    frame_arguments = raw.get("frame_arguments", {})
+    for variable, argument in frame_arguments.items():
+        if argument not in step.arguments:
+            raise SpecError(f"{at('actions', k, 'frame_arguments', variable)}: {argument!r} is not an argument of "
+                            f"step {step.name!r} (arguments: {', '.join(step.arguments)})")
+        if variable in fields:
+            raise SpecError(f"{at('actions', k, 'frame_arguments', variable)}: {variable!r} is also a result field")
+    result_step = steps[raw["result_step"]]
+    from tasktune.datagen.render import Compiled  # (only specs with actions compile a frame here)
+
+    unfilled = [v for v in Compiled(result_step.pattern, result_step.pattern_where).refs
+                if v not in fields and v not in frame_arguments]
+    if unfilled:
+        raise SpecError(f"{where}: the frame of step {result_step.name!r} reads {unfilled[0]!r}, which is neither a "
+                        "result field nor a frame argument (frame_arguments maps frame variables to arguments)")
+    return ActionSpec(raw["name"], raw["description"], params, step.name, result_step.name, dict(fields),
+                      dict(frame_arguments), where)
 
 
 def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> TaskSpec:
@@ -301,9 +399,20 @@ def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> 
             if step not in names:
                 raise SpecError(f"{at('chains', 'steps', k)}: unknown step {step!r} (steps: {', '.join(names)})")
         chains = ChainSpec(tuple(raw["steps"]), raw.get("count"), raw.get("share"))
+    defaults = [i for i, s in enumerate(steps) if s.route is not None and s.route.default]
+    if len(defaults) > 1:
+        raise SpecError(f"{at('steps', defaults[1], 'route', 'default')}: step {steps[defaults[0]].name!r} is "
+                        "already the default route (one step at most)")
+    by_name = {s.name: s for s in steps}
+    actions = tuple(_build_action(k, raw, by_name, at) for k, raw in enumerate(data.get("actions") or ()))
+    seen: dict[str, int] = {}
+    for k, action in enumerate(actions):
+        if action.name in seen:
+            raise SpecError(f"{at('actions', k, 'name')}: duplicate action name {action.name!r}")
+        seen[action.name] = k
     return TaskSpec(
         name=data["name"], path=path, language=data.get("language", "zh"), n=data.get("n", 1000),
-        seed=data.get("seed"), slots=slots, steps=steps, noise=noise, split=split, chains=chains,
+        seed=data.get("seed"), slots=slots, steps=steps, noise=noise, split=split, chains=chains, actions=actions,
     )
 
 
