@@ -17,6 +17,7 @@ from tasktune.errors import TaskTuneError
 COMMAND_MODULES = [
     "tasktune.datagen.cli",
     "tasktune.tuning.cli",
+    "tasktune.serve.cli",
 ]
 
 

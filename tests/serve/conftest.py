@@ -66,8 +66,8 @@ class LiveServer:
     def client(self, **kwargs):
         from openai import OpenAI
 
-        return OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key or "none", max_retries=0, timeout=60,
-                      **kwargs)
+        kwargs.setdefault("api_key", self.api_key or "none")
+        return OpenAI(base_url=f"{self.url}/v1", max_retries=0, timeout=60, **kwargs)
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -1,0 +1,209 @@
+"""The HTTP layer: OpenAI's chat-completions API on FastAPI (SSE streaming), /health, /metrics, the chat page.
+
+Only translation lives here (JSON <-> serve/service.py); errors leave in OpenAI's shape, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .protocol import ChatRequest, error_body, new_id, now
+from .service import RequestError, Service
+
+STATIC = files("tasktune.serve") / "static"
+
+
+class Metrics:
+    """Prometheus metrics of one server (its own registry, so several servers can live in one process)."""
+
+    def __init__(self, service: Service):
+        self.registry = CollectorRegistry()
+        stats = service.engine.stats
+        self.queue = Gauge("tasktune_queue_depth", "requests waiting for a batch slot", registry=self.registry)
+        self.queue.set_function(lambda: stats.waiting)
+        self.batch = Gauge("tasktune_batch_size", "rows decoding in the running batch", registry=self.registry)
+        self.batch.set_function(lambda: stats.running)
+        self.tokens = Counter("tasktune_generated_tokens", "tokens generated", registry=self.registry)
+        self.requests = Counter("tasktune_requests", "chat requests by outcome", ["status"], registry=self.registry)
+        buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.hist = {name: Histogram(f"tasktune_{name}", help_, buckets=buckets, registry=self.registry)
+                     for name, help_ in (("ttft_seconds", "time to first token"),
+                                         ("latency_seconds", "request latency, arrival to last token"),
+                                         ("step_seconds", "one decode step of the batch"))}
+        self._last_tokens = 0
+        self._stats = stats
+        stats.observers.append(self.observe)
+
+    def observe(self, name: str, value: float) -> None:
+        if name in self.hist:
+            self.hist[name].observe(value)
+
+    def render(self) -> bytes:
+        tokens = self._stats.tokens
+        self.tokens.inc(tokens - self._last_tokens)
+        self._last_tokens = tokens
+        return generate_latest(self.registry)
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status)
+
+
+def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None)
+    metrics = Metrics(service)
+    app.state.service, app.state.metrics, app.state.draining = service, metrics, False
+    limits = service.limits
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return _error(401, "Incorrect or missing API key: send `Authorization: Bearer KEY`",
+                              "invalid_request_error", "invalid_api_key")
+            size = request.headers.get("content-length")
+            if size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
+                return _error(413, f"request body over this server's limit of {limits.max_body_bytes} bytes",
+                              code="request_too_large")
+            if app.state.draining:
+                return _error(503, "the server is shutting down", "server_error", "shutting_down")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
+        return _error(400, f"{where}: {message}" if where else message, param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500
+                      else "server_error")
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        metrics.requests.labels(str(exc.status)).inc()
+        return _error(exc.status, str(exc), exc.type, exc.code, exc.param)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        metrics.requests.labels("500").inc()
+        return _error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+    @app.get("/health")
+    async def health():
+        alive = service.engine.alive
+        body = {"status": "ok" if alive and not app.state.draining else "unavailable",
+                "models": service.model_names(), "queue": service.engine.stats.waiting,
+                "running": service.engine.stats.running}
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        created = now()
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
+                                            "owned_by": "tasktune"} for name in service.model_names()]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str):
+        if name not in service.model_names():
+            raise RequestError(f"The model `{name}` does not exist", status=404, code="model_not_found")
+        return {"id": name, "object": "model", "created": now(), "owned_by": "tasktune"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        if body.stream:
+            turn = service.plan(body)
+            params = service.sampling(body, turn)
+            service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
+            metrics.requests.labels("200").inc()
+            return StreamingResponse(_sse(service, body, turn, params), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = await service.answer(body)
+        metrics.requests.labels("200").inc()
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.tool_calls:
+            message["tool_calls"] = answer.tool_calls
+        if answer.executed:
+            message["executed_tool_calls"] = answer.executed
+        return {"id": new_id(), "object": "chat.completion", "created": now(), "model": body.model,
+                "system_fingerprint": "tasktune",
+                "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason,
+                             "logprobs": None}],
+                "usage": _usage(answer.prompt_tokens, answer.completion_tokens)}
+
+    @app.get("/")
+    async def page():
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise RequestError(f"no such file: {name}", status=404, code="not_found")
+        kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}.get(name.rsplit(".", 1)[-1],
+                                                                                      "application/octet-stream")
+        return FileResponse(str(path), media_type=kind)
+
+    return app
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _sse(service: Service, body: ChatRequest, turn, params):
+    """Server-sent events in OpenAI's chunk format; the engine slot is freed if the client goes away."""
+    ident, created = new_id(), now()
+
+    def chunk(delta: dict, finish: str | None = None, usage=None) -> str:
+        data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                "system_fingerprint": "tasktune",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if usage is not None:
+            data["usage"] = usage
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    parts, last = [], None
+    async for event in service.stream(turn, params):
+        last = event
+        if event.finish_reason == "error":
+            err = {"error": {"message": f"generation failed: {event.error}", "type": "server_error",
+                             "param": None, "code": None}}
+            yield f"data: {json.dumps(err)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if event.text:
+            parts.append(event.text)
+            yield chunk({"content": event.text})
+    finish = last.finish_reason if last else "stop"
+    text = last.full_text if last and last.full_text is not None else "".join(parts)
+    calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip())
+    if calls:
+        yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
+        finish = "tool_calls"
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    usage = _usage(last.prompt_tokens, last.completion_tokens) if last else _usage(0, 0)
+    yield chunk({}, finish)
+    if include_usage:
+        data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                "choices": [], "usage": usage}
+        yield f"data: {json.dumps(data)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,107 @@
+"""`tasktune serve RUN [RUN ...]`: load the base once, put every run's prefix on it, serve the OpenAI API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tasktune.flags import Range
+
+DESCRIPTION = """\
+Serve trained runs behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models; streaming
+as server-sent events), with a chat page at / , /health and Prometheus /metrics.
+
+The base model is loaded once (as the runs were trained: 4-bit NF4 on a GPU when they were) and every run's
+prefix is put on it; each run is a model name (its folder's name, or NAME=RUN_DIR), the base model is served
+under its own name, and `auto` picks the run whose spec frames the request (else the base). Concurrent requests
+for any mix of runs decode together (continuous batching). The spec's steps become tools: an argument step
+answers with tool_calls, a tool message with the function's result gets the summary step's answer; with
+--actions the server runs the functions itself.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve trained runs as an OpenAI-compatible API (batched, with tools)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example: tasktune serve runs/grid-tiny --port 8000\n"
+                              "         curl localhost:8000/v1/chat/completions -d '{\"model\": \"grid-tiny\", "
+                              "\"messages\": [{\"role\": \"user\", \"content\": \"你好\"}]}'")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (served as its folder name) or NAME=RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=Range(int, 0, 65535), default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /v1/ (default: $TASKTUNE_API_KEY, else none)")
+    p.add_argument("--max-batch-size", type=Range(int, 1, 4096), default=32,
+                   help="rows decoded together (default: 32)")
+    p.add_argument("--max-prompt-tokens", type=Range(int, 1, 1 << 20), default=4096,
+                   help="longer prompts are refused with 400 (default: 4096)")
+    p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
+                   help="the largest max_tokens a request may ask (default: 1024)")
+    p.add_argument("--max-body-bytes", type=Range(int, 1, 1 << 30), default=1 << 20,
+                   help="larger request bodies are refused with 413 (default: 1 MiB)")
+    p.add_argument("--spec", action="append", default=[], metavar="NAME=SPEC",
+                   help="the task spec of run NAME (path or built-in name; default: the built-in spec its data "
+                        "came from), for frames, routing and tools")
+    p.add_argument("--router", metavar="RUN", help="a classification run (trained on the spec's intents) that "
+                                                   "routes plain user text to a step")
+    p.add_argument("--actions", metavar="MODULE.py", help="a Python file (or module) whose REGISTRY maps tool "
+                                                         "names to callables: the server then runs the tools itself")
+    p.add_argument("--base-name", help="the base model's model name (default: its folder name or hub id)")
+    p.set_defaults(func=run)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    from tasktune.errors import ConfigError
+
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{flag} {value!r}: expected NAME=VALUE")
+        out[name] = rest
+    return out
+
+
+def build(args: argparse.Namespace):
+    """Bank -> engine -> service -> app, from parsed flags (tests build servers through this too)."""
+    from pathlib import Path
+
+    from .app import create_app
+    from .bank import load_bank
+    from .engine import Engine
+    from .router import load_router
+    from .service import Limits, Service, load_actions, load_tools
+
+    runs = []
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        runs.append((name, path) if sep and not Path(item).exists() else (None, item))
+    bank = load_bank(runs)
+    tools = load_tools(bank.runs, _pairs(args.spec, "--spec"))
+    actions = load_actions(args.actions) if args.actions else None
+    router = load_router(args.router, bank.runs) if args.router else None
+    first = next(iter(bank.runs.values()))
+    base_name = args.base_name or Path(first.base_model).name or first.base_model
+    engine = Engine(bank, max_batch_size=args.max_batch_size).start()
+    service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
+                      limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes))
+    api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
+    return create_app(service, api_key=api_key), service, api_key
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    app, service, api_key = build(args)
+    names = ", ".join(service.model_names())
+    print(f"tasktune serve: {names} on http://{args.host}:{args.port} (batch {args.max_batch_size}, "
+          f"device {service.bank.device}, API key {'required' if api_key else 'off'})",
+          file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    try:
+        server.run()  # SIGINT/SIGTERM: stop accepting, let in-flight requests finish (30 s), then exit
+    finally:
+        service.engine.shutdown()
+    return 0

@@ -1,0 +1,43 @@
+"""`--router RUN`: a classification run (trained on the spec's intent data, e.g. templates/grid/intent.yaml)
+that sends plain user text to a step. Its labels are step names; a label that no served run's spec has means
+"no step" (the text goes to the model as it is)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tasktune.errors import ConfigError
+
+
+def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | None, str] | None]:
+    """A function text -> (None, step label) from a classification run (any served run may take the step)."""
+    import torch
+
+    from tasktune.tuning import methods
+    from tasktune.tuning.classify import predict
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.train import load_run_record
+
+    run_dir = Path(run_dir)
+    record = load_run_record(run_dir)
+    cfg = record["config"]
+    if cfg.get("task") != "classification":
+        raise ConfigError(f"--router {run_dir}: not a classification run (task {cfg.get('task')!r}); train one "
+                          "with `tasktune train --task classification` on the spec's intent data")
+    labels = methods.read_method_info(run_dir).get("labels") or record.get("labels")
+    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
+                               padding_side="right")
+    model = methods.load_base(cfg, quantization=record.get("quantization"), labels=labels)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    adapter = methods.load(model, run_dir)
+    adapter.model.eval()
+    lock = __import__("threading").Lock()
+
+    def route(text: str):
+        with lock, torch.inference_mode():
+            (label,) = predict(adapter.model, tokenizer, [text], batch_size=1,
+                               max_length=int(cfg.get("max_source_length", 128)))
+        return None, labels[label]
+
+    return route

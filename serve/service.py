@@ -1,0 +1,345 @@
+"""From an OpenAI chat request to engine requests and back: which run answers, which step, tools, the answer.
+
+The HTTP layer (serve/app.py) only translates; everything the assistant decides happens here:
+- model: a run's name, the base model's name, or "auto" (the run whose spec frames the content; else the base);
+- step: framed content as in the data is used as is; plain text goes to a step by the router run (a
+  classification run trained on the spec's intents, `--router`) or by the spec's route rules, and is framed;
+- tools: an answer of a step with an action becomes `tool_calls`; a `tool` message with the function's result
+  is rendered into the result step's frame; with server-side actions (`--actions`) the loop runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from tasktune.errors import ConfigError, DataError
+
+from .engine import Engine, Event, Request, SamplingParams
+from .protocol import ChatRequest, Message
+
+AUTO = "auto"
+
+
+class RequestError(ValueError):
+    """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.code, self.param, self.type = status, code, param, type_
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 1024
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass
+class Turn:
+    """One model call: the run (None = base), the prompt text as the model sees it, and the step it is for."""
+
+    run: str | None
+    query: str
+    history: list[list[str]]
+    step: str | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    executed: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Service:
+    """Everything between the HTTP layer and the engine (one per server)."""
+
+    def __init__(self, engine: Engine, *, base_name: str, tools: dict[str, Any] | None = None,
+                 router: Callable[[str], tuple[str, str] | None] | None = None,
+                 actions: dict[str, Callable[..., dict]] | None = None, limits: Limits = Limits()):
+        self.engine, self.bank = engine, engine.bank
+        self.tokenizer = self.bank.tokenizer
+        self.base_name = base_name
+        self.tools = tools or {}  # run name -> TaskTools of its spec
+        self.router = router
+        self.actions = actions or {}
+        self.limits = limits
+
+    # -- models -------------------------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        return [*self.bank.runs, self.base_name, AUTO]
+
+    def _run_of(self, model: str) -> str | None:
+        if model in self.bank.runs:
+            return model
+        if model == self.base_name:
+            return None
+        raise RequestError(f"The model `{model}` does not exist; served: {', '.join(self.model_names())}",
+                           status=404, code="model_not_found", param="model")
+
+    # -- turning messages into a model call -----------------------------------------------------------------
+    def plan(self, request: ChatRequest) -> Turn:
+        """The run, prompt and step for the request's last message (a user message or a tool result)."""
+        messages = [m for m in request.messages if m.role not in ("system", "developer")]
+        if not messages:
+            raise RequestError("messages: at least one user message is needed", param="messages")
+        last = messages[-1]
+        if last.role == "tool":
+            return self._tool_turn(request, messages)
+        if last.role != "user":
+            raise RequestError(f"messages[-1]: the last message must be from the user or a tool, not "
+                               f"{last.role!r}", param="messages")
+        text = _text(last)
+        run, step, query = self._route(request.model, text)
+        return Turn(run, query, self._history(messages[:-1], run), step)
+
+    def _route(self, model: str, text: str) -> tuple[str | None, str | None, str]:
+        if model == AUTO:
+            claims = [(name, m) for name, tools in self.tools.items() if (m := tools.match(text)) is not None]
+            if len(claims) > 1:
+                raise RequestError(f"model auto: the request matches the frames of several runs "
+                                   f"({', '.join(n for n, _ in claims)}); name one of them as the model",
+                                   param="model", code="ambiguous_model")
+            if claims:
+                return claims[0][0], claims[0][1].step, text
+            return None, None, text  # no frame matches: the base model, without a prefix
+        run = self._run_of(model)
+        tools = self.tools.get(run) if run else None
+        if tools is None:
+            return run, None, text
+        matched = tools.match(text)
+        if matched is not None:
+            return run, matched.step, text
+        step = None
+        if self.router is not None:
+            routed = self.router(text)
+            step = routed[1] if routed and routed[0] in (run, None) else None
+        if step is None:
+            step = tools.route(text)
+        if step is None:
+            return run, None, text
+        return run, step, tools.frame(step, utterance=text)
+
+    def _history(self, earlier: list[Message], run: str | None) -> list[list[str]]:
+        """[query, answer] pairs of the earlier user/assistant turns (tool round trips included as framed)."""
+        pairs, pending = [], None
+        for message in earlier:
+            if message.role == "user":
+                pending = _text(message)
+            elif message.role == "assistant" and pending is not None:
+                pairs.append([pending, _text(message)])
+                pending = None
+        return pairs
+
+    def _tool_turn(self, request: ChatRequest, messages: list[Message]) -> Turn:
+        """A tool result: render the result step's frame from it (the call comes from the assistant message)."""
+        result_msg = messages[-1]
+        call, run = None, None
+        for message in reversed(messages[:-1]):
+            for tc in message.tool_calls or []:
+                if tc.id == result_msg.tool_call_id or result_msg.tool_call_id is None:
+                    call = tc
+                    break
+            if call is not None:
+                break
+        if call is None:
+            raise RequestError("messages[-1]: a tool message must answer a tool call of an earlier assistant "
+                               "message (tool_call_id)", param="messages")
+        try:
+            result = json.loads(_text(result_msg))
+            arguments = json.loads(call.function.arguments)
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"tool result / call arguments are not JSON: {exc.msg}", param="messages") from None
+        if not isinstance(result, dict):
+            raise RequestError("the tool result must be a JSON object of the result's fields", param="messages")
+        run = self._tool_owner(request.model, call.function.name)
+        prompt, step = self._result_prompt(run, call.function.name, arguments, result)
+        return Turn(run, prompt, [], step)
+
+    def _result_prompt(self, run: str, name: str, arguments: Any, result: Any) -> tuple[str, str]:
+        """The result step's prompt for a function's result, and that step; a bad result is the client's 400."""
+        from .tools import ToolCall
+
+        tools = self.tools[run]
+        if not isinstance(arguments, dict):
+            raise RequestError(f"tool {name}: the call's arguments must be a JSON object", param="messages")
+        try:
+            return tools.result_prompt(ToolCall(name, arguments), result), tools.action(name).result_step
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RequestError(str(exc), param="messages") from None
+
+    def _tool_owner(self, model: str, tool: str) -> str:
+        owners = [n for n, t in self.tools.items() if any(a.name == tool for a in t.spec.actions)]
+        if model != AUTO:
+            run = self._run_of(model)
+            if run in owners:
+                return run
+            raise RequestError(f"model {model}: no tool named {tool!r}", param="messages")
+        if len(owners) != 1:
+            raise RequestError(f"tool {tool!r} belongs to {len(owners)} served runs; name the model",
+                               param="model")
+        return owners[0]
+
+    # -- running it -----------------------------------------------------------------------------------------
+    def encode(self, turn: Turn) -> list[int]:
+        from tasktune.tuning.data import encode_prompts, format_prompt
+
+        spec = self.bank.runs[turn.run] if turn.run else next(iter(self.bank.runs.values()))
+        template = spec.prompt_template
+        prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
+        (ids,) = encode_prompts(self.tokenizer, [prompt], template)
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise RequestError(f"the prompt has {len(ids)} tokens, over this server's limit of "
+                               f"{self.limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        if turn.run is not None:
+            ids = ids[-self.bank.runs[turn.run].max_source_length:]  # cut as training cut (eval does the same)
+        return ids
+
+    def sampling(self, request: ChatRequest, turn: Turn) -> SamplingParams:
+        limit = request.max_completion_tokens or request.max_tokens
+        if limit is not None and limit > self.limits.max_tokens:
+            raise RequestError(f"max_tokens={limit} is over this server's limit of {self.limits.max_tokens}",
+                               param="max_tokens")
+        default = self.bank.runs[turn.run].max_target_length if turn.run else 128
+        extra = request.model_extra or {}
+        return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
+                              temperature=float(request.temperature or 0.0), top_p=float(request.top_p or 1.0),
+                              seed=request.seed, stop=request.stops(), ignore_eos=bool(extra.get("ignore_eos")))
+
+    async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
+        """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        request = Request(self.encode(turn), turn.run, params,
+                          emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+        self.engine.submit(request)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.finish_reason:
+                    return
+        finally:
+            request.cancel()
+
+    async def complete(self, turn: Turn, params: SamplingParams) -> Answer:
+        parts, last = [], Event()
+        async for event in self.stream(turn, params):
+            parts.append(event.text)
+            last = event
+        if last.finish_reason == "error":
+            raise RuntimeError(last.error or "generation failed")
+        text = last.full_text if last.full_text is not None else "".join(parts)
+        return Answer(text.strip(), last.finish_reason or "stop", last.prompt_tokens,
+                      last.completion_tokens)
+
+    def tool_calls(self, turn: Turn, text: str) -> list[dict[str, Any]]:
+        """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise)."""
+        tools = self.tools.get(turn.run) if turn.run else None
+        if tools is None or turn.step is None:
+            return []
+        return [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in tools.tool_calls(turn.step, text)]
+
+    async def answer(self, request: ChatRequest) -> Answer:
+        """A whole non-streamed answer; runs server-side actions when registered and the client sent no tools."""
+        turn = self.plan(request)
+        params = self.sampling(request, turn)
+        answer = await self.complete(turn, params)
+        if request.tool_choice == "none":
+            return answer
+        answer.tool_calls = self.tool_calls(turn, answer.text)
+        if answer.tool_calls and self.actions and not request.tools:
+            return await self._run_actions(turn, answer, params)
+        if answer.tool_calls:
+            answer.finish_reason = "tool_calls"
+        return answer
+
+    async def _run_actions(self, turn: Turn, answer: Answer, params: SamplingParams) -> Answer:
+        executed, prompt_tokens, completion_tokens = [], answer.prompt_tokens, answer.completion_tokens
+        summary = answer
+        for call in answer.tool_calls:
+            name = call["function"]["name"]
+            function = self.actions.get(name)
+            if function is None:
+                return answer  # not ours to run: the client gets the call
+            arguments = json.loads(call["function"]["arguments"])
+            try:
+                result = await asyncio.to_thread(function, **arguments)
+            except Exception as exc:  # the action library failed: say so, never crash the request
+                raise RequestError(f"action {name} failed: {type(exc).__name__}: {exc}", status=502,
+                                   type_="server_error", code="action_failed") from None
+            executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
+            prompt, step = self._result_prompt(turn.run, name, arguments, result)
+            summary = await self.complete(Turn(turn.run, prompt, [], step), params)
+            prompt_tokens += summary.prompt_tokens
+            completion_tokens += summary.completion_tokens
+        return Answer(summary.text, summary.finish_reason, prompt_tokens, completion_tokens, [], executed)
+
+
+def _text(message: Message) -> str:
+    try:
+        return message.text()
+    except ValueError as exc:
+        raise RequestError(f"messages: {exc}", param="messages") from None
+
+
+def load_tools(runs: dict[str, Any], specs: dict[str, str]) -> dict[str, Any]:
+    """TaskTools of every run: its spec from `specs[name]` (path or built-in name), else the built-in spec its
+    data was generated from (stats.json's `spec`), else none (the run then answers plain text only)."""
+    from tasktune.datagen.spec import builtin_specs, load_spec
+
+    from .tools import TaskTools
+
+    out = {}
+    builtin = builtin_specs()
+    for name, run in runs.items():
+        source = specs.get(name)
+        if source is None:
+            stats = Path(run.data) / "stats.json"
+            try:
+                spec_name = json.loads(stats.read_text(encoding="utf-8")).get("spec")
+            except (OSError, ValueError):
+                spec_name = None
+            source = spec_name if spec_name in builtin else None
+        if source is not None:
+            out[name] = TaskTools.from_spec(load_spec(source))
+    unknown = sorted(set(specs) - set(runs))
+    if unknown:
+        raise ConfigError(f"--spec {unknown[0]}=...: no served run of that name ({', '.join(runs)})")
+    return out
+
+
+def load_actions(path: str) -> dict[str, Callable[..., dict]]:
+    """`--actions`: a Python file or module name whose REGISTRY maps tool names to callables."""
+    import importlib
+    import importlib.util
+
+    if path.endswith(".py"):
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"--actions {path}: no such file")
+        spec = importlib.util.spec_from_file_location(f"tasktune_actions_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(path)
+        except ImportError as exc:
+            raise ConfigError(f"--actions {path}: cannot import it ({exc})") from None
+    registry = getattr(module, "REGISTRY", None)
+    if not isinstance(registry, dict) or not all(callable(f) for f in registry.values()):
+        raise ConfigError(f"--actions {path}: the module needs REGISTRY = {{tool name: callable}}")
+    return dict(registry)
+
+
+__all__ = ["Service", "RequestError", "Limits", "Turn", "Answer", "load_tools", "load_actions", "DataError"]

@@ -1,0 +1,171 @@
+"""serve over HTTP: a real server on 127.0.0.1 and the official `openai` client, unchanged."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+
+from tasktune.serve.engine import Event
+
+FRAMED = "步骤#理解并基于输入拆分函数参数*语音#查查济南的人数"
+
+
+def test_models_lists_runs_base_and_auto(live_server):
+    names = [m.id for m in live_server.client().models.list().data]
+    assert names == ["grid", "grid2", "tiny-base", "auto"]
+
+
+def test_chat_answer_equals_eval_and_stream_equals_answer(live_server, serve_runs):
+    from tasktune.tuning.data import encode_prompts, format_prompt
+    from tests.serve.test_engine import eval_answers
+
+    client = live_server.client()
+    tok = live_server.service.tokenizer
+    ids = encode_prompts(tok, [format_prompt(tok, FRAMED, [], template="auto")], "auto")
+    tuned, base = eval_answers(serve_runs["grid"], ids, 20)
+    reply = client.chat.completions.create(model="grid", messages=[{"role": "user", "content": FRAMED}],
+                                           max_tokens=20)
+    assert reply.choices[0].message.content == tuned[0]
+    assert reply.usage.prompt_tokens == len(ids[0]) and reply.usage.total_tokens > reply.usage.prompt_tokens
+    plain = client.chat.completions.create(model="tiny-base", messages=[{"role": "user", "content": FRAMED}],
+                                           max_tokens=20)
+    assert plain.choices[0].message.content == base[0]
+    chunks = list(client.chat.completions.create(model="grid", messages=[{"role": "user", "content": FRAMED}],
+                                                 max_tokens=20, stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == tuned[0]
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+def test_errors_come_in_openai_shape(live_server):
+    client = live_server.client()
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="limit of 64"):
+        client.chat.completions.create(model="grid", messages=[{"role": "user", "content": "hi"}], max_tokens=65)
+    with pytest.raises(openai.BadRequestError, match="256"):
+        client.chat.completions.create(model="grid", messages=[{"role": "user", "content": "长" * 400}])
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="grid", messages=[{"role": "user", "content": "hi"}], temperature=9)
+    raw = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{not json",
+                     headers={"content-type": "application/json"})
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+    big = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"x" * 70000,
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
+    last = httpx.post(f"{live_server.url}/v1/chat/completions",
+                      json={"model": "grid", "messages": [{"role": "assistant", "content": "hi"}]})
+    assert last.status_code == 400 and "last message" in last.json()["error"]["message"]
+
+
+def test_health_and_metrics(live_server):
+    health = httpx.get(f"{live_server.url}/health").json()
+    assert health["status"] == "ok" and "grid" in health["models"]
+    live_server.client().chat.completions.create(model="grid", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=3)
+    text = httpx.get(f"{live_server.url}/metrics").text
+    for name in ("tasktune_queue_depth", "tasktune_batch_size", "tasktune_generated_tokens_total",
+                 "tasktune_ttft_seconds_bucket", "tasktune_latency_seconds_count"):
+        assert name in text
+
+
+def test_api_key_is_required_when_set(serve_runs):
+    from tests.serve.conftest import LiveServer
+
+    server = LiveServer([str(serve_runs["grid"]), "--api-key", "sekrit"])
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            server.client(api_key="wrong").models.list()
+        assert [m.id for m in server.client().models.list().data][0] == serve_runs["grid"].name
+        assert httpx.get(f"{server.url}/health").status_code == 200  # health stays open for probes
+    finally:
+        server.stop()
+
+
+# -- tools: the engine's answers scripted, so the mapping is tested whatever the tiny model says ----------------
+
+ARGS_ANSWER = "因为出现地名为济南, 所以函数一参数为济南; 因为出现人数要求, 所以函数二参数为人数检测"
+SUMMARY_ANSWER = "[人数检测] 应到47人, 实到34人, 有人缺勤"
+
+
+@pytest.fixture
+def scripted(live_server, monkeypatch):
+    """The engine answers the argument step with ARGS_ANSWER and the summary step with SUMMARY_ANSWER; the
+    prompts it was given are recorded."""
+    engine = live_server.service.engine
+    seen = []
+
+    def submit(request):
+        prompt = live_server.service.tokenizer.decode(request.prompt_ids, skip_special_tokens=True)
+        seen.append(prompt)
+        text = SUMMARY_ANSWER if "总结" in prompt else ARGS_ANSWER if "拆分函数参数" in prompt else "您好"
+        threading.Timer(0.01, request.emit, [Event(text=text, finish_reason="stop", full_text=text,
+                                                   prompt_tokens=len(request.prompt_ids),
+                                                   completion_tokens=3)]).start()
+        return request
+
+    monkeypatch.setattr(engine, "submit", submit)
+    return seen
+
+
+def test_argument_step_answers_with_tool_calls_and_a_tool_result_gets_the_summary(live_server, scripted):
+    from tasktune.serve.tools import TaskTools
+
+    client = live_server.client()
+    tools = TaskTools.from_spec("grid").tools()
+    first = client.chat.completions.create(model="grid", tools=tools,
+                                           messages=[{"role": "user", "content": "查查济南的人数"}])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == ARGS_ANSWER
+    (call,) = choice.message.tool_calls
+    assert json.loads(call.function.arguments) == {"place": "济南", "check": "人数检测"}
+    assert scripted[-1].endswith(FRAMED) or FRAMED in scripted[-1]  # plain text was framed as the data frames it
+    result = {"expected": 47, "present": 34, "ok": 34}
+    second = client.chat.completions.create(model="grid", tools=tools, messages=[
+        {"role": "user", "content": "查查济南的人数"},
+        {"role": "assistant", "content": choice.message.content,
+         "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)}])
+    assert second.choices[0].message.content == SUMMARY_ANSWER
+    assert "步骤#基于函数调用结果进行总结*工单查询#应到47人*目标检测#实到34人*任务类型#人数检测" in scripted[-1]
+    bad = {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"expected": 47})}
+    with pytest.raises(openai.BadRequestError, match="present"):
+        client.chat.completions.create(model="grid", messages=[
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": ARGS_ANSWER,
+                                               "tool_calls": [call.model_dump()]}, bad])
+
+
+def test_streamed_tool_calls(live_server, scripted):
+    chunks = list(live_server.client().chat.completions.create(
+        model="grid", stream=True, messages=[{"role": "user", "content": FRAMED}]))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert json.loads(calls[0].function.arguments)["place"] == "济南"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_server_side_actions_run_the_whole_loop(live_server, scripted, monkeypatch):
+    from tasktune.serve.actions import grid_sim
+
+    monkeypatch.setattr(live_server.service, "actions", grid_sim.REGISTRY)
+    reply = live_server.client().chat.completions.create(model="grid",
+                                                         messages=[{"role": "user", "content": "查查济南的人数"}])
+    message = reply.choices[0].message
+    assert message.content == SUMMARY_ANSWER and reply.choices[0].finish_reason == "stop"
+    (done,) = message.model_extra["executed_tool_calls"]
+    assert done["arguments"] == {"place": "济南", "check": "人数检测"}
+    assert done["result"] == grid_sim.REGISTRY[done["name"]](**done["arguments"])
+    assert f"应到{done['result']['expected']}人" in scripted[-1]
+
+
+def test_auto_routes_by_frame_else_to_the_base(live_server, scripted):
+    client = live_server.client()
+    framed = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": FRAMED}])
+    assert framed.choices[0].message.content == ARGS_ANSWER  # the grid run's step answered
+    other = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello world"}])
+    assert other.choices[0].message.content == "您好"
