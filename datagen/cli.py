@@ -7,6 +7,7 @@ import random
 import sys
 
 from tasktune.datagen.formats import FORMATS
+from tasktune.flags import COUNT, SEED, check_output_folder
 
 DESCRIPTION = """\
 Generate train/dev data from a task spec (YAML + Jinja templates; see docs/spec.md).
@@ -32,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC", help="task spec: a SPEC.yaml path, or a built-in spec's name (grid, "
                                                   "smarthome; `tasktune specs` lists them)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=SEED, default=None,
                    help="random seed (default: the spec's `seed`, else a fresh one, printed)")
-    p.add_argument("--n", type=int, default=None, metavar="N", help="total records, train + dev (default: the spec's `n`)")
+    p.add_argument("--n", type=COUNT, default=None, metavar="N",
+                   help="total records, train + dev, N >= 1 (default: the spec's `n`)")
     p.add_argument("--format", choices=FORMATS, default="chatglm",
                    help="chatglm: JSON array of {content, summary, history}; jsonl: the same, one a line; "
                         "alpaca / sharegpt: LLaMA-Factory layouts; classification: {text, label} for `label:` steps")
@@ -62,10 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tasktune.datagen import generate, load_spec, write_splits
     from tasktune.datagen.stats import format_table
-    from tasktune.errors import SpecError
 
-    if args.n is not None and args.n < 1:
-        raise SpecError(f"--n must be at least 1, got {args.n}")
+    check_output_folder(args.out, "--out")
     spec = load_spec(args.spec)
     seed = args.seed if args.seed is not None else spec.seed
     if seed is None:

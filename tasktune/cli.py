@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tasktune import __version__
 from tasktune.errors import TaskTuneError
+from tasktune.flags import guard_numeric_flags
 
 # (module, purpose) in pipeline order; each module defines register(subparsers).
 COMMAND_MODULES = [
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    guard_numeric_flags(parser)  # a number flag declared without a Range still refuses NaN, ±inf, huge ints
     return parser
 
 
@@ -50,11 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TaskTuneError as exc:
-        print(f"tasktune {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"tasktune {args.command}: error: {exc}")
         return 2
     except KeyboardInterrupt:
         print(f"tasktune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tasktune ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141
+    except OSError as exc:  # permission denied, a file where a folder belongs, a full disk: name the path
+        where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        _say(f"tasktune {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}")
+        return 2
+
+
+def _say(message: str) -> None:
+    """One line on stderr; a name that is not valid Unicode (a lone surrogate from a non-UTF-8 file name)
+    is shown escaped, never a second error."""
+    print(message.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
 if __name__ == "__main__":

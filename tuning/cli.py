@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, check_output_folder
 from tasktune.tuning import tiny
 from tasktune.tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
 
@@ -52,9 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a run folder written by `tasktune train`")
     p.add_argument("--data", help="data folder or file (default: the one the run was trained on)")
     p.add_argument("--split", default="dev", help="which split to answer (default: dev)")
-    p.add_argument("--limit", type=int, help="answer only the first N records")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (default: 16)")
-    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default: the run's max_target_length)")
+    p.add_argument("--limit", type=COUNT, help="answer only the first N records, N >= 1 (default: all)")
+    p.add_argument("--batch-size", type=BATCH, default=16, help="prompts per generate() call (default: 16)")
+    p.add_argument("--max-new-tokens", type=TOKENS,
+                   help="answer length cap (default: the run's max_target_length)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
@@ -65,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="a run folder written by `tasktune train`")
     p.add_argument("--base", action="store_true", help="answer with the adapter disabled")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
+    p.add_argument("--max-new-tokens", type=TOKENS, default=128, help="answer length cap (default: 128)")
     p.add_argument("--no-history", action="store_true", help="do not feed earlier turns back as history")
     p.set_defaults(func=_chat)
 
@@ -84,15 +86,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (one run folder per method inside)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to compare")
     p.add_argument("--task", default="causal-lm", choices=TASKS, help="causal-lm or classification")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps per method")
-    p.add_argument("--batch-size", type=int, default=4, help="micro-batch size")
-    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--pre-seq-len", type=int, default=16, help="prefix length / virtual tokens")
-    p.add_argument("--limit", type=int, default=30, help="dev records to evaluate (0 = all)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap in eval")
+    p.add_argument("--steps", type=COUNT, default=30, help="optimizer steps per method")
+    p.add_argument("--batch-size", type=BATCH, default=4, help="micro-batch size")
+    p.add_argument("--accumulation", type=TrainConfig.range_of("gradient_accumulation_steps"), default=1,
+                   help="micro-batches per optimizer step")
+    p.add_argument("--pre-seq-len", type=TrainConfig.range_of("pre_seq_len"), default=16,
+                   help="prefix length / virtual tokens")
+    p.add_argument("--limit", type=Range(int, 0, 10**9, note="0 = all"), default=30,
+                   help="dev records to evaluate (0 = all)")
+    p.add_argument("--max-new-tokens", type=TOKENS, default=48, help="answer length cap in eval")
     p.add_argument("--quantization-bit", default="auto", choices=("auto", "4", "8", "none"),
                    help="base quantization (qlora is always 4-bit, full never)")
-    p.add_argument("--seed", type=int, default=42, help="seed shared by every method")
+    p.add_argument("--seed", type=SEED, default=42, help="seed shared by every method")
     p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
                    help="override one method's learning rate (repeatable)")
     p.set_defaults(func=_compare)
@@ -124,13 +129,16 @@ def _compare(args: argparse.Namespace) -> int:
     from tasktune.errors import ConfigError
     from tasktune.tuning.compare import CompareConfig, compare
 
+    check_output_folder(args.out, "--out")
     rates = {}
     for item in args.lr:
         method, _, value = item.partition("=")
         try:
-            rates[method.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--lr {item!r}: expected METHOD=NUMBER") from None
+            rates[method.strip()] = LEARNING_RATE(value)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"--lr {item!r}: expected METHOD=NUMBER, the number {exc}") from None
+        if method.strip() not in METHODS:
+            raise ConfigError(f"--lr {item!r}: unknown method {method.strip()!r}; choose from {', '.join(METHODS)}")
     compare(CompareConfig(model=args.model, data=args.data, out=args.out,
                           methods=[m.strip() for m in args.methods.split(",") if m.strip()], task=args.task,
                           steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from tasktune.errors import ConfigError
+from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range,
+                            check_output_folder)
 
 #: Tuning methods (`--method`); tuning/methods.py holds what each one does, docs/methods.md compares them.
 METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
@@ -28,8 +30,17 @@ GROUPINGS = ("none", "step", "window")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field whose help text becomes the flag's --help line."""
+    """A dataclass field whose help text becomes the flag's --help line; `range=Range(...)` (tasktune/flags.py)
+    bounds a number: the flag's argparse type and `check_ranges` (YAML keys, the Python API) both use it."""
     return field(default=default, metadata={"help": help, **extra})
+
+
+def check_ranges(config: Any) -> None:
+    """ConfigError naming the first field of a dataclass instance whose value is outside its `range`."""
+    for f in fields(config):
+        bound = f.metadata.get("range")
+        if bound is not None:
+            bound.check(f.name, getattr(config, f.name))
 
 
 @dataclass
@@ -43,18 +54,19 @@ class TrainConfig:
                      choices=TASKS)
     # the other methods (ignored by ptuning-v2/prefix)
     num_virtual_tokens: int = _opt(0, "prompt/p-tuning virtual tokens; 0 = pre_seq_len (prompt-text: the init "
-                                      "text's token count)")
+                                      "text's token count)", range=Range(int, 0, 4096, note="0 = pre_seq_len"))
     prompt_init_text: str = _opt("下面是一段人与机器人的对话。", "prompt-text: the text whose embeddings start the prompt")
-    encoder_hidden_size: int = _opt(128, "p-tuning: hidden size of the prompt encoder (MLP)")
-    lora_r: int = _opt(8, "lora/qlora: rank of the update matrices")
-    lora_alpha: int = _opt(16, "lora/qlora: scaling numerator (update scaled by alpha / r)")
-    lora_dropout: float = _opt(0.05, "lora/qlora: dropout on the LoRA input")
+    encoder_hidden_size: int = _opt(128, "p-tuning: hidden size of the prompt encoder (MLP)", range=SIZE)
+    lora_r: int = _opt(8, "lora/qlora: rank of the update matrices", range=Range(int, 1, 4096))
+    lora_alpha: int = _opt(16, "lora/qlora: scaling numerator (update scaled by alpha / r)",
+                           range=Range(int, 1, 1 << 16))
+    lora_dropout: float = _opt(0.05, "lora/qlora: dropout on the LoRA input", range=DROPOUT)
     lora_target_modules: str = _opt("all-linear", "lora/qlora: comma-separated module names, or all-linear")
     # the prefix
-    pre_seq_len: int = _opt(128, "number of trainable prefix positions at every layer")
+    pre_seq_len: int = _opt(128, "number of trainable prefix positions at every layer", range=Range(int, 1, 4096))
     prefix_projection: bool = _opt(False, "re-parameterise the prefix with embedding->Linear->Tanh->Linear")
-    prefix_hidden_size: int = _opt(512, "hidden size of the projection MLP (with --prefix-projection)")
-    prefix_dropout: float = _opt(0.0, "dropout on the prefix key/values during training")
+    prefix_hidden_size: int = _opt(512, "hidden size of the projection MLP (with --prefix-projection)", range=SIZE)
+    prefix_dropout: float = _opt(0.0, "dropout on the prefix key/values during training", range=DROPOUT)
     # the base model
     quantization_bit: str = _opt(
         "auto", "4 (NF4), 8 (LLM.int8), none; auto = 4 on a CUDA GPU, none on CPU", choices=("auto", "4", "8", "none")
@@ -71,14 +83,15 @@ class TrainConfig:
     response_column: str = _opt("summary", "record key holding the answer")
     history_column: str = _opt("history", "record key holding earlier [prompt, answer] turns")
     prompt_template: str = _opt("auto", "auto (tokenizer chat template, else chatglm), chatglm, human_assistant or a .jinja path")
-    max_source_length: int = _opt(64, "prompt tokens kept (longer prompts are truncated and counted)")
-    max_target_length: int = _opt(64, "answer tokens kept (longer answers are truncated and counted)")
+    max_source_length: int = _opt(64, "prompt tokens kept (longer prompts are truncated and counted)", range=TOKENS)
+    max_target_length: int = _opt(64, "answer tokens kept (longer answers are truncated and counted)", range=TOKENS)
     # optimisation
-    learning_rate: float = _opt(2e-2, "peak learning rate (linear decay to 0)")
-    warmup_steps: int = _opt(0, "linear warm-up steps")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
-    per_device_train_batch_size: int = _opt(4, "micro-batch size per device")
+    learning_rate: float = _opt(2e-2, "peak learning rate (linear decay to 0)", range=LEARNING_RATE)
+    warmup_steps: int = _opt(0, "linear warm-up steps", range=STEPS0)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", range=Range(float, 0.0, 10.0))
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)",
+                                range=Range(float, 0.0, 1e6, note="0 = off"))
+    per_device_train_batch_size: int = _opt(4, "micro-batch size per device", range=BATCH)
     answer_logits: bool = _opt(True, "run the LM head only where the next token is an answer token (ptuning-v2 "
                                      "and prefix; the same loss, less work); false: full logits")
     group_by_length: str = _opt(
@@ -86,26 +99,23 @@ class TrainConfig:
                 "length (less padding, the same update); window = whole batches of similar length across the epoch "
                 "(less padding still, but a batch then holds mostly one kind of record, which can slow learning)",
         choices=GROUPINGS)
-    gradient_accumulation_steps: int = _opt(16, "micro-batches per optimizer step")
-    max_steps: int = _opt(3000, "optimizer steps")
-    logging_steps: int = _opt(10, "log loss every N steps")
-    save_steps: int = _opt(500, "checkpoint every N steps")
-    save_total_limit: int = _opt(2, "checkpoints kept (oldest removed)")
-    seed: int = _opt(42, "seed for init, data order and dropout")
+    gradient_accumulation_steps: int = _opt(16, "micro-batches per optimizer step",
+                                            range=Range(int, 1, 1 << 20))
+    max_steps: int = _opt(3000, "optimizer steps", range=COUNT)
+    logging_steps: int = _opt(10, "log loss every N steps", range=COUNT)
+    save_steps: int = _opt(500, "checkpoint every N steps", range=COUNT)
+    save_total_limit: int = _opt(2, "checkpoints kept (oldest removed; 0 = keep all)",
+                                 range=Range(int, 0, 10**6, note="0 = keep all"))
+    seed: int = _opt(42, "seed for init, data order and dropout", range=SEED)
     bf16: str = _opt("auto", "bf16 autocast: auto = on a CUDA GPU with bf16 support", choices=("auto", "true", "false"))
     resume: str = _opt("auto", "auto = continue from the run folder's last checkpoint if any; never; or a checkpoint path")
     on_nan: str = _opt("stop", "non-finite loss: stop (with a message) or skip the step", choices=("stop", "skip"))
-    num_threads: int = _opt(0, "CPU threads for torch (0 = torch's default)")
+    num_threads: int = _opt(0, "CPU threads for torch (0 = torch's default)",
+                            range=Range(int, 0, 4096, note="0 = torch's default"))
 
     def __post_init__(self) -> None:
-        if self.pre_seq_len <= 0:
-            raise ConfigError(f"pre_seq_len must be a positive integer, got {self.pre_seq_len}")
-        for name in ("max_source_length", "max_target_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "max_steps", "logging_steps", "save_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.prefix_dropout < 1.0:
-            raise ConfigError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+        check_ranges(self)
+        check_output_folder(self.out, "--out")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.task not in TASKS:
@@ -118,9 +128,11 @@ class TrainConfig:
                 raise ConfigError(f"group_by_length must be one of {', '.join(GROUPINGS)}, "
                                   f"got {self.group_by_length!r}") from None
         self.group_by_length = grouping
-        if self.num_virtual_tokens < 0 or self.lora_r <= 0:
-            raise ConfigError(f"num_virtual_tokens must be >= 0 and lora_r > 0, got "
-                              f"{self.num_virtual_tokens} and {self.lora_r}")
+
+    @classmethod
+    def range_of(cls, name: str) -> Range:
+        """The declared range of numeric field `name` (for other commands' flags of the same meaning)."""
+        return next(f.metadata["range"] for f in fields(cls) if f.name == name)
 
     @property
     def quantization(self) -> int | None:
@@ -167,18 +179,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                                 metavar="BOOL", help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
-                                help=help_text)
+            bound = f.metadata.get("range")
+            if bound is not None:
+                help_text = f"{help_text}; {bound.describe()}"
+            parser.add_argument(flag, type=bound or kind, default=argparse.SUPPRESS,
+                                choices=f.metadata.get("choices"), help=help_text)
 
 
 def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
+    """The keys of a `--config` YAML file, each parsed as its field's type and range-checked (errors name the
+    file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeEncodeError) as exc:  # a name too long, a lone surrogate, no permission
+        raise ConfigError(f"--config {str(path)!r}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     known = {f.name: f for f in fields(cls)}
@@ -188,10 +211,23 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
         if name not in known:
             raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         kind = _field_type(cls, known[name])
+        bound = known[name].metadata.get("range")
         try:
-            out[name] = _parse_bool(str(value)) if kind is bool else kind(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise ConfigError(f"{path}: {key}: expected {kind.__name__}, got {value!r}") from None
+            if kind is bool:
+                out[name] = _parse_bool(str(value))
+            elif bound is not None:  # 1.5 or `true` for an integer, `.nan` for a float: refused, never rounded
+                if isinstance(value, str) or bound.problem(value):
+                    out[name] = bound(str(value)) if isinstance(value, str) else bound.check(name, value)
+                else:
+                    out[name] = kind(value)
+            elif kind is str and isinstance(value, (dict, list)):
+                raise TypeError
+            else:
+                out[name] = kind(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError, ConfigError) as exc:
+            detail = str(exc) if isinstance(exc, (argparse.ArgumentTypeError, ConfigError)) else \
+                f"expected {kind.__name__}, got {value!r}"
+            raise ConfigError(f"{path}: {key}: {detail.removeprefix(name + ': ')}") from None
     return out
 
 

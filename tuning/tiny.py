@@ -570,22 +570,24 @@ def add_arguments(parser) -> None:
 
     d = TinyConfig()
     parser.add_argument("--spec", default="grid",
+    from tasktune.flags import BATCH, COUNT, LEARNING_RATE, PROBABILITY, SEED, SIZE, STEPS0, TOKENS, Range
+
                         help="task spec whose text the model learns: a YAML path or a built-in name (default: grid)")
     parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
-    parser.add_argument("--seed", type=int, default=42, help="seed for data, init and training order")
-    parser.add_argument("--steps", type=int, default=d.pretrain_steps, help="LM pre-training steps on the domain text")
-    parser.add_argument("--copy-warmup-steps", type=int, default=d.copy_warmup_steps,
+    parser.add_argument("--seed", type=SEED, default=42, help="seed for data, init and training order")
+    parser.add_argument("--steps", type=COUNT, default=d.pretrain_steps, help="LM pre-training steps on the domain text")
+    parser.add_argument("--copy-warmup-steps", type=STEPS0, default=d.copy_warmup_steps,
                         help="steps on the copy strings alone before the domain text (0: none)")
-    parser.add_argument("--layers", type=int, default=d.num_layers, help="transformer layers")
-    parser.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
-    parser.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
-    parser.add_argument("--kv-heads", type=int, default=d.num_kv_heads, help="key/value heads (GQA)")
-    parser.add_argument("--ffn", type=int, default=d.intermediate_size, help="MLP intermediate size")
-    parser.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary bound")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step")
-    parser.add_argument("--block-size", type=int, default=d.block_size, help="tokens per row")
-    parser.add_argument("--n", type=int, default=None, help="records to generate (default: the generator's)")
+    parser.add_argument("--layers", type=Range(int, 1, 256), default=d.num_layers, help="transformer layers")
+    parser.add_argument("--hidden", type=SIZE, default=d.hidden_size, help="hidden size")
+    parser.add_argument("--heads", type=Range(int, 1, 1024), default=d.num_heads, help="attention heads")
+    parser.add_argument("--kv-heads", type=Range(int, 1, 1024), default=d.num_kv_heads, help="key/value heads (GQA)")
+    parser.add_argument("--ffn", type=SIZE, default=d.intermediate_size, help="MLP intermediate size")
+    parser.add_argument("--vocab-size", type=Range(int, 64, 1 << 20), default=d.vocab_size, help="BPE vocabulary bound")
+    parser.add_argument("--lr", type=LEARNING_RATE, default=d.lr, help="peak learning rate")
+    parser.add_argument("--batch-size", type=BATCH, default=d.batch_size, help="rows per step")
+    parser.add_argument("--block-size", type=TOKENS, default=d.block_size, help="tokens per row")
+    parser.add_argument("--n", type=COUNT, default=None, help="records to generate (default: the generator's)")
     parser.add_argument("--pack", action="store_true", help="pack documents into full rows (faster)")
     flag = argparse.BooleanOptionalAction
     parser.add_argument("--copy-docs", action=flag, default=d.copy_docs,
@@ -597,13 +599,13 @@ def add_arguments(parser) -> None:
                              "its numbers or its slot words (never its task answer)")
     parser.add_argument("--answer-pairs", action=flag, default=d.answer_pairs,
                         help="add two answers naming the same slot value (and the same numbers), one after the other")
-    parser.add_argument("--data-seed", type=int, default=None,
+    parser.add_argument("--data-seed", type=SEED, default=None,
                         help="seed of the data generator run the documents come from: the seed (and --n) `tasktune "
                              "data` ran with (default: --seed; set it when --seed differs, so no dev text becomes a "
                              "document)")
-    parser.add_argument("--round-docs", type=float, default=d.round_docs,
+    parser.add_argument("--round-docs", type=PROBABILITY, default=d.round_docs,
                         help="share of records that add a multi-round reading document (0: none)")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", default="cpu", type=_device,
                         help="where to pre-train: cpu (bit-reproducible for a seed) or cuda (faster, not bit-identical)")
     parser.add_argument("--number-chunks", action=flag, default=d.number_chunks,
                         help="numbers as tokens of up to 3 digits (as Llama 3) instead of one token per digit")
@@ -613,8 +615,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Handler for `tasktune tiny-model`."""
+def _device(text: str) -> str:
+    """argparse `type=` for --device: cpu, cuda or cuda:N (refused with the flag named, not a torch traceback)."""
+    import argparse
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text.strip()
+
+
     cfg = TinyConfig(
         num_layers=args.layers,
+    from tasktune.flags import check_output_folder
+
+    check_output_folder(args.out, "--out")
         hidden_size=args.hidden,
         num_heads=args.heads,
         num_kv_heads=args.kv_heads,

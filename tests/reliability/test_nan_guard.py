@@ -64,12 +64,22 @@ def test_skip_goes_on_and_the_adapter_stays_finite(tiny_glm, train_data, tmp_pat
     assert all(torch.isfinite(t).all() for t in prefix(out).values())
 
 
-def test_the_named_last_good_checkpoint_is_finite(tiny_glm, train_data, tmp_path, capsys):
+def test_the_named_last_good_checkpoint_is_finite(tiny_glm, train_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    code = run_cli(train_argv(tiny_glm, train_data, out, max_steps=4, save_steps=1, learning_rate="inf",
-                              max_grad_norm=0))
+    step = torch.optim.AdamW.step
+
+    def step_to_inf(self, *args, **kwargs):  # an update that overflows (`--learning-rate inf` is refused now)
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    param.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_to_inf)
+    code = run_cli(train_argv(tiny_glm, train_data, out, max_steps=4, save_steps=1, max_grad_norm=0))
     err = capsys.readouterr().err
     assert code == 2, err
-    # lr=inf: step 1's update is already non-finite, so it stops there and no checkpoint is called good
+    # step 1's update is already non-finite, so it stops there and no checkpoint is called good
     assert "made the trainable weights non-finite" in err and "Last good checkpoint: none yet" in err, err
     assert not ckpt.checkpoint_dirs(out), "a checkpoint with non-finite weights was written"

@@ -1,0 +1,142 @@
+"""Numeric command-line flags and config keys: one `Range` per number says what is allowed, and checks it.
+
+A `Range` is used in two ways, so the bound lives in one place:
+
+* as an argparse `type=`: `--batch-size abc`, `--batch-size 0` and `--learning-rate nan` are refused by
+  argparse itself, with the flag named and exit code 2 (`tasktune train: error: argument --batch-size:
+  expected int >= 1 and <= 65,536, got 0`), before any work starts;
+* as `Range.check(name, value)` in a config dataclass's `__post_init__` (YAML keys and the Python API),
+  raising `ConfigError` that names the key.
+
+Floats are always finite: NaN and ±inf are refused everywhere (a NaN compares false with every bound, so it
+would otherwise pass any range check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasktune.errors import ConfigError
+
+#: int64: the largest integer torch, numpy and JSON readers all take.
+INT_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric flag: `kind` (int or float), inclusive `lo`/`hi`, or exclusive ones."""
+
+    kind: type = int
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself not allowed (a learning rate > 0)
+    hi_open: bool = False  # hi itself not allowed (a dropout < 1)
+    note: str = ""  # what a special value means, e.g. "0 = all"
+
+    @property
+    def __name__(self) -> str:  # argparse names the type in some messages
+        return self.kind.__name__
+
+    def describe(self) -> str:
+        what = "int" if self.kind is int else "a finite float"
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
+        text = f"{what} {' and '.join(parts)}" if parts else what
+        return f"{text} ({self.note})" if self.note else text
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed, or None when it is."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected {self.describe()}, got {value!r}"
+        if self.kind is int and not (isinstance(value, int) or float(value).is_integer()):
+            return f"expected {self.describe()}, got {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"expected {self.describe()}, got {value!r}"
+        lo_bad = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        hi_bad = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if lo_bad or hi_bad or (self.kind is int and abs(value) > INT_MAX):
+            return f"expected {self.describe()}, got {_num(value)}"
+        return None
+
+    def __call__(self, text: str) -> Any:
+        """argparse `type=`: parse and check one flag value (argparse adds the flag's name to the message)."""
+        raw = str(text).strip()
+        try:
+            value = int(raw) if self.kind is int else float(raw)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
+        problem = self.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    def check(self, name: str, value: Any, *, optional: bool = False) -> Any:
+        """Raise ConfigError naming `name` unless `value` is allowed (None passes when `optional`)."""
+        if value is None and optional:
+            return value
+        problem = self.problem(value)
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
+        return value
+
+
+def _num(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) and abs(value) >= 10_000 else repr(value)
+
+
+# Ranges shared by several commands.
+COUNT = Range(int, 1, 10**9)                   # steps, records, micro-batches
+STEPS0 = Range(int, 0, 10**9)                  # warm-up steps, 0 = none
+BATCH = Range(int, 1, 65536)                   # prompts / rows per batch
+TOKENS = Range(int, 1, 1 << 20)                # token lengths and caps
+SEED = Range(int, 0, 2**32 - 1)                # what numpy, torch and random all take
+LEARNING_RATE = Range(float, 0.0, 10.0, lo_open=True)
+PROBABILITY = Range(float, 0.0, 1.0)
+DROPOUT = Range(float, 0.0, 1.0, hi_open=True)
+SIZE = Range(int, 1, 1 << 17)                  # hidden sizes, ranks, layers
+
+
+def finite_float(text: str) -> float:
+    """argparse `type=` for a float flag without a declared range: any finite number."""
+    return Range(float)(text)
+
+
+def guard_numeric_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every `type=int` / `type=float` action of `parser` and its subparsers a Range (the safety net
+    for a flag added without one: NaN, ±inf and integers beyond int64 are still refused with the flag named)."""
+    for action in parser._actions:
+        if action.type is int:
+            action.type = Range(int, -INT_MAX, INT_MAX)
+        elif action.type is float:
+            action.type = Range(float)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                guard_numeric_flags(sub)
+
+
+def output_folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be an output folder (it, or a folder above it, is a file), or None."""
+    here = Path(path)
+    for folder in (here, *here.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder" if folder == here else \
+                    f"cannot create the output directory: {folder} (above it) is a file, not a folder"
+            return None
+    return None
+
+
+def check_output_folder(path: str | Path, flag: str) -> None:
+    """ConfigError naming `flag` and the file when `path` cannot be an output folder (checked before any work)."""
+    problem = output_folder_problem(path)
+    if problem:
+        raise ConfigError(f"{flag} {path}: {problem}")
