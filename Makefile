@@ -22,12 +22,14 @@ LOCK   ?= locks/cpu.txt
 EXTRAS ?= dev
 LATEST := .venv-latest
 CPU_TORCH := torch==2.13.0
+PORT   ?= 8000
 
-.PHONY: help install lock test-latest test test-slow test-all data tiny-model train eval chat demo compare bench clean
+.PHONY: help install lock test-latest serve test test-slow test-all data tiny-model train eval chat demo compare bench clean
 
 help:
 	@echo "make demo        data -> tiny model -> train -> eval on the embedded default (CPU, minutes)"
 	@echo "make test        install if needed, then run the default test suite"
+	@echo "make serve       tasktune serve $(RUN) on 127.0.0.1:$(PORT) with the simulated grid actions (after make demo)"
 	@echo "make test-slow   the slow tests (long training runs)"
 	@echo "make test-latest the suite on the newest versions inside pyproject's ranges (in $(LATEST)), not the lock"
 	@echo "make lock        rewrite $(LOCK) from what .venv holds (after make test passed)"
@@ -94,6 +96,9 @@ demo: install
 	$(MAKE) tiny-model
 	$(MAKE) train
 	$(MAKE) eval
+
+serve: install
+	$(TT) serve $(RUN) --port $(PORT) --spec $(notdir $(RUN))=$(SPEC) --actions tasktune.serve.actions.grid_sim $(ARGS)
 
 compare: install
 	$(TT) compare --model $(MODEL) --data $(DATA) --out runs/compare $(ARGS)
