@@ -14,8 +14,8 @@
   folder, so the folder then holds the interrupted run's complete set.
 
 Files of an earlier set that the new set lacks (e.g. `train.json` when writing `--format jsonl`) are left
-in place. Two runs writing into one folder at the same time are not supported. Files are not fsync'ed: the
-guarantee is against a process that stops, not against the machine losing power.
+in place. Two runs writing into one folder at the same time are not supported. Files are fsync'ed before they
+move in, folder entries are not. Files and folders get the umask's modes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Iterable
+
+from tasktune import files as atomic
 
 MARKER = ".tasktune-swap.json"
 _STEM = ".tasktune-"
@@ -96,14 +98,13 @@ def _sweep(out_dir: Path) -> None:
             for path in parent.glob(glob.escape(prefix) + "*"):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
-    (out_dir / (MARKER + ".tmp")).unlink(missing_ok=True) if out_dir.is_dir() else None
+    for stale in atomic.stale_temps(out_dir / MARKER) if out_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
 
 
 def _write_marker(out_dir: Path, staging: Path, names: list[str]) -> None:
     text = json.dumps({"staging": os.path.relpath(staging, out_dir), "files": names}, ensure_ascii=False)
-    tmp = out_dir / (MARKER + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / MARKER)
+    atomic.write_text(out_dir / MARKER, text + "\n")
 
 
 def write_set(out_dir: str | Path, files: dict[str, str | Iterable[str]]) -> list[Path]:
@@ -123,9 +124,7 @@ def write_set(out_dir: str | Path, files: dict[str, str | Iterable[str]]) -> lis
     staging = _new_staging(out_dir)
     try:
         for name, text in files.items():
-            with open(staging / name, "w", encoding="utf-8", newline="\n") as f:
-                for piece in [text] if isinstance(text, str) else text:
-                    f.write(piece)
+            atomic.write_text(staging / name, text, atomic=False)  # fsync'ed; the staging folder moves as a unit
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasktune import files as atomic
 from tasktune.errors import ConfigError
 
 STATE_FILE = "training_state.pt"
@@ -123,7 +124,7 @@ def write_checkpoint(run_dir: Path, step: int, *, save_adapter_fn, state: dict[s
     try:
         save_adapter_fn(tmp)
         torch.save(state, tmp / STATE_FILE)
-        _fsync_dir(tmp)
+        atomic.settle(tmp)  # fsync'ed, and the umask's modes (mkdtemp made the folder 0700)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -133,13 +134,6 @@ def write_checkpoint(run_dir: Path, step: int, *, save_adapter_fn, state: dict[s
     for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def read_state(folder: Path) -> dict[str, Any]:
@@ -172,10 +166,7 @@ def find_resume_point(run_dir: Path, resume: str, fingerprint: dict[str, Any]) -
 
 
 def write_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    path = Path(run_dir) / FINGERPRINT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(Path(run_dir) / FINGERPRINT_FILE, fingerprint, sort_keys=True)
 
 
 def check_fingerprint(checkpoint: Path, fingerprint: dict[str, Any]) -> None:

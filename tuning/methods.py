@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from tasktune import __version__
+from tasktune import files as atomic
 from tasktune.errors import ConfigError
 
 #: Written by every method's save(): which method made the folder, for which task and labels.
@@ -118,9 +118,7 @@ class Adapter:
         files = self.save_weights(folder, base_model, extra or {})
         info = {"method": self.method, "task": self.task, "labels": self.labels, "base_model": base_model,
                 "files": sorted(files), "tasktune_version": __version__, "extra": extra or {}}
-        tmp = folder / f".{METHOD_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / METHOD_FILE)
+        atomic.write_json(folder / METHOD_FILE, info)
         return folder
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from tasktune import TEMPLATES
+from tasktune import files as atomic
 from tasktune.tuning.metrics import argument_accuracy, exact_match, step_of
 
 REPORT_TEMPLATES = TEMPLATES / "report"
@@ -225,15 +225,8 @@ def render_reports(context: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers never see half a file; the file gets the umask's mode (`tasktune.files`)."""
+    atomic.write_text(path, text)
 
 
 def _prediction_lines(examples: Sequence[Mapping[str, Any]]) -> str:

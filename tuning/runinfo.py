@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from tasktune import files as atomic
 
 DATA_FILES = ("train.json", "dev.json", "train.jsonl", "dev.jsonl")
 
@@ -56,7 +57,5 @@ def environment_info() -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """`tasktune.files.write_json` (atomic, fsync'ed, the umask's mode), under the name callers know."""
+    atomic.write_json(path, obj)

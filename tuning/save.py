@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from tasktune import __version__
+from tasktune import files as atomic
 from tasktune.tuning.runinfo import sha256_file
 from tasktune.errors import ConfigError
 from tasktune.tuning.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
@@ -63,12 +64,6 @@ def build_peft_config(tuner: PrefixTuner, base_model: str):
     )
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
 def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | None = None) -> Path:
     """Write the adapter into `out_dir` (created if needed; other files there are left alone); return it.
 
@@ -105,11 +100,12 @@ def save_adapter(tuner: PrefixTuner, out_dir, *, base_model: str, extra: dict | 
             "sha256": {name: sha256_file(staging / name) for name in names if name.endswith(".safetensors")},
             "extra": extra or {},
         }
-        (staging / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+        atomic.write_json(staging / RECORD_NAME, record, atomic=False)
         names.append(RECORD_NAME)
         pending = out / PENDING_RECORD_NAME
-        (staging / PENDING_RECORD_NAME).write_text(json.dumps(_pending_records(out) + [record], default=str))
-        _fsync_tree(staging)
+        atomic.write_json(staging / PENDING_RECORD_NAME, _pending_records(out) + [record], indent=None,
+                          atomic=False)
+        atomic.settle(staging)  # fsync'ed, and the umask's modes (safetensors writes its files 0600)
         os.replace(staging / PENDING_RECORD_NAME, pending)  # first: it vouches for the weights that follow
         for name in names:
             os.replace(staging / name, out / name)

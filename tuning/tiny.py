@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tasktune import files as atomic
 from tasktune.errors import ConfigError, SpecError
 
 #: Written next to the weights: how this model was built (spec + hash, seed, steps, loss, size).
@@ -554,6 +555,7 @@ def build_tiny_model(
             "config": asdict(cfg),
         }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.settle(tmp)  # fsync'ed, and the umask's modes (safetensors writes the weights 0600)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

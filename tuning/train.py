@@ -398,10 +398,11 @@ def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("tasktune: training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    from tasktune.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def load_run_record(run_dir: Path) -> dict[str, Any]:

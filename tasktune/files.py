@@ -1,0 +1,145 @@
+"""Write a file so that readers see the old version or the new one, never half a file, with the usual modes.
+
+The one way tasktune writes its output files (data sets, run records, reports, adapters, checkpoints):
+
+- `write_bytes(path, data)`, `write_text(path, text)`, `write_json(path, obj)`: the content goes to a new
+  temporary file in the same folder (`.<name>.<random>.tmp`), is flushed and fsync'ed, gets the mode a plain
+  `open(path, "w")` would give it (0o666 & ~umask, e.g. 0644 under umask 022; never the 0600 that
+  `tempfile.mkstemp` leaves), and is moved over `path` with one `os.replace`. An error (or Ctrl-C) while
+  writing removes the temporary file and leaves `path` as it was. `data`/`text` may be an iterable of pieces,
+  written as they come, so a large file is never one string in memory.
+- `atomic_path(path)`: the same for a library that writes to a path itself (`fig.savefig`, safetensors'
+  `save_file`, `torch.save`): write to the yielded temporary path inside the `with` block.
+- `atomic=False` (all three writers): write `path` in place (created or truncated), still fsync'ed and with
+  the usual mode, for files inside a private staging folder that is itself moved into place as a unit
+  (`tasktune.datagen.fileset`, `tasktune.tuning.save`).
+- `settle(folder)`: for a folder a library wrote (`save_pretrained`, `tempfile.mkdtemp`) before it is moved
+  into place: fsyncs its files and gives them and the folders the usual modes (safetensors writes 0600,
+  mkdtemp creates 0700).
+
+A process killed between creating a temporary file and its rename leaves it behind (hidden, named after its
+target); `stale_temps(path)` lists those. A rename is atomic against processes that stop, and the fsync
+makes the content durable before it; the folder entry itself is not fsync'ed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+_TMP_SUFFIX = ".tmp"
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 & ~umask."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """The mode `os.mkdir` gives a new folder: 0o777 & ~umask."""
+    return 0o777 & ~umask()
+
+
+def _temp_for(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}{suffix}")
+
+
+def stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files of writes to `path` that never reached their rename (a killed process)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{_TMP_SUFFIX}*"))
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so writers that pick a format by it still do);
+    when the block ends without an error, the file written there is fsync'ed, given the usual mode and moved
+    over `path` in one rename. On an error it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = _temp_for(path, path.suffix)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _write(path: Path, pieces: Iterable[bytes], atomic: bool) -> Path:
+    target = _temp_for(path) if atomic else path
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if atomic else os.O_TRUNC) | getattr(os, "O_BINARY", 0)
+    fd = os.open(target, flags, 0o666)  # the kernel applies the umask, as open(path, "w") does
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for piece in pieces:
+                handle.write(piece)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if atomic:
+            os.replace(target, path)
+    except BaseException:
+        if atomic:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[bytes], *, atomic: bool = True) -> Path:
+    """Write `data` (bytes, or an iterable of byte pieces) to `path`; see the module's doc."""
+    return _write(Path(path), [data] if isinstance(data, (bytes, bytearray, memoryview)) else data, atomic)
+
+
+def write_text(path: str | os.PathLike[str], text: str | Iterable[str], *, atomic: bool = True) -> Path:
+    """Write `text` (a string, or an iterable of pieces) to `path` as UTF-8, newlines as written."""
+    pieces = [text] if isinstance(text, str) else text
+    return _write(Path(path), (piece.encode("utf-8") for piece in pieces), atomic)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = False,
+               atomic: bool = True) -> Path:
+    """Write `obj` as UTF-8 JSON (not ASCII-escaped, values JSON lacks as `str(value)`) and a final newline."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str) + "\n"
+    return write_text(path, text, atomic=atomic)
+
+
+def settle(folder: str | os.PathLike[str]) -> Path:
+    """fsync every file under `folder` and give files and folders (`folder` too) the usual modes."""
+    folder = Path(folder)
+    fmode, dmode = file_mode(), dir_mode()
+    for root, dirs, names in os.walk(folder):
+        os.chmod(root, dmode)
+        for name in names:
+            path = Path(root) / name
+            if path.is_symlink():
+                continue
+            _fsync(path)
+            os.chmod(path, fmode)
+    return folder
