@@ -7,6 +7,7 @@ relative to the spec's folder (paths escaping that folder are refused).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -366,9 +367,27 @@ def _build_action(k: int, raw: dict, steps: dict[str, StepSpec], at: _Locator) -
                       dict(frame_arguments), where)
 
 
+def _first_non_finite(data: Any, where: tuple = ()) -> tuple[tuple, float] | None:
+    """The JSON path and value of the first NaN or ±inf float anywhere in `data`, or None."""
+    stack = [(where, data)]
+    while stack:
+        here, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return here, node
+        if isinstance(node, dict):
+            stack.extend((here + (k,), v) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((here + (i,), v) for i, v in reversed(list(enumerate(node))))
+    return None
+
+
 def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> TaskSpec:
     """Check `data` (the parsed YAML) against the spec schema, then build a `TaskSpec`."""
     at = _Locator(path, lines or {})
+    bad = _first_non_finite(data)
+    if bad is not None:  # NaN passes every `minimum`/`maximum` of the schema (it compares false), so check first
+        where, value = bad
+        raise SpecError(f"{at(*where)}: {value} is not a finite number (NaN and infinities are not allowed)")
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         raise SpecError(f"{at(*error.absolute_path)}: {error.message}")

@@ -28,6 +28,13 @@ class EvalConfig:
     max_new_tokens: int | None = None  # default: the run's max_target_length
     examples_in_markdown: int = 50
 
+    def __post_init__(self) -> None:  # the CLI flags' ranges (tasktune/flags.py), for API callers too
+        from tasktune.flags import BATCH, COUNT, TOKENS
+
+        COUNT.check("limit", self.limit, optional=True)  # None = all; 0 or negative is refused, never "all"
+        BATCH.check("batch_size", self.batch_size)
+        TOKENS.check("max_new_tokens", self.max_new_tokens, optional=True)
+
 
 def check_run_dir(run_dir: Path) -> None:
     from tasktune.tuning.methods import METHOD_FILE
