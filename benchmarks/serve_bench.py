@@ -1,0 +1,144 @@
+"""Load test of `tasktune serve`: tokens/s, time to first token and latency at N concurrent streams, against the
+serial baseline (one request at a time through `generate`, as ChatGLM's api.py serves), and a mix of prefixes.
+
+    python benchmarks/serve_bench.py                      # builds tiny runs (2 layers) like the tests, CPU
+    python benchmarks/serve_bench.py runs/grid-tiny ...   # real run folders (the first is the single prefix)
+
+Every request asks for exactly --max-tokens tokens (end-of-sequence ignored: `ignore_eos`), so tokens/s do not
+depend on what the weights say. Prints one table row per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build_tiny_runs(root: Path, count: int) -> list[Path]:
+    from tasktune.tuning.train import fit
+    from tests.tuning.conftest import build_tiny_model_dir
+    from tests.tuning.runs import fast_config, write_data
+
+    model = build_tiny_model_dir(root / "model", "glm")
+    data = write_data(root / "data")
+    runs = []
+    for k in range(count):
+        runs.append(root / f"task{k}")
+        fit(fast_config(model, data, runs[-1], pre_seq_len=4 + 2 * k, max_steps=4, seed=k), log=lambda *_: None)
+    return runs
+
+
+def prompts() -> list[str]:
+    from tests.tuning.runs import CHECKS, PLACES
+
+    return [f"步骤#理解并基于输入拆分函数参数*语音#查查{p}的{k}" for p in PLACES for k in CHECKS]
+
+
+def serial_baseline(run: Path, texts: list[str], max_tokens: int) -> float:
+    """Tokens/s answering one prompt at a time with `generate` (batch 1), as a serial api.py does."""
+    import torch
+
+    from tasktune.tuning.data import encode_prompts, format_prompt
+    from tasktune.tuning.eval import load_run_adapter
+    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.train import load_run_record
+
+    record = load_run_record(run)
+    tok = load_tokenizer(record["config"]["model"])
+    model = load_run_adapter(run, record).model
+    device = next(model.parameters()).device
+    ids = encode_prompts(tok, [format_prompt(tok, t, []) for t in texts], "auto")
+    start, tokens = time.perf_counter(), 0
+    with torch.inference_mode():
+        for row in ids:
+            out = model.generate(input_ids=torch.tensor([row], device=device), max_new_tokens=max_tokens,
+                                 min_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            tokens += out.shape[1] - len(row)
+    return tokens / (time.perf_counter() - start)
+
+
+async def load(url: str, models: list[str], texts: list[str], streams: int, requests: int, max_tokens: int):
+    import httpx
+
+    ttft, latency, tokens = [], [], 0
+    gate = asyncio.Semaphore(streams)
+
+    async def one(client, i):
+        nonlocal tokens
+        body = {"model": models[i % len(models)], "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": texts[i % len(texts)]}]}
+        async with gate:
+            start = time.perf_counter()
+            first = None
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    data = json.loads(line[6:])
+                    if first is None and any(c["delta"].get("content") for c in data.get("choices", [])):
+                        first = time.perf_counter() - start
+                    if data.get("usage"):
+                        tokens += data["usage"]["completion_tokens"]
+            ttft.append(first if first is not None else time.perf_counter() - start)
+            latency.append(time.perf_counter() - start)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=streams)) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, i) for i in range(requests)))
+        wall = time.perf_counter() - start
+    return tokens / wall, ttft, latency
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", help="run folders (default: tiny runs built here)")
+    parser.add_argument("--streams", default="1,8,16,32,64", help="concurrent streams to measure")
+    parser.add_argument("--requests-per-stream", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--serial-requests", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    from tests.serve.conftest import LiveServer
+
+    tmp = tempfile.TemporaryDirectory()
+    runs = [Path(r) for r in args.runs] or build_tiny_runs(Path(tmp.name), 4)
+    texts = prompts()
+    serial = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
+    names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
+    server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
+                         str(max(args.max_tokens, 16))])
+    print(f"| setting | tokens/s | x serial | TTFT p50 | TTFT p99 | latency p50 | latency p99 |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| serial generate, batch 1 | {serial:.1f} | 1.0 | | | | |")
+    try:
+        for streams in [int(s) for s in args.streams.split(",")]:
+            for label, models in (("1 prefix", ["task0"]), (f"{min(4, len(runs))} prefixes mixed",
+                                                            [f"task{k}" for k in range(min(4, len(runs)))])):
+                if label != "1 prefix" and len(runs) == 1:
+                    continue
+                rate, ttft, latency = asyncio.run(load(server.url, models, texts, streams,
+                                                       streams * args.requests_per_stream, args.max_tokens))
+                print(f"| {streams} streams, {label} | {rate:.1f} | {rate / serial:.1f} | {pct(ttft, 50):.3f} | "
+                      f"{pct(ttft, 99):.3f} | {pct(latency, 50):.3f} | {pct(latency, 99):.3f} |", flush=True)
+    finally:
+        server.stop()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
