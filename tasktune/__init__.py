@@ -31,6 +31,18 @@ def resource(name: str) -> Path:
     return installed if installed.is_dir() else here.parent / name
 
 
+def _source_checkout() -> None:
+    """Run from a source checkout without installing (PYTHONPATH=checkout, as on the GPU machines): the
+    sub-packages are the checkout's top-level datagen/, tuning/ and serve/ folders (pyproject.toml maps them into
+    the package for a wheel), so the checkout root joins this package's search path. Installed, they are inside."""
+    here = Path(__file__).resolve().parent
+    root = here.parent
+    if not (here / "datagen").is_dir() and (root / "datagen" / "__init__.py").is_file() and \
+            (root / "pyproject.toml").is_file() and str(root) not in __path__:
+        __path__.append(str(root))
+
+
+_source_checkout()
 TEMPLATES = resource("templates")
 SCHEMAS = resource("schemas")
 
