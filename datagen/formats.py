@@ -1,4 +1,10 @@
-"""Record shapes: an `Example` becomes a ChatGLM record; a ChatGLM record becomes any output format."""
+"""Record shapes: an `Example` becomes a ChatGLM record; a ChatGLM record becomes any output format.
+
+Every chatglm, jsonl and alpaca record has a `history` list (`[]` for a single-turn record), so readers that
+index the column on every record read them as they are: LLaMA-Factory's loader (dataset_info.json maps the
+column) and ChatGLM-6B's `ptuning/main.py --history_column history`, which iterates `examples[history][i]` and
+fails on a missing one (see tests/datagen/test_readers.py).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,11 @@ FORMATS = ("chatglm", "jsonl", "alpaca", "sharegpt", "classification")
 
 
 def to_chatglm(example: Example) -> dict[str, Any]:
-    """The default record: content/summary (+history), with `meta` for evaluation and audit."""
+    """The default record: content/summary/history (`[]` for one turn), with `meta` for evaluation and audit."""
     if not (example.arguments is not None or example.noise or example.chain or example.label or example.history):
         # the usual record, built in one go (the same keys in the same order as below)
         return {"content": example.prefix + example.utterance + example.suffix, "summary": example.summary,
-                "meta": {"step": example.step, "template": example.template, "slots": example.slots, "noise": []}}
+                "history": [], "meta": {"step": example.step, "template": example.template, "slots": example.slots, "noise": []}}
     shift = len(example.prefix)
     meta: dict[str, Any] = {"step": example.step, "template": example.template, "slots": example.slots}
     if example.arguments is not None:
@@ -29,24 +35,20 @@ def to_chatglm(example: Example) -> dict[str, Any]:
         meta["chain"] = list(example.chain)
     if example.label:
         meta["label"] = True
-    record: dict[str, Any] = {"content": example.content, "summary": example.summary}
-    if example.history:
-        record["history"] = example.history
-    record["meta"] = meta
+    record: dict[str, Any] = {"content": example.content, "summary": example.summary,
+                              "history": example.history or [], "meta": meta}
     return record
 
 
 def convert(record: dict[str, Any], fmt: str, meta: bool = True) -> dict[str, Any]:
     """A ChatGLM record in `fmt`; `meta=False` drops the meta block."""
-    history = record.get("history")
+    history = record.get("history") or []
     if fmt in ("chatglm", "jsonl"):
-        out = {k: v for k, v in record.items() if k != "meta"}
+        out = {"content": record["content"], "summary": record["summary"], "history": history}
     elif fmt == "alpaca":
-        out = {"instruction": record["content"], "input": "", "output": record["summary"]}
-        if history:
-            out["history"] = history
+        out = {"instruction": record["content"], "input": "", "output": record["summary"], "history": history}
     elif fmt == "sharegpt":
-        turns = [*(history or []), [record["content"], record["summary"]]]
+        turns = [*history, [record["content"], record["summary"]]]
         out = {"conversations": [{"from": who, "value": text} for turn in turns
                                  for who, text in zip(("human", "gpt"), turn)]}
     elif fmt == "classification":

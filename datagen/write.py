@@ -20,7 +20,10 @@ from tasktune.errors import SpecError
 
 
 def dataset_info(name: str, fmt: str, files: dict[str, str]) -> dict[str, Any]:
-    """LLaMA-Factory's dataset_info.json entries `<name>_train` / `<name>_dev` for these files."""
+    """LLaMA-Factory's dataset_info.json entries `<name>_train` / `<name>_dev` for these files.
+
+    Every column it maps is in every record (`history` is `[]` on a single-turn record, see `formats`):
+    LLaMA-Factory's loader raises KeyError on a mapped column the file lacks."""
     if fmt in ("chatglm", "jsonl"):
         extra = {"columns": {"prompt": "content", "response": "summary", "history": "history"}}
     elif fmt == "alpaca":
@@ -40,6 +43,7 @@ def serialize(records: list[dict[str, Any]], fmt: str) -> str:
 
 
 CHUNK = 4096  # records converted, validated and dumped at a time
+_CHATGLM_KEYS = ("content", "summary", "history", "meta")
 # = json.dumps(record, ensure_ascii=False), whose non-default argument makes it build an encoder per call
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -53,8 +57,8 @@ def stream_records(records: list[dict[str, Any]], fmt: str, meta: bool, where: s
         yield "[\n"
     for start in range(0, len(records), CHUNK):
         part = records[start:start + CHUNK]
-        if fmt in ("chatglm", "jsonl") and meta:  # a record whose meta (if any) is last is its own conversion
-            chunk = [r if "meta" not in r or next(reversed(r)) == "meta" else convert(r, fmt, meta) for r in part]
+        if fmt in ("chatglm", "jsonl") and meta:  # a to_chatglm record (keys in this order) is its own conversion
+            chunk = [r if tuple(r) == _CHATGLM_KEYS else convert(r, fmt, meta) for r in part]
         else:
             chunk = [convert(r, fmt, meta) for r in part]
         validate_records(chunk, fmt, where, start=start)

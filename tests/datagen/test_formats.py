@@ -18,12 +18,20 @@ def example(**kw):
 
 def test_chatglm_record_shifts_noise_spans_into_the_content():
     r = to_chatglm(example())
-    assert r["content"] == "步骤#拆分*语音#查[MASK]南" and r["summary"] == "地名为济南" and "history" not in r
+    assert r["content"] == "步骤#拆分*语音#查[MASK]南" and r["summary"] == "地名为济南" and r["history"] == []
     span = r["meta"]["noise"][0]
     assert (span["start"], span["end"], span["at"]) == (10, 11, 10)
     assert r["content"][span["at"]: span["at"] + len(span["after"])] == "[MASK]"
     assert r["meta"]["arguments"] == {"place": "济南"} and r["meta"]["answer_pattern"].startswith("^")
-    assert list(r) == ["content", "summary", "meta"]
+    assert list(r) == ["content", "summary", "history", "meta"]
+
+
+@pytest.mark.parametrize("fmt", ["chatglm", "jsonl", "alpaca"])
+def test_single_turn_records_carry_an_empty_history_in_every_format(fmt):
+    plain = to_chatglm(example(arguments=None, answer_pattern=None, noise=[]))  # the fast path
+    assert plain["history"] == [] and list(plain) == ["content", "summary", "history", "meta"]
+    for record in (plain, to_chatglm(example()), {"content": "a", "summary": "b"}):  # (older records: no key)
+        assert convert(record, fmt, meta=False)["history"] == []
 
 
 def test_chain_record_has_history_and_chain():

@@ -10,8 +10,8 @@ META = {"step": "arguments", "template": "arguments/0", "slots": {"place": "济�
     {"op": "mask", "start": 1, "end": 2, "before": "查", "after": "[MASK]", "at": 1}]}
 GOOD = {
     "chatglm": {"content": "a", "summary": "b", "history": [["q", "a"]], "meta": META},
-    "jsonl": {"content": "a", "summary": "b"},
-    "alpaca": {"instruction": "a", "input": "", "output": "b", "meta": META},
+    "jsonl": {"content": "a", "summary": "b", "history": []},
+    "alpaca": {"instruction": "a", "input": "", "output": "b", "history": [], "meta": META},
     "sharegpt": {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
     "classification": {"text": "a", "label": "人数检测", "meta": {**META, "label": True}},
 }
@@ -24,13 +24,15 @@ def test_good_records_pass(fmt):
 
 
 @pytest.mark.parametrize("record, path", [
-    ({"content": "", "summary": "b"}, "$.content"),
-    ({"content": "a"}, "$"),
-    ({"content": "a", "summary": "b", "extra": 1}, "$"),
+    ({"content": "", "summary": "b", "history": []}, "$.content"),
+    ({"content": "a", "history": []}, "$"),
+    ({"content": "a", "summary": "b"}, "$"),  # history is never absent: readers index it on every record
+    ({"content": "a", "summary": "b", "history": [], "extra": 1}, "$"),
     ({"content": "a", "summary": "b", "history": [["only one"]]}, "$.history[0]"),
-    ({"content": "a", "summary": "b", "meta": {**META, "slots": {"place": ["list"]}}}, "$.meta.slots.place"),
-    ({"content": "a", "summary": "b", "meta": {**META, "noise": [{"op": "swap"}]}}, "$.meta.noise[0]"),
-    ({"content": "a", "summary": "b", "meta": {**META, "template": "no-index"}}, "$.meta.template"),
+    ({"content": "a", "summary": "b", "history": [], "meta": {**META, "slots": {"place": ["list"]}}},
+     "$.meta.slots.place"),
+    ({"content": "a", "summary": "b", "history": [], "meta": {**META, "noise": [{"op": "swap"}]}}, "$.meta.noise[0]"),
+    ({"content": "a", "summary": "b", "history": [], "meta": {**META, "template": "no-index"}}, "$.meta.template"),
 ])
 def test_bad_records_name_the_path(record, path):
     with pytest.raises(SpecError) as err:

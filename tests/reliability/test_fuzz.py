@@ -158,7 +158,7 @@ def _prop_noise(text, spec, seed):
         rebuilt.append(text[last:span["start"]] + span["after"])
         last = span["end"]
     assert "".join(rebuilt) + text[last:] == noisy
-    record = {"content": "语音#" + noisy, "summary": "好", "meta": {"step": "s", "template": "s/0", "slots": {},
+    record = {"content": "语音#" + noisy, "summary": "好", "history": [], "meta": {"step": "s", "template": "s/0", "slots": {},
                                                                    "noise": spans}}
     validate_records([record], "chatglm")
 
