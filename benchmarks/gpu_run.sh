@@ -139,3 +139,14 @@ if [ "$phase" = ddp2 ]; then  # multi-GPU: real NCCL data-parallel runs of `task
   CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m tasktune eval /tmp/ddp/gpu2_b4 --limit 16 2>&1 | grep -v -E 'prompt/s\]|Loading weights' \
     | tail -8 | tee -a "$OUT/ddp2.log"
 fi
+
+if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model'
+  timeout 240 python3 -m tasktune train --model /tmp/glm6b --data data/grid --out /tmp/serve/grid --quantization-bit 4 \
+    --max-steps 2 --save-steps 2 --per-device-train-batch-size 4 --gradient-accumulation-steps 1 --resume never 2>&1 \
+    | grep -v -E 'it/s\]|s/it\]|step/s' | tail -5 | tee "$OUT/serve6b_train.log"
+  for k in 1 2 3; do cp -r /tmp/serve/grid /tmp/serve/grid$k; done
+  timeout ${T_SERVE:-330} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+    /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
+    --max-batch-size 64 2>&1 | grep -v 'Loading weights' | tee "$OUT/serve6b.log"
+fi

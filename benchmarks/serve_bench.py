@@ -122,19 +122,27 @@ def main() -> None:
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
                          str(max(args.max_tokens, 16))])
-    print(f"| setting | tokens/s | x serial | TTFT p50 | TTFT p99 | latency p50 | latency p99 |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| serial generate, batch 1 | {serial:.1f} | 1.0 | | | | |")
+    steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
+    stats = server.service.engine.stats
+    stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"
+                           else None)
+    print("| setting | tokens/s | x serial | TTFT p50 | TTFT p99 | latency p50 | latency p99 | step ms p50 (rows) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| serial generate, batch 1 | {serial:.1f} | 1.0 | | | | | |")
     try:
         for streams in [int(s) for s in args.streams.split(",")]:
             for label, models in (("1 prefix", ["task0"]), (f"{min(4, len(runs))} prefixes mixed",
                                                             [f"task{k}" for k in range(min(4, len(runs)))])):
                 if label != "1 prefix" and len(runs) == 1:
                     continue
+                steps.clear()
                 rate, ttft, latency = asyncio.run(load(server.url, models, texts, streams,
                                                        streams * args.requests_per_stream, args.max_tokens))
+                rows = max((n for n, _ in steps), default=0)
+                full = [t for n, t in steps if n == rows] or [0.0]
                 print(f"| {streams} streams, {label} | {rate:.1f} | {rate / serial:.1f} | {pct(ttft, 50):.3f} | "
-                      f"{pct(ttft, 99):.3f} | {pct(latency, 50):.3f} | {pct(latency, 99):.3f} |", flush=True)
+                      f"{pct(ttft, 99):.3f} | {pct(latency, 50):.3f} | {pct(latency, 99):.3f} | "
+                      f"{1000 * statistics.median(full):.1f} ({rows}) |", flush=True)
     finally:
         server.stop()
         tmp.cleanup()
