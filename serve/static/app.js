@@ -12,6 +12,7 @@ const els = {
 // The conversation sent with every request: [{role, content}].
 let history = [];
 let controller = null; // AbortController of the request in flight
+let epoch = 0; // bumped by "New conversation": a turn still in flight then belongs to no conversation
 
 function headers(json) {
   const h = {};
@@ -137,30 +138,70 @@ function setBusy(busy) {
   els.transcript.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
-async function send() {
+// Whether a turn can start now (none in flight, a task chosen); says why not in the transcript.
+function ready() {
+  if (controller) return false;
+  if (!els.model.value) {
+    showError("No task selected: the task list is empty (reload it, or set the API key).");
+    return false;
+  }
+  return true;
+}
+
+function send() {
   const text = els.message.value.trim();
-  if (!text || controller) return;
-  if (!els.model.value) { showError("No task selected: the task list is empty (reload it, or set the API key)."); return; }
-  const userBubble = bubble("user", text);
-  const messages = history.concat([{ role: "user", content: text }]);
+  if (!text || !ready()) return;
   els.message.value = "";
+  converse({ role: "user", content: text }, bubble("user", text)).then((kept) => {
+    if (!kept && !els.message.value) els.message.value = text; // to send again
+    els.message.focus();
+  });
+}
+
+// A form under a tool call the client is to run: its result (JSON) goes back as a `tool` message.
+function offerResult(call) {
+  const form = document.createElement("form");
+  form.className = "tool-result-form";
+  const label = document.createElement("label");
+  const input = document.createElement("textarea");
+  input.id = "result-" + call.id;
+  input.rows = 2;
+  input.placeholder = '{"field": "value"}';
+  label.htmlFor = input.id;
+  label.textContent = `Result of ${call.name} (JSON)`;
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.textContent = "Send result";
+  form.append(label, input, button);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const text = input.value.trim();
+    if (!text || !ready()) return;
+    const shown = bubble("tool-message", `Result of ${call.name}: ${text}`);
+    await converse({ role: "tool", tool_call_id: call.id, content: text }, shown);
+  });
+  call.box.appendChild(form);
+}
+
+// One turn: send the conversation plus `message` and stream the answer in. True when the turn was kept in the
+// conversation (an answer came, maybe cut short by an error); false when it failed before any answer.
+async function converse(message, shown) {
+  const messages = history.concat([message]);
   const request = { model: els.model.value, messages, stream: true };
   const temperature = parseFloat(els.temperature.value);
   if (!Number.isNaN(temperature)) request.temperature = temperature;
   const maxTokens = parseInt(els.maxTokens.value, 10);
   if (!Number.isNaN(maxTokens)) request.max_tokens = maxTokens;
 
+  const started = epoch;
   controller = new AbortController();
   setBusy(true);
   let answer = null; // the .assistant bubble, made at the first content
   let content = "";
-  const calls = []; // by index: {id, name, arguments, result?, box}
+  const calls = []; // by index: {id, name, arguments, result?, executed?, box}
   let failed = false;
   const toolBox = (i) => {
-    if (!calls[i]) {
-      const box = bubble("tool-call", "");
-      calls[i] = { name: "", arguments: "", box };
-    }
+    if (!calls[i]) calls[i] = { id: "", name: "", arguments: "", box: bubble("tool-call", "") };
     return calls[i];
   };
   try {
@@ -200,25 +241,26 @@ async function send() {
     controller = null;
     setBusy(false);
   }
-  if (failed && !content) {
-    userBubble.classList.add("failed"); // not kept in the conversation: send it again to retry
-    if (!els.message.value) els.message.value = text;
-  } else {
-    // Kept as a non-streaming client would get it: the whole answer, trimmed, with the calls the client is to run.
-    content = content.trim();
-    if (answer) answer.textContent = content;
-    else if (!calls.length) bubble("assistant", "(empty answer)").classList.add("empty");
-    const reply = { role: "assistant", content };
-    const pending = calls.filter((c) => c && !c.executed && c.name);
-    if (pending.length) {
-      reply.tool_calls = pending.map((c, i) => ({
-        id: c.id || `call_${i}`, type: "function", function: { name: c.name, arguments: typeof c.arguments === "string"
-          ? c.arguments : JSON.stringify(c.arguments) },
-      }));
-    }
-    history = messages.concat([reply]);
+  if (started !== epoch) return false;
+  if (failed && !content && !calls.length) {
+    shown.classList.add("failed"); // not kept in the conversation
+    return false;
   }
-  els.message.focus();
+  // Kept as a non-streaming client gets it: the whole answer, trimmed, with the calls the client is to run.
+  content = content.trim();
+  if (answer) answer.textContent = content;
+  else if (!calls.length) bubble("assistant", "(empty answer)").classList.add("empty");
+  const reply = { role: "assistant", content };
+  const pending = calls.filter((c) => c && !c.executed && c.name);
+  pending.forEach((c, i) => { if (!c.id) c.id = `call_${i}`; });
+  if (pending.length) {
+    reply.tool_calls = pending.map((c) => ({ id: c.id, type: "function",
+                                             function: { name: c.name, arguments: c.arguments } }));
+  }
+  history = messages.concat([reply]);
+  els.transcript.querySelectorAll(".tool-result-form").forEach((f) => f.remove()); // earlier calls: too late
+  pending.forEach(offerResult);
+  return true;
 }
 
 els.form.addEventListener("submit", (e) => { e.preventDefault(); send(); });
@@ -229,6 +271,8 @@ els.stop.addEventListener("click", () => { if (controller) controller.abort(); }
 els.reload.addEventListener("click", loadModels);
 els.apiKey.addEventListener("change", loadModels);
 els.reset.addEventListener("click", () => {
+  epoch += 1;
+  if (controller) controller.abort();
   history = [];
   els.transcript.replaceChildren();
   els.message.focus();

@@ -34,7 +34,7 @@ def install_chromium() -> str | None:
     if shutil.which("apt-get") is None:
         return f"{CHROMIUM} is missing and there is no apt-get to install the `chromium` package"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
         try:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -14,27 +14,29 @@ import httpx
 import pytest
 
 from tests.serve.browser import (FAIL_WORD, STUB_MODELS, StubServer, browser, chromium_path, page,  # noqa: F401
-                                 stub_answer, stub_server)
+                                 stub_answer, stub_server, stub_tool_call)
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = "/tmp/tasktune-chat-page.png"
 
 
-def send(page, text: str, *, enter: bool = True) -> dict:
-    """Type `text`, send it (Enter, or a click on #send) and wait until the answer has finished -> the request body."""
+def turn(page, act) -> dict:
+    """Run `act()` (what starts a turn) and wait until the answer has finished -> the request body the page sent."""
     before = page.locator("#transcript > .message").count()
-    page.fill("#message", text)
     with page.expect_request("**/v1/chat/completions") as sent:
-        if enter:
-            page.press("#message", "Enter")
-        else:
-            page.click("#send")
-    # the user's bubble comes at once; the answer, tool calls or error before the page stops being busy
+        act()
+    # the sent message's bubble comes at once; the answer, tool calls or error before the page stops being busy
     page.wait_for_function(
         "n => document.querySelectorAll('#transcript > .message').length >= n + 2"
         " && document.getElementById('transcript').getAttribute('aria-busy') === 'false'", arg=before)
     return json.loads(sent.value.post_data)
+
+
+def send(page, text: str, *, enter: bool = True) -> dict:
+    """Type `text` and send it (Enter, or a click on #send) -> the request body, once the answer has finished."""
+    page.fill("#message", text)
+    return turn(page, lambda: page.press("#message", "Enter") if enter else page.click("#send"))
 
 
 def record_lengths(page) -> None:
@@ -129,11 +131,17 @@ def test_tool_calls_show_in_their_own_box(page, stub_server):
     assert box.count() == 1
     assert "query_headcount" in box.text_content()
     assert json.loads(box.locator(".tool-arguments").text_content()) == {"place": "济南", "task": "人数检测"}
-    page.screenshot(path=SCREENSHOT, full_page=True)
 
-    third = send(page, "谢谢")  # the call is part of the conversation, as OpenAI's clients keep it
-    reply = third["messages"][3]
-    assert reply["role"] == "assistant" and reply["tool_calls"][0]["function"]["name"] == "query_headcount"
+    # the client runs the tool: its result goes back as a `tool` message, after the call in the conversation
+    result = '{"expected": 47, "present": 34}'
+    page.fill(".tool-call textarea", result)
+    page.screenshot(path=SCREENSHOT, full_page=True)
+    third = turn(page, lambda: page.click(".tool-call button[type=submit]"))
+    reply, tool = third["messages"][3:]
+    assert reply["role"] == "assistant" and reply["tool_calls"] == [stub_tool_call([{"content": "查查济南的人数"}])]
+    assert tool == {"role": "tool", "tool_call_id": "call_stub0", "content": result}
+    assert page.locator(".assistant").last.text_content() == stub_answer("grid2", third["messages"])
+    assert page.locator(".tool-result-form").count() == 0  # answered: no second result for that call
 
 
 def test_an_error_event_mid_stream_shows_and_the_message_can_be_sent_again(page, stub_server):
