@@ -58,10 +58,69 @@ def _size(value: Any, limit: int = MAX_TEXT) -> int:
 
 
 def _check(value: Any, what: str) -> Any:
-    """`value`, unless it is more than MAX_TEXT of text (SecurityError naming `what`)."""
+    """`value`, unless it is more than MAX_TEXT of text, or text holding an object's memory address
+    (SecurityError naming `what`)."""
     if _size(value) > MAX_TEXT:
         raise SecurityError(f"{what} is longer than {MAX_TEXT:,} characters")
+    if type(value) is str and "0x" in value:
+        _no_address(value, what)
     return value
+
+
+#: how CPython writes an object without a repr of its own: `<jinja2.utils.Joiner object at 0x7f3a...>`
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{6,}>")
+
+
+def _no_address(text: str, what: str) -> None:
+    """SecurityError when `text` holds an object's memory address: such output differs from run to run, and
+    the same spec, seed and N must always give byte-identical files."""
+    found = _ADDRESS.search(text)
+    if found:
+        start = text.rfind("<", 0, found.start())
+        shown = text[start if start >= 0 else found.start():found.end()]
+        raise SecurityError(f"{what} holds an object's memory address ({shown[:80]}), which changes from run "
+                            "to run; write text, numbers or slot values, not objects")
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_value(value: Any) -> None:
+    """SecurityError unless an expression's value is text, a number, a bool, None, or lists/tuples/dicts of
+    them: an object (a joiner, a macro, a namespace) has no stable text and cannot be written to a record."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _PLAIN):
+            continue
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            raise SecurityError(f"the expression's value holds a {type(item).__name__} object; a slot value "
+                                "must be text, a number, or a list of them")
+
+
+def _deterministic(result: Any, where: str, context: dict | None = None) -> Any:
+    """A template's output, checked to be the same bytes on every run and writable as UTF-8: no object
+    addresses, no lone surrogates (`'%c' % 0xd800`, `'\\ud800'`). Anything else is a SpecError naming the
+    template."""
+    if type(result) is not str:
+        return result
+    try:
+        if "0x" in result:
+            _no_address(result, "the output")
+        if not result.isascii():
+            result.encode("utf-8")
+    except SecurityError as exc:
+        raise _render_error(exc, where, context or {}) from None
+    except UnicodeEncodeError as exc:
+        raise SpecError(f"{where}: the output holds invalid Unicode (a lone surrogate "
+                        f"{result[exc.start]!a} at character {exc.start}), which cannot be written as UTF-8 "
+                        "text") from None
+    return result
 
 
 def _width(value: Any, what: str) -> None:
@@ -519,7 +578,7 @@ class Compiled:
         if self._ops is not None:
             result = self._split_render(values)
             if result is not _MISSING:
-                return result
+                return _deterministic(result, self.where)
         try:
             key = self._key(values)
         except KeyError as exc:
@@ -538,8 +597,11 @@ class Compiled:
         if self._ops is not None:
             result = self._split_render(values)
             if result is not _MISSING:
-                return result
+                return _deterministic(result, self.where)
         context = dict(zip(self.refs, (key,) if len(self.refs) == 1 else key))
+        return _deterministic(self._render_in(context), self.where, context)
+
+    def _render_in(self, context: dict[str, Any]) -> Any:
         try:
             if self._fn is None:
                 self._compile()
@@ -557,6 +619,7 @@ class Compiled:
                     result = tuple(result)
                 elif isinstance(result, list):
                     result = tuple(result)
+                _plain_value(result)
         except SpecError:
             raise
         except Exception as exc:  # whatever a user's template raises (filters assert, recurse, ...) is the spec's fault
