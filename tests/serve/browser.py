@@ -6,7 +6,7 @@ headless Chromium driven by Playwright's sync API) and `page` (a fresh browser c
 
 `StubServer` serves the real page (serve/static) in front of a tiny FastAPI app that speaks the same protocol as
 `tasktune serve` but answers deterministically: it exists for what a tiny trained model cannot be made to do on
-demand (a tool call, an error in the middle of a stream, events cut at odd byte boundaries).
+demand (a tool call, a call the server ran, an error in the middle of a stream, events cut inside a character).
 """
 
 # (no `from __future__ import annotations`: FastAPI reads the stub's handler annotations, `Request` included)
@@ -77,6 +77,11 @@ def page(browser):
 STUB_MODELS = ["grid", "grid2", "stub-base", "auto"]
 TOOL_WORD = "人数"  # a user message with it gets a tool call (as the grid spec's argument step would)
 FAIL_WORD = "fail-midway"  # a user message with it gets an error event after the first piece of the answer
+# A user message with it gets a call the server ran itself, with its result, as `delta.executed_tool_calls`: an
+# extension the page understands; `tasktune serve` has it only in non-streamed answers (message.executed_tool_calls).
+EXECUTED_WORD = "run-it"
+EXECUTED = {"id": "call_stub1", "name": "query_headcount", "arguments": {"place": "青岛"},
+            "result": {"expected": 47, "present": 34}}
 
 
 def stub_answer(model: str, messages: list[dict]) -> str:
@@ -138,13 +143,14 @@ def stub_app(api_key: str | None = None):
                 message["tool_calls"] = [call]
             return {"object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}]}
-        fail = FAIL_WORD in (messages[-1].get("content") or "")
-        return StreamingResponse(_stub_events(text, call, fail), media_type="text/event-stream")
+        last = messages[-1].get("content") or ""
+        events = _stub_events(text, call, FAIL_WORD in last, EXECUTED if EXECUTED_WORD in last else None)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     return app
 
 
-async def _stub_events(text: str, call: dict | None, fail: bool):
+async def _stub_events(text: str, call: dict | None, fail: bool, executed: dict | None):
     """SSE bytes of the answer in 5-character pieces, 20 ms apart, each sent in two writes cut inside a character."""
     def event(delta: dict, finish: str | None = None) -> bytes:
         chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -156,6 +162,8 @@ async def _stub_events(text: str, call: dict | None, fail: bool):
         pieces = pieces[:2] + [b'data: {"error": {"message": "generation failed: stub", "type": "server_error"}}\n\n']
     elif call:
         pieces.append(event({"tool_calls": [dict(call, index=0)]}))
+    elif executed:
+        pieces.append(event({"executed_tool_calls": [executed]}))
     if not fail:
         pieces.append(event({}, "tool_calls" if call else "stop"))
     pieces.append(b"data: [DONE]\n\n")

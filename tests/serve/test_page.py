@@ -2,8 +2,9 @@
 calls, errors and the API key.
 
 Against `live_server` (tests/serve/conftest.py: the tiny trained runs "grid" and "grid2") for what the real server
-does; against tests/serve/browser.py's stub for what a tiny model cannot be made to do on demand (a tool call, an
-error event in the middle of a stream, events cut inside a UTF-8 character).
+does; against tests/serve/browser.py's stub for what a tiny model cannot be made to do on demand (a tool call and
+its result sent back, a call the server ran, an error event in the middle of a stream, events cut inside a UTF-8
+character, an answer arriving in many pieces).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import httpx
 import pytest
 
-from tests.serve.browser import (FAIL_WORD, STUB_MODELS, StubServer, browser, chromium_path, page,  # noqa: F401
+from tests.serve.browser import (EXECUTED, EXECUTED_WORD, FAIL_WORD, STUB_MODELS, StubServer, browser, chromium_path, page,  # noqa: F401
                                  stub_answer, stub_server, stub_tool_call)
 
 pytestmark = pytest.mark.browser
@@ -142,6 +143,18 @@ def test_tool_calls_show_in_their_own_box(page, stub_server):
     assert tool == {"role": "tool", "tool_call_id": "call_stub0", "content": result}
     assert page.locator(".assistant").last.text_content() == stub_answer("grid2", third["messages"])
     assert page.locator(".tool-result-form").count() == 0  # answered: no second result for that call
+
+
+def test_a_call_the_server_ran_shows_its_result(page, stub_server):
+    open_page(page, stub_server.url)
+    send(page, f"please {EXECUTED_WORD}")
+    box = page.locator(".tool-call")
+    assert "query_headcount" in box.text_content()
+    assert json.loads(box.locator(".tool-arguments").text_content()) == EXECUTED["arguments"]
+    assert json.loads(box.locator(".tool-result").text_content()) == EXECUTED["result"]
+    assert page.locator(".tool-result-form").count() == 0  # nothing left for the client to run
+    body = send(page, "ok")
+    assert "tool_calls" not in body["messages"][1]
 
 
 def test_an_error_event_mid_stream_shows_and_the_message_can_be_sent_again(page, stub_server):
