@@ -11,6 +11,7 @@ def load_for_chat(run_dir: str | Path):
     from tasktune.errors import ConfigError
     from tasktune.tuning.eval import check_run_dir, load_run_adapter
     from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.methods import base_source
     from tasktune.tuning.train import load_run_record
 
     run_dir = Path(run_dir)
@@ -19,7 +20,7 @@ def load_for_chat(run_dir: str | Path):
     cfg = record["config"]
     if cfg.get("task", "causal-lm") != "causal-lm":
         raise ConfigError(f"{run_dir}: a {cfg['task']} run labels texts and cannot chat; use `tasktune eval`")
-    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
+    tokenizer = load_tokenizer(base_source(cfg, run_dir), trust_remote_code=cfg.get("trust_remote_code", False),
                                padding_side="left")
     adapter = load_run_adapter(run_dir, record)
     return adapter.model, tokenizer, adapter, cfg
@@ -27,22 +28,56 @@ def load_for_chat(run_dir: str | Path):
 
 def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, keep_history: bool = True,
          stdin=None, stdout=None) -> list[tuple[str, str]]:
-    """Read a line, answer it, repeat. Returns the (question, answer) turns (tests drive it with stdin)."""
-    from tasktune.tuning.data import encode_prompts, format_prompt
-    from tasktune.tuning.generate import generate_batched
+    """Read a line, answer it, repeat. Returns the (question, answer) turns (tests drive it with stdin).
+    Ctrl-C ends the chat like Ctrl-D; a line that is not UTF-8 gets a note and is skipped."""
+    from tasktune.errors import ConfigError
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    model, tokenizer, adapter, cfg = load_for_chat(run_dir)
+    if stdin is None or stdin.closed:  # `tasktune chat RUN <&-`: say so before loading a model
+        raise ConfigError("chat: standard input is closed, so there is nothing to answer; run it in a terminal or "
+                          "pipe the questions in (one a line)")
+    _, tokenizer, adapter, cfg = load_for_chat(run_dir)
     who = "base" if base else "tuned"
     print(f"tasktune chat ({who} model, {cfg['model']}). Empty line or Ctrl-D quits; `clear` forgets history.",
           file=stdout)
-    history: list[tuple[str, str]] = []
     turns: list[tuple[str, str]] = []
+    try:
+        _converse(stdin, stdout, tokenizer, adapter, cfg, who=who, base=base, max_new_tokens=max_new_tokens,
+                  keep_history=keep_history, turns=turns)
+    except KeyboardInterrupt:  # Ctrl-C at the prompt or while answering: end the chat like Ctrl-D
+        print(file=stdout, flush=True)
+    return turns
+
+
+def _read_line(stdin, stdout) -> str | None:
+    """The next line as text; None at the end of input. A line that is not UTF-8 is answered with a note
+    (and skipped, "" is returned), never a traceback."""
+    raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+    if not raw:
+        return None
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        print(f"(that line is not UTF-8 text: byte {exc.start} is {raw[exc.start]:#04x}; type it again)",
+              file=stdout, flush=True)
+        return ""
+
+
+def _converse(stdin, stdout, tokenizer, adapter, cfg, *, who: str, base: bool, max_new_tokens: int,
+              keep_history: bool, turns: list[tuple[str, str]]) -> None:
+    from tasktune.tuning.data import encode_prompts, format_prompt
+    from tasktune.tuning.generate import generate_batched
+
+    history: list[tuple[str, str]] = []
     while True:
         print("用户> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        if not line or not line.strip():
+        line = _read_line(stdin, stdout)
+        if line == "":
+            continue
+        if line is None or not line.strip():
             break
         query = line.strip()
         if query == "clear":
@@ -59,7 +94,6 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
         turns.append((query, answer))
         if keep_history:
             history.append((query, answer))
-    return turns
 
 
 def _answering_model(adapter, base: bool):

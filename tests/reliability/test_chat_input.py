@@ -1,0 +1,69 @@
+"""`tasktune chat` with careless input (issue 21, class 6): closed stdin, a line that is not UTF-8, Ctrl-C.
+
+The model is replaced by a stub that echoes (loading and generating are tested in tests/tuning/test_eval.py);
+what is tested here is the reading loop and what the user sees."""
+
+from __future__ import annotations
+
+import io
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tasktune.cli import main
+from tasktune.tuning import chat as chat_module
+
+
+@pytest.fixture
+def echo_model(monkeypatch):
+    """load_for_chat and generation stubbed: the answer to a prompt is `echo:<prompt>`; `boom` raises Ctrl-C."""
+    import tasktune.tuning.data as data
+    import tasktune.tuning.generate as generate
+
+    loads = []
+    cfg = {"model": "stub", "prompt_template": "chatglm", "max_source_length": 64}
+    adapter = SimpleNamespace(reserved_positions=0, model=object(), disabled=lambda: None)
+
+    def load(run_dir):
+        loads.append(run_dir)
+        return adapter.model, object(), adapter, cfg
+
+    def answer(model, tokenizer, prompts, **kwargs):
+        if "boom" in prompts[0]:
+            raise KeyboardInterrupt
+        return [f"echo:{prompts[0]}"], None
+
+    monkeypatch.setattr(chat_module, "load_for_chat", load)
+    monkeypatch.setattr(data, "format_prompt", lambda tokenizer, query, history, template: query)
+    monkeypatch.setattr(data, "encode_prompts", lambda tokenizer, prompts, template: prompts)
+    monkeypatch.setattr(generate, "generate_batched", answer)
+    return loads
+
+
+def test_closed_stdin_is_a_clear_error_before_loading_the_model(echo_model, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python sets when file descriptor 0 is closed (`<&-`)
+    assert main(["chat", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "standard input is closed" in err and "Traceback" not in err, err
+    assert echo_model == [], "the model was loaded for a chat that cannot read anything"
+
+
+def test_a_line_that_is_not_utf8_gets_a_note_and_the_chat_goes_on(echo_model):
+    stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe bad\n\xe4\xbd\xa0\xe5\xa5\xbd\n\n"), encoding="utf-8")
+    stdout = io.StringIO()
+    turns = chat_module.chat("run", stdin=stdin, stdout=stdout)
+    assert turns == [("你好", "echo:你好")]
+    assert "that line is not UTF-8 text: byte 0 is 0xff" in stdout.getvalue()
+
+
+def test_ctrl_c_ends_the_chat_like_ctrl_d(echo_model, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("你好\nboom\n再见\n".encode()), encoding="utf-8"))
+    assert main(["chat", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "tuned> echo:你好" in out.out and "再见" not in out.out
+    assert "Traceback" not in out.err and "interrupted" not in out.err
+
+
+def test_end_of_input_ends_the_chat(echo_model):
+    assert chat_module.chat("run", stdin=io.StringIO("a\n"), stdout=io.StringIO()) == [("a", "echo:a")]
