@@ -14,8 +14,9 @@ import json
 import httpx
 import pytest
 
-from tests.serve.browser import (EXECUTED, EXECUTED_WORD, FAIL_WORD, STUB_MODELS, StubServer, browser, chromium_path, page,  # noqa: F401
-                                 stub_answer, stub_server, stub_tool_call)
+from tests.serve.browser import browser, chromium_path, page, stub_server  # noqa: F401 (fixtures)
+from tests.serve.browser import (EXECUTED, EXECUTED_WORD, FAIL_WORD, STUB_MODELS, StubServer, stub_answer,
+                                 stub_tool_call)
 
 pytestmark = pytest.mark.browser
 
@@ -139,7 +140,8 @@ def test_tool_calls_show_in_their_own_box(page, stub_server):
     page.screenshot(path=SCREENSHOT, full_page=True)
     third = turn(page, lambda: page.click(".tool-call button[type=submit]"))
     reply, tool = third["messages"][3:]
-    assert reply["role"] == "assistant" and reply["tool_calls"] == [stub_tool_call([{"content": "查查济南的人数"}])]
+    assert reply["role"] == "assistant"
+    assert reply["tool_calls"] == [stub_tool_call([{"content": "查查济南的人数"}])]
     assert tool == {"role": "tool", "tool_call_id": "call_stub0", "content": result}
     assert page.locator(".assistant").last.text_content() == stub_answer("grid2", third["messages"])
     assert page.locator(".tool-result-form").count() == 0  # answered: no second result for that call
