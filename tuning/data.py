@@ -81,7 +81,11 @@ def resolve_split_file(path_or_dir: str | Path, split: str) -> Path:
 
 
 def _read_rows(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (a UTF-8 BOM is dropped)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if path.suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -152,9 +156,11 @@ def _jinja_template(path: str):
     from jinja2.sandbox import SandboxedEnvironment
 
     try:
-        source = Path(path).read_text(encoding="utf-8")
+        source = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read prompt template ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: prompt template is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
     return env.from_string(source)
 

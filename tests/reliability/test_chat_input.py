@@ -1,4 +1,5 @@
-"""`tasktune chat` with careless input (issue 21, class 6): closed stdin, a line that is not UTF-8, Ctrl-C.
+"""`tasktune chat` and data files with careless input (issue 21, class 6): closed stdin, a line that is not UTF-8,
+Ctrl-C; a train.json that is not UTF-8 or starts with a BOM.
 
 The model is replaced by a stub that echoes (loading and generating are tested in tests/tuning/test_eval.py);
 what is tested here is the reading loop and what the user sees."""
@@ -67,3 +68,20 @@ def test_ctrl_c_ends_the_chat_like_ctrl_d(echo_model, monkeypatch, capsys, tmp_p
 
 def test_end_of_input_ends_the_chat(echo_model):
     assert chat_module.chat("run", stdin=io.StringIO("a\n"), stdout=io.StringIO()) == [("a", "echo:a")]
+
+
+@pytest.mark.parametrize("name", ["train.json", "train.jsonl"])
+def test_a_data_file_that_is_not_utf8_is_named(tmp_path, name):
+    from tasktune.errors import DataError
+    from tasktune.tuning.data import DataConfig, load_records
+
+    (tmp_path / name).write_bytes(b'[{"content": "ok",\n "summary": "\xff\xfe"}]\n')
+    with pytest.raises(DataError, match=rf"{name}:2: not UTF-8 text \(byte \d+"):
+        load_records(tmp_path, "train", DataConfig())
+
+
+def test_a_data_file_with_a_utf8_bom_loads(tmp_path):
+    from tasktune.tuning.data import DataConfig, load_records
+
+    (tmp_path / "train.json").write_bytes('\ufeff[{"content": "你好", "summary": "好"}]'.encode())
+    assert load_records(tmp_path, "train", DataConfig())[0]["content"] == "你好"
