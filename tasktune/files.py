@@ -13,7 +13,7 @@ The one way tasktune writes its output files (data sets, run records, reports, a
 - `atomic=False` (all three writers): write `path` in place (created or truncated), still fsync'ed and with
   the usual mode, for files inside a private staging folder that is itself moved into place as a unit
   (`tasktune.datagen.fileset`, `tasktune.tuning.save`).
-- `settle(folder)`: for a folder a library wrote (`save_pretrained`, `tempfile.mkdtemp`) before it is moved
+- `settle(folder)`: for a folder (or a file) a library wrote (`save_pretrained`, `tempfile.mkdtemp`) before it is moved
   into place: fsyncs its files and gives them and the folders the usual modes (safetensors writes 0600,
   mkdtemp creates 0700).
 
@@ -131,9 +131,14 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2
 
 
 def settle(folder: str | os.PathLike[str]) -> Path:
-    """fsync every file under `folder` and give files and folders (`folder` too) the usual modes."""
+    """fsync every file under `folder` and give files and folders (`folder` too) the usual modes; `folder` may
+    also be one file (written in place by a library)."""
     folder = Path(folder)
     fmode, dmode = file_mode(), dir_mode()
+    if folder.is_file() and not folder.is_symlink():
+        _fsync(folder)
+        os.chmod(folder, fmode)
+        return folder
     for root, dirs, names in os.walk(folder):
         os.chmod(root, dmode)
         for name in names:

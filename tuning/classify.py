@@ -130,7 +130,7 @@ def evaluate_classification(run_dir: Path, record: dict, *, data=None, split: st
     from tasktune.tuning.load import load_tokenizer
     from tasktune.tuning.runinfo import write_json_atomic
 
-    cfg = record["config"]
+    cfg = {**record["config"], "model": methods.base_source(record["config"], run_dir)}  # from any directory
     info = methods.read_method_info(run_dir)
     labels = info.get("labels") or record.get("labels")
     rows = read_records(data or cfg["data"], split)[:limit or None]

@@ -89,8 +89,8 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     data = ecfg.data or cfg["data"]
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
-    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
-                               padding_side="left")
+    base_source = methods.base_source(cfg, run_dir)  # the adapter's absolute base folder: from any directory
+    tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.get("trust_remote_code", False), padding_side="left")
     adapter = load_run_adapter(run_dir, record)
 
     prompts = encode_prompts(tokenizer, [format_prompt(tokenizer, r["content"], r["history"],
@@ -129,7 +129,8 @@ def load_run_adapter(run_dir: Path, record: dict[str, Any]):
     """The run's base model (as trained: same quantization) with its adapter on, in eval mode."""
     from tasktune.tuning import methods
 
-    cfg, quant = record["config"], record.get("quantization")
+    quant = record.get("quantization")
+    cfg = {**record["config"], "model": methods.base_source(record["config"], run_dir)}  # from any directory
 
     def reload_base():  # only for the base pass of a full fine-tune too big to keep a CPU copy of
         return methods.load_base(cfg, quantization=quant, labels=record.get("labels"), device_map=_device_map(quant))

@@ -112,12 +112,20 @@ class Adapter:
         raise NotImplementedError
 
     def save(self, folder, *, base_model: str, extra: dict | None = None) -> Path:
-        """Save into `folder` (created if needed): the method's own format, then METHOD_FILE last."""
+        """Save into `folder` (created if needed): the method's own format, then METHOD_FILE last.
+
+        The saved configs name the base as `base_model_reference(base_model)` (a local folder's absolute path),
+        so `AutoPeftModelForCausalLM.from_pretrained(folder)` finds it from any working directory; METHOD_FILE
+        keeps the name as given too (`base_model_given`), as tasktune_run.json's config.model does."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files = self.save_weights(folder, base_model, extra or {})
-        info = {"method": self.method, "task": self.task, "labels": self.labels, "base_model": base_model,
-                "files": sorted(files), "tasktune_version": __version__, "extra": extra or {}}
+        reference = base_model_reference(base_model)
+        files = self.save_weights(folder, reference, extra or {})
+        for name in files:  # libraries write some files 0600 (safetensors): give them the umask's mode
+            atomic.settle(folder / name)
+        info = {"method": self.method, "task": self.task, "labels": self.labels, "base_model": reference,
+                "base_model_given": base_model, "files": sorted(files), "tasktune_version": __version__,
+                "extra": extra or {}}
         atomic.write_json(folder / METHOD_FILE, info)
         return folder
 
@@ -220,6 +228,7 @@ class PeftAdapter(Adapter):
                 wrapper.enable_adapters(True)
 
     def save_weights(self, folder: Path, base_model: str, extra: dict) -> list[str]:
+        self.model.peft_config[self.model.active_adapter].base_model_name_or_path = base_model
         self.model.save_pretrained(str(folder))
         return ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -483,6 +492,59 @@ def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[],
     if method.name == "bitfit":
         return _load_bitfit(model, folder, is_trainable)
     return _load_full(model, folder, is_trainable, reload_base)
+
+
+def base_model_reference(name: str) -> str:
+    """How a saved adapter names its base: a local folder as its absolute path (loading then works from any
+    working directory), anything else (a hub id) as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+_BASE_KEYS = {"adapter_config.json": "base_model_name_or_path", METHOD_FILE: "base_model"}
+
+
+def recorded_base(run_dir) -> tuple[str | None, Path]:
+    """The base model a saved adapter names (adapter_config.json's base_model_name_or_path, else METHOD_FILE's
+    base_model), and the file that names it; None when neither does."""
+    folder = Path(run_dir)
+    for path in (folder / "adapter_config.json", folder / METHOD_FILE):
+        key = _BASE_KEYS[path.name]
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value), path
+    return None, folder / "adapter_config.json"
+
+
+def base_source(cfg: dict[str, Any], run_dir) -> str:
+    """Where to load a run's base model from: the absolute folder its adapter config names, when it exists;
+    else the name it was trained with (tasktune_run.json config.model: a hub id, or a path from the current
+    directory, used with a warning). A recorded folder that is gone, with no folder under the name given
+    either, is a ConfigError naming both."""
+    import warnings
+
+    given = str(cfg["model"])
+    recorded, where = recorded_base(run_dir)
+    if recorded is None or not Path(recorded).is_absolute():  # a hub id, or a run saved before absolute paths
+        return given
+    if Path(recorded).is_dir():
+        return recorded
+    here = Path(given).expanduser()
+    if recorded != given and here.is_dir():
+        warnings.warn(f"{run_dir}: the base model folder it was trained on, {recorded}, no longer exists; loading "
+                      f"{here.resolve()} ({given!r}, the name it was trained with, from the current directory)",
+                      stacklevel=2)
+        return given
+    also = "" if recorded == given else f" and {given!r} (the name given to `tasktune train --model`) is no folder " \
+                                        f"from {Path.cwd()} either"
+    raise ConfigError(
+        f"{run_dir}: its base model folder {recorded} (named in {where}) does not exist any more (moved or "
+        f"deleted?){also}; move the model back to {recorded}, or write its new place as "
+        f"\"{_BASE_KEYS[where.name]}\" in {where}"
+    )
 
 
 def load_base(cfg: dict[str, Any], *, quantization: int | None, labels: list[str] | None = None, device_map=None):
