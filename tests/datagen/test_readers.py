@@ -4,26 +4,31 @@ ChatGLM's scripts are not on PyPI, so their column handling is reproduced here l
 
 - ChatGLM-6B, github.com/THUDM/ChatGLM-6B commit 401bf3a (2024-06-27), `ptuning/main.py`: lines 99-104 load the
   files with `datasets.load_dataset(<extension>, data_files=...)`; `preprocess_function_eval` (lines 158-172) and
-  `preprocess_function_train` (lines 186-205) index `examples[history_column][i]` for every record and iterate it
-  (`for turn_idx, (old_query, response) in enumerate(history)`; the eval path first takes its `len`), building
-  `[Round {i}]\\n问：{q}\\n答：{a}\\n` per earlier turn, then `[Round {n}]\\n问：{query}\\n答：`. Its `train_chat.sh`
-  passes `--history_column history`.
+  `preprocess_function_train` (lines 186-205) index `examples[history_column][i]` for every record and
+  iterate it (`for turn_idx, (old_query, response) in enumerate(history)`; the eval path first takes its
+  `len`), building `[Round {i}]\\n问：{q}\\n答：{a}\\n` per earlier turn, then
+  `[Round {n}]\\n问：{query}\\n答：`. Its `train_chat.sh` passes `--history_column history`.
 - ChatGLM2-6B, github.com/THUDM/ChatGLM2-6B commit cb8e8b4 (2024-06-27), `ptuning/main.py` lines 163-164 and
   191-192: `history = examples[history_column][i] if history_column is not None else None`, then
-  `tokenizer.build_prompt(query, history)`, which (tokenization_chatglm.py of the THUDM/chatglm2-6b model) turns
-  None into [] and builds `[Round {i+1}]\\n\\n问：{q}\\n\\n答：{a}\\n\\n` turns, then `[Round {n+1}]\\n\\n问：{query}\\n\\n答：`.
+  `tokenizer.build_prompt(query, history)`, which (tokenization_chatglm.py of the THUDM/chatglm2-6b model)
+  turns None into [] and builds `[Round {i+1}]\\n\\n问：{q}\\n\\n答：{a}\\n\\n` turns, then
+  `[Round {n+1}]\\n\\n问：{query}\\n\\n答：`.
 - ChatGLM3 ships no column-based P-tuning script: its `finetune_demo/finetune_hf.py` reads a `conversations`
   list of {role, content}; ChatGLM3 users of the ptuning scripts run ChatGLM2-6B's `main.py` (after adding
   ChatGLM2's `build_prompt` to ChatGLM3's tokenizer), which is the ChatGLM2 path here.
 
 `datasets` turns a key that some records lack into None in the batch, which is what broke ChatGLM-6B (TypeError
 on `len(None)` / `enumerate(None)`); the last test shows the reproduction fails on such a file.
-LLaMA-Factory's real loader runs in benchmarks/llamafactory_check.py (it needs a venv of its own).
+LLaMA-Factory's real loader runs in benchmarks/llamafactory_check.py (it needs a venv of its own; the slow test
+below runs it when TASKTUNE_LF_PYTHON names that venv's python).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +157,14 @@ def test_dataset_info_maps_only_columns_every_record_has(data, spec, fmt):
         for column in entry["columns"].values():
             missing = [i for i, r in enumerate(records) if column not in r]
             assert not missing, f"{entry['file_name']}: column {column!r} mapped but absent from records {missing[:5]}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TASKTUNE_LF_PYTHON"), reason="set TASKTUNE_LF_PYTHON to a python with "
+                    "`llamafactory` installed (a venv of its own: it pins other transformers/peft versions)")
+def test_llamafactory_loader_reads_every_spec_and_format():
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "llamafactory_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--lf-python", os.environ["TASKTUNE_LF_PYTHON"]],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.count(" ok: ") == len(SPECS) * 4, proc.stdout
