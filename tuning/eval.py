@@ -93,9 +93,9 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.get("trust_remote_code", False), padding_side="left")
     adapter = load_run_adapter(run_dir, record)
 
-    prompts = encode_prompts(tokenizer, [format_prompt(tokenizer, r["content"], r["history"],
-                                                       template=cfg["prompt_template"]) for r in records],
-                             cfg["prompt_template"])  # the ids training saw (a chat template's bos once)
+    texts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"]) for r in records]
+    # the ids training saw (a chat template's bos once); `texts` go to predictions.jsonl as the prompt seen
+    prompts = encode_prompts(tokenizer, texts, cfg["prompt_template"])
     max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
     kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions,
                   max_prompt_tokens=int(cfg["max_source_length"]))  # prompts cut as in training
@@ -118,7 +118,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     paths = write_report(run_dir / "eval", records=records, base_predictions=base, tuned_predictions=tuned,
                          base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=info,
-                         max_markdown_examples=ecfg.examples_in_markdown)
+                         max_markdown_examples=ecfg.examples_in_markdown, prompts=texts)
     log(format_metric_table(base_metrics, tuned_metrics))
     log(format_step_summary(base_metrics, tuned_metrics))
     log(f"report: {paths['html']}")

@@ -229,11 +229,14 @@ def _write_atomic(path: Path, text: str) -> None:
     atomic.write_text(path, text)
 
 
-def _prediction_lines(examples: Sequence[Mapping[str, Any]]) -> str:
+def _prediction_lines(examples: Sequence[Mapping[str, Any]], prompts: Sequence[str] | None) -> str:
+    """One JSON line per example: `prompt` is the text the model saw (the formatted prompt: frame, earlier
+    turns), `content` the record's own prompt column."""
     lines = []
-    for ex in examples:
+    for i, ex in enumerate(examples):
         row = {
-            "prompt": ex["prompt"],
+            "prompt": prompts[i] if prompts is not None else ex["prompt"],
+            "content": ex["prompt"],
             "predict": ex["tuned"]["text"],
             "label": ex["label"],
             "base_predict": ex["base"]["text"],
@@ -256,8 +259,12 @@ def write_report(
     info: Mapping[str, Any],
     max_markdown_examples: int = 50,
     label_key: str = "summary",
+    prompts: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html, metrics.json and predictions.jsonl into `out_dir` (RUN_DIR/eval).
+
+    `prompts`: the formatted prompt text the model answered, one per record (predictions.jsonl's `prompt`;
+    without it, the record's content).
 
     `info` (model, adapter, data, date, ...) is shown in the header in the given order and saved
     as is; pass the date in so that the output is deterministic. The markdown shows the first
@@ -295,5 +302,5 @@ def write_report(
     _write_atomic(paths["md"], md)
     _write_atomic(paths["html"], html)
     _write_atomic(paths["metrics"], json.dumps(metrics, ensure_ascii=False, indent=2, default=str) + "\n")
-    _write_atomic(paths["predictions"], _prediction_lines(examples))
+    _write_atomic(paths["predictions"], _prediction_lines(examples, prompts))
     return paths

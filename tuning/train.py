@@ -212,7 +212,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 
     def save_checkpoint(rng: dict | None = None, rng_ranks: list | None = None) -> Path:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng or ckpt.rng_state(), "history": history}
+                 "rng": rng or ckpt.rng_state(), "history": history, "loss_window": list(window)}
         if rng_ranks:
             state["rng_ranks"] = rng_ranks
         return ckpt.write_checkpoint(run_dir, step, save_adapter_fn=save_to, state=state,
@@ -237,6 +237,9 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
     last_good = ckpt.checkpoint_dirs(run_dir)[-1] if ckpt.checkpoint_dirs(run_dir) else None
     progress = _progress(cfg.max_steps, step, disable=not main)
     loss_value = history[-1]["loss"] if history else None
+    # the losses of the steps since the last log, logged as their mean (as HF's Trainer does); a resumed run
+    # goes on with its checkpoint's window, so its log equals an uninterrupted run's
+    window = list(resume.state.get("loss_window", [])) if resume is not None else []
     step_rng = None
     try:
         while step < cfg.max_steps:
@@ -293,14 +296,16 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
+            window.append(loss_value)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                entry = {"step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
+                mean_loss, window = sum(window) / len(window), []
+                entry = {"step": step, "loss": round(mean_loss, 6), "lr": scheduler.get_last_lr()[0],
                          "seconds": round(time.perf_counter() - t0, 2)}
                 history.append(entry)
                 if main:
-                    progress.set_postfix(loss=f"{loss_value:.4f}")
-                    writer.add_scalar("train/loss", loss_value, step)
-                    writer.add_scalar("train/lr", entry["lr"], step)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}")
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("train/learning_rate", entry["lr"], step)
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
                 # every rank's RNG (a collective, so on every rank): their dropout streams differ
                 rng_ranks = gather_object([ckpt.rng_state()]) if world > 1 else None
@@ -319,6 +324,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
             writer.close()
 
     seconds = time.perf_counter() - t0
+    loss_value = history[-1]["loss"] if history else loss_value  # the last logged (window mean) loss
     if main:
         save_to(run_dir)  # the final adapter at the run folder's root (PEFT methods: PeftModel.from_pretrained)
         record.update({"steps": step, "final_loss": loss_value, "train_seconds": round(seconds, 2)})

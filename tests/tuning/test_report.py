@@ -53,6 +53,7 @@ def report(tmp_path_factory):
         tuned_metrics=tuned_metrics,
         info=INFO,
         max_markdown_examples=2,
+        prompts=[f"<seen>{r['content']}" for r in RECORDS],  # as eval passes the formatted prompts
     )
     return paths, base_metrics, tuned_metrics
 
@@ -173,7 +174,10 @@ def test_predictions_jsonl(report):
     assert "济南" in text  # ensure_ascii=False
     rows = [json.loads(line) for line in text.splitlines()]
     assert len(rows) == len(RECORDS)
-    assert list(rows[0]) == ["prompt", "predict", "label", "base_predict", "step", "correct", "base_correct"]
+    assert list(rows[0]) == ["prompt", "content", "predict", "label", "base_predict", "step", "correct",
+                             "base_correct"]
+    assert [r["prompt"] for r in rows] == [f"<seen>{r['content']}" for r in RECORDS]  # the prompt the model saw
+    assert [r["content"] for r in rows] == [r["content"] for r in RECORDS]
     assert [r["predict"] for r in rows] == TUNED
     assert [r["base_predict"] for r in rows] == BASE
     assert [r["label"] for r in rows] == [r["summary"] for r in RECORDS]
@@ -185,7 +189,8 @@ def test_predictions_jsonl(report):
 def test_report_is_deterministic(report, tmp_path):
     paths, base_metrics, tuned_metrics = report
     again = write_report(tmp_path, records=RECORDS, base_predictions=BASE, tuned_predictions=TUNED,
-                         base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=INFO, max_markdown_examples=2)
+                         base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=INFO, max_markdown_examples=2,
+                         prompts=[f"<seen>{r['content']}" for r in RECORDS])
     for key, path in paths.items():
         assert again[key].read_bytes() == path.read_bytes()
 
