@@ -570,10 +570,10 @@ def add_arguments(parser) -> None:
     """The `tasktune tiny-model` options."""
     import argparse
 
-    d = TinyConfig()
-    parser.add_argument("--spec", default="grid",
     from tasktune.flags import BATCH, COUNT, LEARNING_RATE, PROBABILITY, SEED, SIZE, STEPS0, TOKENS, Range
 
+    d = TinyConfig()
+    parser.add_argument("--spec", default="grid",
                         help="task spec whose text the model learns: a YAML path or a built-in name (default: grid)")
     parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
     parser.add_argument("--seed", type=SEED, default=42, help="seed for data, init and training order")
@@ -615,8 +615,6 @@ def add_arguments(parser) -> None:
                         help="share the input embedding and the output head")
 
 
-def run(args) -> int:
-    """Handler for `tasktune tiny-model`."""
 def _device(text: str) -> str:
     """argparse `type=` for --device: cpu, cuda or cuda:N (refused with the flag named, not a torch traceback)."""
     import argparse
@@ -627,11 +625,13 @@ def _device(text: str) -> str:
     return text.strip()
 
 
-    cfg = TinyConfig(
-        num_layers=args.layers,
+def run(args) -> int:
+    """Handler for `tasktune tiny-model`."""
     from tasktune.flags import check_output_folder
 
     check_output_folder(args.out, "--out")
+    cfg = TinyConfig(
+        num_layers=args.layers,
         hidden_size=args.hidden,
         num_heads=args.heads,
         num_kv_heads=args.kv_heads,
