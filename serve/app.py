@@ -172,23 +172,44 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
     """Server-sent events in OpenAI's chunk format; the engine slot is freed if the client goes away."""
     ident, created = new_id(), now()
 
-    def chunk(delta: dict, finish: str | None = None, usage=None) -> str:
+    def chunk(delta: dict, finish: str | None = None) -> str:
         data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
                 "system_fingerprint": "tasktune",
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        if usage is not None:
-            data["usage"] = usage
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    def failed(message: str, type_: str = "server_error", code: str | None = None) -> str:
+        return f"data: {json.dumps(error_body(message, type_, code), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
+
     yield chunk({"role": "assistant", "content": ""})
+    prompt_tokens = completion_tokens = 0
+    if service.runs_actions(body, turn):  # the server runs the tools: stream the result step's answer
+        try:
+            first = await service.complete(turn, params)
+            calls = service.tool_calls(turn, first.text)
+            executed, next_turn = await service.execute(turn, calls) if calls else ([], None)
+        except RequestError as exc:  # an action failed or its result does not fit the frame
+            yield failed(str(exc), exc.type, exc.code)
+            return
+        except RuntimeError as exc:
+            yield failed(f"generation failed: {exc}")
+            return
+        prompt_tokens, completion_tokens = first.prompt_tokens, first.completion_tokens
+        if next_turn is None:
+            yield chunk({"content": first.text})
+            if calls:
+                yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
+            yield chunk({}, "tool_calls" if calls else first.finish_reason)
+            yield from_usage(body, ident, created, prompt_tokens, completion_tokens)
+            yield "data: [DONE]\n\n"
+            return
+        yield chunk({"executed_tool_calls": executed})
+        turn = next_turn
     parts, last = [], None
     async for event in service.stream(turn, params):
         last = event
         if event.finish_reason == "error":
-            err = {"error": {"message": f"generation failed: {event.error}", "type": "server_error",
-                             "param": None, "code": None}}
-            yield f"data: {json.dumps(err)}\n\n"
-            yield "data: [DONE]\n\n"
+            yield failed(f"generation failed: {event.error}")
             return
         if event.text:
             parts.append(event.text)
@@ -199,11 +220,17 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
     if calls:
         yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
         finish = "tool_calls"
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
-    usage = _usage(last.prompt_tokens, last.completion_tokens) if last else _usage(0, 0)
     yield chunk({}, finish)
-    if include_usage:
-        data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                "choices": [], "usage": usage}
-        yield f"data: {json.dumps(data)}\n\n"
+    if last is not None:
+        prompt_tokens, completion_tokens = prompt_tokens + last.prompt_tokens, completion_tokens + last.completion_tokens
+    yield from_usage(body, ident, created, prompt_tokens, completion_tokens)
     yield "data: [DONE]\n\n"
+
+
+def from_usage(body: ChatRequest, ident: str, created: int, prompt: int, completion: int) -> str:
+    """The usage chunk OpenAI sends last when `stream_options.include_usage` is set ("" otherwise)."""
+    if not (body.stream_options or {}).get("include_usage"):
+        return ""
+    data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+            "choices": [], "usage": _usage(prompt, completion)}
+    return f"data: {json.dumps(data)}\n\n"

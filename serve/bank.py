@@ -113,6 +113,10 @@ class PrefixBank:
 
         if not self.kv or all(n is None for n in names):
             return None
+        if len(set(names)) == 1 and self.kv[names[0]].shape[3] == self.width:  # one prefix: a view, no copies
+            block = self.kv[names[0]].unsqueeze(2).expand(-1, -1, len(names), -1, -1, -1)
+            keys, values = block.unbind(1)
+            return PrefixKV(key=keys.unbind(0), value=values.unbind(0), masks={})
         blocks, visible = [], torch.zeros((len(names), self.width), dtype=torch.bool, device=self.device)
         for i, name in enumerate(names):
             block = self._empty if name is None else self.kv[name]

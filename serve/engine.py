@@ -112,6 +112,7 @@ class Engine:
         self._rows: list[_Row] = []
         self._cache = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 = a real token
+        self._prefix = None  # the running rows' PrefixKV, rebuilt only when rows join or leave
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tasktune-engine", daemon=True)
 
@@ -154,7 +155,7 @@ class Engine:
         for row in self._rows:
             row.request.emit(Event(finish_reason=reason, error=message,
                                    prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
-        self._rows, self._cache, self._mask = [], None, None
+        self._rows, self._cache, self._mask, self._prefix = [], None, None, None
         while True:
             try:
                 request = self._waiting.get_nowait()
@@ -181,9 +182,9 @@ class Engine:
         return True
 
     @torch.inference_mode()
-    def _forward(self, input_ids, mask, positions, names, cache):
-        prefix = self.bank.batch(names)
-        extra = {} if prefix is None else {"tasktune_prefix": prefix}
+    def _forward(self, input_ids, mask, positions, prefix, cache):
+        """One forward call; `prefix`: the rows' PrefixKV (None: no row has a prefix)."""
+        extra = {} if prefix is None else {"tasktune_prefix": prefix.fresh()}
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1, **extra)
         return out.logits[:, -1, :].float(), out.past_key_values
@@ -200,7 +201,7 @@ class Engine:
             mask[i, width - len(r.prompt_ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = self._positions(mask, [r.adapter for r in requests])
-        logits, cache = self._forward(ids, mask, positions, [r.adapter for r in requests],
+        logits, cache = self._forward(ids, mask, positions, self.bank.batch([r.adapter for r in requests]),
                                       DynamicCache(config=self.model.config))
         rows = [_Row(r, generator=self._generator(r.params)) for r in requests]
         self._merge(rows, cache, mask)
@@ -215,6 +216,7 @@ class Engine:
         """Put newly prefilled rows into the running batch: left-pad the shorter cache to the longer one."""
         if self._cache is None:
             self._rows, self._cache, self._mask = rows, cache, mask
+            self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
             return
         old_len, new_len = self._mask.shape[1], mask.shape[1]
         width = max(old_len, new_len)
@@ -225,11 +227,12 @@ class Engine:
         self._cache = _rebuild(layers, self.model.config)
         self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)], dim=0)
         self._rows = self._rows + rows
+        self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
 
     def _retire(self, keep: list[int]) -> None:
         """Keep only the rows at `keep` (others finished); drop cache columns no remaining row uses."""
         if not keep:
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._cache, self._mask, self._prefix = [], None, None, None
             return
         index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask.index_select(0, index)
@@ -239,6 +242,7 @@ class Engine:
         self._cache = _rebuild(layers, self.model.config)
         self._mask = mask[:, start:]
         self._rows = [self._rows[i] for i in keep]
+        self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
 
     def _decode(self) -> None:
         started = time.perf_counter()
@@ -246,7 +250,7 @@ class Engine:
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         names = [row.request.adapter for row in self._rows]
         positions = self._positions(self._mask, names)[:, -1:]
-        logits, self._cache = self._forward(last, self._mask, positions, names, self._cache)
+        logits, self._cache = self._forward(last, self._mask, positions, self._prefix, self._cache)
         self._advance(self._rows, logits)
         self.stats.steps += 1
         self.stats.observe("step_seconds", time.perf_counter() - started)

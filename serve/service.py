@@ -264,14 +264,21 @@ class Service:
             answer.finish_reason = "tool_calls"
         return answer
 
-    async def _run_actions(self, turn: Turn, answer: Answer, params: SamplingParams) -> Answer:
-        executed, prompt_tokens, completion_tokens = [], answer.prompt_tokens, answer.completion_tokens
-        summary = answer
-        for call in answer.tool_calls:
+    def runs_actions(self, request: ChatRequest, turn: Turn) -> bool:
+        """Whether the server itself runs the tools of this turn's step (--actions, and the client sent none)."""
+        tools = self.tools.get(turn.run) if turn.run else None
+        return bool(self.actions and tools is not None and not request.tools and request.tool_choice != "none"
+                    and any(a.step == turn.step and a.name in self.actions for a in tools.spec.actions))
+
+    async def execute(self, turn: Turn, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Turn | None]:
+        """Run the calls with the registered actions: what was run (with results) and the result step's turn
+        (None when a call has no registered action: the client then gets the calls)."""
+        executed, next_turn = [], None
+        for call in calls:
             name = call["function"]["name"]
             function = self.actions.get(name)
             if function is None:
-                return answer  # not ours to run: the client gets the call
+                return executed, None
             arguments = json.loads(call["function"]["arguments"])
             try:
                 result = await asyncio.to_thread(function, **arguments)
@@ -280,10 +287,17 @@ class Service:
                                    type_="server_error", code="action_failed") from None
             executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
             prompt, step = self._result_prompt(turn.run, name, arguments, result)
-            summary = await self.complete(Turn(turn.run, prompt, [], step), params)
-            prompt_tokens += summary.prompt_tokens
-            completion_tokens += summary.completion_tokens
-        return Answer(summary.text, summary.finish_reason, prompt_tokens, completion_tokens, [], executed)
+            next_turn = Turn(turn.run, prompt, [], step)
+        return executed, next_turn
+
+    async def _run_actions(self, turn: Turn, answer: Answer, params: SamplingParams) -> Answer:
+        executed, next_turn = await self.execute(turn, answer.tool_calls)
+        if next_turn is None:
+            answer.finish_reason = "tool_calls"  # not ours to run: the client gets the calls
+            return answer
+        summary = await self.complete(next_turn, params)
+        return Answer(summary.text, summary.finish_reason, answer.prompt_tokens + summary.prompt_tokens,
+                      answer.completion_tokens + summary.completion_tokens, [], executed)
 
 
 def _text(message: Message) -> str:

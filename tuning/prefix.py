@@ -176,6 +176,10 @@ class PrefixKV(dict):
     torch.compile traces it as plain data.
     """
 
+    def fresh(self) -> "PrefixKV":
+        """The same keys/values with an empty mask cache, for another forward call (masks are per call)."""
+        return PrefixKV({**self, "masks": {}})
+
     def layer(self, idx: int, batch: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key, value = self["key"][idx], self["value"][idx]
         if key.shape[0] != batch:  # a caller that reshaped the batch: expand the shared prefix again

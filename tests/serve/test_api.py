@@ -169,3 +169,19 @@ def test_auto_routes_by_frame_else_to_the_base(live_server, scripted):
     assert framed.choices[0].message.content == ARGS_ANSWER  # the grid run's step answered
     other = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello world"}])
     assert other.choices[0].message.content == "您好"
+
+
+def test_streamed_server_side_actions_send_the_calls_made_then_the_summary(live_server, scripted, monkeypatch):
+    from tasktune.serve.actions import grid_sim
+
+    monkeypatch.setattr(live_server.service, "actions", grid_sim.REGISTRY)
+    lines = []
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", json={
+            "model": "grid", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "查查济南的人数"}]}) as r:
+        lines = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in lines if c.get("choices")]
+    (executed,) = [d["executed_tool_calls"] for d in deltas if "executed_tool_calls" in d]
+    assert executed[0]["arguments"] == {"place": "济南", "check": "人数检测"}
+    assert "".join(d.get("content") or "" for d in deltas) == SUMMARY_ANSWER
+    assert lines[-1]["usage"]["completion_tokens"] == 6  # both model calls counted
