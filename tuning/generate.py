@@ -61,7 +61,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *
     `max_prompt_tokens`: keep at most the last N prompt tokens, as training's max_source_length did (a tuned
     model has never seen more); these cuts are not counted in the returned number.
     """
-    from tqdm.auto import tqdm
+    from tasktune.tuning.progress import progress_bar
 
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with tuning.load.load_tokenizer")
@@ -85,7 +85,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *
     eos = tokenizer.eos_token_id
     cache = choose_cache(model, cache_implementation)
     cache_kwargs = {"cache_implementation": cache} if cache else {}
-    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(order), desc, unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")

@@ -304,3 +304,59 @@ def write_report(
     _write_atomic(paths["metrics"], json.dumps(metrics, ensure_ascii=False, indent=2, default=str) + "\n")
     _write_atomic(paths["predictions"], _prediction_lines(examples, prompts))
     return paths
+
+
+# ---- side by side on the terminal (make demo) ---------------------------------------------------
+
+
+def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a predictions.jsonl written by write_report."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def pick_side_by_side(rows: Sequence[Mapping[str, Any]], per_step: int = 1,
+                      prefer: str = "[MASK]") -> list[Mapping[str, Any]]:
+    """`per_step` rows of each step, steps in order of first appearance: rows whose prompt holds `prefer` (the
+    grid spec's speech-noise mask) first, then the rest in file order. Deterministic: no sampling."""
+    steps: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        steps.setdefault(str(row.get("step", "")), []).append(row)
+    picked = []
+    for group in steps.values():
+        ranked = sorted(group, key=lambda r: prefer not in str(r.get("content", "")))  # stable: file order kept
+        picked += ranked[:per_step]
+    return picked
+
+
+def format_side_by_side(rows: Sequence[Mapping[str, Any]], per_step: int = 1) -> str:
+    """Base vs tuned answers for a few predictions.jsonl rows, one block per row, each answer marked right
+    (✓) or wrong (✗) by exact match against the label."""
+    lines = []
+    for row in pick_side_by_side(rows, per_step):
+        mark = {True: "✓", False: "✗"}
+        lines += [f"[{row.get('step', '')}] {row.get('content', '')}",
+                  f"  base  {mark[bool(row.get('base_correct'))]} {row.get('base_predict', '')}",
+                  f"  tuned {mark[bool(row.get('correct'))]} {row.get('predict', '')}",
+                  f"  label   {row.get('label', '')}", ""]
+    return "\n".join(lines).rstrip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tasktune.tuning.report RUN [N]`: print N answers per step (default 1) of RUN/eval, base vs tuned
+    (the end of `make demo`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tasktune.tuning.report", description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run folder after `tasktune eval`")
+    parser.add_argument("per_step", type=int, nargs="?", default=1, help="answers shown per step (default: 1)")
+    args = parser.parse_args(argv)
+    path = args.run_dir / "eval" / FILE_NAMES["predictions"]
+    if not path.is_file():
+        parser.error(f"{path}: no such file; run `tasktune eval {args.run_dir}` first")
+    print(f"base vs tuned, {args.per_step} per step ({path}; all of them in report.html):\n")
+    print(format_side_by_side(read_predictions(path), args.per_step))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

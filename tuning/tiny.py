@@ -415,7 +415,8 @@ def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, pr
              desc: str = "pre-training tiny LM") -> float:
     """Plain next-token LM training on the documents; returns the mean loss of the last 20 steps."""
     import torch
-    from tqdm import tqdm
+
+    from tasktune.tuning.progress import progress_bar
 
     if cfg.pretrain_steps == 0 or not docs:
         return float("nan")
@@ -433,8 +434,8 @@ def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, pr
     model.train()
     rows: list[list[int]] = []
     recent: list[float] = []
-    bar = tqdm(range(cfg.pretrain_steps), desc=desc, disable=not progress)
-    for step in bar:
+    bar = progress_bar(cfg.pretrain_steps, desc, unit="step", disable=not progress)
+    for step in range(cfg.pretrain_steps):
         while len(rows) < cfg.batch_size:  # a fresh shuffle of the documents each pass
             fresh = make_rows(docs, tokenizer, cfg, rng)
             if not fresh:
@@ -452,7 +453,9 @@ def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, pr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         recent = (recent + [loss.item()])[-20:]
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     model.eval()
     return sum(recent) / len(recent)
 

@@ -303,7 +303,7 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                          "seconds": round(time.perf_counter() - t0, 2)}
                 history.append(entry)
                 if main:
-                    progress.set_postfix(loss=f"{mean_loss:.4f}")
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                     writer.add_scalar("train/loss", mean_loss, step)
                     writer.add_scalar("train/learning_rate", entry["lr"], step)
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
@@ -378,9 +378,9 @@ def _example_lengths(train_set) -> list[int]:
 
 
 def _progress(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
+    from tasktune.tuning.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True)
+    return progress_bar(total, "train", unit="step", initial=initial, disable=disable)
 
 
 def _tensorboard(run_dir: Path):
