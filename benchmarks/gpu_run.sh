@@ -148,5 +148,5 @@ if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3
   for k in 1 2 3; do cp -r /tmp/serve/grid /tmp/serve/grid$k; done
   timeout ${T_SERVE:-330} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
     /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
-    --max-batch-size 64 2>&1 | grep -v 'Loading weights' | tee "$OUT/serve6b.log"
+    --max-batch-size 64 --decode ${DECODE:-auto} 2>&1 | grep -v "Loading weights" | tee "$OUT/serve6b.log"
 fi

@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--serial-requests", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--decode", default="auto", choices=("auto", "dynamic", "slots"))
     args = parser.parse_args()
 
     from tests.serve.conftest import LiveServer
@@ -121,7 +122,8 @@ def main() -> None:
     serial = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
-                         str(max(args.max_tokens, 16))])
+                         str(max(args.max_tokens, 16)), "--decode", args.decode])
+    print(f"decode: {server.service.engine.decode}", flush=True)
     steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
     stats = server.service.engine.stats
     stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "routes plain user text to a step")
     p.add_argument("--actions", metavar="MODULE.py", help="a Python file (or module) whose REGISTRY maps tool "
                                                          "names to callables: the server then runs the tools itself")
+    p.add_argument("--decode", choices=("auto", "dynamic", "slots"), default="auto",
+                   help="slots: fixed key/value slots, one CUDA graph a step (GPU); dynamic: a padded batch that "
+                        "grows and shrinks (CPU); auto: slots on CUDA, dynamic elsewhere")
     p.add_argument("--base-name", help="the base model's model name (default: its folder name or hub id)")
     p.set_defaults(func=run)
 
@@ -83,7 +86,10 @@ def build(args: argparse.Namespace):
     router = load_router(args.router, bank.runs) if args.router else None
     first = next(iter(bank.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
-    engine = Engine(bank, max_batch_size=args.max_batch_size).start()
+    # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
+    # the prefix and the largest answer a request may ask for
+    width = max(r.max_source_length for r in bank.runs.values()) + args.max_tokens + 1
+    engine = Engine(bank, max_batch_size=args.max_batch_size, decode=args.decode, slot_width=width).start()
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None

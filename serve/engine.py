@@ -79,6 +79,7 @@ class _Row:
     sent: str = ""
     generator: torch.Generator | None = None
     first_token_at: float | None = None
+    slot: int = -1  # slots mode: the row's slot
 
 
 class EngineStats:
@@ -99,9 +100,14 @@ class EngineStats:
 class Engine:
     """Owns the model on one thread; `submit()` from any thread; events come back through each request's `emit`."""
 
-    def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05):
+    def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05, decode: str = "auto",
+                 slot_width: int = 512):
+        """`decode`: "dynamic" (the padded dynamic batch), "slots" (fixed slots of `slot_width` columns, CUDA
+        graphs on a GPU: serve/slots.py) or "auto" (slots on CUDA, dynamic elsewhere)."""
         if max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
+        if decode not in ("auto", "dynamic", "slots"):
+            raise ConfigError(f"decode must be auto, dynamic or slots, got {decode!r}")
         self.bank, self.tokenizer, self.model = bank, bank.tokenizer, bank.model
         self.max_batch_size = max_batch_size
         self.idle_wait = idle_wait
@@ -113,6 +119,10 @@ class Engine:
         self._cache = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 = a real token
         self._prefix = None  # the running rows' PrefixKV, rebuilt only when rows join or leave
+        if decode == "auto":
+            decode = "slots" if self.bank.device.type == "cuda" else "dynamic"
+        self.decode = decode
+        self._slots = self._make_slots(slot_width) if decode == "slots" else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tasktune-engine", daemon=True)
 
@@ -137,6 +147,19 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def _make_slots(self, width: int):
+        from tasktune.tuning.prefix import read_prefix_shape
+
+        from .slots import Slots
+
+        shape = read_prefix_shape(self.model.config)
+        dtype = next(iter(self.bank.kv.values())).dtype if self.bank.kv else \
+            self.model.get_input_embeddings().weight.dtype
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            dtype = torch.bfloat16
+        return Slots(self.model, self.max_batch_size, width + self.bank.width, shape.num_layers, shape.num_kv_heads,
+                     shape.head_dim, dtype, graphs=True)
+
     # -- the loop ----------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -155,6 +178,9 @@ class Engine:
         for row in self._rows:
             row.request.emit(Event(finish_reason=reason, error=message,
                                    prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
+        if self._slots is not None:
+            for row in self._rows:
+                self._slots.release(row.slot)
         self._rows, self._cache, self._mask, self._prefix = [], None, None, None
         while True:
             try:
@@ -174,11 +200,25 @@ class Engine:
             if request.cancelled.is_set():
                 request.emit(Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids)))
                 continue
+            if self._slots is not None:
+                need = len(request.prompt_ids) + self.bank.offset(request.adapter) + request.params.max_new_tokens
+                if need >= self._slots.width:
+                    request.emit(Event(finish_reason="error", prompt_tokens=len(request.prompt_ids),
+                                       error=f"prompt + prefix + max_tokens = {need} tokens do not fit this "
+                                             f"server's {self._slots.width}-column slots"))
+                    continue
             new.append(request)
         self.stats.waiting = self._waiting.qsize()
         if not new:
             return False
-        self._prefill(new)
+        try:
+            self._prefill(new)
+        except Exception as exc:  # the new requests are not rows yet: fail them here, then the batch
+            for request in new:
+                if not any(row.request is request for row in self._rows):
+                    request.emit(Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                                       prompt_tokens=len(request.prompt_ids)))
+            raise
         return True
 
     @torch.inference_mode()
@@ -204,8 +244,28 @@ class Engine:
         logits, cache = self._forward(ids, mask, positions, self.bank.batch([r.adapter for r in requests]),
                                       DynamicCache(config=self.model.config))
         rows = [_Row(r, generator=self._generator(r.params)) for r in requests]
-        self._merge(rows, cache, mask)
+        if self._slots is None:
+            self._merge(rows, cache, mask)
+        else:
+            self._place(rows, cache)
         self._advance(rows, logits)
+
+    def _place(self, rows: list[_Row], cache) -> None:
+        """Slots mode: copy each new row's prefix and prompt keys/values into a free slot."""
+        free = self._slots.free_slots()
+        layers = _layers(cache)
+        for i, row in enumerate(rows):
+            name, length = row.request.adapter, len(row.request.prompt_ids)
+            blocks = []
+            for layer, (keys, values) in enumerate(layers):
+                k, v = keys[i, :, keys.shape[2] - length:], values[i, :, values.shape[2] - length:]
+                if name is not None:
+                    prefix = self.bank.kv[name][layer]
+                    k, v = torch.cat([prefix[0].to(k.dtype), k], dim=1), torch.cat([prefix[1].to(v.dtype), v], dim=1)
+                blocks.append((k, v))
+            row.slot = free[i]
+            self._slots.place(row.slot, blocks)
+        self._rows = self._rows + rows
 
     def _positions(self, mask: torch.Tensor, names: list[str | None]) -> torch.Tensor:
         """Text positions from the mask (left padding), shifted by each row's prefix length."""
@@ -231,6 +291,13 @@ class Engine:
 
     def _retire(self, keep: list[int]) -> None:
         """Keep only the rows at `keep` (others finished); drop cache columns no remaining row uses."""
+        if self._slots is not None:
+            kept = set(keep)
+            for i, row in enumerate(self._rows):
+                if i not in kept:
+                    self._slots.release(row.slot)
+            self._rows = [self._rows[i] for i in keep]
+            return
         if not keep:
             self._rows, self._cache, self._mask, self._prefix = [], None, None, None
             return
@@ -246,6 +313,18 @@ class Engine:
 
     def _decode(self) -> None:
         started = time.perf_counter()
+        if self._slots is not None:
+            tokens, positions = [0] * self._slots.rows, [0] * self._slots.rows
+            for row in self._rows:
+                tokens[row.slot] = row.tokens[-1]
+                positions[row.slot] = (self.bank.offset(row.request.adapter) + len(row.request.prompt_ids)
+                                       + len(row.tokens) - 1)
+            logits = self._slots.step(tokens, positions)
+            index = torch.tensor([row.slot for row in self._rows], device=logits.device)
+            self._advance(self._rows, logits.index_select(0, index))
+            self.stats.steps += 1
+            self.stats.observe("step_seconds", time.perf_counter() - started)
+            return
         last = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self._mask.device)
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         names = [row.request.adapter for row in self._rows]

@@ -201,9 +201,10 @@ class Service:
         if len(ids) > self.limits.max_prompt_tokens:
             raise RequestError(f"the prompt has {len(ids)} tokens, over this server's limit of "
                                f"{self.limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
-        if turn.run is not None:
-            ids = ids[-self.bank.runs[turn.run].max_source_length:]  # cut as training cut (eval does the same)
-        return ids
+        # cut as training cut (eval does the same, for the base pass too: the longest of the runs' cuts)
+        keep = self.bank.runs[turn.run].max_source_length if turn.run else \
+            max(r.max_source_length for r in self.bank.runs.values())
+        return ids[-keep:]
 
     def sampling(self, request: ChatRequest, turn: Turn) -> SamplingParams:
         limit = request.max_completion_tokens or request.max_tokens

@@ -128,3 +128,22 @@ def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     finally:
         engine.shutdown()
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids):
+    """The fixed-slot decoder (CUDA graphs on a GPU) on the CPU: a mixed batch, rows joining while others decode,
+    slots reused and shifted, still eval's greedy answers."""
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96).start()
+    try:
+        jobs = {}
+        for name in ("grid", "grid2", None):
+            for i, ids in enumerate(prompt_ids):
+                jobs[name, i] = Collector()
+                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
+        got = {key: c.text() for key, c in jobs.items()}
+    finally:
+        engine.shutdown()
+    for name in ("grid", "grid2"):
+        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
+        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
+        assert [got[None, i] for i in range(len(prompt_ids))] == base

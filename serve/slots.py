@@ -1,0 +1,150 @@
+"""Decoding in fixed slots: a static key/value cache of `rows` x `width` columns, one CUDA graph per step.
+
+The dynamic batch of serve/engine.py re-concatenates caches when rows join and runs transformers' eager forward
+every step, whose host work (~50 ms a step for a 28-layer 4-bit model) bounds decoding on a GPU. Here every row
+of the batch lives in a slot of preallocated per-layer key/value buffers, right-aligned at one shared write
+column `c`: [padding | the run's prefix (P keys/values) | prompt | generated]. A P-tuning v2 prefix is exactly a
+block of keys/values in front of the text, so it is written into the slot once, and decoding needs no prefix
+hook: a plain attention over the slot with a 4D mask (what each row sees) and explicit positions (text positions
+start at the row's P). Every step has the same shapes, so on CUDA it is captured once as a CUDA graph and replayed.
+
+A joining row is prefilled by the engine's eager path and copied into a free slot at columns [c - P - L, c);
+when the rows' content would not fit to the left of `c`, or `c` reaches the end, the slots are shifted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotCache:
+    """What transformers' attention layers call on `past_key_values`: `update` writes the step's key/value at the
+    shared column and returns the whole slot buffers (duck-typed like transformers' caches)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
+        self.keys, self.values, self.column = keys, values, column
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.keys[layer_idx].index_copy_(2, self.column, key_states)
+        self.values[layer_idx].index_copy_(2, self.column, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # only asked when no positions are given (never here)
+        return int(self.column)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class Slots:
+    """`rows` slots of `width` columns on the model's device; `step()` decodes one token for every slot."""
+
+    def __init__(self, model, rows: int, width: int, layers: int, kv_heads: int, head_dim: int, dtype,
+                 graphs: bool):
+        device = model.get_input_embeddings().weight.device
+        self.model, self.rows, self.width, self.device = model, rows, width, device
+        shape = (rows, kv_heads, width, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.visible = torch.zeros((rows, 1, 1, width), dtype=torch.bool, device=device)
+        self.input_ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.column = torch.zeros((1,), dtype=torch.long, device=device)
+        self.cache = SlotCache(self.keys, self.values, self.column)
+        self.c = 0  # the next column written (host copy of `column`)
+        self.start = [width] * rows  # first used column of each slot (width = free)
+        self.graphs = graphs and device.type == "cuda"
+        self._graph = None
+        self._logits = None
+
+    # -- placing rows ------------------------------------------------------------------------------------
+    def free_slots(self) -> list[int]:
+        return [s for s in range(self.rows) if self.start[s] == self.width]
+
+    def place(self, slot: int, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Put a row into `slot`: `blocks` per layer (keys, values) of shape (kv_heads, n, head_dim), the prefix's
+        and the prompt's concatenated; they end just before column c."""
+        n = blocks[0][0].shape[1]
+        self._make_room(n)
+        lo = self.c - n
+        for layer, (k, v) in enumerate(blocks):
+            self.keys[layer][slot, :, lo:self.c] = k
+            self.values[layer][slot, :, lo:self.c] = v
+        self.visible[slot] = False
+        self.visible[slot, 0, 0, lo:self.c] = True
+        self.start[slot] = lo
+
+    def release(self, slot: int) -> None:
+        self.start[slot] = self.width
+        self.visible[slot] = False
+
+    def _make_room(self, n: int) -> None:
+        """Make columns [c - n, c) free for a new row and leave room to write at c."""
+        if n > self.width - 1:
+            raise RuntimeError(f"a row of {n} keys/values does not fit a slot of {self.width} columns")
+        used = [self.start[s] for s in range(self.rows) if self.start[s] < self.width]
+        if not used:
+            self.c = n
+            return
+        if self.c >= self.width:
+            self._shift(-min(used))
+        if self.c < n:
+            self._shift(n - self.c)
+
+    def _shift(self, by: int) -> None:
+        """Move every slot's content `by` columns (right if positive); the write column moves with it."""
+        if by == 0:
+            return
+        for buf in (*self.keys, *self.values):
+            buf.copy_(torch.roll(buf, shifts=by, dims=2))
+        self.visible.copy_(torch.roll(self.visible, shifts=by, dims=3))
+        if by > 0:
+            self.visible[..., :by] = False
+        else:
+            self.visible[..., by:] = False
+        self.start = [s if s == self.width else s + by for s in self.start]
+        self.c += by
+
+    def compact(self) -> None:
+        """Before a step at the last column: shift the slots left past the padding they all have."""
+        if self.c >= self.width:
+            used = [self.start[s] for s in range(self.rows) if self.start[s] < self.width]
+            self._shift(-(min(used) if used else self.c))
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Decode one token for every slot (free slots compute garbage, ignored): logits (rows, vocab), float."""
+        self.compact()
+        self.input_ids.copy_(torch.tensor(tokens, dtype=torch.long).view(-1, 1), non_blocking=True)
+        self.positions.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1), non_blocking=True)
+        self.column.fill_(self.c)
+        self.visible[:, 0, 0, self.c] = True
+        if not self.graphs:
+            logits = self._forward()
+        else:
+            if self._graph is None:
+                self._capture()
+            self._graph.replay()
+            logits = self._logits
+        self.c += 1
+        return logits.float()
+
+    @torch.inference_mode()
+    def _forward(self) -> torch.Tensor:
+        out = self.model(input_ids=self.input_ids, attention_mask=self.visible, position_ids=self.positions,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def _capture(self) -> None:
+        """Warm up on a side stream, then capture one step (the write column is read from `column`; the warm-up
+        writes the same column the replay then writes)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._logits = self._forward()
+        self._graph = graph
