@@ -84,3 +84,26 @@ def test_no_bitsandbytes_cpu_kernel_warning_on_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "gemm_4bit_forward" not in done.stderr, done.stderr
+
+
+def _capability(env: dict[str, str]) -> str:
+    import os
+
+    code = "import tasktune.tuning, torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_cpu_kernels_are_pinned_to_avx2_where_the_cpu_has_it():
+    """An AVX-512 machine and an AVX2 one train the same bits (tuning/__init__.py); a user's own choice is kept."""
+    import platform
+
+    import pytest
+
+    flags = open("/proc/cpuinfo", encoding="ascii", errors="replace").read() if platform.system() == "Linux" else ""
+    if platform.machine() not in ("x86_64", "AMD64") or " avx2" not in flags:
+        pytest.skip("the pin applies to x86-64 CPUs with AVX2")
+    assert _capability({"ATEN_CPU_CAPABILITY": None}) == "AVX2"
+    assert _capability({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
