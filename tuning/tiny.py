@@ -477,6 +477,19 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def _save_quietly(model, folder: Path) -> None:
+    """save_pretrained without transformers' "Writing model shards" bar (one shard: a bar says nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -540,7 +553,7 @@ def build_tiny_model(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.to("cpu").save_pretrained(tmp)
+        _save_quietly(model.to("cpu"), tmp)
         tokenizer.save_pretrained(tmp)
         record = {
             "spec": str(spec_path),
