@@ -146,6 +146,12 @@ if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3
     --max-steps 2 --save-steps 2 --per-device-train-batch-size 4 --gradient-accumulation-steps 1 --resume never 2>&1 \
     | grep -v -E 'it/s\]|s/it\]|step/s' | tail -5 | tee "$OUT/serve6b_train.log"
   for k in 1 2 3; do cp -r /tmp/serve/grid /tmp/serve/grid$k; done
+  if [ -n "${PROFILE:-}" ]; then  # the engine alone: step times and the busiest kernels, slots vs dynamic
+    timeout 150 python3 benchmarks/serve_profile.py /tmp/serve/grid --rows 1,8,32,64 --decode slots \
+      --out "$OUT/serve6b_prof_slots.txt" 2>&1 | grep -v 'Loading weights' | tee "$OUT/serve6b_prof.log"
+    timeout 90 python3 benchmarks/serve_profile.py /tmp/serve/grid --rows 32 --decode dynamic \
+      --out "$OUT/serve6b_prof_dynamic.txt" 2>&1 | grep -v 'Loading weights' | tee -a "$OUT/serve6b_prof.log"
+  fi
   timeout ${T_SERVE:-330} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
     /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
     --max-batch-size 64 --decode ${DECODE:-auto} 2>&1 | grep -v "Loading weights" | tee "$OUT/serve6b.log"

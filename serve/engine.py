@@ -319,7 +319,7 @@ class Engine:
                 tokens[row.slot] = row.tokens[-1]
                 positions[row.slot] = (self.bank.offset(row.request.adapter) + len(row.request.prompt_ids)
                                        + len(row.tokens) - 1)
-            logits = self._slots.step(tokens, positions)
+            logits = self._slots.step(tokens, positions)  # the leading slots, which hold every row
             index = torch.tensor([row.slot for row in self._rows], device=logits.device)
             self._advance(self._rows, logits.index_select(0, index))
             self.stats.steps += 1

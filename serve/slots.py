@@ -50,16 +50,25 @@ class Slots:
         self.input_ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.column = torch.zeros((1,), dtype=torch.long, device=device)
-        self.cache = SlotCache(self.keys, self.values, self.column)
         self.c = 0  # the next column written (host copy of `column`)
         self.start = [width] * rows  # first used column of each slot (width = free)
         self.graphs = graphs and device.type == "cuda"
-        self._graph = None
-        self._logits = None
+        self._graphs: dict[int, tuple] = {}  # rows of the step (a power of two) -> (graph, its logits)
+        self._pool = None
 
     # -- placing rows ------------------------------------------------------------------------------------
     def free_slots(self) -> list[int]:
+        """Free slots, lowest first: rows stay packed at the front, so a step runs only the first few slots."""
         return [s for s in range(self.rows) if self.start[s] == self.width]
+
+    def bucket(self) -> int:
+        """How many leading slots a step computes: the next power of two over the last used slot (at most all)."""
+        used = [s for s in range(self.rows) if self.start[s] < self.width]
+        last = (max(used) + 1) if used else 1
+        size = 1
+        while size < last:
+            size *= 2
+        return min(size, self.rows)
 
     def place(self, slot: int, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Put a row into `slot`: `blocks` per layer (keys, values) of shape (kv_heads, n, head_dim), the prefix's
@@ -113,38 +122,44 @@ class Slots:
 
     # -- one step ----------------------------------------------------------------------------------------
     def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Decode one token for every slot (free slots compute garbage, ignored): logits (rows, vocab), float."""
+        """Decode one token for the leading `bucket()` slots (free ones compute garbage, ignored): logits
+        (bucket, vocab), float; the caller's lists cover every slot."""
         self.compact()
-        self.input_ids.copy_(torch.tensor(tokens, dtype=torch.long).view(-1, 1), non_blocking=True)
-        self.positions.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1), non_blocking=True)
+        rows = self.bucket()
+        self.input_ids[:rows].copy_(torch.tensor(tokens[:rows], dtype=torch.long).view(-1, 1), non_blocking=True)
+        self.positions[:rows].copy_(torch.tensor(positions[:rows], dtype=torch.long).view(-1, 1), non_blocking=True)
         self.column.fill_(self.c)
-        self.visible[:, 0, 0, self.c] = True
+        self.visible[:rows, 0, 0, self.c] = True
         if not self.graphs:
-            logits = self._forward()
+            logits = self._forward(rows)
         else:
-            if self._graph is None:
-                self._capture()
-            self._graph.replay()
-            logits = self._logits
+            if rows not in self._graphs:
+                self._graphs[rows] = self._capture(rows)
+            graph, logits = self._graphs[rows]
+            graph.replay()
         self.c += 1
         return logits.float()
 
     @torch.inference_mode()
-    def _forward(self) -> torch.Tensor:
-        out = self.model(input_ids=self.input_ids, attention_mask=self.visible, position_ids=self.positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+    def _forward(self, rows: int) -> torch.Tensor:
+        cache = SlotCache([k[:rows] for k in self.keys], [v[:rows] for v in self.values], self.column)
+        out = self.model(input_ids=self.input_ids[:rows], attention_mask=self.visible[:rows],
+                         position_ids=self.positions[:rows], past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
-    def _capture(self) -> None:
-        """Warm up on a side stream, then capture one step (the write column is read from `column`; the warm-up
-        writes the same column the replay then writes)."""
+    def _capture(self, rows: int):
+        """Warm up on a side stream, then capture one step of `rows` slots (the write column is read from
+        `column`; the warm-up writes the same column the replay then writes). All graphs share one memory pool
+        (they never run at once)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward()
+                self._forward(rows)
         torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._logits = self._forward()
-        self._graph = graph
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(rows)
+        return graph, logits
