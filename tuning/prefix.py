@@ -34,6 +34,8 @@ from tasktune.errors import ConfigError
 
 #: The forward keyword that carries the prefix from the model's pre-hook to the attention functions.
 PREFIX_KWARG = "tasktune_prefix"
+#: The forward keyword that replaces the attention function for one call (the server's decode attention).
+ATTENTION_KWARG = "tasktune_attention"
 #: Attention implementations we can wrap -> the name our wrapper is registered under.
 WRAPPED_ATTENTION = {"sdpa": "tasktune_prefix_sdpa", "eager": "tasktune_prefix_eager"}
 #: Attribute under which the encoder is registered on the model (so optimizers and `.to()` see it).
@@ -224,7 +226,7 @@ def _base_attention(base: str, module: nn.Module):
 def _make_prefixed_attention(base: str):
     def prefixed_attention(module, query, key, value, attention_mask, **kwargs):
         prefix = kwargs.pop(PREFIX_KWARG, None)
-        attend = _base_attention(base, module)
+        attend = kwargs.pop(ATTENTION_KWARG, None) or _base_attention(base, module)
         if prefix is None:  # prefix disabled: exactly the base computation
             return attend(module, query, key, value, attention_mask, **kwargs)
         if not isinstance(prefix, PrefixKV):  # a raw (L, 2, H_kv, P, D) tensor: split it here
