@@ -13,6 +13,13 @@
   the next `write_set` into that folder (or `recover(out_dir)`) first finishes those moves from the staging
   folder, so the folder then holds the interrupted run's complete set.
 
+Nothing found in `out_dir` is trusted (issue 21): the marker is acted on only when it is a small regular file
+(not a link) naming a staging folder of this module's shape, beside `out_dir` or inside it, that is a real
+folder (not a link) owned by this user, and files in it that are regular files (not links). Anything else (a
+planted marker, a staging folder or file that is a symbolic link, a FIFO) is an `UntrustedSwap` (a SpecError
+naming the marker): nothing is moved, deleted or overwritten, in `out_dir` or anywhere else. Old staging
+folders are swept only when they are real folders of this user; a link is never followed.
+
 Files of an earlier set that the new set lacks (e.g. `train.json` when writing `--format jsonl`) are left
 in place. Two runs writing into one folder at the same time are not supported. Files are fsync'ed before they
 move in, folder entries are not. Files and folders get the umask's modes.
@@ -24,11 +31,11 @@ import glob
 import json
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Iterable
 
 from tasktune import files as atomic
+from tasktune.errors import SpecError
 
 MARKER = ".tasktune-swap.json"
 _STEM = ".tasktune-"
@@ -55,51 +62,90 @@ def _new_staging(out_dir: Path) -> Path:
     raise PermissionError(13, "Permission denied", str(out_dir))
 
 
+class UntrustedSwap(SpecError):
+    """A swap marker in the output folder that this module did not leave, or whose staging folder or files are
+    not what it writes (links, FIFOs, another user's): not acted on."""
+
+
+def _untrusted(out_dir: Path, why: str) -> UntrustedSwap:
+    return UntrustedSwap(
+        f"{out_dir / MARKER}: {why}. This is not an interrupted tasktune write, so nothing was moved or deleted; "
+        f"if you did not put it there, check the folder, then delete {out_dir / MARKER} and run again")
+
+
 def pending(out_dir: str | Path) -> dict | None:
-    """The marker of a swap into `out_dir` that was interrupted (files and staging folder), or None."""
-    try:
-        return json.loads((Path(out_dir) / MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """The marker of a swap into `out_dir` that was interrupted (files and staging folder), or None.
+    UntrustedSwap when a file of that name is there but is not a marker this module could have written."""
+    out_dir = Path(out_dir)
+    path = out_dir / MARKER
+    if not os.path.lexists(path):
         return None
+    try:
+        marker = json.loads(atomic.read_small(path, limit=1 << 16).decode("utf-8"))
+    except OSError as exc:
+        raise _untrusted(out_dir, f"not a small regular file ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSON or UTF-8
+        raise _untrusted(out_dir, f"not a marker written by tasktune ({exc})") from None
+    if (not isinstance(marker, dict) or not isinstance(marker.get("staging"), str)
+            or not isinstance(marker.get("files"), list) or not all(isinstance(n, str) for n in marker["files"])):
+        raise _untrusted(out_dir, "not a marker written by tasktune (expected staging and files)")
+    return marker
 
 
 def _staging_of(out_dir: Path, marker: dict) -> Path:
-    name = str(marker.get("staging", ""))
+    name = marker["staging"]
     sibling, inside = _staging_names(out_dir)
-    if name.startswith("../" + sibling) and "/" not in name[3:]:
-        return out_dir.parent / name[3:]
-    if name.startswith(inside) and "/" not in name:
-        return out_dir / name
-    raise ValueError(f"{out_dir / MARKER}: unexpected staging folder {name!r}")
+    if name.startswith("../" + sibling) and "/" not in name[3:] and name[3:] not in (".", ".."):
+        staging = out_dir.parent / name[3:]
+    elif name.startswith(inside) and "/" not in name:
+        staging = out_dir / name
+    else:
+        raise _untrusted(out_dir, f"it names an unexpected staging folder {name!r}")
+    if os.path.lexists(staging) and not atomic.real_dir(staging):
+        raise _untrusted(out_dir, f"its staging folder {staging} is a symbolic link or not a folder")
+    if os.path.lexists(staging) and not atomic.owned(staging):
+        raise _untrusted(out_dir, f"its staging folder {staging} belongs to another user")
+    return staging
 
 
 def recover(out_dir: str | Path) -> bool:
-    """Finish a swap into `out_dir` that was interrupted (see the module's doc); True if there was one."""
+    """Finish a swap into `out_dir` that was interrupted (see the module's doc); True if there was one.
+    Checks everything first (UntrustedSwap, nothing moved), then moves."""
     out_dir = Path(out_dir)
     marker = pending(out_dir)
     if marker is None:
         return False
     staging = _staging_of(out_dir, marker)
-    for name in marker.get("files", []):
-        if Path(name).name != name:
-            raise ValueError(f"{out_dir / MARKER}: unexpected file name {name!r}")
-        if (staging / name).is_file():
-            os.replace(staging / name, out_dir / name)
-    shutil.rmtree(staging, ignore_errors=True)
+    moves = []
+    for name in marker["files"]:
+        if not name or Path(name).name != name or name in (".", "..") or name == MARKER:
+            raise _untrusted(out_dir, f"it names an unexpected file {name!r}")
+        source = staging / name
+        if not os.path.lexists(source):
+            continue  # moved in before the interruption
+        if not atomic.plain_file(source):
+            raise _untrusted(out_dir, f"{source} is a symbolic link or not a regular file")
+        if atomic.real_dir(out_dir / name):
+            raise _untrusted(out_dir, f"{out_dir / name} is a folder")
+        moves.append(name)
+    for name in moves:
+        os.replace(staging / name, out_dir / name)  # replaces a link at out_dir/name, never its target
+    atomic.remove_tree(staging)
     os.unlink(out_dir / MARKER)
     return True
 
 
 def _sweep(out_dir: Path) -> None:
-    """Remove staging folders that runs into `out_dir` left behind when they stopped while writing."""
+    """Remove staging folders that runs into `out_dir` left behind when they stopped while writing (real
+    folders of this user only: a link, or another user's folder, is left alone)."""
     sibling, inside = _staging_names(out_dir)
     for parent, prefix in ((out_dir.parent, sibling), (out_dir, inside)):
-        if parent.is_dir():
+        if parent.is_dir():  # out_dir and its parent are the user's paths; what is found in them is checked
             for path in parent.glob(glob.escape(prefix) + "*"):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
+                if atomic.real_dir(path) and atomic.owned(path):
+                    atomic.remove_tree(path)
     for stale in atomic.stale_temps(out_dir / MARKER) if out_dir.is_dir() else []:
-        stale.unlink(missing_ok=True)
+        stale.unlink(missing_ok=True)  # unlinks a link itself, never its target
 
 
 def _write_marker(out_dir: Path, staging: Path, names: list[str]) -> None:
@@ -126,7 +172,7 @@ def write_set(out_dir: str | Path, files: dict[str, str | Iterable[str]]) -> lis
         for name, text in files.items():
             atomic.write_text(staging / name, text, atomic=False)  # fsync'ed; the staging folder moves as a unit
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        atomic.remove_tree(staging)
         raise
     if staging.parent != out_dir and not out_dir.exists():
         try:
@@ -134,16 +180,16 @@ def write_set(out_dir: str | Path, files: dict[str, str | Iterable[str]]) -> lis
             return [out_dir / name for name in names]
         except OSError:
             if not out_dir.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                atomic.remove_tree(staging)
                 raise
             # (created meanwhile: replace file by file, below)
     try:
         for name in names:
-            if (out_dir / name).is_dir():
+            if atomic.real_dir(out_dir / name):
                 raise IsADirectoryError(21, "Is a directory", str(out_dir / name))
         _write_marker(out_dir, staging, names)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        atomic.remove_tree(staging)
         raise
     for name in names:  # from here on, an interruption leaves the marker: `recover` finishes the moves
         os.replace(staging / name, out_dir / name)

@@ -7,12 +7,13 @@ transformers) only inside their handlers, so `tasktune --help` and `tasktune dat
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 
 from tasktune import __version__
-from tasktune.errors import TaskTuneError
+from tasktune.errors import TaskTuneError, Terminated
 from tasktune.flags import guard_numeric_flags
 
 # (module, purpose) in pipeline order; each module defines register(subparsers).
@@ -55,16 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     except TaskTuneError as exc:
         _say(f"tasktune {args.command}: error: {exc}")
         return 2
-    except KeyboardInterrupt:
-        print(f"tasktune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM (tasktune.runlock): 143, as SLURM/Kubernetes expect
+        terminated = isinstance(exc, Terminated)
+        print(f"tasktune {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # `tasktune ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
         return 141
     except OSError as exc:  # permission denied, a file where a folder belongs, a full disk: name the path
         where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-        _say(f"tasktune {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}")
+        full = " (the disk is full: free some space and run the same command again)" if exc.errno in _FULL else ""
+        _say(f"tasktune {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}{full}")
         return 2
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _say(message: str) -> None:

@@ -15,3 +15,7 @@ class DataError(TaskTuneError):
 
 class ConfigError(TaskTuneError):
     """A training/eval option or run folder is invalid."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job) while work that saves on Ctrl-C runs: the same path, exit 143."""

@@ -20,6 +20,14 @@ The one way tasktune writes its output files (data sets, run records, reports, a
 A process killed between creating a temporary file and its rename leaves it behind (hidden, named after its
 target); `stale_temps(path)` lists those. A rename is atomic against processes that stop, and the fsync
 makes the content durable before it; the folder entry itself is not fsync'ed.
+
+Never through a link (issue 21): what is found in a folder tasktune writes into is not trusted. Writes open
+their file with O_NOFOLLOW (a rename replaces a link, never its target); `real_dir(path)` says whether `path`
+is a folder itself (not a link to one), `plain_file(path)` a regular file itself; `own_subdir(parent, name)`
+creates or checks a sub-folder that must not be a link (ConfigError naming it if it is); `remove_tree(path)`
+removes a folder without following links (a link is unlinked, its target left alone); `read_small(path)`
+reads a small regular file without following a link and without opening a FIFO or device (which could block
+or never end); `inside(path, folder)` checks containment once links are resolved.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import glob
 import json
 import os
 import secrets
+import shutil
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -94,7 +104,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def _write(path: Path, pieces: Iterable[bytes], atomic: bool) -> Path:
     target = _temp_for(path) if atomic else path
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if atomic else os.O_TRUNC) | getattr(os, "O_BINARY", 0)
+    flags = (os.O_WRONLY | os.O_CREAT | (os.O_EXCL if atomic else os.O_TRUNC) | getattr(os, "O_BINARY", 0)
+             | _NOFOLLOW)  # a link planted where the file goes is an error (ELOOP), never written through
     fd = os.open(target, flags, 0o666)  # the kernel applies the umask, as open(path, "w") does
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -135,7 +146,9 @@ def settle(folder: str | os.PathLike[str]) -> Path:
     also be one file (written in place by a library)."""
     folder = Path(folder)
     fmode, dmode = file_mode(), dir_mode()
-    if folder.is_file() and not folder.is_symlink():
+    if folder.is_symlink():
+        raise OSError(40, "a symbolic link, not followed", str(folder))
+    if folder.is_file():
         _fsync(folder)
         os.chmod(folder, fmode)
         return folder
@@ -148,3 +161,81 @@ def settle(folder: str | os.PathLike[str]) -> Path:
             _fsync(path)
             os.chmod(path, fmode)
     return folder
+
+
+# -- never through a link ------------------------------------------------------------------------------------
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _lstat(path: str | os.PathLike[str]) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def real_dir(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is a folder itself, not a symbolic link (to a folder or anything else)."""
+    st = _lstat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def plain_file(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is a regular file itself: not a link, folder, FIFO, socket or device."""
+    st = _lstat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def owned(path: str | os.PathLike[str]) -> bool:
+    """True when `path` (not followed) belongs to this process's user (always True where there are no uids)."""
+    st = _lstat(path)
+    return st is not None and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
+
+
+def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """True when `path`, links resolved, is `folder` (links resolved) or lies under it."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def own_subdir(parent: str | os.PathLike[str], name: str) -> Path:
+    """`parent/name` as a folder of its own: created if missing; a ConfigError if it is a symbolic link (tasktune
+    writes and deletes there, and never does so through a link out of a folder it writes into) or not a folder."""
+    from tasktune.errors import ConfigError
+
+    path = Path(parent) / name
+    if path.is_symlink():
+        raise ConfigError(f"{path}: is a symbolic link (to {os.readlink(path)}); tasktune writes and deletes "
+                          "files there and does not follow links out of the folder: remove the link (or make it "
+                          "a real folder) and run again")
+    path.mkdir(parents=True, exist_ok=True)
+    if not real_dir(path):
+        raise ConfigError(f"{path}: exists but is not a folder; move it away and run again")
+    return path
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove the folder `path` and what it holds without following any link: a link (here or inside) is
+    unlinked and its target left alone. Missing: nothing to do. Errors inside are ignored (best effort)."""
+    st = _lstat(path)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    shutil.rmtree(path, ignore_errors=True)  # on POSIX the fd-based rmtree: never descends through a link
+
+
+def read_small(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
+    """The bytes of the small regular file `path`, opened without following a link and without blocking on a
+    FIFO; OSError if `path` is a link (ELOOP), not a regular file, or longer than `limit` bytes (EFBIG)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file", str(path))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(27, f"larger than {limit} bytes", str(path))
+    return data

@@ -109,6 +109,9 @@ class TrainConfig:
     seed: int = _opt(42, "seed for init, data order and dropout", range=SEED)
     bf16: str = _opt("auto", "bf16 autocast: auto = on a CUDA GPU with bf16 support", choices=("auto", "true", "false"))
     resume: str = _opt("auto", "auto = continue from the run folder's last checkpoint if any; never; or a checkpoint path")
+    allow_config_change: bool = _opt(False, "resume even though settings that shape training (learning rate, "
+                                            "steps, lengths, template...) differ from the checkpoint's run; the "
+                                            "change is kept in tasktune_run.json")
     on_nan: str = _opt("stop", "non-finite loss: stop (with a message) or skip the step", choices=("stop", "skip"))
     num_threads: int = _opt(0, "CPU threads for torch (0 = torch's default)",
                             range=Range(int, 0, 4096, note="0 = torch's default"))

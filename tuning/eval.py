@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import ConfigError, DataError
+from tasktune.files import own_subdir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -116,8 +117,8 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
             "max_new_tokens": max_new, "batch_size": ecfg.batch_size, "prompts_cut": cut,
             "seconds_base": round(t_base, 2), "seconds_tuned": round(t_tuned, 2),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    paths = write_report(run_dir / "eval", records=records, base_predictions=base, tuned_predictions=tuned,
-                         base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=info,
+    paths = write_report(own_subdir(run_dir, "eval"), records=records, base_predictions=base,
+                         tuned_predictions=tuned, base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=info,
                          max_markdown_examples=ecfg.examples_in_markdown, prompts=texts)
     log(format_metric_table(base_metrics, tuned_metrics))
     log(format_step_summary(base_metrics, tuned_metrics))

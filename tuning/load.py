@@ -6,6 +6,7 @@ remote code runs only with `trust_remote_code=True`. Errors the user can fix are
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tasktune.errors import ConfigError
@@ -38,6 +39,29 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
         )
     if not has_safe and not has_pickle:
         raise ConfigError(f"{folder} has no model weights (model.safetensors or pytorch_model.bin)")
+    for path in sorted(folder.glob("*.safetensors")):
+        check_safetensors(path)
+
+
+def check_safetensors(path: Path) -> None:
+    """ConfigError naming `path` when it is not a whole safetensors file: a header that cannot be read, or tensor
+    data that ends past the end of the file (a download or copy cut short). Reads the header only."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(size - 8, 100 << 20):
+                raise ValueError(f"the header length {n} does not fit in the file's {size} bytes")
+            header = json.loads(handle.read(n).decode("utf-8"))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a readable safetensors file ({exc}); it is damaged or cut short (an "
+                          "interrupted download or copy?): download or copy it again") from None
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise ConfigError(f"{path}: truncated: its header describes {need:,} bytes, the file holds {size:,} (an "
+                          "interrupted download or copy?): download or copy it again")
 
 
 def build_quantization(quantization_bit: int | None):

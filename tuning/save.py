@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -133,13 +132,14 @@ def sweep_dead_staging(folder: Path) -> list[Path]:
     """Remove the staging folders (STAGING_PREFIX) that saves killed mid-way left in `folder`; return them.
 
     A staging folder is named after the pid of its writer; it is dead when that process is gone (a folder
-    from an older tasktune, without a pid, counts as dead). Live writers' folders are left alone.
+    from an older tasktune, without a pid, counts as dead). Live writers' folders are left alone, and so is
+    anything that is not a real folder of this user (a symbolic link is never followed: issue 21).
     """
     swept = []
     for path in Path(folder).glob(f"{STAGING_PREFIX}*"):
         match = re.match(re.escape(STAGING_PREFIX) + r"(\d+)-", path.name)
-        if path.is_dir() and not (match and _pid_alive(int(match.group(1)))):
-            shutil.rmtree(path, ignore_errors=True)
+        if atomic.real_dir(path) and atomic.owned(path) and not (match and _pid_alive(int(match.group(1)))):
+            atomic.remove_tree(path)
             swept.append(path)
     return swept
 

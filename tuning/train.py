@@ -11,6 +11,7 @@ uninterrupted one; RNG and optimizer state come back from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -114,7 +115,43 @@ def _length_grouped(order: list[int], lengths: list[int], batch: int, window: in
 # -- the loop ------------------------------------------------------------------------------------
 
 def fit(cfg: TrainConfig, *, log=print) -> FitResult:
-    """Train per `cfg` (method, task); returns when max_steps are done (or raises with a clear message)."""
+    """Train per `cfg` (method, task); returns when max_steps are done (or raises with a clear message).
+
+    One process per run folder (a second one is refused, naming the first); SIGTERM saves a checkpoint as
+    Ctrl-C does (then `Terminated`, exit 143 from the CLI); see `_run_guard`."""
+    with _run_guard(cfg):
+        return _fit(cfg, log=log)
+
+
+@contextlib.contextmanager
+def _run_guard(cfg: TrainConfig) -> Iterator[None]:
+    """The run folder checked for links out of it, locked (by rank 0 of a launch: one lock per run), and SIGTERM
+    raising `Terminated` (a KeyboardInterrupt: the loop's Ctrl-C checkpoint) for the whole run (issue 21)."""
+    from tasktune.runlock import run_lock, sigterm_as_interrupt
+
+    run_dir = Path(cfg.out)
+    ckpt.check_run_folder(run_dir)
+    lock = run_lock(run_dir) if int(os.environ.get("RANK", "0") or 0) == 0 else contextlib.nullcontext()
+    with lock, sigterm_as_interrupt():
+        yield
+
+
+def _resume_settings(cfg: TrainConfig, fingerprint: dict, resume) -> None:
+    """Add the base model's content hash and the run's hyperparameters to `fingerprint` (before the resume
+    check); with `resume`, refuse changed hyperparameters unless --allow-config-change, and keep the changes
+    (with the step they apply from) in the fingerprint, which the run record holds."""
+    if resume is None:
+        fingerprint.update(model_content=ckpt.model_content(cfg.model),
+                           hyperparameters=ckpt.hyperparameters(cfg.to_dict()))
+        return
+    changes = ckpt.changed_hyperparameters(resume.path, fingerprint)
+    if changes and not cfg.allow_config_change:
+        ckpt.refuse_config_change(resume.path, changes)
+    fingerprint[ckpt.CONFIG_CHANGES] = ckpt.saved_config_changes(resume.path) + (
+        [{"from_step": resume.step, "changed": changes}] if changes else [])
+
+
+def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from transformers import get_scheduler
@@ -147,7 +184,9 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
                    * cfg.gradient_accumulation_steps}
     if labels is not None:
         fingerprint["labels"] = labels
+    _resume_settings(cfg, fingerprint, None)
     resume = ckpt.find_resume_point(run_dir, cfg.resume, fingerprint)
+    _resume_settings(cfg, fingerprint, resume)
 
     model = methods.load_base(cfg.to_dict(), quantization=quant, labels=labels,
                               device_map={"": accelerator.device} if quant else None)

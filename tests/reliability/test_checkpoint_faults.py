@@ -72,7 +72,7 @@ def test_damaged_checkpoint_gives_a_clear_error(finished, tiny_glm, train_data, 
     damage(target)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6))
+    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6, allow_config_change="true"))
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(target) in err, err
@@ -86,7 +86,7 @@ def test_damaged_fingerprint_names_the_file(finished, tiny_glm, train_data, tmp_
     shutil.copytree(finished, run)
     _truncate(run / ckpt.FINGERPRINT_FILE)
     capsys.readouterr()
-    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6))
+    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6, allow_config_change="true"))
     err = capsys.readouterr().err
     assert code == 2 and str(run / ckpt.FINGERPRINT_FILE) in err, err
 
@@ -135,7 +135,7 @@ def test_a_flipped_bit_in_a_checkpoints_adapter_says_to_delete_it(finished, tiny
     newest = ckpt.checkpoint_dirs(run)[-1]
     _flip_a_bit(newest / ADAPTER)
     capsys.readouterr()
-    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6))
+    code = run_cli(train_argv(tiny_glm, train_data, run, max_steps=6, allow_config_change="true"))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert f"{newest / ADAPTER}: its sha256 differs" in err and f"delete {newest} to resume" in err, err
