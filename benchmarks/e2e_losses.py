@@ -28,10 +28,10 @@ def main(argv: list[str]) -> int:
             worst = max(worst, abs(b - a))
         print(f"{step} | {'' if a is None else f'{a:.4f}'} | {'' if b is None else f'{b:.4f}'} | {diff}")
     print(f"largest difference on common steps: {worst:.4f}")
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     for r in runs:
-        rec = load_run_record(r)
+        rec = RunFolder(r).raw_record()
         print(r.name, {k: rec.get(k) for k in ("steps", "final_loss", "train_seconds")})
     return 0
 

@@ -49,10 +49,10 @@ def serial_baseline(run: Path, texts: list[str], max_tokens: int) -> float:
     from tasktune.tuning.data import encode_prompts, format_prompt
     from tasktune.tuning.eval import load_run_adapter
     from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
-    record = load_run_record(run)
-    tok = load_tokenizer(record["config"]["model"])
+    record = RunFolder(run).record()
+    tok = load_tokenizer(record.config.model)
     model = load_run_adapter(run, record).model
     device = next(model.parameters()).device
     ids = encode_prompts(tok, [format_prompt(tok, t, []) for t in texts], "auto")

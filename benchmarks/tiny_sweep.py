@@ -68,6 +68,7 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     from tasktune.tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
+    from tasktune.tuning.data import DataConfig
     from tasktune.tuning.eval import load_eval_records
     from tasktune.tuning.generate import generate_batched
     from tasktune.tuning.prefix import PrefixConfig, attach_prefix
@@ -94,8 +95,7 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
         with torch.no_grad():
             tuner.encoder.embedding.weight.copy_(init)
     collate = make_collator(tok)
-    dev = load_eval_records(data, "dev", n_dev, {"prompt_column": "content", "response_column": "summary",
-                                                 "history_column": "history"})
+    dev = load_eval_records(data, "dev", n_dev, DataConfig())  # the default columns: content, summary, history
 
     params = list(tuner.encoder.parameters())
     opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0, betas=tuple(opts["betas"]))

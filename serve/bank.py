@@ -35,33 +35,34 @@ class ServedRun:
     data: str
 
 
-def _record(run_dir: Path) -> dict[str, Any]:
-    from tasktune.tuning.eval import check_run_dir
+def _record(run_dir: Path):
+    """The run's RunRecord, refused unless it is a causal-lm run of a prefix method."""
     from tasktune.tuning.methods import read_method_info
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
-    check_run_dir(run_dir)
-    record = load_run_record(run_dir)
-    cfg = record["config"]
-    if cfg.get("task", "causal-lm") != "causal-lm":
-        raise ConfigError(f"{run_dir}: a {cfg['task']} run labels texts; serve causal-lm runs (use it as --router)")
-    method = read_method_info(run_dir).get("method", cfg.get("method"))
+    record = RunFolder(run_dir).record()
+    cfg = record.config
+    if cfg.task != "causal-lm":
+        raise ConfigError(f"{run_dir}: a {cfg.task} run labels texts; serve causal-lm runs (use it as --router)")
+    method = read_method_info(run_dir).get("method", cfg.method)
     if method not in PREFIX_METHODS:
         raise ConfigError(f"{run_dir}: method {method!r} changes the base model's weights and cannot share one base "
                           f"with other runs; `tasktune serve` serves {' and '.join(PREFIX_METHODS)} runs")
     return record
 
 
-def describe_run(run_dir: str | Path, name: str | None = None) -> tuple[ServedRun, dict[str, Any]]:
-    """The ServedRun of a run folder (name: the folder's name unless given) and its raw record."""
+def describe_run(run_dir: str | Path, name: str | None = None):
+    """The ServedRun of a run folder (name: the folder's name unless given) and its RunRecord."""
+    from tasktune.tuning.methods import base_source
+
     run_dir = Path(run_dir)
     record = _record(run_dir)
-    cfg = record["config"]
-    run = ServedRun(name=name or run_dir.resolve().name, run_dir=run_dir, base_model=str(cfg["model"]),
-                    quantization=record.get("quantization"), pre_seq_len=int(cfg["pre_seq_len"]),
-                    prompt_template=str(cfg.get("prompt_template", "auto")),
-                    max_source_length=int(cfg["max_source_length"]), max_target_length=int(cfg["max_target_length"]),
-                    data=str(cfg.get("data", "")))
+    cfg = record.config
+    run = ServedRun(name=name or run_dir.resolve().name, run_dir=run_dir,
+                    base_model=base_source(cfg.model, run_dir), quantization=record.quantization,
+                    pre_seq_len=cfg.pre_seq_len, prompt_template=cfg.prompt_template,
+                    max_source_length=cfg.max_source_length, max_target_length=cfg.max_target_length,
+                    data=cfg.data)
     return run, record
 
 
@@ -150,11 +151,10 @@ def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
     described = [describe_run(path, name) for name, path in run_dirs]
     runs = [r for r, _ in described]
     check_same_base(runs)
-    record = described[0][1]
-    cfg, quant = record["config"], record.get("quantization")
-    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
-                               padding_side="left")
-    model = methods.load_base(cfg, quantization=quant, device_map=_device_map(quant))
+    first, record = runs[0], described[0][1]
+    cfg, quant = record.config, record.quantization
+    tokenizer = load_tokenizer(first.base_model, trust_remote_code=cfg.trust_remote_code, padding_side="left")
+    model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=_device_map(quant))
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
     model.eval()

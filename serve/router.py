@@ -17,18 +17,18 @@ def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | 
     from tasktune.tuning import methods
     from tasktune.tuning.classify import predict
     from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)
-    record = load_run_record(run_dir)
-    cfg = record["config"]
-    if cfg.get("task") != "classification":
-        raise ConfigError(f"--router {run_dir}: not a classification run (task {cfg.get('task')!r}); train one "
+    record = RunFolder(run_dir).record()
+    cfg = record.config
+    if cfg.task != "classification":
+        raise ConfigError(f"--router {run_dir}: not a classification run (task {cfg.task!r}); train one "
                           "with `tasktune train --task classification` on the spec's intent data")
-    labels = methods.read_method_info(run_dir).get("labels") or record.get("labels")
-    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
-                               padding_side="right")
-    model = methods.load_base(cfg, quantization=record.get("quantization"), labels=labels)
+    labels = methods.read_method_info(run_dir).get("labels") or record.labels
+    source = methods.base_source(cfg.model, run_dir)
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, padding_side="right")
+    model = methods.load_base(cfg, model=source, quantization=record.quantization, labels=labels)
     model.config.pad_token_id = tokenizer.pad_token_id
     adapter = methods.load(model, run_dir)
     adapter.model.eval()
@@ -37,7 +37,7 @@ def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | 
     def route(text: str):
         with lock, torch.inference_mode():
             (label,) = predict(adapter.model, tokenizer, [text], batch_size=1,
-                               max_length=int(cfg.get("max_source_length", 128)))
+                               max_length=cfg.max_source_length)
         return None, labels[label]
 
     return route

@@ -7,20 +7,19 @@ from pathlib import Path
 
 
 def load_for_chat(run_dir: str | Path):
-    """The run's model with its adapter on (`adapter.model`), its tokenizer, the Adapter and training config."""
+    """The run's model with its adapter on (`adapter.model`), its tokenizer, the Adapter and its TrainConfig."""
     from tasktune.errors import ConfigError
-    from tasktune.tuning.eval import check_run_dir, load_run_adapter
+    from tasktune.tuning.eval import load_run_adapter
     from tasktune.tuning.load import load_tokenizer
     from tasktune.tuning.methods import base_source
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    record = load_run_record(run_dir)
-    cfg = record["config"]
-    if cfg.get("task", "causal-lm") != "causal-lm":
-        raise ConfigError(f"{run_dir}: a {cfg['task']} run labels texts and cannot chat; use `tasktune eval`")
-    tokenizer = load_tokenizer(base_source(cfg, run_dir), trust_remote_code=cfg.get("trust_remote_code", False),
+    record = RunFolder(run_dir).record()
+    cfg = record.config
+    if cfg.task != "causal-lm":
+        raise ConfigError(f"{run_dir}: a {cfg.task} run labels texts and cannot chat; use `tasktune eval`")
+    tokenizer = load_tokenizer(base_source(cfg.model, run_dir), trust_remote_code=cfg.trust_remote_code,
                                padding_side="left")
     adapter = load_run_adapter(run_dir, record)
     return adapter.model, tokenizer, adapter, cfg
@@ -39,7 +38,7 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
                           "pipe the questions in (one a line)")
     _, tokenizer, adapter, cfg = load_for_chat(run_dir)
     who = "base" if base else "tuned"
-    print(f"tasktune chat ({who} model, {cfg['model']}). Empty line or Ctrl-D quits; `clear` forgets history.",
+    print(f"tasktune chat ({who} model, {cfg.model}). Empty line or Ctrl-D quits; `clear` forgets history.",
           file=stdout)
     turns: list[tuple[str, str]] = []
     try:
@@ -84,12 +83,12 @@ def _converse(stdin, stdout, tokenizer, adapter, cfg, *, who: str, base: bool, m
             history.clear()
             continue
         prompt = format_prompt(tokenizer, query, [list(t) for t in history] if keep_history else None,
-                               template=cfg["prompt_template"])
-        (prompt,) = encode_prompts(tokenizer, [prompt], cfg["prompt_template"])  # as training encoded it
+                               template=cfg.prompt_template)
+        (prompt,) = encode_prompts(tokenizer, [prompt], cfg.prompt_template)  # as training encoded it
         with _answering_model(adapter, base) as m:
             (answer,), _ = generate_batched(m, tokenizer, [prompt], batch_size=1, max_new_tokens=max_new_tokens,
                                             reserved_positions=adapter.reserved_positions, progress=False,
-                                            max_prompt_tokens=int(cfg["max_source_length"]))  # as training cut
+                                            max_prompt_tokens=cfg.max_source_length)  # as training cut
         print(f"{who}> {answer}", file=stdout, flush=True)
         turns.append((query, answer))
         if keep_history:

@@ -121,37 +121,37 @@ def score(predicted: list[int], gold: list[int], labels: list[str]) -> dict[str,
             "macro_f1": round(100 * macro_f1(predicted, gold), 2)}
 
 
-def evaluate_classification(run_dir: Path, record: dict, *, data=None, split: str = "dev", limit: int | None = None,
+def evaluate_classification(run_dir: Path, record, *, data=None, split: str = "dev", limit: int | None = None,
                             batch_size: int = 32, log=print) -> dict[str, Any]:
     """Base and tuned predictions on the split from one loaded classifier; writes RUN/eval/metrics.json,
-    predictions.jsonl and report.md."""
+    predictions.jsonl and report.md. `record`: the run's RunRecord."""
     from tasktune.tuning import methods
     from tasktune.tuning.eval import _device_map
     from tasktune.tuning.load import load_tokenizer
     from tasktune.tuning.runinfo import write_json_atomic
 
-    cfg = {**record["config"], "model": methods.base_source(record["config"], run_dir)}  # from any directory
+    cfg = record.config
+    source = methods.base_source(cfg.model, run_dir)  # from any directory
     info = methods.read_method_info(run_dir)
-    labels = info.get("labels") or record.get("labels")
-    rows = read_records(data or cfg["data"], split)[:limit or None]
-    gold = label_ids(rows, labels, f"{data or cfg['data']} ({split})")
+    labels = info.get("labels") or record.labels
+    rows = read_records(data or cfg.data, split)[:limit or None]
+    gold = label_ids(rows, labels, f"{data or cfg.data} ({split})")
     texts = [r[TEXT_COLUMN] for r in rows]
-    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg.get("trust_remote_code", False),
-                               padding_side="right")
-    quant = record.get("quantization")
-    torch.manual_seed(int(cfg.get("seed", 0)))  # the base pass's untrained head is then the same every time
-    model = methods.load_base(cfg, quantization=quant, labels=labels, device_map=_device_map(quant))
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, padding_side="right")
+    quant = record.quantization
+    torch.manual_seed(cfg.seed)  # the base pass's untrained head is then the same every time
+    model = methods.load_base(cfg, model=source, quantization=quant, labels=labels, device_map=_device_map(quant))
     model.config.pad_token_id = tokenizer.pad_token_id
     adapter = methods.load(model, run_dir)
     adapter.model.eval()
-    kwargs = dict(batch_size=batch_size, max_length=int(cfg.get("max_source_length", 128)))
+    kwargs = dict(batch_size=batch_size, max_length=cfg.max_source_length)
     t0 = time.perf_counter()
     with adapter.disabled() as base_model:
         base = predict(base_model, tokenizer, texts, **kwargs)
     tuned = predict(adapter.model, tokenizer, texts, **kwargs)
     seconds = time.perf_counter() - t0
     result = {"base": score(base, gold, labels), "tuned": score(tuned, gold, labels),
-              "info": {"run_dir": str(run_dir), "model": cfg["model"], "method": info.get("method"),
+              "info": {"run_dir": str(run_dir), "model": cfg.model, "method": info.get("method"),
                        "split": split, "n": len(rows), "labels": labels, "seconds": round(seconds, 2)}}
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)

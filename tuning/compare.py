@@ -82,6 +82,7 @@ def run_worker(spec_path: Path, result_path: Path) -> None:
         from tasktune.tuning import methods
         from tasktune.tuning.config import TrainConfig
         from tasktune.tuning.eval import EvalConfig, evaluate
+        from tasktune.tuning.run import RunFolder
         from tasktune.tuning.train import fit
 
         baseline = _peak_rss_mib()
@@ -90,7 +91,7 @@ def run_worker(spec_path: Path, result_path: Path) -> None:
             torch.cuda.reset_peak_memory_stats()
         fitted = fit(TrainConfig(**spec["train"]), log=lambda *_: None)
         run = Path(spec["train"]["out"])
-        record = json.loads((run / "tasktune_run.json").read_text(encoding="utf-8"))
+        record = RunFolder(run).raw_record()
         info = methods.read_method_info(run)
         result.update(
             trainable=record["trainable_parameters"], total=record.get("total_parameters"),

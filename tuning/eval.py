@@ -16,7 +16,6 @@ from typing import Any
 from tasktune.errors import ConfigError, DataError
 from tasktune.files import own_subdir
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
@@ -37,31 +36,20 @@ class EvalConfig:
         TOKENS.check("max_new_tokens", self.max_new_tokens, optional=True)
 
 
-def check_run_dir(run_dir: Path) -> None:
-    from tasktune.tuning.methods import METHOD_FILE
-
-    if not run_dir.is_dir():
-        raise ConfigError(f"run folder not found: {run_dir}")
-    missing = [name for name in ADAPTER_FILES if not (run_dir / name).is_file()]
-    if missing and not (run_dir / METHOD_FILE).is_file():
-        raise ConfigError(f"{run_dir}: no adapter ({', '.join(missing)} missing). Train first: "
-                          f"`tasktune train --out {run_dir}`, or point at a finished run folder.")
-
-
-def load_eval_records(data: str | Path, split: str, limit: int | None, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Dev records as plain dicts: prompt, history, reference and the generator's meta."""
+def load_eval_records(data: str | Path, split: str, limit: int | None, cfg) -> list[dict[str, Any]]:
+    """Dev records as plain dicts: prompt, history, reference and the generator's meta (`cfg`: the run's
+    TrainConfig, which names the columns)."""
     from tasktune.tuning.data import DataConfig, load_records
 
-    ds = load_records(data, split, DataConfig(prompt_column=cfg["prompt_column"],
-                                              response_column=cfg["response_column"],
-                                              history_column=cfg["history_column"]))
+    ds = load_records(data, split, DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                                              history_column=cfg.history_column))
     rows = []
     for row in ds:
         meta = row.get("meta")
         if isinstance(meta, str):
             meta = json.loads(meta) if meta else {}
-        rows.append({"content": row[cfg["prompt_column"]], "summary": row[cfg["response_column"]],
-                     "history": row.get(cfg["history_column"]) or [], "meta": meta or {}})
+        rows.append({"content": row[cfg.prompt_column], "summary": row[cfg.response_column],
+                     "history": row.get(cfg.history_column) or [], "meta": meta or {}})
     if limit:
         rows = rows[:limit]
     if not rows:
@@ -76,30 +64,29 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     from tasktune.tuning.load import load_tokenizer
     from tasktune.tuning.metrics import compute_metrics
     from tasktune.tuning.report import format_metric_table, format_step_summary, write_report
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     run_dir = Path(ecfg.run_dir)
-    check_run_dir(run_dir)
-    record = load_run_record(run_dir)
-    cfg = record["config"]
-    if cfg.get("task", "causal-lm") == "classification":
+    record = RunFolder(run_dir).record()
+    cfg = record.config
+    if cfg.task == "classification":
         from tasktune.tuning.classify import evaluate_classification
 
         return evaluate_classification(run_dir, record, data=ecfg.data, split=ecfg.split, limit=ecfg.limit,
                                        batch_size=ecfg.batch_size, log=log)
-    data = ecfg.data or cfg["data"]
+    data = ecfg.data or cfg.data
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
-    base_source = methods.base_source(cfg, run_dir)  # the adapter's absolute base folder: from any directory
-    tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.get("trust_remote_code", False), padding_side="left")
+    base_source = methods.base_source(cfg.model, run_dir)  # the adapter's absolute base folder: from any directory
+    tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.trust_remote_code, padding_side="left")
     adapter = load_run_adapter(run_dir, record)
 
-    texts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg["prompt_template"]) for r in records]
+    texts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg.prompt_template) for r in records]
     # the ids training saw (a chat template's bos once); `texts` go to predictions.jsonl as the prompt seen
-    prompts = encode_prompts(tokenizer, texts, cfg["prompt_template"])
-    max_new = ecfg.max_new_tokens or int(cfg["max_target_length"])
+    prompts = encode_prompts(tokenizer, texts, cfg.prompt_template)
+    max_new = ecfg.max_new_tokens or cfg.max_target_length
     kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions,
-                  max_prompt_tokens=int(cfg["max_source_length"]))  # prompts cut as in training
+                  max_prompt_tokens=cfg.max_source_length)  # prompts cut as in training
     t0 = time.perf_counter()
     with adapter.disabled() as base_model:
         base, cut = generate_batched(base_model, tokenizer, prompts, desc="base ", **kwargs)
@@ -111,9 +98,9 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
 
     base_metrics = compute_metrics(records, base)
     tuned_metrics = compute_metrics(records, tuned)
-    info = {"run_dir": str(run_dir), "model": cfg["model"], "data": str(data), "split": ecfg.split,
+    info = {"run_dir": str(run_dir), "model": cfg.model, "data": str(data), "split": ecfg.split,
             "n": len(records), "method": adapter.method, "pre_seq_len": adapter.reserved_positions,
-            "quantization": record.get("quantization"),
+            "quantization": record.quantization,
             "max_new_tokens": max_new, "batch_size": ecfg.batch_size, "prompts_cut": cut,
             "seconds_base": round(t_base, 2), "seconds_tuned": round(t_tuned, 2),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -126,15 +113,17 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     return {"base": base_metrics, "tuned": tuned_metrics, "info": info, "paths": paths}
 
 
-def load_run_adapter(run_dir: Path, record: dict[str, Any]):
-    """The run's base model (as trained: same quantization) with its adapter on, in eval mode."""
+def load_run_adapter(run_dir: Path, record):
+    """The run's base model (as trained: same quantization) with its adapter on, in eval mode (`record`: the
+    run's RunRecord)."""
     from tasktune.tuning import methods
 
-    quant = record.get("quantization")
-    cfg = {**record["config"], "model": methods.base_source(record["config"], run_dir)}  # from any directory
+    quant = record.quantization
+    source = methods.base_source(record.config.model, run_dir)  # from any directory
 
     def reload_base():  # only for the base pass of a full fine-tune too big to keep a CPU copy of
-        return methods.load_base(cfg, quantization=quant, labels=record.get("labels"), device_map=_device_map(quant))
+        return methods.load_base(record.config, model=source, quantization=quant, labels=record.labels,
+                                 device_map=_device_map(quant))
 
     adapter = methods.load(reload_base(), run_dir, reload_base=reload_base)
     adapter.model.eval()

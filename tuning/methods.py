@@ -274,8 +274,8 @@ def _attach_peft(model, cfg, method: str, task: str, labels) -> PeftAdapter:
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # QLoRA recipe: norms/embeddings to fp32 for stable training; checkpointing stays as train.py set it
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        # (tuning/memory.py: none/every-K/full; PEFT's True would turn every-K into full)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = _peft_config(model, cfg, method, task)
     if config.peft_type.value == "PREFIX_TUNING":
         _stop_checkpointing(model)
@@ -519,14 +519,14 @@ def recorded_base(run_dir) -> tuple[str | None, Path]:
     return None, folder / "adapter_config.json"
 
 
-def base_source(cfg: dict[str, Any], run_dir) -> str:
+def base_source(given: str, run_dir) -> str:
     """Where to load a run's base model from: the absolute folder its adapter config names, when it exists;
     else the name it was trained with (tasktune_run.json config.model: a hub id, or a path from the current
     directory, used with a warning). A recorded folder that is gone, with no folder under the name given
     either, is a ConfigError naming both."""
     import warnings
 
-    given = str(cfg["model"])
+    given = str(given)
     recorded, where = recorded_base(run_dir)
     if recorded is None or not Path(recorded).is_absolute():  # a hub id, or a run saved before absolute paths
         return given
@@ -547,18 +547,20 @@ def base_source(cfg: dict[str, Any], run_dir) -> str:
     )
 
 
-def load_base(cfg: dict[str, Any], *, quantization: int | None, labels: list[str] | None = None, device_map=None):
-    """The run's frozen base model (causal LM, or a sequence classifier with `labels`) from a config dict."""
+def load_base(cfg, *, quantization: int | None, labels: list[str] | None = None, device_map=None,
+              model: str | None = None):
+    """The run's frozen base model (causal LM, or a sequence classifier with `labels`) from its TrainConfig;
+    `model`: where to load it from instead of `cfg.model` (a run's `base_source`)."""
     from tasktune.tuning.load import load_model
 
     kwargs: dict[str, Any] = {}
-    task = cfg.get("task", "causal-lm")
+    task = cfg.task
     if task == "classification":
         if not labels:
             raise ConfigError("a classification run needs its label list (none recorded)")
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)},
                       ignore_mismatched_sizes=True)  # a checkpoint's own head (other label count) is replaced
-    model = load_model(cfg["model"], quantization_bit=quantization, trust_remote_code=cfg.get("trust_remote_code", False),
-                       allow_pickle=cfg.get("allow_pickle", False), device_map=device_map, task=task, **kwargs)
+    model = load_model(model or cfg.model, quantization_bit=quantization, trust_remote_code=cfg.trust_remote_code,
+                       allow_pickle=cfg.allow_pickle, device_map=device_map, task=task, **kwargs)
     return model

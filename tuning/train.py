@@ -12,7 +12,6 @@ uninterrupted one; RNG and optimizer state come back from the checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -26,6 +25,7 @@ from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.tuning import checkpoint as ckpt
 from tasktune.tuning.config import TrainConfig
 from tasktune.tuning.data import IGNORE_INDEX
+from tasktune.tuning.run import HISTORY_FILE, LOGS_DIR, LOSS_PLOT, RunFolder
 from tasktune.tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
 
 
@@ -188,7 +188,7 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
     resume = ckpt.find_resume_point(run_dir, cfg.resume, fingerprint)
     _resume_settings(cfg, fingerprint, resume)
 
-    model = methods.load_base(cfg.to_dict(), quantization=quant, labels=labels,
+    model = methods.load_base(cfg, quantization=quant, labels=labels,
                               device_map={"": accelerator.device} if quant else None)
     if labels is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers pool at the last non-pad token
@@ -367,9 +367,9 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
     if main:
         save_to(run_dir)  # the final adapter at the run folder's root (PEFT methods: PeftModel.from_pretrained)
         record.update({"steps": step, "final_loss": loss_value, "train_seconds": round(seconds, 2)})
-        write_json_atomic(run_dir / "tasktune_run.json", record)
-        write_json_atomic(run_dir / "train_history.json", history)
-        _plot_loss(history, run_dir / "loss.png")
+        RunFolder(run_dir).write_record(record)
+        write_json_atomic(run_dir / HISTORY_FILE, history)
+        _plot_loss(history, run_dir / LOSS_PLOT)
         log(f"done: {step} steps, final loss {loss_value}, adapter in {run_dir}")
     return FitResult(run_dir=run_dir, steps=step, final_loss=loss_value, seconds=seconds, history=history)
 
@@ -425,7 +425,7 @@ def _progress(total: int, initial: int, disable: bool):
 def _tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(run_dir / "logs"))
+    return SummaryWriter(log_dir=str(run_dir / LOGS_DIR))
 
 
 def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
@@ -449,13 +449,3 @@ def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
         fig.savefig(tmp)
     plt.close(fig)
 
-
-def load_run_record(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "tasktune_run.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no tasktune_run.json — not a finished tasktune run folder "
-                          f"(train one with `tasktune train --out {run_dir}`)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); re-run `tasktune train` to rewrite it") from None

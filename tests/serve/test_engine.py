@@ -44,10 +44,10 @@ def eval_answers(run_dir, prompt_ids, max_new_tokens):
     from tasktune.tuning.eval import load_run_adapter
     from tasktune.tuning.generate import generate_batched
     from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
-    record = load_run_record(run_dir)
-    tok = load_tokenizer(record["config"]["model"])
+    record = RunFolder(run_dir).record()
+    tok = load_tokenizer(record.config.model)
     adapter = load_run_adapter(run_dir, record)
     tuned, _ = generate_batched(adapter.model, tok, prompt_ids, batch_size=4, max_new_tokens=max_new_tokens,
                                 reserved_positions=adapter.reserved_positions, progress=False)

@@ -34,7 +34,7 @@ def test_a_local_base_is_recorded_by_its_absolute_path(tiny_model_dir, tmp_path,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # models/tiny does not resolve here; the recorded absolute path does
-    assert methods.base_source({"model": "models/tiny"}, run) == str(base.resolve())
+    assert methods.base_source("models/tiny", run) == str(base.resolve())
     out = evaluate(EvalConfig(run_dir=str(run), max_new_tokens=2, limit=2), log=lambda *_: None)
     assert out["info"]["n"] == 2
 
@@ -42,7 +42,7 @@ def test_a_local_base_is_recorded_by_its_absolute_path(tiny_model_dir, tmp_path,
 def test_a_hub_id_is_recorded_as_given(tmp_path):
     assert methods.base_model_reference("THUDM/chatglm2-6b") == "THUDM/chatglm2-6b"
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "THUDM/chatglm2-6b"}))
-    assert methods.base_source({"model": "THUDM/chatglm2-6b"}, tmp_path) == "THUDM/chatglm2-6b"
+    assert methods.base_source("THUDM/chatglm2-6b", tmp_path) == "THUDM/chatglm2-6b"
 
 
 def test_a_moved_base_folder_is_a_clear_error_naming_both_paths(tiny_model_dir, tmp_path, monkeypatch):
@@ -57,7 +57,7 @@ def test_a_moved_base_folder_is_a_clear_error_naming_both_paths(tiny_model_dir, 
     # the fix the message names: the new place in adapter_config.json
     config = json.loads((run / "adapter_config.json").read_text())
     (run / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(moved)}))
-    assert methods.base_source({"model": "models/tiny"}, run) == str(moved)
+    assert methods.base_source("models/tiny", run) == str(moved)
     # a folder under the given name from the current directory is used, with a warning naming the old one
     moved.rename(base)
     (run / "adapter_config.json").write_text(json.dumps(config))
@@ -66,4 +66,4 @@ def test_a_moved_base_folder_is_a_clear_error_naming_both_paths(tiny_model_dir, 
     shutil.copytree(tmp_path / "models2", tmp_path / "other" / "models")
     monkeypatch.chdir(tmp_path / "other")
     with pytest.warns(UserWarning, match="no longer exists"):
-        assert methods.base_source({"model": "models/tiny"}, run) == "models/tiny"
+        assert methods.base_source("models/tiny", run) == "models/tiny"

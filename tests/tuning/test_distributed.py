@@ -260,7 +260,7 @@ collate = make_collator(load_tokenizer(cfg.model, padding_side="right"))
 
 def train(shard):
     torch.manual_seed(3)
-    model = methods.load_base(cfg.to_dict(), quantization=None)
+    model = methods.load_base(cfg, quantization=None)
     adapter = methods.attach(model, cfg)
     params = adapter.parameters()
     if shard:  # the frozen layers and the root (embeddings, head) sharded; the prefix stays whole

@@ -82,13 +82,13 @@ def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
     """A tuned model never saw more than max_source_length prompt tokens: eval keeps the same last tokens."""
     from tasktune import tuning
     import tasktune.tuning.generate
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     seen = []
     real = tuning.generate.generate_batched
     monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=4, limit=2), log=lambda *_: None)
-    limit = load_run_record(trained_run)["config"]["max_source_length"]
+    limit = RunFolder(trained_run).record().config.max_source_length
     assert [k["max_prompt_tokens"] for k in seen] == [limit, limit]  # base pass and tuned pass
 
 
@@ -131,13 +131,13 @@ def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
     from tasktune import tuning
     import tasktune.tuning.generate
     from tasktune.tuning.chat import chat
-    from tasktune.tuning.train import load_run_record
+    from tasktune.tuning.run import RunFolder
 
     seen = []
     real = tuning.generate.generate_batched
     monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
     turns = chat(trained_run, max_new_tokens=4, stdin=io.StringIO("你好\n你是谁\n"), stdout=io.StringIO())
-    limit = load_run_record(trained_run)["config"]["max_source_length"]
+    limit = RunFolder(trained_run).record().config.max_source_length
     assert len(turns) == 2 and [k["max_prompt_tokens"] for k in seen] == [limit, limit]
 
 

@@ -17,7 +17,8 @@ from tasktune.tuning.data import encode_prompts, format_prompt
 from tasktune.tuning.eval import load_run_adapter
 from tasktune.tuning.generate import generate_batched
 from tasktune.tuning.load import load_tokenizer
-from tasktune.tuning.train import fit, load_run_record
+from tasktune.tuning.run import RunFolder
+from tasktune.tuning.train import fit
 from tests.tuning.runs import fast_config, write_data
 
 MAX_NEW = 12
@@ -54,12 +55,12 @@ def run(tiny_model_dir, tmp_path_factory):
         fit(fast_config("models/tiny", data, out, max_steps=10, learning_rate=3e-1), log=lambda *_: None)
     finally:
         os.chdir(here)
-    record = load_run_record(out)
-    cfg = record["config"]
+    record = RunFolder(out).record()
+    cfg = record.config
     tokenizer = load_tokenizer(str(base), padding_side="left")
     dev = json.loads((data / "dev.json").read_text(encoding="utf-8"))[:N_PROMPTS]
-    texts = [format_prompt(tokenizer, r["content"], r.get("history"), template=cfg["prompt_template"]) for r in dev]
-    ids = encode_prompts(tokenizer, texts, cfg["prompt_template"])
+    texts = [format_prompt(tokenizer, r["content"], r.get("history"), template=cfg.prompt_template) for r in dev]
+    ids = encode_prompts(tokenizer, texts, cfg.prompt_template)
     adapter = load_run_adapter(out, record)
     kwargs = dict(batch_size=1, max_new_tokens=MAX_NEW, progress=False, cache_implementation=None)
     tuned, _ = generate_batched(adapter.model, tokenizer, ids, **kwargs)
@@ -88,7 +89,7 @@ def test_peft_forward_sees_the_prefix(run):
     from transformers import AutoModelForCausalLM
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out).eval()
-    adapter = load_run_adapter(out, load_run_record(out))
+    adapter = load_run_adapter(out, RunFolder(out).record())
     x = torch.tensor([ids[0]])
     with torch.no_grad():
         theirs = model(input_ids=x, attention_mask=torch.ones_like(x)).logits

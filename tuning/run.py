@@ -1,0 +1,126 @@
+"""The run folder's one owner: its file names, the typed run record, loading and checking a finished run.
+
+    run = RunFolder("runs/grid")
+    record = run.record()          # RunRecord: .config is a TrainConfig, .quantization, .labels, .steps ...
+    record.config.model, record.config.max_source_length
+
+Training writes the record (tuning/train.py: `RunFolder.write_record`); evaluation, chat, classification, the
+server and `tasktune.Assistant` read it only through here. Checkpoints (checkpoints/, fingerprint.json) belong
+to tuning/checkpoint.py and the adapter files to tuning/save.py / tuning/methods.py; their names are listed here
+so that a newcomer sees every file of a run in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasktune.errors import ConfigError
+
+#: What training records about a run (config, fingerprint, environment, results).
+RECORD_FILE = "tasktune_run.json"
+#: The logged losses, one entry per logging step.
+HISTORY_FILE = "train_history.json"
+#: The loss curve.
+LOSS_PLOT = "loss.png"
+#: TensorBoard event files.
+LOGS_DIR = "logs"
+#: `tasktune eval`'s report, metrics and predictions.
+EVAL_DIR = "eval"
+#: PEFT's adapter files at the run folder's root (prefix, prompt, LoRA methods).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: Which method wrote the adapter (every method's save writes it).
+METHOD_FILE = "tasktune_method.json"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run as training recorded it. `config` is the TrainConfig the run trained with."""
+
+    config: Any  # TrainConfig (imported lazily: config.py pulls in the flag machinery)
+    quantization: int | None = None
+    labels: list[str] | None = None
+    steps: int | None = None
+    final_loss: float | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole JSON, for what is not typed here
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> "RunRecord":
+        from tasktune.tuning.config import TrainConfig
+
+        raw_config = data.get("config")
+        if not isinstance(raw_config, dict) or "model" not in raw_config:
+            raise ConfigError(f"{where}: no `config` with the base `model`; not a tasktune run record")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {k: v for k, v in raw_config.items() if k in known}  # keys of other versions are ignored
+        try:
+            config = TrainConfig(**values)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: config: {exc}") from None
+        quant = data.get("quantization")
+        return cls(config=config, quantization=int(quant) if isinstance(quant, (int, str)) and str(quant).isdigit()
+                   else None, labels=data.get("labels"), steps=data.get("steps"), final_loss=data.get("final_loss"),
+                   fingerprint=data.get("fingerprint") or {}, raw=data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.raw, "config": self.config.to_dict()}
+
+
+class RunFolder:
+    """A run folder: where each of its files lives, and its record, loaded and checked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD_FILE
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL_DIR
+
+    def check(self) -> None:
+        """A finished run folder: it exists and holds an adapter (PEFT's files or a method record)."""
+        if not self.path.is_dir():
+            raise ConfigError(f"run folder not found: {self.path}")
+        missing = [name for name in ADAPTER_FILES if not (self.path / name).is_file()]
+        if missing and not (self.path / METHOD_FILE).is_file():
+            raise ConfigError(f"{self.path}: no adapter ({', '.join(missing)} missing). Train first: "
+                              f"`tasktune train --out {self.path}`, or point at a finished run folder.")
+
+    def raw_record(self) -> dict[str, Any]:
+        """The record's JSON as written (for code that passes it on whole)."""
+        path = self.record_path
+        if not path.is_file():
+            raise ConfigError(f"{self.path}: no {RECORD_FILE} — not a finished tasktune run folder "
+                              f"(train one with `tasktune train --out {self.path}`)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc}); re-run `tasktune train` to rewrite it") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return data
+
+    def record(self) -> RunRecord:
+        """The checked, typed record of a finished run."""
+        self.check()
+        return RunRecord.from_dict(self.raw_record(), self.record_path)
+
+    def write_record(self, record: dict[str, Any]) -> Path:
+        from tasktune.files import write_json
+
+        write_json(self.record_path, record)
+        return self.record_path
