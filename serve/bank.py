@@ -53,7 +53,7 @@ def _record(run_dir: Path):
 
 def describe_run(run_dir: str | Path, name: str | None = None):
     """The ServedRun of a run folder (name: the folder's name unless given) and its RunRecord."""
-    from tasktune.tuning.methods import base_source
+    from tasktune.tuning.load import base_source
 
     run_dir = Path(run_dir)
     record = _record(run_dir)

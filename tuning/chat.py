@@ -11,7 +11,7 @@ def load_for_chat(run_dir: str | Path):
     from tasktune.errors import ConfigError
     from tasktune.tuning.eval import load_run_adapter
     from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.methods import base_source
+    from tasktune.tuning.load import base_source
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)

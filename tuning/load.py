@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.run import METHOD_FILE
 
 TASKS = ("causal-lm", "classification")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -189,3 +190,77 @@ def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_sid
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+# -- a run's base: where it is, and loading it as the run was trained -------------------------------------
+
+def base_model_reference(name: str) -> str:
+    """How a saved adapter names its base: a local folder as its absolute path (loading then works from any
+    working directory), anything else (a hub id) as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+_BASE_KEYS = {"adapter_config.json": "base_model_name_or_path", METHOD_FILE: "base_model"}
+
+
+def recorded_base(run_dir) -> tuple[str | None, Path]:
+    """The base model a saved adapter names (adapter_config.json's base_model_name_or_path, else METHOD_FILE's
+    base_model), and the file that names it; None when neither does."""
+    folder = Path(run_dir)
+    for path in (folder / "adapter_config.json", folder / METHOD_FILE):
+        key = _BASE_KEYS[path.name]
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value), path
+    return None, folder / "adapter_config.json"
+
+
+def base_source(given: str, run_dir) -> str:
+    """Where to load a run's base model from: the absolute folder its adapter config names, when it exists;
+    else the name it was trained with (tasktune_run.json config.model: a hub id, or a path from the current
+    directory, used with a warning). A recorded folder that is gone, with no folder under the name given
+    either, is a ConfigError naming both."""
+    import warnings
+
+    given = str(given)
+    recorded, where = recorded_base(run_dir)
+    if recorded is None or not Path(recorded).is_absolute():  # a hub id, or a run saved before absolute paths
+        return given
+    if Path(recorded).is_dir():
+        return recorded
+    here = Path(given).expanduser()
+    if recorded != given and here.is_dir():
+        warnings.warn(f"{run_dir}: the base model folder it was trained on, {recorded}, no longer exists; loading "
+                      f"{here.resolve()} ({given!r}, the name it was trained with, from the current directory)",
+                      stacklevel=2)
+        return given
+    also = "" if recorded == given else f" and {given!r} (the name given to `tasktune train --model`) is no folder " \
+                                        f"from {Path.cwd()} either"
+    raise ConfigError(
+        f"{run_dir}: its base model folder {recorded} (named in {where}) does not exist any more (moved or "
+        f"deleted?){also}; move the model back to {recorded}, or write its new place as "
+        f"\"{_BASE_KEYS[where.name]}\" in {where}"
+    )
+
+
+def load_base(cfg, *, quantization: int | None, labels: list[str] | None = None, device_map=None,
+              model: str | None = None):
+    """The run's frozen base model (causal LM, or a sequence classifier with `labels`) from its TrainConfig;
+    `model`: where to load it from instead of `cfg.model` (a run's `base_source`)."""
+    from tasktune.tuning.load import load_model
+
+    kwargs: dict[str, Any] = {}
+    task = cfg.task
+    if task == "classification":
+        if not labels:
+            raise ConfigError("a classification run needs its label list (none recorded)")
+        kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)},
+                      ignore_mismatched_sizes=True)  # a checkpoint's own head (other label count) is replaced
+    model = load_model(model or cfg.model, quantization_bit=quantization, trust_remote_code=cfg.trust_remote_code,
+                       allow_pickle=cfg.allow_pickle, device_map=device_map, task=task, **kwargs)
+    return model

@@ -1,0 +1,141 @@
+"""The tuning methods behind `--method`: a registry that dispatches, and one `Adapter` interface that
+train/eval/chat use.
+
+Each method belongs to a family per task (ours: the P-tuning v2 prefix of tuning/prefix.py; PEFT: prompt
+tuning, P-tuning, LoRA/QLoRA and, for classification, prefix tuning; plain torch: BitFit, full); a family says
+how it attaches to a freshly loaded base (`attach`) and how a saved one comes back (`load`); both return an
+`Adapter`: the model to call, the trainable parameters, `save()` and `disabled()` (base answers from the same
+loaded model). docs/methods.md compares them.
+
+    adapter.py  the Adapter interface, METHOD_FILE
+    ours.py     P-tuning v2 / prefix (causal LM)
+    peft.py     PEFT's methods
+    weights.py  BitFit and full fine-tuning
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from tasktune.errors import ConfigError
+from tasktune.tuning.load import base_model_reference, base_source, load_base, recorded_base  # noqa: F401
+
+from .adapter import METHOD_FILE, Adapter, folder_bytes, read_method_info  # noqa: F401
+from .ours import PrefixAdapter, attach_prefix, load_prefix
+from .peft import PeftAdapter, attach_peft, load_peft
+from .weights import (BITFIT_FILE, FULL_COPY_LIMIT_BYTES, FULL_FILE, BitFitAdapter, FullAdapter,  # noqa: F401
+                      attach_bitfit, attach_full, load_bitfit, load_full)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family of methods attaches to a base and loads back: (model, cfg, method, task, labels) ->
+    Adapter, and (model, folder, info, is_trainable, reload_base) -> Adapter."""
+
+    attach: Callable[..., Adapter]
+    load: Callable[..., Adapter]
+
+
+FAMILIES: dict[str, Family] = {
+    "ours": Family(lambda model, cfg, method, task, labels: attach_prefix(model, cfg, method),
+                   lambda model, folder, info, trainable, reload_base: load_prefix(model, folder, info, trainable)),
+    "peft": Family(lambda model, cfg, method, task, labels: attach_peft(model, cfg, method, task, labels),
+                   lambda model, folder, info, trainable, reload_base: load_peft(model, folder, info, trainable)),
+    "bitfit": Family(lambda model, cfg, method, task, labels: attach_bitfit(model),
+                     lambda model, folder, info, trainable, reload_base: load_bitfit(model, folder, trainable)),
+    "full": Family(lambda model, cfg, method, task, labels: attach_full(model),
+                   lambda model, folder, info, trainable, reload_base: load_full(model, folder, trainable,
+                                                                               reload_base)),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    backend: str                 # "tasktune" | "peft" | "torch"
+    quantization: str = "any"    # "any": as --quantization-bit says; "4bit": always NF4; "none": never
+    families: dict[str, str] = field(default_factory=dict)  # task -> FAMILIES key; a task not here: unsupported
+
+    @property
+    def classification(self) -> bool:
+        """Usable with --task classification."""
+        return "classification" in self.families
+
+    def family(self, task: str) -> Family:
+        if task not in self.families:
+            raise ConfigError(f"--method {self.name} does not support --task {task}")
+        return FAMILIES[self.families[task]]
+
+
+OURS = {"causal-lm": "ours", "classification": "peft"}
+PEFT = {"causal-lm": "peft", "classification": "peft"}
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    # ours for causal LMs; for classification PEFT's PrefixTuningConfig(SEQ_CLS): our attention-interface prefix
+    # needs decoder attention (k_proj, causal masks), and PEFT also trains and saves the new classifier head
+    Method("ptuning-v2", "P-tuning v2: trained key/value prefix at every layer (ours)", "tasktune",
+           families=OURS),
+    Method("prefix", "prefix tuning: the P-tuning v2 prefix through an MLP re-parametrisation (ours)", "tasktune",
+           families=OURS),
+    Method("prompt", "prompt tuning, soft: random virtual-token embeddings at the input (PEFT)", "peft",
+           families=PEFT),
+    Method("prompt-text", "prompt tuning, hard: virtual tokens start as a text's embeddings (PEFT)", "peft",
+           families=PEFT),
+    Method("p-tuning", "P-tuning: virtual tokens from an MLP prompt encoder, input layer only (PEFT)", "peft",
+           families=PEFT),
+    Method("bitfit", "BitFit: only the bias terms train", "torch", families={"causal-lm": "bitfit"}),
+    Method("lora", "LoRA: low-rank updates of the linear layers (PEFT)", "peft", families=PEFT),
+    Method("qlora", "QLoRA: LoRA on the NF4 4-bit base (PEFT + bitsandbytes)", "peft", quantization="4bit",
+           families=PEFT),
+    Method("full", "full fine-tuning: every weight trains", "torch", quantization="none",
+           families={"causal-lm": "full"}),
+)}
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def resolve_quantization(method: str, task: str, configured: int | None, explicit: str = "auto") -> int | None:
+    """The base's quantization for `method`: qlora is always 4-bit, full never (an explicit 4/8 is an error)."""
+    m = get_method(method)
+    if task == "classification" and not m.classification:
+        raise ConfigError(f"--method {method} does not support --task classification; use ptuning-v2, prefix, "
+                          "prompt, prompt-text, p-tuning, lora or qlora")
+    if m.quantization == "4bit":
+        return 4
+    if m.quantization == "none":
+        if str(explicit) in ("4", "8"):
+            raise ConfigError(f"--method {method} trains every weight and cannot train a {explicit}-bit base; "
+                              "use --quantization-bit none, or --method qlora")
+        return None
+    return configured
+
+
+def attach(model, cfg, *, labels: list[str] | None = None) -> Adapter:
+    """Make `model` (freshly loaded, frozen) trainable per `cfg.method` / `cfg.task`; return its Adapter.
+
+    For --task classification the P-tuning v2/prefix methods use PEFT's PrefixTuningConfig(SEQ_CLS):
+    our attention-interface prefix needs decoder attention (k_proj, causal masks) and cannot reach BERT-like
+    encoders, and PEFT also trains and saves the new classifier head (modules_to_save).
+    """
+    task = getattr(cfg, "task", "causal-lm")
+    resolve_quantization(cfg.method, task, None)  # raises for unsupported method/task pairs
+    return get_method(cfg.method).family(task).attach(model, cfg, cfg.method, task, labels)
+
+
+def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[], nn.Module] | None = None) -> Adapter:
+    """Put the adapter saved in `folder` onto `model`; `reload_base` serves the base pass of big full runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"adapter folder {folder} does not exist")
+    info = read_method_info(folder)
+    task = info.get("task", "causal-lm")
+    family = get_method(info.get("method", "")).family(task)
+    return family.load(model, folder, info, is_trainable, reload_base)

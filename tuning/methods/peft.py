@@ -1,0 +1,123 @@
+"""PEFT's methods: prompt tuning (soft, text), P-tuning, LoRA/QLoRA, and prefix tuning for classification."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+from tasktune.errors import ConfigError
+
+from .adapter import Adapter
+
+
+class PeftAdapter(Adapter):
+    """A `peft.PeftModel`; saved with `save_pretrained`, so `PeftModel.from_pretrained(base, folder)` loads it."""
+
+    def __init__(self, peft_model, method: str, task: str, labels: list[str] | None):
+        super().__init__(peft_model, labels)
+        self.method, self.task = method, task
+        config = peft_model.peft_config[peft_model.active_adapter]
+        # prompt/p-tuning tokens sit in the input and take positions; a prefix takes cache slots (positions too)
+        self.reserved_positions = int(config.num_virtual_tokens or 0) if config.is_prompt_learning else 0
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[nn.Module]:
+        pm = self.model
+        config = pm.peft_config[pm.active_adapter]
+        if not config.is_prompt_learning or hasattr(pm.base_model, "prepare_inputs_for_generation"):
+            with pm.disable_adapter():
+                yield pm
+            return
+        # peft 0.21's disable_adapter() fails for prompt learning on models without
+        # prepare_inputs_for_generation (sequence classifiers): call the base forward, and the
+        # classifier head's original (untrained) copy, ourselves.
+        from peft.utils.other import ModulesToSaveWrapper
+
+        wrappers = [m for m in pm.modules() if isinstance(m, ModulesToSaveWrapper)]
+        pm.forward = pm.base_model.forward
+        for wrapper in wrappers:
+            wrapper.enable_adapters(False)
+        try:
+            yield pm
+        finally:
+            del pm.forward  # back to the class's forward
+            for wrapper in wrappers:
+                wrapper.enable_adapters(True)
+
+    def save_weights(self, folder: Path, base_model: str, extra: dict) -> list[str]:
+        self.model.peft_config[self.model.active_adapter].base_model_name_or_path = base_model
+        self.model.save_pretrained(str(folder))
+        return ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def peft_config(model, cfg, method: str, task: str):
+    from peft import (LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit,
+                      TaskType)
+
+    task_type = TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
+    tokens = cfg.num_virtual_tokens or cfg.pre_seq_len
+    if method in ("ptuning-v2", "prefix"):  # classification only: see attach()
+        projection = cfg.prefix_projection or method == "prefix"
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.pre_seq_len,
+                                  prefix_projection=projection, encoder_hidden_size=cfg.prefix_hidden_size)
+    if method == "prompt":
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=tokens,
+                                  prompt_tuning_init=PromptTuningInit.RANDOM)
+    if method == "prompt-text":
+        if not cfg.prompt_init_text.strip():
+            raise ConfigError("--method prompt-text needs a non-empty --prompt-init-text")
+        from tasktune.tuning.load import load_tokenizer
+
+        # as peft counts it when it initialises: the text through the tokenizer, special tokens included
+        text_tokens = len(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)(
+            cfg.prompt_init_text)["input_ids"])
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens or text_tokens,
+                                  prompt_tuning_init=PromptTuningInit.TEXT,
+                                  prompt_tuning_init_text=cfg.prompt_init_text, tokenizer_name_or_path=cfg.model,
+                                  tokenizer_kwargs={"trust_remote_code": cfg.trust_remote_code})
+    if method == "p-tuning":
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=tokens,
+                                   encoder_hidden_size=cfg.encoder_hidden_size)
+    if method in ("lora", "qlora"):
+        targets = cfg.lora_target_modules.strip()
+        return LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout,
+                          target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+    raise ConfigError(f"--method {method} is not a PEFT method")  # pragma: no cover
+
+
+def attach_peft(model, cfg, method: str, task: str, labels) -> PeftAdapter:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        # QLoRA recipe: norms/embeddings to fp32 for stable training; checkpointing stays as train.py set it
+        # (tuning/memory.py: none/every-K/full; PEFT's True would turn every-K into full)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = peft_config(model, cfg, method, task)
+    if config.peft_type.value == "PREFIX_TUNING":
+        stop_checkpointing(model)
+    peft_model = get_peft_model(model, config)
+    return PeftAdapter(peft_model, method, task, labels)
+
+
+def stop_checkpointing(model) -> None:
+    """PEFT's prefix passes the prefix as a KV cache, which gradient checkpointing cannot recompute with."""
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.gradient_checkpointing = False
+
+
+def load_peft(model, folder: Path, info: dict, is_trainable: bool) -> PeftAdapter:
+    from peft import PeftModel
+
+    if info["method"] in ("ptuning-v2", "prefix"):  # PEFT prefix (classification): see stop_checkpointing
+        stop_checkpointing(model)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        raise ConfigError(f"{folder}: peft could not load this adapter onto the model: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return PeftAdapter(peft_model, info["method"], info.get("task", "causal-lm"), info.get("labels"))
