@@ -9,6 +9,10 @@
 # sweep:   issue #3's tiny bases x P-tuning settings (benchmarks/tiny_sweep.py; CASES=benchmarks/sweeps/basesN.json).
 # ddp2:    on 2 GPUs (nvidia-h200-x2): the ~1B random GLM in 4-bit, 1 GPU vs torchrun on 2 at equal global batch and at
 #          twice the batch, then `tasktune eval` of the 2-GPU adapter (benchmarks/ddp_table.py prints the table).
+# auto23:  issue 23 (one call, ~6 min; carry [".wheelhouse", "data"]): `tasktune train --compile cudagraphs` on the 6B GLM
+#          three times with one compile cache (cold, warm from the entry alone, warm with inductor's local cache too;
+#          the warm runs are `--compile auto`, 12 and 4 steps: graphs only because the cache is warm), their peaks; then train_bench --checkpointing auto,auto:5.5,full eager
+#          against the PEFT recipe at 4 x 64/64 and 4 x 256/256.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -155,4 +159,32 @@ if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3
   timeout ${T_SERVE:-330} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
     /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
     --max-batch-size 64 --decode ${DECODE:-auto} 2>&1 | grep -v "Loading weights" | tee "$OUT/serve6b.log"
+fi
+
+if [ "$phase" = auto23 ]; then  # issue 23: compile cache cold vs warm, --gradient-checkpointing auto (+ --max-memory 5.5)
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
+  export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
+  # `tasktune train` with the CUDA peaks printed at exit (allocated / reserved, GiB)
+  peaks='import atexit, runpy, sys, torch
+atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                              round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
+sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
+  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never"
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
+  # cold: empty caches; warm: the entry's artifacts only (a fresh inductor folder: another machine's view);
+  # warm_local: the entry and inductor's own cache ($TASKTUNE_CACHE/compile/inductor, the default on one machine)
+  for run in "cold cudagraphs 3 /tmp/ind_cold 190" "warm auto 12 /tmp/ind_warm 90" "warm_local auto 4 /tmp/ind_cold 60"; do
+    set -- $run; t=$SECONDS
+    TORCHINDUCTOR_CACHE_DIR=$4 timeout $5 python3 -c "$peaks" train $common --out /tmp/t23/$1 --compile $2 --max-steps $3 2>&1 \
+      | grep -v -E "$bars" | tail -12 | sed "s/^/[$1] /" | tee -a "$OUT/auto23_train.log"
+    echo "[$1] wall $((SECONDS - t)) s" | tee -a "$OUT/auto23_train.log"
+    cp /tmp/t23/$1/train_history.json "$OUT/auto23_$1.history.json" 2>/dev/null
+    python3 -c "import json; r = json.load(open('/tmp/t23/$1/tasktune_run.json')); print('[$1]', r['compile'], r['checkpointing'])" \
+      2>&1 | tee -a "$OUT/auto23_train.log"
+  done
+  ls -la "$TASKTUNE_CACHE"/compile/* 2>&1 | tee -a "$OUT/auto23_train.log"
+  timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/auto23_bench.json" \
+    --methods tasktune,reference --cases 4x64x64,4x256x256 --checkpointing auto,auto:5.5,full --caps "" \
+    --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/auto23_bench.log"
 fi

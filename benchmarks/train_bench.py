@@ -70,24 +70,39 @@ def make_batch(batch: int, src: int, tgt: int, vocab: int, rng: random.Random) -
 
 
 def set_checkpointing(model, mode: str) -> str:
-    """"full" as tuning/train.py does it; "none"; "everyN": only every N-th decoder layer recomputes."""
+    """"full" as tuning/train.py does it; "none"; "everyN" / "every-N": only every N-th decoder layer recomputes
+    (tuning/memory.py's `apply`, what `tasktune train --gradient-checkpointing` does)."""
+    from tasktune.tuning import memory
+
+    if mode.startswith("auto"):  # (the caps search after an auto variant: the leanest)
+        mode = "full"
     if mode == "none":
         if hasattr(model, "activation_checkpointing_disable"):  # transformers >= 5.2x
             model.activation_checkpointing_disable()
         else:
             model.gradient_checkpointing_disable()
         return mode
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if mode.startswith("every"):
-        every = int(mode[5:])
-        layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and hasattr(m, "self_attn")]
-        for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = i % every == 0
+    memory.apply(model, memory.parse_mode(mode))
     return mode
+
+
+def resolve_auto(variant: str, method, batch_size: int, src: int, tgt: int, weights_bytes: int,
+                 compiled: bool) -> tuple[str, dict]:
+    """"auto" / "auto:GIB" (as --gradient-checkpointing auto [--max-memory GIB]) -> the mode tuning/memory.py picks
+    for this case (the model's free-memory budget on CUDA; full on a CPU), and the estimate's figures."""
+    from tasktune.tuning import memory
+
+    max_gib = float(variant.split(":")[1]) if ":" in variant else 0.0
+    if not CUDA:
+        return "full", {}
+    config = method.model.config
+    sizes = memory.Sizes(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                         intermediate=config.intermediate_size, vocab=config.vocab_size, weights_bytes=weights_bytes,
+                         trainable=sum(p.numel() for p in method.params), tokens=batch_size * (src + tgt))
+    budget, source = memory.device_budget(torch.device("cuda", 0), max_gib)
+    choice = memory.choose(sizes, budget, compiled=compiled, source=source)
+    return choice.mode, {"auto_estimate_gib": round(choice.estimate_bytes / GIB, 3),
+                         "auto_budget_gib": round(budget / GIB, 2), "auto_line": choice.describe()}
 
 
 class Method:
@@ -315,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     benchmodel.add_model_arguments(parser)
     parser.add_argument("--cases", default="1x64x64,4x64x64,4x256x256", help="BATCHxSRCxTGT, comma-separated")
     parser.add_argument("--checkpointing", default="full,none,every2",
-                        help="tasktune variants: full (train.py's default), none, everyN")
+                        help="tasktune variants: full, none, everyN, auto (what `tasktune train` picks: "
+                             "tuning/memory.py), auto:GIB (auto under --max-memory GIB)")
     parser.add_argument("--methods", default="tasktune,reference")
     parser.add_argument("--compile", default="off", help="tasktune variants: off, on, cudagraphs (tuning/compiling.py)")
     parser.add_argument("--caps", default="8,24", help="GiB caps for the largest-batch search (GPU only)")
@@ -364,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     if quant is None and CUDA:  # quantized models are placed by load_model; full precision is moved here
         model.to("cuda")
     results["load_seconds"] = round(time.perf_counter() - started, 1)
+    weights_bytes = 0
     if CUDA:
-        results["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
+        weights_bytes = torch.cuda.memory_allocated()
+        results["weights_gib"] = round(weights_bytes / GIB, 3)
     print(f"loaded {args.size} ({n_params / 1e9:.3f}B params, {quant}-bit) in {results['load_seconds']}s; "
           f"weights {results.get('weights_gib')} GiB; bf16 peak {peak and round(peak)} TFLOP/s", flush=True)
     cases = parse_cases(args.cases)
@@ -383,14 +401,26 @@ def main(argv: list[str] | None = None) -> int:
         compiles = args.compile.split(",") if name == "tasktune" else ["off"]
         for comp in compiles:
             for mode in checkpointing:
-                set_checkpointing(model, mode)
-                if comp != "off" or method.compile != "off":  # a new trace for every compiled variant
+                auto = mode.startswith("auto")
+                if not auto:
+                    set_checkpointing(model, mode)
+                if not auto and (comp != "off" or method.compile != "off"):  # a new trace for every compiled variant
                     method.set_compile(comp)
                 variant_rows = []
                 for batch_size, src, tgt in cases:
+                    chosen = {}
                     try:
+                        if auto:  # issue 23: the mode `--gradient-checkpointing auto` picks for this case
+                            picked, chosen = resolve_auto(mode, method, batch_size, src, tgt, weights_bytes,
+                                                          compiled=comp != "off")
+                            set_checkpointing(model, "none")
+                            set_checkpointing(model, picked)
+                            chosen["auto_mode"] = picked
+                            if comp != "off" or method.compile != "off":
+                                method.set_compile(comp)
                         row = measure(method, batch_size, src, tgt, steps=args.steps, warmup=args.warmup,
                                       vocab=vocab, n_params=n_params, peak_tflops=peak)
+                        row.update(chosen)
                     except Exception as exc:  # noqa: BLE001  (an OOM or a library error: record it, go on)
                         error = "OOM" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
                         row = {"method": name, "compile": comp, "batch": batch_size, "src": src, "tgt": tgt,
@@ -454,15 +484,16 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(f"\n== train bench: {args.size} GLM, {n_params / 1e9:.2f}B params, {quant}-bit, P={args.pre_seq_len}, "
           f"{results.get('gpu', 'CPU')}, bf16 peak {peak and round(peak)} TFLOP/s")
-    print_table(results["runs"], ["method", "checkpointing", "compile", "batch", "src", "tgt", "step_s",
+    print_table(results["runs"], ["method", "checkpointing", "auto_mode", "compile", "batch", "src", "tgt", "step_s",
                                   "median_step_s", "tokens_per_s", "first_step_s", "max_allocated_gib",
-                                  "max_reserved_gib", "mfu_pct", "ops_per_step", "error"])
+                                  "max_reserved_gib", "auto_estimate_gib", "mfu_pct", "ops_per_step", "error"])
     ref = {(r["batch"], r["src"], r["tgt"]): r for r in results["runs"]
            if r["method"] == "reference" and "tokens_per_s" in r}
     for r in results["runs"]:
         other = ref.get((r["batch"], r["src"], r["tgt"]))
         if r["method"] == "tasktune" and other and "tokens_per_s" in r:
             ratio = {"case": f"{r['batch']}x{r['src']}/{r['tgt']}", "checkpointing": r["checkpointing"],
+                     "auto_mode": r.get("auto_mode"),
                      "compile": r.get("compile", "off"),
                      "speed_ratio": round(r["tokens_per_s"] / other["tokens_per_s"], 2)}
             if CUDA:

@@ -8,19 +8,42 @@ the model; no graph breaks); "cudagraphs" (mode="reduce-overhead") also replays 
 removes the launch cost and bitsandbytes' per-call Python.
 
 Modes: off; on (inductor); cudagraphs (inductor + CUDA graphs); auto = AUTO_CUDA_MODE on a CUDA GPU for
-AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps, off elsewhere (CPU, or a short run: the
-compile time outweighs any gain). Measured on an H100/H200 (benchmarks/RESULTS.md, `gpu_run.sh compile6b`): a 6B
+AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps or with a warm compile cache entry (below), off
+elsewhere (CPU, multi-process, or a short run without cached graphs: the compile time outweighs any gain). Measured on an H100/H200 (benchmarks/RESULTS.md, `gpu_run.sh compile6b`): a 6B
 4-bit step at batch 4, 64/64, checkpointed, 286 ms eager, 122 ms compiled, 45-47 ms with CUDA graphs; the first
 step takes 85-120 s to compile, and CUDA graphs keep ~0.85 GiB more memory (5.16 vs 4.32 GiB allocated).
 Compiled steps need fixed shapes: `tasktune train` pads every batch to its longest possible row, so the
 model compiles once (the first step takes the compile time: tens of seconds to minutes for a 6B model).
+
+Compile once (issue 23): the compiled graphs (torch.compile's cache artifacts: inductor's generated kernels, the
+AOTAutograd graphs; `torch.compiler.save_cache_artifacts` after the first step, `load_cache_artifacts` before
+the next run's first step) are kept in `$TASKTUNE_CACHE/compile` (default `~/.cache/tasktune/compile`), one
+folder per `cache_key`: a hash of the model's config, the shapes (micro-batch, padded width, prefix length),
+the checkpointing and compile modes, quantization and autocast dtype, the GPU, and the torch / transformers /
+bitsandbytes / tasktune / Python versions; `key.json` beside `artifacts.bin` lists those parts. Invalidation:
+any part changes -> another folder (a cold compile, then saved there; old folders stay until deleted: `rm -rf`
+the cache folder is always safe); an unreadable or mismatched entry -> one warning, compiled afresh and
+rewritten; `--compile-cache off` neither reads nor writes. Even with the artifacts loaded, dynamo re-traces the
+model (seconds), but inductor's code generation and kernel compilation are skipped. Unless TORCHINDUCTOR_CACHE_DIR
+is set, inductor's own (content-keyed) cache goes to `<cache>/compile/inductor` too, instead of /tmp.
+
+`auto` and the cache: a run shorter than AUTO_MIN_STEPS uses graphs too when the cache holds a warm entry for
+exactly its key (someone paid the compile before); a cold one keeps the >= AUTO_MIN_STEPS rule.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from tasktune.errors import ConfigError
+from tasktune.tuning import memory
 
 MODES = ("auto", "off", "on", "cudagraphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
@@ -34,18 +57,23 @@ AUTO_METHODS = ("ptuning-v2", "prefix")
 BACKEND = "inductor"
 
 
+def auto_eligible(*, method: str, task: str, cuda: bool, processes: int) -> bool:
+    """Whether `auto` may compile this run at all (graphs under DDP, processes > 1: not measured)."""
+    return cuda and processes == 1 and method in AUTO_METHODS and task == "causal-lm"
+
+
 def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-lm", cuda: bool | None = None,
-                 steps: int | None = None, processes: int = 1) -> str:
-    """"auto" -> "off"/"on"/"cudagraphs" for this run; checks the name and that cudagraphs has a GPU."""
+                 steps: int | None = None, processes: int = 1, warm: bool = False) -> str:
+    """"auto" -> "off"/"on"/"cudagraphs" for this run; checks the name and that cudagraphs has a GPU.
+    `warm`: the compile cache holds this run's graphs (then a short run compiles too)."""
     import torch
 
     if mode not in MODES:
         raise ConfigError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if mode == "auto":
-        long_run = steps is None or steps >= AUTO_MIN_STEPS
-        # graphs under DDP (processes > 1): not measured
-        ok = cuda and long_run and processes == 1 and method in AUTO_METHODS and task == "causal-lm"
+        long_run = steps is None or steps >= AUTO_MIN_STEPS or warm
+        ok = long_run and auto_eligible(method=method, task=task, cuda=cuda, processes=processes)
         return AUTO_CUDA_MODE if ok else "off"
     if mode == "cudagraphs" and not cuda:
         raise ConfigError("--compile cudagraphs needs a CUDA GPU; use --compile on (or off) on a CPU")
@@ -127,17 +155,239 @@ def fixed_width_collate(collate: Callable[[list], dict], width: int, pad_id: int
     return collate_fixed
 
 
-def prepare(cfg, model, collate, tokenizer, *, processes: int = 1, log=None):
-    """For tuning/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`."""
-    mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps, processes=processes)
+@dataclass
+class Plan:
+    """What a run compiles and checkpoints, decided together before the first step (`plan`)."""
+
+    compile: str  # off, on, cudagraphs
+    checkpointing: memory.Choice
+    cache: "CompileCache | None" = None  # None: off, or --compile-cache off
+
+    def after_step(self) -> None:
+        """Call after each optimizer step (rank 0): the first one has compiled everything, which is saved."""
+        if self.cache is not None:
+            self.cache.save_once()
+
+
+def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, log=None) -> Plan:
+    """The compile mode and checkpointing of a run on `model` (loaded, nothing attached yet).
+
+    Graphs keep more memory per checkpointed layer, so the checkpointing estimate knows whether the step is
+    compiled; and `--compile auto` in a short run compiles only when the cache holds the graphs of exactly this
+    run, whose key includes the checkpointing. So for auto: choose the checkpointing as if compiled, look the
+    key up, and fall back to eager (choosing again) when that entry is cold."""
+    import torch
+
+    cuda = getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_available()
+    tokens = cfg.per_device_train_batch_size * batch_width(cfg)
+
+    def checkpointing(compiled: bool) -> memory.Choice:
+        return memory.resolve(cfg.gradient_checkpointing, model, cfg, device=device, tokens=tokens,
+                              element_bytes=element_bytes, compiled=compiled)
+
+    mode = cfg.compile
+    if mode == "auto" and auto_eligible(method=cfg.method, task=cfg.task, cuda=cuda, processes=processes):
+        choice = checkpointing(True)
+        cache = run_cache(cfg, model, checkpointing=choice.mode, mode=AUTO_CUDA_MODE, element_bytes=element_bytes)
+        mode = resolve_mode("auto", method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
+                            processes=processes, warm=cache is not None and cache.warm())
+        if mode == "off":
+            choice, cache = checkpointing(False), None
+        elif cfg.max_steps < AUTO_MIN_STEPS and log is not None:
+            log(f"compile: auto uses {mode} in this {cfg.max_steps}-step run: the compile cache holds its graphs "
+                f"({cache.folder})")
+    else:
+        mode = resolve_mode(mode, method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
+                            processes=processes)
+        choice = checkpointing(mode != "off")
+        cache = None if mode == "off" else run_cache(cfg, model, checkpointing=choice.mode, mode=mode,
+                                                     element_bytes=element_bytes)
+    if log is not None and choice.estimate_bytes is not None:  # (CPU runs: no estimate, no line)
+        log(choice.describe())
+    return Plan(mode, choice, cache)
+
+
+def prepare(cfg, model, collate, tokenizer, *, processes: int = 1, log=None, plan: Plan | None = None):
+    """For tuning/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`
+    (`plan.compile` when given; its cache, if any, is loaded before anything compiles)."""
+    if plan is None:
+        mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps, processes=processes)
+    else:
+        mode = plan.compile
+    cached = False
+    if plan is not None and plan.cache is not None:
+        # inductor's own on-disk cache (content-keyed, safe to share) beside the entries, not in /tmp: on the same
+        # machine its compiled kernels skip even the reload of the entry's sources
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(plan.cache.root / "inductor"))
+        cached = plan.cache.load()
     forward = compile_model(model, mode)
     if mode != "off":
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         width = batch_width(cfg)
         collate = fixed_width_collate(collate, width, pad_id)
         if log is not None:
-            log(f"compile: {mode}; batches padded to {width} tokens; the first step includes the compile time")
+            first = "the first step loads the cached graphs" if cached else "the first step includes the compile time"
+            log(f"compile: {mode}; batches padded to {width} tokens; {first}")
     return mode, forward, collate
+
+
+# -- the compile cache ------------------------------------------------------------------------------------------
+
+#: config.json keys that name or date a model rather than shape its graphs
+_VOLATILE = ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path", "architectures_path")
+
+
+def cache_root() -> Path:
+    """$TASKTUNE_CACHE/compile, else ~/.cache/tasktune/compile (XDG_CACHE_HOME respected)."""
+    base = os.environ.get("TASKTUNE_CACHE")
+    if base:
+        return Path(base).expanduser() / "compile"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tasktune" / "compile"
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name == "tasktune":  # a source checkout on PYTHONPATH (the GPU machines)
+            import tasktune
+
+            return getattr(tasktune, "__version__", None)
+        return None
+
+
+def model_config_hash(model_config: dict) -> str:
+    """sha256 of a model's config (as `config.to_dict()`), without the keys that only name or date it."""
+    kept = {k: v for k, v in model_config.items() if k not in _VOLATILE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpointing: str, method: str,
+              pre_seq_len: int, quantization, dtype: str, device: str = "", versions: dict | None = None) -> dict:
+    """The parts that decide whether compiled graphs can be reused (all of them must match)."""
+    import torch
+
+    if versions is None:
+        versions = {"torch": torch.__version__, "transformers": _version("transformers"),
+                    "bitsandbytes": _version("bitsandbytes"), "tasktune": _version("tasktune"),
+                    "python": platform.python_version()}
+    return {"model_config_sha256": model_config_hash(model_config), "batch": batch, "width": width,
+            "compile": mode, "checkpointing": checkpointing, "method": method, "pre_seq_len": pre_seq_len,
+            "quantization": quantization, "dtype": dtype, "device": device, "versions": versions}
+
+
+def key_digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+ARTIFACTS = "artifacts.bin"
+KEY_FILE = "key.json"
+
+
+@dataclass
+class CompileCache:
+    """One entry of the compile cache: `root/<digest of parts>/{key.json, artifacts.bin}`."""
+
+    root: Path
+    parts: dict
+    loaded: bool = False
+    saved: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.root / key_digest(self.parts)
+
+    def _problem(self) -> str | None:
+        """None when the entry is warm; "missing" when there is none; else why it cannot be used."""
+        key_file, artifacts = self.folder / KEY_FILE, self.folder / ARTIFACTS
+        if not key_file.exists() and not artifacts.exists():
+            return "missing"
+        try:
+            stored = json.loads(key_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            return f"{key_file} is unreadable ({type(exc).__name__})"
+        if stored != json.loads(json.dumps(self.parts, default=str)):
+            return f"{key_file} does not match this run's key"
+        try:
+            if artifacts.stat().st_size == 0:
+                return f"{artifacts} is empty"
+        except OSError:
+            return f"{artifacts} is missing"
+        return None
+
+    def warm(self) -> bool:
+        """Whether the entry holds graphs for exactly these parts (checked without loading them)."""
+        return self._problem() is None
+
+    def _warn(self, why: str) -> None:
+        warnings.warn(f"compile cache: {why}; compiling afresh (the entry is rewritten after the first step)",
+                      RuntimeWarning, stacklevel=3)
+
+    def load(self) -> bool:
+        """Load the entry's artifacts into torch.compile's caches (before the first compile); True if loaded.
+        A missing entry is quiet; an unusable one gives one warning and is ignored."""
+        import torch
+
+        problem = self._problem()
+        if problem is not None:
+            if problem != "missing":
+                self._warn(problem)
+            return False
+        try:
+            info = torch.compiler.load_cache_artifacts((self.folder / ARTIFACTS).read_bytes())
+        except Exception as exc:  # noqa: BLE001  (a truncated or foreign file: torch's own deserialiser errors)
+            self._warn(f"{self.folder / ARTIFACTS} could not be loaded ({type(exc).__name__}: {exc})"[:300])
+            return False
+        self.loaded = self.saved = info is not None
+        return self.loaded
+
+    def save_once(self) -> bool:
+        """After the first step: write what this process compiled (and loaded) as the entry; once per run, and
+        never over an entry this run loaded. True if written."""
+        if self.saved:
+            return False
+        self.saved = True
+        import torch
+
+        from tasktune.files import write_bytes, write_json
+
+        try:
+            result = torch.compiler.save_cache_artifacts()
+        except Exception as exc:  # noqa: BLE001  (the run goes on; the next one compiles again)
+            warnings.warn(f"compile cache: could not save the compiled graphs ({type(exc).__name__}: {exc})",
+                          RuntimeWarning, stacklevel=2)
+            return False
+        if not result or not result[0]:
+            return False  # nothing compiled that the caches record (e.g. a non-inductor backend)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_bytes(self.folder / ARTIFACTS, result[0])
+            write_json(self.folder / KEY_FILE, self.parts)  # last: key.json present = artifacts complete
+        except OSError as exc:
+            warnings.warn(f"compile cache: could not write {self.folder} ({exc.strerror or exc})", RuntimeWarning,
+                          stacklevel=2)
+            return False
+        return True
+
+
+def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int = 2) -> CompileCache | None:
+    """The cache entry of a compiled run of `cfg` on `model`; None with `--compile-cache off`."""
+    import torch
+
+    if getattr(cfg, "compile_cache", "on") == "off":
+        return None
+    device = ""
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name()} sm{''.join(map(str, torch.cuda.get_device_capability()))}"
+    config = getattr(model, "config", None)
+    parts = cache_key(config.to_dict() if config is not None else {}, batch=cfg.per_device_train_batch_size,
+                      width=batch_width(cfg), mode=mode, checkpointing=checkpointing, method=cfg.method,
+                      pre_seq_len=cfg.pre_seq_len, quantization=cfg.quantization_bit,
+                      dtype="bfloat16" if element_bytes == 2 else "float32", device=device)
+    return CompileCache(cache_root(), parts)
 
 
 def step_begin(mode: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.memory import MODES_HELP
+from tasktune.tuning.memory import parse_mode as parse_checkpointing
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range,
                             check_output_folder)
 
@@ -73,11 +75,20 @@ class TrainConfig:
     )
     trust_remote_code: bool = _opt(False, "allow the model folder's own Python code to run (off by default)")
     allow_pickle: bool = _opt(False, "allow loading .bin/.pt (pickle) weights; safetensors only by default")
-    gradient_checkpointing: bool = _opt(True, "recompute activations in backward to save memory")
+    gradient_checkpointing: str = _opt("auto", "recompute activations in backward to save memory: " + MODES_HELP,
+                                       const="full")
+    max_memory: float = _opt(0.0, "GiB of GPU memory this run may use (a shared card): --gradient-checkpointing "
+                                  "auto fits its estimate under it; 0 = what the GPU has free",
+                             range=Range(float, 0.0, 1e6, note="0 = the GPU's free memory"))
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
-                                "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for "
-                                "prefix methods in runs of >= 1000 steps, else off (tuning/compiling.py)",
+                                "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for prefix methods "
+                                "in runs of >= 1000 steps, or of any length when the compile cache holds this "
+                                "run's graphs, else off (tuning/compiling.py)",
                          choices=("auto", "off", "on", "cudagraphs"))
+    compile_cache: str = _opt("on", "keep compiled graphs in $TASKTUNE_CACHE/compile (default "
+                                    "~/.cache/tasktune/compile), keyed by model, shapes, versions and mode, so a "
+                                    "later run with the same shapes starts in seconds; off = compile afresh",
+                              choices=("on", "off"))
     # data
     prompt_column: str = _opt("content", "record key holding the prompt")
     response_column: str = _opt("summary", "record key holding the answer")
@@ -131,6 +142,7 @@ class TrainConfig:
                 raise ConfigError(f"group_by_length must be one of {', '.join(GROUPINGS)}, "
                                   f"got {self.group_by_length!r}") from None
         self.group_by_length = grouping
+        self.gradient_checkpointing = parse_checkpointing(self.gradient_checkpointing)  # true/false: full/none
 
     @classmethod
     def range_of(cls, name: str) -> Range:
@@ -185,8 +197,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             bound = f.metadata.get("range")
             if bound is not None:
                 help_text = f"{help_text}; {bound.describe()}"
+            extra = {"nargs": "?", "const": f.metadata["const"]} if "const" in f.metadata else {}  # a bare flag
             parser.add_argument(flag, type=bound or kind, default=argparse.SUPPRESS,
-                                choices=f.metadata.get("choices"), help=help_text)
+                                choices=f.metadata.get("choices"), help=help_text, **extra)
 
 
 def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:

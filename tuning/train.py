@@ -156,7 +156,7 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
     from accelerate.utils import gather_object
     from transformers import get_scheduler
 
-    from tasktune.tuning import compiling, methods
+    from tasktune.tuning import compiling, memory, methods
     from tasktune.tuning.load import load_tokenizer
 
     run_dir = Path(cfg.out)
@@ -194,13 +194,11 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers pool at the last non-pad token
     if not quant:
         model.to(accelerator.device)
-    if cfg.gradient_checkpointing:
-        # non-reentrant: the frozen inputs need no grad, the prefix reaches each layer as a kwarg
-        # (transformers >= 5.2x renamed it activation_checkpointing_enable; 5.17 has the old name only)
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # --gradient-checkpointing (tuning/memory.py) and --compile (tuning/compiling.py), chosen together before the
+    # first step: graphs keep more memory, and a warm compile cache lets `--compile auto` use graphs in short runs
+    plan = compiling.plan(cfg, model, device=accelerator.device, processes=world, element_bytes=2 if use_bf16 else 4,
+                          log=log if main else None)
+    memory.apply(model, plan.checkpointing.mode)
     model.config.use_cache = False
     if resume:
         adapter = methods.load(model, resume.path, is_trainable=True)
@@ -217,7 +215,7 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
             f"({100 * n_trainable / n_total:.4f}%)")
     # --compile: torch.compile (and CUDA graphs) for the host-bound step; fixed-width batches (tuning/compiling.py)
     compile_mode, forward, collate = compiling.prepare(cfg, adapter.model, collate, tokenizer, processes=world,
-                                                       log=log if main else None)
+                                                       log=log if main else None, plan=plan)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -242,7 +240,8 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
     record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": n_trainable,
               "total_parameters": n_total, "labels": labels,
               "truncation": truncation.to_dict() if hasattr(truncation, "to_dict") else str(truncation),
-              "environment": environment_info(), "quantization": quant}
+              "environment": environment_info(), "quantization": quant,
+              "checkpointing": plan.checkpointing.to_dict(), "compile": compile_mode}
 
     def save_to(folder: Path) -> None:
         adapter.save(folder, base_model=cfg.model,
@@ -335,6 +334,8 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
+            if main:
+                plan.after_step()  # the first step compiled the graphs: kept in the compile cache
             window.append(loss_value)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 mean_loss, window = sum(window) / len(window), []

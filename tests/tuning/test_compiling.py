@@ -5,6 +5,9 @@ generation): fast on CPU and exact. `fullgraph=True` checks that the prefix path
 The inductor tests (generated kernels) are marked slow. CUDA graphs: tests/gpu/test_gpu_compile.py.
 """
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -17,7 +20,9 @@ from tasktune.tuning.train import fit
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo():
+def _fresh_dynamo(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKTUNE_CACHE", str(tmp_path / "tasktune-cache"))  # never the user's ~/.cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # prepare() would set it otherwise
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -102,6 +107,10 @@ def test_modes_and_auto():
     assert compiling.resolve_mode("auto", cuda=True) == compiling.AUTO_CUDA_MODE == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS) == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS - 1) == "off"
+    # a warm compile cache: graphs pay from the first step, whatever the run's length (not on a CPU, not DDP)
+    assert compiling.resolve_mode("auto", cuda=True, steps=10, warm=True) == "cudagraphs"
+    assert compiling.resolve_mode("auto", cuda=False, steps=10, warm=True) == "off"
+    assert compiling.resolve_mode("auto", cuda=True, steps=10, warm=True, processes=2) == "off"
     assert compiling.resolve_mode("auto", method="lora", cuda=True) == "off"
     assert compiling.resolve_mode("auto", cuda=True, processes=2) == "off"
     assert compiling.resolve_mode("auto", task="classification", cuda=True) == "off"
@@ -132,3 +141,138 @@ def test_batch_width_covers_the_longest_row():
     assert compiling.batch_width(cfg) == 136  # 64 + 64 + eos, rounded up to 8
     cfg.task = "classification"
     assert compiling.batch_width(cfg) == 64
+
+
+# -- the compile cache -------------------------------------------------------------------------------------------
+
+VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "bitsandbytes": "0.50.2", "tasktune": "0.2.0",
+            "python": "3.12.3"}
+KEY = dict(batch=4, width=136, mode="cudagraphs", checkpointing="full", method="ptuning-v2", pre_seq_len=128,
+           quantization="4", dtype="bfloat16", device="NVIDIA H200 sm90", versions=VERSIONS)
+MODEL = {"hidden_size": 4096, "num_hidden_layers": 28, "_name_or_path": "/tmp/glm6b", "transformers_version": "5.17"}
+
+
+def _key(model=MODEL, **change):
+    parts = dict(KEY)
+    parts.update(change)
+    return compiling.cache_key(model, **parts)
+
+
+@pytest.mark.parametrize("change", [
+    {"batch": 16}, {"width": 520}, {"mode": "on"}, {"checkpointing": "every-2"}, {"method": "prefix"},
+    {"pre_seq_len": 64}, {"quantization": "none"}, {"dtype": "float32"}, {"device": "NVIDIA H100 sm90"},
+    {"versions": {**VERSIONS, "torch": "2.13.0"}}, {"versions": {**VERSIONS, "transformers": "5.23.0"}},
+    {"versions": {**VERSIONS, "tasktune": "0.3.0"}}, {"versions": {**VERSIONS, "bitsandbytes": "0.51.0"}},
+])
+def test_every_key_part_makes_a_new_entry(change):
+    assert compiling.key_digest(_key(**change)) != compiling.key_digest(_key())
+
+
+def test_the_model_part_is_its_config_not_its_path():
+    moved = {**MODEL, "_name_or_path": "/elsewhere/glm6b", "transformers_version": "5.23.0"}
+    assert compiling.key_digest(_key(moved)) == compiling.key_digest(_key())
+    wider = {**MODEL, "hidden_size": 2048}
+    assert compiling.key_digest(_key(wider)) != compiling.key_digest(_key())
+
+
+@pytest.fixture
+def fake_artifacts(monkeypatch):
+    """torch.compiler's save/load replaced: what would be saved, and what was loaded."""
+    seen = {"save": b"compiled graphs", "loaded": []}
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (seen["save"], None) if seen["save"] else None)
+
+    def load(data):
+        if data.startswith(b"bad"):
+            raise RuntimeError("truncated")
+        seen["loaded"].append(data)
+        return object()
+
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
+    return seen
+
+
+def test_an_entry_is_saved_once_and_loaded_by_the_next_run(tmp_path, fake_artifacts):
+    first = compiling.CompileCache(tmp_path, _key())
+    assert not first.warm() and first.load() is False  # nothing yet, and no warning
+    assert first.save_once() is True and first.save_once() is False  # once per run
+    assert json.loads((first.folder / "key.json").read_text()) == _key()
+    assert (first.folder / "artifacts.bin").read_bytes() == b"compiled graphs"
+    again = compiling.CompileCache(tmp_path, _key())
+    assert again.warm() and again.load() is True and fake_artifacts["loaded"] == [b"compiled graphs"]
+    assert again.save_once() is False  # a loaded entry is not rewritten
+    assert not compiling.CompileCache(tmp_path, _key(batch=16)).warm()  # other shapes: another (cold) entry
+
+
+def test_nothing_compiled_writes_no_entry(tmp_path, fake_artifacts):
+    fake_artifacts["save"] = b""  # e.g. the aot_eager backend: no inductor artifacts
+    cache = compiling.CompileCache(tmp_path, _key())
+    assert cache.save_once() is False and not cache.folder.exists()
+
+
+@pytest.mark.parametrize("damage, why", [
+    ({"key.json": "{not json"}, "key.json is unreadable"),
+    ({"key.json": json.dumps({"batch": 99})}, "key.json does not match"),
+    ({"artifacts.bin": b""}, "artifacts.bin is empty"),
+    ({"artifacts.bin": b"bad bytes"}, "artifacts.bin could not be loaded (RuntimeError: truncated)"),
+])
+def test_a_corrupt_entry_is_ignored_with_one_warning_and_rewritten(tmp_path, fake_artifacts, damage, why):
+    compiling.CompileCache(tmp_path, _key()).save_once()
+    cache = compiling.CompileCache(tmp_path, _key())
+    for name, content in damage.items():
+        path = cache.folder / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.warns(RuntimeWarning, match="compile cache: .*" + re.escape(why)) as caught:
+        assert cache.load() is False
+    assert len(caught) == 1 and fake_artifacts["loaded"] == []
+    assert cache.save_once() is True  # the first step's graphs replace it
+    assert compiling.CompileCache(tmp_path, _key()).warm()
+
+
+def test_cache_folder_and_off(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("TASKTUNE_CACHE", str(tmp_path / "tt"))
+    assert compiling.cache_root() == tmp_path / "tt" / "compile"
+    monkeypatch.delenv("TASKTUNE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compiling.cache_root() == tmp_path / "xdg" / "tasktune" / "compile"
+    model = load_model(tiny_model_dir("glm"))
+    cfg = fast_config("m", "d", tmp_path / "o", compile="on")
+    entry = compiling.run_cache(cfg, model, checkpointing="full", mode="on")
+    assert entry.parts["width"] == 328 and entry.parts["checkpointing"] == "full"
+    assert entry.parts["versions"]["torch"] == torch.__version__
+    cfg.compile_cache = "off"
+    assert compiling.run_cache(cfg, model, checkpointing="full", mode="on") is None
+
+
+def test_fit_with_compile_on_writes_no_entry_without_inductor(tiny_model_dir, tmp_path, monkeypatch):
+    """aot_eager (the CPU tests' backend) has no artifacts to keep: the run record still says what ran."""
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    data = write_data(tmp_path / "data")
+    result = fit(fast_config(tiny_model_dir("glm"), data, tmp_path / "run", compile="on", max_steps=1,
+                             gradient_checkpointing="every-2"), log=lambda line: None)
+    record = json.loads((result.run_dir / "tasktune_run.json").read_text())
+    assert record["compile"] == "on"
+    assert record["checkpointing"]["mode"] == "every-2" and record["config"]["gradient_checkpointing"] == "every-2"
+    assert not (tmp_path / "tasktune-cache" / "compile").exists()
+
+
+@pytest.mark.slow
+def test_inductor_graphs_come_back_from_the_cache(tmp_path, monkeypatch):
+    """A real round trip (CPU inductor, a tiny module): compile and save; then, with inductor's own on-disk cache
+    emptied (another TORCHINDUCTOR_CACHE_DIR) and dynamo reset, load the entry: the graphs are cache hits."""
+    from torch._dynamo.utils import counters
+
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    x = torch.randn(4, 16)
+
+    def step():
+        torch.compile(module, backend="inductor", dynamic=False)(x).sum().backward()
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-1"))
+    step()
+    assert compiling.CompileCache(tmp_path / "c", _key()).save_once()
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-2"))
+    assert compiling.CompileCache(tmp_path / "c", _key()).load()
+    step()
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 2 and counters["inductor"]["fxgraph_cache_miss"] == 0

@@ -19,7 +19,7 @@ def test_defaults_follow_the_reference_recipe():
     assert (cfg.pre_seq_len, cfg.learning_rate) == (128, 2e-2)
     assert (cfg.max_source_length, cfg.max_target_length) == (64, 64)
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.save_steps) == (4, 16, 500)
-    assert cfg.gradient_checkpointing is True and cfg.trust_remote_code is False
+    assert cfg.gradient_checkpointing == "auto" and cfg.trust_remote_code is False
 
 
 def test_yaml_then_flags_override(tmp_path):
@@ -27,7 +27,7 @@ def test_yaml_then_flags_override(tmp_path):
     yaml_file.write_text("pre_seq_len: 16\nlearning-rate: 0.1\nmax_steps: 7\ngradient_checkpointing: false\n")
     cfg = _parse(["--config", str(yaml_file), "--max-steps", "9"])
     assert cfg.pre_seq_len == 16 and cfg.learning_rate == 0.1 and cfg.max_steps == 9
-    assert cfg.gradient_checkpointing is False
+    assert cfg.gradient_checkpointing == "none"  # the old boolean: false = none
 
 
 def test_bool_flag_without_value_means_true():
