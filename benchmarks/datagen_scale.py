@@ -2,7 +2,9 @@
 
 Usage: python benchmarks/datagen_scale.py [--n 10000 100000 1000000] [--spec templates/grid/spec.yaml]
 Runs each N in a fresh process under `/usr/bin/time -v` (apt-get install time) and prints a table:
-wall seconds, peak RSS, the bytes of peak RSS per record, and the size of the files written.
+wall seconds, peak RSS, the bytes of peak RSS per record, and the size of the files written. An N whose memory
+estimate exceeds half of the machine's memory is refused up front (datagen/budget.py): its row shows the
+refusal, with the time and peak RSS it took to refuse.
 
 The grid spec cannot have 1,000,000 *unique* records (its summary step has ~6,000 texts), so the spec
 is copied with `unique: false` on every step; everything else (noise, split, schema checks, atomic
@@ -52,6 +54,9 @@ def measure(spec: Path, n: int, out: Path, fmt: str) -> dict[str, float]:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "tasktune", "data", str(spec), "--out", str(out),
            "--n", str(n), "--seed", "0", "--quiet", "--format", fmt]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    refusal = re.search(r"error: (--n [\d,]+: generating this set needs about .*)", proc.stderr)
+    if proc.returncode == 2 and refusal:  # refused up front (datagen/budget.py): how fast, with what message
+        return {**parse_time_v(proc.stderr), "refused": refusal.group(1), "bytes_out": 0}
     if proc.returncode != 0:
         raise SystemExit(f"N={n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     result = parse_time_v(proc.stderr)
@@ -73,11 +78,14 @@ def main() -> int:
         for n in args.n:
             out = Path(tmp) / f"out-{n}"
             rows.append((n, measure(spec, n, out, args.format)))
-            shutil.rmtree(out)
+            shutil.rmtree(out, ignore_errors=True)
     print(f"spec {args.spec} (unique: false)  format {args.format}  python {sys.version.split()[0]}")
     print(f"{'records':>10}{'wall s':>9}{'user s':>9}{'peak RSS MiB':>14}{'output MiB':>12}{'RSS B/record':>14}")
     base_n, base = rows[0]
     for n, r in rows:
+        if "refused" in r:
+            print(f"{n:>10,}{r['wall']:>9.1f}{r['user']:>9.1f}{r['rss'] / 2**20:>14.0f}  refused: {r['refused']}")
+            continue
         slope = (r["rss"] - base["rss"]) / (n - base_n) if n > base_n else float("nan")
         print(f"{n:>10,}{r['wall']:>9.1f}{r['user']:>9.1f}{r['rss'] / 2**20:>14.0f}{r['bytes_out'] / 2**20:>12.0f}"
               f"{slope:>14,.0f}")

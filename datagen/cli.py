@@ -62,7 +62,7 @@ def list_specs(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from tasktune.datagen import generate, load_spec, write_splits
+    from tasktune.datagen import budget, generate, load_spec, write_splits
     from tasktune.datagen.stats import format_table
 
     check_output_folder(args.out, "--out")
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         seed = random.SystemRandom().randrange(2**31)
     print(f"tasktune data: spec {args.spec}, seed {seed}", file=sys.stderr)
     n = args.n or spec.n
+    budget.check(n, "--n" if args.n else f"{spec.path}: n")  # before any work: refused when it cannot fit
     with tqdm(total=n, desc="generating", unit="rec", file=sys.stderr, disable=n < 20000 or args.quiet) as bar:
         splits = generate(spec, seed=seed, n=args.n, progress=bar.update)
     paths = write_splits(splits, args.out, args.format, meta=args.meta)

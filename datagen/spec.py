@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tasktune import SCHEMAS
+from tasktune import SCHEMAS, files
 from tasktune.errors import SpecError
 
 SPEC_SCHEMA = SCHEMAS / "spec.schema.json"
@@ -238,13 +238,19 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     return data, (_line_map(node) if node is not None else {})
 
 
+MAX_POOL_BYTES = 256 << 20  # a pool file larger than this is refused, not read into memory
+
+
 def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
     target = (spec_dir / name).resolve()
     if not target.is_relative_to(spec_dir.resolve()):
         raise SpecError(f"{where}: pool file {name!r} lies outside the spec's folder {spec_dir}")
-    try:
-        lines = target.read_text(encoding="utf-8").splitlines()
+    try:  # a regular file only: a FIFO or device could block or never end, and is never opened for reading
+        lines = files.read_small(target, limit=MAX_POOL_BYTES).decode("utf-8-sig").splitlines()  # BOM dropped
     except OSError as exc:
+        if exc.errno == 22:
+            raise SpecError(f"{where}: pool file {target} is not a regular file (a FIFO, socket or device); "
+                            "give a text file, one value a line") from None
         raise SpecError(f"{where}: cannot read pool file {target}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise SpecError(f"{where}: pool file {target} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None

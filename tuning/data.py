@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from tasktune import TEMPLATES
 from tasktune.errors import DataError
+from tasktune.tuning import templating
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +150,6 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
 # ---------------------------------------------------------------- prompts
 
 
-@lru_cache(maxsize=16)
-def _jinja_template(path: str):
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    try:
-        source = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read prompt template ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: prompt template is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
-    return env.from_string(source)
-
-
 def _template_path(template: str) -> Path:
     if template in ("chatglm", "human_assistant"):
         return PROMPT_TEMPLATES / f"{template}.jinja"
@@ -195,15 +180,13 @@ def format_prompt(tokenizer, query: str, history: list | None = None, template: 
     """The prompt text for `query` after `history` ([query, answer] pairs), ready for the answer."""
     history = [list(turn) for turn in (history or [])]
     if _uses_chat_template(tokenizer, template):
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError("prompt template 'chat': the tokenizer has no chat template")
         messages = []
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": query})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return templating.render_chat(tokenizer, messages)  # = apply_chat_template's text, in the spec sandbox
     name = "chatglm" if template == "auto" else template
-    return _jinja_template(str(_template_path(name))).render(query=query, history=history)
+    return templating.render_frame(str(_template_path(name)), query=query, history=history)
 
 
 def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> list[list[int]]:
