@@ -23,7 +23,7 @@ def echo_model(monkeypatch):
     import tasktune.tuning.generate as generate
 
     loads = []
-    cfg = {"model": "stub", "prompt_template": "chatglm", "max_source_length": 64}
+    cfg = SimpleNamespace(model="stub", prompt_template="chatglm", max_source_length=64)  # a TrainConfig's fields
     adapter = SimpleNamespace(reserved_positions=0, model=object(), disabled=lambda: None)
 
     def load(run_dir):
