@@ -11,7 +11,11 @@ SPEC   ?= templates/grid/spec.yaml
 SEED   ?= 42
 N      ?=
 DATA   ?= data/grid
-MODEL  ?= models/tiny-glm
+# The embedded tiny base, shipped built (`tasktune tiny-model --spec grid --seed 42`, docs/tiny-model.md);
+# `make tiny-model` rebuilds it into TINY_OUT, and MODEL=$(TINY_OUT) trains on the rebuilt one.
+SHIPPED_MODEL := templates/demo/tiny-glm
+MODEL  ?= $(SHIPPED_MODEL)
+TINY_OUT ?= models/tiny-glm
 RUN    ?= runs/grid-tiny
 STEPS  ?=
 GPUS   ?= 1
@@ -27,17 +31,17 @@ PORT   ?= 8000
 .PHONY: help install lock test-latest serve test test-slow test-all data tiny-model train eval chat demo compare bench clean
 
 help:
-	@echo "make demo        data -> tiny model -> train -> eval on the embedded default (CPU, minutes)"
+	@echo "make demo        data -> train -> eval on the shipped tiny base, then base vs tuned answers (CPU, minutes)"
 	@echo "make test        install if needed, then run the default test suite"
 	@echo "make serve       tasktune serve $(RUN) on 127.0.0.1:$(PORT) with the simulated grid actions (after make demo)"
 	@echo "make test-slow   the slow tests (long training runs)"
 	@echo "make test-latest the suite on the newest versions inside pyproject's ranges (in $(LATEST)), not the lock"
 	@echo "make lock        rewrite $(LOCK) from what .venv holds (after make test passed)"
 	@echo "make data        tasktune data $(SPEC) --out $(DATA) --seed $(SEED)"
-	@echo "make tiny-model  build $(MODEL) (tokenizer + small GLM, briefly pre-trained on unpaired text)"
+	@echo "make tiny-model  rebuild the shipped tiny base into $(TINY_OUT) (tokenizer + small GLM, pre-trained on unpaired text)"
 	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N: data-parallel, N x the global batch)"
 	@echo "make eval        base vs tuned answers on the dev set, report in $(RUN)/eval/"
-	@echo "variables: SPEC SEED N DATA MODEL RUN STEPS GPUS TRAIN_CONFIG ARGS"
+	@echo "variables: SPEC SEED N DATA MODEL TINY_OUT RUN STEPS GPUS TRAIN_CONFIG ARGS"
 
 install: $(STAMP)
 
@@ -76,7 +80,7 @@ data: install
 	$(TT) data $(SPEC) --out $(DATA) --seed $(SEED) $(if $(N),--n $(N)) $(ARGS)
 
 tiny-model: install
-	$(TT) tiny-model --spec $(SPEC) --out $(MODEL) --seed $(SEED) $(ARGS)
+	$(TT) tiny-model --spec $(SPEC) --out $(TINY_OUT) --seed $(SEED) $(ARGS)
 
 train: install
 ifeq ($(GPUS),1)
@@ -93,9 +97,9 @@ chat: install
 
 demo: install
 	$(MAKE) data
-	$(MAKE) tiny-model
 	$(MAKE) train
 	$(MAKE) eval
+	$(BIN)/python -m tasktune.tuning.report $(RUN)
 
 serve: install
 	$(TT) serve $(RUN) --port $(PORT) --spec $(notdir $(RUN))=$(SPEC) --actions tasktune.serve.actions.grid_sim $(ARGS)
