@@ -70,10 +70,23 @@ def test_resume_from_another_run_is_refused(tiny_model_dir, data, tmp_path):
         fit(fast_config(tiny_model_dir("glm"), data, run, pre_seq_len=8), log=lambda *_: None)
 
 
-def test_non_finite_update_stops_before_any_checkpoint(tiny_model_dir, data, tmp_path):
-    """lr=inf: the loss of step 1 is finite but its update is not; nothing non-finite is saved."""
-    cfg = fast_config(tiny_model_dir("glm"), data, tmp_path / "run", learning_rate=float("inf"), max_grad_norm=0,
-                      save_steps=1)
+def test_non_finite_update_stops_before_any_checkpoint(tiny_model_dir, data, tmp_path, monkeypatch):
+    """The loss of step 1 is finite but its update is not (an optimizer step that writes inf: a learning rate of
+    inf is refused as a flag now); nothing non-finite is saved."""
+    import torch
+
+    real_step = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    cfg = fast_config(tiny_model_dir("glm"), data, tmp_path / "run", max_grad_norm=0, save_steps=1)
     with pytest.raises(TrainingDiverged, match=r"step 1 made the trainable weights non-finite.*none yet"):
         fit(cfg, log=lambda *_: None)
     assert not ckpt.checkpoint_dirs(tmp_path / "run")
