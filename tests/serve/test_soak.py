@@ -74,9 +74,21 @@ def _soak(live_server, serve_runs, n: int, concurrency: int):
     rss = []
     results = []
     for half in (kinds[: n // 2], kinds[n // 2:]):
-        results += asyncio.run(_send_all(live_server, half, prompts, rng, concurrency))
+        results += _in_own_thread(_send_all(live_server, half, prompts, rng, concurrency))
         rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return results, expected, rss
+
+
+def _in_own_thread(coro):
+    """asyncio.run in a thread of its own: another test's library (Playwright's sync API) may leave an event loop
+    running in this one."""
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", asyncio.run(coro)))
+    thread.start()
+    thread.join()
+    return out["value"]
 
 
 async def _send_all(live_server, kinds, prompts, rng, concurrency):
