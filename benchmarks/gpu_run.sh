@@ -25,6 +25,7 @@ use_pysite() {
 }
 [[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 [[ "$phase" =~ ^(caps6b|eval6b|evalcache|compile6b_b|tests)$ ]] || python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m pip freeze > "$OUT/freeze.txt" 2>/dev/null  # the tested set, for locks/gpu.txt
 
 if [ "$phase" = bench6b ]; then
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b 2>&1 | grep -v 'Writing model' | tee "$OUT/build6b.log"
