@@ -9,7 +9,10 @@ file is opened without following a link.
 `sigterm_as_interrupt()`: for the block, the first SIGTERM raises `Terminated` (a KeyboardInterrupt) in the
 main thread, so code that saves its work on Ctrl-C does so on SIGTERM too (what SLURM and Kubernetes send
 before they kill); `tasktune.cli.main` exits 143 (128 + 15) for it. Further SIGTERMs while that save runs are
-ignored; the previous handler comes back when the block ends.
+ignored; the previous handler comes back when the block ends. A raise can be swallowed where Python runs the
+handler inside a finalizer or a library that catches everything ("Exception ignored in ..."); a loop that must
+stop therefore also calls `raise_if_terminated()` at its safe points, which raises `Terminated` once for a
+SIGTERM whose raise never reached it.
 """
 
 from __future__ import annotations
@@ -98,16 +101,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = []
-
     def handler(signum, frame):
-        if fired:
+        if _sigterm["fired"]:
             return  # the save started by the first one is running: let it finish
-        fired.append(signum)
+        _sigterm["fired"] = True
         raise Terminated("terminated by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _sigterm.update(fired=False, delivered=False)
     try:
         yield
+    except Terminated:
+        _sigterm["delivered"] = True
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _sigterm.update(fired=False, delivered=False)
+
+
+# the SIGTERM state of the running `sigterm_as_interrupt` block (one per process: signals are per process)
+_sigterm = {"fired": False, "delivered": False}
+
+
+def raise_if_terminated() -> None:
+    """Raise `Terminated` when a SIGTERM came in this block but its raise was swallowed on the way (see the
+    module's doc); once only, so the save that follows runs undisturbed."""
+    if _sigterm["fired"] and not _sigterm["delivered"]:
+        _sigterm["delivered"] = True
+        raise Terminated("terminated by SIGTERM")

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from tasktune.errors import ConfigError, TaskTuneError
+from tasktune.runlock import raise_if_terminated
 from tasktune.tuning import checkpoint as ckpt
 from tasktune.tuning.config import TrainConfig
 from tasktune.tuning.data import IGNORE_INDEX
@@ -284,6 +285,7 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
             # the RNG as the step begins: a Ctrl-C inside the step saves this, so the resumed run
             # redoes the whole step with the same dropout draws
             step_rng = ckpt.rng_state()
+            raise_if_terminated()  # a SIGTERM whose raise a finalizer swallowed still stops here
             total = torch.zeros((), device=accelerator.device)
             if compile_mode == "cudagraphs":
                 compiling.materialize_grads(params)
