@@ -99,7 +99,7 @@ demo: install
 	$(MAKE) data
 	$(MAKE) train
 	$(MAKE) eval
-	$(BIN)/python -m tasktune.tuning.report $(RUN)
+	$(BIN)/python -m tasktune.tuning.evaluation.report $(RUN)
 
 serve: install
 	$(TT) serve $(RUN) --port $(PORT) --spec $(notdir $(RUN))=$(SPEC) --actions tasktune.serve.actions.grid_sim $(ARGS)

@@ -2,7 +2,7 @@
 
 `build_model_dir(size, out)` writes a GLM-architecture model of one of SIZES (ChatGLM3-6B's dimensions
 for "6b") with random weights, plus a character-level tokenizer whose vocabulary fills the model's, into
-a folder that `tuning.load.load_model` / `load_tokenizer` read. On a GPU the weights are initialised in
+a folder that `tuning.model.load.load_model` / `load_tokenizer` read. On a GPU the weights are initialised in
 bf16 on the device (seconds for 6B); the values do not matter for speed or memory.
 """
 

@@ -1,4 +1,4 @@
-"""Eval generation benchmark (issues #4, #6): batched greedy generation (`tuning.generate.generate_batched`,
+"""Eval generation benchmark (issues #4, #6): batched greedy generation (`tuning.model.generate.generate_batched`,
 the path `tasktune eval` takes) vs the reference recipe's one-prompt-at-a-time `model.generate` loop, on the
 same prompts, model and prefix; checks that both give the same answers and reports the speed-up.
 
@@ -59,7 +59,7 @@ def profile_batched(model, tokenizer, prompts, batch_size: int, kwargs: dict, pa
     """torch.profiler over one batched generation (8 new tokens): where the decode time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.model.generate import generate_batched
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
     with profile(activities=activities) as prof:
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.size, args.pre_seq_len = "tiny", min(args.pre_seq_len, 8)
 
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.load import load_model, load_tokenizer
-    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.load import load_model, load_tokenizer
+    from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
 
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix=f"glm-{args.size}-"))
     benchmodel.build_model_dir(args.size, model_dir)

@@ -4,7 +4,7 @@
 #     && export PYTHONPATH=/tmp/site_g:$PWD; bash benchmarks/gpu_run.sh bench6b|more6b|issue3
 # bench6b: build the random 6.24B GLM, train_bench.py (tasktune vs PEFT reference, caps, profiles), eval_bench.py.
 # issue3:  a ~1B random GLM trained by `tasktune train` in 4-bit, reloaded by `tasktune eval`; then the tests.
-# compile6b: issue #6's step, eager vs torch.compile vs compile + CUDA graphs (tuning/compiling.py), with profiles
+# compile6b: issue #6's step, eager vs torch.compile vs compile + CUDA graphs (tuning/training/compiling.py), with profiles
 #            (one call, ~9 min); tests: pytest tests/tuning tests/gpu (not slow) on the GPU machine.
 # sweep:   issue #3's tiny bases x P-tuning settings (benchmarks/tiny_sweep.py; CASES=benchmarks/sweeps/basesN.json).
 # ddp2:    on 2 GPUs (nvidia-h200-x2): the ~1B random GLM in 4-bit, 1 GPU vs torchrun on 2 at equal global batch and at

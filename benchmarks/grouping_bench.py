@@ -1,6 +1,6 @@
 """CPU step time of `tasktune train` on real data by batch grouping (issue #3): what `--group-by-length step` saves.
 
-Runs `tuning.train.fit` itself for `--steps` optimizer steps per case on a model folder and a data folder and
+Runs `tuning.training.train.fit` itself for `--steps` optimizer steps per case on a model folder and a data folder and
 prints a table: seconds per step (after the first `--skip` steps, which warm up), examples/s and padded tokens per
 step. Cases are GLOBALxMICRO:GROUPING[:full], e.g. 32x8:step = batch 32 per step as 4 micro-batches of 8 re-cut by
 length; a trailing :full computes the LM head over every position (`--answer-logits false`) instead of the answers
@@ -35,7 +35,7 @@ def parse_case(text: str) -> tuple[int, int, str, bool]:
 
 def run_case(model: str, data: str, case: str, steps: int, skip: int, threads: int, source: int) -> dict:
     from tasktune.tuning.config import TrainConfig
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
 
     total, micro, grouping, answer_logits = parse_case(case)
     with tempfile.TemporaryDirectory() as out:

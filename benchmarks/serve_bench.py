@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_tiny_runs(root: Path, count: int) -> list[Path]:
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
     from tests.tuning.conftest import build_tiny_model_dir
     from tests.tuning.runs import fast_config, write_data
 
@@ -47,8 +47,8 @@ def serial_baseline(run: Path, texts: list[str], max_tokens: int) -> float:
     import torch
 
     from tasktune.tuning.data import encode_prompts, format_prompt
-    from tasktune.tuning.eval import load_run_adapter
-    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.model.methods import load_run_adapter
+    from tasktune.tuning.model.load import load_tokenizer
     from tasktune.tuning.run import RunFolder
 
     record = RunFolder(run).record()

@@ -1,7 +1,7 @@
 """Which tiny base (and which P-tuning setting) reaches the grid demo's exact-match target? (issue #3)
 
 Each case builds a tiny GLM (`tuning.tiny.build_tiny_model` with the case's TinyConfig overrides), P-tunes it
-with tasktune's own prefix (`tuning.prefix.attach_prefix`) and `tasktune train`'s data code (records, prompt
+with tasktune's own prefix (`tuning.model.prefix.attach_prefix`) and `tasktune train`'s data code (records, prompt
 frame, cuts, labels, padding) in a plain loop with its recipe (AdamW, linear decay, clip 1.0), and answers the dev
 set greedily at a few step counts, prompts cut as `tasktune eval` cuts them. Cases run in worker processes (one device, or CPU threads), so a
 GPU machine can try many bases in minutes; the CPU figures that count are `tasktune train` + `tasktune eval`.
@@ -69,9 +69,9 @@ def ptune(model_dir: Path, data: Path, opts: dict, device: str, n_dev: int | Non
 
     from tasktune.tuning.data import DataConfig, format_prompt, load_records, make_collator, tokenize_dataset
     from tasktune.tuning.data import DataConfig
-    from tasktune.tuning.eval import load_eval_records
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.evaluation.eval import load_eval_records
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
 
     torch.manual_seed(opts["seed"])
     rng = random.Random(opts["seed"])

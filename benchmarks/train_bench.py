@@ -6,10 +6,10 @@ frozen 4-bit GLM: peak GPU memory, step time, tokens/s, FLOP utilisation, larges
     python benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --cases 4x64x64 --compile off,on,cudagraphs
     python benchmarks/train_bench.py --size narrow28 --cases 4x64x64 --count-ops --caps ""     # ops/step, CPU
 
-The tasktune side runs the project's own path: `tuning.load.load_model` + `tuning.prefix.attach_prefix` and the
-micro-step of `tuning/train.py` (bf16 autocast on GPU, loss.backward, clip, AdamW on the prefix), with the
+The tasktune side runs the project's own path: `tuning.model.load.load_model` + `tuning.model.prefix.attach_prefix` and the
+micro-step of `tuning/training/train.py` (bf16 autocast on GPU, loss.backward, clip, AdamW on the prefix), with the
 non-reentrant gradient checkpointing train.py enables by default ("full"); "none" and "every2" (every other
-layer checkpointed) are variants, each also under `--compile on|cudagraphs` (tuning/compiling.py). The
+layer checkpointed) are variants, each also under `--compile on|cudagraphs` (tuning/training/compiling.py). The
 reference wraps the same loaded model in PEFT's prefix tuning without gradient checkpointing (PEFT refuses it
 with prefix tuning). Synthetic batches: src/tgt tokens, loss on tgt.
 """
@@ -70,9 +70,10 @@ def make_batch(batch: int, src: int, tgt: int, vocab: int, rng: random.Random) -
 
 
 def set_checkpointing(model, mode: str) -> str:
-    """"full" as tuning/train.py does it; "none"; "everyN" / "every-N": only every N-th decoder layer recomputes
-    (tuning/memory.py's `apply`, what `tasktune train --gradient-checkpointing` does)."""
-    from tasktune.tuning import memory
+    """"full" as tuning/training/train.py does it; "none"; "everyN" / "every-N": only every N-th decoder layer recomputes
+    (tuning/training/memory.py's `apply`, what `tasktune train --gradient-checkpointing` does)."""
+    from tasktune.tuning.config import parse_checkpointing
+    from tasktune.tuning.training import memory
 
     if mode.startswith("auto"):  # (the caps search after an auto variant: the leanest)
         mode = "full"
@@ -82,15 +83,15 @@ def set_checkpointing(model, mode: str) -> str:
         else:
             model.gradient_checkpointing_disable()
         return mode
-    memory.apply(model, memory.parse_mode(mode))
+    memory.apply(model, parse_checkpointing(mode))
     return mode
 
 
 def resolve_auto(variant: str, method, batch_size: int, src: int, tgt: int, weights_bytes: int,
                  compiled: bool) -> tuple[str, dict]:
-    """"auto" / "auto:GIB" (as --gradient-checkpointing auto [--max-memory GIB]) -> the mode tuning/memory.py picks
+    """"auto" / "auto:GIB" (as --gradient-checkpointing auto [--max-memory GIB]) -> the mode tuning/training/memory.py picks
     for this case (the model's free-memory budget on CUDA; full on a CPU), and the estimate's figures."""
-    from tasktune.tuning import memory
+    from tasktune.tuning.training import memory
 
     max_gib = float(variant.split(":")[1]) if ":" in variant else 0.0
     if not CUDA:
@@ -108,7 +109,7 @@ def resolve_auto(variant: str, method, batch_size: int, src: int, tgt: int, weig
 class Method:
     """One way of training a prefix on the loaded model: `params`, `model` to call, `close()`.
 
-    `forward` is what a step calls: `model`, or its torch.compile'd version (`compile`: tuning/compiling.py).
+    `forward` is what a step calls: `model`, or its torch.compile'd version (`compile`: tuning/training/compiling.py).
     """
 
     def __init__(self, name, model, params, close):
@@ -116,14 +117,14 @@ class Method:
         self.forward, self.compile = model, "off"
 
     def set_compile(self, mode: str) -> None:
-        from tasktune.tuning import compiling
+        from tasktune.tuning.training import compiling
 
         torch._dynamo.reset()  # drop earlier variants' graphs (and CUDA-graph pools)
         self.forward, self.compile = compiling.compile_model(self.model, mode), mode
 
 
 def attach_tasktune(model, pre_seq_len: int) -> Method:
-    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
 
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=pre_seq_len))
     model.config.use_cache = False
@@ -148,8 +149,8 @@ def attach_reference(model, pre_seq_len: int) -> Method:
 # ------------------------------------------------------------------------------------------ measure
 
 def train_step(method: Method, optimizer, batch: dict) -> float:
-    """One micro-step as tuning/train.py runs it (accumulation 1): autocast, backward, clip, AdamW."""
-    from tasktune.tuning import compiling
+    """One micro-step as tuning/training/train.py runs it (accumulation 1): autocast, backward, clip, AdamW."""
+    from tasktune.tuning.training import compiling
 
     graphs = method.compile == "cudagraphs"
     compiling.step_begin(method.compile)
@@ -189,7 +190,7 @@ def measure(method: Method, batch_size: int, src: int, tgt: int, *, steps: int, 
     sync()
     started = time.perf_counter()
     losses, times = [], []
-    for i in range(steps):  # each step ends with float(loss): a host sync, as in tuning/train.py's log
+    for i in range(steps):  # each step ends with float(loss): a host sync, as in tuning/training/train.py's log
         t0 = time.perf_counter()
         losses.append(train_step(method, optimizer, batches[i % 2]))
         times.append(time.perf_counter() - t0)
@@ -331,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="1x64x64,4x64x64,4x256x256", help="BATCHxSRCxTGT, comma-separated")
     parser.add_argument("--checkpointing", default="full,none,every2",
                         help="tasktune variants: full, none, everyN, auto (what `tasktune train` picks: "
-                             "tuning/memory.py), auto:GIB (auto under --max-memory GIB)")
+                             "tuning/training/memory.py), auto:GIB (auto under --max-memory GIB)")
     parser.add_argument("--methods", default="tasktune,reference")
-    parser.add_argument("--compile", default="off", help="tasktune variants: off, on, cudagraphs (tuning/compiling.py)")
+    parser.add_argument("--compile", default="off", help="tasktune variants: off, on, cudagraphs (tuning/training/compiling.py)")
     parser.add_argument("--caps", default="8,24", help="GiB caps for the largest-batch search (GPU only)")
     parser.add_argument("--cap-case", default="64x64", help="SRCxTGT for the cap search")
     parser.add_argument("--steps", type=int, default=5)
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpointing = "full,none" if args.checkpointing == parser.get_default("checkpointing") \
             else args.checkpointing
 
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix=f"glm-{args.size}-"))
     benchmodel.build_model_dir(args.size, model_dir)

@@ -3,6 +3,9 @@
 Counts per step come from `count`/`share`/an even split of the rest of N; uniqueness is by
 (prompt, answer) text; asking for more unique examples than combinations exist is an error
 when the number is known, a warning when sampling stalls.
+
+Longer than 300 lines because it holds the three expansion modes (independent steps, fixed chains, sampled chains)
+that share one count plan and one uniqueness rule; split apart they would pass that state around.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Nothing is rendered here; `datagen.expand` compiles the templates. Pool files are read here,
 relative to the spec's folder (paths escaping that folder are refused).
+
+Longer than 300 lines because it is the spec's one owner: the typed records, the schema check with its
+file/line/JSON-path locator and the pool reading all build one `TaskSpec`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A P-tuning v2 prefix is a block of keys/values per layer that every request of its task shares (positions of the
 text start at P). The bank computes each run's block once, in the compute dtype, and the engine hands each batch
-row its own block through the prefix attention wrapper of tasktune.tuning.prefix (rows of the base model see
+row its own block through the prefix attention wrapper of tasktune.tuning.model.prefix (rows of the base model see
 none). Only prefix methods (ptuning-v2, prefix) can share a base this way; other methods are refused.
 """
 
@@ -37,7 +37,7 @@ class ServedRun:
 
 def _record(run_dir: Path):
     """The run's RunRecord, refused unless it is a causal-lm run of a prefix method."""
-    from tasktune.tuning.methods import read_method_info
+    from tasktune.tuning.model.methods import read_method_info
     from tasktune.tuning.run import RunFolder
 
     record = RunFolder(run_dir).record()
@@ -53,7 +53,7 @@ def _record(run_dir: Path):
 
 def describe_run(run_dir: str | Path, name: str | None = None):
     """The ServedRun of a run folder (name: the folder's name unless given) and its RunRecord."""
-    from tasktune.tuning.load import base_source
+    from tasktune.tuning.model.load import base_source
 
     run_dir = Path(run_dir)
     record = _record(run_dir)
@@ -110,7 +110,7 @@ class PrefixBank:
 
     def batch(self, names: list[str | None]):
         """The PrefixKV for rows served by `names` (left-padded to the widest prefix, padding columns hidden)."""
-        from tasktune.tuning.prefix import PrefixKV
+        from tasktune.tuning.model.prefix import PrefixKV
 
         if not self.kv or all(n is None for n in names):
             return None
@@ -140,11 +140,10 @@ def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
     """Load the shared base once (as the runs were trained: same quantization) and every run's prefix.
 
     `run_dirs`: (name or None, folder) pairs."""
-    from tasktune.tuning import methods
-    from tasktune.tuning.eval import _device_map
-    from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
-    from tasktune.tuning.save import load_adapter
+    from tasktune.tuning.model import methods
+    from tasktune.tuning.model.load import load_tokenizer
+    from tasktune.tuning.model.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
+    from tasktune.tuning.model.save import load_adapter
 
     if not run_dirs:
         raise ConfigError("give at least one run folder to serve")
@@ -154,7 +153,7 @@ def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
     first, record = runs[0], described[0][1]
     cfg, quant = record.config, record.quantization
     tokenizer = load_tokenizer(first.base_model, trust_remote_code=cfg.trust_remote_code, padding_side="left")
-    model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=_device_map(quant))
+    model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=methods.device_map(quant))
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
     model.eval()

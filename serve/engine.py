@@ -13,6 +13,9 @@ row of a paged cache, while a P-tuning v2 prefix is per row: our attention wrapp
 keys/values, which the paged kernels cannot take, and its API moved between the transformers versions we
 support. The padded dynamic cache used here is what `generate()` itself uses for eval's batches, so greedy
 answers equal eval's (tests/serve/test_engine.py).
+
+Longer than 300 lines because the scheduler (admit, prefill, merge caches, decode, retire) owns one thread and its
+batch state; every step touches the same rows, so it is kept in one class.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ class Engine:
         return self._thread.is_alive()
 
     def _make_slots(self, width: int):
-        from tasktune.tuning.prefix import read_prefix_shape
+        from tasktune.tuning.model.prefix import read_prefix_shape
 
         from .slots import Slots
 

@@ -14,9 +14,9 @@ def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | 
     """A function text -> (None, step label) from a classification run (any served run may take the step)."""
     import torch
 
-    from tasktune.tuning import methods
-    from tasktune.tuning.classify import predict
-    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.model import methods
+    from tasktune.tuning.evaluation.classify import predict
+    from tasktune.tuning.model.load import load_tokenizer
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)

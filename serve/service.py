@@ -6,6 +6,9 @@ The HTTP layer (serve/app.py) only translates; everything the assistant decides 
   classification run trained on the spec's intents, `--router`) or by the spec's route rules, and is framed;
 - tools: an answer of a step with an action becomes `tool_calls`; a `tool` message with the function's result
   is rendered into the result step's frame; with server-side actions (`--actions`) the loop runs here.
+
+Longer than 300 lines because it is the one place where a chat request becomes engine requests: model choice, step
+routing, tool calls and the server-side action loop share the request's state.
 """
 
 from __future__ import annotations

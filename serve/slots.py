@@ -162,7 +162,7 @@ class Slots:
     @torch.inference_mode()
     def _forward(self, rows: int) -> torch.Tensor:
         cache = SlotCache([k[:rows] for k in self.keys], [v[:rows] for v in self.values], self.column)
-        from tasktune.tuning.prefix import ATTENTION_KWARG
+        from tasktune.tuning.model.prefix import ATTENTION_KWARG
 
         out = self.model(input_ids=self.input_ids[:rows], attention_mask=self.visible[:rows],
                          position_ids=self.positions[:rows], past_key_values=cache, use_cache=True, logits_to_keep=1,

@@ -14,13 +14,16 @@ calls out of a step's answer, frame a function's result as the result step's pro
   no matcher (`TaskTools.unmatched` says why); `frame()` still renders it.
 - **tool calls** (`tool_calls`): the answer patterns eval uses (`datagen.answers.build_pattern`, a regex per
   summary case with one named group per argument) are built once per case of the action's step, from a render
-  with placeholder values; an answer that fully matches one (stripped, as `tuning.metrics` does) gives the
+  with placeholder values; an answer that fully matches one (stripped, as `tuning.evaluation.metrics` does) gives the
   arguments, typed back to the slot's values and validated against the action's `parameters`.
 - **result frames** (`result_prompt`): the result's fields (checked against `result_fields`) and the call's
   arguments (by `frame_arguments`) fill the result step's pattern, as the data generator fills it from slots.
 
 Errors a client can cause (an unknown tool or step, a bad function result) are `ToolError` (a `DataError` and a
 `ValueError`; the server answers 400); spec problems are `SpecError`.
+
+Longer than 300 lines because recognising a step's frame, parsing its answer into tool calls and framing a tool
+result all derive regexes from the same compiled spec patterns.
 """
 
 from __future__ import annotations

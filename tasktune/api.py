@@ -39,7 +39,7 @@ def train(config=None, **fields: Any):
     """Train a run as `tasktune train` does. Pass a `TrainConfig`, or its fields as keywords
     (`model=`, `data=`, `out=`, `max_steps=`, ...). Returns the `FitResult`."""
     from tasktune.tuning.config import TrainConfig
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
 
     if config is None:
         config = TrainConfig(**fields)
@@ -53,6 +53,6 @@ def train(config=None, **fields: Any):
 def evaluate(run_dir: str | Path, *, log=print, **options: Any) -> dict[str, Any]:
     """Answer the dev split with the base and the tuned model, write RUN/eval/ and return the metrics
     (`{"base": ..., "tuned": ..., "info": ..., "paths": ...}`). `options`: EvalConfig fields (limit=, split=...)."""
-    from tasktune.tuning.eval import EvalConfig, evaluate as run_eval
+    from tasktune.tuning.evaluation.eval import EvalConfig, evaluate as run_eval
 
     return run_eval(EvalConfig(run_dir=str(run_dir), **options), log=log)

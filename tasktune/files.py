@@ -12,7 +12,7 @@ The one way tasktune writes its output files (data sets, run records, reports, a
   `save_file`, `torch.save`): write to the yielded temporary path inside the `with` block.
 - `atomic=False` (all three writers): write `path` in place (created or truncated), still fsync'ed and with
   the usual mode, for files inside a private staging folder that is itself moved into place as a unit
-  (`tasktune.datagen.fileset`, `tasktune.tuning.save`).
+  (`tasktune.datagen.fileset`, `tasktune.tuning.model.save`).
 - `settle(folder)`: for a folder (or a file) a library wrote (`save_pretrained`, `tempfile.mkdtemp`) before it is moved
   into place: fsyncs its files and gives them and the folders the usual modes (safetensors writes 0600,
   mkdtemp creates 0700).

@@ -104,14 +104,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
 
     fit(config_from_args(args, TrainConfig))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tasktune.tuning.eval import EvalConfig, evaluate
+    from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
 
     evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens))
@@ -119,7 +119,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tasktune.tuning.chat import chat
+    from tasktune.tuning.evaluation.chat import chat
 
     chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history)
     return 0
@@ -127,7 +127,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from tasktune.errors import ConfigError
-    from tasktune.tuning.compare import CompareConfig, compare
+    from tasktune.tuning.evaluation.compare import CompareConfig, compare
 
     check_output_folder(args.out, "--out")
     rates = {}

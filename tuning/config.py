@@ -8,6 +8,7 @@ lr 2e-2, source/target 64/64, batch 4 x accumulation 16, save every 500 steps.
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import types
 import typing
@@ -18,16 +19,14 @@ from typing import Any
 import yaml
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.memory import MODES_HELP
-from tasktune.tuning.memory import parse_mode as parse_checkpointing
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range,
                             check_output_folder)
 
-#: Tuning methods (`--method`); tuning/methods.py holds what each one does, docs/methods.md compares them.
+#: Tuning methods (`--method`); tuning/model/methods/ holds what each one does, docs/methods.md compares them.
 METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
 #: What the model learns to do (`--task`): answer (causal LM) or label a text (sequence classification).
 TASKS = ("causal-lm", "classification")
-#: `--group-by-length`: none, within each optimizer step (exact), or across the epoch (tuning/train.py batch_indices).
+#: `--group-by-length`: none, within each optimizer step (exact), or across the epoch (tuning/training/train.py batch_indices).
 GROUPINGS = ("none", "step", "window")
 
 
@@ -43,6 +42,33 @@ def check_ranges(config: Any) -> None:
         bound = f.metadata.get("range")
         if bound is not None:
             bound.check(f.name, getattr(config, f.name))
+
+
+
+# --gradient-checkpointing's values (training/memory.py plans them)
+MODES_HELP = ("auto = the least checkpointing whose estimated peak fits the GPU's free memory or --max-memory "
+              "(full on a CPU); none; full (every layer); every-K (every K-th decoder layer, K >= 2); "
+              "true/false = full/none (tuning/training/memory.py)")
+EVERY_PATTERN = re.compile(r"every[-_]?(\d+)")
+
+
+def parse_checkpointing(value) -> str:
+    """A `--gradient-checkpointing` value -> "auto", "none", "full" or "every-K" (K >= 2); true/false (the
+    boolean of older configs and run records) -> full/none; ConfigError naming the flag otherwise."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none", "full"):
+        return text
+    if text in ("1", "true", "yes", "on"):
+        return "full"
+    if text in ("0", "false", "no", "off"):
+        return "none"
+    match = EVERY_PATTERN.fullmatch(text)
+    if match:
+        k = int(match.group(1))
+        if k >= 1:
+            return "full" if k == 1 else f"every-{k}"
+    raise ConfigError(f"--gradient-checkpointing: expected auto, none, full, every-K (K >= 2) or true/false, "
+                      f"got {value!r}")
 
 
 @dataclass
@@ -83,7 +109,7 @@ class TrainConfig:
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
                                 "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for prefix methods "
                                 "in runs of >= 1000 steps, or of any length when the compile cache holds this "
-                                "run's graphs, else off (tuning/compiling.py)",
+                                "run's graphs, else off (tuning/training/compiling.py)",
                          choices=("auto", "off", "on", "cudagraphs"))
     compile_cache: str = _opt("on", "keep compiled graphs in $TASKTUNE_CACHE/compile (default "
                                     "~/.cache/tasktune/compile), keyed by model, shapes, versions and mode, so a "

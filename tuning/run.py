@@ -4,16 +4,19 @@
     record = run.record()          # RunRecord: .config is a TrainConfig, .quantization, .labels, .steps ...
     record.config.model, record.config.max_source_length
 
-Training writes the record (tuning/train.py: `RunFolder.write_record`); evaluation, chat, classification, the
+Training writes the record (tuning/training/train.py: `RunFolder.write_record`); evaluation, chat, classification, the
 server and `tasktune.Assistant` read it only through here. Checkpoints (checkpoints/, fingerprint.json) belong
-to tuning/checkpoint.py and the adapter files to tuning/save.py / tuning/methods.py; their names are listed here
-so that a newcomer sees every file of a run in one place.
+to tuning/training/checkpoint.py and the adapter files to tuning/model/save.py / tuning/model/methods/; their names are listed here
+so that a newcomer sees every file of a run in one place. What a run records so it can be reproduced (data
+hashes, versions) is computed here too; files are written with tasktune.files, the one writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,3 +127,51 @@ class RunFolder:
 
         write_json(self.record_path, record)
         return self.record_path
+
+
+# -- what a run records so it can be reproduced ------------------------------------------------------------
+
+DATA_FILES = ("train.json", "dev.json", "train.jsonl", "dev.jsonl")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(data: str | Path) -> dict[str, str]:
+    """sha256 of each data file (a folder's train/dev files, or one file), plus the spec hash if recorded."""
+    data = Path(data)
+    files = [data] if data.is_file() else [data / name for name in DATA_FILES if (data / name).is_file()]
+    out = {p.name: sha256_file(p)[:16] for p in files}
+    stats = (data if data.is_dir() else data.parent) / "stats.json"
+    if stats.is_file():
+        try:
+            spec_hash = json.loads(stats.read_text(encoding="utf-8")).get("spec_sha256")
+        except (ValueError, AttributeError):
+            spec_hash = None
+        if spec_hash:
+            out["spec_sha256"] = str(spec_hash)
+    return out
+
+
+def environment_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "transformers": transformers.__version__}
+    try:
+        import peft
+
+        info["peft"] = peft.__version__
+    except ImportError:
+        pass
+    from tasktune import __version__
+
+    info["tasktune"] = __version__
+    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return info

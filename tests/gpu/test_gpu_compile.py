@@ -1,4 +1,4 @@
-"""--compile on CUDA (tuning/compiling.py): inductor and CUDA graphs give the eager loss and prefix gradient,
+"""--compile on CUDA (tuning/training/compiling.py): inductor and CUDA graphs give the eager loss and prefix gradient,
 also when gradients of several micro-batches accumulate (the CUDA-graph pool would overwrite an adopted grad)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tests.tuning.runs import fast_config, write_data
-from tasktune.tuning import compiling
-from tasktune.tuning.load import load_model, load_tokenizer
-from tasktune.tuning.prefix import PrefixConfig, attach_prefix
-from tasktune.tuning.train import fit
+from tasktune.tuning.training import compiling
+from tasktune.tuning.model.load import load_model, load_tokenizer
+from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.training.train import fit
 
 TEXTS = ["步骤#问候*语音#你好", "因为出现地名为济南", "hello world, the quick brown fox",
          "[人数检测] 应到47人, 实到34人, 有人缺勤"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasktune.tuning.generate import generate_batched
-from tasktune.tuning.load import load_model, load_tokenizer
-from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.model.generate import generate_batched
+from tasktune.tuning.model.load import load_model, load_tokenizer
+from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
 
 PROMPTS = ["步骤#问候*语音#你好", "因为出现地名为济南", "hello world, the quick brown fox",
            "[人数检测] 应到47人, 实到34人, 有人缺勤", "步骤#理解并基于输入拆分函数参数*语音#请尝试查看济南的工地的人数情况"]

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import pytest
 
 from tasktune.cli import main
-from tasktune.tuning import chat as chat_module
+from tasktune.tuning.evaluation import chat as chat_module
 
 
 @pytest.fixture
 def echo_model(monkeypatch):
     """load_for_chat and generation stubbed: the answer to a prompt is `echo:<prompt>`; `boom` raises Ctrl-C."""
     import tasktune.tuning.data as data
-    import tasktune.tuning.generate as generate
+    import tasktune.tuning.model.generate as generate
 
     loads = []
     cfg = SimpleNamespace(model="stub", prompt_template="chatglm", max_source_length=64)  # a TrainConfig's fields

@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from reliability_util import ADAPTER, run_cli, train_argv
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

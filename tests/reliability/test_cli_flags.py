@@ -26,10 +26,10 @@ LONG = settings(max_examples=3000, deadline=None, suppress_health_check=list(Hea
 #: (module, function) each command's handler calls to start its work.
 WORK = {
     "data": [("tasktune.datagen", "generate")],
-    "train": [("tasktune.tuning.train", "fit")],
-    "eval": [("tasktune.tuning.eval", "evaluate")],
-    "chat": [("tasktune.tuning.chat", "chat")],
-    "compare": [("tasktune.tuning.compare", "compare")],
+    "train": [("tasktune.tuning.training.train", "fit")],
+    "eval": [("tasktune.tuning.evaluation.eval", "evaluate")],
+    "chat": [("tasktune.tuning.evaluation.chat", "chat")],
+    "compare": [("tasktune.tuning.evaluation.compare", "compare")],
     "tiny-model": [("tasktune.tuning.tiny", "build_tiny_model")],
 }
 #: The arguments a command needs before a flag can be tried (kept valid).

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reliability_util import prefix, run_cli, train_argv
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 
 class _NanLossAt:

@@ -11,7 +11,7 @@ import pytest
 from tasktune.cli import main
 from tasktune.errors import ConfigError, SpecError
 from tasktune.datagen.spec import parse_spec
-from tasktune.tuning.eval import EvalConfig
+from tasktune.tuning.evaluation.eval import EvalConfig
 
 SPEC = {
     "name": "numbers", "n": 10, "seed": 1,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from reliability_util import assert_same_prefix, run_cli, spawn, train_argv, wait_until
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from reliability_util import ROOT, run_cli, spawn, train_argv, wait_until
 from tasktune import files
 from tasktune.errors import Terminated
 from tasktune.runlock import LOCK_NAME, RunLocked, raise_if_terminated, run_lock, sigterm_as_interrupt
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 HOLD = "import sys, time\nfrom tasktune.runlock import run_lock\nwith run_lock(sys.argv[1]):\n" \
        "    print('held', flush=True)\n    time.sleep(120)\n"

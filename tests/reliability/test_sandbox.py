@@ -240,7 +240,7 @@ def test_custom_code_is_refused_without_trust_remote_code(tiny_glm, train_data, 
 
 
 def test_auto_map_on_a_known_architecture_does_not_run_its_code(tiny_glm, tmp_path):
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     model_dir = _model_with_code(tiny_glm, tmp_path / "evil", known_type=True)
     model = load_model(model_dir)
@@ -251,7 +251,7 @@ def test_auto_map_on_a_known_architecture_does_not_run_its_code(tiny_glm, tmp_pa
 def test_pickle_weights_are_refused_unless_allowed(tiny_glm, train_data, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     model_dir = tmp_path / "pickled"
     shutil.copytree(tiny_glm, model_dir)

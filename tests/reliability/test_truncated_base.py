@@ -9,7 +9,7 @@ import pytest
 
 from reliability_util import run_cli, train_argv
 from tasktune.errors import ConfigError
-from tasktune.tuning.load import load_model
+from tasktune.tuning.model.load import load_model
 
 
 def _cut(path, keep):

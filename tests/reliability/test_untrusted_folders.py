@@ -17,8 +17,8 @@ from reliability_util import run_cli, train_argv
 from tasktune import files
 from tasktune.datagen import fileset
 from tasktune.errors import ConfigError
-from tasktune.tuning import checkpoint as ckpt
-from tasktune.tuning.save import STAGING_PREFIX, sweep_dead_staging
+from tasktune.tuning.training import checkpoint as ckpt
+from tasktune.tuning.model.save import STAGING_PREFIX, sweep_dead_staging
 
 SPEC = "grid"
 

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def serve_runs(tmp_path_factory) -> dict[str, Path]:
     """{"grid": run folder (P=4), "grid2": run folder (P=6)}: same base, same data, different prefixes."""
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
     from tests.tuning.conftest import build_tiny_model_dir
     from tests.tuning.runs import fast_config, write_data
 

@@ -6,7 +6,7 @@ import tasktune
 
 
 def test_assistant_shares_one_base_and_answers_as_eval(serve_runs, serve_prompts, monkeypatch):
-    from tasktune.tuning import load
+    from tasktune.tuning.model import load
     from tasktune.tuning.data import encode_prompts, format_prompt
     from tests.serve.test_engine import eval_answers
 

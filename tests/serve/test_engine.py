@@ -41,9 +41,9 @@ class Collector:
 
 def eval_answers(run_dir, prompt_ids, max_new_tokens):
     """What `tasktune eval` answers: the run loaded its way, generate_batched, tuned and base."""
-    from tasktune.tuning.eval import load_run_adapter
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.load import load_tokenizer
+    from tasktune.tuning.model.methods import load_run_adapter
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.load import load_tokenizer
     from tasktune.tuning.run import RunFolder
 
     record = RunFolder(run_dir).record()

@@ -1,7 +1,7 @@
 """Shared fixtures for tuning tests: tiny random causal LMs (GLM, GLM4, Llama, Qwen2) saved with a tiny tokenizer.
 
 Use the session-scoped factory `tiny_model_dir(arch, pad_token=True)` -> Path of a folder that
-`AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` (and `tuning.load`) read.
+`AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` (and `tuning.model.load`) read.
 Every model has 2 layers and grouped-query attention (4 query heads, 2 key/value heads, head_dim 16).
 """
 

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from tasktune.errors import ConfigError
-from tasktune.tuning import methods
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.train import fit
+from tasktune.tuning.model import methods
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.training.train import fit
 from tests.tuning.runs import fast_config, write_data
 
 

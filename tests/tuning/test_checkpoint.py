@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 
 def _write(run, step, keep=2, fail=False):

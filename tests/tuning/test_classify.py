@@ -7,10 +7,11 @@ import torch
 
 from tasktune.errors import ConfigError, DataError
 from tests.tuning.runs import EXACT
-from tasktune.tuning import classify, methods
+from tasktune.tuning.training import classify_data as classify
+from tasktune.tuning.model import methods
 from tasktune.tuning.config import TrainConfig
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.train import fit
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.training.train import fit
 
 INTENTS = {"人数检测": ["查查{p}的人数", "{p}工地到了多少人", "统计{p}的出勤"],
            "安全检查": ["检查{p}的安全帽", "{p}的安全情况", "{p}有没有安全隐患"],
@@ -104,7 +105,7 @@ def test_methods_without_a_classification_path_are_refused(tiny_bert, intents, t
 
 
 def test_chat_refuses_a_classifier(tiny_bert, intents, tmp_path):
-    from tasktune.tuning.chat import load_for_chat
+    from tasktune.tuning.evaluation.chat import load_for_chat
 
     run = tmp_path / "run"
     fit(_config(tiny_bert, intents, run, max_steps=1), log=lambda *_: None)

@@ -6,7 +6,7 @@ import pytest
 
 from tasktune.errors import ConfigError
 from tests.tuning.runs import write_data
-from tasktune.tuning.compare import CompareConfig, compare, format_markdown, train_config_for
+from tasktune.tuning.evaluation.compare import CompareConfig, compare, format_markdown, train_config_for
 
 
 def test_compare_writes_table_and_chart(tiny_model_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""--compile (tuning/compiling.py): the compiled P-tuning v2 step computes what the eager one does.
+"""--compile (tuning/training/compiling.py): the compiled P-tuning v2 step computes what the eager one does.
 
 Tracing runs with the "aot_eager" backend (dynamo + AOTAutograd, the same graphs inductor would get, no code
 generation): fast on CPU and exact. `fullgraph=True` checks that the prefix path has no graph breaks.
@@ -13,10 +13,10 @@ import torch
 
 from tasktune.errors import ConfigError
 from tests.tuning.runs import fast_config, write_data
-from tasktune.tuning import compiling
-from tasktune.tuning.load import load_model, load_tokenizer
-from tasktune.tuning.prefix import PrefixConfig, attach_prefix
-from tasktune.tuning.train import fit
+from tasktune.tuning.training import compiling
+from tasktune.tuning.model.load import load_model, load_tokenizer
+from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.training.train import fit
 
 
 @pytest.fixture(autouse=True)

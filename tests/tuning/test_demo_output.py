@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from tasktune.tuning.progress import progress_bar
-from tasktune.tuning.report import format_side_by_side, main as report_main
+from tasktune.tuning.evaluation.report import format_side_by_side, main as report_main
 
 
 class Terminal(io.StringIO):
@@ -80,7 +80,7 @@ def test_make_demo_prints_the_side_by_side_of_a_run(tmp_path, capsys):
 
 
 def test_no_bitsandbytes_cpu_kernel_warning_on_import():
-    code = "import tasktune.tuning.methods, tasktune.tuning.save, tasktune.tuning.runinfo, peft"
+    code = "import tasktune.tuning.model.methods, tasktune.tuning.model.save, tasktune.tuning.run, peft"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "gemm_4bit_forward" not in done.stderr, done.stderr

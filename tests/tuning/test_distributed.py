@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from tasktune.errors import ConfigError
 from tests.tuning.runs import fast_config, write_data
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt
 
 
 def _train_args(model, data, out, per_device):
@@ -232,7 +232,7 @@ def test_fsdp_or_deepspeed_launch_is_refused(tmp_path, monkeypatch, var):
     """The loop shards nothing; an FSDP/DeepSpeed config would silently run as plain replication
     (measured: an FSDP2 config on 2 CPU processes gave the DDP losses to the last digit). Refused before
     anything is read: the model and data folders here do not even exist."""
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
 
     monkeypatch.setenv(var, "true")
     with pytest.raises(ConfigError, match="does not shard the base model.*docs/multi-gpu.md"):
@@ -244,10 +244,10 @@ _FSDP2_PROBE = '''
 """2 processes: P-tuning v2 on the frozen base as-is, then on the base sharded by FSDP2; prints both."""
 import json, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from tasktune.tuning import methods
+from tasktune.tuning.model import methods
 from tasktune.tuning.config import TrainConfig
 from tasktune.tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
-from tasktune.tuning.load import load_tokenizer
+from tasktune.tuning.model.load import load_tokenizer
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -6,8 +6,8 @@ import pytest
 
 from tasktune.errors import ConfigError, DataError
 from tests.tuning.runs import fast_config, write_data
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.train import fit
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.training.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,11 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 
 def test_eval_uses_one_model_for_base_and_tuned(trained_run, monkeypatch):
     from tasktune import tuning
-    import tasktune.tuning.load
+    import tasktune.tuning.model.load
 
     loads = []
-    real = tuning.load.load_model
-    monkeypatch.setattr(tuning.load, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = tuning.model.load.load_model
+    monkeypatch.setattr(tuning.model.load, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     out = evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=8, batch_size=4), log=lambda *_: None)
     assert len(loads) == 1
     preds = [json.loads(line) for line in (trained_run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -40,8 +40,8 @@ def test_eval_uses_one_model_for_base_and_tuned(trained_run, monkeypatch):
 def test_base_pass_equals_the_plain_base_model(trained_run, tiny_model_dir):
     """The base answers are what the model gives with no adapter at all."""
     from tasktune.tuning.data import format_prompt
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.load import load_model, load_tokenizer
 
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=8, limit=3), log=lambda *_: None)
     preds = [json.loads(line) for line in (trained_run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -69,8 +69,8 @@ def test_missing_dev_file(trained_run, tmp_path):
 
 
 def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.load import load_model, load_tokenizer
 
     model_dir = tiny_model_dir("glm")
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
@@ -81,12 +81,12 @@ def test_prompts_longer_than_the_context_are_cut(trained_run, tiny_model_dir):
 def test_eval_cuts_prompts_as_training_did(trained_run, monkeypatch):
     """A tuned model never saw more than max_source_length prompt tokens: eval keeps the same last tokens."""
     from tasktune import tuning
-    import tasktune.tuning.generate
+    import tasktune.tuning.model.generate
     from tasktune.tuning.run import RunFolder
 
     seen = []
-    real = tuning.generate.generate_batched
-    monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
+    real = tuning.model.generate.generate_batched
+    monkeypatch.setattr(tuning.model.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=4, limit=2), log=lambda *_: None)
     limit = RunFolder(trained_run).record().config.max_source_length
     assert [k["max_prompt_tokens"] for k in seen] == [limit, limit]  # base pass and tuned pass
@@ -98,11 +98,11 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
     import io
 
     from tasktune import tuning
-    import tasktune.tuning.load
+    import tasktune.tuning.model.load
     from tests.tuning.runs import with_bos_and_chat_template
-    from tasktune.tuning.chat import chat
+    from tasktune.tuning.evaluation.chat import chat
 
-    real_tok = tuning.load.load_tokenizer
+    real_tok = tuning.model.load.load_tokenizer
     prompts = []  # the rows generate_batched pads for model.generate: what the model is fed
 
     def chat_tokenizer(*a, **k):
@@ -116,7 +116,7 @@ def test_eval_and_chat_feed_a_chat_template_prompt_with_one_bos(trained_run, mon
         tok.pad = pad
         return tok
 
-    monkeypatch.setattr(tuning.load, "load_tokenizer", chat_tokenizer)
+    monkeypatch.setattr(tuning.model.load, "load_tokenizer", chat_tokenizer)
     evaluate(EvalConfig(run_dir=str(trained_run), max_new_tokens=2, limit=2), log=lambda *_: None)
     chat(trained_run, max_new_tokens=2, stdin=io.StringIO("你好\n"), stdout=io.StringIO())
     bos = real_tok(json.loads((trained_run / "tasktune_run.json").read_text())["config"]["model"]).bos_token_id
@@ -129,13 +129,13 @@ def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
     import io
 
     from tasktune import tuning
-    import tasktune.tuning.generate
-    from tasktune.tuning.chat import chat
+    import tasktune.tuning.model.generate
+    from tasktune.tuning.evaluation.chat import chat
     from tasktune.tuning.run import RunFolder
 
     seen = []
-    real = tuning.generate.generate_batched
-    monkeypatch.setattr(tuning.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
+    real = tuning.model.generate.generate_batched
+    monkeypatch.setattr(tuning.model.generate, "generate_batched", lambda *a, **k: seen.append(k) or real(*a, **k))
     turns = chat(trained_run, max_new_tokens=4, stdin=io.StringIO("你好\n你是谁\n"), stdout=io.StringIO())
     limit = RunFolder(trained_run).record().config.max_source_length
     assert len(turns) == 2 and [k["max_prompt_tokens"] for k in seen] == [limit, limit]
@@ -144,8 +144,8 @@ def test_chat_cuts_its_growing_prompt_as_training_did(trained_run, monkeypatch):
 def test_max_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
     import torch
 
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning.load import load_model, load_tokenizer
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model.load import load_model, load_tokenizer
 
     model_dir = tiny_model_dir("glm")
     model, tok = load_model(model_dir), load_tokenizer(model_dir)

@@ -1,4 +1,4 @@
-"""Tests for tuning/load.py: base model and tokenizer loading, quantization modes, clear errors."""
+"""Tests for tuning/model/load.py: base model and tokenizer loading, quantization modes, clear errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.load import load_model, load_tokenizer
-from tasktune.tuning.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.model.load import load_model, load_tokenizer
+from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
 
 
 def test_loads_frozen_model_in_eval_mode(tiny_model_dir):

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from tasktune.tuning.data import format_prompt
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.load import load_tokenizer
-from tasktune.tuning.train import fit
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.model.load import load_tokenizer
+from tasktune.tuning.training.train import fit
 from tests.tuning.runs import fast_config, write_data
 
 

@@ -1,4 +1,4 @@
-"""--gradient-checkpointing auto|none|full|every-K and --max-memory (tuning/memory.py): the estimate against the
+"""--gradient-checkpointing auto|none|full|every-K and --max-memory (tuning/training/memory.py): the estimate against the
 6B figures it was fitted to, the choice for a budget, the flag's old boolean values, applying a mode."""
 
 import argparse
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tasktune.tuning import memory
-from tasktune.tuning.config import TrainConfig, add_config_arguments, config_from_args
-from tasktune.tuning.load import load_model
+from tasktune.tuning.training import memory
+from tasktune.tuning.config import TrainConfig, add_config_arguments, config_from_args, parse_checkpointing
+from tasktune.tuning.model.load import load_model
 
 GIB = 2 ** 30
 
@@ -86,7 +86,7 @@ def test_max_memory_below_full_checkpointing_is_an_error():
     ("Every-1", "full"), (True, "full"), (False, "none"), ("true", "full"), ("false", "none"), ("yes", "full"),
 ])
 def test_modes_and_the_old_booleans(value, mode):
-    assert memory.parse_mode(value) == mode
+    assert parse_checkpointing(value) == mode
     assert TrainConfig(gradient_checkpointing=value).gradient_checkpointing == mode
 
 

@@ -1,4 +1,4 @@
-"""Every --method trains, saves, reloads and evaluates through the one Adapter interface (tuning/methods.py)."""
+"""Every --method trains, saves, reloads and evaluates through the one Adapter interface (tuning/model/methods/)."""
 
 import json
 
@@ -7,10 +7,10 @@ import torch
 
 from tasktune.errors import ConfigError
 from tests.tuning.runs import fast_config, write_data
-from tasktune.tuning import methods
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.load import load_model, load_tokenizer
-from tasktune.tuning.train import fit
+from tasktune.tuning.model import methods
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.model.load import load_model, load_tokenizer
+from tasktune.tuning.training.train import fit
 
 FAST = ["ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "full"]
 PEFT_FORMAT = {"prompt": "PROMPT_TUNING", "prompt-text": "PROMPT_TUNING", "p-tuning": "P_TUNING", "lora": "LORA",
@@ -142,7 +142,7 @@ def test_peft_prompt_learning_models_stay_on_the_dynamic_cache(tiny_model_dir):
     # on CUDA, "auto" picks the static cache except for PEFT prompt learning (its generation fails with it)
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
-    from tasktune.tuning.generate import choose_cache, peft_prompt_learning
+    from tasktune.tuning.model.generate import choose_cache, peft_prompt_learning
 
     folder = tiny_model_dir("qwen2")
     prompt = get_peft_model(load_model(folder), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))

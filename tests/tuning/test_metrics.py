@@ -1,4 +1,4 @@
-"""Tests for tuning/metrics.py: every figure is computed by hand in the comments."""
+"""Tests for tuning/evaluation/metrics.py: every figure is computed by hand in the comments."""
 
 import math
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tasktune.tuning.metrics import (
+from tasktune.tuning.evaluation.metrics import (
     accuracy,
     aggregate_arguments,
     argument_accuracy,
@@ -86,7 +86,7 @@ def test_jieba_prints_nothing(tmp_path):
     # A fresh interpreter: jieba's "Building prefix dict ..." chatter comes on first load only. An empty bytecode
     # cache makes Python compile jieba and rouge_chinese as a first import does: on Python 3.12+ their invalid
     # escapes print SyntaxWarnings then (3.11 keeps its DeprecationWarnings silent by default).
-    code = "from tuning.metrics import rouge_scores; print(rouge_scores('检查济南工地的人数', '济南工地')['rouge-1'])"
+    code = "from tuning.evaluation.metrics import rouge_scores; print(rouge_scores('检查济南工地的人数', '济南工地')['rouge-1'])"
     done = subprocess.run([sys.executable, "-X", f"pycache_prefix={tmp_path}", "-c", code],
                           capture_output=True, text=True, check=True)
     assert done.stderr == ""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasktune.tuning.eval import EvalConfig, evaluate
-from tasktune.tuning.train import fit
+from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
+from tasktune.tuning.training.train import fit
 from tests.tuning.runs import fast_config
 
 UMASK = 0o027  # not the usual 022, so a hard-coded 0644 would show

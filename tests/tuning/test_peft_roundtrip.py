@@ -14,11 +14,11 @@ import torch
 import transformers
 
 from tasktune.tuning.data import encode_prompts, format_prompt
-from tasktune.tuning.eval import load_run_adapter
-from tasktune.tuning.generate import generate_batched
-from tasktune.tuning.load import load_tokenizer
+from tasktune.tuning.model.methods import load_run_adapter
+from tasktune.tuning.model.generate import generate_batched
+from tasktune.tuning.model.load import load_tokenizer
 from tasktune.tuning.run import RunFolder
-from tasktune.tuning.train import fit
+from tasktune.tuning.training.train import fit
 from tests.tuning.runs import fast_config, write_data
 
 MAX_NEW = 12
@@ -37,7 +37,7 @@ roundtrip = pytest.mark.xfail(
     PEFT_GENERATE_BROKEN, strict=True,
     reason=f"transformers {transformers.__version__} + peft {peft.__version__}: PeftModel.generate with a "
            "PREFIX_TUNING adapter drops the prefix (past_key_values ignored) and answers as the base model; "
-           "load runs with tasktune's loader (tasktune.Assistant / tuning.eval.load_run_adapter) instead. "
+           "load runs with tasktune's loader (tasktune.Assistant / tuning.model.methods.load_run_adapter) instead. "
            "Reproduction: docs/compatibility.md")
 
 

@@ -1,4 +1,4 @@
-"""Tests for tuning/prefix.py: the prefix reaches every layer, trains alone, and survives checkpointing,
+"""Tests for tuning/model/prefix.py: the prefix reaches every layer, trains alone, and survives checkpointing,
 4-bit bases, padding, caching and generate()."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.prefix import PrefixConfig, PrefixEncoder, PrefixShape, attach_prefix, read_prefix_shape
+from tasktune.tuning.model.prefix import PrefixConfig, PrefixEncoder, PrefixShape, attach_prefix, read_prefix_shape
 
 P = 4
 
@@ -215,7 +215,7 @@ def test_rejects_attention_it_cannot_wrap(tiny_model_dir):
 
 def test_four_bit_base_forward_backward_generate(tiny_model_dir):
     pytest.importorskip("bitsandbytes")
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     model = load_model(tiny_model_dir("qwen2"), quantization_bit=4)
     assert type(model.model.layers[0].self_attn.k_proj).__name__ == "Linear4bit"
@@ -241,7 +241,7 @@ def test_on_gpu_bf16_and_4bit(tiny_model_dir, bits):
         pytest.skip("needs a CUDA GPU")
     if bits:
         pytest.importorskip("bitsandbytes")
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     model = load_model(tiny_model_dir("glm"), quantization_bit=bits, dtype="bfloat16", device_map={"": 0})
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=P))

@@ -1,12 +1,12 @@
-"""Tests for tuning/report.py: the files exist, agree with metrics.json, and escape answers."""
+"""Tests for tuning/evaluation/report.py: the files exist, agree with metrics.json, and escape answers."""
 
 import json
 import re
 
 import pytest
 
-from tasktune.tuning.metrics import compute_metrics
-from tasktune.tuning.report import format_metric_table, write_report
+from tasktune.tuning.evaluation.metrics import compute_metrics
+from tasktune.tuning.evaluation.report import format_metric_table, write_report
 
 PATTERN = (
     "^因为出现地名为(?P<place>.+?), 所以函数一参数为(?P=place); "

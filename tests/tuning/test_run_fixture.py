@@ -33,7 +33,7 @@ def test_an_old_run_folder_evaluates(old_run):
 
 
 def test_an_old_run_folder_resumes_from_its_last_checkpoint(old_run):
-    from tasktune.tuning.train import fit
+    from tasktune.tuning.training.train import fit
     from tests.tuning.runs import fast_config
 
     result = fit(fast_config("model", "data", "run", max_steps=6, save_steps=2, pre_seq_len=4), log=lambda *_: None)

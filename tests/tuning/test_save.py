@@ -1,4 +1,4 @@
-"""Tests for tuning/save.py: PEFT-format round trips, clear errors, atomic saves."""
+"""Tests for tuning/model/save.py: PEFT-format round trips, clear errors, atomic saves."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tasktune.errors import ConfigError
-from tasktune.tuning import save as save_module
-from tasktune.tuning.prefix import PrefixConfig, attach_prefix
-from tasktune.tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from tasktune.tuning.model import save as save_module
+from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
+from tasktune.tuning.model.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 
 P = 4
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from tasktune.errors import ConfigError, DataError
 from tests.tuning.runs import EXACT, PLACES, fast_config, write_data
-from tasktune.tuning import checkpoint as ckpt
-from tasktune.tuning.train import TrainingDiverged, batch_indices, fit, step_micro_batches
+from tasktune.tuning.training import checkpoint as ckpt
+from tasktune.tuning.training.train import TrainingDiverged, batch_indices, fit, step_micro_batches
 
 
 @pytest.fixture
@@ -195,9 +195,9 @@ def test_step_grouping_keeps_the_update_for_peft_methods(tiny_model_dir, tmp_pat
 def test_answer_loss_equals_the_full_logits_loss(tiny_model_dir, tmp_path, arch):
     """The LM head on the answer positions only gives the loss (and gradient) of the full-vocabulary logits."""
     from tasktune.tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
-    from tasktune.tuning.load import load_model, load_tokenizer
-    from tasktune.tuning.prefix import PrefixConfig, attach_prefix
-    from tasktune.tuning.train import answer_loss
+    from tasktune.tuning.model.load import load_model, load_tokenizer
+    from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix
+    from tasktune.tuning.training.train import answer_loss
 
     folder, data = tiny_model_dir(arch), _uneven_data(tmp_path / "data")
     tokenizer = load_tokenizer(folder, padding_side="right")
@@ -224,7 +224,7 @@ def test_answer_loss_equals_the_full_logits_loss(tiny_model_dir, tmp_path, arch)
 @pytest.mark.parametrize("answer_logits", [True, False])
 def test_fit_takes_the_answer_position_loss_unless_told_not_to(tiny_model_dir, data, tmp_path, monkeypatch,
                                                                answer_logits):
-    from tasktune.tuning import train
+    from tasktune.tuning.training import train
 
     calls = []
     real = train.answer_loss

@@ -1,6 +1,6 @@
 """`tasktune compare`: every tuning method on the same data and step budget -> compare.md + compare.png.
 
-Each method trains and evaluates in its own subprocess (`python -m tuning.compare --worker`), so its peak
+Each method trains and evaluates in its own subprocess (`python -m tuning.evaluation.compare --worker`), so its peak
 memory is its own: peak RSS from `resource.getrusage` on CPU (torch allocates outside tracemalloc's
 view), `torch.cuda.max_memory_allocated` on a GPU. A method that fails is reported, not fatal.
 """
@@ -79,11 +79,11 @@ def run_worker(spec_path: Path, result_path: Path) -> None:
     try:
         import torch
 
-        from tasktune.tuning import methods
+        from tasktune.tuning.model import methods
         from tasktune.tuning.config import TrainConfig
-        from tasktune.tuning.eval import EvalConfig, evaluate
+        from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
         from tasktune.tuning.run import RunFolder
-        from tasktune.tuning.train import fit
+        from tasktune.tuning.training.train import fit
 
         baseline = _peak_rss_mib()
         cuda = torch.cuda.is_available()
@@ -136,7 +136,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
         result_path.unlink(missing_ok=True)
         log(f"[{i}/{len(cfg.methods)}] {method}: {cfg.steps} steps ...")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "tasktune.tuning.compare", "--worker", str(spec_path), str(result_path)],
+        proc = subprocess.run([sys.executable, "-m", "tasktune.tuning.evaluation.compare", "--worker", str(spec_path), str(result_path)],
                               capture_output=True, text=True)
         if result_path.is_file():
             result = json.loads(result_path.read_text(encoding="utf-8"))
@@ -148,7 +148,8 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
         log(f"    {_one_line(result)}")
         spec_path.unlink(missing_ok=True)
         result_path.unlink(missing_ok=True)
-    from tasktune.tuning.runinfo import environment_info, write_json_atomic
+    from tasktune.files import write_json as write_json_atomic
+    from tasktune.tuning.run import environment_info
 
     summary = {"config": asdict(cfg), "environment": environment_info(), "results": results}
     write_json_atomic(out / "compare.json", summary)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 3 and argv[0] == "--worker":
         run_worker(Path(argv[1]), Path(argv[2]))
         return 0
-    print("usage: python -m tuning.compare --worker SPEC.json RESULT.json  (use `tasktune compare`)", file=sys.stderr)
+    print("usage: python -m tuning.evaluation.compare --worker SPEC.json RESULT.json  (use `tasktune compare`)", file=sys.stderr)
     return 2
 
 

@@ -1,7 +1,10 @@
 """Write the eval report of a run: report.md, report.html, metrics.json and predictions.jsonl.
 
-Numbers come from `tuning.metrics.compute_metrics`; the tables show them exactly as metrics.json
+Numbers come from `tuning.evaluation.metrics.compute_metrics`; the tables show them exactly as metrics.json
 holds them (4 decimals). Templates live in templates/report/ and render in a Jinja sandbox.
+
+Longer than 300 lines because the report is written in four formats (md, html, json, jsonl) from one set of rows,
+and the side-by-side picker shares those rows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from tasktune import TEMPLATES
 from tasktune import files as atomic
-from tasktune.tuning.metrics import argument_accuracy, exact_match, step_of
+from tasktune.tuning.evaluation.metrics import argument_accuracy, exact_match, step_of
 
 REPORT_TEMPLATES = TEMPLATES / "report"
 FILE_NAMES = {
@@ -342,11 +345,11 @@ def format_side_by_side(rows: Sequence[Mapping[str, Any]], per_step: int = 1) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tasktune.tuning.report RUN [N]`: print N answers per step (default 1) of RUN/eval, base vs tuned
+    """`python -m tasktune.tuning.evaluation.report RUN [N]`: print N answers per step (default 1) of RUN/eval, base vs tuned
     (the end of `make demo`)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tasktune.tuning.report", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tasktune.tuning.evaluation.report", description=main.__doc__)
     parser.add_argument("run_dir", type=Path, help="a run folder after `tasktune eval`")
     parser.add_argument("per_step", type=int, nargs="?", default=1, help="answers shown per step (default: 1)")
     args = parser.parse_args(argv)

@@ -29,6 +29,9 @@ is set, inductor's own (content-keyed) cache goes to `<cache>/compile/inductor` 
 
 `auto` and the cache: a run shorter than AUTO_MIN_STEPS uses graphs too when the cache holds a warm entry for
 exactly its key (someone paid the compile before); a cold one keeps the >= AUTO_MIN_STEPS rule.
+
+Longer than 300 lines because compiling the step, its CUDA-graph plan and the persistent compile cache (key,
+invalidation) are one decision made once per run; the measurements behind each rule are quoted next to it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasktune.errors import ConfigError
-from tasktune.tuning import memory
+from tasktune.tuning.training import memory
 
 MODES = ("auto", "off", "on", "cudagraphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
@@ -208,7 +211,7 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, log=
 
 
 def prepare(cfg, model, collate, tokenizer, *, processes: int = 1, log=None, plan: Plan | None = None):
-    """For tuning/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`
+    """For tuning/training/train.py: (mode, the callable to run as the model, the collator to use) for `cfg.compile`
     (`plan.compile` when given; its cache, if any, is loaded before anything compiles)."""
     if plan is None:
         mode = resolve_mode(cfg.compile, method=cfg.method, task=cfg.task, steps=cfg.max_steps, processes=processes)

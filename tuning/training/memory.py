@@ -29,7 +29,6 @@ Methods that keep more per layer than a prefix (LoRA saves each adapted linear's
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from tasktune.errors import ConfigError
@@ -48,31 +47,6 @@ COMPILED_EXTRA = 0.37
 OPTIMIZER_BYTES = 16
 #: auto needs the estimate to stay this far below the budget (the estimate's error on the measured cases: <= 4 %)
 HEADROOM = 0.01
-MODES_HELP = ("auto = the least checkpointing whose estimated peak fits the GPU's free memory or --max-memory "
-              "(full on a CPU); none; full (every layer); every-K (every K-th decoder layer, K >= 2); "
-              "true/false = full/none (tuning/memory.py)")
-_EVERY = re.compile(r"every[-_]?(\d+)")
-
-
-def parse_mode(value) -> str:
-    """A `--gradient-checkpointing` value -> "auto", "none", "full" or "every-K" (K >= 2); true/false (the
-    boolean of older configs and run records) -> full/none; ConfigError naming the flag otherwise."""
-    text = str(value).strip().lower()
-    if text in ("auto", "none", "full"):
-        return text
-    if text in ("1", "true", "yes", "on"):
-        return "full"
-    if text in ("0", "false", "no", "off"):
-        return "none"
-    match = _EVERY.fullmatch(text)
-    if match:
-        k = int(match.group(1))
-        if k >= 1:
-            return "full" if k == 1 else f"every-{k}"
-    raise ConfigError(f"--gradient-checkpointing: expected auto, none, full, every-K (K >= 2) or true/false, "
-                      f"got {value!r}")
-
-
 def checkpointed_layers(mode: str, layers: int) -> int:
     """How many of `layers` decoder layers `mode` ("none", "full", "every-K") checkpoints (layer i when i % K == 0)."""
     if mode == "none":

@@ -13,7 +13,7 @@ from torch import nn
 from tasktune import __version__
 from tasktune import files as atomic
 from tasktune.errors import ConfigError
-from tasktune.tuning.load import base_model_reference
+from tasktune.tuning.model.load import base_model_reference
 from tasktune.tuning.run import METHOD_FILE  # written by every method's save(): method, task, labels, base
 
 

@@ -1,12 +1,15 @@
 """The training loop: frozen base + a tuning method's trainable parameters, accumulation, checkpoints, resume.
 
-Every method (tuning/methods.py: P-tuning v2, prefix, prompt, P-tuning, BitFit, LoRA, QLoRA, full) comes
+Every method (tuning/model/methods/: P-tuning v2, prefix, prompt, P-tuning, BitFit, LoRA, QLoRA, full) comes
 through one `Adapter`, so the loop has no per-method branches.
 
 Order of one optimizer step (as nanoGPT's loop reads): set lr -> accumulate micro-batches ->
 all-reduce prefix grads (multi-GPU) -> clip -> step -> zero_grad -> log -> checkpoint -> stop.
 Data order is a pure function of (seed, epoch), so a resumed run sees the same batches as an
 uninterrupted one; RNG and optimizer state come back from the checkpoint.
+
+Longer than 300 lines because the loop itself is one function on purpose (read top to bottom, as nanoGPT's is); its
+setup is training/setup.py and its helpers (batches, logging, the loss plot) are small functions below it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import torch
 
 from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.runlock import raise_if_terminated
-from tasktune.tuning import checkpoint as ckpt
+from tasktune.tuning.training import checkpoint as ckpt, compiling
+from tasktune.tuning.training.setup import prepare
 from tasktune.tuning.config import TrainConfig
 from tasktune.tuning.data import IGNORE_INDEX
-from tasktune.tuning.run import HISTORY_FILE, LOGS_DIR, LOSS_PLOT, RunFolder
-from tasktune.tuning.runinfo import data_fingerprint, environment_info, write_json_atomic
+from tasktune.tuning.run import HISTORY_FILE, LOGS_DIR, LOSS_PLOT, RunFolder, environment_info
+from tasktune.files import write_json as write_json_atomic
 
 
 class TrainingDiverged(TaskTuneError):
@@ -137,98 +141,16 @@ def _run_guard(cfg: TrainConfig) -> Iterator[None]:
         yield
 
 
-def _resume_settings(cfg: TrainConfig, fingerprint: dict, resume) -> None:
-    """Add the base model's content hash and the run's hyperparameters to `fingerprint` (before the resume
-    check); with `resume`, refuse changed hyperparameters unless --allow-config-change, and keep the changes
-    (with the step they apply from) in the fingerprint, which the run record holds."""
-    if resume is None:
-        fingerprint.update(model_content=ckpt.model_content(cfg.model),
-                           hyperparameters=ckpt.hyperparameters(cfg.to_dict()))
-        return
-    changes = ckpt.changed_hyperparameters(resume.path, fingerprint)
-    if changes and not cfg.allow_config_change:
-        ckpt.refuse_config_change(resume.path, changes)
-    fingerprint[ckpt.CONFIG_CHANGES] = ckpt.saved_config_changes(resume.path) + (
-        [{"from_step": resume.step, "changed": changes}] if changes else [])
-
-
 def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
-    from accelerate import Accelerator
     from accelerate.utils import gather_object
-    from transformers import get_scheduler
-
-    from tasktune.tuning import compiling, memory, methods
-    from tasktune.tuning.load import load_tokenizer
 
     run_dir = Path(cfg.out)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and torch.cuda.is_available()
-                                       and torch.cuda.is_bf16_supported())
-    _refuse_sharded_launch()
-    # cpu=True lets torchrun/accelerate launch run data-parallel on CPUs over gloo (CI has no GPU)
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    world = accelerator.num_processes
-    torch.manual_seed(cfg.seed)
-    quant = methods.resolve_quantization(cfg.method, cfg.task, cfg.quantization, cfg.quantization_bit)
-
-    # data first: a bad data folder should fail before a slow model load
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, padding_side="right")
-    train_set, collate, truncation, labels = _training_data(cfg, tokenizer)
-    if main:
-        log(f"train examples: {len(train_set)}; {truncation}")
-
-    fingerprint = {"model": cfg.model, "method": cfg.method, "task": cfg.task, "pre_seq_len": cfg.pre_seq_len,
-                   "prefix_projection": cfg.prefix_projection, "data": data_fingerprint(cfg.data),
-                   "seed": cfg.seed, "global_batch": cfg.per_device_train_batch_size * world
-                   * cfg.gradient_accumulation_steps}
-    if labels is not None:
-        fingerprint["labels"] = labels
-    _resume_settings(cfg, fingerprint, None)
-    resume = ckpt.find_resume_point(run_dir, cfg.resume, fingerprint)
-    _resume_settings(cfg, fingerprint, resume)
-
-    model = methods.load_base(cfg, quantization=quant, labels=labels,
-                              device_map={"": accelerator.device} if quant else None)
-    if labels is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers pool at the last non-pad token
-    if not quant:
-        model.to(accelerator.device)
-    # --gradient-checkpointing (tuning/memory.py) and --compile (tuning/compiling.py), chosen together before the
-    # first step: graphs keep more memory, and a warm compile cache lets `--compile auto` use graphs in short runs
-    plan = compiling.plan(cfg, model, device=accelerator.device, processes=world, element_bytes=2 if use_bf16 else 4,
-                          log=log if main else None)
-    memory.apply(model, plan.checkpointing.mode)
-    model.config.use_cache = False
-    if resume:
-        adapter = methods.load(model, resume.path, is_trainable=True)
-    else:
-        adapter = methods.attach(model, cfg, labels=labels)
-    if not quant:
-        adapter.model.to(accelerator.device)  # what the method added (prefix encoder, PEFT modules)
-    adapter.model.train()
-    params = adapter.parameters()
-    n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in adapter.model.parameters())  # the prefix encoder is registered on the model
-    if main:
-        log(f"{cfg.method}: trainable parameters: {n_trainable:,} of {n_total:,} "
-            f"({100 * n_trainable / n_total:.4f}%)")
-    # --compile: torch.compile (and CUDA graphs) for the host-bound step; fixed-width batches (tuning/compiling.py)
-    compile_mode, forward, collate = compiling.prepare(cfg, adapter.model, collate, tokenizer, processes=world,
-                                                       log=log if main else None, plan=plan)
-
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=cfg.max_steps)
-    step, history = 0, []
-    if resume:
-        optimizer.load_state_dict(resume.state["optimizer"])
-        scheduler.load_state_dict(resume.state["scheduler"])
-        ckpt.set_rng_state(ckpt.rng_state_for_rank(resume.state, accelerator.process_index, world))
-        step, history = resume.step, list(resume.state.get("history", []))
-        if main:
-            log(f"resuming from {resume.path} at step {step}")
+    setup = prepare(cfg, log=log)  # data, base, adapter, compile plan, optimizer, resume point (training/setup.py)
+    accelerator, main, world = setup.accelerator, setup.main, setup.world
+    adapter, params, train_set, collate = setup.adapter, setup.params, setup.train_set, setup.collate
+    optimizer, scheduler, plan, forward = setup.optimizer, setup.scheduler, setup.plan, setup.forward
+    compile_mode, labels, fingerprint, resume = setup.compile_mode, setup.labels, setup.fingerprint, setup.resume
+    step, history = setup.step, setup.history
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
@@ -238,10 +160,11 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
                 log(f"starting over: moved the previous run's checkpoints to {moved}")
         ckpt.write_fingerprint(run_dir, fingerprint)
     writer = _tensorboard(run_dir) if main else None
-    record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": n_trainable,
-              "total_parameters": n_total, "labels": labels,
+    truncation = setup.truncation
+    record = {"config": cfg.to_dict(), "fingerprint": fingerprint, "trainable_parameters": setup.n_trainable,
+              "total_parameters": setup.n_total, "labels": labels,
               "truncation": truncation.to_dict() if hasattr(truncation, "to_dict") else str(truncation),
-              "environment": environment_info(), "quantization": quant,
+              "environment": environment_info(), "quantization": setup.quant,
               "checkpointing": plan.checkpointing.to_dict(), "compile": compile_mode}
 
     def save_to(folder: Path) -> None:
@@ -375,41 +298,6 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
         _plot_loss(history, run_dir / LOSS_PLOT)
         log(f"done: {step} steps, final loss {loss_value}, adapter in {run_dir}")
     return FitResult(run_dir=run_dir, steps=step, final_loss=loss_value, seconds=seconds, history=history)
-
-
-def _refuse_sharded_launch() -> None:
-    """An `accelerate launch` with an FSDP or DeepSpeed config: refuse, since fit() shards nothing.
-
-    The loop never hands the model to accelerator.prepare(), so those settings would be ignored
-    silently and every process would hold a whole copy of the base (docs/multi-gpu.md).
-    """
-    for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
-        if os.environ.get(var, "false").lower() in ("1", "true", "yes"):
-            raise ConfigError(
-                f"this launch asks for {name} ({var}=true), but tasktune train does not shard the base model: "
-                "every process holds a full copy and only the trainable parameters' gradients are all-reduced. "
-                "Launch plain data-parallel instead (torchrun --nproc-per-node N, or accelerate launch --multi_gpu "
-                "with no FSDP/DeepSpeed config); a base too large for one GPU in 16-bit can train 4-bit "
-                "(--quantization-bit 4). See docs/multi-gpu.md.")
-
-
-def _training_data(cfg: TrainConfig, tokenizer):
-    """(examples, collate, truncation report, labels or None) for cfg.task."""
-    if cfg.task == "classification":
-        from tasktune.tuning import classify
-
-        records = classify.read_records(cfg.data, "train")
-        labels = classify.label_names(records)
-        train_set = classify.tokenize_classification(records, tokenizer, labels, cfg.max_source_length)
-        return train_set, classify.make_collator(tokenizer), train_set, labels
-    from tasktune.tuning.data import DataConfig, load_records, make_collator, tokenize_dataset
-
-    data_cfg = DataConfig(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                          history_column=cfg.history_column, max_source_length=cfg.max_source_length,
-                          max_target_length=cfg.max_target_length, prompt_template=cfg.prompt_template)
-    records = load_records(cfg.data, "train", data_cfg)
-    train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
-    return train_set, make_collator(tokenizer), truncation, None
 
 
 def _example_lengths(train_set) -> list[int]:

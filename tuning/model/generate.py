@@ -64,7 +64,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *
     from tasktune.tuning.progress import progress_bar
 
     if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token; load it with tuning.load.load_tokenizer")
+        raise ValueError("tokenizer has no pad token; load it with tuning.model.load.load_tokenizer")
     tokenizer.padding_side = "left"
     limit = context_limit(model)
     keep = None if limit is None else limit - max_new_tokens - reserved_positions

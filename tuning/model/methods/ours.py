@@ -1,4 +1,4 @@
-"""Ours: the P-tuning v2 / prefix-tuning prefix of tasktune.tuning.prefix, saved in PEFT's PREFIX_TUNING format."""
+"""Ours: the P-tuning v2 / prefix-tuning prefix of tasktune.tuning.model.prefix, saved in PEFT's PREFIX_TUNING format."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .adapter import Adapter
 
 
 class PrefixAdapter(Adapter):
-    """tuning/prefix.py's prefix; saved in PEFT's PREFIX_TUNING format by tuning/save.py."""
+    """tuning/model/prefix.py's prefix; saved in PEFT's PREFIX_TUNING format by tuning/model/save.py."""
 
     def __init__(self, model, tuner, method: str):
         super().__init__(model)
@@ -30,14 +30,14 @@ class PrefixAdapter(Adapter):
             yield self.model
 
     def save_weights(self, folder: Path, base_model: str, extra: dict) -> list[str]:
-        from tasktune.tuning.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, save_adapter
+        from tasktune.tuning.model.save import CONFIG_NAME, ENCODER_NAME, RECORD_NAME, WEIGHTS_NAME, save_adapter
 
         save_adapter(self.tuner, folder, base_model=base_model, extra=extra)
         return [CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME] + ([ENCODER_NAME] if self.tuner.config.prefix_projection else [])
 
 
 def attach_prefix(model, cfg, method: str) -> PrefixAdapter:
-    from tasktune.tuning.prefix import PrefixConfig, attach_prefix as attach
+    from tasktune.tuning.model.prefix import PrefixConfig, attach_prefix as attach
 
     tuner = attach(model, PrefixConfig(pre_seq_len=cfg.pre_seq_len,
                                               prefix_projection=cfg.prefix_projection or method == "prefix",
@@ -47,6 +47,6 @@ def attach_prefix(model, cfg, method: str) -> PrefixAdapter:
 
 
 def load_prefix(model, folder: Path, info: dict, is_trainable: bool) -> PrefixAdapter:
-    from tasktune.tuning.save import load_adapter
+    from tasktune.tuning.model.save import load_adapter
 
     return PrefixAdapter(model, load_adapter(model, folder, is_trainable=is_trainable), info["method"])

@@ -23,9 +23,9 @@ import torch
 
 from tasktune import __version__
 from tasktune import files as atomic
-from tasktune.tuning.runinfo import sha256_file
+from tasktune.tuning.run import sha256_file
 from tasktune.errors import ConfigError
-from tasktune.tuning.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
+from tasktune.tuning.model.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
 
 CONFIG_NAME = "adapter_config.json"  # peft's file names
 WEIGHTS_NAME = "adapter_model.safetensors"

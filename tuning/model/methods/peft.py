@@ -69,7 +69,7 @@ def peft_config(model, cfg, method: str, task: str):
     if method == "prompt-text":
         if not cfg.prompt_init_text.strip():
             raise ConfigError("--method prompt-text needs a non-empty --prompt-init-text")
-        from tasktune.tuning.load import load_tokenizer
+        from tasktune.tuning.model.load import load_tokenizer
 
         # as peft counts it when it initialises: the text through the tokenizer, special tokens included
         text_tokens = len(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)(
@@ -94,7 +94,7 @@ def attach_peft(model, cfg, method: str, task: str, labels) -> PeftAdapter:
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # QLoRA recipe: norms/embeddings to fp32 for stable training; checkpointing stays as train.py set it
-        # (tuning/memory.py: none/every-K/full; PEFT's True would turn every-K into full)
+        # (tuning/training/memory.py: none/every-K/full; PEFT's True would turn every-K into full)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = peft_config(model, cfg, method, task)
     if config.peft_type.value == "PREFIX_TUNING":

@@ -251,7 +251,7 @@ def load_base(cfg, *, quantization: int | None, labels: list[str] | None = None,
               model: str | None = None):
     """The run's frozen base model (causal LM, or a sequence classifier with `labels`) from its TrainConfig;
     `model`: where to load it from instead of `cfg.model` (a run's `base_source`)."""
-    from tasktune.tuning.load import load_model
+    from tasktune.tuning.model.load import load_model
 
     kwargs: dict[str, Any] = {}
     task = cfg.task

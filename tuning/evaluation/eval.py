@@ -1,8 +1,8 @@
 """`tasktune eval RUN_DIR`: answer the dev set with the base and the tuned model, score, report.
 
 Both answers come from ONE loaded model: the adapter is switched off for the base pass
-(`adapter.disabled()`, for every method in tuning/methods.py) and on for the tuned pass, so nothing but
-the adapter differs. Classification runs are scored by tuning/classify.py (accuracy, macro-F1).
+(`adapter.disabled()`, for every method in tuning/model/methods/) and on for the tuned pass, so nothing but
+the adapter differs. Classification runs are scored by evaluation/classify.py (accuracy, macro-F1).
 """
 
 from __future__ import annotations
@@ -59,18 +59,18 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg) -> l
 
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     from tasktune.tuning.data import encode_prompts, format_prompt
-    from tasktune.tuning.generate import generate_batched
-    from tasktune.tuning import methods
-    from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.metrics import compute_metrics
-    from tasktune.tuning.report import format_metric_table, format_step_summary, write_report
+    from tasktune.tuning.model.generate import generate_batched
+    from tasktune.tuning.model import methods
+    from tasktune.tuning.model.load import load_tokenizer
+    from tasktune.tuning.evaluation.metrics import compute_metrics
+    from tasktune.tuning.evaluation.report import format_metric_table, format_step_summary, write_report
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(ecfg.run_dir)
     record = RunFolder(run_dir).record()
     cfg = record.config
     if cfg.task == "classification":
-        from tasktune.tuning.classify import evaluate_classification
+        from tasktune.tuning.evaluation.classify import evaluate_classification
 
         return evaluate_classification(run_dir, record, data=ecfg.data, split=ecfg.split, limit=ecfg.limit,
                                        batch_size=ecfg.batch_size, log=log)
@@ -79,7 +79,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
 
     base_source = methods.base_source(cfg.model, run_dir)  # the adapter's absolute base folder: from any directory
     tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.trust_remote_code, padding_side="left")
-    adapter = load_run_adapter(run_dir, record)
+    adapter = methods.load_run_adapter(run_dir, record)
 
     texts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg.prompt_template) for r in records]
     # the ids training saw (a chat template's bos once); `texts` go to predictions.jsonl as the prompt seen
@@ -111,29 +111,3 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     log(format_step_summary(base_metrics, tuned_metrics))
     log(f"report: {paths['html']}")
     return {"base": base_metrics, "tuned": tuned_metrics, "info": info, "paths": paths}
-
-
-def load_run_adapter(run_dir: Path, record):
-    """The run's base model (as trained: same quantization) with its adapter on, in eval mode (`record`: the
-    run's RunRecord)."""
-    from tasktune.tuning import methods
-
-    quant = record.quantization
-    source = methods.base_source(record.config.model, run_dir)  # from any directory
-
-    def reload_base():  # only for the base pass of a full fine-tune too big to keep a CPU copy of
-        return methods.load_base(record.config, model=source, quantization=quant, labels=record.labels,
-                                 device_map=_device_map(quant))
-
-    adapter = methods.load(reload_base(), run_dir, reload_base=reload_base)
-    adapter.model.eval()
-    return adapter
-
-
-def _device_map(quant):
-    import torch
-
-    if torch.cuda.is_available():
-        return {"": 0}
-    return None
-

@@ -9,9 +9,9 @@ from pathlib import Path
 def load_for_chat(run_dir: str | Path):
     """The run's model with its adapter on (`adapter.model`), its tokenizer, the Adapter and its TrainConfig."""
     from tasktune.errors import ConfigError
-    from tasktune.tuning.eval import load_run_adapter
-    from tasktune.tuning.load import load_tokenizer
-    from tasktune.tuning.load import base_source
+    from tasktune.tuning.model.methods import load_run_adapter
+    from tasktune.tuning.model.load import load_tokenizer
+    from tasktune.tuning.model.load import base_source
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)
@@ -68,7 +68,7 @@ def _read_line(stdin, stdout) -> str | None:
 def _converse(stdin, stdout, tokenizer, adapter, cfg, *, who: str, base: bool, max_new_tokens: int,
               keep_history: bool, turns: list[tuple[str, str]]) -> None:
     from tasktune.tuning.data import encode_prompts, format_prompt
-    from tasktune.tuning.generate import generate_batched
+    from tasktune.tuning.model.generate import generate_batched
 
     history: list[tuple[str, str]] = []
     while True:

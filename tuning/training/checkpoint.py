@@ -1,7 +1,7 @@
 """Training checkpoints: adapter + optimizer/scheduler/RNG state, written atomically, resumed exactly.
 
 A checkpoint is a folder `RUN/checkpoints/step-000500/` holding the adapter in PEFT's format
-(via tuning.save) and `training_state.pt` (tensors and plain values only; loaded with
+(via tuning.model.save) and `training_state.pt` (tensors and plain values only; loaded with
 `weights_only=True`). It is written into a temporary sibling and renamed into place, so a crash
 mid-write leaves the previous checkpoint as the newest complete one; a full disk (ENOSPC) while writing is a
 `DiskFull` error naming the last good checkpoint, which is left as it was.
@@ -13,6 +13,9 @@ Resuming checks the run's fingerprint (`FINGERPRINT_FILE`): the base model's pat
 (`model_content`: a hash of config.json and of each weight file's safetensors header and size, no full
 read), data, method and shape; and its hyperparameters (`hyperparameters`), which may change only with
 `--allow-config-change` (the change is then kept in the run record).
+
+Longer than 300 lines because a checkpoint's write, its exact resume (RNG streams per rank) and the resume checks
+(fingerprint, base content, changed settings) read and write the same files and must change together.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Design (longer version in docs/prefix-design.md):
 - The KV cache holds text tokens only: cache lengths, masks and `generate()` need no special handling.
 - Text positions start at P (PEFT's convention): the hook adds P to `position_ids`, computing them from the
   attention-mask cumsum (left padding) or the cache length when absent.
+
+Longer than 300 lines because the prefix encoder, its key/value layout and the attention wrapper that consumes it
+must agree on one layout; they are kept side by side so that a change to one is seen next to the others.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The tuning methods behind `--method`: a registry that dispatches, and one `Adapter` interface that
 train/eval/chat use.
 
-Each method belongs to a family per task (ours: the P-tuning v2 prefix of tuning/prefix.py; PEFT: prompt
+Each method belongs to a family per task (ours: the P-tuning v2 prefix of tuning/model/prefix.py; PEFT: prompt
 tuning, P-tuning, LoRA/QLoRA and, for classification, prefix tuning; plain torch: BitFit, full); a family says
 how it attaches to a freshly loaded base (`attach`) and how a saved one comes back (`load`); both return an
 `Adapter`: the model to call, the trainable parameters, `save()` and `disabled()` (base answers from the same
@@ -22,7 +22,7 @@ from typing import Callable
 from torch import nn
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.load import base_model_reference, base_source, load_base, recorded_base  # noqa: F401
+from tasktune.tuning.model.load import base_model_reference, base_source, load_base, recorded_base  # noqa: F401
 
 from .adapter import METHOD_FILE, Adapter, folder_bytes, read_method_info  # noqa: F401
 from .ours import PrefixAdapter, attach_prefix, load_prefix
@@ -139,3 +139,28 @@ def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[],
     task = info.get("task", "causal-lm")
     family = get_method(info.get("method", "")).family(task)
     return family.load(model, folder, info, is_trainable, reload_base)
+
+
+def load_run_adapter(run_dir: Path, record):
+    """The run's base model (as trained: same quantization) with its adapter on, in eval mode (`record`: the
+    run's RunRecord)."""
+    quant = record.quantization
+    source = base_source(record.config.model, run_dir)  # from any directory
+
+    def reload_base():  # only for the base pass of a full fine-tune too big to keep a CPU copy of
+        return load_base(record.config, model=source, quantization=quant, labels=record.labels,
+                         device_map=device_map(quant))
+
+    adapter = load(reload_base(), run_dir, reload_base=reload_base)
+    adapter.model.eval()
+    return adapter
+
+
+def device_map(quant) -> dict | None:
+    """Where a loaded base goes: the first GPU when there is one (4-bit or not), else the CPU (None)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": 0}
+    return None
+
