@@ -30,7 +30,7 @@ WORK = {
     "eval": [("tasktune.tuning.eval", "evaluate")],
     "chat": [("tasktune.tuning.chat", "chat")],
     "compare": [("tasktune.tuning.compare", "compare")],
-    "tiny-model": [("tasktune.tuning.tiny.build", "build_tiny_model")],
+    "tiny-model": [("tasktune.tuning.tiny.cli", "build_tiny_model")],
 }
 #: The arguments a command needs before a flag can be tried (kept valid).
 BASE_ARGV = {

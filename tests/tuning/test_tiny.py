@@ -214,7 +214,7 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     args = parser.parse_args(["--spec", "s.yaml", "--out", str(tmp_path / "m"), "--steps", "7", "--layers", "3",
                               "--hidden", "48", "--heads", "4", "--kv-heads", "2", "--lr", "0.01"])
     seen = {}
-    monkeypatch.setattr(tiny.build, "build_tiny_model", lambda spec, out, *, seed, config, device: seen.update(
+    monkeypatch.setattr(tiny.cli, "build_tiny_model", lambda spec, out, *, seed, config, device: seen.update(
         spec=spec, out=out, seed=seed, config=config, device=device) or out)
     assert tiny.run(args) == 0
     cfg = seen["config"]
