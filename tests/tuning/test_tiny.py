@@ -1,4 +1,4 @@
-"""tuning/tiny.py: the tokenizer covers the grid text, the corpus never pairs prompt and answer,
+"""tuning/tiny/: the tokenizer covers the grid text, the corpus never pairs prompt and answer,
 pre-training lowers the loss, the builder writes a loadable model atomically."""
 
 from __future__ import annotations
