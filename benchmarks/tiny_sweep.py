@@ -1,6 +1,6 @@
 """Which tiny base (and which P-tuning setting) reaches the grid demo's exact-match target? (issue #3)
 
-Each case builds a tiny GLM (`tuning.tiny.build_tiny_model` with the case's TinyConfig overrides), P-tunes it
+Each case builds a tiny GLM (`tuning/tiny/build.py` with the case's TinyConfig overrides), P-tunes it
 with tasktune's own prefix (`tuning.model.prefix.attach_prefix`) and `tasktune train`'s data code (records, prompt
 frame, cuts, labels, padding) in a plain loop with its recipe (AdamW, linear decay, clip 1.0), and answers the dev
 set greedily at a few step counts, prompts cut as `tasktune eval` cuts them. Cases run in worker processes (one device, or CPU threads), so a

@@ -4,7 +4,7 @@ Teacher-forced on the unpaired 人数检测 answers ("[人数检测] 应到A人,
 token is the model's top token after "实到B人, ", for the train and the dev records. With `--continue-steps N` the
 model then goes on training as a plain LM on the distinct 人数检测 answers of a second generator run (`--seed`,
 every dev answer left out) and the shares are printed every 500 steps (each 500 a fresh AdamW with its own warm-up
-and decay, as `tuning.tiny.pretrain` runs them): can this base learn the comparison from unpaired answers, and how
+and decay, as `tuning/tiny/pretraining.py` runs them): can this base learn the comparison from unpaired answers, and how
 many does it need? Nothing is written.
 
     python benchmarks/verdict_probe.py models/tiny-glm [--data data/grid] [--continue-steps 2000]

@@ -30,7 +30,7 @@ WORK = {
     "eval": [("tasktune.tuning.evaluation.eval", "evaluate")],
     "chat": [("tasktune.tuning.evaluation.chat", "chat")],
     "compare": [("tasktune.tuning.evaluation.compare", "compare")],
-    "tiny-model": [("tasktune.tuning.tiny", "build_tiny_model")],
+    "tiny-model": [("tasktune.tuning.tiny.cli", "build_tiny_model")],
 }
 #: The arguments a command needs before a flag can be tried (kept valid).
 BASE_ARGV = {

@@ -1,4 +1,4 @@
-"""tuning/tiny.py: the tokenizer covers the grid text, the corpus never pairs prompt and answer,
+"""tuning/tiny/: the tokenizer covers the grid text, the corpus never pairs prompt and answer,
 pre-training lowers the loss, the builder writes a loadable model atomically."""
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def test_the_data_seed_picks_the_generator_run_and_the_seed_the_rest(spec, tmp_p
         asked.append(seed)
         return TRAIN, DEV
 
-    monkeypatch.setattr(tiny, "generate_records", fake_generate)
+    monkeypatch.setattr(tiny.build, "generate_records", fake_generate)
     build_tiny_model(spec, tmp_path / "a", seed=7, config=TinyConfig(**SMALL), pretrain_steps=0, progress=False)
     build_tiny_model(spec, tmp_path / "b", seed=7, config=TinyConfig(**SMALL, data_seed=42), pretrain_steps=0,
                      progress=False)
@@ -214,7 +214,7 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     args = parser.parse_args(["--spec", "s.yaml", "--out", str(tmp_path / "m"), "--steps", "7", "--layers", "3",
                               "--hidden", "48", "--heads", "4", "--kv-heads", "2", "--lr", "0.01"])
     seen = {}
-    monkeypatch.setattr(tiny, "build_tiny_model", lambda spec, out, *, seed, config, device: seen.update(
+    monkeypatch.setattr(tiny.cli, "build_tiny_model", lambda spec, out, *, seed, config, device: seen.update(
         spec=spec, out=out, seed=seed, config=config, device=device) or out)
     assert tiny.run(args) == 0
     cfg = seen["config"]
@@ -255,7 +255,7 @@ def test_build_runs_the_copy_warm_up_first(spec, tmp_path, monkeypatch):
         phases.append((desc, cfg.pretrain_steps, cfg.batch_size, len(docs)))
         return real(model, tokenizer, docs, cfg, progress, desc)
 
-    monkeypatch.setattr(tiny, "pretrain", spy)
+    monkeypatch.setattr(tiny.build, "pretrain", spy)
     cfg = TinyConfig(**{**SMALL, "copy_warmup_steps": 2}, copy_batch_size=8)
     out = build_tiny_model(spec, tmp_path / "m", config=cfg, pretrain_steps=1, records=(TRAIN, DEV), progress=False)
     assert [p[:3] for p in phases] == [("copy warm-up", 2, 8), ("pre-training tiny LM", 1, 4)]

@@ -1,0 +1,138 @@
+"""Build a tiny model: records -> corpus -> tokenizer -> random GLM -> copy warm-up -> LM pre-training on the
+domain text -> the folder (weights, tokenizer, tiny_model.json), written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tasktune import files as atomic
+from tasktune.errors import ConfigError, SpecError
+from tasktune.tuning.tiny.config import RECORD_FILE, TinyConfig
+from tasktune.tuning.tiny.corpus import build_corpus, generate_records, read_spec_text
+from tasktune.tuning.tiny.model import make_model
+from tasktune.tuning.tiny.pretraining import pretrain
+from tasktune.tuning.tiny.tokenizer import train_tokenizer
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished tmp folder to out; an existing out is replaced only if it is a tiny model."""
+    if out.exists():
+        if not (out / RECORD_FILE).is_file() and any(out.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"{out}: exists and is not a tiny model folder; not overwriting it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _save_quietly(model, folder: Path) -> None:
+    """save_pretrained without transformers' "Writing model shards" bar (one shard: a bar says nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"tiny model: --device {device}, but torch sees no CUDA device here; use --device cpu")
+
+
+def build_tiny_model(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 42,
+    pretrain_steps: int | None = None,
+    config: TinyConfig | None = None,
+    records: tuple[list[dict], list[dict]] | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Path:
+    """Build tokenizer + tiny GLM for `spec_path`, pre-train it on unpaired text, save it to `out_dir`.
+
+    `records` = (train, dev) record lists skips the data generator (tests). `device`: where to pre-train
+    ("cpu" is bit-reproducible for a seed; "cuda" is faster but not bit-identical). Writes atomically:
+    a failure leaves no half-built folder. Returns the output folder.
+    """
+    from tasktune.datagen.spec import resolve_spec
+
+    spec_path, out = resolve_spec(spec_path), Path(out_dir)
+    if not spec_path.is_file():
+        raise SpecError(f"{spec_path}: no such spec file")
+    _check_device(device)
+    cfg = config or TinyConfig()
+    cfg.seed = seed
+    if pretrain_steps is not None:
+        cfg.pretrain_steps = pretrain_steps
+    data_seed = seed if cfg.data_seed is None else cfg.data_seed
+    train, dev = records if records is not None else generate_records(spec_path, data_seed, cfg.n_records)
+    if not train:
+        raise SpecError(f"{spec_path}: the data generator produced no training records")
+    corpus = build_corpus(
+        train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs,
+        cfg.round_docs, cfg.answer_pairs,
+    )
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,
+                                cfg.number_chunks)
+    model = make_model(cfg, tokenizer).to(device)
+    copy_loss = float("nan")
+    copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
+    if copy_steps:  # phase 1: learn to copy from the context
+        warm = replace(cfg, pretrain_steps=copy_steps, batch_size=cfg.copy_batch_size,
+                       warmup_steps=min(cfg.warmup_steps, max(1, copy_steps // 10)))
+        copy_loss = pretrain(model, tokenizer, corpus.copies, warm, progress, desc="copy warm-up")
+    loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)  # phase 2: the domain text
+    seconds = time.perf_counter() - started
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+          f"{copy_steps} copy + {cfg.pretrain_steps} LM steps in "
+          f"{seconds:.0f}s, final LM loss {loss:.3f}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _save_quietly(model.to("cpu"), tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {
+            "spec": str(spec_path),
+            "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
+            "seed": seed,
+            "data_seed": None if records is not None else data_seed,  # None: records were passed in
+            "pretrain_steps": cfg.pretrain_steps,
+            "final_loss": None if math.isnan(loss) else round(loss, 4),
+            "copy_warmup_loss": None if math.isnan(copy_loss) else round(copy_loss, 4),
+            "parameters": n_params,
+            "vocab_size": len(tokenizer),
+            "documents": len(corpus.documents),
+            "seconds": round(seconds, 1),
+            "device": device,
+            "config": asdict(cfg),
+        }
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.settle(tmp)  # fsync'ed, and the umask's modes (safetensors writes the weights 0600)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
