@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from tasktune.serve.bank import load_bank
-    from tasktune.serve.engine import Engine, Request, SamplingParams
+    from tasktune.tuning.inference.bank import load_bank
+    from tasktune.tuning.inference.engine import Engine, Request, SamplingParams
     from tasktune.tuning.data import encode_prompts, format_prompt
 
     bank = load_bank([(None, args.run)])

@@ -71,8 +71,8 @@ def build(args: argparse.Namespace):
     from pathlib import Path
 
     from .app import create_app
-    from .bank import load_bank
-    from .engine import Engine
+    from tasktune.tuning.inference.bank import load_bank
+    from tasktune.tuning.inference.engine import Engine
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
 

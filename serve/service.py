@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable
 
 from tasktune.errors import ConfigError, DataError
 
-from .engine import Engine, Event, Request, SamplingParams
+from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message
 
 AUTO = "auto"

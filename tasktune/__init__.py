@@ -50,7 +50,7 @@ _API = {
     "generate_data": "tasktune.api",
     "train": "tasktune.api",
     "evaluate": "tasktune.api",
-    "Assistant": "tasktune.assistant",
+    "Assistant": "tasktune.tuning.inference.assistant",
     "builtin_specs": "tasktune.api",
 }
 __all__ = ["__version__", "resource", "TEMPLATES", "SCHEMAS", *_API]

@@ -2,7 +2,8 @@
 cycle, every package is installed, and a long module says why it is long.
 
 Stages, earliest first: the shared pieces (tasktune's own modules, tuning/*.py, datagen) -> tuning.model (load,
-adapters, save, generate) -> tuning.training -> tuning.evaluation -> serve. A module may import its own stage, an
+adapters, save, generate) -> tuning.inference (Assistant, the prefix bank and the batching engine) -> tuning.training
+-> tuning.evaluation -> serve. A module may import its own stage, an
 earlier one or a shared piece, never a later stage. The entry points (the CLIs, the Python API, the package's
 lazy exports) sit above all stages. Imports inside functions count too: a lazy import hides a cycle, it does not
 remove it.
@@ -26,9 +27,10 @@ else:  # pragma: no cover
 #: repository folder -> the package it installs as
 FOLDERS = {"tasktune": "tasktune", "datagen": "tasktune.datagen", "tuning": "tasktune.tuning",
            "serve": "tasktune.serve"}
-STAGES = ["tasktune.tuning.model", "tasktune.tuning.training", "tasktune.tuning.evaluation", "tasktune.serve"]
+STAGES = ["tasktune.tuning.model", "tasktune.tuning.inference", "tasktune.tuning.training", "tasktune.tuning.evaluation",
+          "tasktune.serve"]
 #: may import any stage: they dispatch to them
-ENTRY_POINTS = {"tasktune", "tasktune.__main__", "tasktune.cli", "tasktune.api", "tasktune.assistant",
+ENTRY_POINTS = {"tasktune", "tasktune.__main__", "tasktune.cli", "tasktune.api",
                 "tasktune.tuning.cli", "tasktune.serve.cli"}
 LONG = 300
 
@@ -155,7 +157,7 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     seen = imports("tasktune.tuning.model.probe", mod, known)
     assert seen == {"tasktune.tuning.model.save", "tasktune.tuning.training.train"}
     assert wrong_direction({"tasktune.tuning.model.probe": seen}) == [
-        "tasktune.tuning.model.probe (stage 1) imports tasktune.tuning.training.train (stage 2)"]
+        "tasktune.tuning.model.probe (stage 1) imports tasktune.tuning.training.train (stage 3)"]
     assert find_cycles({"tasktune.a": {"tasktune.b"}, "tasktune.b": {"tasktune.c"}, "tasktune.c": {"tasktune.a"}}) \
         == ["tasktune.a -> tasktune.b -> tasktune.c -> tasktune.a"]
     assert find_cycles({"tasktune.x": {"tasktune.x.y"}, "tasktune.x.y": {"tasktune.x"}}) == []

@@ -18,27 +18,22 @@ from tasktune.tuning.evaluation import chat as chat_module
 
 @pytest.fixture
 def echo_model(monkeypatch):
-    """load_for_chat and generation stubbed: the answer to a prompt is `echo:<prompt>`; `boom` raises Ctrl-C."""
-    import tasktune.tuning.data as data
-    import tasktune.tuning.model.generate as generate
-
+    """load_for_chat stubbed: the Assistant's answer to a prompt is `echo:<prompt>`; `boom` raises Ctrl-C."""
     loads = []
-    cfg = SimpleNamespace(model="stub", prompt_template="chatglm", max_source_length=64)  # a TrainConfig's fields
-    adapter = SimpleNamespace(reserved_positions=0, model=object(), disabled=lambda: None)
+
+    class EchoBot:
+        run = SimpleNamespace(config=SimpleNamespace(model="stub"))  # what chat prints of the run
+
+        def answer(self, prompts, *, history=None, max_new_tokens=None, base=False):
+            if "boom" in prompts[0]:
+                raise KeyboardInterrupt
+            return [f"echo:{prompts[0]}"]
 
     def load(run_dir):
         loads.append(run_dir)
-        return adapter.model, object(), adapter, cfg
-
-    def answer(model, tokenizer, prompts, **kwargs):
-        if "boom" in prompts[0]:
-            raise KeyboardInterrupt
-        return [f"echo:{prompts[0]}"], None
+        return EchoBot()
 
     monkeypatch.setattr(chat_module, "load_for_chat", load)
-    monkeypatch.setattr(data, "format_prompt", lambda tokenizer, query, history, template: query)
-    monkeypatch.setattr(data, "encode_prompts", lambda tokenizer, prompts, template: prompts)
-    monkeypatch.setattr(generate, "generate_batched", answer)
     return loads
 
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tasktune.serve.engine import Event
+from tasktune.tuning.inference.engine import Event
 
 FRAMED = "步骤#理解并基于输入拆分函数参数*语音#查查济南的人数"
 

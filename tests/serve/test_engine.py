@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from tasktune.serve.engine import Engine, Request, SamplingParams
+from tasktune.tuning.inference.engine import Engine, Request, SamplingParams
 
 
 @pytest.fixture(scope="module")
 def bank(serve_runs):
-    from tasktune.serve.bank import load_bank
+    from tasktune.tuning.inference.bank import load_bank
 
     return load_bank([("grid", serve_runs["grid"]), ("grid2", serve_runs["grid2"])])
 

@@ -58,12 +58,9 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg) -> l
 
 
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
-    from tasktune.tuning.data import encode_prompts, format_prompt
-    from tasktune.tuning.model.generate import generate_batched
-    from tasktune.tuning.model import methods
-    from tasktune.tuning.model.load import load_tokenizer
     from tasktune.tuning.evaluation.metrics import compute_metrics
     from tasktune.tuning.evaluation.report import format_metric_table, format_step_summary, write_report
+    from tasktune.tuning.inference.assistant import Assistant
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(ecfg.run_dir)
@@ -77,21 +74,16 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     data = ecfg.data or cfg.data
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
-    base_source = methods.base_source(cfg.model, run_dir)  # the adapter's absolute base folder: from any directory
-    tokenizer = load_tokenizer(base_source, trust_remote_code=cfg.trust_remote_code, padding_side="left")
-    adapter = methods.load_run_adapter(run_dir, record)
-
-    texts = [format_prompt(tokenizer, r["content"], r["history"], template=cfg.prompt_template) for r in records]
-    # the ids training saw (a chat template's bos once); `texts` go to predictions.jsonl as the prompt seen
-    prompts = encode_prompts(tokenizer, texts, cfg.prompt_template)
+    bot = Assistant.from_run(run_dir, batching="generate")  # the run's base (as trained) with its adapter on
+    adapter = bot.run.adapter
+    # `texts` go to predictions.jsonl as the prompt seen; the ids are what training saw (a chat template's bos once)
+    texts, prompts = bot.encode([r["content"] for r in records], history=[r["history"] for r in records])
     max_new = ecfg.max_new_tokens or cfg.max_target_length
-    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, reserved_positions=adapter.reserved_positions,
-                  max_prompt_tokens=cfg.max_source_length)  # prompts cut as in training
+    kwargs = dict(batch_size=ecfg.batch_size, max_new_tokens=max_new, progress=True)
     t0 = time.perf_counter()
-    with adapter.disabled() as base_model:
-        base, cut = generate_batched(base_model, tokenizer, prompts, desc="base ", **kwargs)
+    base, cut = bot.generate(prompts, base=True, desc="base ", **kwargs)
     t_base = time.perf_counter() - t0
-    tuned, _ = generate_batched(adapter.model, tokenizer, prompts, desc="tuned", **kwargs)
+    tuned, _ = bot.generate(prompts, desc="tuned", **kwargs)
     t_tuned = time.perf_counter() - t0 - t_base
     if cut:
         log(f"note: {cut} prompt(s) longer than the model's context were cut to their last tokens")

@@ -1,6 +1,6 @@
 """Decoding in fixed slots: a static key/value cache of `rows` x `width` columns, one CUDA graph per step.
 
-The dynamic batch of serve/engine.py re-concatenates caches when rows join and runs transformers' eager forward
+The dynamic batch of tuning/inference/engine.py re-concatenates caches when rows join and runs transformers' eager forward
 every step, whose host work (~50 ms a step for a 28-layer 4-bit model) bounds decoding on a GPU. Here every row
 of the batch lives in a slot of preallocated per-layer key/value buffers, right-aligned at one shared write
 column `c`: [padding | the run's prefix (P keys/values) | prompt | generated]. A P-tuning v2 prefix is exactly a

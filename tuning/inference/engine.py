@@ -106,7 +106,7 @@ class Engine:
     def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05, decode: str = "auto",
                  slot_width: int = 512):
         """`decode`: "dynamic" (the padded dynamic batch), "slots" (fixed slots of `slot_width` columns, CUDA
-        graphs on a GPU: serve/slots.py) or "auto" (slots on CUDA, dynamic elsewhere)."""
+        graphs on a GPU: tuning/inference/slots.py) or "auto" (slots on CUDA, dynamic elsewhere)."""
         if max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         if decode not in ("auto", "dynamic", "slots"):
@@ -153,7 +153,7 @@ class Engine:
     def _make_slots(self, width: int):
         from tasktune.tuning.model.prefix import read_prefix_shape
 
-        from .slots import Slots
+        from tasktune.tuning.inference.slots import Slots
 
         shape = read_prefix_shape(self.model.config)
         dtype = next(iter(self.bank.kv.values())).dtype if self.bank.kv else \

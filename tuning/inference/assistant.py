@@ -1,0 +1,183 @@
+"""`Assistant`: answer prompts with trained runs, from Python, `tasktune eval`, `tasktune chat` and the server.
+
+    bot = tasktune.Assistant.from_run("runs/grid", "runs/home")   # one base, two prefixes
+    bot.answer(["步骤#问候*语音#你好"], run="grid")
+    bot.close()
+
+Two ways to answer, one interface:
+- "engine" (prefix runs: ptuning-v2, prefix): the runs share one loaded base; each request row carries its run's
+  key/value block and rows decode together with continuous batching (tuning/inference/engine.py), as the server does.
+- "generate" (one run of any method): the run's model with its adapter on, answered in batches by
+  `tuning.model.generate.generate_batched` (a static cache on CUDA), what eval and chat need: the whole dev split at
+  once, and the base model by switching the adapter off.
+`batching="auto"` takes the engine when every run is a prefix run and more than one is given, else generate.
+Greedy answers are the same either way (tests/serve/test_assistant.py): prompts are formatted and cut as training
+formatted and cut them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from tasktune.errors import ConfigError
+
+BATCHING = ("auto", "engine", "generate")
+
+
+class Assistant:
+    def __init__(self, *, bank=None, run=None, max_batch_size: int = 16):
+        """Use `from_run`. `bank`: a PrefixBank (engine); `run`: a _LoadedRun (generate)."""
+        self.bank, self.run = bank, run
+        self.engine = None
+        if bank is not None:
+            from tasktune.tuning.inference.engine import Engine
+
+            self.engine = Engine(bank, max_batch_size=max_batch_size).start()
+
+    @classmethod
+    def from_run(cls, *run_dirs: str | Path, max_batch_size: int = 16, batching: str = "auto") -> "Assistant":
+        """Load the runs' base once and put every run on it (runs are named by folder name); see the module's doc
+        for `batching`."""
+        if not run_dirs:
+            raise ConfigError("Assistant.from_run: give at least one run folder")
+        if batching not in BATCHING:
+            raise ConfigError(f"Assistant.from_run: batching must be one of {', '.join(BATCHING)}, not {batching!r}")
+        if batching == "auto":
+            batching = "engine" if len(run_dirs) > 1 else "generate"
+        if batching == "generate":
+            if len(run_dirs) > 1:
+                raise ConfigError("Assistant.from_run: batching='generate' answers with one run; give one folder, "
+                                  "or prefix runs with batching='engine' to share a base")
+            return cls(run=_LoadedRun.load(run_dirs[0]))
+        from tasktune.tuning.inference.bank import load_bank
+
+        return cls(bank=load_bank([(None, path) for path in run_dirs]), max_batch_size=max_batch_size)
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.bank.runs) if self.bank is not None else [self.run.name]
+
+    @property
+    def tokenizer(self):
+        return self.bank.tokenizer if self.bank is not None else self.run.tokenizer
+
+    def settings(self, run: str | None = None) -> Any:
+        """How `run` formats and cuts prompts: .prompt_template, .max_source_length, .max_target_length."""
+        name = self._name(run)
+        return self.bank.runs[name] if self.bank is not None else self.run.config
+
+    def encode(self, prompts: Sequence[str], *, run: str | None = None,
+               history: Sequence[Sequence[Sequence[str]]] | None = None) -> tuple[list[str], list[list[int]]]:
+        """(texts, token ids) of `prompts` framed as `run` was trained (`history`: per prompt, earlier
+        [query, answer] pairs); the ids are what training saw (a chat template's bos once)."""
+        from tasktune.tuning.data import encode_prompts, format_prompt
+
+        settings = self.settings(run)
+        history = history or [[] for _ in prompts]
+        texts = [format_prompt(self.tokenizer, q, [list(t) for t in h], template=settings.prompt_template)
+                 for q, h in zip(prompts, history)]
+        return texts, encode_prompts(self.tokenizer, texts, settings.prompt_template)
+
+    def answer(self, prompts: Sequence[str], *, run: str | None = None,
+               history: Sequence[Sequence[Sequence[str]]] | None = None, max_new_tokens: int | None = None,
+               base: bool = False, progress: bool = False) -> list[str]:
+        """Greedy answers to `prompts` (formatted as the run was trained) from `run` (default: the only/first
+        run), or from the base model with `base=True`."""
+        _, ids = self.encode(prompts, run=run, history=history)
+        answers, _ = self.generate(ids, run=run, max_new_tokens=max_new_tokens, base=base, progress=progress)
+        return answers
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], *, run: str | None = None,
+                 max_new_tokens: int | None = None, base: bool = False, batch_size: int = 16,
+                 progress: bool = False, desc: str = "generate") -> tuple[list[str], int]:
+        """Greedy answers to already encoded prompts (cut to the run's max_source_length, as training cut them).
+        Returns (answers, how many prompts were cut further to fit the model's context)."""
+        settings = self.settings(run)
+        max_new = max_new_tokens or settings.max_target_length
+        if self.bank is None:
+            return self.run.generate(prompt_ids, base=base, max_new_tokens=max_new, batch_size=batch_size,
+                                     progress=progress, desc=desc)
+        return self._engine_generate(prompt_ids, self._name(run), max_new, base), 0
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    def __enter__(self) -> "Assistant":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the two ways ------------------------------------------------------------------------------------------
+
+    def _name(self, run: str | None) -> str:
+        name = run or self.runs[0]
+        if name not in self.runs:
+            raise ConfigError(f"unknown run {name!r}; this assistant has {', '.join(self.runs)}")
+        return name
+
+    def _engine_generate(self, prompt_ids, name: str, max_new: int, base: bool) -> list[str]:
+        from tasktune.tuning.inference.engine import Request, SamplingParams
+
+        served = self.bank.runs[name]
+        params = SamplingParams(max_new_tokens=max_new)
+        done = [threading.Event() for _ in prompt_ids]
+        answers: list[Any] = [""] * len(prompt_ids)
+
+        def emitter(i):
+            def emit(event):
+                if event.finish_reason:
+                    answers[i] = ((event.full_text or "").strip() if event.finish_reason != "error"
+                                  else RuntimeError(event.error))
+                    done[i].set()
+            return emit
+
+        for i, row in enumerate(prompt_ids):
+            self.engine.submit(Request(list(row)[-served.max_source_length:], None if base else name, params,
+                                       emitter(i)))
+        for event in done:
+            event.wait()
+        for a in answers:
+            if isinstance(a, Exception):
+                raise a
+        return answers
+
+
+class _LoadedRun:
+    """One run's model with its adapter on (any method), its tokenizer and its TrainConfig."""
+
+    def __init__(self, name: str, run_dir: Path, record, tokenizer, adapter):
+        self.name, self.run_dir, self.record, self.tokenizer, self.adapter = name, run_dir, record, tokenizer, adapter
+        self.config = record.config
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "_LoadedRun":
+        from tasktune.tuning.model.load import base_source, load_tokenizer
+        from tasktune.tuning.model.methods import load_run_adapter
+        from tasktune.tuning.run import RunFolder
+
+        run_dir = Path(run_dir)
+        record = RunFolder(run_dir).record()
+        cfg = record.config
+        if cfg.task != "causal-lm":
+            raise ConfigError(f"{run_dir}: a {cfg.task} run labels texts and cannot chat or answer prompts; "
+                              "use `tasktune eval`")
+        tokenizer = load_tokenizer(base_source(cfg.model, run_dir), trust_remote_code=cfg.trust_remote_code,
+                                   padding_side="left")
+        return cls(run_dir.name, run_dir, record, tokenizer, load_run_adapter(run_dir, record))
+
+    def generate(self, prompt_ids, *, base: bool, max_new_tokens: int, batch_size: int, progress: bool,
+                 desc: str) -> tuple[list[str], int]:
+        import contextlib
+
+        from tasktune.tuning.model.generate import generate_batched
+
+        adapter = self.adapter
+        with adapter.disabled() if base else contextlib.nullcontext(adapter.model) as model:
+            return generate_batched(model, self.tokenizer, prompt_ids, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, reserved_positions=adapter.reserved_positions,
+                                    progress=progress, desc=desc,
+                                    max_prompt_tokens=self.config.max_source_length)  # prompts cut as in training
