@@ -13,6 +13,8 @@
 #          three times with one compile cache (cold, warm from the entry alone, warm with inductor's local cache too;
 #          the warm runs are `--compile auto`, 12 and 4 steps: graphs only because the cache is warm), their peaks; then train_bench --checkpointing auto,auto:5.5,full eager
 #          against the PEFT recipe at 4 x 64/64 and 4 x 256/256.
+# warm23:  issue 23: cold, warm (entry only) and warm (entry + local inductor cache) 3-step runs with dynamo's
+#          compile_times() printed at exit: where the warm first step goes.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -188,4 +190,27 @@ sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="_
   timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/auto23_bench.json" \
     --methods tasktune,reference --cases 4x64x64,4x256x256 --checkpointing auto,auto:5.5,full --caps "" \
     --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/auto23_bench.log"
+fi
+
+if [ "$phase" = warm23 ]; then  # issue 23: where a warm compile cache's first step goes (dynamo's compile_times)
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -1
+  export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
+  # `tasktune train`, then dynamo's per-phase compile times and the CUDA peaks, printed at exit
+  timed='import atexit, runpy, sys, torch
+def report():
+    from torch._dynamo.utils import compile_times
+    print(compile_times(repr="str", aggregate=True), flush=True)
+    print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3), flush=True)
+atexit.register(report)
+sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
+  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never --max-steps 3"
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights|train: '
+  for run in "cold cudagraphs /tmp/ind_cold 200" "warm auto /tmp/ind_warm 150" "warm_local auto /tmp/ind_cold 150"; do
+    set -- $run; t=$SECONDS
+    TORCHINDUCTOR_CACHE_DIR=$3 timeout $4 python3 -c "$timed" train $common --out /tmp/w23/$1 --compile $2 2>&1 \
+      | grep -v -E "$bars" | tail -40 | sed "s/^/[$1] /" | tee -a "$OUT/warm23.log"
+    echo "[$1] wall $((SECONDS - t)) s" | tee -a "$OUT/warm23.log"
+    cp /tmp/w23/$1/train_history.json "$OUT/warm23_$1.history.json" 2>/dev/null
+  done
 fi
