@@ -211,6 +211,10 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
         if event.finish_reason == "error":
             yield failed(f"generation failed: {event.error}")
             return
+        if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
+            yield failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
+                         f"tokens)", "server_error", "shutting_down")
+            return
         if event.text:
             parts.append(event.text)
             yield chunk({"content": event.text})

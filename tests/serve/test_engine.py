@@ -117,6 +117,29 @@ def test_cancelled_request_frees_its_slot(bank, prompt_ids):
         engine.shutdown()
 
 
+def test_close_cancels_running_and_queued_requests_and_refuses_later_ones(bank, prompt_ids):
+    """engine.close() (the server's shutdown timeout): every row and queued request ends "cancelled" with the
+    message, at the next step; a request submitted afterwards is cancelled at once; the thread keeps running."""
+    engine = Engine(bank, max_batch_size=1).start()
+    try:
+        running, queued, late = Collector(), Collector(), Collector()
+        params = SamplingParams(max_new_tokens=500, ignore_eos=True)
+        engine.submit(Request(prompt_ids[0], "grid", params, running))
+        engine.submit(Request(prompt_ids[1], None, params, queued))  # waits: the batch holds one row
+        while not running.events:
+            time.sleep(0.001)
+        engine.close("going away")
+        assert running.done.wait(60) and queued.done.wait(60)
+        for c in (running, queued):
+            assert c.events[-1].finish_reason == "cancelled" and c.events[-1].error == "going away"
+        assert running.events[-1].completion_tokens < 500
+        engine.submit(Request(prompt_ids[2], "grid", params, late))
+        assert late.done.is_set() and late.events[-1].finish_reason == "cancelled"
+        assert engine.alive and engine.stats.running == 0 and engine.stats.waiting == 0
+    finally:
+        engine.shutdown()
+
+
 def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     engine = Engine(bank).start()
     try:
