@@ -140,6 +140,23 @@ def test_close_cancels_running_and_queued_requests_and_refuses_later_ones(bank, 
         engine.shutdown()
 
 
+def test_a_request_wakes_an_idle_engine(bank, prompt_ids):
+    """An idle engine waits for work on an event that submit() sets, not in fixed sleeps: with idle_wait = 30 s,
+    requests to the idle engine still answer at once (a functional check: nothing here times the speed)."""
+    engine = Engine(bank, max_batch_size=2, idle_wait=30.0).start()
+    try:
+        time.sleep(0.2)  # the loop is idle now
+        for ids in prompt_ids[:3]:
+            done = Collector()
+            engine.submit(Request(ids, "grid", SamplingParams(max_new_tokens=2, ignore_eos=True), done))
+            assert done.done.wait(20), "the request waited for the idle loop's sleep"
+            time.sleep(0.1)
+    finally:
+        start = time.monotonic()
+        engine.shutdown()
+        assert time.monotonic() - start < 20 and not engine.alive
+
+
 def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     engine = Engine(bank).start()
     try:
