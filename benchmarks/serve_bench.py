@@ -159,6 +159,10 @@ def main() -> None:
                 print(f"| {streams} streams, {label} | {rate:.1f} | {rate / serial:.1f} | {pct(ttft, 50):.3f} | "
                       f"{pct(ttft, 99):.3f} | {pct(latency, 50):.3f} | {pct(latency, 99):.3f} | "
                       f"{1000 * statistics.median(full):.1f} ({rows}) |", flush=True)
+        # the baseline once more: on shared cores a neighbour's load moves it (seen: 56 to 850 tokens/s on 2 cores)
+        again = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
+        print(f"| serial generate, batch 1, again after the streams | {again:.1f} | {again / serial:.1f} | | | | | |",
+              flush=True)
     finally:
         client.shutdown()
         server.stop()
