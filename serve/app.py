@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .bodylimit import BodyLimit
 from .protocol import ChatRequest, error_body, new_id, now
 from .service import RequestError, Service
 
@@ -63,6 +64,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     metrics = Metrics(service)
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
     limits = service.limits
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)  # inside the guard below: the API key comes first
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -64,6 +64,26 @@ def test_errors_come_in_openai_shape(live_server):
     assert last.status_code == 400 and "last message" in last.json()["error"]["message"]
 
 
+def test_a_chunked_body_over_the_limit_is_refused(live_server):
+    """--max-body-bytes holds without a Content-Length too (Transfer-Encoding: chunked): 413, OpenAI's shape."""
+    def body(pad: int):
+        yield b'{"model": "grid", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "pad": "'
+        for _ in range(pad // 5000):
+            yield b"x" * 5000
+        yield b'"}'
+
+    url, headers = f"{live_server.url}/v1/chat/completions", {"content-type": "application/json"}
+    big = httpx.post(url, content=body(70000), headers=headers)  # the server's limit: 65536
+    assert big.request.headers.get("transfer-encoding") == "chunked"
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large", big.text
+    assert set(big.json()["error"]) == {"message", "type", "param", "code"}
+    small = httpx.post(url, content=body(10000), headers=headers)
+    assert small.status_code == 200 and small.json()["choices"][0]["message"]["role"] == "assistant"
+    with httpx.stream("POST", url, headers=headers, content=b'{"model": "grid", "stream": true, "max_tokens": 3, '
+                      b'"messages": [{"role": "user", "content": "hi"}]}') as r:  # streams still stream
+        assert r.status_code == 200 and r.read().decode().rstrip().endswith("data: [DONE]")
+
+
 def test_health_and_metrics(live_server):
     health = httpx.get(f"{live_server.url}/health").json()
     assert health["status"] == "ok" and "grid" in health["models"]
