@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -82,6 +83,29 @@ def test_a_chunked_body_over_the_limit_is_refused(live_server):
     with httpx.stream("POST", url, headers=headers, content=b'{"model": "grid", "stream": true, "max_tokens": 3, '
                       b'"messages": [{"role": "user", "content": "hi"}]}') as r:  # streams still stream
         assert r.status_code == 200 and r.read().decode().rstrip().endswith("data: [DONE]")
+
+
+def test_a_plain_request_whose_client_leaves_frees_its_slot(serve_runs):
+    """A non-streamed request is cancelled when its client disconnects (streams: tests/serve/test_soak.py), so the
+    engine stops decoding it instead of finishing all its max_tokens for nobody."""
+    from tests.serve.conftest import LiveServer
+
+    server = LiveServer([f"grid={serve_runs['grid']}", "--max-tokens", "900"])
+    try:
+        stats = server.service.engine.stats
+        before = stats.tokens
+        body = {"model": "grid", "max_tokens": 900, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+        deadline = time.time() + 30
+        while (stats.running or stats.waiting) and time.time() < deadline:
+            time.sleep(0.01)
+        assert stats.running == 0 and stats.waiting == 0
+        assert stats.tokens - before < 900, "the request was decoded to its end after its client left"
+        assert server.service.active == 0
+    finally:
+        server.stop()
 
 
 def test_health_and_metrics(live_server):
