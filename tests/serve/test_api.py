@@ -108,6 +108,21 @@ def test_a_plain_request_whose_client_leaves_frees_its_slot(serve_runs):
         server.stop()
 
 
+def test_while_draining_new_requests_get_503_in_openai_shape(live_server):
+    """What a request gets that still reaches the app after SIGTERM (serve/shutdown.py sets the flag)."""
+    live_server.app.state.draining = True
+    try:
+        r = httpx.post(f"{live_server.url}/v1/chat/completions",
+                       json={"model": "grid", "messages": [{"role": "user", "content": "hi"}]})
+        health = httpx.get(f"{live_server.url}/health")
+    finally:
+        live_server.app.state.draining = False
+    assert r.status_code == 503 and r.json() == {"error": {"message": "the server is shutting down",
+                                                           "type": "server_error", "param": None,
+                                                           "code": "shutting_down"}}
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
 def test_health_and_metrics(live_server):
     health = httpx.get(f"{live_server.url}/health").json()
     assert health["status"] == "ok" and "grid" in health["models"]
