@@ -5,6 +5,7 @@ Only translation lives here (JSON <-> serve/service.py); errors leave in OpenAI'
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib.resources import files
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .bodylimit import BodyLimit
 from .protocol import ChatRequest, error_body, new_id, now
 from .service import RequestError, Service
 
@@ -63,6 +65,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     metrics = Metrics(service)
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
     limits = service.limits
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)  # inside the guard below: the API key comes first
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -127,7 +130,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         return {"id": name, "object": "model", "created": now(), "owned_by": "tasktune"}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         if body.stream:
             turn = service.plan(body)
             params = service.sampling(body, turn)
@@ -135,7 +138,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
             metrics.requests.labels("200").inc()
             return StreamingResponse(_sse(service, body, turn, params), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await service.answer(body)
+        answer = await _unless_client_leaves(request, service.answer(body))
         metrics.requests.labels("200").inc()
         message: dict[str, Any] = {"role": "assistant", "content": answer.text}
         if answer.tool_calls:
@@ -162,6 +165,25 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         return FileResponse(str(path), media_type=kind)
 
     return app
+
+
+async def _unless_client_leaves(request: Request, work):
+    """Await `work` (a non-streamed answer); if the client disconnects first, cancel it, which frees its engine
+    slot at the next step (a stream does this by itself: its generator is closed). Nobody reads the 499.
+
+    The body is read by now, so the next ASGI message can only be the disconnect: wait for it beside the work
+    (`request.is_disconnected()` polls with a cancelled scope, which never sees it through the guard middleware)."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and gone.done() and not gone.cancelled() and gone.exception() is None \
+                and gone.result().get("type") == "http.disconnect":
+            raise RequestError("the client closed the connection", status=499, code="client_closed")
+        return await task
+    finally:
+        for future in (task, gone):
+            if not future.done():
+                future.cancel()
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -210,6 +232,10 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
         last = event
         if event.finish_reason == "error":
             yield failed(f"generation failed: {event.error}")
+            return
+        if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
+            yield failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
+                         f"tokens)", "server_error", "shutting_down")
             return
         if event.text:
             parts.append(event.text)

@@ -18,6 +18,11 @@ under its own name, and `auto` picks the run whose spec frames the request (else
 for any mix of runs decode together (continuous batching). The spec's steps become tools: an argument step
 answers with tool_calls, a tool message with the function's result gets the summary step's answer; with
 --actions the server runs the functions itself.
+
+Shutdown: on SIGTERM or SIGINT the server stops accepting connections (a request that still arrives gets 503),
+lets in-flight requests and streams finish for up to --shutdown-timeout seconds, then cancels the rest (a stream
+ends with an error event `shutting_down` and [DONE]; a second signal cancels at once), stops, prints one line
+with how many requests were drained and cancelled, and exits 0.
 """
 
 
@@ -50,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", choices=("auto", "dynamic", "slots"), default="auto",
                    help="slots: fixed key/value slots, one CUDA graph a step (GPU); dynamic: a padded batch that "
                         "grows and shrinks (CPU); auto: slots on CUDA, dynamic elsewhere")
+    p.add_argument("--shutdown-timeout", type=Range(float, 0, 86400), default=30.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
+                        "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
     p.add_argument("--base-name", help="the base model's model name (default: its folder name or hub id)")
     p.set_defaults(func=run)
 
@@ -97,17 +105,23 @@ def build(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    from .shutdown import GracefulServer
 
     app, service, api_key = build(args)
     names = ", ".join(service.model_names())
-    print(f"tasktune serve: {names} on http://{args.host}:{args.port} (batch {args.max_batch_size}, "
-          f"device {service.bank.device}, API key {'required' if api_key else 'off'})",
-          file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
-    server = uvicorn.Server(config)
+    # printed once the port is open (with the port bound, for --port 0): a supervisor can wait for this line
+    def banner(port: int) -> str:
+        return (f"tasktune serve: {names} on http://{args.host}:{port} (batch {args.max_batch_size}, "
+                f"device {service.bank.device}, API key {'required' if api_key else 'off'}, "
+                f"shutdown timeout {args.shutdown_timeout:g} s)")
+
+    server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
+                            banner=banner)
     try:
-        server.run()  # SIGINT/SIGTERM: stop accepting, let in-flight requests finish (30 s), then exit
+        server.run()  # SIGTERM/SIGINT: drain, then cancel (serve/shutdown.py)
     finally:
         service.engine.shutdown()
+    line = server.summary()
+    if line:
+        print(line, file=sys.stderr, flush=True)
     return 0

@@ -77,6 +77,19 @@ class Service:
         self.router = router
         self.actions = actions or {}
         self.limits = limits
+        self.active = 0  # model calls in flight (queued or decoding)
+        self.shutting_down = False
+        self.shutdown_outcomes = {"drained": 0, "cancelled": 0}  # how the calls ended after shutdown began
+
+    def begin_shutdown(self) -> int:
+        """Count from now how model calls end (drained or cancelled); returns how many are in flight."""
+        self.shutting_down = True
+        return self.active
+
+    def _ended(self, cancelled: bool) -> None:
+        self.active -= 1
+        if self.shutting_down:
+            self.shutdown_outcomes["cancelled" if cancelled else "drained"] += 1
 
     # -- models -------------------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -224,17 +237,30 @@ class Service:
         """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        request = Request(self.encode(turn), turn.run, params,
-                          emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
-        self.engine.submit(request)
+
+        def emit(event: Event) -> None:  # on the engine thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (the server stopped): nobody is listening
+                pass
+
+        request = Request(self.encode(turn), turn.run, params, emit=emit)
+        self.active += 1
+        ended = False
         try:
+            self.engine.submit(request)
             while True:
                 event = await queue.get()
+                if event.finish_reason:  # counted before the last yield: the consumer may stop iterating here
+                    ended = True
+                    self._ended(cancelled=event.finish_reason == "cancelled")
                 yield event
                 if event.finish_reason:
                     return
         finally:
             request.cancel()
+            if not ended:  # the client went away (or the task was cancelled)
+                self._ended(cancelled=self.engine.closed)
 
     async def complete(self, turn: Turn, params: SamplingParams) -> Answer:
         parts, last = [], Event()
@@ -243,6 +269,9 @@ class Service:
             last = event
         if last.finish_reason == "error":
             raise RuntimeError(last.error or "generation failed")
+        if last.finish_reason == "cancelled":  # only the server's shutdown cancels a call someone still awaits
+            raise RequestError(last.error or "the server is shutting down", status=503, type_="server_error",
+                               code="shutting_down")
         text = last.full_text if last.full_text is not None else "".join(parts)
         return Answer(text.strip(), last.finish_reason or "stop", last.prompt_tokens,
                       last.completion_tokens)

@@ -50,7 +50,9 @@ class LiveServer:
         register(parser.add_subparsers())
         args = parser.parse_args(["serve", *argv])
         self.app, self.service, self.api_key = build(args)
-        self.sock = socket.socket()
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (a bare socket() has 0),
+        # and without it Nagle + delayed ACK hold each SSE chunk ~40 ms on a kept-alive connection
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -62,6 +63,64 @@ def test_errors_come_in_openai_shape(live_server):
     last = httpx.post(f"{live_server.url}/v1/chat/completions",
                       json={"model": "grid", "messages": [{"role": "assistant", "content": "hi"}]})
     assert last.status_code == 400 and "last message" in last.json()["error"]["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused(live_server):
+    """--max-body-bytes holds without a Content-Length too (Transfer-Encoding: chunked): 413, OpenAI's shape."""
+    def body(pad: int):
+        yield b'{"model": "grid", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "pad": "'
+        for _ in range(pad // 5000):
+            yield b"x" * 5000
+        yield b'"}'
+
+    url, headers = f"{live_server.url}/v1/chat/completions", {"content-type": "application/json"}
+    big = httpx.post(url, content=body(70000), headers=headers)  # the server's limit: 65536
+    assert big.request.headers.get("transfer-encoding") == "chunked"
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large", big.text
+    assert set(big.json()["error"]) == {"message", "type", "param", "code"}
+    small = httpx.post(url, content=body(10000), headers=headers)
+    assert small.status_code == 200 and small.json()["choices"][0]["message"]["role"] == "assistant"
+    with httpx.stream("POST", url, headers=headers, content=b'{"model": "grid", "stream": true, "max_tokens": 3, '
+                      b'"messages": [{"role": "user", "content": "hi"}]}') as r:  # streams still stream
+        assert r.status_code == 200 and r.read().decode().rstrip().endswith("data: [DONE]")
+
+
+def test_a_plain_request_whose_client_leaves_frees_its_slot(serve_runs):
+    """A non-streamed request is cancelled when its client disconnects (streams: tests/serve/test_soak.py), so the
+    engine stops decoding it instead of finishing all its max_tokens for nobody."""
+    from tests.serve.conftest import LiveServer
+
+    server = LiveServer([f"grid={serve_runs['grid']}", "--max-tokens", "900"])
+    try:
+        stats = server.service.engine.stats
+        before = stats.tokens
+        body = {"model": "grid", "max_tokens": 900, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+        deadline = time.time() + 30
+        while (stats.running or stats.waiting) and time.time() < deadline:
+            time.sleep(0.01)
+        assert stats.running == 0 and stats.waiting == 0
+        assert stats.tokens - before < 900, "the request was decoded to its end after its client left"
+        assert server.service.active == 0
+    finally:
+        server.stop()
+
+
+def test_while_draining_new_requests_get_503_in_openai_shape(live_server):
+    """What a request gets that still reaches the app after SIGTERM (serve/shutdown.py sets the flag)."""
+    live_server.app.state.draining = True
+    try:
+        r = httpx.post(f"{live_server.url}/v1/chat/completions",
+                       json={"model": "grid", "messages": [{"role": "user", "content": "hi"}]})
+        health = httpx.get(f"{live_server.url}/health")
+    finally:
+        live_server.app.state.draining = False
+    assert r.status_code == 503 and r.json() == {"error": {"message": "the server is shutting down",
+                                                           "type": "server_error", "param": None,
+                                                           "code": "shutting_down"}}
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
 
 
 def test_health_and_metrics(live_server):

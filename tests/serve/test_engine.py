@@ -117,6 +117,46 @@ def test_cancelled_request_frees_its_slot(bank, prompt_ids):
         engine.shutdown()
 
 
+def test_close_cancels_running_and_queued_requests_and_refuses_later_ones(bank, prompt_ids):
+    """engine.close() (the server's shutdown timeout): every row and queued request ends "cancelled" with the
+    message, at the next step; a request submitted afterwards is cancelled at once; the thread keeps running."""
+    engine = Engine(bank, max_batch_size=1).start()
+    try:
+        running, queued, late = Collector(), Collector(), Collector()
+        params = SamplingParams(max_new_tokens=500, ignore_eos=True)
+        engine.submit(Request(prompt_ids[0], "grid", params, running))
+        engine.submit(Request(prompt_ids[1], None, params, queued))  # waits: the batch holds one row
+        while not running.events:
+            time.sleep(0.001)
+        engine.close("going away")
+        assert running.done.wait(60) and queued.done.wait(60)
+        for c in (running, queued):
+            assert c.events[-1].finish_reason == "cancelled" and c.events[-1].error == "going away"
+        assert running.events[-1].completion_tokens < 500
+        engine.submit(Request(prompt_ids[2], "grid", params, late))
+        assert late.done.is_set() and late.events[-1].finish_reason == "cancelled"
+        assert engine.alive and engine.stats.running == 0 and engine.stats.waiting == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_request_wakes_an_idle_engine(bank, prompt_ids):
+    """An idle engine waits for work on an event that submit() sets, not in fixed sleeps: with idle_wait = 30 s,
+    requests to the idle engine still answer at once (a functional check: nothing here times the speed)."""
+    engine = Engine(bank, max_batch_size=2, idle_wait=30.0).start()
+    try:
+        time.sleep(0.2)  # the loop is idle now
+        for ids in prompt_ids[:3]:
+            done = Collector()
+            engine.submit(Request(ids, "grid", SamplingParams(max_new_tokens=2, ignore_eos=True), done))
+            assert done.done.wait(20), "the request waited for the idle loop's sleep"
+            time.sleep(0.1)
+    finally:
+        start = time.monotonic()
+        engine.shutdown()
+        assert time.monotonic() - start < 20 and not engine.alive
+
+
 def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     engine = Engine(bank).start()
     try:

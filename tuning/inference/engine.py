@@ -127,6 +127,9 @@ class Engine:
         self.decode = decode
         self._slots = self._make_slots(slot_width) if decode == "slots" else None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by submit/close/shutdown: an idle loop starts at once
+        self._closed = threading.Event()  # close(): cancel everything, refuse what comes later
+        self._close_message = "server shutting down"
         self._thread = threading.Thread(target=self._loop, name="tasktune-engine", daemon=True)
 
     # -- the outside -------------------------------------------------------------------------------------
@@ -137,14 +140,31 @@ class Engine:
     def submit(self, request: Request) -> Request:
         if request.adapter is not None and request.adapter not in self.bank.runs:
             raise ConfigError(f"unknown run {request.adapter!r}")
+        if self._closed.is_set():
+            request.emit(Event(finish_reason="cancelled", error=self._close_message,
+                               prompt_tokens=len(request.prompt_ids)))
+            return request
         self._waiting.put(request)
         self.stats.waiting = self._waiting.qsize()
+        self._wake.set()
         return request
+
+    def close(self, message: str = "server shutting down") -> None:
+        """From any thread (a signal handler too): at the next step, end every running and queued request with
+        finish_reason "cancelled" and `message`; requests submitted later are cancelled at once."""
+        self._close_message = message
+        self._closed.set()
+        self._wake.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel what is in flight and stop the thread."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     @property
     def alive(self) -> bool:
@@ -167,15 +187,27 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._closed.is_set():
+                    if self._rows or not self._waiting.empty():
+                        self._fail_all(self._close_message, reason="cancelled")
+                    self._idle()
+                    continue
                 admitted = self._admit()
                 if not self._rows and not admitted:
-                    time.sleep(self.idle_wait) if self._waiting.empty() else None
+                    self._idle() if self._waiting.empty() else None
                     continue
                 if self._rows:
                     self._decode()
             except Exception as exc:  # a failed step fails its requests, never the server
                 self._fail_all(f"{type(exc).__name__}: {exc}")
         self._fail_all("server shutting down", reason="cancelled")
+
+    def _idle(self) -> None:
+        """Nothing to do: wait until a request comes (submit wakes us at once; before, an idle loop slept
+        idle_wait = 50 ms whatever came, so a request reaching an idle server waited up to 50 ms for its first
+        token) or idle_wait passes."""
+        self._wake.wait(self.idle_wait)
+        self._wake.clear()
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
         for row in self._rows:

@@ -1,0 +1,189 @@
+"""SIGTERM on a real `python -m tasktune serve` process with streams in flight (serve/shutdown.py).
+
+Drain: the streams finish whole, new connections are refused, the process exits 0 with one summary line.
+Timeout: with --shutdown-timeout 1 the streams (and a plain request) are cut with an error event / a 503 in
+OpenAI's error shape, and the process still exits 0 promptly. Never a traceback on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "步骤#理解并基于输入拆分函数参数*语音#查查北京的人数"
+
+
+class ServeProcess:
+    """`python -m tasktune serve grid=RUN --port 0 ...` with its stderr in a file; the port read from its banner."""
+
+    def __init__(self, run: Path, log: Path, *flags: str):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasktune", "serve", f"grid={run}", "--port", "0",
+                                      "--max-batch-size", "8", *flags], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.url = self._wait_for_banner(120)
+
+    def _wait_for_banner(self, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = re.search(r"tasktune serve: .* on (http://127\.0\.0\.1:\d+) ", self.stderr())
+            if found:
+                return found.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        pytest.fail(f"the server did not start:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stream(url: str, max_tokens: int, out: dict, started: threading.Event) -> None:
+    """One streamed chat (end-of-sequence ignored); `out`: status, content chunks, error event, done, finish."""
+    body = {"model": "grid", "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+            "messages": [{"role": "user", "content": PROMPT}]}
+    out.update(chunks=0, error=None, done=False, finish=None)
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    out["done"] = True
+                elif line.startswith("data: {"):
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        out["error"] = data["error"]
+                    for choice in data.get("choices", []):
+                        if choice["delta"].get("content"):
+                            out["chunks"] += 1
+                            started.set()
+                        out["finish"] = choice["finish_reason"] or out["finish"]
+    except httpx.HTTPError as exc:  # a stream cut without its end: the failure this test looks for
+        out["broken"] = repr(exc)
+
+
+def _start_streams(url: str, n: int, max_tokens: int) -> tuple[list[threading.Thread], list[dict]]:
+    outs, threads, started = [{} for _ in range(n)], [], []
+    for out in outs:
+        started.append(threading.Event())
+        threads.append(threading.Thread(target=_stream, args=(url, max_tokens, out, started[-1]), daemon=True))
+        threads[-1].start()
+    for event in started:
+        assert event.wait(60), "a stream sent no content"
+    return threads, outs
+
+
+def _exit(server: ServeProcess, timeout: float) -> tuple[int, float]:
+    start = time.monotonic()
+    try:
+        code = server.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        pytest.fail(f"the server was still running {timeout} s after SIGTERM:\n{server.stderr()}")
+    return code, time.monotonic() - start
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_drains_streams_in_flight_then_exits_0(serve_runs, tmp_path):
+    server = ServeProcess(serve_runs["grid"], tmp_path / "serve.log")
+    try:
+        threads, outs = _start_streams(server.url, 3, 400)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # uvicorn notices the signal within 0.1 s and closes the listening socket
+        refused = None
+        try:
+            r = httpx.post(f"{server.url}/v1/chat/completions", timeout=5,
+                           json={"model": "grid", "messages": [{"role": "user", "content": "hi"}]})
+            refused = r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        except httpx.ConnectError:
+            refused = True
+        assert refused, "a new request was served during the drain"
+        still_running = sum(t.is_alive() for t in threads)
+        for t in threads:
+            t.join(60)
+        code, took = _exit(server, 30)
+    finally:
+        server.kill()
+    err = server.stderr()
+    assert still_running > 0, "the streams ended before the drain could be seen; make them longer"
+    for out in outs:
+        assert out.get("status") == 200 and "broken" not in out, out
+        assert out["error"] is None and out["finish"] == "length" and out["done"], out
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert re.search(r"tasktune serve: SIGTERM: drained 3 request\(s\), cancelled 0 \(3 in flight", err), err
+
+
+@pytest.mark.timeout(240)
+def test_shutdown_timeout_cancels_what_is_left_and_exits_promptly(serve_runs, tmp_path):
+    server = ServeProcess(serve_runs["grid"], tmp_path / "serve.log", "--shutdown-timeout", "1")
+    plain: dict = {}
+
+    def ask() -> None:  # a non-streamed request in flight too
+        body = {"model": "grid", "max_tokens": 900, "ignore_eos": True,
+                "messages": [{"role": "user", "content": PROMPT}]}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+        plain.update(status=r.status_code, body=r.json())
+
+    try:
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        threads, outs = _start_streams(server.url, 2, 900)
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code, took = _exit(server, 20)
+        for t in [*threads, asking]:
+            t.join(10)
+    finally:
+        server.kill()
+    err = server.stderr()
+    assert code == 0, err
+    assert time.monotonic() - sent < 15, f"took {time.monotonic() - sent:.1f} s to exit"
+    assert "Traceback" not in err, err
+    for out in outs:  # cut, but cleanly: an error event in OpenAI's shape, then [DONE]
+        assert out.get("status") == 200 and "broken" not in out, out
+        assert out["chunks"] > 0 and out["done"], out
+        assert out["error"]["code"] == "shutting_down" and out["error"]["type"] == "server_error", out
+        assert set(out["error"]) == {"message", "type", "param", "code"}, out
+    assert plain["status"] == 503 and plain["body"]["error"]["code"] == "shutting_down", plain
+    assert re.search(r"SIGTERM: drained 0 request\(s\), cancelled 3 \(3 in flight; shutdown timeout 1 s\)", err), err
+
+
+@pytest.mark.timeout(240)
+def test_sigint_then_a_second_signal_cancels_at_once(serve_runs, tmp_path):
+    """Ctrl-C starts the same drain (exit 0, no KeyboardInterrupt traceback); a second signal cuts at once."""
+    server = ServeProcess(serve_runs["grid"], tmp_path / "serve.log")  # the default 30 s timeout
+    try:
+        threads, outs = _start_streams(server.url, 2, 900)
+        server.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        code, took = _exit(server, 20)
+        for t in threads:
+            t.join(10)
+    finally:
+        server.kill()
+    err = server.stderr()
+    assert code == 0 and took < 15 and "Traceback" not in err, err
+    for out in outs:
+        assert out["done"] and out["error"]["code"] == "shutting_down", out
+    assert "tasktune serve: SIGINT: drained 0 request(s), cancelled 2" in err, err
