@@ -1,4 +1,4 @@
-"""serve.engine: greedy answers equal eval's whatever shares the batch; continuous batching; freed slots."""
+"""tuning/inference/engine.py: greedy answers equal eval's whatever shares the batch; continuous batching; freed slots."""
 
 from __future__ import annotations
 
