@@ -14,6 +14,7 @@ routing, tool calls and the server-side action loop share the request's state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -236,11 +237,16 @@ class Service:
     async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
         """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        pending: collections.deque[Event] = collections.deque()
+        ready = asyncio.Event()
+
+        def push(event: Event) -> None:  # on the event loop
+            pending.append(event)
+            ready.set()
 
         def emit(event: Event) -> None:  # on the engine thread
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                loop.call_soon_threadsafe(push, event)
             except RuntimeError:  # the event loop is gone (the server stopped): nobody is listening
                 pass
 
@@ -250,7 +256,10 @@ class Service:
         try:
             self.engine.submit(request)
             while True:
-                event = await queue.get()
+                while not pending:
+                    ready.clear()
+                    await ready.wait()
+                event = _coalesce(pending)
                 if event.finish_reason:  # counted before the last yield: the consumer may stop iterating here
                     ended = True
                     self._ended(cancelled=event.finish_reason == "cancelled")
@@ -390,3 +399,16 @@ def load_actions(path: str) -> dict[str, Callable[..., dict]]:
 
 
 __all__ = ["Service", "RequestError", "Limits", "Turn", "Answer", "load_tools", "load_actions", "DataError"]
+
+
+def _coalesce(pending: "collections.deque[Event]") -> Event:
+    """The first waiting event merged with the text events behind it: when the event loop falls behind the engine
+    (many streams on few cores), a stream then sends one chunk for the tokens of several steps instead of one chunk
+    a token, as vLLM's stream interval does. A finishing event is merged too (its reason and counts win); an error
+    or a cancellation is never merged, so the text before it is not lost."""
+    event = pending.popleft()
+    while event.finish_reason is None and pending and pending[0].finish_reason not in ("error", "cancelled"):
+        nxt = pending.popleft()
+        event = Event(text=event.text + nxt.text, finish_reason=nxt.finish_reason, prompt_tokens=nxt.prompt_tokens,
+                      completion_tokens=nxt.completion_tokens, error=nxt.error, full_text=nxt.full_text)
+    return event
