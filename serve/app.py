@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .bodylimit import BodyLimit
+from .guard import Guard
 from .protocol import ChatRequest, error_body, new_id, now
 from .service import RequestError, Service
 
@@ -66,20 +67,8 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
     limits = service.limits
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)  # inside the guard below: the API key comes first
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return _error(401, "Incorrect or missing API key: send `Authorization: Bearer KEY`",
-                              "invalid_request_error", "invalid_api_key")
-            size = request.headers.get("content-length")
-            if size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
-                return _error(413, f"request body over this server's limit of {limits.max_body_bytes} bytes",
-                              code="request_too_large")
-            if app.state.draining:
-                return _error(503, "the server is shutting down", "server_error", "shutting_down")
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
+                       draining=lambda: app.state.draining)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -172,7 +161,7 @@ async def _unless_client_leaves(request: Request, work):
     slot at the next step (a stream does this by itself: its generator is closed). Nobody reads the 499.
 
     The body is read by now, so the next ASGI message can only be the disconnect: wait for it beside the work
-    (`request.is_disconnected()` polls with a cancelled scope, which never sees it through the guard middleware)."""
+    (`request.is_disconnected()` polls with a cancelled scope, which can miss it)."""
     task, gone = asyncio.ensure_future(work), asyncio.ensure_future(request.receive())
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -81,6 +82,7 @@ class Service:
         self.active = 0  # model calls in flight (queued or decoding)
         self.shutting_down = False
         self.shutdown_outcomes = {"drained": 0, "cancelled": 0}  # how the calls ended after shutdown began
+        self._mail: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Mailbox
 
     def begin_shutdown(self) -> int:
         """Count from now how model calls end (drained or cancelled); returns how many are in flight."""
@@ -236,7 +238,6 @@ class Service:
 
     async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
         """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
-        loop = asyncio.get_running_loop()
         pending: collections.deque[Event] = collections.deque()
         ready = asyncio.Event()
 
@@ -244,12 +245,8 @@ class Service:
             pending.append(event)
             ready.set()
 
-        def emit(event: Event) -> None:  # on the engine thread
-            try:
-                loop.call_soon_threadsafe(push, event)
-            except RuntimeError:  # the event loop is gone (the server stopped): nobody is listening
-                pass
-
+        loop = asyncio.get_running_loop()
+        emit = self._mail.setdefault(loop, _Mailbox(loop)).sender(push)
         request = Request(self.encode(turn), turn.run, params, emit=emit)
         self.active += 1
         ended = False
@@ -412,3 +409,31 @@ def _coalesce(pending: "collections.deque[Event]") -> Event:
         event = Event(text=event.text + nxt.text, finish_reason=nxt.finish_reason, prompt_tokens=nxt.prompt_tokens,
                       completion_tokens=nxt.completion_tokens, error=nxt.error, full_text=nxt.full_text)
     return event
+
+
+class _Mailbox:
+    """Engine events to the event loop with one wake-up per batch of events, not one per token: the engine thread
+    appends (deque appends are atomic) and schedules a flush only when none is pending, so a decode step of N rows
+    costs the loop one wake-up (a self-pipe write and a loop turn) instead of N."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._box: collections.deque = collections.deque()
+        self._scheduled = False
+
+    def sender(self, push: Callable[[Event], None]) -> Callable[[Event], None]:
+        def emit(event: Event) -> None:  # on the engine thread
+            self._box.append((push, event))
+            if not self._scheduled:
+                self._scheduled = True
+                try:
+                    self._loop.call_soon_threadsafe(self._flush)
+                except RuntimeError:  # the event loop is gone (the server stopped): nobody is listening
+                    self._scheduled = False
+        return emit
+
+    def _flush(self) -> None:  # on the event loop
+        self._scheduled = False  # before draining: an event appended after this schedules the next flush
+        while self._box:
+            push, event = self._box.popleft()
+            push(event)

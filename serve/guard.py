@@ -1,0 +1,43 @@
+"""The checks every /v1/ request passes before the app sees it: the API key (401), a declared body size over the
+limit (413, nothing read), and a server that is draining (503) — each in OpenAI's error shape.
+
+Pure ASGI middleware, not Starlette's `@app.middleware("http")`: that one passes every chunk of a streamed answer
+through an extra memory stream and task switch, a per-token cost that showed at many concurrent streams."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from starlette.responses import JSONResponse
+
+from .protocol import error_body
+
+
+class Guard:
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, draining: Callable[[], bool],
+                 prefix: str = "/v1/"):
+        self.app, self.api_key, self.max_body_bytes, self.draining, self.prefix = (
+            app, api_key, max_body_bytes, draining, prefix)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            refusal = self.refusal({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+            if refusal is not None:
+                return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def refusal(self, headers: dict[str, str]) -> JSONResponse | None:
+        if self.api_key and headers.get("authorization", "") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect or missing API key: send `Authorization: Bearer KEY`",
+                          "invalid_request_error", "invalid_api_key")
+        size = headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.max_body_bytes):
+            return _error(413, f"request body over this server's limit of {self.max_body_bytes} bytes",
+                          code="request_too_large")
+        if self.draining():
+            return _error(503, "the server is shutting down", "server_error", "shutting_down")
+        return None
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, None), status_code=status)
