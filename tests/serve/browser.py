@@ -54,8 +54,10 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path):
+    # module scope, not session: Playwright's sync API keeps an asyncio loop running on the main thread while it
+    # is open, and a later test's asyncio.run() then fails ("cannot be called from a running event loop")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is in the dev extra")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
