@@ -57,8 +57,8 @@ class Metrics:
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code, param), status_code=status)
+           param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
@@ -87,7 +87,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
         metrics.requests.labels(str(exc.status)).inc()
-        return _error(exc.status, str(exc), exc.type, exc.code, exc.param)
+        return _error(exc.status, str(exc), exc.type, exc.code, exc.param, exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):
@@ -120,6 +120,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
+        service.admit()  # 429 when the batch is full and --max-queue calls already wait
         if body.stream:
             turn = service.plan(body)
             params = service.sampling(body, turn)

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longer prompts are refused with 400 (default: 4096)")
     p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
                    help="the largest max_tokens a request may ask (default: 1024)")
+    p.add_argument("--max-queue", type=Range(int, 0, 1 << 20), default=256,
+                   help="requests that may wait for a batch slot; beyond them a request gets 429 with "
+                        "Retry-After: 1 (default: 256; 0: only what fits the batch)")
     p.add_argument("--max-body-bytes", type=Range(int, 1, 1 << 30), default=1 << 20,
                    help="larger request bodies are refused with 413 (default: 1 MiB)")
     p.add_argument("--spec", action="append", default=[], metavar="NAME=SPEC",
@@ -99,7 +102,7 @@ def build(args: argparse.Namespace):
     width = max(r.max_source_length for r in bank.runs.values()) + args.max_tokens + 1
     engine = Engine(bank, max_batch_size=args.max_batch_size, decode=args.decode, slot_width=width).start()
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
-                      limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes))
+                      limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
     return create_app(service, api_key=api_key), service, api_key
 

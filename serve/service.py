@@ -34,9 +34,10 @@ class RequestError(ValueError):
     """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape."""
 
     def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
-                 type_: str = "invalid_request_error"):
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.param, self.type = status, code, param, type_
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Limits:
     max_prompt_tokens: int = 4096
     max_tokens: int = 1024
     max_body_bytes: int = 1 << 20
+    max_queue: int = 256  # model calls that may wait for a batch slot; more get 429
 
 
 @dataclass
@@ -88,6 +90,18 @@ class Service:
         """Count from now how model calls end (drained or cancelled); returns how many are in flight."""
         self.shutting_down = True
         return self.active
+
+    def admit(self) -> None:
+        """Refuse a new chat request with 429 (OpenAI's rate-limit shape, Retry-After: 1) while the batch is
+        full and `max_queue` model calls already wait for a slot: a burst beyond what the server can hold is
+        told to come back, instead of queueing without bound (memory, and latencies no client waits for).
+        The openai client retries a 429 by itself, after Retry-After."""
+        waiting = self.active - self.engine.max_batch_size
+        if waiting >= self.limits.max_queue:
+            raise RequestError(f"the server is busy: {self.engine.max_batch_size} requests decoding and "
+                               f"{max(waiting, 0)} waiting (--max-queue {self.limits.max_queue}); retry shortly",
+                               status=429, code="rate_limit_exceeded", type_="requests",
+                               headers={"Retry-After": "1"})
 
     def _ended(self, cancelled: bool) -> None:
         self.active -= 1

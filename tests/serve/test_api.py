@@ -108,6 +108,38 @@ def test_a_plain_request_whose_client_leaves_frees_its_slot(serve_runs):
         server.stop()
 
 
+def test_a_request_beyond_the_batch_and_the_queue_gets_429_with_retry_after(serve_runs):
+    """--max-batch-size 1 --max-queue 0: while one stream decodes, the next request is told to come back (429,
+    OpenAI's rate-limit shape, Retry-After) instead of queueing; once the stream ends, requests go through."""
+    import openai
+
+    from tests.serve.conftest import LiveServer
+
+    server = LiveServer([f"grid={serve_runs['grid']}", "--max-tokens", "900", "--max-batch-size", "1",
+                         "--max-queue", "0"])
+    try:
+        body = {"model": "grid", "max_tokens": 900, "ignore_eos": True, "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")  # the stream holds the batch's one slot now
+            r = httpx.post(f"{server.url}/v1/chat/completions",
+                           json={"model": "grid", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "rate_limit_exceeded" and "--max-queue 0" in r.json()["error"]["message"]
+            with pytest.raises(openai.RateLimitError):
+                server.client().chat.completions.create(model="grid", messages=[{"role": "user", "content": "x"}],
+                                                        max_tokens=2)
+        deadline = time.time() + 30
+        while server.service.active and time.time() < deadline:
+            time.sleep(0.01)
+        answer = server.client().chat.completions.create(model="grid", max_tokens=2,
+                                                         messages=[{"role": "user", "content": "x"}])
+        assert answer.choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.stop()
+
+
 def test_while_draining_new_requests_get_503_in_openai_shape(live_server):
     """What a request gets that still reaches the app after SIGTERM (serve/shutdown.py sets the flag)."""
     live_server.app.state.draining = True
