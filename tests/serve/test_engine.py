@@ -96,6 +96,41 @@ def test_short_request_joins_a_long_one_and_finishes_first(bank, prompt_ids):
         engine.shutdown()
 
 
+def test_rows_finishing_and_joining_at_staggered_steps_answer_as_alone(bank, prompt_ids):
+    """Dynamic batch: rows join (merged caches, left-padded) and leave (cache columns dropped) at odd steps; whatever
+    the schedule, every answer equals the same request decoded alone and the batch ends empty."""
+    lengths = [3, 17, 5, 29, 9, 2, 13]
+    jobs = [(prompt_ids[i % len(prompt_ids)], ("grid", "grid2", None)[i % 3], n) for i, n in enumerate(lengths)]
+
+    def answers(max_batch_size: int, staggered: bool) -> list[str]:
+        engine = Engine(bank, max_batch_size=max_batch_size, decode="dynamic").start()
+        rows_seen = []
+        engine.stats.observers.append(lambda name, _: rows_seen.append(len(engine._rows))
+                                      if name == "step_seconds" else None)
+        try:
+            out = []
+            for ids, name, n in jobs:
+                out.append(Collector())
+                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=n, ignore_eos=True), out[-1]))
+                if staggered:  # the next one joins after this one's first token: rows join and leave at odd steps
+                    while not out[-1].events:
+                        time.sleep(0.001)
+            texts = [c.text() for c in out]
+            assert [c.events[-1].completion_tokens for c in out] == lengths
+            deadline = time.time() + 10
+            while engine._rows and time.time() < deadline:
+                time.sleep(0.01)
+            assert engine._rows == [] and engine.stats.running == 0  # nothing left in the batch at the end
+            return texts, rows_seen
+        finally:
+            engine.shutdown()
+
+    alone, _ = answers(1, staggered=False)
+    together, rows_seen = answers(8, staggered=True)
+    assert together == alone
+    assert max(rows_seen) >= 3  # they really shared the batch
+
+
 def test_cancelled_request_frees_its_slot(bank, prompt_ids):
     engine = Engine(bank, max_batch_size=1).start()
     try:
