@@ -247,7 +247,8 @@ class Service:
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
         extra = request.model_extra or {}
         return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
-                              temperature=float(request.temperature or 0.0), top_p=float(request.top_p or 1.0),
+                              temperature=float(request.temperature or 0.0),
+                              top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
                               seed=request.seed, stop=request.stops(), ignore_eos=bool(extra.get("ignore_eos")))
 
     async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
