@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .bodylimit import BodyLimit
@@ -119,7 +120,8 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         return {"id": name, "object": "model", "created": now(), "owned_by": "tasktune"}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
+    async def chat(request: Request):
+        body = await _chat_request(request)
         service.admit()  # 429 when the batch is full and --max-queue calls already wait
         if body.stream:
             turn = service.plan(body)
@@ -155,6 +157,23 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         return FileResponse(str(path), media_type=kind)
 
     return app
+
+
+async def _chat_request(request: Request) -> ChatRequest:
+    """The body as a ChatRequest, read as JSON whatever its Content-Type says: `curl URL -d '{...}'` (this
+    server's own --help example) sends application/x-www-form-urlencoded, and other bare clients send text/plain
+    or nothing; FastAPI's body parameter reads only a JSON content type and refused those with a puzzling
+    'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+                                       "ctx": {"error": str(exc)}}]) from None
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 async def _unless_client_leaves(request: Request, work):
