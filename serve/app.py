@@ -251,7 +251,7 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
             yield chunk({"content": event.text})
     finish = last.finish_reason if last else "stop"
     text = last.full_text if last and last.full_text is not None else "".join(parts)
-    calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip())
+    calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body)
     if calls:
         yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
         finish = "tool_calls"

@@ -297,12 +297,19 @@ class Service:
         return Answer(text.strip(), last.finish_reason or "stop", last.prompt_tokens,
                       last.completion_tokens)
 
-    def tool_calls(self, turn: Turn, text: str) -> list[dict[str, Any]]:
-        """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise)."""
+    def tool_calls(self, turn: Turn, text: str, request: ChatRequest | None = None) -> list[dict[str, Any]]:
+        """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise). When the request
+        declares tools, only calls of tools it declared: OpenAI never calls a tool the client did not offer, and a
+        client that offered its own (LangChain's `with_structured_output(method="function_calling")` offers one,
+        its schema) fails on a call it cannot dispatch; the answer is then plain text."""
         tools = self.tools.get(turn.run) if turn.run else None
         if tools is None or turn.step is None:
             return []
-        return [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in tools.tool_calls(turn.step, text)]
+        calls = tools.tool_calls(turn.step, text)
+        if request is not None and request.tools:
+            offered = {t["function"].get("name") for t in request.tools if isinstance(t.get("function"), dict)}
+            calls = [call for call in calls if call.name in offered]
+        return [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in calls]
 
     async def answer(self, request: ChatRequest) -> Answer:
         """A whole non-streamed answer; runs server-side actions when registered and the client sent no tools."""
@@ -311,7 +318,7 @@ class Service:
         answer = await self.complete(turn, params)
         if request.tool_choice == "none":
             return answer
-        answer.tool_calls = self.tool_calls(turn, answer.text)
+        answer.tool_calls = self.tool_calls(turn, answer.text, request)
         if answer.tool_calls and self.actions and not request.tools:
             return await self._run_actions(turn, answer, params)
         if answer.tool_calls:
