@@ -344,8 +344,11 @@ class Service:
             try:
                 result = await asyncio.to_thread(function, **arguments)
             except Exception as exc:  # the action library failed: say so, never crash the request
+                # x-should-retry: the openai clients (Python, Node) retry a 5xx twice by default, which would run
+                # the action (a side effect) again; they obey this header
                 raise RequestError(f"action {name} failed: {type(exc).__name__}: {exc}", status=502,
-                                   type_="server_error", code="action_failed") from None
+                                   type_="server_error", code="action_failed",
+                                   headers={"x-should-retry": "false"}) from None
             executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
             prompt, step = self._result_prompt(turn.run, name, arguments, result)
             next_turn = Turn(turn.run, prompt, [], step)
