@@ -246,6 +246,7 @@ class Service:
                                param="max_tokens")
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
         extra = request.model_extra or {}
+        _refuse_unsupported(extra)
         return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
                               temperature=float(request.temperature or 0.0),
                               top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
@@ -362,6 +363,22 @@ class Service:
         summary = await self.complete(next_turn, params)
         return Answer(summary.text, summary.finish_reason, answer.prompt_tokens + summary.prompt_tokens,
                       answer.completion_tokens + summary.completion_tokens, [], executed)
+
+
+def _refuse_unsupported(extra: dict[str, Any]) -> None:
+    """400 `unsupported_value` (OpenAI's code for a value a model does not take) for parameters whose meaning this
+    server cannot honour; ignored, they gave a 200 the client then failed on (`chat.completions.parse` and
+    LangChain's `with_structured_output`: LengthFinishReasonError / ValidationError; `logprobs`: None). Unknown
+    fields and parameters that only tune sampling (penalties, logit_bias) are still accepted and ignored."""
+    fmt = extra.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if kind not in (None, "text"):
+        raise RequestError(f"response_format {kind!r} is not supported: this server cannot constrain answers to "
+                           f"JSON (leave response_format out, or send {{\"type\": \"text\"}})",
+                           param="response_format", code="unsupported_value")
+    if extra.get("logprobs") or extra.get("top_logprobs"):
+        raise RequestError("logprobs are not supported by this server (send logprobs: false or leave it out)",
+                           param="logprobs", code="unsupported_value")
 
 
 def _text(message: Message) -> str:
