@@ -1,0 +1,130 @@
+"""Compatibility with third-party OpenAI clients (openai, LangChain, LiteLLM, openai-node, curl): requests those
+clients really send, and what they need back. Each test names the client behaviour it stands for."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.serve.test_api import ARGS_ANSWER, FRAMED, scripted  # noqa: F401 (scripted is a fixture)
+
+HELLO = [{"role": "user", "content": "你好"}]
+
+
+def test_stream_null_is_not_streaming(live_server):
+    """OpenAI's schema has `stream: boolean | null`; clients that serialise unset fields (LiteLLM proxies, some
+    Go/Java SDKs) send `"stream": null`. It was a 400 'stream: Input should be a valid boolean'."""
+    reply = httpx.post(f"{live_server.url}/v1/chat/completions",
+                       json={"model": "grid", "messages": HELLO, "max_tokens": 2, "stream": None})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["object"] == "chat.completion"
+
+
+def test_top_p_zero_is_accepted_and_is_the_most_likely_token(live_server):
+    """OpenAI accepts 0 <= top_p <= 1; top_p=0 keeps only the most likely token (greedy). It was a 400
+    ('top_p: Input should be greater than 0'); and `top_p or 1.0` would have turned 0 into 1.0 (no cut)."""
+    client = live_server.client()
+    greedy = client.chat.completions.create(model="grid", messages=[{"role": "user", "content": FRAMED}],
+                                            max_tokens=8)
+    nucleus = client.chat.completions.create(model="grid", messages=[{"role": "user", "content": FRAMED}],
+                                             max_tokens=8, temperature=1.5, top_p=0, seed=1)
+    assert nucleus.choices[0].message.content == greedy.choices[0].message.content
+
+
+def test_a_model_id_with_a_slash_can_be_retrieved(live_server, monkeypatch):
+    """The base model is served under its hub id by default (`Qwen/Qwen2.5-0.5B`): GET /v1/models/{id} must take
+    the slash, as `client.models.retrieve(id)` sends it. It was the router's bare 404 'Not Found'."""
+    monkeypatch.setattr(live_server.service, "base_name", "org/tiny-base")
+    client = live_server.client()
+    assert "org/tiny-base" in [m.id for m in client.models.list().data]
+    assert client.models.retrieve("org/tiny-base").id == "org/tiny-base"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("org/nope")
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_a_json_body_without_a_json_content_type_is_read(live_server):
+    """`tasktune serve --help`'s own example is `curl URL -d '{...}'`, which sends Content-Type:
+    application/x-www-form-urlencoded; a bare client may send none or text/plain. The body was refused with
+    400 'Input should be a valid dictionary or object to extract fields from'."""
+    body = json.dumps({"model": "grid", "messages": HELLO, "max_tokens": 2}).encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        reply = httpx.post(f"{live_server.url}/v1/chat/completions", content=body, headers=headers)
+        assert reply.status_code == 200, (content_type, reply.text)
+    broken = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{not json",
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+
+
+def test_tool_calls_name_only_tools_the_client_declared(live_server, scripted):  # noqa: F811
+    """A client that declares its own tools must not get a call of a tool it never declared: LangChain's
+    `with_structured_output(Model, method="function_calling")` declares one tool `Model` (tool_choice naming
+    it) and failed with OutputParserException "Unknown tool type: 'site_check'". OpenAI only calls declared
+    tools; the answer then is plain text."""
+    client = live_server.client()
+    mine = [{"type": "function", "function": {"name": "Place", "parameters": {
+        "type": "object", "properties": {"place": {"type": "string"}}}}}]
+    reply = client.chat.completions.create(model="grid", tools=mine, messages=[{"role": "user", "content": FRAMED}])
+    choice = reply.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content == ARGS_ANSWER
+    chunks = list(client.chat.completions.create(model="grid", tools=mine, stream=True,
+                                                 messages=[{"role": "user", "content": FRAMED}]))
+    assert not [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    # declaring the spec's tool still gets the call
+    from tasktune.serve.tools import TaskTools
+
+    ours = client.chat.completions.create(model="grid", tools=TaskTools.from_spec("grid").tools(),
+                                          messages=[{"role": "user", "content": FRAMED}])
+    assert ours.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_failed_action_is_not_retried_by_the_openai_client(live_server, scripted, monkeypatch):  # noqa: F811
+    """A failed server-side action is a 502; the openai clients (Python, Node) retry 5xx twice by default, so the
+    action (a side effect) ran three times for one request. `x-should-retry: false` tells them not to."""
+    calls = []
+
+    def site_check(**arguments):
+        calls.append(arguments)
+        raise ConnectionError("register unreachable")
+
+    monkeypatch.setattr(live_server.service, "actions", {"site_check": site_check})
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=2, timeout=60)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="grid", messages=[{"role": "user", "content": "查查济南的人数"}])
+    assert err.value.status_code == 502 and err.value.body["code"] == "action_failed"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}}}},
+     "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2, "logprobs": True}, "logprobs"),
+])
+def test_parameters_the_server_cannot_honour_are_refused_not_ignored(live_server, extra, param):
+    """`client.chat.completions.parse(response_format=Model)`, LangChain's `with_structured_output` (json_schema /
+    json_mode) and `logprobs=True` got a 200 whose text ignored them, and failed later on the client
+    (LengthFinishReasonError, pydantic ValidationError, logprobs None). A 400 `unsupported_value` naming the
+    parameter (OpenAI's code for a value a model does not support) says why at once."""
+    with pytest.raises(openai.BadRequestError) as err:
+        live_server.client().chat.completions.create(model="grid", messages=HELLO, max_tokens=2, **extra)
+    assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_value"
+
+
+def test_parameters_that_change_nothing_are_still_accepted(live_server):
+    """What clients send by default must keep working: response_format text, logprobs false, penalties,
+    parallel_tool_calls, user/metadata/store, name fields, content as text parts."""
+    reply = live_server.client().chat.completions.create(
+        model="grid", max_tokens=2, response_format={"type": "text"}, logprobs=False, presence_penalty=0.5,
+        frequency_penalty=0.5, parallel_tool_calls=False, user="u", metadata={"a": "b"}, store=False,
+        messages=[{"role": "system", "content": [{"type": "text", "text": "s"}], "name": "sys"},
+                  {"role": "user", "content": [{"type": "text", "text": "你"}, {"type": "text", "text": "好"}],
+                   "name": "bob"}])
+    assert reply.choices[0].message.content is not None
