@@ -62,7 +62,7 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
-def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
+def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None)
     metrics = Metrics(service)
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
@@ -70,6 +70,11 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)  # inside the guard below: the API key comes first
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        draining=lambda: app.state.draining)
+    if cors_origins:  # outermost: a browser's preflight (OPTIONS, no Authorization header) is answered here
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], max_age=600)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

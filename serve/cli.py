@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longer prompts are refused with 400 (default: 4096)")
     p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
                    help="the largest max_tokens a request may ask (default: 1024)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
+                        "a browser (CORS; repeatable; default: none, only this server's own page)")
     p.add_argument("--max-queue", type=Range(int, 0, 1 << 20), default=256,
                    help="requests that may wait for a batch slot; beyond them a request gets 429 with "
                         "Retry-After: 1 (default: 256; 0: only what fits the batch)")
@@ -104,7 +107,7 @@ def build(args: argparse.Namespace):
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
-    return create_app(service, api_key=api_key), service, api_key
+    return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin)), service, api_key
 
 
 def run(args: argparse.Namespace) -> int:

@@ -128,3 +128,26 @@ def test_parameters_that_change_nothing_are_still_accepted(live_server):
                   {"role": "user", "content": [{"type": "text", "text": "你"}, {"type": "text", "text": "好"}],
                    "name": "bob"}])
     assert reply.choices[0].message.content is not None
+
+
+def test_cors_is_off_by_default_and_opt_in_answers_a_preflight_before_the_api_key(serve_runs, live_server):
+    """A browser page on another origin (a JS app using the openai npm client with dangerouslyAllowBrowser)
+    sends a preflight OPTIONS without Authorization: with --cors-origin it is answered (and the real request
+    still needs the key); without, no Access-Control-Allow-Origin, so the browser blocks the page."""
+    from tests.serve.conftest import LiveServer
+
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    closed = httpx.options(f"{live_server.url}/v1/chat/completions", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    server = LiveServer([f"grid={serve_runs['grid']}", "--api-key", "k", "--cors-origin", "http://localhost:3000"])
+    try:
+        r = httpx.options(f"{server.url}/v1/chat/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        post = httpx.post(f"{server.url}/v1/chat/completions", headers={"Origin": "http://localhost:3000"},
+                          json={"model": "grid", "max_tokens": 2, "messages": HELLO})
+        assert post.status_code == 401 and post.headers["access-control-allow-origin"] == "http://localhost:3000"
+        other = httpx.options(f"{server.url}/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        server.stop()
