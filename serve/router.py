@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tasktune.errors import ConfigError
-
 
 def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | None, str] | None]:
     """A function text -> (None, step label) from a classification run (any served run may take the step)."""
@@ -20,11 +18,10 @@ def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | 
     from tasktune.tuning.run import RunFolder
 
     run_dir = Path(run_dir)
-    record = RunFolder(run_dir).record()
+    record = RunFolder(run_dir).record(task="classification", refusal="--router {run}: not a classification run "
+                                       "(task {task!r}); train one with `tasktune train --task classification` on "
+                                       "the spec's intent data")
     cfg = record.config
-    if cfg.task != "classification":
-        raise ConfigError(f"--router {run_dir}: not a classification run (task {cfg.task!r}); train one "
-                          "with `tasktune train --task classification` on the spec's intent data")
     labels = methods.read_method_info(run_dir).get("labels") or record.labels
     source = methods.base_source(cfg.model, run_dir)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, padding_side="right")

@@ -117,10 +117,14 @@ class RunFolder:
             raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
         return data
 
-    def record(self) -> RunRecord:
-        """The checked, typed record of a finished run."""
+    def record(self, *, task: str | None = None, refusal: str = "") -> RunRecord:
+        """The checked, typed record of a finished run. With `task`: a run of another task is refused with a
+        ConfigError whose message is `refusal` formatted with {run} (this folder) and {task} (the run's task)."""
         self.check()
-        return RunRecord.from_dict(self.raw_record(), self.record_path)
+        record = RunRecord.from_dict(self.raw_record(), self.record_path)
+        if task is not None and record.task != task:
+            raise ConfigError(refusal.format(run=self.path, task=record.task))
+        return record
 
     def write_record(self, record: dict[str, Any]) -> Path:
         from tasktune.files import write_json

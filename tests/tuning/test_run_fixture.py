@@ -43,3 +43,15 @@ def test_an_old_run_folder_resumes_from_its_last_checkpoint(old_run):
     steps = [row["step"] for row in (history if isinstance(history, list) else history.get("history", []))]
     assert steps[:4] == [1, 2, 3, 4] and steps[-1] == 6  # steps 1-4 kept from 0.1.0, 5-6 trained now
     assert record["config"]["max_steps"] == 6 and result is not None
+
+
+def test_the_run_owner_refuses_a_run_of_another_task_with_the_callers_words():
+    """RunFolder.record(task=...) is the one check behind `tasktune serve`, `Assistant` and `--router`."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.run import RunFolder
+
+    folder = RunFolder(FIXTURE / "run")
+    assert folder.record(task="causal-lm", refusal="unused").task == "causal-lm"
+    with pytest.raises(ConfigError) as err:
+        folder.record(task="classification", refusal="--router {run}: not a classification run (task {task!r})")
+    assert str(err.value) == f"--router {FIXTURE / 'run'}: not a classification run (task 'causal-lm')"

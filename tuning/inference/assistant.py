@@ -160,11 +160,9 @@ class _LoadedRun:
         from tasktune.tuning.run import RunFolder
 
         run_dir = Path(run_dir)
-        record = RunFolder(run_dir).record()
+        record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts and cannot "
+                                                                    "chat or answer prompts; use `tasktune eval`")
         cfg = record.config
-        if cfg.task != "causal-lm":
-            raise ConfigError(f"{run_dir}: a {cfg.task} run labels texts and cannot chat or answer prompts; "
-                              "use `tasktune eval`")
         tokenizer = load_tokenizer(base_source(cfg.model, run_dir), trust_remote_code=cfg.trust_remote_code,
                                    padding_side="left")
         return cls(run_dir.name, run_dir, record, tokenizer, load_run_adapter(run_dir, record))

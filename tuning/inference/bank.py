@@ -40,10 +40,9 @@ def _record(run_dir: Path):
     from tasktune.tuning.model.methods import read_method_info
     from tasktune.tuning.run import RunFolder
 
-    record = RunFolder(run_dir).record()
+    record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts; serve causal-lm "
+                                                                "runs (use it as --router)")
     cfg = record.config
-    if cfg.task != "causal-lm":
-        raise ConfigError(f"{run_dir}: a {cfg.task} run labels texts; serve causal-lm runs (use it as --router)")
     method = read_method_info(run_dir).get("method", cfg.method)
     if method not in PREFIX_METHODS:
         raise ConfigError(f"{run_dir}: method {method!r} changes the base model's weights and cannot share one base "
