@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .bodylimit import BodyLimit
 from .guard import Guard
-from .protocol import ChatRequest, error_body, new_id, now
+from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
 from .service import RequestError, Service
 
 STATIC = files("tasktune.serve") / "static"
@@ -55,11 +55,6 @@ class Metrics:
         self.tokens.inc(tokens - self._last_tokens)
         self._last_tokens = tokens
         return generate_latest(self.registry)
-
-
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from starlette.responses import JSONResponse
 
-from .protocol import error_body
+from .protocol import error_response as _error
 
 
 class Guard:
@@ -38,6 +38,3 @@ class Guard:
             return _error(503, "the server is shutting down", "server_error", "shutting_down")
         return None
 
-
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code, None), status_code=status)

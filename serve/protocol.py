@@ -79,3 +79,11 @@ def error_body(message: str, type_: str = "invalid_request_error", code: str | N
                param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None, headers: dict[str, str] | None = None):
+    """An HTTP error response in OpenAI's shape."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
