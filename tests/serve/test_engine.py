@@ -118,7 +118,8 @@ def test_rows_finishing_and_joining_at_staggered_steps_answer_as_alone(bank, pro
             texts = [c.text() for c in out]
             assert [c.events[-1].completion_tokens for c in out] == lengths
             deadline = time.time() + 10
-            while engine._rows and time.time() < deadline:
+            # the engine thread empties _rows, then sets stats.running: wait for both (a loaded machine lands between)
+            while (engine._rows or engine.stats.running) and time.time() < deadline:
                 time.sleep(0.01)
             assert engine._rows == [] and engine.stats.running == 0  # nothing left in the batch at the end
             return texts, rows_seen
