@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -127,8 +128,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
             turn = service.plan(body)
             params = service.sampling(body, turn)
             service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
-            metrics.requests.labels("200").inc()
-            return StreamingResponse(_sse(service, body, turn, params), media_type="text/event-stream",
+            counted = lambda status: metrics.requests.labels(status).inc()  # noqa: E731 (when the stream ends)
+            return StreamingResponse(_sse(service, body, turn, params, counted), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = await _unless_client_leaves(request, service.answer(body))
         metrics.requests.labels("200").inc()
@@ -137,7 +138,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
             message["tool_calls"] = answer.tool_calls
         if answer.executed:
             message["executed_tool_calls"] = answer.executed
-        return {"id": new_id(), "object": "chat.completion", "created": now(), "model": body.model,
+        return {"id": new_id(), "object": "chat.completion", "created": now(), "model": answer.model or body.model,
                 "system_fingerprint": "tasktune",
                 "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason,
                              "logprobs": None}],
@@ -199,31 +200,58 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _sse(service: Service, body: ChatRequest, turn, params):
-    """Server-sent events in OpenAI's chunk format; the engine slot is freed if the client goes away."""
+async def _sse(service: Service, body: ChatRequest, turn, params, counted=lambda status: None):
+    """Server-sent events in OpenAI's chunk format; the engine slot is freed if the client goes away. `counted`
+    gets the stream's outcome once it ends: "200", the status of an error sent as an event, or "499" (the client
+    left first)."""
+    status = "499"
+    try:
+        async for part in _events(service, body, turn, params):
+            if isinstance(part, _Failure):
+                status, part = str(part.status), part.text
+            yield part
+        if status == "499":
+            status = "200"
+    finally:
+        counted(status)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An error sent as an event, then [DONE] (the stream's status line went out as 200 already); `status` is the
+    HTTP status the same error has on a plain request, for the request counter."""
+
+    text: str
+    status: int
+
+
+def _failed(message: str, type_: str = "server_error", code: str | None = None, status: int = 500) -> _Failure:
+    body = json.dumps(error_body(message, type_, code), ensure_ascii=False)
+    return _Failure(f"data: {body}\n\ndata: [DONE]\n\n", status)
+
+
+async def _events(service: Service, body: ChatRequest, turn, params):
     ident, created = new_id(), now()
+    model = service.served_name(turn)
 
     def chunk(delta: dict, finish: str | None = None) -> str:
-        data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+        data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": "tasktune",
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    def failed(message: str, type_: str = "server_error", code: str | None = None) -> str:
-        return f"data: {json.dumps(error_body(message, type_, code), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
     prompt_tokens = completion_tokens = 0
     if service.runs_actions(body, turn):  # the server runs the tools: stream the result step's answer
         try:
             first = await service.complete(turn, params)
-            calls = service.tool_calls(turn, first.text)
+            calls = service.tool_calls(turn, first.text, body)
             executed, next_turn = await service.execute(turn, calls) if calls else ([], None)
         except RequestError as exc:  # an action failed or its result does not fit the frame
-            yield failed(str(exc), exc.type, exc.code)
+            yield _failed(str(exc), exc.type, exc.code, exc.status)
             return
         except RuntimeError as exc:
-            yield failed(f"generation failed: {exc}")
+            yield _failed(f"generation failed: {exc}")
             return
         prompt_tokens, completion_tokens = first.prompt_tokens, first.completion_tokens
         if next_turn is None:
@@ -231,7 +259,7 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
             if calls:
                 yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
             yield chunk({}, "tool_calls" if calls else first.finish_reason)
-            yield from_usage(body, ident, created, prompt_tokens, completion_tokens)
+            yield from_usage(body, ident, created, prompt_tokens, completion_tokens, model)
             yield "data: [DONE]\n\n"
             return
         yield chunk({"executed_tool_calls": executed})
@@ -240,32 +268,36 @@ async def _sse(service: Service, body: ChatRequest, turn, params):
     async for event in service.stream(turn, params):
         last = event
         if event.finish_reason == "error":
-            yield failed(f"generation failed: {event.error}")
+            yield _failed(f"generation failed: {event.error}")
             return
         if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
-            yield failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
-                         f"tokens)", "server_error", "shutting_down")
+            yield _failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
+                          f"tokens)", "server_error", "shutting_down", 503)
             return
         if event.text:
             parts.append(event.text)
             yield chunk({"content": event.text})
     finish = last.finish_reason if last else "stop"
     text = last.full_text if last and last.full_text is not None else "".join(parts)
-    calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body)
+    try:
+        calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body)
+    except RequestError as exc:  # tool_choice required/named, and the answer is no call
+        yield _failed(str(exc), exc.type, exc.code, exc.status)
+        return
     if calls:
         yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
         finish = "tool_calls"
     yield chunk({}, finish)
     if last is not None:
         prompt_tokens, completion_tokens = prompt_tokens + last.prompt_tokens, completion_tokens + last.completion_tokens
-    yield from_usage(body, ident, created, prompt_tokens, completion_tokens)
+    yield from_usage(body, ident, created, prompt_tokens, completion_tokens, model)
     yield "data: [DONE]\n\n"
 
 
-def from_usage(body: ChatRequest, ident: str, created: int, prompt: int, completion: int) -> str:
+def from_usage(body: ChatRequest, ident: str, created: int, prompt: int, completion: int, model: str) -> str:
     """The usage chunk OpenAI sends last when `stream_options.include_usage` is set ("" otherwise)."""
     if not (body.stream_options or {}).get("include_usage"):
         return ""
-    data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+    data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [], "usage": _usage(prompt, completion)}
     return f"data: {json.dumps(data)}\n\n"

@@ -66,6 +66,8 @@ class Answer:
     completion_tokens: int
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     executed: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+    """The served name that answered: a run's, or the base's (what `auto` resolved to)."""
 
 
 class Service:
@@ -112,6 +114,11 @@ class Service:
     def model_names(self) -> list[str]:
         return [*self.bank.runs, self.base_name, AUTO]
 
+    def served_name(self, turn: Turn) -> str:
+        """The model name a response reports: the run that answered, or the base (as OpenAI reports the snapshot
+        that answered an alias, `auto` resolves to the one that answered)."""
+        return turn.run or self.base_name
+
     def _run_of(self, model: str) -> str | None:
         if model in self.bank.runs:
             return model
@@ -128,13 +135,54 @@ class Service:
             raise RequestError("messages: at least one user message is needed", param="messages")
         last = messages[-1]
         if last.role == "tool":
-            return self._tool_turn(request, messages)
+            turn = self._tool_turn(request, messages)
+            if forced_tool(request) is not None:  # the result's step answers in text: no call can be promised
+                raise RequestError(f"tool_choice asks for a tool call, but a tool result is answered by step "
+                                   f"{turn.step!r}, which calls no tool; send tool_choice auto", param="tool_choice")
+            return turn
         if last.role != "user":
             raise RequestError(f"messages[-1]: the last message must be from the user or a tool, not "
                                f"{last.role!r}", param="messages")
         text = _text(last)
         run, step, query = self._route(request.model, text)
+        forced = forced_tool(request)
+        if forced is not None:
+            run, step, query = self._force_tool_step(request.model, run, step, text, forced)
         return Turn(run, query, self._history(messages[:-1], run), step)
+
+    def _force_tool_step(self, model: str, run: str | None, step: str | None, text: str,
+                         forced: str) -> tuple[str, str, str]:
+        """tool_choice "required" (forced == "*") or naming a function: the turn goes to a step whose answer is that
+        tool's call (plain text is framed for it whatever the router said); 400 where no served step can call it."""
+        wanted = "any tool" if forced == "*" else f"the tool {forced!r}"
+        if run is None:
+            owners = sorted(n for n, t in self.tools.items() if any(forced in ("*", a.name) for a in t.spec.actions))
+            if model != AUTO or len(owners) != 1:
+                who = f"model {model}" if model != AUTO else (
+                    f"model auto: {len(owners)} served runs can call {wanted}" if owners
+                    else "model auto: no served run can call it")
+                raise RequestError(f"tool_choice asks for {wanted}, but {who}"
+                                   + ("; name one of them as the model" if len(owners) > 1 else " has no such tool"),
+                                   param="tool_choice")
+            run, step = owners[0], None
+        tools = self.tools.get(run)
+        steps = sorted({a.step for a in tools.spec.actions if forced in ("*", a.name)}) if tools else []
+        if not steps:
+            raise RequestError(f"tool_choice asks for {wanted}, but model {run} has no such tool "
+                               f"(its spec's actions: {', '.join(a.name for a in tools.spec.actions) if tools else 'none'})",
+                               param="tool_choice")
+        framed = tools.match(text)
+        if framed is not None:  # content framed as in the data: its step is what the client asked for
+            if framed.step not in steps:
+                raise RequestError(f"tool_choice asks for {wanted}, but the content is framed for step "
+                                   f"{framed.step!r}, whose answer calls no such tool", param="tool_choice")
+            return run, framed.step, text
+        if step not in steps:
+            if len(steps) > 1:
+                raise RequestError(f"tool_choice: several steps of model {run} call {wanted} ({', '.join(steps)}); "
+                                   f"name the function", param="tool_choice")
+            step = steps[0]
+        return run, step, tools.frame(step, utterance=text)
 
     def _route(self, model: str, text: str) -> tuple[str | None, str | None, str]:
         if model == AUTO:
@@ -310,6 +358,15 @@ class Service:
         if request is not None and request.tools:
             offered = {t["function"].get("name") for t in request.tools if isinstance(t.get("function"), dict)}
             calls = [call for call in calls if call.name in offered]
+        forced = forced_tool(request) if request is not None else None
+        if forced not in (None, "*"):
+            calls = [call for call in calls if call.name == forced]
+        if forced is not None and not calls:
+            # OpenAI guarantees a call under tool_choice required/named; this model's answer did not parse as one.
+            # A 500, not a 200 without the call the client was promised (the answer is in the message)
+            raise RequestError(f"tool_choice asks for {'a tool call' if forced == '*' else f'a call of {forced!r}'}, "
+                               f"but the model's answer does not parse as one: {text[:200]!r}", status=500,
+                               type_="server_error", code="tool_call_failed")
         return [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in calls]
 
     async def answer(self, request: ChatRequest) -> Answer:
@@ -317,6 +374,7 @@ class Service:
         turn = self.plan(request)
         params = self.sampling(request, turn)
         answer = await self.complete(turn, params)
+        answer.model = self.served_name(turn)
         if request.tool_choice == "none":
             return answer
         answer.tool_calls = self.tool_calls(turn, answer.text, request)
@@ -362,7 +420,29 @@ class Service:
             return answer
         summary = await self.complete(next_turn, params)
         return Answer(summary.text, summary.finish_reason, answer.prompt_tokens + summary.prompt_tokens,
-                      answer.completion_tokens + summary.completion_tokens, [], executed)
+                      answer.completion_tokens + summary.completion_tokens, [], executed, answer.model)
+
+
+def forced_tool(request: ChatRequest) -> str | None:
+    """What tool_choice forces: None ("auto", "none" or unset), "*" ("required") or a function's name
+    ({"type": "function", "function": {"name": ...}}, which must be among the request's tools when it sends some);
+    400 for any other value (OpenAI's rule)."""
+    choice = request.tool_choice
+    if choice is None or choice in ("auto", "none"):
+        return None
+    if choice == "required":
+        return "*"
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(name, str)):
+        raise RequestError(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", "
+                           f"\"function\": {{\"name\": ...}}}}; got {json.dumps(choice, ensure_ascii=False)[:100]}",
+                           param="tool_choice", code="invalid_value")
+    if request.tools is not None:
+        offered = {t["function"].get("name") for t in request.tools if isinstance(t.get("function"), dict)}
+        if name not in offered:
+            raise RequestError(f"tool_choice names {name!r}, which is not among the request's tools",
+                               param="tool_choice", code="invalid_value")
+    return name
 
 
 def _refuse_unsupported(extra: dict[str, Any]) -> None:

@@ -276,3 +276,82 @@ def test_streamed_server_side_actions_send_the_calls_made_then_the_summary(live_
     assert executed[0]["arguments"] == {"place": "济南", "check": "人数检测"}
     assert "".join(d.get("content") or "" for d in deltas) == SUMMARY_ANSWER
     assert lines[-1]["usage"]["completion_tokens"] == 6  # both model calls counted
+
+
+def test_the_response_names_the_model_that_answered(live_server, scripted):
+    """OpenAI reports the model that answered (an alias resolves to its snapshot): `auto` resolves to the run whose
+    frame matched, or to the base; plain and streamed responses alike."""
+    client = live_server.client()
+    assert client.chat.completions.create(model="auto", messages=[{"role": "user", "content": FRAMED}]).model == "grid"
+    assert client.chat.completions.create(model="auto", messages=HELLO_WORLD).model == "tiny-base"
+    assert client.chat.completions.create(model="grid2", messages=HELLO_WORLD).model == "grid2"
+    chunks = list(client.chat.completions.create(model="auto", stream=True, stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": FRAMED}]))
+    assert {c.model for c in chunks} == {"grid"}
+
+
+HELLO_WORLD = [{"role": "user", "content": "hello world"}]
+REQUIRED_CASES = ("required", {"type": "function", "function": {"name": "site_check"}})
+
+
+@pytest.mark.parametrize("choice", REQUIRED_CASES)
+def test_tool_choice_required_or_named_sends_plain_text_to_the_step_that_calls_the_tool(live_server, scripted, choice):
+    """`你好` is routed to the greeting (plain text, no call); with tool_choice required or naming site_check it is
+    framed for the argument step, whose answer is the call; `auto` finds the one run that has the tool."""
+    client = live_server.client()
+    hello = [{"role": "user", "content": "你好"}]
+    plain = client.chat.completions.create(model="grid", messages=hello)
+    assert plain.choices[0].message.tool_calls is None and "问候" in scripted[-1]
+    for model in ("grid", "auto"):
+        forced = client.chat.completions.create(model=model, messages=hello, tool_choice=choice)
+        assert forced.model == "grid" and forced.choices[0].finish_reason == "tool_calls"
+        assert "步骤#理解并基于输入拆分函数参数*语音#你好" in scripted[-1]
+        assert forced.choices[0].message.tool_calls[0].function.name == "site_check"
+    chunks = list(client.chat.completions.create(model="grid", messages=hello, tool_choice=choice, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_tool_choice_that_cannot_be_honoured_is_refused(live_server, scripted, monkeypatch):
+    """400 before any generation where no served step can call the tool (unknown name, a name the request did not
+    declare, the base model, content framed for another step, a tool result, a malformed value); a 500
+    `tool_call_failed` (an error event in a stream) when the model's answer is no call; the request counter counts
+    a stream by how it ended."""
+    client = live_server.client()
+    hello = [{"role": "user", "content": "你好"}]
+    named = {"type": "function", "function": {"name": "site_check"}}
+    summary = "步骤#基于函数调用结果进行总结*工单查询#应到47人*目标检测#实到34人*任务类型#人数检测"
+    refused = [
+        dict(model="grid", tool_choice={"type": "function", "function": {"name": "weather"}}),
+        dict(model="grid", tool_choice=named, tools=[{"type": "function", "function": {"name": "Other"}}]),
+        dict(model="tiny-base", tool_choice="required"),
+        dict(model="grid2", tool_choice="required"),  # grid2 serves without a spec: no tools
+        dict(model="grid", tool_choice="sometimes"),
+        dict(model="grid", tool_choice="required", messages=[{"role": "user", "content": summary}]),
+    ]
+    before = len(scripted)
+    for case in refused:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(**{"messages": hello, **case})
+        assert err.value.body["param"] == "tool_choice", case
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "site_check", "arguments": json.dumps({"place": "济南", "check": "人数检测"})}}
+    with pytest.raises(openai.BadRequestError, match="calls no tool"):
+        client.chat.completions.create(model="grid", tool_choice="required", messages=[
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": ARGS_ANSWER, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"expected": 4, "present": 4, "ok": 4})}])
+    assert len(scripted) == before  # refused before any generation
+    monkeypatch.setitem(globals(), "ARGS_ANSWER", "不知道")  # the model answers the argument step with no call
+    no_retry = client.with_options(max_retries=0)
+    with pytest.raises(openai.InternalServerError) as err:
+        no_retry.chat.completions.create(model="grid", messages=hello, tool_choice="required")
+    assert err.value.body["code"] == "tool_call_failed" and "不知道" in err.value.body["message"]
+    framed = [{"role": "user", "content": FRAMED}]  # without the promise the same answer is plain text
+    assert client.chat.completions.create(model="grid", messages=framed).choices[0].message.content == "不知道"
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", json={
+            "model": "grid", "stream": True, "tool_choice": "required", "messages": hello}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "tool_call_failed"
+    counts = {line.split("\"")[1]: float(line.split()[-1]) for line in
+              httpx.get(f"{live_server.url}/metrics").text.splitlines()
+              if line.startswith("tasktune_requests_total{")}
+    assert counts["500"] == 2  # the plain one and the stream, each counted once, as failed
