@@ -1,7 +1,8 @@
 """--compile (tuning/training/compiling.py): the compiled P-tuning v2 step computes what the eager one does.
 
 Tracing runs with the "aot_eager" backend (dynamo + AOTAutograd, the same graphs inductor would get, no code
-generation): fast on CPU and exact. `fullgraph=True` checks that the prefix path has no graph breaks.
+generation): fast on CPU and exact. `fullgraph=True` checks that the prefix path has no graph breaks. Both scopes
+(each decoder layer, tuning/training/regional.py; the whole model) are checked against eager.
 The inductor tests (generated kernels) are marked slow. CUDA graphs: tests/gpu/test_gpu_compile.py.
 """
 
@@ -51,11 +52,12 @@ def _loss_and_grad(forward, tuner, batch):
     return loss.detach(), grad
 
 
+@pytest.mark.parametrize("scope", compiling.SCOPES)
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_compiled_prefix_step_equals_eager_in_one_graph(tiny_model_dir, checkpointing):
+def test_compiled_prefix_step_equals_eager_in_one_graph(tiny_model_dir, checkpointing, scope):
     model, tuner, batch = _setup(tiny_model_dir("glm"), checkpointing=checkpointing)
     eager = _loss_and_grad(model, tuner, batch)
-    compiled = compiling.compile_model(model, "on", fullgraph=True, backend="aot_eager")
+    compiled = compiling.compile_model(model, "on", fullgraph=True, backend="aot_eager", scope=scope)
     first, second = _loss_and_grad(compiled, tuner, batch), _loss_and_grad(compiled, tuner, batch)
     assert eager[1].abs().sum() > 0
     for loss, grad in (first, second):
@@ -63,17 +65,92 @@ def test_compiled_prefix_step_equals_eager_in_one_graph(tiny_model_dir, checkpoi
         torch.testing.assert_close(grad, eager[1], rtol=1e-5, atol=1e-7)
 
 
-def test_compiled_4bit_prefix_step_equals_eager(tiny_model_dir):
+@pytest.mark.parametrize("scope", compiling.SCOPES)
+def test_compiled_4bit_prefix_step_equals_eager(tiny_model_dir, scope):
     pytest.importorskip("bitsandbytes")
     model, tuner, batch = _setup(tiny_model_dir("glm"), quantization_bit=4, checkpointing=True)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     eager = _loss_and_grad(model, tuner, batch)
     # what --compile cudagraphs adds (static quant states): 2 layers x 6 linears x 5 tensors (nested quant)
     assert compiling.mark_quant_state_static(model) == 2 * 6 * 5
-    compiled = compiling.compile_model(model, "on", fullgraph=True, backend="aot_eager")
+    compiled = compiling.compile_model(model, "on", fullgraph=True, backend="aot_eager", scope=scope)
     loss, grad = _loss_and_grad(compiled, tuner, batch)
     torch.testing.assert_close(loss, eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, eager[1], rtol=1e-4, atol=1e-6)
+
+
+def _deeper(model_dir, layers: int):
+    """The tiny GLM's config with `layers` decoder layers (random weights), a prefix attached, in train mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=4))
+    model.config.use_cache = False
+    model.train()
+    return model, tuner
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_layers_scope_traces_one_layer_whatever_the_depth(tiny_model_dir, checkpointing):
+    """Issue 23: a 4-layer model compiles 2 graphs (layer 0, whose input needs no gradient, and the others), of
+    one layer's ops each; the whole-model scope traces every layer (4x the ops); both give the eager step."""
+    from torch._dynamo.utils import counters
+
+    _, _, batch = _setup(tiny_model_dir("glm"))
+    captured = {}
+    for scope in ("model", "layers"):
+        model, tuner = _deeper(tiny_model_dir("glm"), 4)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        eager = _loss_and_grad(model, tuner, batch)
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = compiling.compile_model(model, "on", fullgraph=True, backend="aot_eager", scope=scope)
+        for _ in range(2):
+            loss, grad = _loss_and_grad(compiled, tuner, batch)
+            torch.testing.assert_close(loss, eager[0], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(grad, eager[1], rtol=1e-5, atol=1e-7)
+        captured[scope] = (counters["stats"]["unique_graphs"], counters["stats"]["calls_captured"])
+        # layer_idx is only borrowed while a layer runs compiled
+        assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+    assert captured["layers"][0] == 2 and counters["stats"]["unique_graphs"] == 2
+    if not checkpointing:  # ops per layer graph (a checkpointed layer is one call, a higher-order op): x4 in "model"
+        assert captured["model"][1] > 4 * captured["layers"][1] // 2
+
+
+def test_layers_scope_is_training_only_and_undone_by_off(tiny_model_dir):
+    """Eval (no grad, eval mode) runs the eager layers, without compiling; mode "off" restores the model."""
+    from torch._dynamo.utils import counters
+
+    model, tuner = _deeper(tiny_model_dir("glm"), 3)
+    _, _, batch = _setup(tiny_model_dir("glm"))
+    with torch.no_grad():
+        expected = model(**batch).logits
+    assert compiling.compile_model(model, "on", backend="aot_eager", scope="layers") is model
+    assert all("forward" in vars(layer) for layer in model.model.layers)
+    counters.clear()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, expected)
+    assert counters["stats"]["unique_graphs"] == 0
+    model.train()
+    model(**batch).loss.backward()
+    assert counters["stats"]["unique_graphs"] == 2
+    assert compiling.compile_model(model, "off") is model
+    assert not any("forward" in vars(layer) for layer in model.model.layers)
+
+
+def test_compile_scope_from_the_environment(monkeypatch):
+    monkeypatch.delenv(compiling.SCOPE_ENV, raising=False)
+    assert compiling.compile_scope() == "layers"
+    monkeypatch.setenv(compiling.SCOPE_ENV, "model")
+    assert compiling.compile_scope() == "model"
+    monkeypatch.setenv(compiling.SCOPE_ENV, "everything")
+    with pytest.raises(ConfigError, match="TASKTUNE_COMPILE_SCOPE"):
+        compiling.compile_scope()
 
 
 @pytest.mark.slow
@@ -163,6 +240,7 @@ def _key(model=MODEL, **change):
     {"pre_seq_len": 64}, {"quantization": "none"}, {"dtype": "float32"}, {"device": "NVIDIA H100 sm90"},
     {"versions": {**VERSIONS, "torch": "2.13.0"}}, {"versions": {**VERSIONS, "transformers": "5.23.0"}},
     {"versions": {**VERSIONS, "tasktune": "0.3.0"}}, {"versions": {**VERSIONS, "bitsandbytes": "0.51.0"}},
+    {"scope": "model"},
 ])
 def test_every_key_part_makes_a_new_entry(change):
     assert compiling.key_digest(_key(**change)) != compiling.key_digest(_key())
@@ -276,3 +354,14 @@ def test_inductor_graphs_come_back_from_the_cache(tmp_path, monkeypatch):
     assert compiling.CompileCache(tmp_path / "c", _key()).load()
     step()
     assert counters["inductor"]["fxgraph_cache_hit"] >= 2 and counters["inductor"]["fxgraph_cache_miss"] == 0
+
+
+def test_cuda_graphs_of_a_checkpointed_model_keep_the_whole_model_scope(monkeypatch):
+    """Per-layer CUDA graphs failed the checkpointed GPU case (tests/gpu): graphs + checkpointing trace the whole
+    model, everything else follows the scope setting; the cache key follows the same choice."""
+    monkeypatch.delenv(compiling.SCOPE_ENV, raising=False)
+    assert compiling.resolve_scope("cudagraphs", checkpointed=True) == "model"
+    assert compiling.resolve_scope("cudagraphs", checkpointed=False) == "layers"
+    assert compiling.resolve_scope("on", checkpointed=True) == "layers"
+    monkeypatch.setenv(compiling.SCOPE_ENV, "model")
+    assert compiling.resolve_scope("on", checkpointed=False) == "model"

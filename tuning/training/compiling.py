@@ -2,10 +2,18 @@
 
 A 4-bit 6B step at batch 4 is host-bound in eager mode: ~5,000-7,300 small kernel launches and the Python of
 transformers' decoder layers and bitsandbytes' wrappers take 150-275 ms for 52-72 ms of GPU work
-(benchmarks/NOTES.md). torch.compile traces the whole model (prefix hook, 4-bit matmuls as bitsandbytes'
-registered custom ops, loss) into graphs with fused elementwise kernels (two frames: the prefix pre-hook and
-the model; no graph breaks); "cudagraphs" (mode="reduce-overhead") also replays them as CUDA graphs, which
-removes the launch cost and bitsandbytes' per-call Python.
+(benchmarks/NOTES.md). torch.compile turns the decoder layers (prefix attention, 4-bit matmuls as bitsandbytes'
+registered custom ops) into graphs with fused elementwise kernels; "cudagraphs" (mode="reduce-overhead") also
+replays them as CUDA graphs, which removes the launch cost and bitsandbytes' per-call Python.
+
+Scope (issue 23, `compile_scope`, $TASKTUNE_COMPILE_SCOPE): "layers" (the default) compiles each decoder layer
+in place through one shared compiled function (tuning/training/regional.py): one layer is traced and its graphs
+serve all of them (2 graphs for any depth), the embedding, prefix hook, LM head and loss stay eager. "model" (issue
+6's path) traces the whole model into one graph (two frames: the prefix pre-hook and the model). Why: dynamo and
+AOTAutograd re-trace in every process, even with a warm cache, and the whole model's trace grows with its depth;
+on a CPU (narrow 28-layer GLM, aot_eager) the first compile took 4.1 s at 7 layers and 11.8 s at 28 for "model",
+1.5 s at both depths for "layers" (benchmarks/gpu_run.sh `warm23l` measures the 6B). With CUDA graphs "layers"
+replays ~56 small graphs a step (forward and backward per layer) instead of 2, plus the eager ends.
 
 Modes: off; on (inductor); cudagraphs (inductor + CUDA graphs); auto = AUTO_CUDA_MODE on a CUDA GPU for
 AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps or with a warm compile cache entry (below), off
@@ -16,16 +24,18 @@ Compiled steps need fixed shapes: `tasktune train` pads every batch to its longe
 model compiles once (the first step takes the compile time: tens of seconds to minutes for a 6B model).
 
 Compile once (issue 23): the compiled graphs (torch.compile's cache artifacts: inductor's generated kernels, the
-AOTAutograd graphs; `torch.compiler.save_cache_artifacts` after the first step, `load_cache_artifacts` before
-the next run's first step) are kept in `$TASKTUNE_CACHE/compile` (default `~/.cache/tasktune/compile`), one
-folder per `cache_key`: a hash of the model's config, the shapes (micro-batch, padded width, prefix length),
-the checkpointing and compile modes, quantization and autocast dtype, the GPU, and the torch / transformers /
-bitsandbytes / tasktune / Python versions; `key.json` beside `artifacts.bin` lists those parts. Invalidation:
-any part changes -> another folder (a cold compile, then saved there; old folders stay until deleted: `rm -rf`
-the cache folder is always safe); an unreadable or mismatched entry -> one warning, compiled afresh and
-rewritten; `--compile-cache off` neither reads nor writes. Even with the artifacts loaded, dynamo re-traces the
-model (seconds), but inductor's code generation and kernel compilation are skipped. Unless TORCHINDUCTOR_CACHE_DIR
-is set, inductor's own (content-keyed) cache goes to `<cache>/compile/inductor` too, instead of /tmp.
+AOTAutograd graphs; `torch.compiler.save_cache_artifacts` after the first step, `load_cache_artifacts` before the
+next run's first step) are kept in `$TASKTUNE_CACHE/compile` (default `~/.cache/tasktune/compile`), one folder per
+`cache_key`: a hash of the model's config, the shapes (micro-batch, padded width, prefix length), the
+checkpointing, compile mode and scope, quantization and autocast dtype, the GPU, and the torch / transformers /
+bitsandbytes / tasktune / Python versions; `key.json` beside `artifacts.bin` lists those parts. Invalidation: any
+part changes -> another folder (a cold compile, then saved there; old folders stay until deleted: `rm -rf` the
+cache folder is always safe); an unreadable or mismatched entry -> one warning, compiled afresh and rewritten;
+`--compile-cache off` neither reads nor writes. Even with the artifacts loaded, dynamo re-traces what it compiles
+(one layer with scope "layers"; the whole model, seconds, with "model"), but inductor's code generation and kernel
+compilation are skipped (dynamo's caching_precompile, which would skip the trace too, fails on this model in torch
+2.13). Unless TORCHINDUCTOR_CACHE_DIR is set, inductor's own (content-keyed) cache goes to
+`<cache>/compile/inductor` too, instead of /tmp.
 
 `auto` and the cache: a run shorter than AUTO_MIN_STEPS uses graphs too when the cache holds a warm entry for
 exactly its key (someone paid the compile before); a cold one keeps the >= AUTO_MIN_STEPS rule.
@@ -46,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.training import memory
+from tasktune.tuning.training import memory, regional
 
 MODES = ("auto", "off", "on", "cudagraphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
@@ -58,6 +68,9 @@ AUTO_MIN_STEPS = 1000
 AUTO_METHODS = ("ptuning-v2", "prefix")
 #: torch.compile backend (tests use "aot_eager": the same tracing, no code generation).
 BACKEND = "inductor"
+#: What torch.compile traces (issue 23, `compile_scope`): each decoder layer, or the whole model in one graph.
+SCOPES = ("layers", "model")
+SCOPE_ENV = "TASKTUNE_COMPILE_SCOPE"
 
 
 def auto_eligible(*, method: str, task: str, cuda: bool, processes: int) -> bool:
@@ -83,11 +96,33 @@ def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-l
     return mode
 
 
-def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | None = None) -> Callable[..., Any]:
+def compile_scope() -> str:
+    """What torch.compile traces: $TASKTUNE_COMPILE_SCOPE ("layers" by default, or "model", the issue-6 path)."""
+    scope = os.environ.get(SCOPE_ENV) or "layers"
+    if scope not in SCOPES:
+        raise ConfigError(f"{SCOPE_ENV}={scope!r}: choose one of {', '.join(SCOPES)}")
+    return scope
+
+
+def resolve_scope(mode: str, *, checkpointed: bool, scope: str | None = None) -> str:
+    """The scope a compile of `mode` uses: `scope` (default `compile_scope()`), except that CUDA graphs of a
+    checkpointed model trace the whole model: on an H100 (2026-12-05) the per-layer graphs failed
+    tests/gpu/test_gpu_compile.py's checkpointed accumulation case (the backward re-runs a compiled layer inside
+    the CUDA-graph tree) while the unchecked ones passed; the whole-model path passes both."""
+    scope = scope or compile_scope()
+    return "model" if mode == "cudagraphs" and checkpointed else scope
+
+
+def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | None = None,
+                  scope: str | None = None) -> Callable[..., Any]:
     """The callable the training loop runs instead of `model` (the model itself when mode is "off").
 
     The compiled callable shares the model's parameters: optimizers, saving and eval keep using `model`.
+    `scope` (default `compile_scope()`): "layers" compiles the decoder layers in place (tuning/training/regional.py;
+    the callable is `model`, whose layers run compiled in training, eager in eval or without grad); "model" wraps
+    the whole model. Mode "off" also undoes an earlier "layers" compile.
     """
+    regional.uncompile_layers(model)
     if mode == "off":
         return model
     import torch
@@ -100,6 +135,10 @@ def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | N
     if mode == "cudagraphs":
         options["mode"] = "reduce-overhead"
         mark_quant_state_static(model)
+    scope = resolve_scope(mode, checkpointed=bool(getattr(model, "is_gradient_checkpointing", False)), scope=scope)
+    if scope == "layers" and regional.compile_layers(model, backend=backend or BACKEND,
+                                                                          fullgraph=fullgraph, **options):
+        return model
     return torch.compile(model, backend=backend or BACKEND, fullgraph=fullgraph, dynamic=False, **options)
 
 
@@ -269,7 +308,8 @@ def model_config_hash(model_config: dict) -> str:
 
 
 def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpointing: str, method: str,
-              pre_seq_len: int, quantization, dtype: str, device: str = "", versions: dict | None = None) -> dict:
+              pre_seq_len: int, quantization, dtype: str, device: str = "", versions: dict | None = None,
+              scope: str = "layers") -> dict:
     """The parts that decide whether compiled graphs can be reused (all of them must match)."""
     import torch
 
@@ -278,8 +318,9 @@ def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpoi
                     "bitsandbytes": _version("bitsandbytes"), "tasktune": _version("tasktune"),
                     "python": platform.python_version()}
     return {"model_config_sha256": model_config_hash(model_config), "batch": batch, "width": width,
-            "compile": mode, "checkpointing": checkpointing, "method": method, "pre_seq_len": pre_seq_len,
-            "quantization": quantization, "dtype": dtype, "device": device, "versions": versions}
+            "compile": mode, "scope": scope, "checkpointing": checkpointing, "method": method,
+            "pre_seq_len": pre_seq_len, "quantization": quantization, "dtype": dtype, "device": device,
+            "versions": versions}
 
 
 def key_digest(parts: dict) -> str:
@@ -389,7 +430,8 @@ def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int =
     parts = cache_key(config.to_dict() if config is not None else {}, batch=cfg.per_device_train_batch_size,
                       width=batch_width(cfg), mode=mode, checkpointing=checkpointing, method=cfg.method,
                       pre_seq_len=cfg.pre_seq_len, quantization=cfg.quantization_bit,
-                      dtype="bfloat16" if element_bytes == 2 else "float32", device=device)
+                      dtype="bfloat16" if element_bytes == 2 else "float32", device=device,
+                      scope=resolve_scope(mode, checkpointed=checkpointing != "none"))
     return CompileCache(cache_root(), parts)
 
 
