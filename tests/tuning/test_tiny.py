@@ -293,6 +293,20 @@ def test_multi_round_documents_chain_reading_answers_never_task_answers():
                 if "[Round 2]" in t]
 
 
+def test_compare_documents_answer_how_neighbouring_numbers_compare_never_the_task_answer():
+    from tasktune.tuning.tiny.corpus import compare_answers
+
+    frame = "步骤#基于函数调用结果进行总结*工单查询#应到47人*目标检测#实到34人*安全帽检测#34人佩戴*任务类型#安全检查"
+    assert compare_answers(frame) == ["47与34: 大于\n34与34: 等于"]
+    assert compare_answers("应到3人*实到12人") == ["3与12: 小于"]  # numbers, not strings ("3" > "12")
+    assert compare_answers("查查济南的人数") == [] and compare_answers("实到5人") == []
+    plain = build_corpus(TRAIN, DEV, [], skill_docs=True, rng=random.Random(0))
+    compared = build_corpus(TRAIN, DEV, [], skill_docs=True, rng=random.Random(0), compare_docs=True)
+    extra = set(compared.documents) - set(plain.documents)
+    assert extra and all(": 大于" in t or ": 小于" in t or ": 等于" in t for t, _ in extra)
+    assert not any(r["summary"] in t for t, _ in extra for r in TRAIN)
+
+
 def test_length_batches_keep_every_row_and_group_similar_lengths():
     rng = random.Random(0)
     rows = [[1] * rng.randint(2, 200) for _ in range(203)]

@@ -90,6 +90,13 @@ class TinyConfig:
     """Share of records that also add a multi-round reading document: two or three reading skills (above) in
     ChatGLM's multi-round frame ([Round 1] ... [Round 3]), so the base knows earlier rounds and long contexts.
     Without them every whole-dialogue record (one in ten of dev) came out as garbage after P-tuning (0/30)."""
+    compare_docs: bool = _opt(False, "--compare-docs",
+                              "add a numeracy skill in the chat frame: a question with numbers answered by how its "
+                              "neighbouring numbers compare (never its task answer)")
+    """Also train on a numeracy skill (with skill_docs): a question with two or more numbers answered by each pair
+    of neighbouring numbers and how they compare (`47与34: 大于`), as any chat model can. The summaries' verdicts
+    turn on such comparisons (应到 vs 实到, 实到 vs 佩戴), which the base never learns from unpaired answers in its
+    step budget (benchmarks/verdict_probe.py: the verdict at chance after 4,000 LM steps)."""
     n_records: int | None = _opt(None, "--n", "records to generate (default: the generator's)", type=COUNT)
     """Records asked of the data generator; None = its default."""
     data_seed: int | None = _opt(None, "--data-seed",

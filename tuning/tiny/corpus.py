@@ -64,6 +64,7 @@ def build_corpus(
     para_docs: bool = False,
     round_docs: float = 0.0,
     answer_pairs: bool = False,
+    compare_docs: bool = False,
 ) -> Corpus:
     """Pre-training documents from the *train* records: each content (raw, and in the ChatGLM frame
     left open after "答："), each summary, as separate documents, never content -> summary.
@@ -74,6 +75,8 @@ def build_corpus(
     `para_docs` adds, per record, its content followed by the content of another record of the same step
     with the same slot values (meta.slots), when there is one: the same entity named twice.
     `round_docs` (a share of the records, with skill_docs) adds reading skills chained in the multi-round frame.
+    `compare_docs` (with skill_docs) adds a numeracy skill on contents with two or more numbers: the question
+    answered by each pair of neighbouring numbers and how they compare (`47与34: 大于`), never its task answer.
     Dev text only feeds the tokenizer's alphabet."""
     from tasktune.tuning.data import format_prompt
 
@@ -92,7 +95,7 @@ def build_corpus(
             pieces = copy_string(pool, rng)
             copies.append((f"{pieces}\n{pieces}", True))
         if skill_docs:
-            readings = reading_answers(content, words)
+            readings = reading_answers(content, words) + (compare_answers(content) if compare_docs else [])
             docs += [(framed + answer, True) for answer in readings]
             skills += [(content, answer) for answer in readings]
     if skill_docs and round_docs > 0:
@@ -114,6 +117,16 @@ def reading_answers(content: str, words: list[str]) -> list[str]:
     numbers = re.findall(r"\d+", content)
     found = [w for w in words if w in content]
     return [content] + ([" ".join(numbers)] if numbers else []) + ([", ".join(found)] if found else [])
+
+
+def compare_answers(content: str) -> list[str]:
+    """What the numeracy skill answers to a question with two or more numbers: its neighbouring numbers in order
+    and how the first compares to the second, one pair a line (`47与34: 大于`); none for fewer numbers."""
+    numbers = [int(n) for n in re.findall(r"\d+", content)]
+    if len(numbers) < 2:
+        return []
+    relation = lambda a, b: "大于" if a > b else "小于" if a < b else "等于"  # noqa: E731
+    return ["\n".join(f"{a}与{b}: {relation(a, b)}" for a, b in zip(numbers, numbers[1:]))]
 
 
 def multi_round_docs(skills: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[str, bool]]:
