@@ -15,6 +15,16 @@
 #          against the PEFT recipe at 4 x 64/64 and 4 x 256/256.
 # warm23:  issue 23: cold, warm (entry only) and warm (entry + local inductor cache) 3-step runs with dynamo's
 #          compile_times() printed at exit: where the warm first step goes.
+# warm23l: issue 23's regional compile (tuning/training/regional.py): per scope in ${W23L_SCOPES:-layers model}
+#          (TASKTUNE_COMPILE_SCOPE), a cold (cudagraphs) and a warm (auto, entry only, fresh inductor folder) 6-step
+#          run; prints first_step_s, the later steps, graph/cache counters and compile_times() ($OUT/warm23l.log, ~7 min).
+# serve6b: issue 20 (~9 min; carry [".wheelhouse", "data"]): a random 6B GLM trained 2 steps in NF4, copied to 4 runs;
+#          benchmarks/serve_agreement.py (engine vs eval greedy answers, $OUT/serve6b_agree.log/.json, <= T_AGREE=120 s),
+#          then serve_bench.py over HTTP (<= T_SERVE=300 s; PROFILE=1 adds serve_profile.py first).
+# nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
+#          matmul_4bit vs its split, a torch.compile'd dequant, the Triton fused dequant-GEMM, bnb's forced cgemm_4bit and
+#          the bf16 floor ($OUT/nf4.md, nf4.json); then, when .wheelhouse/optional/torchao-*.whl is carried, torchao's
+#          NF4Tensor at M = 544 in its own time-boxed process ($OUT/nf4_torchao.md).
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -153,13 +163,18 @@ if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3
     --max-steps 2 --save-steps 2 --per-device-train-batch-size 4 --gradient-accumulation-steps 1 --resume never 2>&1 \
     | grep -v -E 'it/s\]|s/it\]|step/s' | tail -5 | tee "$OUT/serve6b_train.log"
   for k in 1 2 3; do cp -r /tmp/serve/grid /tmp/serve/grid$k; done
+  # issue 20 item 3: the engine's greedy answers (2 runs' rows in shared batches) against eval's generate_batched,
+  # 64 dev prompts a run, 64 tokens each (eos ignored on both sides); differing ones with their top-2 logit margin
+  timeout ${T_AGREE:-120} python3 benchmarks/serve_agreement.py /tmp/serve/grid /tmp/serve/grid1 --limit 64 --ignore-eos \
+    --max-batch-size 32 --decode ${DECODE:-auto} --out "$OUT/serve6b_agree.json" 2>&1 | grep -v "Loading weights" \
+    | tee "$OUT/serve6b_agree.log"
   if [ -n "${PROFILE:-}" ]; then  # the engine alone: step times and the busiest kernels, slots vs dynamic
     timeout 150 python3 benchmarks/serve_profile.py /tmp/serve/grid --rows 1,8,32,64 --decode slots \
       --out "$OUT/serve6b_prof_slots.txt" 2>&1 | grep -v 'Loading weights' | tee "$OUT/serve6b_prof.log"
     timeout 90 python3 benchmarks/serve_profile.py /tmp/serve/grid --rows 32 --decode dynamic \
       --out "$OUT/serve6b_prof_dynamic.txt" 2>&1 | grep -v 'Loading weights' | tee -a "$OUT/serve6b_prof.log"
   fi
-  timeout ${T_SERVE:-330} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+  timeout ${T_SERVE:-300} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
     /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
     --max-batch-size 64 --decode ${DECODE:-auto} 2>&1 | grep -v "Loading weights" | tee "$OUT/serve6b.log"
 fi
@@ -192,6 +207,19 @@ sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="_
     --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/auto23_bench.log"
 fi
 
+if [ "$phase" = nf4 ]; then  # issue 23: NF4 dequant paths per linear shape (benchmarks/nf4_bench.py; no model build)
+  timeout ${T_NF4:-120} python3 benchmarks/nf4_bench.py --m ${NF4_M:-544,2176} --out "$OUT/nf4.json" \
+    2> "$OUT/nf4.log" | tee "$OUT/nf4.md"
+  tail -5 "$OUT/nf4.log"
+  ao=$(ls .wheelhouse/optional/torchao-*.whl 2>/dev/null | head -1)   # optional: not in the phases' *.whl install
+  if [ -n "$ao" ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_ao "$ao"; then
+    PYTHONPATH=/tmp/site_ao:${PYTHONPATH:-} timeout ${T_AO:-50} python3 benchmarks/nf4_bench.py --m 544 \
+      --paths bnb,torchao --iters 10 --out "$OUT/nf4_torchao.json" 2>> "$OUT/nf4.log" | tee "$OUT/nf4_torchao.md"
+  else
+    echo "torchao row skipped: no .wheelhouse/optional/torchao-*.whl" | tee -a "$OUT/nf4.md"
+  fi
+fi
+
 if [ "$phase" = warm23 ]; then  # issue 23: where a warm compile cache's first step goes (dynamo's compile_times)
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -1
   export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
@@ -213,4 +241,46 @@ sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="_
     echo "[$1] wall $((SECONDS - t)) s" | tee -a "$OUT/warm23.log"
     cp /tmp/w23/$1/train_history.json "$OUT/warm23_$1.history.json" 2>/dev/null
   done
+fi
+
+if [ "$phase" = warm23l ]; then  # issue 23: regional compile (scope layers) vs the whole model, cold and warm first step
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -1
+  export TASKTUNE_CACHE=/tmp/ttcache_l; rm -rf "$TASKTUNE_CACHE" /tmp/ind_l_*
+  # `tasktune train` with each step's seconds (first = compile or cache load, + CUDA-graph warm-up), dynamo's graph and
+  # cache counters and its per-phase compile times printed at exit
+  timed='import atexit, runpy, sys, time, torch
+from tasktune.tuning.training import compiling
+marks = {"steps": []}
+prepare = compiling.prepare
+def timed_prepare(*a, **k):
+    out = prepare(*a, **k); marks["last"] = time.perf_counter(); return out
+compiling.prepare = timed_prepare
+after_step = compiling.Plan.after_step
+def timed_after_step(self):
+    now = time.perf_counter(); marks["steps"].append(round(now - marks["last"], 3)); after_step(self)
+    marks["last"] = time.perf_counter()
+compiling.Plan.after_step = timed_after_step
+def report():
+    from torch._dynamo.utils import compile_times, counters
+    print(compile_times(repr="str", aggregate=True), flush=True)
+    print("counters", dict(counters["stats"]), dict(counters["aot_autograd"]),
+          {k: v for k, v in counters["inductor"].items() if "cache" in k}, flush=True)
+    print("first_step_s", marks["steps"][:1], "later_steps_s", marks["steps"][1:], "peak_gib",
+          round(torch.cuda.max_memory_allocated() / 2**30, 3), flush=True)
+atexit.register(report)
+sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
+  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never --max-steps 6"
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights|train: |^pass\.'
+  for scope in ${W23L_SCOPES:-layers model}; do
+    for run in "cold cudagraphs ${T_COLD:-160}" "warm auto ${T_WARM:-100}"; do
+      set -- $run; t=$SECONDS; name=${scope}_$1
+      TASKTUNE_COMPILE_SCOPE=$scope TORCHINDUCTOR_CACHE_DIR=/tmp/ind_l_$name timeout $3 python3 -c "$timed" train $common \
+        --out /tmp/w23l/$name --compile $2 2>&1 | grep -v -E "$bars" | tail -45 | sed "s/^/[$name] /" | tee -a "$OUT/warm23l.log"
+      echo "[$name] wall $((SECONDS - t)) s" | tee -a "$OUT/warm23l.log"
+      python3 -c "import json; r = json.load(open('/tmp/w23l/$name/tasktune_run.json')); print('[$name]', r['compile'], r['checkpointing'])" \
+        2>&1 | tail -1 | tee -a "$OUT/warm23l.log"
+    done
+  done
+  grep -h -E '^\[[a-z_]+\] (first_step_s|counters|.* wall )' "$OUT/warm23l.log" | tee "$OUT/warm23l_summary.txt"
 fi
