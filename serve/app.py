@@ -14,48 +14,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .bodylimit import BodyLimit
 from .guard import Guard
+from .metrics import Metrics
 from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
 from .service import RequestError, Service
 
 STATIC = files("tasktune.serve") / "static"
-
-
-class Metrics:
-    """Prometheus metrics of one server (its own registry, so several servers can live in one process)."""
-
-    def __init__(self, service: Service):
-        self.registry = CollectorRegistry()
-        stats = service.engine.stats
-        self.queue = Gauge("tasktune_queue_depth", "requests waiting for a batch slot", registry=self.registry)
-        self.queue.set_function(lambda: stats.waiting)
-        self.batch = Gauge("tasktune_batch_size", "rows decoding in the running batch", registry=self.registry)
-        self.batch.set_function(lambda: stats.running)
-        self.tokens = Counter("tasktune_generated_tokens", "tokens generated", registry=self.registry)
-        self.requests = Counter("tasktune_requests", "chat requests by outcome", ["status"], registry=self.registry)
-        buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-        self.hist = {name: Histogram(f"tasktune_{name}", help_, buckets=buckets, registry=self.registry)
-                     for name, help_ in (("ttft_seconds", "time to first token"),
-                                         ("latency_seconds", "request latency, arrival to last token"),
-                                         ("step_seconds", "one decode step of the batch"))}
-        self._last_tokens = 0
-        self._stats = stats
-        stats.observers.append(self.observe)
-
-    def observe(self, name: str, value: float) -> None:
-        if name in self.hist:
-            self.hist[name].observe(value)
-
-    def render(self) -> bytes:
-        tokens = self._stats.tokens
-        self.tokens.inc(tokens - self._last_tokens)
-        self._last_tokens = tokens
-        return generate_latest(self.registry)
 
 
 def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
