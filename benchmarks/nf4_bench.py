@@ -134,7 +134,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _define_kernels():
     """Define the @triton.jit kernels as module globals (triton resolves the names a kernel uses, the helper
     tile and `tl`, through the module's globals, so they cannot live in a closure)."""
-    global triton, tl, _bf16, _nf4_tile, nf4_forward_kernel, nf4_backward_kernel, _KERNELS_DEFINED
+    global triton, tl, _bf16, _dot_operand, _store_tile, _nf4_tile, nf4_forward_kernel, nf4_backward_kernel, _KERNELS_DEFINED
     if _KERNELS_DEFINED:
         return
     import triton
@@ -148,6 +148,24 @@ def _define_kernels():
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
             v = bits.to(tl.float32, bitcast=True)
         return v.to(tl.bfloat16)
+
+    @triton.jit
+    def _dot_operand(v, INTERP: tl.constexpr):
+        """A tile as tl.dot takes it: under the interpreter, whose dot multiplies bf16 bit patterns, exact fp32."""
+        if INTERP:
+            v = v.to(tl.float32)
+        return v
+
+    @triton.jit
+    def _store_tile(out_ptr, acc, offs_m, offs_c, stride_m, col_mask, M, W_LEFT: tl.constexpr, INTERP: tl.constexpr):
+        """Store an output tile of rows offs_m and columns offs_c (acc holds it transposed, [cols, rows], when the
+        weight was the dot's left operand), rounded to bf16; rows past M and columns outside col_mask are masked."""
+        if W_LEFT:
+            ptrs = out_ptr + offs_m[None, :] * stride_m + offs_c[:, None]
+            tl.store(ptrs, _bf16(acc, INTERP), mask=(offs_m[None, :] < M) & col_mask[:, None])
+        else:
+            ptrs = out_ptr + offs_m[:, None] * stride_m + offs_c[None, :]
+            tl.store(ptrs, _bf16(acc, INTERP), mask=(offs_m[:, None] < M) & col_mask[None, :])
 
     @triton.jit
     def _nf4_tile(packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset, nf4_ptr, pairs_ptr, rows, k0, K,
@@ -209,26 +227,15 @@ def _define_kernels():
         else:
             acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in range(0, K, BK):
-            w = _nf4_tile(packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset, nf4_ptr, pairs_ptr, rows_n, k0, K,
-                          BN, BK, BLOCKSIZE, NESTED, LUT, INTERP)                                   # [BN, BK]
-            if INTERP:   # the interpreter's dot multiplies bf16 bit patterns: exact fp32 products instead
-                w = w.to(tl.float32)
+            w = _dot_operand(_nf4_tile(packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset, nf4_ptr, pairs_ptr,
+                                       rows_n, k0, K, BN, BK, BLOCKSIZE, NESTED, LUT, INTERP), INTERP)  # [BN, BK]
             if W_LEFT:
                 xt = tl.load(x_ptr + rows_m[None, :] * stride_xm + (k0 + offs_k)[:, None])   # [BK, BM]
-                if INTERP:
-                    xt = xt.to(tl.float32)
-                acc = tl.dot(w, xt, acc)
+                acc = tl.dot(w, _dot_operand(xt, INTERP), acc)
             else:
                 x = tl.load(x_ptr + rows_m[:, None] * stride_xm + (k0 + offs_k)[None, :])    # [BM, BK]
-                if INTERP:
-                    x = x.to(tl.float32)
-                acc = tl.dot(x, tl.trans(w), acc)
-        if W_LEFT:
-            ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-            tl.store(ptrs, _bf16(acc, INTERP), mask=(offs_m[None, :] < M) & (offs_n[:, None] < N))
-        else:
-            ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-            tl.store(ptrs, _bf16(acc, INTERP), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+                acc = tl.dot(_dot_operand(x, INTERP), tl.trans(w), acc)
+        _store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, offs_n < N, M, W_LEFT, INTERP)
 
     @triton.jit
     def nf4_backward_kernel(dy_ptr, packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset_ptr, nf4_ptr, pairs_ptr,
@@ -255,28 +262,17 @@ def _define_kernels():
         for n0 in range(0, N, BN):
             rows_n = (n0 + offs_bn) % N
             inside = (n0 + offs_bn) < N
-            w = _nf4_tile(packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset, nf4_ptr, pairs_ptr, rows_n, k0, K,
-                          BN, BK, BLOCKSIZE, NESTED, LUT, INTERP)                                   # [BN, BK]
-            if INTERP:
-                w = w.to(tl.float32)
+            w = _dot_operand(_nf4_tile(packed_ptr, absmax_ptr, code2_ptr, absmax2_ptr, offset, nf4_ptr, pairs_ptr,
+                                       rows_n, k0, K, BN, BK, BLOCKSIZE, NESTED, LUT, INTERP), INTERP)  # [BN, BK]
             if W_LEFT:
                 dyt = tl.load(dy_ptr + rows_m[None, :] * stride_dym + rows_n[:, None],
                               mask=inside[:, None], other=0.0)                         # [BN, BM]
-                if INTERP:
-                    dyt = dyt.to(tl.float32)
-                acc = tl.dot(tl.trans(w), dyt, acc)
+                acc = tl.dot(tl.trans(w), _dot_operand(dyt, INTERP), acc)
             else:
                 dy = tl.load(dy_ptr + rows_m[:, None] * stride_dym + rows_n[None, :],
                              mask=inside[None, :], other=0.0)                          # [BM, BN]
-                if INTERP:
-                    dy = dy.to(tl.float32)
-                acc = tl.dot(dy, w, acc)
-        if W_LEFT:
-            ptrs = dx_ptr + offs_m[None, :] * stride_dxm + offs_k[:, None]
-            tl.store(ptrs, _bf16(acc, INTERP), mask=offs_m[None, :] < M)
-        else:
-            ptrs = dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :]
-            tl.store(ptrs, _bf16(acc, INTERP), mask=offs_m[:, None] < M)
+                acc = tl.dot(_dot_operand(dy, INTERP), w, acc)
+        _store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, offs_k < K, M, W_LEFT, INTERP)  # BK divides K
 
     _KERNELS_DEFINED = True
 
