@@ -356,7 +356,7 @@ class Service:
             return []
         calls = tools.tool_calls(turn.step, text)
         if request is not None and request.tools:
-            offered = {t["function"].get("name") for t in request.tools if isinstance(t.get("function"), dict)}
+            offered = _offered(request)
             calls = [call for call in calls if call.name in offered]
         forced = forced_tool(request) if request is not None else None
         if forced not in (None, "*"):
@@ -438,11 +438,15 @@ def forced_tool(request: ChatRequest) -> str | None:
                            f"\"function\": {{\"name\": ...}}}}; got {json.dumps(choice, ensure_ascii=False)[:100]}",
                            param="tool_choice", code="invalid_value")
     if request.tools is not None:
-        offered = {t["function"].get("name") for t in request.tools if isinstance(t.get("function"), dict)}
-        if name not in offered:
+        if name not in _offered(request):
             raise RequestError(f"tool_choice names {name!r}, which is not among the request's tools",
                                param="tool_choice", code="invalid_value")
     return name
+
+
+def _offered(request: ChatRequest) -> set[str]:
+    """The names of the functions a request declares in `tools`."""
+    return {t["function"].get("name") for t in request.tools or () if isinstance(t.get("function"), dict)}
 
 
 def _refuse_unsupported(extra: dict[str, Any]) -> None:
