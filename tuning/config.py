@@ -108,8 +108,9 @@ class TrainConfig:
                              range=Range(float, 0.0, 1e6, note="0 = the GPU's free memory"))
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
                                 "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for prefix methods "
-                                "in runs of >= 1000 steps, or of any length when the compile cache holds this "
-                                "run's graphs, else off (tuning/training/compiling.py)",
+                                "in runs of >= 250 steps (>= 1000 when checkpointing makes it compile the whole "
+                                "model), or of any length when the compile cache holds this run's graphs, else off "
+                                "(tuning/training/compiling.py)",
                          choices=("auto", "off", "on", "cudagraphs"))
     compile_cache: str = _opt("on", "keep compiled graphs in $TASKTUNE_CACHE/compile (default "
                                     "~/.cache/tasktune/compile), keyed by model, shapes, versions and mode, so a "

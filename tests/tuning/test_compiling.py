@@ -182,8 +182,13 @@ def test_modes_and_auto():
     assert compiling.resolve_mode("off") == "off"
     assert compiling.resolve_mode("auto", cuda=False) == "off"
     assert compiling.resolve_mode("auto", cuda=True) == compiling.AUTO_CUDA_MODE == "cudagraphs"
-    assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS) == "cudagraphs"
-    assert compiling.resolve_mode("auto", cuda=True, steps=compiling.AUTO_MIN_STEPS - 1) == "off"
+    for scope, least in compiling.AUTO_MIN_STEPS.items():
+        assert compiling.resolve_mode("auto", cuda=True, steps=least, scope=scope) == "cudagraphs"
+        assert compiling.resolve_mode("auto", cuda=True, steps=least - 1, scope=scope) == "off"
+    # the regional compile (~22 s cold on a 6B) pays back sooner than the whole model's (~90-140 s)
+    assert compiling.AUTO_MIN_STEPS["layers"] < compiling.AUTO_MIN_STEPS["model"]
+    assert compiling.resolve_mode("auto", cuda=True, steps=300, scope="layers") == "cudagraphs"
+    assert compiling.resolve_mode("auto", cuda=True, steps=300, scope="model") == "off"
     # a warm compile cache: graphs pay from the first step, whatever the run's length (not on a CPU, not DDP)
     assert compiling.resolve_mode("auto", cuda=True, steps=10, warm=True) == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=False, steps=10, warm=True) == "off"
@@ -365,3 +370,25 @@ def test_cuda_graphs_of_a_checkpointed_model_keep_the_whole_model_scope(monkeypa
     assert compiling.resolve_scope("on", checkpointed=True) == "layers"
     monkeypatch.setenv(compiling.SCOPE_ENV, "model")
     assert compiling.resolve_scope("on", checkpointed=False) == "model"
+
+
+@pytest.mark.parametrize("checkpointing, steps, expect", [
+    ("none", 300, "cudagraphs"),  # layers scope: a cold 300-step run compiles
+    ("none", 200, "off"),
+    ("full", 300, "off"),  # checkpointed graphs compile the whole model: a cold run needs 1000 steps
+    ("full", 1000, "cudagraphs"),
+])
+def test_auto_plan_sets_the_step_threshold_by_the_scope_it_would_compile(monkeypatch, checkpointing, steps, expect):
+    """plan(): `--compile auto` on one (pretended) CUDA GPU with a cold cache; the checkpointing the memory estimate
+    picks decides the scope (resolve_scope), and the scope how long a run must be to compile."""
+    from tasktune.tuning.training import memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(compiling, "run_cache", lambda *a, **k: None)  # --compile-cache off: never warm
+    monkeypatch.setattr(memory, "resolve", lambda *a, compiled, **k: memory.Choice(
+        checkpointing if compiled else "none", "auto"))
+    cfg = fast_config("unused", "unused", "unused", max_steps=steps)
+    assert cfg.compile == "auto" and cfg.method == "ptuning-v2"
+    planned = compiling.plan(cfg, torch.nn.Linear(2, 2), device=torch.device("cuda"))
+    assert planned.compile == expect
+    assert planned.checkpointing.mode == (checkpointing if expect != "off" else "none")

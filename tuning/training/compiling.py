@@ -16,7 +16,8 @@ on a CPU (narrow 28-layer GLM, aot_eager) the first compile took 4.1 s at 7 laye
 replays ~56 small graphs a step (forward and backward per layer) instead of 2, plus the eager ends.
 
 Modes: off; on (inductor); cudagraphs (inductor + CUDA graphs); auto = AUTO_CUDA_MODE on a CUDA GPU for
-AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps or with a warm compile cache entry (below), off
+AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps (250 when the decoder layers are compiled one by one,
+1000 for the whole model) or with a warm compile cache entry (below), off
 elsewhere (CPU, multi-process, or a short run without cached graphs: the compile time outweighs any gain). Measured on an H100/H200 (benchmarks/RESULTS.md, `gpu_run.sh compile6b`): a 6B
 4-bit step at batch 4, 64/64, checkpointed, 286 ms eager, 122 ms compiled, 45-47 ms with CUDA graphs; the first
 step takes 85-120 s to compile, and CUDA graphs keep ~0.85 GiB more memory (5.16 vs 4.32 GiB allocated).
@@ -61,9 +62,12 @@ from tasktune.tuning.training import memory, regional
 MODES = ("auto", "off", "on", "cudagraphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
 AUTO_CUDA_MODE = "cudagraphs"
-#: `auto` compiles only runs this long: at ~0.24 s saved per 6B step, ~100 s of compile pays back after ~400
-#: steps; the margin covers smaller models, whose steps save less.
-AUTO_MIN_STEPS = 1000
+#: `auto` compiles only runs this long, by the scope the compile would use (`resolve_scope`). "model": at ~0.24 s
+#: saved per 6B step, ~100 s of compile pays back after ~400 steps; the margin covers smaller models, whose steps
+#: save less. "layers" (H100, 2026-12-05, `gpu_run.sh warm23l`): the cold first step takes 21.8 s and the second
+#: ~3.5 s (graph recording) against ~0.2 s eager, and a step then saves ~0.11 s against eager without
+#: checkpointing (169 -> 50-58 ms): paid back after ~230 steps.
+AUTO_MIN_STEPS = {"layers": 250, "model": 1000}
 #: Methods (causal-lm task) for which `auto` may turn compilation on: the ones the 6B bench measured.
 AUTO_METHODS = ("ptuning-v2", "prefix")
 #: torch.compile backend (tests use "aot_eager": the same tracing, no code generation).
@@ -79,16 +83,17 @@ def auto_eligible(*, method: str, task: str, cuda: bool, processes: int) -> bool
 
 
 def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-lm", cuda: bool | None = None,
-                 steps: int | None = None, processes: int = 1, warm: bool = False) -> str:
+                 steps: int | None = None, processes: int = 1, warm: bool = False, scope: str = "model") -> str:
     """"auto" -> "off"/"on"/"cudagraphs" for this run; checks the name and that cudagraphs has a GPU.
-    `warm`: the compile cache holds this run's graphs (then a short run compiles too)."""
+    `warm`: the compile cache holds this run's graphs (then a short run compiles too); `scope`: what the compile
+    would trace (`resolve_scope`), which sets how long a cold run must be (AUTO_MIN_STEPS)."""
     import torch
 
     if mode not in MODES:
         raise ConfigError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if mode == "auto":
-        long_run = steps is None or steps >= AUTO_MIN_STEPS or warm
+        long_run = steps is None or steps >= AUTO_MIN_STEPS[scope] or warm
         ok = long_run and auto_eligible(method=method, task=task, cuda=cuda, processes=processes)
         return AUTO_CUDA_MODE if ok else "off"
     if mode == "cudagraphs" and not cuda:
@@ -231,11 +236,12 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, log=
     if mode == "auto" and auto_eligible(method=cfg.method, task=cfg.task, cuda=cuda, processes=processes):
         choice = checkpointing(True)
         cache = run_cache(cfg, model, checkpointing=choice.mode, mode=AUTO_CUDA_MODE, element_bytes=element_bytes)
+        scope = resolve_scope(AUTO_CUDA_MODE, checkpointed=choice.mode != "none")
         mode = resolve_mode("auto", method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
-                            processes=processes, warm=cache is not None and cache.warm())
+                            processes=processes, warm=cache is not None and cache.warm(), scope=scope)
         if mode == "off":
             choice, cache = checkpointing(False), None
-        elif cfg.max_steps < AUTO_MIN_STEPS and log is not None:
+        elif cfg.max_steps < AUTO_MIN_STEPS[scope] and log is not None:
             log(f"compile: auto uses {mode} in this {cfg.max_steps}-step run: the compile cache holds its graphs "
                 f"({cache.folder})")
     else:
