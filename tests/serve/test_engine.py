@@ -132,6 +132,36 @@ def test_rows_finishing_and_joining_at_staggered_steps_answer_as_alone(bank, pro
     assert max(rows_seen) >= 3  # they really shared the batch
 
 
+def test_a_finished_row_frees_its_place_at_once_and_leaves_the_batch_at_the_next_merge(bank, prompt_ids):
+    """Dynamic batch: a row that finishes while most rows decode on stays in the batch (no rebuild for it alone),
+    but its place is free: the next request joins a full batch, the merge drops the finished row, and the batch
+    never holds more than max_batch_size rows."""
+    engine = Engine(bank, max_batch_size=4, decode="dynamic").start()
+    seen = []  # (rows in the batch, rows still decoding) after each step
+    engine.stats.observers.append(lambda name, _: seen.append((len(engine._rows), engine.stats.running))
+                                  if name == "step_seconds" else None)
+    try:
+        longs = [Collector() for _ in range(3)]
+        short, late = Collector(), Collector()
+        for i, c in enumerate(longs):
+            engine.submit(Request(prompt_ids[i % len(prompt_ids)], "grid",
+                                  SamplingParams(max_new_tokens=60, ignore_eos=True), c))
+        engine.submit(Request(prompt_ids[0], "grid2", SamplingParams(max_new_tokens=3, ignore_eos=True), short))
+        assert short.done.wait(60)
+        deadline = time.time() + 30
+        while (4, 3) not in seen and time.time() < deadline:
+            time.sleep(0.001)
+        assert (4, 3) in seen  # a step ran with the finished short row still in the batch
+        engine.submit(Request(prompt_ids[1], None, SamplingParams(max_new_tokens=3, ignore_eos=True), late))
+        assert late.done.wait(60)
+        assert not any(c.done.is_set() for c in longs)  # it joined the full batch while the long rows decoded
+        assert all(c.done.wait(60) for c in longs)
+        assert max(rows for rows, _ in seen) == 4
+        assert late.events[-1].completion_tokens == 3
+    finally:
+        engine.shutdown()
+
+
 def test_cancelled_request_frees_its_slot(bank, prompt_ids):
     engine = Engine(bank, max_batch_size=1).start()
     try:

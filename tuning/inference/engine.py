@@ -5,8 +5,10 @@ Each loop of the engine thread:
    each row with its own prefix) and sample their first token;
 2. merge their caches into the running batch (left padding to the longest row: the 2D attention mask hides it);
 3. decode one token for every row at once;
-4. retire rows that finished (eos, a stop string, max_tokens) or whose client went away; their slots are free
-   for the next loop, so a short request that arrives while a long one decodes joins it and finishes first.
+4. finish rows that are done (eos, a stop string, max_tokens) or whose client went away; their slots are free
+   for the next loop, so a short request that arrives while a long one decodes joins it and finishes first. The
+   dynamic batch keeps a finished row (decoded along, ignored) until the next merge or until half the batch is
+   finished, so a finish and the arrival that follows it cost one cache rebuild, not two (`_settle`).
 
 Why not transformers' continuous batching (`generate_batch`, paged cache)? It flattens every request into one
 row of a paged cache, while a P-tuning v2 prefix is per row: our attention wrapper prepends each row's prefix
@@ -83,6 +85,7 @@ class _Row:
     generator: torch.Generator | None = None
     first_token_at: float | None = None
     slot: int = -1  # slots mode: the row's slot
+    done: bool = False  # finished and reported; the dynamic batch drops it at its next rebuild (`_settle`)
 
 
 class EngineStats:
@@ -210,7 +213,7 @@ class Engine:
         self._wake.clear()
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
-        for row in self._rows:
+        for row in self._live():
             row.request.emit(Event(finish_reason=reason, error=message,
                                    prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
         if self._slots is not None:
@@ -227,7 +230,8 @@ class Engine:
 
     def _admit(self) -> bool:
         new: list[Request] = []
-        while len(self._rows) + len(new) < self.max_batch_size:
+        running = len(self._live())
+        while running + len(new) < self.max_batch_size:
             try:
                 request = self._waiting.get_nowait()
             except queue.Empty:
@@ -308,43 +312,67 @@ class Engine:
         return (mask.long().cumsum(-1) - 1).clamp(min=0) + offsets
 
     def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
-        """Put newly prefilled rows into the running batch: left-pad the shorter cache to the longer one."""
+        """Put newly prefilled rows into the running batch: left-pad the shorter cache to the longer one. Finished
+        rows still in the batch are dropped in the same copy (one rebuild for both: `_settle`)."""
         if self._cache is None:
             self._rows, self._cache, self._mask = rows, cache, mask
             self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
             return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
+        old_layers, old_mask, old_rows = self._kept()
+        width = max(old_mask.shape[1], mask.shape[1])
         layers = []
-        for old, new in zip(_layers(self._cache), _layers(cache)):
+        for old, new in zip(old_layers, _layers(cache)):
             layers.append(tuple(torch.cat([_left_pad(a, width), _left_pad(b, width)], dim=0)
                                 for a, b in zip(old, new)))
         self._cache = _rebuild(layers, self.model.config)
-        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)], dim=0)
-        self._rows = self._rows + rows
+        self._mask = torch.cat([_left_pad_mask(old_mask, width), _left_pad_mask(mask, width)], dim=0)
+        self._rows = old_rows + rows
         self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
 
-    def _retire(self, keep: list[int]) -> None:
-        """Keep only the rows at `keep` (others finished); drop cache columns no remaining row uses."""
+    def _live(self) -> list[_Row]:
+        """The rows still decoding (finished ones may stay in the dynamic batch until its next rebuild)."""
+        return [row for row in self._rows if not row.done]
+
+    def _settle(self) -> None:
+        """Retire finished rows now, or leave them in the dynamic batch until the next arrival's merge.
+
+        When many short requests cycle, a row finishes every few steps and its client's next request arrives a
+        step or two later; rebuilding the cache for each finish and again for each arrival took 11 % of the engine
+        thread at 16 streams on the CPU (benchmarks/RESULTS.md). A finished row decoded along costs little (a
+        step is mostly per-call overhead), so it waits for `_merge`, which drops it in the same copy. The batch is
+        rebuilt here only once finished rows are half of it; slots (cheap to free) are freed at once."""
+        finished = len(self._rows) - len(self._live())
+        if finished and (self._slots is not None or 2 * finished >= len(self._rows)):
+            self._retire()
+        self.stats.running = len(self._live())
+
+    def _retire(self) -> None:
+        """Drop the finished rows (slots: free theirs) and the cache columns no remaining row uses."""
         if self._slots is not None:
-            kept = set(keep)
-            for i, row in enumerate(self._rows):
-                if i not in kept:
+            for row in self._rows:
+                if row.done:
                     self._slots.release(row.slot)
-            self._rows = [self._rows[i] for i in keep]
+            self._rows = self._live()
             return
-        if not keep:
+        if not self._live():
             self._rows, self._cache, self._mask, self._prefix = [], None, None, None
             return
+        layers, self._mask, self._rows = self._kept()
+        self._cache = _rebuild(layers, self.model.config)
+        self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
+
+    def _kept(self):
+        """The live rows' (cache layers, mask, rows) without the columns none of them uses; as they are when no
+        row finished."""
+        keep = [i for i, row in enumerate(self._rows) if not row.done]
+        if len(keep) == len(self._rows):
+            return _layers(self._cache), self._mask, self._rows
         index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask.index_select(0, index)
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else mask.shape[1]
         layers = [tuple(t.index_select(0, index)[:, :, start:] for t in layer) for layer in _layers(self._cache)]
-        self._cache = _rebuild(layers, self.model.config)
-        self._mask = mask[:, start:]
-        self._rows = [self._rows[i] for i in keep]
-        self._prefix = self.bank.batch([row.request.adapter for row in self._rows])
+        return layers, mask[:, start:], [self._rows[i] for i in keep]
 
     def _decode(self) -> None:
         started = time.perf_counter()
@@ -360,7 +388,9 @@ class Engine:
             self.stats.steps += 1
             self.stats.observe("step_seconds", time.perf_counter() - started)
             return
-        last = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self._mask.device)
+        # a finished row still in the batch decodes along (its output is ignored); it may have no token yet
+        last = torch.tensor([[(row.tokens or row.request.prompt_ids)[-1]] for row in self._rows],
+                            device=self._mask.device)
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         names = [row.request.adapter for row in self._rows]
         positions = self._positions(self._mask, names)[:, -1:]
@@ -370,11 +400,12 @@ class Engine:
         self.stats.observe("step_seconds", time.perf_counter() - started)
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Sample each row's next token, send its new text, and retire the rows that are done."""
+        """Sample each live row's next token, send its new text, mark the rows that finished and settle them."""
         chosen = self._sample(rows, logits)
         now = time.perf_counter()
-        finished: set[int] = set()
         for row, token in zip(rows, chosen):
+            if row.done:
+                continue
             request, params = row.request, row.request.params
             if row.first_token_at is None:
                 row.first_token_at = now
@@ -405,12 +436,9 @@ class Engine:
             if delta or reason:
                 request.emit(event)
             if reason is not None:
-                finished.add(id(row))
+                row.done = True
                 self.stats.observe("latency_seconds", now - request.arrived)
-        keep = [i for i, row in enumerate(self._rows) if id(row) not in finished]
-        if len(keep) != len(self._rows):
-            self._retire(keep)
-        self.stats.running = len(self._rows)
+        self._settle()
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.temperature <= 0:
@@ -424,7 +452,7 @@ class Engine:
         out = []
         for i, row in enumerate(rows):
             params = row.request.params
-            if row.generator is None:
+            if row.generator is None or row.done:
                 out.append(greedy[i])
                 continue
             probs = torch.softmax(logits[i] / params.temperature, dim=-1)
