@@ -123,7 +123,14 @@ def main() -> None:
     parser.add_argument("--serial-requests", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--decode", default="auto", choices=("auto", "dynamic", "slots"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for the serial baseline and the server alike (they share this "
+                             "process; the load generator has its own); 0 = torch's default")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from tests.serve.conftest import LiveServer
 
@@ -133,8 +140,10 @@ def main() -> None:
     serial = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
-                         str(max(args.max_tokens, 16)), "--decode", args.decode])
-    print(f"decode: {server.service.engine.decode}", flush=True)
+                         str(max(args.max_tokens, 16)), "--decode", args.decode, "--threads", str(args.threads)])
+    import torch
+
+    print(f"decode: {server.service.engine.decode}; torch threads: {torch.get_num_threads()}", flush=True)
     steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
     stats = server.service.engine.stats
     stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"

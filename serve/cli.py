@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
                         "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
     p.add_argument("--base-name", help="the base model's model name (default: its folder name or hub id)")
+    p.add_argument("--threads", type=Range(int, 0, 4096), default=0, metavar="N",
+                   help="CPU threads for torch's operators (default 0: torch's default, one per core); on a small "
+                        "CPU shared with the clients or uvicorn, 1 can decode faster (benchmarks/RESULTS.md)")
     p.set_defaults(func=run)
 
 
@@ -90,6 +93,10 @@ def build(args: argparse.Namespace):
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")

@@ -355,3 +355,27 @@ def test_tool_choice_that_cannot_be_honoured_is_refused(live_server, scripted, m
               httpx.get(f"{live_server.url}/metrics").text.splitlines()
               if line.startswith("tasktune_requests_total{")}
     assert counts["500"] == 2  # the plain one and the stream, each counted once, as failed
+
+
+def test_threads_flag_sets_torchs_cpu_threads(serve_runs):
+    """`--threads N` (torch's intra-op threads; 0 keeps torch's default)."""
+    import argparse
+
+    import torch
+
+    from tasktune.serve.cli import build, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        for threads, expect in ((want, want), (0, want)):  # 0: left as it is
+            args = parser.parse_args(["serve", f"grid={serve_runs['grid']}", "--threads", str(threads)])
+            _, service, _ = build(args)
+            service.engine.shutdown()
+            assert torch.get_num_threads() == expect
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "x", "--threads", "-1"])
