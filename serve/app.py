@@ -15,13 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .bodylimit import BodyLimit
+from .catchall import CatchAll
 from .guard import Guard
 from .metrics import Metrics
 from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
+from .reading import chat_request as _chat_request, param as _param
 from .service import RequestError, Service
 
 STATIC = files("tasktune.serve") / "static"
@@ -32,9 +33,16 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     metrics = Metrics(service)
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
     limits = service.limits
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)  # inside the guard below: the API key comes first
+    counted = lambda status: metrics.requests.labels(str(status)).inc()  # noqa: E731
+
+    def crashed_response(exc: Exception):
+        counted(500)
+        return _error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+    app.add_middleware(CatchAll, response=crashed_response)  # innermost: its 500s pass the CORS layer below
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, counted=counted)  # inside the guard: key first
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
-                       draining=lambda: app.state.draining)
+                       draining=lambda: app.state.draining, counted=counted)
     if cors_origins:  # outermost: a browser's preflight (OPTIONS, no Authorization header) is answered here
         from starlette.middleware.cors import CORSMiddleware
 
@@ -44,16 +52,23 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = _param(first.get("loc", ()))
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
+        counted(400)
         return _error(400, f"{where}: {message}" if where else message, param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500
-                      else "server_error")
+        counted(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):  # OpenAI: "Invalid URL (POST /v1/completions)"; 405 keeps its Allow
+            message = f"Invalid URL ({request.method} {request.url.path})"
+            if exc.status_code == 405 and (exc.headers or {}).get("Allow"):
+                message += f": this path takes {exc.headers['Allow']}"
+        return _error(exc.status_code, message, "invalid_request_error" if exc.status_code < 500
+                      else "server_error", headers=exc.headers)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -61,11 +76,10 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return _error(exc.status, str(exc), exc.type, exc.code, exc.param, exc.headers)
 
     @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception):
-        metrics.requests.labels("500").inc()
-        return _error(500, f"internal error: {type(exc).__name__}", "server_error")
+    async def crashed(request: Request, exc: Exception):  # what CatchAll cannot see (the middleware itself)
+        return crashed_response(exc)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' and curl -I's probes
     async def health():
         alive = service.engine.alive
         body = {"status": "ok" if alive and not app.state.draining else "unavailable",
@@ -73,11 +87,11 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
                 "running": service.engine.stats.running}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models():
         created = now()
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
@@ -113,7 +127,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
                              "logprobs": None}],
                 "usage": _usage(answer.prompt_tokens, answer.completion_tokens)}
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def page():
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
@@ -127,23 +141,6 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return FileResponse(str(path), media_type=kind)
 
     return app
-
-
-async def _chat_request(request: Request) -> ChatRequest:
-    """The body as a ChatRequest, read as JSON whatever its Content-Type says: `curl URL -d '{...}'` (this
-    server's own --help example) sends application/x-www-form-urlencoded, and other bare clients send text/plain
-    or nothing; FastAPI's body parameter reads only a JSON content type and refused those with a puzzling
-    'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
-                                       "ctx": {"error": str(exc)}}]) from None
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 async def _unless_client_leaves(request: Request, work):
@@ -203,10 +200,12 @@ async def _events(service: Service, body: ChatRequest, turn, params):
     ident, created = new_id(), now()
     model = service.served_name(turn)
 
+    usage = {"usage": None} if _include_usage(body) else {}  # OpenAI: null on every chunk but the last
+
     def chunk(delta: dict, finish: str | None = None) -> str:
         data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": "tasktune",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **usage}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -265,8 +264,12 @@ async def _events(service: Service, body: ChatRequest, turn, params):
 
 def from_usage(body: ChatRequest, ident: str, created: int, prompt: int, completion: int, model: str) -> str:
     """The usage chunk OpenAI sends last when `stream_options.include_usage` is set ("" otherwise)."""
-    if not (body.stream_options or {}).get("include_usage"):
+    if not _include_usage(body):
         return ""
     data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": _usage(prompt, completion)}
+            "system_fingerprint": "tasktune", "choices": [], "usage": _usage(prompt, completion)}
     return f"data: {json.dumps(data)}\n\n"
+
+
+def _include_usage(body: ChatRequest) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))

@@ -12,8 +12,8 @@ from .protocol import error_body
 class BodyLimit:
     """Pure ASGI middleware for paths under `prefix`: buffer the body up to `limit` bytes, then hand it on."""
 
-    def __init__(self, app, limit: int, prefix: str = "/v1/"):
-        self.app, self.limit, self.prefix = app, limit, prefix
+    def __init__(self, app, limit: int, prefix: str = "/v1/", counted=lambda status: None):
+        self.app, self.limit, self.prefix, self.counted = app, limit, prefix, counted
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
@@ -42,6 +42,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
+        self.counted(413)
         payload = json.dumps(error_body(f"request body over this server's limit of {self.limit} bytes",
                                         code="request_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,

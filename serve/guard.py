@@ -6,6 +6,7 @@ through an extra memory stream and task switch, a per-token cost that showed at 
 
 from __future__ import annotations
 
+import hmac
 from typing import Callable
 
 from starlette.responses import JSONResponse
@@ -15,19 +16,23 @@ from .protocol import error_response as _error
 
 class Guard:
     def __init__(self, app, *, api_key: str | None, max_body_bytes: int, draining: Callable[[], bool],
-                 prefix: str = "/v1/"):
+                 prefix: str = "/v1/", counted: Callable[[int], None] = lambda status: None):
         self.app, self.api_key, self.max_body_bytes, self.draining, self.prefix = (
             app, api_key, max_body_bytes, draining, prefix)
+        self.counted = counted  # each refusal's status, for the request counter
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(self.prefix):
             refusal = self.refusal({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
             if refusal is not None:
+                self.counted(refusal.status_code)
                 return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
 
     def refusal(self, headers: dict[str, str]) -> JSONResponse | None:
-        if self.api_key and headers.get("authorization", "") != f"Bearer {self.api_key}":
+        scheme, _, key = headers.get("authorization", "").strip().partition(" ")
+        if self.api_key and not (scheme.lower() == "bearer" and  # RFC 7235: the scheme in any case
+                                 hmac.compare_digest(key.strip().encode("latin-1"), self.api_key.encode())):
             return _error(401, "Incorrect or missing API key: send `Authorization: Bearer KEY`",
                           "invalid_request_error", "invalid_api_key")
         size = headers.get("content-length")

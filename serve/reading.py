@@ -1,0 +1,70 @@
+"""A chat request's body: read as JSON whatever its Content-Type says, checked for what JSON parsers let through
+but nothing downstream can take (deep nesting, lone surrogates), validated into a ChatRequest; and the `param` an
+error names."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from .protocol import ChatRequest
+
+
+async def chat_request(request: Request) -> ChatRequest:
+    """The body as a ChatRequest, read as JSON whatever its Content-Type says: `curl URL -d '{...}'` (this
+    server's own --help example) sends application/x-www-form-urlencoded, and other bare clients send text/plain
+    or nothing; FastAPI's body parameter reads only a JSON content type and refused those with a puzzling
+    'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+        _check_json(data)
+    except (ValueError, RecursionError) as exc:  # not UTF-8 (UnicodeDecodeError), JSONDecodeError, _check_json
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+                                       "ctx": {"error": why}}]) from None
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+#: How deep a request's JSON may nest (OpenAI's bodies need ~6 levels; Python's recursion limit is ~1000, and
+#: pydantic and json recurse per level)
+MAX_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_json(data: Any) -> None:
+    """Refuse (ValueError) JSON nested deeper than MAX_DEPTH or holding a lone UTF-16 surrogate in a string or key
+    (`"\\ud83d"`: a client that cut an emoji in half; Python keeps it in a str, which then fails in the tokenizer,
+    the spec's frames and any error message that echoes it). Iterative, so depth itself cannot overflow here."""
+    stack = [(data, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep at {where or 'the top'}")
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ValueError(f"{where or 'the body'}: a string holds a lone UTF-16 surrogate (not valid Unicode)")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, depth, where))
+                stack.append((item, depth + 1, f"{where}.{key}" if where else str(key)))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{where}.{i}") for i, item in enumerate(value))
+
+
+#: pydantic's location parts that name a union member's type, not a field ("stop.str", "messages.0.content.str")
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def param(loc) -> str:
+    """OpenAI's `param` for a validation error's location: the field path, without "body" and type tags."""
+    return ".".join(str(p) for p in loc
+                    if p != "body" and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p)))
