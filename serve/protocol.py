@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""OpenAI's seed is an int64; torch.Generator.manual_seed takes -2**63 .. 2**64-1 and raised (in the engine thread)
+for 10**23. Outside int64: 400, param "seed"."""
+
 
 class FunctionCall(BaseModel):
     name: str
@@ -50,10 +54,10 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: float | None = Field(default=None, ge=0, le=2)  # below engine.GREEDY_BELOW (1e-5): greedy
     top_p: float | None = Field(default=None, ge=0, le=1)  # OpenAI: 0..1; 0 keeps the most likely token
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False  # OpenAI's schema: boolean or null (clients that send unset fields send null)
     stream_options: dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1, le=1)

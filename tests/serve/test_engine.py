@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from tasktune.tuning.inference.engine import Engine, Request, SamplingParams
 
@@ -36,6 +37,7 @@ class Collector:
 
     def text(self) -> str:
         assert self.done.wait(60), "the engine never finished the request"
+        assert self.events[-1].full_text is not None, self.events[-1]  # an error or a cancellation has no text
         return self.events[-1].full_text.strip()
 
 
@@ -254,3 +256,88 @@ def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids):
         tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
         assert [got[name, i] for i in range(len(prompt_ids))] == tuned
         assert [got[None, i] for i in range(len(prompt_ids))] == base
+
+
+@pytest.mark.parametrize("decode", ["dynamic", "slots"])
+def test_one_rows_failure_ends_that_request_alone(bank, prompt_ids, monkeypatch, decode):
+    """A row whose own step fails (its sampling raised here; before, also a seed torch cannot take, or a
+    temperature of 1e-300 whose softmax was NaN) ended every request in the batch: the error reached the loop's
+    _fail_all. Now it ends that request alone with an error event; the rows beside it keep decoding, their greedy
+    answers as alone, and the engine takes the next request."""
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+
+    def alone() -> list[str]:
+        engine = Engine(bank, max_batch_size=4, decode=decode, slot_width=96).start()
+        try:
+            out = []
+            for ids in prompt_ids[:2]:
+                out.append(Collector())
+                engine.submit(Request(ids, "grid", params, out[-1]))
+            return [c.text() for c in out]
+        finally:
+            engine.shutdown()
+
+    expected = alone()
+    draw, draws = torch.multinomial, []
+
+    def failing(probs, n, generator=None):  # the sampled row (seed 7) fails at its third token
+        if generator is not None and generator.initial_seed() == 7:
+            draws.append(n)
+            if len(draws) == 3:
+                raise RuntimeError("sampling broke")
+        return draw(probs, n, generator=generator)
+
+    monkeypatch.setattr(torch, "multinomial", failing)
+    engine = Engine(bank, max_batch_size=4, decode=decode, slot_width=96).start()
+    try:
+        good, bad = [Collector(), Collector()], Collector()
+        engine.submit(Request(prompt_ids[0], "grid", params, good[0]))
+        engine.submit(Request(prompt_ids[2], "grid2", SamplingParams(max_new_tokens=20, temperature=1.0, seed=7,
+                                                                      ignore_eos=True), bad))
+        engine.submit(Request(prompt_ids[1], "grid", params, good[1]))
+        assert [c.text() for c in good] == expected
+        assert bad.done.wait(60)
+        assert bad.events[-1].finish_reason == "error" and "sampling broke" in bad.events[-1].error
+        assert bad.events[-1].completion_tokens == 2
+        assert all(c.events[-1].finish_reason == "length" for c in good)
+        after = Collector()
+        engine.submit(Request(prompt_ids[0], "grid", params, after))
+        assert after.text() == expected[0]
+        deadline = time.time() + 5
+        while engine.stats.running and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.running == 0 and engine.alive
+    finally:
+        engine.shutdown()
+
+
+def test_bad_parameters_or_prompt_of_one_request_do_not_touch_the_others(bank, prompt_ids):
+    """What a request itself brings: a seed torch.Generator cannot take (10**23), a token id outside the vocabulary
+    (its prefill fails) end that request alone, even when it was prefilled together with good ones; a temperature
+    too small to divide by (1e-300, 5e-324: softmax gave NaN) decodes greedily."""
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    engine = Engine(bank, max_batch_size=8, decode="dynamic").start()
+    try:
+        first = Collector()
+        engine.submit(Request(prompt_ids[0], "grid", params, first))
+        expected = first.text()
+        running = Collector()
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=60, ignore_eos=True), running))
+        while not running.events:
+            time.sleep(0.001)
+        seed, vocab, tiny, tinier, good = (Collector() for _ in range(5))
+        engine.submit(Request(prompt_ids[1], "grid", SamplingParams(max_new_tokens=16, temperature=1.0,
+                                                                     seed=10**23), seed))
+        engine.submit(Request([*prompt_ids[1], 10**7], "grid", params, vocab))
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=16, temperature=1e-300,
+                                                                     ignore_eos=True), tiny))
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=16, temperature=5e-324,
+                                                                     ignore_eos=True), tinier))
+        engine.submit(Request(prompt_ids[0], "grid", params, good))
+        assert good.text() == tiny.text() == tinier.text() == expected
+        for c in (seed, vocab):
+            assert c.done.wait(60) and c.events[-1].finish_reason == "error", c.events
+        assert "seed" in seed.events[-1].error.lower() or "overflow" in seed.events[-1].error.lower()
+        assert running.done.wait(60) and running.events[-1].finish_reason == "length"
+    finally:
+        engine.shutdown()

@@ -33,10 +33,16 @@ import torch
 
 from tasktune.errors import ConfigError
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily. Dividing the logits by 1e-300 (or 5e-324) overflows to inf and softmax
+gives NaN; at 1e-5 a logit gap of 0.001 is already a factor e^100, so the sample is the argmax anyway. Above it,
+logits / temperature stay far inside float32's range."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request decodes: greedy when temperature is 0, else temperature + top-p with its own seed."""
+    """How one request decodes: greedy when temperature is 0 (or below GREEDY_BELOW), else temperature + top-p with
+    its own seed (torch.Generator takes -2**63 .. 2**64-1; the server admits OpenAI's int64)."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -213,9 +219,11 @@ class Engine:
         self._wake.clear()
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
+        """Every row and queued request ends: only for what the whole batch shares (its forward, its cache), a
+        close or the shutdown. One row's own failure ends that row alone (`_fail_row`)."""
         for row in self._live():
-            row.request.emit(Event(finish_reason=reason, error=message,
-                                   prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
+            _tell(row.request, Event(finish_reason=reason, error=message, prompt_tokens=len(row.request.prompt_ids),
+                                     completion_tokens=len(row.tokens)))
         if self._slots is not None:
             for row in self._rows:
                 self._slots.release(row.slot)
@@ -225,11 +233,19 @@ class Engine:
                 request = self._waiting.get_nowait()
             except queue.Empty:
                 break
-            request.emit(Event(finish_reason=reason, error=message, prompt_tokens=len(request.prompt_ids)))
+            _tell(request, Event(finish_reason=reason, error=message, prompt_tokens=len(request.prompt_ids)))
         self.stats.running = self.stats.waiting = 0
 
+    def _fail_row(self, row: _Row, exc: Exception) -> None:
+        """One row's own failure (its generator, its sampling, its text, its client's callback): it alone ends with
+        an error event and counts as finished, so `_settle` frees its place as any finished row's; the other rows
+        decode on. Before, such an error reached `_loop` and failed every request in the batch."""
+        row.done = True
+        _tell(row.request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                                 prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
+
     def _admit(self) -> bool:
-        new: list[Request] = []
+        new: list[_Row] = []
         running = len(self._live())
         while running + len(new) < self.max_batch_size:
             try:
@@ -237,28 +253,61 @@ class Engine:
             except queue.Empty:
                 break
             if request.cancelled.is_set():
-                request.emit(Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids)))
+                _tell(request, Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids)))
                 continue
             if self._slots is not None:
                 need = len(request.prompt_ids) + self.bank.offset(request.adapter) + request.params.max_new_tokens
                 if need >= self._slots.width:
-                    request.emit(Event(finish_reason="error", prompt_tokens=len(request.prompt_ids),
-                                       error=f"prompt + prefix + max_tokens = {need} tokens do not fit this "
-                                             f"server's {self._slots.width}-column slots"))
+                    _tell(request, Event(finish_reason="error", prompt_tokens=len(request.prompt_ids),
+                                         error=f"prompt + prefix + max_tokens = {need} tokens do not fit this "
+                                               f"server's {self._slots.width}-column slots"))
                     continue
-            new.append(request)
+            row = self._new_row(request)
+            if row is not None:
+                new.append(row)
         self.stats.waiting = self._waiting.qsize()
         if not new:
             return False
+        parts = self._prefill_apart(new)
         try:
-            self._prefill(new)
-        except Exception as exc:  # the new requests are not rows yet: fail them here, then the batch
-            for request in new:
-                if not any(row.request is request for row in self._rows):
-                    request.emit(Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
-                                       prompt_tokens=len(request.prompt_ids)))
+            for part in parts:
+                self._join(*part)
+        except Exception as exc:  # the batch's shared state failed: fail the new requests here, then the batch
+            for row in new:
+                if not row.done and not any(r is row for r in self._rows):
+                    _tell(row.request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                                             prompt_tokens=len(row.request.prompt_ids)))
             raise
         return True
+
+    def _new_row(self, request: Request) -> _Row | None:
+        """The row of an admitted request, with its sampler; None (the request ended with an error event) when its
+        own parameters fail (a seed torch.Generator cannot take): that request alone, before any forward."""
+        try:
+            return _Row(request, generator=self._generator(request.params))
+        except Exception as exc:
+            _tell(request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                                 prompt_tokens=len(request.prompt_ids)))
+            return None
+
+    def _prefill_apart(self, rows: list[_Row]) -> list[tuple]:
+        """The new rows prefilled together; when that fails, each alone, so a request whose own prefill fails (a
+        token id outside the vocabulary, a prompt too long for memory) ends with an error event and the others
+        join. The running batch is untouched: a prefill only reads the model, the batch changes at `_join`.
+        Returns what `_join` takes, one tuple per prefill that worked."""
+        try:
+            return [self._prefill(rows)]
+        except Exception as exc:
+            if len(rows) == 1:
+                self._fail_row(rows[0], exc)
+                return []
+        parts = []
+        for row in rows:
+            try:
+                parts.append(self._prefill([row]))
+            except Exception as exc:
+                self._fail_row(row, exc)
+        return parts
 
     @torch.inference_mode()
     def _forward(self, input_ids, mask, positions, prefix, cache):
@@ -268,9 +317,12 @@ class Engine:
                          use_cache=True, logits_to_keep=1, **extra)
         return out.logits[:, -1, :].float(), out.past_key_values
 
-    def _prefill(self, requests: list[Request]) -> None:
+    def _prefill(self, rows: list[_Row]):
+        """The new rows' forward over their prompts (left-padded, each with its prefix): (rows, cache, mask, logits)
+        for `_join`. Reads the model only, so a failure here concerns these rows alone."""
         from transformers import DynamicCache
 
+        requests = [row.request for row in rows]
         device = self.bank.device
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad, dtype=torch.long)
@@ -282,7 +334,10 @@ class Engine:
         positions = self._positions(mask, [r.adapter for r in requests])
         logits, cache = self._forward(ids, mask, positions, self.bank.batch([r.adapter for r in requests]),
                                       DynamicCache(config=self.model.config))
-        rows = [_Row(r, generator=self._generator(r.params)) for r in requests]
+        return rows, cache, mask, logits
+
+    def _join(self, rows: list[_Row], cache, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Prefilled rows join the running batch (merged cache or their slots) and sample their first token."""
         if self._slots is None:
             self._merge(rows, cache, mask)
         else:
@@ -400,69 +455,103 @@ class Engine:
         self.stats.observe("step_seconds", time.perf_counter() - started)
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Sample each live row's next token, send its new text, mark the rows that finished and settle them."""
+        """Sample each live row's next token, send its new text, mark the rows that finished and settle them. A row
+        whose own step fails ends alone (`_fail_row`)."""
         chosen = self._sample(rows, logits)
         now = time.perf_counter()
         for row, token in zip(rows, chosen):
             if row.done:
                 continue
-            request, params = row.request, row.request.params
-            if row.first_token_at is None:
-                row.first_token_at = now
-                self.stats.observe("ttft_seconds", now - request.arrived)
-            reason = None
-            if request.cancelled.is_set():
-                reason = "cancelled"
-            elif token == self.eos and not params.ignore_eos:
-                reason = "stop"
-            else:
-                row.tokens.append(token)
-                self.stats.tokens += 1
-            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
-            if reason is None:
-                for stop in params.stop:
-                    at = text.find(stop)
-                    if stop and at >= 0:
-                        text, reason = text[:at], "stop"
-                        break
-            if reason is None and len(row.tokens) >= params.max_new_tokens:
-                reason = "length"
-            if reason is None and text.endswith("\ufffd"):
-                text = row.sent  # half of a multi-byte character: wait for the rest
-            delta = text[len(row.sent):] if text.startswith(row.sent) else ""
-            row.sent = text if reason is None or text.startswith(row.sent) else row.sent
-            event = Event(text=delta, finish_reason=reason, prompt_tokens=len(request.prompt_ids),
-                          completion_tokens=len(row.tokens), full_text=text if reason else None)
-            if delta or reason:
-                request.emit(event)
-            if reason is not None:
-                row.done = True
-                self.stats.observe("latency_seconds", now - request.arrived)
+            try:
+                self._step_row(row, token, now)
+            except Exception as exc:
+                self._fail_row(row, exc)
         self._settle()
 
+    def _step_row(self, row: _Row, token: int, now: float) -> None:
+        """One live row's new token: its text so far, a stop string, its length; the delta is sent."""
+        request, params = row.request, row.request.params
+        if row.first_token_at is None:
+            row.first_token_at = now
+            self.stats.observe("ttft_seconds", now - request.arrived)
+        reason = None
+        if request.cancelled.is_set():
+            reason = "cancelled"
+        elif token == self.eos and not params.ignore_eos:
+            reason = "stop"
+        else:
+            row.tokens.append(token)
+            self.stats.tokens += 1
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
+        if reason is None:
+            for stop in params.stop:
+                at = text.find(stop)
+                if stop and at >= 0:
+                    text, reason = text[:at], "stop"
+                    break
+        if reason is None and len(row.tokens) >= params.max_new_tokens:
+            reason = "length"
+        if reason is None and text.endswith("\ufffd"):
+            text = row.sent  # half of a multi-byte character: wait for the rest
+        delta = text[len(row.sent):] if text.startswith(row.sent) else ""
+        row.sent = text if reason is None or text.startswith(row.sent) else row.sent
+        event = Event(text=delta, finish_reason=reason, prompt_tokens=len(request.prompt_ids),
+                      completion_tokens=len(row.tokens), full_text=text if reason else None)
+        if reason is not None:
+            row.done = True
+            self.stats.observe("latency_seconds", now - request.arrived)
+        if delta or reason:
+            request.emit(event)
+
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
-        if params.temperature <= 0:
+        """The row's own sampler (None: greedy). Raises for a seed torch cannot take; `_new_row` fails that request
+        alone."""
+        if params.temperature < GREEDY_BELOW:
             return None
         generator = torch.Generator(device=self.bank.device)
         generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
         return generator
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token: the argmax for greedy rows, `_sample_row` for the others; a row whose sampling
+        fails ends alone (`_fail_row`; its token is ignored)."""
         greedy = logits.argmax(dim=-1).tolist()
         out = []
         for i, row in enumerate(rows):
-            params = row.request.params
             if row.generator is None or row.done:
                 out.append(greedy[i])
                 continue
-            probs = torch.softmax(logits[i] / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
-                keep[0] = True
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+            try:
+                out.append(self._sample_row(row, logits[i]))
+            except Exception as exc:
+                self._fail_row(row, exc)
+                out.append(greedy[i])
         return out
+
+    def _sample_row(self, row: _Row, logits: torch.Tensor) -> int:
+        """Temperature, then top-p, then a draw with the row's generator. Softmax subtracts the maximum, so with
+        temperature >= GREEDY_BELOW nothing overflows in float32; logits that are not finite (a broken model)
+        would still make NaN probabilities, which multinomial refuses: such a row takes the argmax, as greedy
+        rows do."""
+        params = row.request.params
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            return int(logits.argmax())
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+            keep[0] = True
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def _tell(request: Request, event: Event) -> None:
+    """Send an event the engine cannot do without sending (a failure, a cancellation): an `emit` that raises (its
+    client's problem) must not take the engine thread or the batch with it; nobody is left to tell."""
+    try:
+        request.emit(event)
+    except Exception:
+        pass
 
 
 # -- cache plumbing: transformers' DynamicCache as per-layer (keys, values) tensors ------------------------
