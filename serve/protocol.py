@@ -6,11 +6,20 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
 """OpenAI's seed is an int64; torch.Generator.manual_seed takes -2**63 .. 2**64-1 and raised (in the engine thread)
 for 10**23. Outside int64: 400, param "seed"."""
+
+MAX_STOPS = 4
+"""OpenAI's limit on stop sequences. 95,000 of them in one body stalled the whole batch: each is looked for in each
+row's text at every token, on the engine thread."""
+
+MAX_STOP_CHARS = 256
+"""Longest stop sequence, in characters: far above the stop sequences clients send (a newline, "User:", an end
+marker), small enough that the per-token search (the new text plus a stop's length, engine._stop_at) stays tiny."""
 
 
 class FunctionCall(BaseModel):
@@ -64,6 +73,26 @@ class ChatRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = None
+
+    @field_validator("stop", mode="wrap")
+    @classmethod
+    def _bounded_stops(cls, value: Any, handler) -> str | list[str] | None:
+        """At most MAX_STOPS stop sequences of at most MAX_STOP_CHARS characters (400, param "stop"). A wrong type
+        is reported as "stop" too: the union's own errors are located at "stop.str" / "stop.list[str]", which the
+        error's `param` would repeat."""
+        try:
+            stop = handler(value)
+        except ValidationError:
+            raise PydanticCustomError("stop_type", "must be a string, an array of strings or null") from None
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS:
+            raise PydanticCustomError("stop_count", "at most {limit} stop sequences are allowed, got {count}",
+                                      {"limit": MAX_STOPS, "count": len(stops)})
+        longest = max(map(len, stops), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise PydanticCustomError("stop_length", "a stop sequence may have at most {limit} characters, one "
+                                      "has {length}", {"limit": MAX_STOP_CHARS, "length": longest})
+        return stop
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -341,3 +341,31 @@ def test_bad_parameters_or_prompt_of_one_request_do_not_touch_the_others(bank, p
         assert running.done.wait(60) and running.events[-1].finish_reason == "length"
     finally:
         engine.shutdown()
+
+
+def test_stop_strings_are_searched_in_the_new_text_only():
+    """A stop can only end in the text a token added: the text sent before was searched at its step. Searching
+    the whole answer for every stop at every token made 95,000 stops stall the batch."""
+    from tasktune.tuning.inference.engine import _stop_at
+
+    assert _stop_at("hello world", ("lo w", "x"), "hello") == 3  # straddles the sent text and the new one
+    assert _stop_at("hello world", ("he",), "hello") == -1  # wholly in the sent text: not searched again
+    assert _stop_at("hello world", ("orl", "wo"), "hello") == 6  # the earliest of two in the new text
+    assert _stop_at("hello world", ("", "zz"), "") == -1
+    assert _stop_at("HELLO world", ("HE",), "hello") == 0  # the text changed under the sent part: all searched
+
+
+def test_a_stop_string_across_tokens_ends_the_answer_before_it(bank, prompt_ids):
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    engine = Engine(bank, max_batch_size=2, decode="dynamic").start()
+    try:
+        whole = Collector()
+        engine.submit(Request(prompt_ids[0], "grid", params, whole))
+        answer = whole.text()
+        stop = answer[6:10]
+        cut = Collector()
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=24, ignore_eos=True,
+                                                                     stop=("never there", stop)), cut))
+        assert cut.text() == answer[:answer.index(stop)].strip() and cut.events[-1].finish_reason == "stop"
+    finally:
+        engine.shutdown()

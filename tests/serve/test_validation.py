@@ -42,3 +42,18 @@ def test_int64_seeds_and_tiny_temperatures_answer(live_server):
         reply = post(live_server, temperature=temperature, seed=3)
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] == greedy
+
+
+def test_at_most_four_stop_sequences_of_bounded_length(live_server):
+    """OpenAI allows up to 4 stop sequences; each is at most protocol.MAX_STOP_CHARS (256) characters. 95,000 stops
+    in one body were looked for at every token of every row and stalled the whole batch."""
+    from tasktune.serve.protocol import MAX_STOP_CHARS
+
+    assert "4" in refused(live_server, "stop", stop=["a", "b", "c", "d", "e"])["message"]
+    refused(live_server, "stop", stop=[f"s{i}" for i in range(5000)])  # 95,000 would pass 1 MiB bodies
+    refused(live_server, "stop", stop="x" * (MAX_STOP_CHARS + 1))
+    refused(live_server, "stop", stop=["x", "y" * (MAX_STOP_CHARS + 1)])
+    refused(live_server, "stop", stop=5)
+    refused(live_server, "stop", stop=["x", 5])
+    for stop in (["never", "seen", "in", "x" * MAX_STOP_CHARS], "never", [], None):
+        assert post(live_server, stop=stop).status_code == 200, stop

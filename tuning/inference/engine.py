@@ -484,11 +484,9 @@ class Engine:
             self.stats.tokens += 1
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
         if reason is None:
-            for stop in params.stop:
-                at = text.find(stop)
-                if stop and at >= 0:
-                    text, reason = text[:at], "stop"
-                    break
+            at = _stop_at(text, params.stop, row.sent)
+            if at >= 0:
+                text, reason = text[:at], "stop"
         if reason is None and len(row.tokens) >= params.max_new_tokens:
             reason = "length"
         if reason is None and text.endswith("\ufffd"):
@@ -543,6 +541,18 @@ class Engine:
             keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def _stop_at(text: str, stops: tuple[str, ...], sent: str) -> int:
+    """Where the earliest stop string begins in a row's `text`, or -1. `sent` (the text sent before) was searched at
+    its own step and holds no stop, so a stop can only end in the new text: the search starts the longest stop's
+    length - 1 characters before it. Per token that costs the new text plus a stop's length, not the whole answer
+    for every stop (the serve layer allows at most 4 stops of 256 characters: serve/protocol.py). When the text
+    no longer starts with `sent` (a tokenizer's decode may change earlier text) the whole of it is searched."""
+    longest = max(map(len, stops), default=0)
+    start = max(0, len(sent) - longest + 1) if text.startswith(sent) else 0
+    found = [at for stop in stops if stop and (at := text.find(stop, start)) >= 0]
+    return min(found, default=-1)
 
 
 def _tell(request: Request, event: Event) -> None:
