@@ -6,7 +6,8 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, \
+    field_validator
 from pydantic_core import PydanticCustomError
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -50,29 +51,50 @@ class Message(BaseModel):
             return self.content
         parts = []
         for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if part.get("type") != "text":
                 raise ValueError(f"content part of type {part.get('type')!r}: only text parts are supported")
+            if not isinstance(part.get("text"), str):
+                raise ValueError("a content part of type 'text' needs its text as a string in 'text'"
+                                 + ("" if "text" in part else " (it has none)"))
             parts.append(part["text"])
         return "".join(parts)
 
 
 class ChatRequest(BaseModel):
+    """A chat request, typed as OpenAI types it: booleans take only JSON booleans (or null), integers only JSON
+    integers (2.0 too is refused, as OpenAI refuses a decimal), numbers an integer or a decimal but no string or
+    boolean; a wrong type is a 400 naming the field. Pydantic's lax mode took "stream": "yes" or 1 as true,
+    "max_tokens": true as 1 and "2" as 2, and the extension ignore_eos, read from the extra fields with bool(),
+    took "false" as true. Unknown fields are still accepted and ignored."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str
+    model: StrictStr
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)  # below engine.GREEDY_BELOW (1e-5): greedy
-    top_p: float | None = Field(default=None, ge=0, le=1)  # OpenAI: 0..1; 0 keeps the most likely token
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)  # below engine.GREEDY_BELOW (1e-5): greedy
+    top_p: StrictFloat | None = Field(default=None, ge=0, le=1)  # OpenAI: 0..1; 0 keeps the most likely token
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stream: bool | None = False  # OpenAI's schema: boolean or null (clients that send unset fields send null)
+    seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stream: StrictBool | None = False  # OpenAI's schema: boolean or null (clients that send unset fields send null)
     stream_options: dict[str, Any] | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: StrictInt | None = Field(default=None, ge=1)  # more than 1: 400 unsupported_value (serve/service.py)
+    logprobs: StrictBool | None = None  # true: 400 unsupported_value (serve/service.py)
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    user: str | None = None
+    user: StrictStr | None = None
+    ignore_eos: StrictBool | None = None  # vLLM's extension (benchmarks): decode max_tokens whatever the model says
+
+    @field_validator("stream_options")
+    @classmethod
+    def _include_usage_is_a_boolean(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """stream_options.include_usage is read by truth value (serve/app.py): "no" would count as true."""
+        flag = (value or {}).get("include_usage")
+        if flag is not None and not isinstance(flag, bool):
+            raise PydanticCustomError("bool_type", "include_usage must be a boolean or null")
+        return value
 
     @field_validator("stop", mode="wrap")
     @classmethod

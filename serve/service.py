@@ -288,17 +288,18 @@ class Service:
         return ids[-keep:]
 
     def sampling(self, request: ChatRequest, turn: Turn) -> SamplingParams:
-        limit = request.max_completion_tokens or request.max_tokens
+        """The engine's parameters; a limit over the server's is refused under the field the client sent."""
+        field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        limit = getattr(request, field)
         if limit is not None and limit > self.limits.max_tokens:
-            raise RequestError(f"max_tokens={limit} is over this server's limit of {self.limits.max_tokens}",
-                               param="max_tokens")
+            raise RequestError(f"{field}={limit} is over this server's limit of {self.limits.max_tokens}",
+                               param=field)
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
-        extra = request.model_extra or {}
-        _refuse_unsupported(extra)
+        _refuse_unsupported(request)
         return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
                               temperature=float(request.temperature or 0.0),
                               top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
-                              seed=request.seed, stop=request.stops(), ignore_eos=bool(extra.get("ignore_eos")))
+                              seed=request.seed, stop=request.stops(), ignore_eos=request.ignore_eos is True)
 
     async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
         """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
@@ -449,20 +450,24 @@ def _offered(request: ChatRequest) -> set[str]:
     return {t["function"].get("name") for t in request.tools or () if isinstance(t.get("function"), dict)}
 
 
-def _refuse_unsupported(extra: dict[str, Any]) -> None:
+def _refuse_unsupported(request: ChatRequest) -> None:
     """400 `unsupported_value` (OpenAI's code for a value a model does not take) for parameters whose meaning this
     server cannot honour; ignored, they gave a 200 the client then failed on (`chat.completions.parse` and
-    LangChain's `with_structured_output`: LengthFinishReasonError / ValidationError; `logprobs`: None). Unknown
-    fields and parameters that only tune sampling (penalties, logit_bias) are still accepted and ignored."""
-    fmt = extra.get("response_format")
+    LangChain's `with_structured_output`: LengthFinishReasonError / ValidationError; `logprobs`: None; `n` > 1:
+    one choice where the client reads several). Unknown fields and parameters that only tune sampling (penalties,
+    logit_bias) are still accepted and ignored."""
+    if request.n is not None and request.n > 1:
+        raise RequestError(f"n={request.n} is not supported: this server answers one choice (send n: 1 or leave it "
+                           f"out)", param="n", code="unsupported_value")
+    if request.logprobs or request.top_logprobs:
+        raise RequestError("logprobs are not supported by this server (send logprobs: false or leave it out)",
+                           param="logprobs", code="unsupported_value")
+    fmt = (request.model_extra or {}).get("response_format")
     kind = fmt.get("type") if isinstance(fmt, dict) else fmt
     if kind not in (None, "text"):
         raise RequestError(f"response_format {kind!r} is not supported: this server cannot constrain answers to "
                            f"JSON (leave response_format out, or send {{\"type\": \"text\"}})",
                            param="response_format", code="unsupported_value")
-    if extra.get("logprobs") or extra.get("top_logprobs"):
-        raise RequestError("logprobs are not supported by this server (send logprobs: false or leave it out)",
-                           param="logprobs", code="unsupported_value")
 
 
 def _text(message: Message) -> str:

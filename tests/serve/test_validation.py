@@ -57,3 +57,52 @@ def test_at_most_four_stop_sequences_of_bounded_length(live_server):
     refused(live_server, "stop", stop=["x", 5])
     for stop in (["never", "seen", "in", "x" * MAX_STOP_CHARS], "never", [], None):
         assert post(live_server, stop=stop).status_code == 200, stop
+
+
+@pytest.mark.parametrize("param, value", [
+    ("stream", "yes"), ("stream", 1), ("stream", "false"),
+    ("max_tokens", True), ("max_tokens", "2"), ("max_tokens", 2.0), ("max_tokens", 2.5),
+    ("max_completion_tokens", "2"), ("max_completion_tokens", False),
+    ("temperature", "1"), ("temperature", True), ("top_p", "0.5"), ("top_p", False),
+    ("seed", "3"), ("seed", 3.0), ("seed", True),
+    ("n", "1"), ("n", True),
+    ("ignore_eos", "false"), ("ignore_eos", 1), ("ignore_eos", "true"),
+    ("logprobs", "false"), ("logprobs", 0), ("top_logprobs", "2"),
+    ("stream_options", {"include_usage": "no"}), ("model", 5), ("user", 5),
+])
+def test_a_value_of_the_wrong_type_is_refused(live_server, param, value):
+    """OpenAI answers 400 for a wrong type; pydantic's lax mode took "stream": "yes" (or 1) as a stream,
+    "max_tokens": true as 1 and "2" as 2, "temperature": "1" as 1.0, and ignore_eos (read with bool() from the
+    extra fields) took "false" as true. Integers take JSON integers only: 2.0 is refused, as OpenAI refuses it."""
+    error = refused(live_server, param, **{param: value})
+    assert error["message"].startswith(param)
+
+
+def test_values_of_the_right_type_are_taken(live_server):
+    """Integers for number fields, null where OpenAI allows null, booleans for booleans."""
+    fields = dict(temperature=1, top_p=1, seed=0, stream=None, n=1, logprobs=False, ignore_eos=False,
+                  stream_options=None, max_completion_tokens=4)
+    reply = post(live_server, **fields)
+    assert reply.status_code == 200, reply.text
+    assert post(live_server, ignore_eos=True, max_tokens=5).json()["usage"]["completion_tokens"] == 5
+    assert post(live_server, stream_options={"include_usage": None}).status_code == 200
+
+
+def test_n_above_one_is_unsupported_and_a_limit_is_reported_under_the_field_sent(live_server):
+    """n=2 was refused with code null (a pydantic bound); like logprobs and response_format it is a value this
+    server does not support. An over-limit max_completion_tokens was reported as "max_tokens"."""
+    assert refused(live_server, "n", n=2)["code"] == "unsupported_value"
+    refused(live_server, "n", n=0)
+    assert "max_completion_tokens" in refused(live_server, "max_completion_tokens", max_completion_tokens=65,
+                                              max_tokens=None)["message"]
+    assert "max_tokens" in refused(live_server, "max_tokens", max_tokens=65)["message"]
+
+
+def test_a_text_part_without_text_says_so(live_server):
+    """{"type": "text"} without "text" was told "only text parts are supported"."""
+    for part in ({"type": "text"}, {"type": "text", "text": 5}):
+        message = refused(live_server, "messages", messages=[{"role": "user", "content": [part]}])["message"]
+        assert "only text parts" not in message and "'text'" in message, message
+    image = {"type": "image_url", "image_url": {"url": "http://x"}}
+    assert "only text parts" in refused(live_server, "messages",
+                                        messages=[{"role": "user", "content": [image]}])["message"]
