@@ -30,14 +30,25 @@ from .protocol import ChatRequest, Message
 AUTO = "auto"
 
 
+RETRYABLE = frozenset({503})
+"""The 5xx statuses of the service that a retry can cure (503: the server is shutting down; another replica or the
+restarted server answers). Every other 5xx it raises is a deterministic failure of this request."""
+
+
 class RequestError(ValueError):
-    """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape."""
+    """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape.
+
+    A 5xx outside RETRYABLE carries `x-should-retry: false`: the openai clients (Python, Node) retry a 5xx twice by
+    default and obey that header. The same request fails the same way again (a forced tool call the answer does not
+    parse as, a failed action, which would also run again: a side effect), so three tries only triple the wait."""
 
     def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
                  type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.param, self.type = status, code, param, type_
         self.headers = headers
+        if status >= 500 and status not in RETRYABLE:
+            self.headers = {"x-should-retry": "false", **(headers or {})}
 
 
 @dataclass(frozen=True)
@@ -404,11 +415,9 @@ class Service:
             try:
                 result = await asyncio.to_thread(function, **arguments)
             except Exception as exc:  # the action library failed: say so, never crash the request
-                # x-should-retry: the openai clients (Python, Node) retry a 5xx twice by default, which would run
-                # the action (a side effect) again; they obey this header
+                # a 502: not retried (RequestError's x-should-retry), which would run the action again
                 raise RequestError(f"action {name} failed: {type(exc).__name__}: {exc}", status=502,
-                                   type_="server_error", code="action_failed",
-                                   headers={"x-should-retry": "false"}) from None
+                                   type_="server_error", code="action_failed") from None
             executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
             prompt, step = self._result_prompt(turn.run, name, arguments, result)
             next_turn = Turn(turn.run, prompt, [], step)

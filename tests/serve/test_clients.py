@@ -151,3 +151,22 @@ def test_cors_is_off_by_default_and_opt_in_answers_a_preflight_before_the_api_ke
         assert "access-control-allow-origin" not in other.headers
     finally:
         server.stop()
+
+
+def test_a_forced_tool_call_that_does_not_parse_is_not_retried(live_server, scripted, monkeypatch):  # noqa: F811
+    """tool_choice required, and the model's answer is no call: a 500 `tool_call_failed` that the same request
+    meets again. Without `x-should-retry: false` the openai client sent it three times (two retries, with their
+    backoff); every deterministic 5xx of the service carries the header (RequestError), a 503 (shutting down)
+    does not."""
+    from tasktune.serve.service import RequestError
+
+    monkeypatch.setattr("tests.serve.test_api.ARGS_ANSWER", "不知道")
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=2, timeout=60)
+    before = len(scripted)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="grid", messages=HELLO, tool_choice="required")
+    assert err.value.body["code"] == "tool_call_failed" and err.value.response.headers["x-should-retry"] == "false"
+    assert len(scripted) == before + 1  # one model call: the client did not retry
+    assert RequestError("x", status=502).headers == {"x-should-retry": "false"}
+    assert RequestError("x", status=503).headers is None
+    assert RequestError("x", status=429, headers={"Retry-After": "1"}).headers == {"Retry-After": "1"}
