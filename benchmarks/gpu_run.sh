@@ -25,7 +25,8 @@
 #          matmul_4bit vs its split, a torch.compile'd dequant, the Triton fused dequant-GEMM, bnb's forced cgemm_4bit and
 #          the bf16 floor ($OUT/nf4.md, nf4.json); then, when .wheelhouse/optional/torchao-*.whl is carried, torchao's
 #          NF4Tensor at M = 544 in its own time-boxed process ($OUT/nf4_torchao.md).
-# Logs and JSON go to $OUT (the device tool brings them back).
+# Logs and JSON go to $OUT (the device tool brings them back). The wheelhouse (.wheelhouse/*.whl, cp312) needs, beside
+# bitsandbytes, datasets, jsonschema and the serve extra: opentelemetry-api and annotated-doc (fastapi 0.165 imports them).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
