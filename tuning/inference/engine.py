@@ -241,8 +241,7 @@ class Engine:
         an error event and counts as finished, so `_settle` frees its place as any finished row's; the other rows
         decode on. Before, such an error reached `_loop` and failed every request in the batch."""
         row.done = True
-        _tell(row.request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
-                                 prompt_tokens=len(row.request.prompt_ids), completion_tokens=len(row.tokens)))
+        _tell_failed(row.request, exc, completion_tokens=len(row.tokens))
 
     def _admit(self) -> bool:
         new: list[_Row] = []
@@ -275,8 +274,7 @@ class Engine:
         except Exception as exc:  # the batch's shared state failed: fail the new requests here, then the batch
             for row in new:
                 if not row.done and not any(r is row for r in self._rows):
-                    _tell(row.request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
-                                             prompt_tokens=len(row.request.prompt_ids)))
+                    _tell_failed(row.request, exc)
             raise
         return True
 
@@ -286,8 +284,7 @@ class Engine:
         try:
             return _Row(request, generator=self._generator(request.params))
         except Exception as exc:
-            _tell(request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
-                                 prompt_tokens=len(request.prompt_ids)))
+            _tell_failed(request, exc)
             return None
 
     def _prefill_apart(self, rows: list[_Row]) -> list[tuple]:
@@ -562,6 +559,12 @@ def _tell(request: Request, event: Event) -> None:
         request.emit(event)
     except Exception:
         pass
+
+
+def _tell_failed(request: Request, exc: Exception, completion_tokens: int = 0) -> None:
+    """The error event that ends `request` because of `exc`."""
+    _tell(request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                         prompt_tokens=len(request.prompt_ids), completion_tokens=completion_tokens))
 
 
 # -- cache plumbing: transformers' DynamicCache as per-layer (keys, values) tensors ------------------------
