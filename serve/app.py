@@ -22,7 +22,7 @@ from .catchall import CatchAll
 from .guard import Guard
 from .metrics import Metrics
 from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
-from .reading import chat_request as _chat_request, param as _param
+from .reading import chat_request as _chat_request, code as error_code, param as _param
 from .service import RequestError, Service
 
 STATIC = files("tasktune.serve") / "static"
@@ -57,7 +57,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
         counted(400)
-        return _error(400, f"{where}: {message}" if where else message, param=where or None)
+        return _error(400, f"{where}: {message}" if where else message, code=error_code(first), param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -73,8 +73,8 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)  # below engine.GREEDY_BELOW (1e-5): greedy
-    top_p: StrictFloat | None = Field(default=None, ge=0, le=1)  # OpenAI: 0..1; 0 keeps the most likely token
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)  # below engine.GREEDY_BELOW (1e-5): greedy
+    top_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)  # OpenAI: 0..1; 0 keeps the most likely token
     stop: str | list[str] | None = None
     seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: StrictBool | None = False  # OpenAI's schema: boolean or null (clients that send unset fields send null)

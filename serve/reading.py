@@ -64,6 +64,34 @@ def _check_json(data: Any) -> None:
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
+#: pydantic's error types -> OpenAI's `code` for the same mistake (what api.openai.com answers: "invalid_type" for
+#: "max_tokens": "10", "integer_above_max_value" for n=130, "missing_required_parameter", "unknown_parameter", ...)
+_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
+          "literal_error": "invalid_value", "enum": "invalid_value", "value_error": "invalid_value",
+          "assertion_error": "invalid_value", "string_too_long": "string_above_max_length",
+          "string_too_short": "string_below_min_length", "too_long": "array_above_max_length",
+          "json_invalid": None}
+_BOUNDS = {"greater_than": "below_min_value", "greater_than_equal": "below_min_value",
+           "less_than": "above_max_value", "less_than_equal": "above_max_value"}
+
+
+def code(error: dict) -> str | None:
+    """OpenAI's `code` for one pydantic error: invalid_type, integer_above_max_value, decimal_below_min_value,
+    missing_required_parameter, unknown_parameter, empty_array, invalid_value, ... (None where OpenAI sends none)."""
+    kind = error.get("type", "")
+    if kind in _CODES:
+        return _CODES[kind]
+    if kind in _BOUNDS:
+        bound = next(iter(error.get("ctx", {}).values()), None)  # as the field declares it: 2.0 for temperature
+        number = "decimal" if isinstance(bound, float) else "integer"
+        return f"{number}_{_BOUNDS[kind]}"
+    if kind == "too_short":
+        return "empty_array" if not error.get("input") else "array_below_min_length"
+    if kind.endswith(("_type", "_parsing")) or kind in ("is_instance_of", "union_tag_invalid"):
+        return "invalid_type"
+    return "invalid_value"
+
+
 def param(loc) -> str:
     """OpenAI's `param` for a validation error's location: the field path, without "body" and type tags."""
     return ".".join(str(p) for p in loc

@@ -76,6 +76,7 @@ def test_a_value_of_the_wrong_type_is_refused(live_server, param, value):
     extra fields) took "false" as true. Integers take JSON integers only: 2.0 is refused, as OpenAI refuses it."""
     error = refused(live_server, param, **{param: value})
     assert error["message"].startswith(param)
+    assert error["code"] == "invalid_type"  # api.openai.com's code for it (clients branch on it), not null
 
 
 def test_values_of_the_right_type_are_taken(live_server):
@@ -96,6 +97,29 @@ def test_n_above_one_is_unsupported_and_a_limit_is_reported_under_the_field_sent
     assert "max_completion_tokens" in refused(live_server, "max_completion_tokens", max_completion_tokens=65,
                                               max_tokens=None)["message"]
     assert "max_tokens" in refused(live_server, "max_tokens", max_tokens=65)["message"]
+
+
+@pytest.mark.parametrize("fields, param, code", [
+    ({"temperature": 3.0}, "temperature", "decimal_above_max_value"),
+    ({"max_tokens": 0}, "max_tokens", "integer_below_min_value"),
+    ({"temperature": -0.5}, "temperature", "decimal_below_min_value"),
+    ({"top_p": 1.5}, "top_p", "decimal_above_max_value"),
+    ({"messages": []}, "messages", "empty_array"),
+    ({"messages": None}, "messages", "invalid_type"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role", "invalid_value"),
+])
+def test_a_refused_value_carries_openais_code(live_server, fields, param, code):
+    """Validation errors came with code null; OpenAI's own 400s name the kind of mistake
+    (invalid_type, integer_above_max_value, empty_array, ...), and SDKs and retry logic read it."""
+    error = refused(live_server, param, **fields)
+    assert error["code"] == code, error
+
+
+def test_a_missing_required_field_is_named_with_openais_code(live_server):
+    reply = httpx.post(f"{live_server.url}{URL}", json={"model": "grid"}, timeout=60)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "missing_required_parameter"
+    assert reply.json()["error"]["param"] == "messages"
 
 
 def test_a_text_part_without_text_says_so(live_server):
