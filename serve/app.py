@@ -23,7 +23,7 @@ from .guard import Guard
 from .metrics import Metrics
 from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
 from .reading import chat_request as _chat_request, code as error_code, param as _param
-from .service import RequestError, Service
+from .service import RequestError, Service, generation_failed
 
 STATIC = files("tasktune.serve") / "static"
 
@@ -236,7 +236,8 @@ async def _events(service: Service, body: ChatRequest, turn, params):
     async for event in service.stream(turn, params):
         last = event
         if event.finish_reason == "error":
-            yield _failed(f"generation failed: {event.error}")
+            failure = generation_failed(event.error)
+            yield _failed(str(failure), failure.type, failure.code, failure.status)
             return
         if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
             yield _failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "

@@ -38,17 +38,27 @@ restarted server answers). Every other 5xx it raises is a deterministic failure 
 class RequestError(ValueError):
     """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape.
 
-    A 5xx outside RETRYABLE carries `x-should-retry: false`: the openai clients (Python, Node) retry a 5xx twice by
-    default and obey that header. The same request fails the same way again (a forced tool call the answer does not
+    A 5xx outside RETRYABLE (and not marked `retry`) carries `x-should-retry: false`: the openai clients (Python,
+    Node) retry a 5xx twice by default and obey that header. The same request fails the same way again (a forced tool call the answer does not
     parse as, a failed action, which would also run again: a side effect), so three tries only triple the wait."""
 
     def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
-                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None, retry: bool = False):
         super().__init__(message)
         self.status, self.code, self.param, self.type = status, code, param, type_
         self.headers = headers
-        if status >= 500 and status not in RETRYABLE:
+        if status >= 500 and status not in RETRYABLE and not retry:
             self.headers = {"x-should-retry": "false", **(headers or {})}
+
+
+def generation_failed(error: str | None) -> RequestError:
+    """The 500 of a request whose generation failed in the engine (its prefill, its sampling: the same request
+    fails the same way again, so clients are told not to retry), except where memory ran out: the batch beside it
+    changes, and a retry may fit (no x-should-retry header, so the openai clients retry)."""
+    message = f"generation failed: {error or 'unknown error'}"
+    if error and error.startswith("OutOfMemoryError"):
+        return RequestError(message, status=500, type_="server_error", code="out_of_memory", retry=True)
+    return RequestError(message, status=500, type_="server_error", code="generation_failed")
 
 
 @dataclass(frozen=True)
@@ -349,8 +359,8 @@ class Service:
         async for event in self.stream(turn, params):
             parts.append(event.text)
             last = event
-        if last.finish_reason == "error":
-            raise RuntimeError(last.error or "generation failed")
+        if last.finish_reason == "error":  # this request's own failure: the stream's error event, as a 500
+            raise generation_failed(last.error)
         if last.finish_reason == "cancelled":  # only the server's shutdown cancels a call someone still awaits
             raise RequestError(last.error or "the server is shutting down", status=503, type_="server_error",
                                code="shutting_down")

@@ -170,3 +170,36 @@ def test_a_forced_tool_call_that_does_not_parse_is_not_retried(live_server, scri
     assert RequestError("x", status=502).headers == {"x-should-retry": "false"}
     assert RequestError("x", status=503).headers is None
     assert RequestError("x", status=429, headers={"Retry-After": "1"}).headers == {"Retry-After": "1"}
+
+
+@pytest.mark.parametrize("oom, code, retried", [(False, "generation_failed", False), (True, "out_of_memory", True)])
+def test_a_generation_failure_is_a_500_the_client_retries_only_for_memory(live_server, monkeypatch, oom, code,
+                                                                           retried):
+    """A request whose own generation fails in the engine (here its sampler) was a bare RuntimeError -> "internal
+    error" 500 without a code, which the openai client retried twice though the same request fails the same way.
+    It is now `generation_failed` with x-should-retry: false, on plain and streamed requests alike; only running out
+    of memory (the batch beside it changes) stays retryable."""
+    import torch
+
+    from tasktune.tuning.inference.engine import Engine
+
+    error = torch.OutOfMemoryError("CUDA out of memory") if oom else ValueError("a seed it cannot take")
+    calls = []
+
+    def failing(self, params):
+        calls.append(params.seed)
+        raise error
+
+    monkeypatch.setattr(Engine, "_generator", failing)
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=2, timeout=60)
+    monkeypatch.setattr(openai._base_client.BaseClient, "_calculate_retry_timeout", lambda *a, **k: 0.01)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="grid", messages=HELLO, temperature=1, seed=5, max_tokens=2)
+    assert err.value.body["code"] == code and err.value.body["message"].startswith("generation failed:")
+    assert len(calls) == (3 if retried else 1)
+    assert ("x-should-retry" in err.value.response.headers) is not retried
+    stream = client.chat.completions.create(model="grid", messages=HELLO, temperature=1, seed=5, max_tokens=2,
+                                            stream=True)
+    with pytest.raises(openai.APIError) as err:
+        list(stream)
+    assert err.value.body["code"] == code
