@@ -33,6 +33,8 @@ import torch
 
 from tasktune.errors import ConfigError
 
+from .detokenize import IncrementalText
+
 GREEDY_BELOW = 1e-5
 """Temperatures below this decode greedily. Dividing the logits by 1e-300 (or 5e-324) overflows to inf and softmax
 gives NaN; at 1e-5 a logit gap of 0.001 is already a factor e^100, so the sample is the argmax anyway. Above it,
@@ -83,9 +85,10 @@ class Request:
 
 @dataclass(eq=False)
 class _Row:
-    """A request being decoded: its tokens so far, the text already sent, its sampler."""
+    """A request being decoded: its tokens so far, their text, the text already sent, its sampler."""
 
     request: Request
+    text: IncrementalText
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     generator: torch.Generator | None = None
@@ -282,7 +285,7 @@ class Engine:
         """The row of an admitted request, with its sampler; None (the request ended with an error event) when its
         own parameters fail (a seed torch.Generator cannot take): that request alone, before any forward."""
         try:
-            return _Row(request, generator=self._generator(request.params))
+            return _Row(request, IncrementalText(self.tokenizer), generator=self._generator(request.params))
         except Exception as exc:
             _tell_failed(request, exc)
             return None
@@ -479,14 +482,17 @@ class Engine:
         else:
             row.tokens.append(token)
             self.stats.tokens += 1
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
-        if reason is None:
-            at = _stop_at(text, params.stop, row.sent)
-            if at >= 0:
-                text, reason = text[:at], "stop"
+        text = row.text.feed(row.tokens).lstrip()  # a few tokens decoded, not the whole answer again
+        if reason is None and _stop_at(text, params.stop, row.sent) >= 0:
+            reason = "stop"
         if reason is None and len(row.tokens) >= params.max_new_tokens:
             reason = "length"
-        if reason is None and text.endswith("\ufffd"):
+        if reason is not None:  # the answer as eval reads it: its tokens decoded whole, once, cut at a stop
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
+            at = _stop_at(text, params.stop, "") if reason != "cancelled" else -1
+            if at >= 0:
+                text, reason = text[:at], "stop"
+        elif text.endswith("\ufffd"):
             text = row.sent  # half of a multi-byte character: wait for the rest
         delta = text[len(row.sent):] if text.startswith(row.sent) else ""
         row.sent = text if reason is None or text.startswith(row.sent) else row.sent
