@@ -21,6 +21,8 @@
 # serve6b: issue 20 (~9 min; carry [".wheelhouse", "data"]): a random 6B GLM trained 2 steps in NF4, copied to 4 runs;
 #          benchmarks/serve_agreement.py (engine vs eval greedy answers, $OUT/serve6b_agree.log/.json, <= T_AGREE=120 s),
 #          then serve_bench.py over HTTP (<= T_SERVE=300 s; PROFILE=1 adds serve_profile.py first).
+# g256:    issue 23's "4 x 256/256 in every mode" (~7 min): train_bench with CUDA graphs (regional compile) at
+#          4 x 256/256 and 4 x 64/64, checkpointing none and full, beside the PEFT recipe ($OUT/g256.log, g256.json).
 # nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
 #          matmul_4bit vs its split, a torch.compile'd dequant, the Triton fused dequant-GEMM, bnb's forced cgemm_4bit and
 #          the bf16 floor ($OUT/nf4.md, nf4.json); then, when .wheelhouse/optional/torchao-*.whl is carried, torchao's
@@ -206,6 +208,13 @@ sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="_
   timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/auto23_bench.json" \
     --methods tasktune,reference --cases 4x64x64,4x256x256 --checkpointing auto,auto:5.5,full --caps "" \
     --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/auto23_bench.log"
+fi
+
+if [ "$phase" = g256 ]; then  # issue 23: graphs at 4 x 256/256 (and 64/64 again), none and full checkpointing
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
+  timeout ${T_BENCH:-420} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/g256.json" \
+    --methods tasktune,reference --cases ${G256_CASES:-4x256x256,4x64x64} --checkpointing ${G256_CKPT:-none,full} \
+    --compile cudagraphs --caps "" --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/g256.log"
 fi
 
 if [ "$phase" = nf4 ]; then  # issue 23: NF4 dequant paths per linear shape (benchmarks/nf4_bench.py; no model build)
