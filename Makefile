@@ -16,6 +16,8 @@ DATA   ?= data/grid
 SHIPPED_MODEL := templates/demo/tiny-glm
 MODEL  ?= $(SHIPPED_MODEL)
 TINY_OUT ?= models/tiny-glm
+# The shipped base was built on a GPU (minutes; on 2 CPU cores the same build takes over an hour, other bits)
+TINY_DEVICE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 RUN    ?= runs/grid-tiny
 STEPS  ?=
 GPUS   ?= 1
@@ -41,7 +43,7 @@ help:
 	@echo "make tiny-model  rebuild the shipped tiny base into $(TINY_OUT) (tokenizer + small GLM, pre-trained on unpaired text)"
 	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N: data-parallel, N x the global batch)"
 	@echo "make eval        base vs tuned answers on the dev set, report in $(RUN)/eval/"
-	@echo "variables: SPEC SEED N DATA MODEL TINY_OUT RUN STEPS GPUS TRAIN_CONFIG ARGS"
+	@echo "variables: SPEC SEED N DATA MODEL TINY_OUT TINY_DEVICE RUN STEPS GPUS TRAIN_CONFIG ARGS"
 
 install: $(STAMP)
 
@@ -80,7 +82,7 @@ data: install
 	$(TT) data $(SPEC) --out $(DATA) --seed $(SEED) $(if $(N),--n $(N)) $(ARGS)
 
 tiny-model: install
-	$(TT) tiny-model --spec $(SPEC) --out $(TINY_OUT) --seed $(SEED) $(ARGS)
+	$(TT) tiny-model --spec $(SPEC) --out $(TINY_OUT) --seed $(SEED) --device $(TINY_DEVICE) $(ARGS)
 
 train: install
 ifeq ($(GPUS),1)

@@ -352,39 +352,23 @@ def test_answer_pairs_repeat_a_place_and_never_contradict_a_number():
 # ---- the shipped base (templates/demo/tiny-glm: what `make demo` trains on) ---------------------------------
 
 SHIPPED = tasktune.TEMPLATES / "demo" / "tiny-glm"
-#: The files a rebuild must reproduce byte for byte: the weights, the model config and the tokenizer.
-#: tiny_model.json is the record of the build; its timing ("seconds") and spec path differ from build to build.
 SHIPPED_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json")
 
 
 def test_the_shipped_base_is_the_default_build_of_todays_grid_spec():
-    """The shipped base was built from the grid spec as it is now: an edited spec needs `make tiny-model` and the
-    rebuilt folder copied to templates/demo/tiny-glm (docs/tiny-model.md)."""
+    """The shipped base was built from the grid spec as it is now, with today's defaults, on a GPU (`make tiny-model`
+    there): an edited spec or default needs a rebuild copied to templates/demo/tiny-glm (docs/tiny-model.md). Its
+    rebuild is checked by metrics on a GPU (tests/gpu/test_shipped_base.py): GPU builds are not bit-identical."""
     record = json.loads((SHIPPED / RECORD_FILE).read_text(encoding="utf-8"))
     spec = tasktune.TEMPLATES / "grid" / "spec.yaml"
     assert record["spec_sha256"] == hashlib.sha256(spec.read_bytes()).hexdigest(), \
         f"{spec} changed since {SHIPPED} was built: rebuild it (docs/tiny-model.md, 'The shipped base')"
-    assert record["seed"] == 42 and record["data_seed"] == 42 and record["device"] == "cpu"
-    assert record["config"] == {**asdict(TinyConfig()), "seed": 42}  # the defaults, nothing else
+    assert record["seed"] == 42 and record["data_seed"] == 42 and record["device"] == "cuda"
+    config = dict(record["config"])
+    assert config.pop("data_seed") in (None, 42)  # None means the build seed (42): the same documents
+    expected = {**asdict(TinyConfig()), "seed": 42}
+    expected.pop("data_seed")
+    assert config == expected  # the defaults, nothing else
     for name in SHIPPED_FILES:
         assert (SHIPPED / name).is_file(), name
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # the whole build: past the suite's 900 s
-def test_a_rebuild_reproduces_the_shipped_bytes(tmp_path):
-    """`tasktune tiny-model --spec grid --seed 42` (= `make tiny-model`) rebuilds the shipped base: compared are the
-    BYTES of the weights, model config and tokenizer files, not metrics. The CPU build is bit-reproducible (fp32,
-    a seeded init, a seeded document order, no nondeterministic kernels; tests/reliability/test_demo_determinism.py
-    shows the same model's training giving the same bits with 1 or 2 threads and ATen's default or AVX2 kernels),
-    so any difference is a real change: to the spec, the data generator, the corpus or the trainer; the failure
-    names the files that differ. Takes the full build: 15-25 minutes on 2 quiet CPU cores (up to an hour
-    under other load)."""
-    out = build_tiny_model("grid", tmp_path / "tiny-glm", seed=42, progress=False)
-    differ = [name for name in SHIPPED_FILES if (out / name).read_bytes() != (SHIPPED / name).read_bytes()]
-    assert not differ, f"a rebuild differs from {SHIPPED} in {differ}"
-    ours, shipped = (json.loads((d / RECORD_FILE).read_text(encoding="utf-8")) for d in (out, SHIPPED))
-    for key in ("seconds", "spec"):
-        ours.pop(key), shipped.pop(key)
-    assert ours == shipped

@@ -1,0 +1,51 @@
+"""The shipped tiny base (templates/demo/tiny-glm) is what `make tiny-model` builds on a GPU: a rebuild gives the same
+tokenizer and model config byte for byte, and its weights (not bit-identical: GPU kernels) P-tune to the same
+quality as the shipped ones, each with the demo's recipe on the same GPU. The comparison is by metrics, as issue 22
+allows where bytes cannot be reproduced; about 6 minutes on an H100."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tasktune
+from tasktune.tuning.tiny.build import build_tiny_model
+
+SHIPPED = tasktune.TEMPLATES / "demo" / "tiny-glm"
+DEMO_CONFIG = tasktune.TEMPLATES / "demo" / "train-tiny.yaml"
+SAME_BYTES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+TOLERANCE = 5.0  # exact-match points between two GPU builds of one seed (sweeps 16-18: ~2, at most ~5)
+
+
+def _tasktune(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "tasktune", *args], check=True)
+
+
+def _tuned_exact_match(model: Path, data: Path, run: Path) -> dict[str, float]:
+    """The demo's P-tuning and eval on `model`: exact match per step, and over the argument and summary records."""
+    _tasktune("train", "--config", str(DEMO_CONFIG), "--model", str(model), "--data", str(data), "--out", str(run))
+    _tasktune("eval", str(run))
+    steps = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))["tuned"]["per_step"]
+    both = [steps[k] for k in ("arguments", "summary")]
+    result = {k: v["exact_match"] for k, v in steps.items()}
+    result["args+summary"] = sum(s["exact_match"] * s["n"] for s in both) / sum(s["n"] for s in both)
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_gpu_rebuild_of_the_shipped_base_tunes_as_well(tmp_path):
+    data = tmp_path / "data"
+    _tasktune("data", str(tasktune.TEMPLATES / "grid" / "spec.yaml"), "--out", str(data), "--seed", "42")
+    rebuilt = build_tiny_model("grid", tmp_path / "tiny-glm", seed=42, device="cuda", progress=False)
+    differ = [name for name in SAME_BYTES if (rebuilt / name).read_bytes() != (SHIPPED / name).read_bytes()]
+    assert not differ, f"the rebuild's {differ} differ from {SHIPPED}'s: the recipe changed, not the GPU's bits"
+    shipped = _tuned_exact_match(SHIPPED, data, tmp_path / "run-shipped")
+    ours = _tuned_exact_match(rebuilt, data, tmp_path / "run-rebuilt")
+    print("shipped", shipped, "rebuilt", ours)
+    assert ours["args+summary"] >= shipped["args+summary"] - TOLERANCE, (ours, shipped)
+    assert ours["arguments"] >= 90.0, ours
