@@ -372,3 +372,14 @@ def test_the_shipped_base_is_the_default_build_of_todays_grid_spec():
     assert config == expected  # the defaults, nothing else
     for name in SHIPPED_FILES:
         assert (SHIPPED / name).is_file(), name
+
+
+def test_a_cpu_rebuild_gives_the_shipped_tokenizer_and_model_config(tmp_path):
+    """The part of a rebuild any machine can check (seconds): `tasktune tiny-model --spec grid --seed 42` with
+    no pre-training steps writes the shipped base's tokenizer byte for byte and its model configuration. The weights
+    come from a GPU and are checked by metrics there (tests/gpu/test_shipped_base.py)."""
+    from tests.gpu.test_shipped_base import assert_same_recipe
+
+    config = TinyConfig(pretrain_steps=0, copy_warmup_steps=0)
+    out = build_tiny_model("grid", tmp_path / "tiny-glm", seed=42, config=config, progress=False)
+    assert_same_recipe(out, SHIPPED)
