@@ -39,8 +39,9 @@ class RequestError(ValueError):
     """A request the client must fix: HTTP 400 (or `status`), OpenAI's error shape.
 
     A 5xx outside RETRYABLE (and not marked `retry`) carries `x-should-retry: false`: the openai clients (Python,
-    Node) retry a 5xx twice by default and obey that header. The same request fails the same way again (a forced tool call the answer does not
-    parse as, a failed action, which would also run again: a side effect), so three tries only triple the wait."""
+    Node) retry a 5xx twice by default and obey that header. The same request fails the same way again (a forced
+    tool call the answer does not parse as, a failed action, which would also run again: a side effect), so three
+    tries only triple the wait."""
 
     def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
                  type_: str = "invalid_request_error", headers: dict[str, str] | None = None, retry: bool = False):

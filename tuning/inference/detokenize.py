@@ -1,6 +1,6 @@
 """A row's answer text while it decodes, a few tokens at a time.
 
-Decoding the whole answer again at every token costs O(answer length) per token (at 1,024 tokens ~180 us with the
+Decoding the whole answer again at every token costs O(answer length) per token (at 1,024 tokens ~75-180 us with the
 tiny model's fast tokenizer, for every row of every step). `IncrementalText` decodes a short window instead: the
 tokens read at its last advance (their text is known) plus the new ones, and adds the window's text beyond
 what those known tokens give. The known tokens stay in the window so that a tokenizer whose decode depends on the
@@ -10,8 +10,8 @@ ends in U+FFFD (half of a multi-byte character) waits for the next token. The sa
 fast tokenizers alike take it. (tokenizers' own `DecodeStream` raised "Invalid prefix encountered" on the tiny
 model's byte-fallback tokens.)
 
-The text built this way is what streams (the engine holds back a U+FFFD at its end); the engine decodes the whole answer once at its end, so a finished
-answer is exactly the tokenizer's decode of its tokens, as eval's.
+The text built this way is what streams (the engine holds back a U+FFFD at its end); the engine decodes the whole
+answer once at its end, so a finished answer is exactly the tokenizer's decode of its tokens, as eval's.
 """
 
 from __future__ import annotations
