@@ -5,6 +5,7 @@ when the output is a file or a CI log (no carriage-return redraws: a 1,000-step 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import IO
 
 #: Plain lines written over a whole run when the output is not a terminal.
@@ -56,3 +57,19 @@ def progress_bar(total: int, desc: str, *, unit: str = "it", initial: int = 0, d
     # lowers miniters to redraw a slow bar
     return tqdm(total=total, initial=initial, desc=desc.strip(), unit=unit, disable=disable, file=PlainLines(stream),
                 miniters=every, mininterval=0, maxinterval=float("inf"), bar_format=PLAIN_FORMAT)
+
+
+@contextmanager
+def library_bars_on_terminal_only(stream: IO[str] | None = None):
+    """Inside: transformers' own bars (the one-line "Loading weights" of `from_pretrained`) only when `stream` (stderr)
+    is a terminal; in a file or a CI log such a bar is a line of carriage-return redraws that says nothing."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    if not is_terminal(stream if stream is not None else sys.stderr):
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -107,3 +107,22 @@ def test_cpu_kernels_are_pinned_to_avx2_where_the_cpu_has_it():
         pytest.skip("the pin applies to x86-64 CPUs with AVX2")
     assert _capability({"ATEN_CPU_CAPABILITY": None}) == "AVX2"
     assert _capability({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+
+
+def test_transformers_loading_bar_only_on_a_terminal():
+    """`from_pretrained`'s "Loading weights" bar wrote a line of carriage-return redraws into every demo log; it now
+    shows on a terminal only, and transformers' own setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    from tasktune.tuning.progress import library_bars_on_terminal_only
+
+    with library_bars_on_terminal_only(io.StringIO()):
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    with library_bars_on_terminal_only(Terminal()):
+        assert hf_logging.is_progress_bar_enabled()
+    code = ("import tasktune; from tasktune.tuning.model.load import load_model; "
+            "load_model(str(tasktune.TEMPLATES / 'demo' / 'tiny-glm'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "\r" not in done.stderr, done.stderr

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.progress import library_bars_on_terminal_only
 from tasktune.tuning.run import METHOD_FILE
 
 TASKS = ("causal-lm", "classification")
@@ -155,7 +156,8 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = auto.from_pretrained(name, **kwargs)
+        with library_bars_on_terminal_only():
+            model = auto.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
         text = str(exc)
         if "trust_remote_code" in text and not trust_remote_code:
