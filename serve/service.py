@@ -373,15 +373,17 @@ class Service:
         """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise). When the request
         declares tools, only calls of tools it declared: OpenAI never calls a tool the client did not offer, and a
         client that offered its own (LangChain's `with_structured_output(method="function_calling")` offers one,
-        its schema) fails on a call it cannot dispatch; the answer is then plain text."""
+        its schema) fails on a call it cannot dispatch; the answer is then plain text. No call either on an argument
+        the request never says (serve/tools.py `said`), unless tool_choice forces one: the client asked for a call
+        whatever the text."""
         tools = self.tools.get(turn.run) if turn.run else None
         if tools is None or turn.step is None:
             return []
-        calls = tools.tool_calls(turn.step, text)
+        forced = forced_tool(request) if request is not None else None
+        calls = tools.tool_calls(turn.step, text, turn.query if forced is None else None)
         if request is not None and request.tools:
             offered = _offered(request)
             calls = [call for call in calls if call.name in offered]
-        forced = forced_tool(request) if request is not None else None
         if forced not in (None, "*"):
             calls = [call for call in calls if call.name == forced]
         if forced is not None and not calls:

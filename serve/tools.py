@@ -225,6 +225,7 @@ class TaskTools:
         self.unmatched = {name: f.why_not for name, f in self._frames.items() if f.why_not}
         self._actions = {a.name: a for a in spec.actions}
         self._answers = {a.step: self._answer_regexes(spec.step(a.step), a) for a in spec.actions}
+        self._spoken = {a.step: _spoken_arguments(spec.step(a.step)) for a in spec.actions}
         self._param_validators = {a.name: jsonschema.Draft202012Validator(a.parameters) for a in spec.actions}
         self._field_validators = {a.name: {f: jsonschema.Draft202012Validator(s) for f, s in a.result_fields.items()}
                                   for a in spec.actions}
@@ -318,12 +319,21 @@ class TaskTools:
                 return {a: found.group(a) for a in candidate.arguments}
         return None
 
-    def tool_calls(self, step: str, answer: str) -> list[ToolCall]:
+    def tool_calls(self, step: str, answer: str, request: str | None = None) -> list[ToolCall]:
         """The calls `answer` (the tuned model's answer for `step`) asks for: one per action of `step` whose
-        parameters the parsed arguments satisfy; none when the answer does not parse."""
+        parameters the parsed arguments satisfy; none when the answer does not parse. With `request` (the text the
+        answer was given for), none either when an argument every request of the step speaks (the grid's place) is
+        not said in it (`said`): a model asked something else ("您好,请简单自我介绍一下", routed to the arguments
+        step) invents one, and no action may run on a place nobody named."""
         texts = self.parse_arguments(step, answer)
         if texts is None:
             return []
+        if request is not None:
+            found = self.match(request.strip())  # a framed request: what the user said is its `utterance`
+            spoken = str(found.variables.get("utterance", request)) if found is not None else request
+            mask = self.spec.noise.mask_token if self.spec.noise else None
+            if not all(said(texts[a], spoken, mask) for a in self._spoken.get(step, ())):
+                return []
         calls = []
         for action in self.spec.actions:
             if action.step != step:
@@ -360,3 +370,55 @@ class TaskTools:
             return self._frame(action.result_step).template.uncached(values)
         except SpecError as exc:
             raise ToolError(f"tool {action.name!r}: cannot frame the result {dict(result)}: {exc}") from None
+
+
+def _spoken_arguments(step: StepSpec) -> tuple[str, ...]:
+    """The arguments of `step` that every request carries in its own words (a `{{ name }}` slot of each content
+    template), as against those a request may imply (`fix`: the grid's check type; "it is cold, warm it up" names
+    no heater)."""
+    return tuple(a for a in step.arguments
+                 if all(re.search(r"\{\{-?\s*" + re.escape(a) + r"\b", c.text) for c in step.contents))
+
+
+def said(value: str, text: str, mask: str | None = None) -> bool:
+    """Whether `value` is said somewhere in `text` as speech recognition may have written it: an edit distance of
+    `value` against the best stretch of `text` (Sellers' approximate matching) of at most half its length for
+    Chinese (a 2-character place with one character deleted still counts), under a third for other text (letters
+    say less each). The spec's mask token in place of a character, or a character that sounds the same (pinyin
+    without tones: 洞萤 for 东营), costs half an edit: "济[MASK]" says 济南, but neither a lone mask nor one
+    homophone names a place ("潍[MASK]" is not 平阴, 请 is not 青岛)."""
+    want, heard = _units(str(value).strip().lower(), None), _units(text.lower(), mask)
+    if not want:
+        return False
+    sound = _sound_of({u for u in want + heard if u is not _MASK})
+    previous = [0] * (len(heard) + 1)  # a match may start anywhere in `text`: row 0 costs nothing
+    for i, unit in enumerate(want, 1):
+        current = [i] + [0] * len(heard)
+        for j, other in enumerate(heard, 1):
+            cost = 0 if other == unit else 0.5 if other is _MASK or sound.get(other, 1) == sound.get(unit, 2) else 1
+            current[j] = min(previous[j - 1] + cost, previous[j] + 1, current[j - 1] + 1)
+        previous = current
+    chinese = any(unit in sound for unit in want)
+    return min(previous) <= (len(want) / 2 if chinese else (len(want) - 1) / 3)
+
+
+_MASK = object()
+
+
+def _units(text: str, mask: str | None) -> list:
+    """`text` as characters, each mask token one unit (`_MASK`)."""
+    parts = text.split(mask.lower()) if mask else [text]
+    units: list = []
+    for k, part in enumerate(parts):
+        if k:
+            units.append(_MASK)
+        units.extend(part)
+    return units
+
+
+def _sound_of(chars: set) -> dict[str, str]:
+    """Each Chinese character's pinyin without tones (others: themselves)."""
+    from pypinyin import lazy_pinyin
+
+    chars = sorted(c for c in chars if "\u4e00" <= c <= "\u9fff")
+    return dict(zip(chars, lazy_pinyin(chars)))

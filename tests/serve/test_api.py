@@ -254,6 +254,28 @@ def test_server_side_actions_run_the_whole_loop(live_server, scripted, monkeypat
     assert f"应到{done['result']['expected']}人" in scripted[-1]
 
 
+def test_no_action_runs_on_a_place_the_request_never_names(live_server, scripted, monkeypatch):
+    """"您好,请简单自我介绍一下" is routed to the arguments step (the grid's greeting route takes one phrase only);
+    an answer naming a place the request never says (济南 here, 龙口 from the demo model) was run as a site check.
+    Now no call is made, with --actions or with the client's own tools, plain or streamed: the answer is text."""
+    from tasktune.serve.actions import grid_sim
+    from tasktune.serve.tools import TaskTools
+
+    monkeypatch.setattr(live_server.service, "actions", grid_sim.REGISTRY)
+    client = live_server.client()
+    greeting = [{"role": "user", "content": "您好,请简单自我介绍一下"}]
+    for tools in (openai.NOT_GIVEN, TaskTools.from_spec("grid").tools()):
+        reply = client.chat.completions.create(model="grid", messages=greeting, tools=tools)
+        message = reply.choices[0].message
+        assert message.content == ARGS_ANSWER and not message.tool_calls and reply.choices[0].finish_reason == "stop"
+        assert "executed_tool_calls" not in (message.model_extra or {})
+    chunks = list(client.chat.completions.create(model="grid", messages=greeting, stream=True))
+    assert not any(c.choices and (c.choices[0].delta.tool_calls or (c.choices[0].delta.model_extra or {}).get(
+        "executed_tool_calls")) for c in chunks)
+    said = client.chat.completions.create(model="grid", messages=[{"role": "user", "content": "查查济[MASK]的人数"}])
+    assert said.choices[0].message.model_extra["executed_tool_calls"][0]["arguments"]["place"] == "济南"
+
+
 def test_auto_routes_by_frame_else_to_the_base(live_server, scripted):
     client = live_server.client()
     framed = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": FRAMED}])

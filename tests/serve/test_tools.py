@@ -69,6 +69,36 @@ def test_tool_calls_read_back_every_reference_answer(name):
         calls = tools.tool_calls(action.step, record["summary"])
         assert calls == [ToolCall(action.name, record["meta"]["arguments"])], record["summary"]
         json.dumps(calls[0].arguments)  # JSON-serialisable
+        # the request the answer was for (speech noise included) says what the user speaks: the call stands
+        assert tools.tool_calls(action.step, record["summary"], record["content"]) == calls, record["content"]
+
+
+@pytest.mark.parametrize("name, request_text", [
+    ("grid", "步骤#理解并基于输入拆分函数参数*语音#您好,请简单自我介绍一下"),
+    ("smarthome", "step#split the request into function arguments*speech#hello, who are you?"),
+])
+def test_no_call_on_an_argument_the_request_never_says(name, request_text):
+    """The headline greeting "您好,请简单自我介绍一下" does not match the grid's greeting route (one phrase only), so
+    `tasktune serve` sent it to the arguments step, whose answer invented a place (龙口), and --actions ran the site
+    check there. An argument every request of the step speaks must now be said in the request, as speech
+    recognition may have written it (masked, misheard); one a request may imply (the check type) need not."""
+    tools, records = _data(name)
+    action = load_spec(name).actions[0]
+    answers = {r["summary"] for r in records if r["meta"]["step"] == action.step}
+    passed = [tools.tool_calls(action.step, answer, request_text) for answer in answers]
+    places = {c[0].arguments.get("place") for c in passed if c}
+    # what still passes: a 2-character place with one of its characters said exactly (a deletion is speech noise),
+    # here 单县 for the 单 of 简单; 龙口, 临清 (请 only sounds like 清) and every other place do not
+    utterance = request_text.split("#")[-1]
+    assert all(any(ch in utterance for ch in place) for place in places) and "龙口" not in places, places
+    assert len(places) <= 1 if name == "grid" else not places
+    if name == "grid":
+        good = "因为出现地名为济南, 所以函数一参数为济南; 因为出现人数要求, 所以函数二参数为人数检测"
+        call = [ToolCall("site_check", {"place": "济南", "check": "人数检测"})]
+        for heard in ("济南有多少人", "查询济[MASK]的人数", "查一下[MASK]南", "看看挤难", "南工地"):  # noised
+            assert tools.tool_calls("arguments", good, heard) == call, heard
+        for other in ("查询青岛的人数", "查询东营的人数", "查一下潍[MASK]的人数"):
+            assert tools.tool_calls("arguments", good, other) == [], other
 
 
 def test_tool_calls_refuse_what_does_not_parse_or_validate():
