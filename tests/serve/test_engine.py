@@ -41,6 +41,13 @@ class Collector:
         return self.events[-1].full_text.strip()
 
 
+def answer(engine, ids, params, run="grid") -> str:
+    """The whole answer of one request to `engine` (waited for)."""
+    done = Collector()
+    engine.submit(Request(ids, run, params, done))
+    return done.text()
+
+
 def eval_answers(run_dir, prompt_ids, max_new_tokens):
     """What `tasktune eval` answers: the run loaded its way, generate_batched, tuned and base."""
     from tasktune.tuning.model.methods import load_run_adapter
@@ -230,10 +237,8 @@ def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     try:
         runs = []
         for seed in (3, 3, 4):
-            c = Collector()
-            engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=12, temperature=1.0,
-                                                                        top_p=0.9, seed=seed), c))
-            runs.append(c.text())
+            runs.append(answer(engine, prompt_ids[0], SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9,
+                                                                     seed=seed)))
     finally:
         engine.shutdown()
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -300,9 +305,7 @@ def test_one_rows_failure_ends_that_request_alone(bank, prompt_ids, monkeypatch,
         assert bad.events[-1].finish_reason == "error" and "sampling broke" in bad.events[-1].error
         assert bad.events[-1].completion_tokens == 2
         assert all(c.events[-1].finish_reason == "length" for c in good)
-        after = Collector()
-        engine.submit(Request(prompt_ids[0], "grid", params, after))
-        assert after.text() == expected[0]
+        assert answer(engine, prompt_ids[0], params) == expected[0]
         deadline = time.time() + 5
         while engine.stats.running and time.time() < deadline:
             time.sleep(0.01)
@@ -318,9 +321,7 @@ def test_bad_parameters_or_prompt_of_one_request_do_not_touch_the_others(bank, p
     params = SamplingParams(max_new_tokens=16, ignore_eos=True)
     engine = Engine(bank, max_batch_size=8, decode="dynamic").start()
     try:
-        first = Collector()
-        engine.submit(Request(prompt_ids[0], "grid", params, first))
-        expected = first.text()
+        expected = answer(engine, prompt_ids[0], params)
         running = Collector()
         engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=60, ignore_eos=True), running))
         while not running.events:
@@ -359,13 +360,11 @@ def test_a_stop_string_across_tokens_ends_the_answer_before_it(bank, prompt_ids)
     params = SamplingParams(max_new_tokens=24, ignore_eos=True)
     engine = Engine(bank, max_batch_size=2, decode="dynamic").start()
     try:
-        whole = Collector()
-        engine.submit(Request(prompt_ids[0], "grid", params, whole))
-        answer = whole.text()
-        stop = answer[6:10]
+        whole = answer(engine, prompt_ids[0], params)
+        stop = whole[6:10]
         cut = Collector()
         engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=24, ignore_eos=True,
                                                                      stop=("never there", stop)), cut))
-        assert cut.text() == answer[:answer.index(stop)].strip() and cut.events[-1].finish_reason == "stop"
+        assert cut.text() == whole[:whole.index(stop)].strip() and cut.events[-1].finish_reason == "stop"
     finally:
         engine.shutdown()
