@@ -215,11 +215,8 @@ async def _events(service: Service, body: ChatRequest, turn, params):
             first = await service.complete(turn, params)
             calls = service.tool_calls(turn, first.text, body)
             executed, next_turn = await service.execute(turn, calls) if calls else ([], None)
-        except RequestError as exc:  # an action failed or its result does not fit the frame
+        except RequestError as exc:  # the generation or an action failed, or its result does not fit the frame
             yield _failed(str(exc), exc.type, exc.code, exc.status)
-            return
-        except RuntimeError as exc:
-            yield _failed(f"generation failed: {exc}")
             return
         prompt_tokens, completion_tokens = first.prompt_tokens, first.completion_tokens
         if next_turn is None:
