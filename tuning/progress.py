@@ -60,16 +60,21 @@ def progress_bar(total: int, desc: str, *, unit: str = "it", initial: int = 0, d
 
 
 @contextmanager
-def library_bars_on_terminal_only(stream: IO[str] | None = None):
-    """Inside: transformers' own bars (the one-line "Loading weights" of `from_pretrained`) only when `stream` (stderr)
-    is a terminal; in a file or a CI log such a bar is a line of carriage-return redraws that says nothing."""
+def transformers_bars_off(off: bool = True):
+    """Inside: transformers' own progress bars off where `off`; its setting comes back afterwards."""
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
-    if not is_terminal(stream if stream is not None else sys.stderr):
+    if off:
         hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+
+
+def library_bars_on_terminal_only(stream: IO[str] | None = None):
+    """Inside: transformers' own bars (the one-line "Loading weights" of `from_pretrained`) only when `stream` (stderr)
+    is a terminal; in a file or a CI log such a bar is a line of carriage-return redraws that says nothing."""
+    return transformers_bars_off(not is_terminal(stream if stream is not None else sys.stderr))

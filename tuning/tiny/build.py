@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasktune import files as atomic
 from tasktune.errors import ConfigError, SpecError
+from tasktune.tuning.progress import transformers_bars_off
 from tasktune.tuning.tiny.config import RECORD_FILE, TinyConfig
 from tasktune.tuning.tiny.corpus import build_corpus, generate_records, read_spec_text
 from tasktune.tuning.tiny.model import make_model
@@ -38,15 +39,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def _save_quietly(model, folder: Path) -> None:
     """save_pretrained without transformers' "Writing model shards" bar (one shard: a bar says nothing)."""
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with transformers_bars_off():
         model.save_pretrained(folder)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
 
 
 def _check_device(device: str) -> None:
