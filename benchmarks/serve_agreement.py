@@ -68,6 +68,9 @@ def parse_args(argv):
     parser.add_argument("--max-batch-size", type=int, default=32, help="the engine's batch rows (default: 32)")
     parser.add_argument("--decode", choices=("auto", "dynamic", "slots"), default="auto",
                         help="the engine's decode mode (default: auto = slots on CUDA, dynamic elsewhere)")
+    parser.add_argument("--decode-weights", choices=("nf4", "bf16"), default="nf4",
+                        help="the engine's base (tasktune serve --decode-weights): bf16 = a 4-bit base dequantised once "
+                             "(eval keeps the 4-bit one)")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="eval's batch size (default: 16, eval's)")
     parser.add_argument("--ignore-eos", action="store_true",
                         help="both sides decode max_new_tokens tokens whatever they say (see the module doc)")
@@ -124,7 +127,8 @@ def _recording_engine_class():
     return RecordingEngine
 
 
-def engine_answers(runs, jobs, *, max_batch_size: int, decode: str, ignore_eos: bool, timeout: float):
+def engine_answers(runs, jobs, *, max_batch_size: int, decode: str, ignore_eos: bool, timeout: float,
+                   decode_weights: str = "nf4"):
     """Answer every job through one Engine (submitted together, then started). Returns (per job: dict with
     `prompt`, `tokens`, `engine_margins`, `finish`, `error`), info about the engine."""
     import torch
@@ -135,6 +139,10 @@ def engine_answers(runs, jobs, *, max_batch_size: int, decode: str, ignore_eos: 
 
     t0 = time.perf_counter()
     bank = load_bank([(name, run_dir) for name, _, _, run_dir in runs])
+    if decode_weights == "bf16":
+        from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+
+        dequantize_4bit_linears(bank.model)
     load_s = time.perf_counter() - t0
     tok = bank.tokenizer
     width = max(bank.runs[name].max_source_length for name, *_ in runs) + max(j["max_new"] for j in jobs) + 1
@@ -404,6 +412,7 @@ def main(argv=None) -> int:
                          "max_new": args.max_new_tokens or record.config.max_target_length})
     log(f"serve_agreement: {len(jobs)} prompts of {len(runs)} run(s); engine first")
     served, engine_info = engine_answers(runs, jobs, max_batch_size=args.max_batch_size, decode=args.decode,
+                                         decode_weights=args.decode_weights,
                                          ignore_eos=args.ignore_eos, timeout=args.timeout)
     log(f"engine: {engine_info['decode']}, loaded in {engine_info['load_s']} s, answered in "
         f"{engine_info['answer_s']} s ({engine_info['steps']} decode steps, up to "

@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--serial-requests", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--decode", default="auto", choices=("auto", "dynamic", "slots"))
+    parser.add_argument("--decode-weights", default="nf4", choices=("nf4", "bf16"),
+                        help="the server's --decode-weights (the serial baseline keeps the runs' own 4-bit base)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the serial baseline and the server alike (they share this "
                              "process; the load generator has its own); 0 = torch's default")
@@ -140,10 +142,12 @@ def main() -> None:
     serial = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
-                         str(max(args.max_tokens, 16)), "--decode", args.decode, "--threads", str(args.threads)])
+                         str(max(args.max_tokens, 16)), "--decode", args.decode, "--threads", str(args.threads),
+                         "--decode-weights", args.decode_weights])
     import torch
 
-    print(f"decode: {server.service.engine.decode}; torch threads: {torch.get_num_threads()}", flush=True)
+    print(f"decode: {server.service.engine.decode}; weights: {args.decode_weights}; "
+          f"torch threads: {torch.get_num_threads()}", flush=True)
     steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
     stats = server.service.engine.stats
     stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"

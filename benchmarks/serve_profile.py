@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--decode", default="slots")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--decode-weights", default="nf4", choices=("nf4", "bf16"),
+                        help="bf16: the 4-bit base dequantised once (tasktune serve --decode-weights bf16)")
     parser.add_argument("--out", help="profiler tables go here")
     args = parser.parse_args()
 
@@ -33,6 +35,10 @@ def main() -> None:
     from tasktune.tuning.data import encode_prompts, format_prompt
 
     bank = load_bank([(None, args.run)])
+    if args.decode_weights == "bf16":
+        from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+
+        dequantize_4bit_linears(bank.model)
     name = next(iter(bank.runs))
     tok = bank.tokenizer
     ids = encode_prompts(tok, [format_prompt(tok, "步骤#理解并基于输入拆分函数参数*语音#查查济南的人数", [])], "auto")[0]
@@ -57,7 +63,8 @@ def main() -> None:
         wave(rows)
         wall = time.perf_counter() - started
         full = [v for n, v in steps if n == rows] or [0.0]
-        line = (f"decode={engine.decode} rows={rows}: step p50 {1000 * statistics.median(full):.1f} ms, "
+        line = (f"decode={engine.decode} weights={args.decode_weights} rows={rows}: "
+                f"step p50 {1000 * statistics.median(full):.1f} ms, "
                 f"{rows * args.tokens / wall:.0f} tokens/s")
         print(line, flush=True)
         report.append(line)

@@ -1,0 +1,45 @@
+"""tuning/inference/dequantize.py: a 4-bit base dequantised once gives the logits bitsandbytes computes for it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+from tasktune.tuning.model.load import load_model
+
+
+def test_dequantised_base_gives_bitsandbytes_logits(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    model = load_model(tiny_model_dir("glm"), quantization_bit=4)
+    packed = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert packed > 0
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], device=model.device)
+    for module in model.modules():  # bitsandbytes' portable path (a GPU's for more than one row), not its AVX512
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # CPU kernel, whose sums round otherwise
+            module.support_avx512bf16_for_cpu = False
+    with torch.no_grad():
+        before = model(ids).logits
+        assert dequantize_4bit_linears(model) == packed
+        after = model(ids).logits
+    assert not any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if "proj" in n and n.endswith("weight"))
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_base_without_4bit_linears_is_left_alone(tiny_model_dir):
+    model = load_model(tiny_model_dir("glm"))
+    assert dequantize_4bit_linears(model) == 0
+
+
+def test_weights_relaid_for_the_cpu_kernel_are_restored_first(tiny_model_dir):
+    """bitsandbytes re-lays a 4-bit weight out for its AVX512 CPU kernel on the first forward where it can; the
+    dequantisation reads the original layout back: the values of a fresh load, but for the per-block scales, which
+    that layout keeps in bf16 (bitsandbytes' inverse is best-effort), so within bf16 rounding."""
+    pytest.importorskip("bitsandbytes")
+    fresh, used = (load_model(tiny_model_dir("glm"), quantization_bit=4) for _ in range(2))
+    with torch.no_grad():
+        used(torch.tensor([[5, 6, 7]], device=used.device))
+    dequantize_4bit_linears(fresh), dequantize_4bit_linears(used)
+    for (name, a), (_, b) in zip(fresh.named_parameters(), used.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1.6e-2, atol=0)  # two bf16 roundings: the scale, the product
