@@ -21,6 +21,10 @@
 # serve6b: issue 20 (~9 min; carry [".wheelhouse", "data"]): a random 6B GLM trained 2 steps in NF4, copied to 4 runs;
 #          benchmarks/serve_agreement.py (engine vs eval greedy answers, $OUT/serve6b_agree.log/.json, <= T_AGREE=120 s),
 #          then serve_bench.py over HTTP (<= T_SERVE=300 s; PROFILE=1 adds serve_profile.py first).
+# nf4dec:  issue 20 (~3 min; carry [".wheelhouse"]): benchmarks/nf4_decode_bench.py: bitsandbytes, bf16 weights
+#          dequantised once, the Triton decode kernels of benchmarks/nf4_triton.py (V1=1 adds v1), $OUT/nf4dec.md/json.
+# dq20:    issue 20 (~9 min; carry [".wheelhouse", "data"]): the serve6b runs served with --decode-weights bf16:
+#          serve_agreement.py ($OUT/dq20_agree.log/json) and serve_bench.py ($OUT/dq20.log).
 # g256:    issue 23's "4 x 256/256 in every mode" (~7 min): train_bench with CUDA graphs (regional compile) at
 #          4 x 256/256 and 4 x 64/64, checkpointing none and full, beside the PEFT recipe ($OUT/g256.log, g256.json).
 # nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
@@ -160,12 +164,31 @@ if [ "$phase" = ddp2 ]; then  # multi-GPU: real NCCL data-parallel runs of `task
     | tail -8 | tee -a "$OUT/ddp2.log"
 fi
 
-if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)
+serve_runs() {  # a random ChatGLM3-6B-shaped GLM, one 2-step NF4 run of it (P = 128), copied to 4 run names
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model'
   timeout 240 python3 -m tasktune train --model /tmp/glm6b --data data/grid --out /tmp/serve/grid --quantization-bit 4 \
     --max-steps 2 --save-steps 2 --per-device-train-batch-size 4 --gradient-accumulation-steps 1 --resume never 2>&1 \
     | grep -v -E 'it/s\]|s/it\]|step/s' | tail -5 | tee "$OUT/serve6b_train.log"
   for k in 1 2 3; do cp -r /tmp/serve/grid /tmp/serve/grid$k; done
+}
+
+if [ "$phase" = nf4dec ]; then  # issue 20: the 4-bit linears at decode sizes (benchmarks/nf4_decode_bench.py)
+  timeout ${T_DEC:-300} python3 benchmarks/nf4_decode_bench.py ${V1:+--v1} --out "$OUT/nf4dec.json" 2>&1 \
+    | tee "$OUT/nf4dec.md"
+fi
+
+if [ "$phase" = dq20 ]; then  # issue 20: tasktune serve --decode-weights bf16 on the serve6b runs (data/grid carried)
+  serve_runs
+  timeout ${T_AGREE:-150} python3 benchmarks/serve_agreement.py /tmp/serve/grid /tmp/serve/grid1 --limit 64 --ignore-eos \
+    --max-batch-size 32 --decode-weights bf16 --out "$OUT/dq20_agree.json" 2>&1 | grep -v "Loading weights" \
+    | tee "$OUT/dq20_agree.log"
+  timeout ${T_SERVE:-300} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+    /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
+    --max-batch-size 64 --decode-weights bf16 2>&1 | grep -v "Loading weights" | tee "$OUT/dq20.log"
+fi
+
+if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)
+  serve_runs
   # issue 20 item 3: the engine's greedy answers (2 runs' rows in shared batches) against eval's generate_batched,
   # 64 dev prompts a run, 64 tokens each (eos ignored on both sides); differing ones with their top-2 logit margin
   timeout ${T_AGREE:-120} python3 benchmarks/serve_agreement.py /tmp/serve/grid /tmp/serve/grid1 --limit 64 --ignore-eos \
