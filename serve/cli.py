@@ -110,7 +110,10 @@ def build(args: argparse.Namespace):
     if args.decode_weights == "bf16":
         from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
 
-        dequantize_4bit_linears(bank.model)
+        args.dequantised = dequantize_4bit_linears(bank.model)  # for the startup line
+        if not args.dequantised:
+            print("tasktune serve: --decode-weights bf16: the base has no 4-bit linears (it was not trained "
+                  "quantised); nothing to dequantise", file=sys.stderr, flush=True)
     tools = load_tools(bank.runs, _pairs(args.spec, "--spec"))
     actions = load_actions(args.actions) if args.actions else None
     router = load_router(args.router, bank.runs) if args.router else None
@@ -135,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     def banner(port: int) -> str:
         return (f"tasktune serve: {names} on http://{args.host}:{port} (batch {args.max_batch_size}, "
                 f"device {service.bank.device}, API key {'required' if api_key else 'off'}, "
-                f"shutdown timeout {args.shutdown_timeout:g} s)")
+                f"shutdown timeout {args.shutdown_timeout:g} s"
+                f"{', 4-bit linears dequantised to bf16' if getattr(args, 'dequantised', 0) else ''})")
 
     server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
                             banner=banner)

@@ -401,3 +401,20 @@ def test_threads_flag_sets_torchs_cpu_threads(serve_runs):
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "x", "--threads", "-1"])
+
+
+def test_decode_weights_bf16_on_a_base_that_is_not_4bit_says_so(serve_runs, capsys):
+    """`--decode-weights bf16` dequantises a 4-bit base (tests/tuning/test_dequantize.py); on the CPU runs' full
+    precision base there is nothing to do, and the server says so instead of claiming it."""
+    import argparse
+
+    from tasktune.serve.cli import build, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", f"grid={serve_runs['grid']}", "--decode-weights", "bf16"])
+    _, service, _ = build(args)
+    service.engine.shutdown()
+    assert "no 4-bit linears" in capsys.readouterr().err and args.dequantised == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "x", "--decode-weights", "int8"])
