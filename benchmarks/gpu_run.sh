@@ -25,6 +25,9 @@
 #          dequantised once, the Triton decode kernels of benchmarks/nf4_triton.py (V1=1 adds v1), $OUT/nf4dec.md/json.
 # dq20:    issue 20 (~9 min; carry [".wheelhouse", "data"]): the serve6b runs served with --decode-weights bf16:
 #          serve_agreement.py ($OUT/dq20_agree.log/json) and serve_bench.py ($OUT/dq20.log).
+# dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
+#          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
+#          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
 # g256:    issue 23's "4 x 256/256 in every mode" (~7 min): train_bench with CUDA graphs (regional compile) at
 #          4 x 256/256 and 4 x 64/64, checkpointing none and full, beside the PEFT recipe ($OUT/g256.log, g256.json).
 # nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
@@ -32,7 +35,8 @@
 #          the bf16 floor ($OUT/nf4.md, nf4.json); then, when .wheelhouse/optional/torchao-*.whl is carried, torchao's
 #          NF4Tensor at M = 544 in its own time-boxed process ($OUT/nf4_torchao.md).
 # Logs and JSON go to $OUT (the device tool brings them back). The wheelhouse (.wheelhouse/*.whl, cp312) needs, beside
-# bitsandbytes, datasets, jsonschema and the serve extra: opentelemetry-api and annotated-doc (fastapi 0.165 imports them).
+# bitsandbytes, datasets, jsonschema and the serve extra: opentelemetry-api, annotated-doc, pydantic, pydantic-core and
+# annotated-types (fastapi 0.165 imports them; the H100 image lacks pydantic).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -238,6 +242,14 @@ if [ "$phase" = g256 ]; then  # issue 23: graphs at 4 x 256/256 (and 64/64 again
   timeout ${T_BENCH:-420} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/g256.json" \
     --methods tasktune,reference --cases ${G256_CASES:-4x256x256,4x64x64} --checkpointing ${G256_CKPT:-none,full} \
     --compile cudagraphs --caps "" --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/g256.log"
+fi
+
+if [ "$phase" = dq23 ]; then  # issue 23: graphs over bf16 weights dequantised once, beside the recipe on NF4
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
+  timeout ${T_BENCH:-420} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/dq23.json" \
+    --methods reference,tasktune --dequantize --cases ${DQ23_CASES:-4x64x64,16x64x64,4x256x256} \
+    --checkpointing ${DQ23_CKPT:-none} --compile cudagraphs --caps "" --steps 5 --warmup 2 2>&1 \
+    | grep -v 'Loading weights' | tee "$OUT/dq23.log"
 fi
 
 if [ "$phase" = nf4 ]; then  # issue 23: NF4 dequant paths per linear shape (benchmarks/nf4_bench.py; no model build)

@@ -342,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-ops", action="store_true", help="ATen ops per step (≈ kernel launches)")
     parser.add_argument("--profile-dir", help="write torch.profiler tables here (batch 4, 64/64)")
     parser.add_argument("--out", help="JSON file for all figures")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="issue 23: before the first tasktune method, replace the 4-bit linears by bf16 copies of "
+                             "their values (tuning/inference/dequantize.py); methods listed before it (e.g. "
+                             "--methods reference,tasktune) still run on the packed 4-bit weights")
     args = parser.parse_args(argv)
     if args.tiny:
         args.size = "tiny"
@@ -390,7 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     cases = parse_cases(args.cases)
     cap_src, cap_tgt = (int(v) for v in args.cap_case.split("x"))
     caps = [float(c) for c in args.caps.split(",") if c] if CUDA else []
+    weights = f"{quant}-bit" if quant else "unquantised"
     for name in args.methods.split(","):
+        if name == "tasktune" and args.dequantize and quant:
+            from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+
+            replaced = dequantize_4bit_linears(model)
+            weights = f"{quant}-bit dequantised to bf16"
+            if CUDA:
+                results["dequantised_weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
+            print(f"dequantised {replaced} linears; weights now {results.get('dequantised_weights_gib')} GiB",
+                  flush=True)
         try:
             method = attach_tasktune(model, args.pre_seq_len) if name == "tasktune" \
                 else attach_reference(model, args.pre_seq_len)
@@ -432,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                         if CUDA:
                             torch.cuda.empty_cache()
                     row["checkpointing"] = mode
+                    row["weights"] = weights
                     if args.count_ops and "error" not in row and comp == "off":
                         row.update(count_ops(method, make_batch(batch_size, src, tgt, vocab, random.Random(3))))
                     variant_rows.append(row)
@@ -485,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(f"\n== train bench: {args.size} GLM, {n_params / 1e9:.2f}B params, {quant}-bit, P={args.pre_seq_len}, "
           f"{results.get('gpu', 'CPU')}, bf16 peak {peak and round(peak)} TFLOP/s")
-    print_table(results["runs"], ["method", "checkpointing", "auto_mode", "compile", "batch", "src", "tgt", "step_s",
+    print_table(results["runs"], ["method", "weights", "checkpointing", "auto_mode", "compile", "batch", "src", "tgt", "step_s",
                                   "median_step_s", "tokens_per_s", "first_step_s", "max_allocated_gib",
                                   "max_reserved_gib", "auto_estimate_gib", "mfu_pct", "ops_per_step", "error"])
     ref = {(r["batch"], r["src"], r["tgt"]): r for r in results["runs"]
