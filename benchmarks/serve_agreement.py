@@ -140,7 +140,7 @@ def engine_answers(runs, jobs, *, max_batch_size: int, decode: str, ignore_eos: 
     t0 = time.perf_counter()
     bank = load_bank([(name, run_dir) for name, _, _, run_dir in runs])
     if decode_weights == "bf16":
-        from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
 
         dequantize_4bit_linears(bank.model)
     load_s = time.perf_counter() - t0

@@ -36,7 +36,7 @@ def main() -> None:
 
     bank = load_bank([(None, args.run)])
     if args.decode_weights == "bf16":
-        from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
 
         dequantize_4bit_linears(bank.model)
     name = next(iter(bank.runs))

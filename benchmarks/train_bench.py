@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON file for all figures")
     parser.add_argument("--dequantize", action="store_true",
                         help="issue 23: before the first tasktune method, replace the 4-bit linears by bf16 copies of "
-                             "their values (tuning/inference/dequantize.py); methods listed before it (e.g. "
+                             "their values (tuning/model/dequantize.py); methods listed before it (e.g. "
                              "--methods reference,tasktune) still run on the packed 4-bit weights")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = f"{quant}-bit" if quant else "unquantised"
     for name in args.methods.split(","):
         if name == "tasktune" and args.dequantize and quant:
-            from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+            from tasktune.tuning.model.dequantize import dequantize_4bit_linears
 
             replaced = dequantize_4bit_linears(model)
             weights = f"{quant}-bit dequantised to bf16"

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a 4-bit base's linears while serving: nf4 keeps them packed (as trained; bitsandbytes "
                         "dequantises each weight on every call); bf16 dequantises them once at start, the same "
                         "values in about 3.8x the memory (a 6B GLM: ~11 GiB instead of ~3), for faster decode steps "
-                        "(tuning/inference/dequantize.py)")
+                        "(tuning/model/dequantize.py)")
     p.add_argument("--shutdown-timeout", type=Range(float, 0, 86400), default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
                         "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
@@ -108,7 +108,7 @@ def build(args: argparse.Namespace):
         runs.append((name, path) if sep and not Path(item).exists() else (None, item))
     bank = load_bank(runs)
     if args.decode_weights == "bf16":
-        from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
 
         args.dequantised = dequantize_4bit_linears(bank.model)  # for the startup line
         if not args.dequantised:

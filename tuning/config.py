@@ -106,6 +106,12 @@ class TrainConfig:
     max_memory: float = _opt(0.0, "GiB of GPU memory this run may use (a shared card): --gradient-checkpointing "
                                   "auto fits its estimate under it; 0 = what the GPU has free",
                              range=Range(float, 0.0, 1e6, note="0 = the GPU's free memory"))
+    train_weights: str = _opt("auto", "a 4-bit base's linears during training: 4bit (as loaded); bf16 "
+                                      "(dequantised once before the first step: the same values, ~3.8x their "
+                                      "memory, a faster step); auto = bf16 on a CUDA GPU for ptuning-v2/prefix "
+                                      "when they fit with the checkpointing chosen for 4-bit, else 4bit "
+                                      "(tuning/training/base_weights.py)",
+                              choices=("auto", "4bit", "bf16"))
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
                                 "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for prefix methods "
                                 "in runs of >= 250 steps (>= 1000 when checkpointing makes it compile the whole "

@@ -245,7 +245,7 @@ def _key(model=MODEL, **change):
     {"pre_seq_len": 64}, {"quantization": "none"}, {"dtype": "float32"}, {"device": "NVIDIA H100 sm90"},
     {"versions": {**VERSIONS, "torch": "2.13.0"}}, {"versions": {**VERSIONS, "transformers": "5.23.0"}},
     {"versions": {**VERSIONS, "tasktune": "0.3.0"}}, {"versions": {**VERSIONS, "bitsandbytes": "0.51.0"}},
-    {"scope": "model"},
+    {"scope": "model"}, {"weights": "bf16"},
 ])
 def test_every_key_part_makes_a_new_entry(change):
     assert compiling.key_digest(_key(**change)) != compiling.key_digest(_key())

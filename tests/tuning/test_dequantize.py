@@ -1,11 +1,11 @@
-"""tuning/inference/dequantize.py: a 4-bit base dequantised once gives the logits bitsandbytes computes for it."""
+"""tuning/model/dequantize.py: a 4-bit base dequantised once gives the logits bitsandbytes computes for it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tasktune.tuning.inference.dequantize import dequantize_4bit_linears
+from tasktune.tuning.model.dequantize import dequantize_4bit_linears
 from tasktune.tuning.model.load import load_model
 
 
@@ -43,3 +43,15 @@ def test_weights_relaid_for_the_cpu_kernel_are_restored_first(tiny_model_dir):
     dequantize_4bit_linears(fresh), dequantize_4bit_linears(used)
     for (name, a), (_, b) in zip(fresh.named_parameters(), used.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1.6e-2, atol=0)  # two bf16 roundings: the scale, the product
+
+
+def test_dequantising_leaves_the_random_state_alone(tiny_model_dir):
+    """A training run draws its prefix after the base is dequantised (--train-weights bf16): the new linears are
+    not randomly initialised first, so the prefix is the one a 4-bit run draws."""
+    pytest.importorskip("bitsandbytes")
+    model = load_model(tiny_model_dir("glm"), quantization_bit=4)
+    torch.manual_seed(0)
+    expected = torch.randn(8)
+    torch.manual_seed(0)
+    assert dequantize_4bit_linears(model) > 0
+    assert torch.equal(torch.randn(8), expected)

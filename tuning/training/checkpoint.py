@@ -246,7 +246,7 @@ _LATER_KEYS = ("model_content", HYPERPARAMETERS)
 #: threads, the resume choice itself, what the fingerprint already holds): free to change on resume
 OPERATIONAL = frozenset({"model", "data", "out", "resume", "method", "task", "pre_seq_len", "prefix_projection",
                          "seed", "logging_steps", "save_steps", "save_total_limit", "num_threads", "compile",
-                         "compile_cache", "gradient_checkpointing", "max_memory", "trust_remote_code", "allow_pickle",
+                         "compile_cache", "gradient_checkpointing", "max_memory", "train_weights", "trust_remote_code", "allow_pickle",
                          "allow_config_change",
                          "per_device_train_batch_size", "gradient_accumulation_steps"})
 

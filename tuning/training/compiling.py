@@ -209,6 +209,7 @@ class Plan:
     compile: str  # off, on, cudagraphs
     checkpointing: memory.Choice
     cache: "CompileCache | None" = None  # None: off, or --compile-cache off
+    weights: "base_weights.WeightsChoice | None" = None  # the base's linears: 4-bit or dequantised (None: not chosen)
 
     def after_step(self) -> None:
         """Call after each optimizer step (rank 0): the first one has compiled everything, which is saved."""
@@ -216,31 +217,45 @@ class Plan:
             self.cache.save_once()
 
 
-def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, log=None) -> Plan:
-    """The compile mode and checkpointing of a run on `model` (loaded, nothing attached yet).
+def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quant: int | None = None,
+         log=None) -> Plan:
+    """The compile mode, checkpointing and base weights of a run on `model` (loaded 4-bit when `quant` is 4,
+    nothing attached yet).
 
     Graphs keep more memory per checkpointed layer, so the checkpointing estimate knows whether the step is
     compiled; and `--compile auto` in a short run compiles only when the cache holds the graphs of exactly this
-    run, whose key includes the checkpointing. So for auto: choose the checkpointing as if compiled, look the
+    run, whose key includes the checkpointing and the weights. So for auto: choose the checkpointing as if
+    compiled, then the weights (base_weights.py: dequantised only where that checkpointing still fits), look the
     key up, and fall back to eager (choosing again) when that entry is cold."""
     import torch
 
+    from tasktune.tuning.model.dequantize import added_bytes
+    from tasktune.tuning.training import base_weights
+
     cuda = getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_available()
     tokens = cfg.per_device_train_batch_size * batch_width(cfg)
+    extra = added_bytes(model) if quant == 4 else 0
 
     def checkpointing(compiled: bool) -> memory.Choice:
         return memory.resolve(cfg.gradient_checkpointing, model, cfg, device=device, tokens=tokens,
                               element_bytes=element_bytes, compiled=compiled)
 
+    def weights(choice: memory.Choice) -> base_weights.WeightsChoice:
+        return base_weights.choose(getattr(cfg, "train_weights", "auto"), quant=quant, method=cfg.method,
+                                   task=cfg.task, cuda=cuda, checkpointing=choice, added_bytes=extra)
+
     mode = cfg.compile
     if mode == "auto" and auto_eligible(method=cfg.method, task=cfg.task, cuda=cuda, processes=processes):
         choice = checkpointing(True)
-        cache = run_cache(cfg, model, checkpointing=choice.mode, mode=AUTO_CUDA_MODE, element_bytes=element_bytes)
+        chosen = weights(choice)
+        cache = run_cache(cfg, model, checkpointing=choice.mode, mode=AUTO_CUDA_MODE, element_bytes=element_bytes,
+                          weights=chosen.mode)
         scope = resolve_scope(AUTO_CUDA_MODE, checkpointed=choice.mode != "none")
         mode = resolve_mode("auto", method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
                             processes=processes, warm=cache is not None and cache.warm(), scope=scope)
         if mode == "off":
             choice, cache = checkpointing(False), None
+            chosen = weights(choice)
         elif cfg.max_steps < AUTO_MIN_STEPS[scope] and log is not None:
             log(f"compile: auto uses {mode} in this {cfg.max_steps}-step run: the compile cache holds its graphs "
                 f"({cache.folder})")
@@ -248,11 +263,14 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, log=
         mode = resolve_mode(mode, method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
                             processes=processes)
         choice = checkpointing(mode != "off")
+        chosen = weights(choice)
         cache = None if mode == "off" else run_cache(cfg, model, checkpointing=choice.mode, mode=mode,
-                                                     element_bytes=element_bytes)
+                                                     element_bytes=element_bytes, weights=chosen.mode)
     if log is not None and choice.estimate_bytes is not None:  # (CPU runs: no estimate, no line)
         log(choice.describe())
-    return Plan(mode, choice, cache)
+    if log is not None and (chosen.mode != "as-loaded" or chosen.requested == "bf16"):
+        log(chosen.describe())
+    return Plan(mode, choice, cache, chosen)
 
 
 def prepare(cfg, model, collate, tokenizer, *, processes: int = 1, log=None, plan: Plan | None = None):
@@ -315,8 +333,9 @@ def model_config_hash(model_config: dict) -> str:
 
 def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpointing: str, method: str,
               pre_seq_len: int, quantization, dtype: str, device: str = "", versions: dict | None = None,
-              scope: str = "layers") -> dict:
-    """The parts that decide whether compiled graphs can be reused (all of them must match)."""
+              scope: str = "layers", weights: str = "as-loaded") -> dict:
+    """The parts that decide whether compiled graphs can be reused (all of them must match); `weights`: the
+    base's linears as trained (base_weights.py: 4bit, bf16 dequantised, as-loaded)."""
     import torch
 
     if versions is None:
@@ -325,8 +344,8 @@ def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpoi
                     "python": platform.python_version()}
     return {"model_config_sha256": model_config_hash(model_config), "batch": batch, "width": width,
             "compile": mode, "scope": scope, "checkpointing": checkpointing, "method": method,
-            "pre_seq_len": pre_seq_len, "quantization": quantization, "dtype": dtype, "device": device,
-            "versions": versions}
+            "pre_seq_len": pre_seq_len, "quantization": quantization, "weights": weights, "dtype": dtype,
+            "device": device, "versions": versions}
 
 
 def key_digest(parts: dict) -> str:
@@ -423,7 +442,8 @@ class CompileCache:
         return True
 
 
-def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int = 2) -> CompileCache | None:
+def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int = 2,
+              weights: str = "as-loaded") -> CompileCache | None:
     """The cache entry of a compiled run of `cfg` on `model`; None with `--compile-cache off`."""
     import torch
 
@@ -437,7 +457,7 @@ def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int =
                       width=batch_width(cfg), mode=mode, checkpointing=checkpointing, method=cfg.method,
                       pre_seq_len=cfg.pre_seq_len, quantization=cfg.quantization_bit,
                       dtype="bfloat16" if element_bytes == 2 else "float32", device=device,
-                      scope=resolve_scope(mode, checkpointed=checkpointing != "none"))
+                      scope=resolve_scope(mode, checkpointed=checkpointing != "none"), weights=weights)
     return CompileCache(cache_root(), parts)
 
 

@@ -2,7 +2,7 @@
 and the resume point, as one typed record (`TrainingSetup`) that the loop in training/train.py reads.
 
 Order matters and is kept here: the data first (a bad data folder fails before a slow model load), then the resume
-check (the fingerprint of data, base and settings), then the base, the memory/compile plan chosen before the
+check (the fingerprint of data, base and settings), then the base, the memory/compile/weights plan chosen before the
 adapter goes on, and last the optimizer and scheduler, restored from the checkpoint when resuming.
 """
 
@@ -37,7 +37,7 @@ class TrainingSetup:
     fingerprint: dict[str, Any]
     resume: Any  # ckpt.ResumePoint or None
     adapter: Any
-    plan: Any  # compiling.Plan: checkpointing and compile mode
+    plan: Any  # compiling.Plan: checkpointing, compile mode and base weights
     params: list
     n_trainable: int
     n_total: int
@@ -95,7 +95,11 @@ def prepare(cfg: TrainConfig, *, log=print) -> TrainingSetup:
     # --gradient-checkpointing (tuning/training/memory.py) and --compile (tuning/training/compiling.py), chosen together before the
     # first step: graphs keep more memory, and a warm compile cache lets `--compile auto` use graphs in short runs
     plan = compiling.plan(cfg, model, device=accelerator.device, processes=world, element_bytes=2 if use_bf16 else 4,
-                          log=log if main else None)
+                          quant=quant, log=log if main else None)
+    if plan.weights is not None and plan.weights.mode == "bf16":  # --train-weights (tuning/training/base_weights.py)
+        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
+
+        dequantize_4bit_linears(model)
     memory.apply(model, plan.checkpointing.mode)
     model.config.use_cache = False
     if resume:

@@ -165,7 +165,8 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
               "total_parameters": setup.n_total, "labels": labels,
               "truncation": truncation.to_dict() if hasattr(truncation, "to_dict") else str(truncation),
               "environment": environment_info(), "quantization": setup.quant,
-              "checkpointing": plan.checkpointing.to_dict(), "compile": compile_mode}
+              "checkpointing": plan.checkpointing.to_dict(), "compile": compile_mode,
+              "base_weights": plan.weights.to_dict() if plan.weights is not None else None}
 
     def save_to(folder: Path) -> None:
         adapter.save(folder, base_model=cfg.model,
