@@ -28,6 +28,9 @@
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
+# tw23:    issue 23 (~9 min; carry [".wheelhouse", "data"]): `tasktune train` with its defaults (--train-weights auto)
+#          on the 6B GLM at 4 x 64/64: a short cold run (eager) over bf16 and over 4-bit, cold graphs, the same run warm
+#          under --compile auto, auto under --max-memory 5.5; first step, median later step, peaks; the recipe after.
 # g256:    issue 23's "4 x 256/256 in every mode" (~7 min): train_bench with CUDA graphs (regional compile) at
 #          4 x 256/256 and 4 x 64/64, checkpointing none and full, beside the PEFT recipe ($OUT/g256.log, g256.json).
 # nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
@@ -250,6 +253,41 @@ if [ "$phase" = dq23 ]; then  # issue 23: graphs over bf16 weights dequantised o
     --methods reference,tasktune --dequantize --cases ${DQ23_CASES:-4x64x64,16x64x64,4x256x256} \
     --checkpointing ${DQ23_CKPT:-none} --compile cudagraphs --caps "" --steps 5 --warmup 2 2>&1 \
     | grep -v 'Loading weights' | tee "$OUT/dq23.log"
+fi
+
+if [ "$phase" = tw23 ]; then  # issue 23: `tasktune train` with its defaults on the 6B GLM (--train-weights auto)
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
+  export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
+  peaks='import atexit, runpy, sys, torch
+atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                              round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
+sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
+  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never"
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
+  # eager (a short cold run: auto stays eager) over bf16 and over 4-bit; cold graphs; the same run warm under auto;
+  # auto under --max-memory 5.5
+  for run in "eager_auto 30 190 " "eager_4bit 30 190 --train-weights 4bit" "graphs_cold 30 190 --compile cudagraphs" \
+             "graphs_warm 30 120 " "cap55 8 120 --max-memory 5.5"; do
+    set -- $run; name=$1 steps=$2 limit=$3; shift 3; t=$SECONDS
+    timeout $limit python3 -c "$peaks" train $common --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
+      | grep -v -E "$bars" | grep -v -i "warn" | tail -9 | sed "s/^/[$name] /" | tee -a "$OUT/tw23.log"
+    echo "[$name] wall $((SECONDS - t)) s" | tee -a "$OUT/tw23.log"
+    cp /tmp/tw/$name/train_history.json "$OUT/tw23_$name.history.json" 2>/dev/null
+    python3 - "$name" <<'PY' 2>&1 | tee -a "$OUT/tw23.log"
+import json, statistics, sys
+name = sys.argv[1]
+run = json.load(open(f"/tmp/tw/{name}/tasktune_run.json"))
+h = json.load(open(f"/tmp/tw/{name}/train_history.json"))
+s = [x["seconds"] for x in h]
+steps = [b - a for a, b in zip(s, s[1:])][3:]
+print(f"[{name}] compile {run['compile']}; checkpointing {run['checkpointing']['mode']}; weights "
+      f"{(run.get('base_weights') or {}).get('mode')}; first step {s[0]:.1f} s; later steps median "
+      f"{1000 * statistics.median(steps):.1f} ms (n={len(steps)})" if steps else f"[{name}] first {s[0]:.1f} s")
+PY
+  done
+  timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/tw23_recipe.json" \
+    --methods reference --cases 4x64x64 --caps "" --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/tw23_recipe.log"
 fi
 
 if [ "$phase" = nf4 ]; then  # issue 23: NF4 dequant paths per linear shape (benchmarks/nf4_bench.py; no model build)
