@@ -72,3 +72,24 @@ def test_fit_with_cudagraphs_gives_the_eager_losses(gpu_tiny_dir, tmp_path):
                                  quantization_bit="4"), log=lambda *_: None)
         losses[mode] = [h["loss"] for h in result.history]
     assert losses["cudagraphs"] == pytest.approx(losses["off"], rel=3e-2)
+
+
+def test_auto_dequantises_a_4bit_base_and_graphs_a_short_run(gpu_tiny_dir, tmp_path, monkeypatch):
+    """--train-weights auto on a GPU: the tiny 4-bit base's copies fit, so it trains over bf16 linears, and a
+    run of AUTO_MIN_STEPS["layers-bf16"] steps is long enough for graphs; the same run kept 4-bit is not. Both
+    start from the same prefix and follow the same losses (the same weight values)."""
+    import json
+
+    monkeypatch.setenv("TASKTUNE_CACHE", str(tmp_path / "cache"))
+    torch._dynamo.reset()
+    data = write_data(tmp_path / "data")
+    steps = compiling.AUTO_MIN_STEPS["layers-bf16"]
+    records, losses = {}, {}
+    for weights in ("auto", "4bit"):
+        result = fit(fast_config(gpu_tiny_dir, data, tmp_path / weights, max_steps=steps, quantization_bit="4",
+                                 train_weights=weights, save_steps=1000), log=lambda *_: None)
+        records[weights] = json.loads((result.run_dir / "tasktune_run.json").read_text())
+        losses[weights] = [h["loss"] for h in result.history][:3]
+    assert records["auto"]["base_weights"]["mode"] == "bf16" and records["auto"]["compile"] == "cudagraphs"
+    assert records["4bit"]["base_weights"]["mode"] == "4bit" and records["4bit"]["compile"] == "off"
+    assert losses["auto"] == pytest.approx(losses["4bit"], rel=3e-2)

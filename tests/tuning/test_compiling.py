@@ -187,6 +187,10 @@ def test_modes_and_auto():
         assert compiling.resolve_mode("auto", cuda=True, steps=least - 1, scope=scope) == "off"
     # the regional compile (~22 s cold on a 6B) pays back sooner than the whole model's (~90-140 s)
     assert compiling.AUTO_MIN_STEPS["layers"] < compiling.AUTO_MIN_STEPS["model"]
+    # over a base dequantised once (--train-weights) the graphs save more a step: they pay back sooner still
+    assert compiling.AUTO_MIN_STEPS["layers-bf16"] < compiling.AUTO_MIN_STEPS["layers"]
+    assert compiling.resolve_mode("auto", cuda=True, steps=120, scope="layers-bf16") == "cudagraphs"
+    assert compiling.resolve_mode("auto", cuda=True, steps=120, scope="layers") == "off"
     assert compiling.resolve_mode("auto", cuda=True, steps=300, scope="layers") == "cudagraphs"
     assert compiling.resolve_mode("auto", cuda=True, steps=300, scope="model") == "off"
     # a warm compile cache: graphs pay from the first step, whatever the run's length (not on a CPU, not DDP)

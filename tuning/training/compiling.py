@@ -17,7 +17,7 @@ replays ~56 small graphs a step (forward and backward per layer) instead of 2, p
 
 Modes: off; on (inductor); cudagraphs (inductor + CUDA graphs); auto = AUTO_CUDA_MODE on a CUDA GPU for
 AUTO_METHODS in runs of at least AUTO_MIN_STEPS optimizer steps (250 when the decoder layers are compiled one by one,
-1000 for the whole model) or with a warm compile cache entry (below), off
+100 when they run over a base dequantised once, 1000 for the whole model) or with a warm compile cache entry (below), off
 elsewhere (CPU, multi-process, or a short run without cached graphs: the compile time outweighs any gain). Measured on an H100/H200 (benchmarks/RESULTS.md, `gpu_run.sh compile6b`): a 6B
 4-bit step at batch 4, 64/64, checkpointed, 286 ms eager, 122 ms compiled, 45-47 ms with CUDA graphs; the first
 step takes 85-120 s to compile, and CUDA graphs keep ~0.85 GiB more memory (5.16 vs 4.32 GiB allocated).
@@ -66,8 +66,10 @@ AUTO_CUDA_MODE = "cudagraphs"
 #: saved per 6B step, ~100 s of compile pays back after ~400 steps; the margin covers smaller models, whose steps
 #: save less. "layers" (H100, 2026-12-05, `gpu_run.sh warm23l`): the cold first step takes 21.8 s and the second
 #: ~3.5 s (graph recording) against ~0.2 s eager, and a step then saves ~0.11 s against eager without
-#: checkpointing (169 -> 50-58 ms): paid back after ~230 steps.
-AUTO_MIN_STEPS = {"layers": 250, "model": 1000}
+#: checkpointing (169 -> 50-58 ms): paid back after ~230 steps. "layers-bf16", the layers over a base dequantised
+#: once (--train-weights, base_weights.py; H200, 2026-12-06, `gpu_run.sh tw23`): cold first step 14.9 s then 32 ms
+#: a step, against eager's 3.0 s, ~8 s more over its next 10 steps (new shapes) and ~95 ms a step: even after ~100.
+AUTO_MIN_STEPS = {"layers": 250, "layers-bf16": 100, "model": 1000}
 #: Methods (causal-lm task) for which `auto` may turn compilation on: the ones the 6B bench measured.
 AUTO_METHODS = ("ptuning-v2", "prefix")
 #: torch.compile backend (tests use "aot_eager": the same tracing, no code generation).
@@ -251,6 +253,8 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quan
         cache = run_cache(cfg, model, checkpointing=choice.mode, mode=AUTO_CUDA_MODE, element_bytes=element_bytes,
                           weights=chosen.mode)
         scope = resolve_scope(AUTO_CUDA_MODE, checkpointed=choice.mode != "none")
+        if scope == "layers" and chosen.mode == "bf16":
+            scope = "layers-bf16"  # (the break-even of AUTO_MIN_STEPS; the compile itself is the layers scope)
         mode = resolve_mode("auto", method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
                             processes=processes, warm=cache is not None and cache.warm(), scope=scope)
         if mode == "off":
