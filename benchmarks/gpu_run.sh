@@ -24,7 +24,8 @@
 # nf4dec:  issue 20 (~3 min; carry [".wheelhouse"]): benchmarks/nf4_decode_bench.py: bitsandbytes, bf16 weights
 #          dequantised once, the Triton decode kernels of benchmarks/nf4_triton.py (V1=1 adds v1), $OUT/nf4dec.md/json.
 # dq20:    issue 20 (~9 min; carry [".wheelhouse", "data"]): the serve6b runs served with --decode-weights bf16:
-#          serve_agreement.py ($OUT/dq20_agree.log/json) and serve_bench.py ($OUT/dq20.log).
+#          serve_agreement.py ($OUT/dq20_agree.log/json; T_AGREE=1 skips it), with PROFILE=1 serve_profile.py at
+#          PROF_ROWS (the engine alone: step, admissions, kernels; $OUT/dq20_prof.*), and serve_bench.py ($OUT/dq20.log).
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
@@ -189,9 +190,14 @@ if [ "$phase" = dq20 ]; then  # issue 20: tasktune serve --decode-weights bf16 o
   timeout ${T_AGREE:-150} python3 benchmarks/serve_agreement.py /tmp/serve/grid /tmp/serve/grid1 --limit 64 --ignore-eos \
     --max-batch-size 32 --decode-weights bf16 --out "$OUT/dq20_agree.json" 2>&1 | grep -v "Loading weights" \
     | tee "$OUT/dq20_agree.log"
+  if [ -n "${PROFILE:-}" ]; then  # the engine alone: step times, admissions (prefill + placement), busiest kernels
+    timeout ${T_PROF:-150} python3 benchmarks/serve_profile.py /tmp/serve/grid --rows ${PROF_ROWS:-32} --decode slots \
+      --tokens 64 --decode-weights bf16 --out "$OUT/dq20_prof.txt" 2>&1 | grep -v 'Loading weights' | tee "$OUT/dq20_prof.log"
+  fi
   timeout ${T_SERVE:-300} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
-    /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 --requests-per-stream 2 \
-    --max-batch-size 64 --decode-weights bf16 2>&1 | grep -v "Loading weights" | tee "$OUT/dq20.log"
+    /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 \
+    --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 | grep -v "Loading weights" \
+    | tee "$OUT/dq20.log"
 fi
 
 if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)

@@ -152,9 +152,12 @@ def main() -> None:
     stats = server.service.engine.stats
     stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"
                            else None)
-    print("| setting | tokens/s | x serial | TTFT p50 | TTFT p99 | latency p50 | latency p99 | step ms p50 (rows) |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| serial generate, batch 1 | {serial:.1f} | 1.0 | | | | | |")
+    prefills: list[float] = []  # seconds of every admission (prefill, placement, first token)
+    stats.observers.append(lambda name, value: prefills.append(value) if name == "prefill_seconds" else None)
+    print("| setting | tokens/s | x serial | TTFT p50 | TTFT p99 | latency p50 | latency p99 | step ms p50 (rows) "
+          "| admissions: ms in all (count) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| serial generate, batch 1 | {serial:.1f} | 1.0 | | | | | | |")
     from concurrent.futures import ProcessPoolExecutor
 
     client = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
@@ -165,16 +168,18 @@ def main() -> None:
                 if label != "1 prefix" and len(runs) == 1:
                     continue
                 steps.clear()
+                prefills.clear()
                 rate, ttft, latency = client.submit(load_in_own_process, server.url, models, texts, streams,
                                                     streams * args.requests_per_stream, args.max_tokens).result()
                 rows = max((n for n, _ in steps), default=0)
                 full = [t for n, t in steps if n == rows] or [0.0]
                 print(f"| {streams} streams, {label} | {rate:.1f} | {rate / serial:.1f} | {pct(ttft, 50):.3f} | "
                       f"{pct(ttft, 99):.3f} | {pct(latency, 50):.3f} | {pct(latency, 99):.3f} | "
-                      f"{1000 * statistics.median(full):.1f} ({rows}) |", flush=True)
+                      f"{1000 * statistics.median(full):.1f} ({rows}) | {1000 * sum(prefills):.0f} "
+                      f"({len(prefills)}) |", flush=True)
         # the baseline once more: on shared cores a neighbour's load moves it (seen: 56 to 850 tokens/s on 2 cores)
         again = serial_baseline(runs[0], texts[:args.serial_requests], args.max_tokens)
-        print(f"| serial generate, batch 1, again after the streams | {again:.1f} | {again / serial:.1f} | | | | | |",
+        print(f"| serial generate, batch 1, again after the streams | {again:.1f} | {again / serial:.1f} | | | | | | |",
               flush=True)
     finally:
         client.shutdown()

@@ -45,7 +45,9 @@ def main() -> None:
     engine = Engine(bank, max_batch_size=args.max_batch_size, decode=args.decode,
                     slot_width=len(ids) + args.tokens + 8).start()
     steps: list[tuple[int, float]] = []
+    prefills: list[float] = []  # admissions: prefill, placement in the slots, first token
     engine.stats.observers.append(lambda n, v: steps.append((engine.stats.running, v)) if n == "step_seconds" else None)
+    engine.stats.observers.append(lambda n, v: prefills.append(v) if n == "prefill_seconds" else None)
 
     def wave(rows: int) -> None:
         done = [threading.Event() for _ in range(rows)]
@@ -59,13 +61,16 @@ def main() -> None:
     for rows in [int(r) for r in args.rows.split(",")]:
         wave(rows)  # warm-up (graph capture, allocator)
         steps.clear()
+        prefills.clear()
         started = time.perf_counter()
         wave(rows)
         wall = time.perf_counter() - started
         full = [v for n, v in steps if n == rows] or [0.0]
         line = (f"decode={engine.decode} weights={args.decode_weights} rows={rows}: "
                 f"step p50 {1000 * statistics.median(full):.1f} ms, "
-                f"{rows * args.tokens / wall:.0f} tokens/s")
+                f"admissions {len(prefills)} taking {1000 * sum(prefills):.1f} ms in all "
+                f"(largest {1000 * max(prefills, default=0):.1f} ms), "
+                f"{rows * args.tokens / wall:.0f} tokens/s in {wall:.2f} s")
         print(line, flush=True)
         report.append(line)
         if torch.cuda.is_available():

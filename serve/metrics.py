@@ -26,7 +26,9 @@ class Metrics:
         self.hist = {name: Histogram(f"tasktune_{name}", help_, buckets=buckets, registry=self.registry)
                      for name, help_ in (("ttft_seconds", "time to first token"),
                                          ("latency_seconds", "request latency, arrival to last token"),
-                                         ("step_seconds", "one decode step of the batch"))}
+                                         ("step_seconds", "one decode step of the batch"),
+                                         ("prefill_seconds", "admitting requests: their prefill, their placement "
+                                                             "in the batch and first token"))}
         self._last_tokens = 0
         self._stats = stats
         stats.observers.append(self.observe)

@@ -164,6 +164,9 @@ def test_health_and_metrics(live_server):
     for name in ("tasktune_queue_depth", "tasktune_batch_size", "tasktune_generated_tokens_total",
                  "tasktune_ttft_seconds_bucket", "tasktune_latency_seconds_count"):
         assert name in text
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("tasktune_prefill_seconds_count", "tasktune_step_seconds_count"))}
+    assert counts["tasktune_prefill_seconds_count"] >= 1 and counts["tasktune_step_seconds_count"] >= 1
 
 
 def test_api_key_is_required_when_set(serve_runs):

@@ -244,9 +244,18 @@ def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids):
+@pytest.mark.parametrize("together", [True, False])
+def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeypatch, together):
     """The fixed-slot decoder (CUDA graphs on a GPU) on the CPU: a mixed batch, rows joining while others decode,
-    slots reused and shifted, still eval's greedy answers."""
+    slots reused and shifted, still eval's greedy answers; rows admitted together placed in one batch copy
+    (`Slots.place_batch`, their prefill's padding kept, hidden) or each packed alone."""
+    from tasktune.tuning.inference.slots import Slots
+
+    calls = []
+    batch_place = Slots.place_batch
+    monkeypatch.setattr(Slots, "place_batch", lambda self, slots, *a: calls.append(len(slots)) or (
+        batch_place(self, slots, *a) if together else [self.place(slot, _blocks(bank, a, i)) for i, slot in
+                                                       enumerate(slots)]))
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96).start()
     try:
         jobs = {}
@@ -261,6 +270,21 @@ def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids):
         tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
         assert [got[name, i] for i in range(len(prompt_ids))] == tuned
         assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert calls and max(calls) > 1  # rows were admitted together
+
+
+def _blocks(bank, args, i):
+    """Row i of a `place_batch` call as `Slots.place` takes it: its prefix and its real prompt columns only."""
+    layers, mask, prefixes = args
+    length = int(mask[i].sum())
+    prefix = next((kv for rows, kv in prefixes if i in rows), None)
+    out = []
+    for layer, (keys, values) in enumerate(layers):
+        k, v = keys[i, :, keys.shape[2] - length:], values[i, :, values.shape[2] - length:]
+        if prefix is not None:
+            k, v = torch.cat([prefix[layer][0].to(k.dtype), k], dim=1), torch.cat([prefix[layer][1].to(v.dtype), v], dim=1)
+        out.append((k, v))
+    return out
 
 
 @pytest.mark.parametrize("decode", ["dynamic", "slots"])

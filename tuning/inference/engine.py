@@ -270,6 +270,7 @@ class Engine:
         self.stats.waiting = self._waiting.qsize()
         if not new:
             return False
+        started = time.perf_counter()
         parts = self._prefill_apart(new)
         try:
             for part in parts:
@@ -279,6 +280,7 @@ class Engine:
                 if not row.done and not any(r is row for r in self._rows):
                     _tell_failed(row.request, exc)
             raise
+        self.stats.observe("prefill_seconds", time.perf_counter() - started)
         return True
 
     def _new_row(self, request: Request) -> _Row | None:
@@ -341,13 +343,27 @@ class Engine:
         if self._slots is None:
             self._merge(rows, cache, mask)
         else:
-            self._place(rows, cache)
+            self._place(rows, cache, mask)
         self._advance(rows, logits)
 
-    def _place(self, rows: list[_Row], cache) -> None:
-        """Slots mode: copy each new row's prefix and prompt keys/values into a free slot."""
+    def _place(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+        """Slots mode: copy the new rows' prefixes and prompt keys/values into free slots, all rows at once
+        (`Slots.place_batch`) when the batch's padded block and each row's answer fit a slot, else row by row."""
         free = self._slots.free_slots()
         layers = _layers(cache)
+        names = [row.request.adapter for row in rows]
+        block = max(self.bank.offset(n) for n in names) + mask.shape[1]
+        if len(rows) > 1 and block + max(r.request.params.max_new_tokens for r in rows) < self._slots.width:
+            groups = {}
+            for i, name in enumerate(names):
+                if name is not None:
+                    groups.setdefault(name, []).append(i)
+            for i, row in enumerate(rows):
+                row.slot = free[i]
+            self._slots.place_batch([row.slot for row in rows], layers, mask,
+                                    [(idx, self.bank.kv[name]) for name, idx in groups.items()])
+            self._rows = self._rows + rows
+            return
         for i, row in enumerate(rows):
             name, length = row.request.adapter, len(row.request.prompt_ids)
             blocks = []

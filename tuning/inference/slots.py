@@ -102,6 +102,40 @@ class Slots:
         self.visible[slot, 0, 0, lo:self.c] = True
         self.start[slot] = lo
 
+    def place_batch(self, slots: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
+                    prefixes: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
+        """Put n prefilled rows into `slots` with a few copies a layer, not a few per row and layer.
+
+        `layers`: per layer the prefill's (keys, values) of shape (n, kv_heads, W, head_dim), left-padded as `mask`
+        (n, W; 1 = a real token) says; `prefixes`: per served run among the rows, (its row indices, per layer its
+        (keys, values) of shape (kv_heads, P, head_dim)). Every row gets the same block of Pmax + W columns ending
+        just before column c: [pads | its prefix | the prefill's W columns]; `visible` hides the pads. Decoding
+        reads keys through that mask and explicit positions, so where in the slot a row's keys sit does not
+        matter: the per-row `place` packs them, this leaves the batch's padding in place (a few columns a row)."""
+        n, width = mask.shape
+        widest = max((kv[0][0].shape[1] for _, kv in prefixes), default=0)
+        total = widest + width
+        self._make_room(total)
+        lo = self.c - total
+        index = torch.tensor(slots, device=self.device)
+        groups = [(torch.tensor(rows, device=self.device), kv) for rows, kv in prefixes]
+        for layer, new in enumerate(layers):
+            for which, buf in enumerate((self.keys[layer], self.values[layer])):
+                block = buf.new_zeros((n, buf.shape[1], total, buf.shape[3]))
+                block[:, :, widest:] = new[which].to(buf.dtype)
+                for rows, kv in groups:
+                    prefix = kv[layer][which]
+                    block[rows, :, widest - prefix.shape[1]:widest] = prefix.to(buf.dtype)
+                buf[index, :, lo:self.c] = block
+        seen = torch.zeros((n, total), dtype=torch.bool, device=self.device)
+        seen[:, widest:] = mask.to(self.device).bool()
+        for rows, kv in groups:
+            seen[rows, widest - kv[0][0].shape[1]:widest] = True
+        self.visible[index] = False
+        self.visible[index, 0, 0, lo:self.c] = seen
+        for slot in slots:
+            self.start[slot] = lo
+
     def release(self, slot: int) -> None:
         self.start[slot] = self.width
         self.visible[slot] = False
