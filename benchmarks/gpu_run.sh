@@ -26,6 +26,8 @@
 # dq20:    issue 20 (~9 min; carry [".wheelhouse", "data"]): the serve6b runs served with --decode-weights bf16:
 #          serve_agreement.py ($OUT/dq20_agree.log/json; T_AGREE=1 skips it), with PROFILE=1 serve_profile.py at
 #          PROF_ROWS (the engine alone: step, admissions, kernels; $OUT/dq20_prof.*), and serve_bench.py ($OUT/dq20.log).
+# gil20:   issue 20 (~6 min; carry [".wheelhouse", "data"]): serve_bench (bf16 weights, STREAMS, RPS) once per GIL switch
+#          interval in SWI (TASKTUNE_SWITCH_INTERVAL; serve/cli.py), $OUT/gil20.log.
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
@@ -198,6 +200,17 @@ if [ "$phase" = dq20 ]; then  # issue 20: tasktune serve --decode-weights bf16 o
     /tmp/serve/grid3 --streams ${STREAMS:-1,8,32,64} --max-tokens 64 --serial-requests 4 \
     --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 | grep -v "Loading weights" \
     | tee "$OUT/dq20.log"
+fi
+
+if [ "$phase" = gil20 ]; then  # issue 20: serve_bench over bf16 weights at each GIL switch interval in ${SWI}
+  serve_runs
+  for swi in ${SWI:-0.005 0.0005}; do
+    echo "== TASKTUNE_SWITCH_INTERVAL=$swi" | tee -a "$OUT/gil20.log"
+    TASKTUNE_SWITCH_INTERVAL=$swi timeout ${T_SERVE:-200} python3 benchmarks/serve_bench.py /tmp/serve/grid \
+      /tmp/serve/grid1 /tmp/serve/grid2 /tmp/serve/grid3 --streams ${STREAMS:-32,64} --max-tokens 64 \
+      --serial-requests 4 --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 \
+      | grep -v "Loading weights" | tee -a "$OUT/gil20.log"
+  done
 fi
 
 if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)

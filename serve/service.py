@@ -78,6 +78,7 @@ class Turn:
     query: str
     history: list[list[str]]
     step: str | None = None
+    ids: list[int] | None = field(default=None, compare=False, repr=False)  # the prompt's tokens (`Service.encode`)
 
 
 @dataclass
@@ -295,8 +296,12 @@ class Service:
 
     # -- running it -----------------------------------------------------------------------------------------
     def encode(self, turn: Turn) -> list[int]:
+        """The turn's prompt tokens, as training cut them; encoded once a turn (a stream's handler checks the length
+        before the stream starts, and the stream submits the same ids)."""
         from tasktune.tuning.data import encode_prompts, format_prompt
 
+        if turn.ids is not None:
+            return turn.ids
         spec = self.bank.runs[turn.run] if turn.run else next(iter(self.bank.runs.values()))
         template = spec.prompt_template
         prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
@@ -307,7 +312,8 @@ class Service:
         # cut as training cut (eval does the same, for the base pass too: the longest of the runs' cuts)
         keep = self.bank.runs[turn.run].max_source_length if turn.run else \
             max(r.max_source_length for r in self.bank.runs.values())
-        return ids[-keep:]
+        turn.ids = ids[-keep:]
+        return turn.ids
 
     def sampling(self, request: ChatRequest, turn: Turn) -> SamplingParams:
         """The engine's parameters; a limit over the server's is refused under the field the client sent."""
