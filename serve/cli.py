@@ -8,9 +8,6 @@ import sys
 
 from tasktune.flags import Range
 
-#: the GIL switch interval the server runs with (seconds; Python's default is 0.005): see `build`
-SWITCH_INTERVAL = 0.0005
-
 DESCRIPTION = """\
 Serve trained runs behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models; streaming
 as server-sent events), with a chat page at / , /health and Prometheus /metrics.
@@ -105,11 +102,11 @@ def build(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(args.threads)
-    # The engine thread releases the GIL around every torch call and must take it back after each; while the event
-    # loop runs Python (requests arriving, chunks streaming) each take waits up to the switch interval, 5 ms by
-    # default: a prefill's hundreds of calls then crawl (admissions over HTTP took ~4x their time alone on an H200).
-    # TASKTUNE_SWITCH_INTERVAL (seconds) overrides it, for benchmarks/serve_bench.py's comparisons.
-    sys.setswitchinterval(float(os.environ.get("TASKTUNE_SWITCH_INTERVAL") or SWITCH_INTERVAL))
+    # The engine thread and the event loop share the GIL. TASKTUNE_SWITCH_INTERVAL (seconds) sets Python's switch
+    # interval, for benchmarks/serve_bench.py's comparisons: on an H100 shorter ones than the default 5 ms made
+    # 32 streams slower (0.5 ms: 79x -> 68x the serial baseline; 0.1 ms: 61x; benchmarks/RESULTS.md, gil20).
+    if os.environ.get("TASKTUNE_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["TASKTUNE_SWITCH_INTERVAL"]))
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
