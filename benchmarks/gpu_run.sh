@@ -26,6 +26,8 @@
 # dq20:    issue 20 (~9 min; carry [".wheelhouse", "data"]): the serve6b runs served with --decode-weights bf16:
 #          serve_agreement.py ($OUT/dq20_agree.log/json; T_AGREE=1 skips it), with PROFILE=1 serve_profile.py at
 #          PROF_ROWS (the engine alone: step, admissions, kernels; $OUT/dq20_prof.*), and serve_bench.py ($OUT/dq20.log).
+# gap22:   issue 22 (~6 min; carry [".wh2", "data", "runs"]): the demo's recipe P-tuned on the GPU (fp32, eager) and
+#          evaluated there; the CPU-trained runs/cpu-grid-tiny evaluated on the GPU too; the GPU run comes back.
 # gil20:   issue 20 (~6 min; carry [".wheelhouse", "data"]): serve_bench (bf16 weights, STREAMS, RPS) once per GIL switch
 #          interval in SWI (TASKTUNE_SWITCH_INTERVAL; serve/cli.py), $OUT/gil20.log.
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
@@ -211,6 +213,28 @@ if [ "$phase" = gil20 ]; then  # issue 20: serve_bench over bf16 weights at each
       --serial-requests 4 --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 \
       | grep -v "Loading weights" | tee -a "$OUT/gil20.log"
   done
+fi
+
+if [ "$phase" = gap22 ]; then  # issue 22: the demo's P-tuning on the GPU vs on the CPU, each evaluated on both
+  # carry [".wh2", "data", "runs"] with runs/cpu-grid-tiny: the demo run trained on the 2-core CPU (no checkpoints)
+  [ -f .wh2/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wh2/extra/pysite.tar.xz \
+    && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
+  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
+  steps='import json, sys; m = json.load(open(sys.argv[1]))["tuned"]["per_step"]
+print(sys.argv[2], {k: round(100 * v["exact_match"], 1) for k, v in m.items()})'
+  t=$SECONDS
+  timeout ${T_TRAIN:-330} python3 -m tasktune train --config templates/demo/train-tiny.yaml --model templates/demo/tiny-glm \
+    --data data/grid --seed 42 --out /tmp/gap/gpu --quantization-bit none --bf16 false --compile off 2>&1 \
+    | grep -v -E "$bars" | tail -3 | tee "$OUT/gap22.log"
+  echo "gpu train wall $((SECONDS - t)) s" | tee -a "$OUT/gap22.log"
+  python3 -m tasktune eval /tmp/gap/gpu 2>&1 | grep -v -E "$bars" | tail -2 | tee -a "$OUT/gap22.log"
+  mkdir -p /tmp/gap/cpu && cp runs/cpu-grid-tiny/*.json runs/cpu-grid-tiny/*.safetensors /tmp/gap/cpu/
+  python3 -m tasktune eval /tmp/gap/cpu 2>&1 | grep -v -E "$bars" | tail -2 | tee -a "$OUT/gap22.log"
+  python3 -c "$steps" /tmp/gap/gpu/eval/metrics.json "trained on GPU, eval on GPU" | tee -a "$OUT/gap22.log"
+  python3 -c "$steps" /tmp/gap/cpu/eval/metrics.json "trained on CPU, eval on GPU" | tee -a "$OUT/gap22.log"
+  mkdir -p "$OUT/gap22_gpu_run" && cp /tmp/gap/gpu/*.json /tmp/gap/gpu/*.safetensors "$OUT/gap22_gpu_run/"
+  cp /tmp/gap/gpu/eval/predictions.jsonl "$OUT/gap22_gpu_gpu_predictions.jsonl"
+  cp /tmp/gap/cpu/eval/predictions.jsonl "$OUT/gap22_cpu_gpu_predictions.jsonl"
 fi
 
 if [ "$phase" = serve6b ]; then  # issue 20: tasktune serve on a random ChatGLM3-6B-shaped GLM in NF4 (data/grid carried)
