@@ -2,7 +2,10 @@
 
 The demo's adapter trained on the CPU scores 100 / 100 / 89.8 % (greet / arguments / summaries) evaluated on the
 CPU and 100 / 72 / 59 % evaluated on an H100 (gpu_run.sh gap22), and a GPU-trained one scores 100 / 100 / 90.7 % on
-the CPU: the training is not what differs, the generation is. Each variant below answers the first N dev records:
+the CPU: the training is not what differs, the generation is. On CUDA, eval's generation differs from the CPU's in
+the cache (static), transformers' automatic compile of the forward with a static cache (CUDA graphs), and sdpa's
+kernels; on the CPU the static cache and a forced compile (aot_eager, inductor) give the dynamic cache's answers.
+Each variant below answers the first N dev records (not yet run on a GPU: no device time was left):
 
     python benchmarks/gpu_eval_check.py RUN [--limit 96]
 """
@@ -46,7 +49,9 @@ def main() -> None:
                                    for r in dev], "auto")
     variants = {
         "dynamic cache, batch 16": dict(cache=None, batch=16, backend=None),
-        "static cache, batch 16 (eval's GPU default)": dict(cache="static", batch=16, backend=None),
+        "static cache, batch 16 (eval's GPU default: transformers compiles the forward there)":
+            dict(cache="static", batch=16, backend=None),
+        "static cache, batch 16, no compile": dict(cache="static", batch=16, backend=None, no_compile=True),
         "dynamic cache, batch 1": dict(cache=None, batch=1, backend=None),
         "dynamic cache, batch 16, sdpa math only": dict(cache=None, batch=16, backend=SDPBackend.MATH),
         "dynamic cache, batch 16, sdpa efficient only": dict(cache=None, batch=16, backend=SDPBackend.EFFICIENT_ATTENTION),
@@ -59,6 +64,8 @@ def main() -> None:
         if v.get("cpu"):
             adapter.model.to("cpu")
         context = sdpa_kernel(v["backend"]) if v["backend"] is not None else contextlib.nullcontext()
+        # generate() compiles the forward (CUDA graphs) with a static cache on CUDA, not on the CPU
+        adapter.model.generation_config.disable_compile = bool(v.get("no_compile"))
         try:
             with context:
                 got, _ = generate_batched(adapter.model, tok, prompts, batch_size=v["batch"], max_new_tokens=48,

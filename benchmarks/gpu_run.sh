@@ -221,7 +221,7 @@ if [ "$phase" = gap22 ]; then  # issue 22: the demo's P-tuning on the GPU vs on 
     && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
   bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
   steps='import json, sys; m = json.load(open(sys.argv[1]))["tuned"]["per_step"]
-print(sys.argv[2], {k: round(100 * v["exact_match"], 1) for k, v in m.items()})'
+print(sys.argv[2], {k: round(v["exact_match"], 1) for k, v in m.items()})'
   t=$SECONDS
   timeout ${T_TRAIN:-330} python3 -m tasktune train --config templates/demo/train-tiny.yaml --model templates/demo/tiny-glm \
     --data data/grid --seed 42 --out /tmp/gap/gpu --quantization-bit none --bf16 false --compile off 2>&1 \
