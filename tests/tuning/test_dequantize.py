@@ -55,3 +55,22 @@ def test_dequantising_leaves_the_random_state_alone(tiny_model_dir):
     torch.manual_seed(0)
     assert dequantize_4bit_linears(model) > 0
     assert torch.equal(torch.randn(8), expected)
+
+
+def test_the_packed_weights_are_freed_at_once(tiny_model_dir):
+    """The replaced 4-bit linears are in reference cycles: without a collection their packed weights outlived the
+    call (on a GPU: 2.7 GiB of a 6B GLM still allocated beside its copies)."""
+    import gc
+    import weakref
+
+    pytest.importorskip("bitsandbytes")
+    model = load_model(tiny_model_dir("glm"), quantization_bit=4)
+    packed = [weakref.ref(m.weight) for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    was = gc.isenabled()
+    gc.disable()  # only dequantize_4bit_linears' own collection may free them
+    try:
+        assert dequantize_4bit_linears(model) == len(packed) > 0
+        assert all(ref() is None for ref in packed)
+    finally:
+        if was:
+            gc.enable()

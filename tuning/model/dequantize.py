@@ -9,7 +9,10 @@ do not change; one row at a time it runs a fused kernel whose sums round differe
 step from 43.2 to 33.0 ms. The cost is memory: 2 bytes a weight instead of ~0.53 (the 6B GLM's linears: ~11.3 GiB
 instead of ~3.0).
 """
+
 from __future__ import annotations
+
+import gc
 
 import torch
 
@@ -60,6 +63,10 @@ def dequantize_4bit_linears(model) -> int:
             linear.requires_grad_(False)
             setattr(parent, name, linear)
             count += 1
-    if count and torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the packed weights' blocks go back before the slots' cache is allocated
+    if count:
+        # the replaced Linear4bit modules sit in reference cycles: until the cyclic collector runs, their packed
+        # weights stay allocated (a 6B GLM's ~2.7 GiB on top of the copies: 14.47 GiB measured for 11.8 expected)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the packed weights' blocks go back before the slots' cache is allocated
     return count
