@@ -1,4 +1,5 @@
-"""Numeric command-line flags and config keys: one `Range` per number says what is allowed, and checks it.
+"""Numeric command-line flags and config keys: one `Range` per number says what is allowed, and checks it; and
+the config dataclasses' checks of their fields' `range` and `choices` (`check_ranges`, `check_choices`).
 
 A `Range` is used in two ways, so the bound lives in one place:
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,36 @@ def check_output_folder(path: str | Path, flag: str) -> None:
     problem = output_folder_problem(path)
     if problem:
         raise ConfigError(f"{flag} {path}: {problem}")
+
+
+# -- config dataclasses: their fields' `range` and `choices` metadata (tuning/config.py's `_opt`) ----------------
+
+def check_ranges(config: Any) -> None:
+    """ConfigError naming the first field of a dataclass instance whose value is outside its `range`."""
+    for f in fields(config):
+        bound = f.metadata.get("range")
+        if bound is not None:
+            bound.check(f.name, getattr(config, f.name))
+
+
+def bool_choice(value: bool, choices) -> Any:
+    """A boolean given for a field of named choices (YAML reads unquoted on/off/true/false so; the Python API may
+    pass one): "true"/"on" or "false"/"off", whichever the field has; the boolean itself when it has neither."""
+    return next((c for c in (("true", "on") if value else ("false", "off")) if c in choices), value)
+
+
+def check_choices(config: Any) -> None:
+    """ConfigError naming the first field of a dataclass instance whose value is not among its `choices` (the flag
+    checks them with argparse; YAML keys and the Python API come here): a mistyped `compile: fast` fails at once,
+    not after the model has loaded. A boolean becomes the field's true/on or false/off."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and isinstance(value, bool):
+            value = bool_choice(value, choices)
+            setattr(config, f.name, value)
+        if choices and isinstance(value, str) and value not in choices and value.lower() in choices:
+            value = value.lower()  # "True" (a run record of a YAML `bf16: true` read before booleans were mapped)
+            setattr(config, f.name, value)
+        if choices and str(value) not in choices:
+            raise ConfigError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(map(str, choices))}")

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from tasktune.errors import ConfigError
-from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range,
-                            check_output_folder)
+from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range, bool_choice,
+                            check_choices, check_output_folder, check_ranges)
 
 #: Tuning methods (`--method`); tuning/model/methods/ holds what each one does, docs/methods.md compares them.
 METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
@@ -34,15 +34,6 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     """A dataclass field whose help text becomes the flag's --help line; `range=Range(...)` (tasktune/flags.py)
     bounds a number: the flag's argparse type and `check_ranges` (YAML keys, the Python API) both use it."""
     return field(default=default, metadata={"help": help, **extra})
-
-
-def check_ranges(config: Any) -> None:
-    """ConfigError naming the first field of a dataclass instance whose value is outside its `range`."""
-    for f in fields(config):
-        bound = f.metadata.get("range")
-        if bound is not None:
-            bound.check(f.name, getattr(config, f.name))
-
 
 
 # --gradient-checkpointing's values (training/memory.py plans them)
@@ -176,6 +167,7 @@ class TrainConfig:
                                   f"got {self.group_by_length!r}") from None
         self.group_by_length = grouping
         self.gradient_checkpointing = parse_checkpointing(self.gradient_checkpointing)  # true/false: full/none
+        check_choices(self)
 
     @classmethod
     def range_of(cls, name: str) -> Range:
@@ -261,6 +253,9 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         kind = _field_type(cls, known[name])
         bound = known[name].metadata.get("range")
+        choices = known[name].metadata.get("choices")
+        if isinstance(value, bool) and choices:  # YAML reads `off`, `on`, `false`, `true` (unquoted) as booleans
+            value = bool_choice(value, choices)
         try:
             if kind is bool:
                 out[name] = _parse_bool(str(value))
@@ -277,6 +272,9 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
             detail = str(exc) if isinstance(exc, (argparse.ArgumentTypeError, ConfigError)) else \
                 f"expected {kind.__name__}, got {value!r}"
             raise ConfigError(f"{path}: {key}: {detail.removeprefix(name + ': ')}") from None
+        legacy = name == "group_by_length" and isinstance(value, bool)  # the old boolean (__post_init__ maps it)
+        if choices and not legacy and str(out[name]) not in choices:
+            raise ConfigError(f"{path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
     return out
 
 

@@ -82,3 +82,30 @@ def test_demo_configs_are_valid_train_configs(name):
     path = Path(__file__).resolve().parents[2] / "templates" / "demo" / name
     cfg = TrainConfig(**read_yaml_config(path, TrainConfig))
     assert cfg.max_source_length == 160 and cfg.pre_seq_len == 64  # whole dialogues fit; the sweep's P
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("compile: fast\n", r"bad.yaml: compile: 'fast' is not one of auto, off, on, cudagraphs"),
+    ("train_weights: fp8\n", r"bad.yaml: train_weights: 'fp8' is not one of auto, 4bit, bf16"),
+    ("bf16: maybe\n", r"bad.yaml: bf16: 'maybe' is not one of auto, true, false"),
+    ("method: lora2\n", r"bad.yaml: method: 'lora2' is not one of"),
+])
+def test_a_yaml_value_outside_its_choices_names_file_and_key(tmp_path, text, fragment):
+    """Checked when the file is read, as the flag's argparse choices are: before, `compile: fast` went on to load
+    the model and failed there (or, for a field read only as `== "true"`, was silently taken as false)."""
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        _parse(["--config", str(yaml_file)])
+
+
+def test_yaml_and_python_booleans_become_the_fields_words(tmp_path):
+    """YAML reads unquoted off/on/true/false as booleans: `compile: off` is "off", `bf16: false` is "false"."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("compile: off\ncompile_cache: off\nbf16: false\n")
+    cfg = _parse(["--config", str(yaml_file)])
+    assert (cfg.compile, cfg.compile_cache, cfg.bf16) == ("off", "off", "false")
+    cfg = TrainConfig(compile=False, bf16=True, compile_cache=True)
+    assert (cfg.compile, cfg.compile_cache, cfg.bf16) == ("off", "on", "true")
+    with pytest.raises(ConfigError, match=r"--compile: 'fast' is not one of"):
+        TrainConfig(compile="fast")
