@@ -49,6 +49,16 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 phase=${1:?bench6b or issue3}
+# progress bars and weight loading, filtered out of the logs
+BARS='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
+# `python3 -c "$PEAKS" train ...`: `tasktune train` with the CUDA peaks printed at exit (allocated / reserved, GiB)
+PEAKS='import atexit, runpy, sys, torch
+atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                              round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
+sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
+# the 6B GLM's `tasktune train` runs of issue 23 (auto23, tw23): 4-bit, batch 4, a log line every step
+TRAIN6B="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
+         --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never"
 # jieba (the metrics' word cutter) has no wheel: .wheelhouse/extra/pysite.tar.xz holds it, unpacked onto the path
 use_pysite() {
   [ -f .wheelhouse/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wheelhouse/extra/pysite.tar.xz \
@@ -120,14 +130,13 @@ if [ "$phase" = e2e_graphs ]; then  # `tasktune train --compile cudagraphs` end 
   python3 benchmarks/benchmodel.py --size 1b --out /tmp/glm1b --text-from data/grid 2>&1 | grep -v 'Writing model'
   common="--model /tmp/glm1b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
           --gradient-accumulation-steps 4 --save-steps 20 --logging-steps 5 --seed 42"
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'   # progress bars and weight loading
   for mode in off cudagraphs; do
     t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_$mode --max-steps 40 \
-      --resume never --compile $mode 2>&1 | grep -v -E "$bars" | tail -8
+      --resume never --compile $mode 2>&1 | grep -v -E "$BARS" | tail -8
     echo "$mode: $((SECONDS - t)) s wall"
   done
   t=$SECONDS; python3 -m tasktune train $common --out /tmp/e2e_cudagraphs --max-steps 60 \
-    --compile cudagraphs 2>&1 | grep -v -E "$bars" | tail -6
+    --compile cudagraphs 2>&1 | grep -v -E "$BARS" | tail -6
   echo "resume to 60: $((SECONDS - t)) s wall"
   python3 benchmarks/e2e_losses.py /tmp/e2e_off /tmp/e2e_cudagraphs | tee "$OUT/e2e_graphs.txt"
 fi
@@ -219,17 +228,16 @@ if [ "$phase" = gap22 ]; then  # issue 22: the demo's P-tuning on the GPU vs on 
   # carry [".wh2", "data", "runs"] with runs/cpu-grid-tiny: the demo run trained on the 2-core CPU (no checkpoints)
   [ -f .wh2/extra/pysite.tar.xz ] && mkdir -p /tmp/pysite && tar -C /tmp/pysite -xJf .wh2/extra/pysite.tar.xz \
     && export PYTHONPATH=${PYTHONPATH:-}:/tmp/pysite
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
   steps='import json, sys; m = json.load(open(sys.argv[1]))["tuned"]["per_step"]
 print(sys.argv[2], {k: round(v["exact_match"], 1) for k, v in m.items()})'
   t=$SECONDS
   timeout ${T_TRAIN:-330} python3 -m tasktune train --config templates/demo/train-tiny.yaml --model templates/demo/tiny-glm \
     --data data/grid --seed 42 --out /tmp/gap/gpu --quantization-bit none --bf16 false --compile off 2>&1 \
-    | grep -v -E "$bars" | tail -3 | tee "$OUT/gap22.log"
+    | grep -v -E "$BARS" | tail -3 | tee "$OUT/gap22.log"
   echo "gpu train wall $((SECONDS - t)) s" | tee -a "$OUT/gap22.log"
-  python3 -m tasktune eval /tmp/gap/gpu 2>&1 | grep -v -E "$bars" | tail -2 | tee -a "$OUT/gap22.log"
+  python3 -m tasktune eval /tmp/gap/gpu 2>&1 | grep -v -E "$BARS" | tail -2 | tee -a "$OUT/gap22.log"
   mkdir -p /tmp/gap/cpu && cp runs/cpu-grid-tiny/*.json runs/cpu-grid-tiny/*.safetensors /tmp/gap/cpu/
-  python3 -m tasktune eval /tmp/gap/cpu 2>&1 | grep -v -E "$bars" | tail -2 | tee -a "$OUT/gap22.log"
+  python3 -m tasktune eval /tmp/gap/cpu 2>&1 | grep -v -E "$BARS" | tail -2 | tee -a "$OUT/gap22.log"
   python3 -c "$steps" /tmp/gap/gpu/eval/metrics.json "trained on GPU, eval on GPU" | tee -a "$OUT/gap22.log"
   python3 -c "$steps" /tmp/gap/cpu/eval/metrics.json "trained on CPU, eval on GPU" | tee -a "$OUT/gap22.log"
   mkdir -p "$OUT/gap22_gpu_run" && cp /tmp/gap/gpu/*.json /tmp/gap/gpu/*.safetensors "$OUT/gap22_gpu_run/"
@@ -258,20 +266,12 @@ fi
 if [ "$phase" = auto23 ]; then  # issue 23: compile cache cold vs warm, --gradient-checkpointing auto (+ --max-memory 5.5)
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
   export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
-  # `tasktune train` with the CUDA peaks printed at exit (allocated / reserved, GiB)
-  peaks='import atexit, runpy, sys, torch
-atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                              round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
-sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
-  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
-          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never"
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
   # cold: empty caches; warm: the entry's artifacts only (a fresh inductor folder: another machine's view);
   # warm_local: the entry and inductor's own cache ($TASKTUNE_CACHE/compile/inductor, the default on one machine)
   for run in "cold cudagraphs 3 /tmp/ind_cold 190" "warm auto 12 /tmp/ind_warm 90" "warm_local auto 4 /tmp/ind_cold 60"; do
     set -- $run; t=$SECONDS
-    TORCHINDUCTOR_CACHE_DIR=$4 timeout $5 python3 -c "$peaks" train $common --out /tmp/t23/$1 --compile $2 --max-steps $3 2>&1 \
-      | grep -v -E "$bars" | tail -12 | sed "s/^/[$1] /" | tee -a "$OUT/auto23_train.log"
+    TORCHINDUCTOR_CACHE_DIR=$4 timeout $5 python3 -c "$PEAKS" train $TRAIN6B --out /tmp/t23/$1 --compile $2 --max-steps $3 2>&1 \
+      | grep -v -E "$BARS" | tail -12 | sed "s/^/[$1] /" | tee -a "$OUT/auto23_train.log"
     echo "[$1] wall $((SECONDS - t)) s" | tee -a "$OUT/auto23_train.log"
     cp /tmp/t23/$1/train_history.json "$OUT/auto23_$1.history.json" 2>/dev/null
     python3 -c "import json; r = json.load(open('/tmp/t23/$1/tasktune_run.json')); print('[$1]', r['compile'], r['checkpointing'])" \
@@ -301,20 +301,13 @@ fi
 if [ "$phase" = tw23 ]; then  # issue 23: `tasktune train` with its defaults on the 6B GLM (--train-weights auto)
   python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
   export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
-  peaks='import atexit, runpy, sys, torch
-atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                              round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
-sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
-  common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
-          --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never"
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
   # eager (a short cold run: auto stays eager) over bf16 and over 4-bit; cold graphs; the same run warm under auto;
   # auto under --max-memory 5.5
   for run in "eager_auto 30 190 " "eager_4bit 30 190 --train-weights 4bit" "graphs_cold 30 190 --compile cudagraphs" \
              "graphs_warm 30 120 " "cap55 8 120 --max-memory 5.5"; do
     set -- $run; name=$1 steps=$2 limit=$3; shift 3; t=$SECONDS
-    timeout $limit python3 -c "$peaks" train $common --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
-      | grep -v -E "$bars" | grep -v -i "warn" | tail -9 | sed "s/^/[$name] /" | tee -a "$OUT/tw23.log"
+    timeout $limit python3 -c "$PEAKS" train $TRAIN6B --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
+      | grep -v -E "$BARS" | grep -v -i "warn" | tail -9 | sed "s/^/[$name] /" | tee -a "$OUT/tw23.log"
     echo "[$name] wall $((SECONDS - t)) s" | tee -a "$OUT/tw23.log"
     cp /tmp/tw/$name/train_history.json "$OUT/tw23_$name.history.json" 2>/dev/null
     python3 - "$name" <<'PY' 2>&1 | tee -a "$OUT/tw23.log"
@@ -359,7 +352,7 @@ atexit.register(report)
 sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
   common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
           --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never --max-steps 3"
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights|train: '
+  bars="$BARS|train: "
   for run in "cold cudagraphs /tmp/ind_cold 200" "warm auto /tmp/ind_warm 150" "warm_local auto /tmp/ind_cold 150"; do
     set -- $run; t=$SECONDS
     TORCHINDUCTOR_CACHE_DIR=$3 timeout $4 python3 -c "$timed" train $common --out /tmp/w23/$1 --compile $2 2>&1 \
@@ -397,7 +390,7 @@ atexit.register(report)
 sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
   common="--model /tmp/glm6b --data data/grid --quantization-bit 4 --per-device-train-batch-size 4
           --gradient-accumulation-steps 1 --logging-steps 1 --save-steps 1000 --resume never --max-steps 6"
-  bars='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights|train: |^pass\.'
+  bars="$BARS|train: |^pass\."
   for scope in ${W23L_SCOPES:-layers model}; do
     for run in "cold cudagraphs ${T_COLD:-160}" "warm auto ${T_WARM:-100}"; do
       set -- $run; t=$SECONDS; name=${scope}_$1
