@@ -272,8 +272,8 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
             detail = str(exc) if isinstance(exc, (argparse.ArgumentTypeError, ConfigError)) else \
                 f"expected {kind.__name__}, got {value!r}"
             raise ConfigError(f"{path}: {key}: {detail.removeprefix(name + ': ')}") from None
-        legacy = name == "group_by_length" and isinstance(value, bool)  # the old boolean (__post_init__ maps it)
-        if choices and not legacy and str(out[name]) not in choices:
+        # a boolean the field has no word for is the dataclass's to read (group_by_length's old true/false) or refuse
+        if choices and not isinstance(value, bool) and str(out[name]) not in choices:
             raise ConfigError(f"{path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
     return out
 

@@ -396,3 +396,25 @@ def test_auto_plan_sets_the_step_threshold_by_the_scope_it_would_compile(monkeyp
     planned = compiling.plan(cfg, torch.nn.Linear(2, 2), device=torch.device("cuda"))
     assert planned.compile == expect
     assert planned.checkpointing.mode == (checkpointing if expect != "off" else "none")
+
+
+@pytest.mark.parametrize("weights, steps, expect", [
+    ("auto", 120, "cudagraphs"),  # the copies fit: graphs over them pay back after AUTO_MIN_STEPS["layers-bf16"]
+    ("auto", 99, "off"),
+    ("4bit", 120, "off"),  # over the 4-bit linears a cold run needs 250 steps
+])
+def test_auto_plan_over_dequantised_weights_compiles_shorter_runs(monkeypatch, weights, steps, expect):
+    """plan() with a 4-bit base on one (pretended) CUDA GPU, a cold cache and no checkpointing: the weights chosen
+    (base_weights.py) are in the plan and set the threshold of a cold run."""
+    from tasktune.tuning.model import dequantize
+    from tasktune.tuning.training import memory
+
+    monkeypatch.setattr(dequantize, "added_bytes", lambda model: 8 * memory.GIB)  # the 6B GLM's copies
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(compiling, "run_cache", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "resolve", lambda *a, **k: memory.Choice("none", "auto", 6 * memory.GIB,
+                                                                         80 * memory.GIB, "free on cuda:0"))
+    cfg = fast_config("unused", "unused", "unused", max_steps=steps, train_weights=weights)
+    planned = compiling.plan(cfg, torch.nn.Linear(2, 2), device=torch.device("cuda"), quant=4)
+    assert planned.compile == expect
+    assert planned.weights.mode == ("bf16" if weights == "auto" else "4bit")

@@ -243,7 +243,7 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quan
                               element_bytes=element_bytes, compiled=compiled)
 
     def weights(choice: memory.Choice) -> base_weights.WeightsChoice:
-        return base_weights.choose(getattr(cfg, "train_weights", "auto"), quant=quant, method=cfg.method,
+        return base_weights.choose(cfg.train_weights, quant=quant, method=cfg.method,
                                    task=cfg.task, cuda=cuda, checkpointing=choice, added_bytes=extra)
 
     mode = cfg.compile
