@@ -30,6 +30,9 @@
 #          evaluated there; the CPU-trained runs/cpu-grid-tiny evaluated on the GPU too; the GPU run comes back.
 # gil20:   issue 20 (~6 min; carry [".wheelhouse", "data"]): serve_bench (bf16 weights, STREAMS, RPS) once per GIL switch
 #          interval in SWI (TASKTUNE_SWITCH_INTERVAL; serve/cli.py), $OUT/gil20.log.
+# ep20:    issue 20 (~6 min; carry [".wheelhouse", "data"]): serve_bench (bf16 weights, STREAMS, RPS) once per
+#          --engine-process choice in ENGINES (default "on off": the engine in its own process, then a thread),
+#          $OUT/ep20.log.
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
@@ -221,6 +224,17 @@ if [ "$phase" = gil20 ]; then  # issue 20: serve_bench over bf16 weights at each
       /tmp/serve/grid1 /tmp/serve/grid2 /tmp/serve/grid3 --streams ${STREAMS:-32,64} --max-tokens 64 \
       --serial-requests 4 --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 \
       | grep -v "Loading weights" | tee -a "$OUT/gil20.log"
+  done
+fi
+
+if [ "$phase" = ep20 ]; then  # issue 20: the engine in its own process vs a thread of the HTTP server's
+  serve_runs
+  for engine in ${ENGINES:-on off}; do
+    echo "== --engine-process $engine" | tee -a "$OUT/ep20.log"
+    timeout ${T_SERVE:-200} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+      /tmp/serve/grid3 --streams ${STREAMS:-32,64} --max-tokens 64 --serial-requests 4 \
+      --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 --engine-process $engine 2>&1 \
+      | grep -v "Loading weights" | tee -a "$OUT/ep20.log"
   done
 fi
 

@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--decode", default="auto", choices=("auto", "dynamic", "slots"))
     parser.add_argument("--decode-weights", default="nf4", choices=("nf4", "bf16"),
                         help="the server's --decode-weights (the serial baseline keeps the runs' own 4-bit base)")
+    parser.add_argument("--engine-process", default="auto", choices=("auto", "on", "off"),
+                        help="the server's --engine-process (auto: the engine in its own process on CUDA)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the serial baseline and the server alike (they share this "
                              "process; the load generator has its own); 0 = torch's default")
@@ -143,10 +145,13 @@ def main() -> None:
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
                          str(max(args.max_tokens, 16)), "--decode", args.decode, "--threads", str(args.threads),
-                         "--decode-weights", args.decode_weights])
+                         "--decode-weights", args.decode_weights, "--engine-process", args.engine_process])
     import torch
 
-    print(f"decode: {server.service.engine.decode}; weights: {args.decode_weights}; "
+    from tasktune.tuning.inference.engine_process import EngineProcess
+
+    where = "its own process" if isinstance(server.service.engine, EngineProcess) else "a thread"
+    print(f"decode: {server.service.engine.decode}; weights: {args.decode_weights}; engine in {where}; "
           f"torch threads: {torch.get_num_threads()}", flush=True)
     steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
     stats = server.service.engine.stats

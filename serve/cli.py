@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "dequantises each weight on every call); bf16 dequantises them once at start, the same "
                         "values in about 3.8x the memory (a 6B GLM: ~11 GiB instead of ~3), for faster decode steps "
                         "(tuning/model/dequantize.py)")
+    p.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
+                   help="on: the model and its scheduler run in a process of their own, so the HTTP side does not "
+                        "slow them down (one GIL each); off: a thread of the server's process; auto: on with a "
+                        "CUDA GPU, off on the CPU (default: auto; benchmarks/RESULTS.md)")
     p.add_argument("--shutdown-timeout", type=Range(float, 0, 86400), default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
                         "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
@@ -88,13 +92,22 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def engine_in_process(choice: str) -> bool:
+    """--engine-process: auto is on where a CUDA GPU is (the GIL, not the GPU, limits a batch there)."""
+    if choice != "auto":
+        return choice == "on"
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build(args: argparse.Namespace):
     """Bank -> engine -> service -> app, from parsed flags (tests build servers through this too)."""
     from pathlib import Path
 
     from .app import create_app
-    from tasktune.tuning.inference.bank import load_bank
-    from tasktune.tuning.inference.engine import Engine
+    from tasktune.tuning.inference.bank import load_view
+    from tasktune.tuning.inference.engine_process import ChildConfig, EngineProcess, build_engine
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
 
@@ -111,23 +124,24 @@ def build(args: argparse.Namespace):
     for item in args.runs:
         name, sep, path = item.partition("=")
         runs.append((name, path) if sep and not Path(item).exists() else (None, item))
-    bank = load_bank(runs)
-    if args.decode_weights == "bf16":
-        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
-
-        args.dequantised = dequantize_4bit_linears(bank.model)  # for the startup line
-        if not args.dequantised:
-            print("tasktune serve: --decode-weights bf16: the base has no 4-bit linears (it was not trained "
-                  "quantised); nothing to dequantise", file=sys.stderr, flush=True)
-    tools = load_tools(bank.runs, _pairs(args.spec, "--spec"))
+    view = load_view(runs)  # the runs and the tokenizer, checked before any model loads
+    tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
     actions = load_actions(args.actions) if args.actions else None
-    router = load_router(args.router, bank.runs) if args.router else None
-    first = next(iter(bank.runs.values()))
+    router = load_router(args.router, view.runs) if args.router else None
+    first = next(iter(view.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
     # the prefix and the largest answer a request may ask for
-    width = max(r.max_source_length for r in bank.runs.values()) + args.max_tokens + 1
-    engine = Engine(bank, max_batch_size=args.max_batch_size, decode=args.decode, slot_width=width).start()
+    width = max(r.max_source_length for r in view.runs.values()) + args.max_tokens + 1
+    config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads)
+    if engine_in_process(args.engine_process):
+        engine = EngineProcess(view, config)
+        args.dequantised = engine.dequantised  # for the startup line
+    else:
+        engine, args.dequantised = build_engine(config)
+    if args.decode_weights == "bf16" and not args.dequantised:
+        print("tasktune serve: --decode-weights bf16: the base has no 4-bit linears (it was not trained "
+              "quantised); nothing to dequantise", file=sys.stderr, flush=True)
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
@@ -143,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     def banner(port: int) -> str:
         return (f"tasktune serve: {names} on http://{args.host}:{port} (batch {args.max_batch_size}, "
                 f"device {service.bank.device}, API key {'required' if api_key else 'off'}, "
-                f"shutdown timeout {args.shutdown_timeout:g} s"
+                f"shutdown timeout {args.shutdown_timeout:g} s, "
+                f"engine {'in its own process' if engine_in_process(args.engine_process) else 'thread'}"
                 f"{', 4-bit linears dequantised to bf16' if getattr(args, 'dequantised', 0) else ''})")
 
     server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,

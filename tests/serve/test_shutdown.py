@@ -27,12 +27,14 @@ PROMPT = "步骤#理解并基于输入拆分函数参数*语音#查查北京的�
 class ServeProcess:
     """`python -m tasktune serve grid=RUN --port 0 ...` with its stderr in a file; the port read from its banner."""
 
-    def __init__(self, run: Path, log: Path, *flags: str):
+    def __init__(self, run: Path, log: Path, *flags: str, new_session: bool = False):
+        """`new_session`: the server leads a process group of its own (a terminal's Ctrl-C or a container's stop
+        signals the whole group: os.killpg)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "tasktune", "serve", f"grid={run}", "--port", "0",
                                       "--max-batch-size", "8", *flags], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                     stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=new_session,
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.url = self._wait_for_banner(120)
 
@@ -187,3 +189,27 @@ def test_sigint_then_a_second_signal_cancels_at_once(serve_runs, tmp_path):
     for out in outs:
         assert out["done"] and out["error"]["code"] == "shutting_down", out
     assert "tasktune serve: SIGINT: drained 0 request(s), cancelled 2" in err, err
+
+
+@pytest.mark.timeout(240)
+def test_a_signal_to_the_process_group_drains_the_engine_process_too(serve_runs, tmp_path):
+    """With --engine-process on, Ctrl-C in a terminal (SIGINT to the whole group) reaches the engine's child as
+    well; the child leaves its end to the server, so the streams in flight still drain whole."""
+    server = ServeProcess(serve_runs["grid"], tmp_path / "serve.log", "--engine-process", "on", new_session=True)
+    try:
+        threads, outs = _start_streams(server.url, 3, 400)
+        os.killpg(server.proc.pid, signal.SIGINT)
+        still_running = sum(t.is_alive() for t in threads)
+        for t in threads:
+            t.join(60)
+        code, _ = _exit(server, 30)
+    finally:
+        server.kill()
+    err = server.stderr()
+    assert still_running > 0, "the streams ended before the drain could be seen; make them longer"
+    for out in outs:
+        assert out.get("status") == 200 and "broken" not in out, out
+        assert out["error"] is None and out["finish"] == "length" and out["done"], out
+    assert code == 0 and "Traceback" not in err, err
+    assert "engine in its own process" in err
+    assert re.search(r"drained 3 request\(s\), cancelled 0", err), err

@@ -135,6 +135,37 @@ def _compute_dtype(model) -> torch.dtype:
     return model.get_input_embeddings().weight.dtype
 
 
+def describe_runs(run_dirs: list[tuple[str | None, str | Path]]):
+    """The ServedRuns of (name or None, folder) pairs, checked to share one base, and the first run's RunRecord:
+    all of the bank but the model (what the HTTP side needs when the model lives in another process)."""
+    if not run_dirs:
+        raise ConfigError("give at least one run folder to serve")
+    described = [describe_run(path, name) for name, path in run_dirs]
+    runs = [r for r, _ in described]
+    check_same_base(runs)
+    return runs, described[0][1]
+
+
+@dataclass(frozen=True)
+class BankView:
+    """A bank without its model, on the side of the process that does not hold it: the runs, the tokenizer (for
+    prompts) and the device the model is on (reported by the engine's process)."""
+
+    runs: dict[str, ServedRun]
+    tokenizer: Any
+    device: torch.device
+
+
+def load_view(run_dirs: list[tuple[str | None, str | Path]]) -> BankView:
+    """The BankView of the runs, its device not yet known (the CPU until the engine's process says)."""
+    from tasktune.tuning.model.load import load_tokenizer
+
+    runs, record = describe_runs(run_dirs)
+    tokenizer = load_tokenizer(runs[0].base_model, trust_remote_code=record.config.trust_remote_code,
+                               padding_side="left")
+    return BankView({r.name: r for r in runs}, tokenizer, torch.device("cpu"))
+
+
 def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
     """Load the shared base once (as the runs were trained: same quantization) and every run's prefix.
 
@@ -144,13 +175,8 @@ def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
     from tasktune.tuning.model.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
     from tasktune.tuning.model.save import load_adapter
 
-    if not run_dirs:
-        raise ConfigError("give at least one run folder to serve")
-    described = [describe_run(path, name) for name, path in run_dirs]
-    runs = [r for r, _ in described]
-    check_same_base(runs)
-    first, record = runs[0], described[0][1]
-    cfg, quant = record.config, record.quantization
+    runs, record = describe_runs(run_dirs)
+    first, cfg, quant = runs[0], record.config, record.quantization
     tokenizer = load_tokenizer(first.base_model, trust_remote_code=cfg.trust_remote_code, padding_side="left")
     model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=methods.device_map(quant))
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":

@@ -76,11 +76,14 @@ class Request:
     emit: Callable[[Event], None]
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    arrived: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default_factory=time.perf_counter)  # CLOCK_MONOTONIC: the same clock in every process
+    on_cancel: Callable[[], None] | None = None  # an engine in another process is told here (engine_process.py)
 
     def cancel(self) -> None:
         """Free the request's slot at the next step (a client that went away)."""
         self.cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 @dataclass(eq=False)
