@@ -40,7 +40,7 @@ def main() -> None:
     record = RunFolder(args.run).record()
     tok = load_tokenizer(record.config.model)
     adapter = load_run_adapter(args.run, record)
-    print("device", next(adapter.model.parameters()).device, "dtype", next(adapter.model.parameters()).dtype,
+    print("torch", torch.__version__, "device", next(adapter.model.parameters()).device, "dtype", next(adapter.model.parameters()).dtype,
           "attention", adapter.model.config._attn_implementation, "float32 matmul precision",
           torch.get_float32_matmul_precision(), "cuda tf32", torch.backends.cuda.matmul.allow_tf32,
           "cudnn tf32", torch.backends.cudnn.allow_tf32, flush=True)
@@ -56,6 +56,10 @@ def main() -> None:
         "dynamic cache, batch 16, sdpa math only": dict(cache=None, batch=16, backend=SDPBackend.MATH),
         "dynamic cache, batch 16, sdpa efficient only": dict(cache=None, batch=16, backend=SDPBackend.EFFICIENT_ATTENTION),
         "static cache, batch 16, sdpa math only": dict(cache="static", batch=16, backend=SDPBackend.MATH),
+        "static cache, batch 16, sdpa efficient only": dict(cache="static", batch=16,
+                                                             backend=SDPBackend.EFFICIENT_ATTENTION),
+        "static cache, batch 16, no compile, sdpa math only": dict(cache="static", batch=16, backend=SDPBackend.MATH,
+                                                                   no_compile=True),
     }
     answers = {}
     if torch.cuda.is_available():

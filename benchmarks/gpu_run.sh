@@ -55,7 +55,9 @@ phase=${1:?bench6b or issue3}
 # progress bars and weight loading, filtered out of the logs
 BARS='it/s\]|s/it\]|step/s\]|s/step\]|Loading weights'
 # `python3 -c "$PEAKS" train ...`: `tasktune train` with the CUDA peaks printed at exit (allocated / reserved, GiB)
-PEAKS='import atexit, runpy, sys, torch
+# (SDP_NO_CUDNN=1: sdpa's cuDNN backend off, so attention takes flash/efficient kernels, which build no plan per shape)
+PEAKS='import atexit, os, runpy, sys, torch
+if os.environ.get("SDP_NO_CUDNN"): torch.backends.cuda.enable_cudnn_sdp(False)
 atexit.register(lambda: print("peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 3),
                               round(torch.cuda.max_memory_reserved() / 2**30, 3), flush=True))
 sys.argv = ["tasktune"] + sys.argv[1:]; runpy.run_module("tasktune", run_name="__main__")'
@@ -317,10 +319,13 @@ if [ "$phase" = tw23 ]; then  # issue 23: `tasktune train` with its defaults on 
   export TASKTUNE_CACHE=/tmp/ttcache; rm -rf "$TASKTUNE_CACHE"
   # eager (a short cold run: auto stays eager) over bf16 and over 4-bit; cold graphs; the same run warm under auto;
   # auto under --max-memory 5.5
-  for run in "eager_auto 30 190 " "eager_4bit 30 190 --train-weights 4bit" "graphs_cold 30 190 --compile cudagraphs" \
-             "graphs_warm 30 120 " "cap55 8 120 --max-memory 5.5"; do
+  # TW23_RUNS: a subset, e.g. "eager_auto eager_nocudnn"; a name ending in _nocudnn runs with SDP_NO_CUDNN=1
+  for run in "eager_auto 30 190 " "eager_nocudnn 30 190 " "eager_4bit 30 190 --train-weights 4bit" \
+             "graphs_cold 30 190 --compile cudagraphs" "graphs_warm 30 120 " "cap55 8 120 --max-memory 5.5"; do
     set -- $run; name=$1 steps=$2 limit=$3; shift 3; t=$SECONDS
-    timeout $limit python3 -c "$PEAKS" train $TRAIN6B --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
+    [ -n "${TW23_RUNS:-}" ] && [[ " $TW23_RUNS " != *" $name "* ]] && continue
+    nocudnn=; [[ $name == *_nocudnn ]] && nocudnn=1
+    SDP_NO_CUDNN=$nocudnn timeout $limit python3 -c "$PEAKS" train $TRAIN6B --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
       | grep -v -E "$BARS" | grep -v -i "warn" | tail -9 | sed "s/^/[$name] /" | tee -a "$OUT/tw23.log"
     echo "[$name] wall $((SECONDS - t)) s" | tee -a "$OUT/tw23.log"
     cp /tmp/tw/$name/train_history.json "$OUT/tw23_$name.history.json" 2>/dev/null
@@ -333,7 +338,9 @@ s = [x["seconds"] for x in h]
 steps = [b - a for a, b in zip(s, s[1:])][3:]
 print(f"[{name}] compile {run['compile']}; checkpointing {run['checkpointing']['mode']}; weights "
       f"{(run.get('base_weights') or {}).get('mode')}; first step {s[0]:.1f} s; later steps median "
-      f"{1000 * statistics.median(steps):.1f} ms (n={len(steps)})" if steps else f"[{name}] first {s[0]:.1f} s")
+      f"{1000 * statistics.median(steps):.1f} ms (n={len(steps)}); steps over 0.5 s after the first: "
+      f"{[round(b - a, 2) for a, b in zip(s, s[1:]) if b - a > 0.5]}; total {s[-1]:.1f} s"
+      if steps else f"[{name}] first {s[0]:.1f} s")
 PY
   done
   timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/tw23_recipe.json" \
