@@ -42,9 +42,10 @@ def _tuned_exact_match(model: Path, data: Path, run: Path) -> dict[str, float]:
     """The demo's P-tuning and eval on `model`: exact match per step, and over the argument and summary records.
     Run as the CPU demo runs it: unquantised, fp32, eager. On an H100 (2026-12-06) every recipe scored low here
     (fp32 eager: arguments 68 %, summaries 58 %; NF4 73.6 / 55.6 %; bf16 compiled 84.7 / 56.0 %), shipped and
-    rebuilt bases alike; `gpu_run.sh gap22` then showed that the GPU's *evaluation* loses those answers: a
-    GPU-trained prefix scores 100 / 90.7 % evaluated on the CPU (benchmarks/RESULTS.md, "the GPU gap is in
-    evaluation"), so the comparison below is between two equally affected scores."""
+    rebuilt bases alike: `tasktune eval` on CUDA prefills into a static cache, and the prefix's mask read
+    transformers' "no mask" (a batch without padding) bottom-right, so those batches saw later prompt tokens
+    (fixed in tuning/model/prefix.py `_causal_mask`; tests/tuning/test_prefix.py; benchmarks/RESULTS.md, "the
+    GPU gap is in evaluation"). A GPU-trained prefix scored 100 / 90.7 % evaluated on the CPU."""
     _tasktune("train", "--config", str(DEMO_CONFIG), "--model", str(model), "--data", str(data), "--out", str(run),
               "--quantization-bit", "none", "--bf16", "false", "--compile", "off")
     _tasktune("eval", str(run))

@@ -180,6 +180,28 @@ def test_cached_decoding_matches_full_forward(tiny_model_dir):
 
 
 @pytest.mark.parametrize("arch", ["glm", "llama"])
+def test_static_cache_gives_the_dynamic_caches_logits_without_padding(tiny_model_dir, arch):
+    """A batch without padding (or of one prompt) prefilled into a static cache: transformers hands the attention
+    no mask there (sdpa's top-left `is_causal`), which the prefix's mask must read the same way; read bottom-right,
+    the prompt saw its own later tokens and the cache's empty slots (`tasktune eval` on CUDA, where the static
+    cache is the default)."""
+    model = _load(tiny_model_dir(arch))
+    tuner = attach_prefix(model, PrefixConfig(pre_seq_len=P))
+    with torch.no_grad():
+        tuner.encoder.embedding.weight.mul_(20)  # a prefix that moves the answer, as a trained one does
+    pad = model.config.pad_token_id
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=pad, eos_token_id=None, output_logits=True,
+                    return_dict_in_generate=True)
+    for ids in (_ids(batch=3, length=7), _ids(seed=1, batch=1, length=9)):
+        mask = torch.ones_like(ids)
+        got = {cache: model.generate(input_ids=ids, attention_mask=mask, cache_implementation=cache, **settings)
+               for cache in ("static", "dynamic")}
+        torch.testing.assert_close(torch.stack(got["static"].logits), torch.stack(got["dynamic"].logits),
+                                   rtol=1e-4, atol=1e-4)
+        assert torch.equal(got["static"].sequences, got["dynamic"].sequences)
+
+
+@pytest.mark.parametrize("arch", ["glm", "llama"])
 def test_generate_batched_left_padded_equals_one_by_one_and_cache_agrees(tiny_model_dir, arch):
     model = _load(tiny_model_dir(arch))
     tuner = attach_prefix(model, PrefixConfig(pre_seq_len=P))

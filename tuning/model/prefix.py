@@ -131,8 +131,14 @@ class PrefixEncoder(nn.Module):
 
 
 def _causal_mask(q_len: int, kv_len: int, device, additive_dtype=None) -> torch.Tensor:
-    """(1, 1, q, kv) causal mask, bottom-right aligned: query i sees text key j iff j <= i + kv - q."""
-    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    """(1, 1, q, kv) causal mask, top-left aligned as sdpa's `is_causal`: query i sees text key j iff j <= i.
+
+    It stands for the None mask transformers hands sdpa in place of `is_causal`, which it does only where top-left
+    is right: kv == q (a prefill; top-left and bottom-right agree) or a prefill into an empty static cache, whose
+    keys are the prompt's q followed by unwritten slots (transformers' sdpa then keeps the first q keys). Aligned
+    bottom-right there, as before, every prompt token of a batch without padding saw the later prompt tokens and the
+    empty slots: `tasktune eval` on CUDA (static cache) lost ~30 points on such batches (benchmarks/RESULTS.md)."""
+    rows = torch.arange(q_len, device=device)[:, None]
     visible = (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
     if additive_dtype is None:
         return visible
