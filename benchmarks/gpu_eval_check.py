@@ -4,8 +4,9 @@ The demo's adapter trained on the CPU scores 100 / 100 / 89.8 % (greet / argumen
 CPU and 100 / 72 / 59 % evaluated on an H100 (gpu_run.sh gap22), and a GPU-trained one scores 100 / 100 / 90.7 % on
 the CPU: the training is not what differs, the generation is. On CUDA, eval's generation differs from the CPU's in
 the cache (static), transformers' automatic compile of the forward with a static cache (CUDA graphs), and sdpa's
-kernels; on the CPU the static cache and a forced compile (aot_eager, inductor) give the dynamic cache's answers.
-Each variant below answers the first N dev records (not yet run on a GPU: no device time was left):
+kernels. The cause was then found on the CPU (benchmarks/RESULTS.md): batches without padding prefilled into a static
+cache, whose "no mask" the prefix's mask read bottom-right (fixed in tuning/model/prefix.py). Each variant below
+answers the first N dev records; after the fix all should agree (not yet run on a GPU: no machine could be had):
 
     python benchmarks/gpu_eval_check.py RUN [--limit 96]
 """
