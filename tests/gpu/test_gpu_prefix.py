@@ -76,3 +76,8 @@ def test_batched_generation_matches_one_by_one_on_cuda(gpu_tiny_dir, quantizatio
         # kernel, so an occasional near-tie may flip
         wanted = len(PROMPTS) if quantization_bit is None else len(PROMPTS) - 1
         assert same >= wanted, (cache, batched, single)
+        # a batch of one has no padding: transformers then hands the attention no mask, and a static cache's
+        # prefill must still see only earlier tokens (tuning/model/prefix.py `_causal_mask`)
+        alone = [generate_batched(model, tokenizer, [p], batch_size=1, max_new_tokens=6, progress=False,
+                                  cache_implementation=cache)[0][0] for p in PROMPTS]
+        assert alone == single, (cache, alone, single)
