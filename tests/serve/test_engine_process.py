@@ -19,7 +19,8 @@ FRAMED = "步骤#理解并基于输入拆分函数参数*语音#查查济南的�
 @pytest.fixture(scope="module")
 def process_server(serve_runs):
     server = LiveServer([f"grid={serve_runs['grid']}", f"grid2={serve_runs['grid2']}", "--engine-process", "on",
-                         "--max-batch-size", "4", "--max-tokens", "64", "--base-name", "tiny-base"])
+                         "--max-batch-size", "4", "--max-tokens", "64", "--max-prompt-tokens", "256",
+                         "--max-body-bytes", "65536", "--base-name", "tiny-base"])
     yield server
     server.stop()
 
@@ -76,6 +77,15 @@ def test_a_client_that_hangs_up_frees_its_row_in_the_child(process_server):
             break
         time.sleep(0.1)
     assert health["running"] == 0 and not process_server.service.engine._pending
+
+
+def test_soak_short_with_the_engine_in_its_own_process(process_server, serve_runs):
+    """The default suite's soak (chats, streams, hang-ups, malformed bodies at once) against the child: answers
+    equal eval's, no slot leaks once the child's counters settle, the server stays up."""
+    from tests.serve.test_soak import _check, _soak
+
+    results, expected, rss = _soak(process_server, serve_runs, 60, 12)
+    _check(process_server, results, expected, rss)
 
 
 def test_a_child_that_dies_fails_its_requests_and_health(serve_runs):

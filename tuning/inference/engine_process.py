@@ -28,6 +28,11 @@ from tasktune.errors import ConfigError
 from .engine import EngineStats, Event, Request
 
 
+COUNTERS_EVERY = 0.1
+"""Seconds between the child's looks at the engine's counters when no event woke it: counters that changed after
+the last event (a batch that emptied, a queue that drained) reach the parent within this."""
+
+
 @dataclass(frozen=True)
 class ChildConfig:
     """What the child needs to build the bank and the engine (picklable)."""
@@ -271,17 +276,20 @@ class _Sender:
         self._wake.set()
 
     def _run(self) -> None:
+        sent = None  # the counters last sent
         while True:
-            self._wake.wait()
+            self._wake.wait(COUNTERS_EVERY)
             self._wake.clear()
             batch = [self._box.popleft() for _ in range(len(self._box))]
             observed = [self._observed.popleft() for _ in range(len(self._observed))]
             stats = self._stats
-            try:
-                self._events.send(("events", batch, (stats.waiting, stats.running, stats.steps, stats.tokens),
-                                   observed))
-            except (BrokenPipeError, OSError):
-                return
+            counters = (stats.waiting, stats.running, stats.steps, stats.tokens)
+            if batch or observed or counters != sent:  # an idle engine's last counters arrive too (/health, /metrics)
+                try:
+                    self._events.send(("events", batch, counters, observed))
+                except (BrokenPipeError, OSError):
+                    return
+                sent = counters
             if self._stop and not self._box:
                 return
 
