@@ -125,3 +125,54 @@ def test_a_model_that_fails_to_load_in_the_child_is_raised_in_the_parent(tmp_pat
     missing = tmp_path / "no-run"
     with pytest.raises(ConfigError, match="no-run"):
         EngineProcess(BankView({}, None, torch.device("cpu")), ChildConfig([(None, str(missing))], 4, "dynamic", 64))
+
+
+def _engine(run, **kwargs):
+    from tasktune.tuning.inference.bank import load_view
+    from tasktune.tuning.inference.engine_process import ChildConfig, EngineProcess
+
+    runs = [("grid", str(run))]
+    return EngineProcess(load_view(runs), ChildConfig(runs, 2, "dynamic", 600), **kwargs)
+
+
+def test_shutdown_cancels_what_is_in_flight_and_reaps_the_child(serve_runs):
+    from tasktune.tuning.inference.engine import Request, SamplingParams
+
+    engine = _engine(serve_runs["grid"])
+    events, first = [], threading.Event()
+
+    def emit(event):
+        events.append(event)
+        first.set()
+    engine.submit(Request([5, 6, 7, 8], "grid", SamplingParams(max_new_tokens=500, ignore_eos=True), emit=emit))
+    assert first.wait(30)
+    engine.shutdown()
+    assert events[-1].finish_reason == "cancelled", events[-1]  # as the thread's engine ends it, not "error"
+    assert engine._process.exitcode is not None and not engine.alive
+    late: list = []
+    engine.submit(Request([5, 6], "grid", SamplingParams(max_new_tokens=4), emit=late.append))
+    assert late and late[0].finish_reason == "error"  # refused at once: nothing is left waiting for an answer
+
+
+def test_a_server_process_that_ends_without_shutdown_does_not_hang_on_its_child(serve_runs, tmp_path):
+    """multiprocessing's exit hook would SIGTERM the child (which ignores it, for the drain) and join it forever;
+    the engine's own hook, which runs first, closes the child's command pipe instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import sys\n"
+        "from tests.serve.test_engine_process import _engine\n"
+        "if __name__ == '__main__':\n"
+        "    engine = _engine(sys.argv[1])\n"
+        "    print('ready', engine._process.pid, flush=True)\n"  # and leave without shutdown()
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script), str(serve_runs["grid"])], cwd=root, timeout=120,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and "ready" in done.stdout, done.stderr[-2000:]
+    pid = int(done.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the child is gone too

@@ -17,10 +17,12 @@ child dies, every request in flight ends with an error event and /health says so
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import multiprocessing
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from tasktune.errors import ConfigError
@@ -56,20 +58,28 @@ class EngineProcess:
         self.stats = EngineStats()
         self.dequantised = 0
         self._pending: dict[int, Request] = {}
-        self._lock = threading.Lock()  # _pending: the event loop adds, the reader thread removes
+        self._lock = threading.Lock()  # _pending and _ended: the event loop adds, the reader thread ends them
+        self._ended: str | None = None  # set (under _lock) once the child is gone: why
         self._closed = threading.Event()
+        self._stopping = False  # shutdown() began: what is left ends "cancelled", as the thread's engine ends it
         self._close_message = "server shutting down"
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable; spawn also starts clean
-        commands_in, commands_out = context.Pipe(duplex=False)
-        events_in, events_out = context.Pipe(duplex=False)
+        commands_in, self._commands = context.Pipe(duplex=False)
+        self._events, events_out = context.Pipe(duplex=False)
         self._process = context.Process(target=_child_main, args=(commands_in, events_out, config),
                                         name="tasktune-engine", daemon=True)
         self._process.start()
         commands_in.close()
         events_out.close()
-        self._commands, self._events = commands_out, events_in
-        self._ready(start_timeout)
+        # Before multiprocessing's own exit hook, which would SIGTERM the child (ignored there) and join it forever
+        # when the server's process ends without shutdown() (an exception, Ctrl-C while the model loads)
+        atexit.register(self._end_child)
+        try:
+            self._ready(start_timeout)
+        except BaseException:
+            self._end_child()
+            raise
         self._writer = threading.Thread(target=self._write, name="tasktune-engine-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="tasktune-engine-reader", daemon=True)
         self._writer.start()
@@ -77,34 +87,44 @@ class EngineProcess:
 
     def _ready(self, timeout: float) -> None:
         if not self._events.poll(timeout):
-            self._process.kill()
             raise RuntimeError(f"the engine process did not load the model within {timeout:g} s")
         try:
             message = self._events.recv()
         except EOFError:
             self._process.join(5)
             raise RuntimeError(f"the engine process exited while loading the model (exit code "
-                               f"{self._process.exitcode})") from None
+                               f"{self._process.exitcode}; its error is above)") from None
         if message[0] == "failed":
             _, kind, text = message
-            self._process.join(5)
             raise (ConfigError if kind == "ConfigError" else RuntimeError)(text)
         _, device, self.decode, self.dequantised = message
         import torch
 
         self.bank = dataclasses.replace(self.bank, device=torch.device(device))
 
+    def _end_child(self, timeout: float = 10.0) -> None:
+        """Close the command pipe (the child ends at its end of file), wait up to `timeout`, else kill; reap it.
+        Idempotent; the exit hook and shutdown() both come here."""
+        atexit.unregister(self._end_child)
+        self._commands.close()
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join(5)
+
     # -- the Engine's outside ------------------------------------------------------------------------------
     def submit(self, request: Request) -> Request:
         if request.adapter is not None and request.adapter not in self.bank.runs:
             raise ConfigError(f"unknown run {request.adapter!r}")
-        if self._closed.is_set() or not self.alive:
+        with self._lock:  # the reader ends what is pending once, under this lock: nothing is added after that
+            ended = self._ended
+            if ended is None and not self._closed.is_set():
+                self._pending[request.id] = request
+        if ended is not None or self._closed.is_set():
             request.emit(Event(finish_reason="cancelled" if self._closed.is_set() else "error",
-                               error=self._close_message if self._closed.is_set() else self._death(),
+                               error=self._close_message if self._closed.is_set() else ended,
                                prompt_tokens=len(request.prompt_ids)))
             return request
-        with self._lock:
-            self._pending[request.id] = request
         request.on_cancel = lambda: self._cancel(request.id)
         self.stats.waiting += 1  # until the child's next counters
         self._outbox.put(("submit", request.id, request.prompt_ids, request.adapter, request.params,
@@ -122,14 +142,15 @@ class EngineProcess:
         self._outbox.put(("close", message))
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel what is in flight, stop the child (killed if it does not stop within `timeout`)."""
+        """Cancel what is in flight, stop the child (killed if it does not stop within `timeout`), and the threads."""
+        self._stopping = True
         self._outbox.put(("shutdown",))
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
-        self._outbox.put(None)  # the writer stops
-        self._reader.join(timeout)
+        self._outbox.put(None)  # the writer sends "shutdown", then stops
+        self._writer.join(timeout)
+        self._reader.join(timeout)  # it ends at the child's end (and reaps it)
+        self._end_child(timeout)  # a child that did not stop: killed
+        self._reader.join(5)
+        self._events.close()
 
     @property
     def closed(self) -> bool:
@@ -137,10 +158,9 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        return self._process.is_alive() and self._reader.is_alive()
-
-    def _death(self) -> str:
-        return f"the engine process exited (exit code {self._process.exitcode})"
+        """Whether the child still serves: its event pipe is open (the reader sees its end of file at its death;
+        no waitpid here, which the reader's reaping would race)."""
+        return self._ended is None and self._reader.is_alive()
 
     # -- the parent's two threads --------------------------------------------------------------------------
     def _write(self) -> None:
@@ -149,6 +169,13 @@ class EngineProcess:
                 self._commands.send(message)
             except (BrokenPipeError, OSError):  # the child is gone; the reader fails what was in flight
                 return
+            except Exception as exc:  # a message that does not pickle: its request alone fails
+                if message[0] == "submit":
+                    with self._lock:
+                        request = self._pending.pop(message[1], None)
+                    if request is not None:
+                        _deliver(request, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                                                prompt_tokens=len(request.prompt_ids)))
 
     def _read(self) -> None:
         try:
@@ -156,7 +183,10 @@ class EngineProcess:
                 _, events, counters, observed = self._events.recv()
                 self.stats.waiting, self.stats.running, self.stats.steps, self.stats.tokens = counters
                 for name, value in observed:
-                    self.stats.observe(name, value)
+                    try:
+                        self.stats.observe(name, value)
+                    except Exception:  # an observer's failure (a metric) must not end the stream of events
+                        pass
                 for request_id, event in events:
                     with self._lock:
                         request = self._pending.pop(request_id, None) if event.finish_reason else \
@@ -165,12 +195,26 @@ class EngineProcess:
                         _deliver(request, event)
         except (EOFError, OSError):
             pass
-        self._process.join(5)
-        message = "server shutting down" if self._closed.is_set() else self._death()
+        except Exception as exc:  # a message this side cannot read: the child cannot be trusted any more
+            print(f"tasktune serve: the engine process sent what could not be read ({type(exc).__name__}: "
+                  f"{exc}); stopping it", file=sys.stderr, flush=True)
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """The child is gone (or stopped): every request still pending ends, once."""
+        if self._process.exitcode is None:
+            self._process.join(5)
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join(5)
+        stopping = self._closed.is_set() or self._stopping
+        message = self._close_message if stopping else \
+            f"the engine process exited (exit code {self._process.exitcode})"
         with self._lock:
-            left, self._pending = list(self._pending.values()), {}
+            left, self._pending, self._ended = list(self._pending.values()), {}, message
         for request in left:
-            _deliver(request, Event(finish_reason="cancelled" if self._closed.is_set() else "error", error=message,
+            _deliver(request, Event(finish_reason="cancelled" if stopping else "error", error=message,
                                     prompt_tokens=len(request.prompt_ids)))
         self.stats.waiting = self.stats.running = 0
 
@@ -195,11 +239,17 @@ def _child_main(commands, events, config: ChildConfig) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine, dequantised = build_engine(config)
-    except BaseException as exc:  # told to the parent, which raises it
-        events.send(("failed", type(exc).__name__, f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError)
-                     else str(exc)))
+    except BaseException as exc:  # told to the parent, which raises it; the traceback stays here, on stderr
+        if not isinstance(exc, ConfigError):
+            import traceback
+
+            traceback.print_exc()
+        _send(events, ("failed", type(exc).__name__, str(exc) if isinstance(exc, ConfigError)
+                       else f"{type(exc).__name__}: {exc} (the engine process's traceback is above)"))
         return
-    events.send(("ready", str(engine.bank.device), engine.decode, dequantised))
+    if not _send(events, ("ready", str(engine.bank.device), engine.decode, dequantised)):
+        engine.shutdown()  # the server went away while the model loaded
+        return
     sender = _Sender(events, engine)
     engine.stats.observers.append(sender.observe)
     requests: dict[int, Request] = {}
@@ -227,6 +277,15 @@ def _child_main(commands, events, config: ChildConfig) -> None:
     finally:
         engine.shutdown()
         sender.stop()
+
+
+def _send(events, message) -> bool:
+    """Send to the parent; False when it is gone."""
+    try:
+        events.send(message)
+        return True
+    except (BrokenPipeError, OSError):
+        return False
 
 
 def build_engine(config: ChildConfig):
