@@ -107,7 +107,8 @@ def build(args: argparse.Namespace):
 
     from .app import create_app
     from tasktune.tuning.inference.bank import load_view
-    from tasktune.tuning.inference.engine_process import ChildConfig, EngineProcess, build_engine
+    from tasktune.tuning.inference.engine_child import ChildConfig, build_engine
+    from tasktune.tuning.inference.engine_process import EngineProcess
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
 

@@ -118,7 +118,8 @@ def test_a_child_that_dies_fails_its_requests_and_health(serve_runs):
 def test_a_model_that_fails_to_load_in_the_child_is_raised_in_the_parent(tmp_path):
     from tasktune.errors import ConfigError
     from tasktune.tuning.inference.bank import BankView
-    from tasktune.tuning.inference.engine_process import ChildConfig, EngineProcess
+    from tasktune.tuning.inference.engine_child import ChildConfig
+    from tasktune.tuning.inference.engine_process import EngineProcess
 
     import torch
 
@@ -129,7 +130,8 @@ def test_a_model_that_fails_to_load_in_the_child_is_raised_in_the_parent(tmp_pat
 
 def _engine(run, **kwargs):
     from tasktune.tuning.inference.bank import load_view
-    from tasktune.tuning.inference.engine_process import ChildConfig, EngineProcess
+    from tasktune.tuning.inference.engine_child import ChildConfig
+    from tasktune.tuning.inference.engine_process import EngineProcess
 
     runs = [("grid", str(run))]
     return EngineProcess(load_view(runs), ChildConfig(runs, 2, "dynamic", 600), **kwargs)

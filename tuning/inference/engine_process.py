@@ -5,12 +5,12 @@ engine thread (eager prefill, sampling, detokenizing) take turns at the GIL: on 
 32 rows in 8.2 ms a step and admitted them in one 50 ms admission, and beside the HTTP side 9.8 ms and ~240 ms a
 wave (benchmarks/RESULTS.md). `EngineProcess` keeps the Engine's outside (`submit`, `close`, `shutdown`, `stats`,
 `alive`, `closed`, `max_batch_size`, `bank`) and runs the Engine itself in a spawned child that loads the model;
-the parent holds only the runs and the tokenizer (`BankView`).
+the parent holds only the runs and the tokenizer (`BankView`); the child's side is tuning/inference/engine_child.py.
 
 The wire: two one-way pipes of pickled tuples. Parent -> child: ("submit", id, prompt ids, run, SamplingParams,
 arrival time), ("cancel", id), ("close", message), ("shutdown",), sent by one writer thread (so `close` may be
-called from a signal handler: it only puts on a SimpleQueue). Child -> parent: ("ready", device, decode mode, dequantised) or
-("failed", kind, message) once, then ("events", [(id, Event)], counters, [(metric, seconds)]) batches: the child's
+called from a signal handler: it only puts on a SimpleQueue). Child -> parent: ("ready", device, decode mode,
+dequantised) or ("failed", kind, message) once, then ("events", [(id, Event)], counters, [(metric, seconds)]) batches: the child's
 sender thread sends what the engine emitted since its last send, so a decode step of N rows is one message. If the
 child dies, every request in flight ends with an error event and /health says so.
 """
@@ -18,33 +18,16 @@ child dies, every request in flight ends with an error event and /health says so
 from __future__ import annotations
 
 import atexit
-import collections
 import dataclasses
 import multiprocessing
 import queue
 import sys
 import threading
-from dataclasses import dataclass
+
 from tasktune.errors import ConfigError
 
 from .engine import EngineStats, Event, Request
-
-
-COUNTERS_EVERY = 0.1
-"""Seconds between the child's looks at the engine's counters when no event woke it: counters that changed after
-the last event (a batch that emptied, a queue that drained) reach the parent within this."""
-
-
-@dataclass(frozen=True)
-class ChildConfig:
-    """What the child needs to build the bank and the engine (picklable)."""
-
-    run_dirs: list[tuple[str | None, str]]
-    max_batch_size: int
-    decode: str
-    slot_width: int
-    decode_weights: str = "nf4"
-    threads: int = 0
+from .engine_child import ChildConfig, child_main
 
 
 class EngineProcess:
@@ -67,7 +50,7 @@ class EngineProcess:
         context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable; spawn also starts clean
         commands_in, self._commands = context.Pipe(duplex=False)
         self._events, events_out = context.Pipe(duplex=False)
-        self._process = context.Process(target=_child_main, args=(commands_in, events_out, config),
+        self._process = context.Process(target=child_main, args=(commands_in, events_out, config),
                                         name="tasktune-engine", daemon=True)
         self._process.start()
         commands_in.close()
@@ -224,135 +207,3 @@ def _deliver(request: Request, event: Event) -> None:
         request.emit(event)
     except Exception:  # the client's own failure: nobody is left to tell
         pass
-
-
-# -- the child -------------------------------------------------------------------------------------------------
-
-def _child_main(commands, events, config: ChildConfig) -> None:
-    """The child's main thread: build the bank and the engine, then turn commands into engine calls until
-    "shutdown" or the parent's end of the pipe closes (the parent died)."""
-    import signal
-
-    # A terminal's Ctrl-C or a container's stop signals the whole process group: the server drains its requests
-    # and then ends this process, so the signal must not end it first
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        engine, dequantised = build_engine(config)
-    except BaseException as exc:  # told to the parent, which raises it; the traceback stays here, on stderr
-        if not isinstance(exc, ConfigError):
-            import traceback
-
-            traceback.print_exc()
-        _send(events, ("failed", type(exc).__name__, str(exc) if isinstance(exc, ConfigError)
-                       else f"{type(exc).__name__}: {exc} (the engine process's traceback is above)"))
-        return
-    if not _send(events, ("ready", str(engine.bank.device), engine.decode, dequantised)):
-        engine.shutdown()  # the server went away while the model loaded
-        return
-    sender = _Sender(events, engine)
-    engine.stats.observers.append(sender.observe)
-    requests: dict[int, Request] = {}
-    try:
-        while True:
-            try:
-                message = commands.recv()
-            except (EOFError, OSError):
-                break
-            kind = message[0]
-            if kind == "submit":
-                _, request_id, prompt_ids, adapter, params, arrived = message
-                request = Request(prompt_ids, adapter, params, emit=sender.emitter(request_id, requests),
-                                  arrived=arrived)
-                requests[request_id] = request
-                engine.submit(request)
-            elif kind == "cancel":
-                request = requests.get(message[1])
-                if request is not None:
-                    request.cancel()
-            elif kind == "close":
-                engine.close(message[1])
-            elif kind == "shutdown":
-                break
-    finally:
-        engine.shutdown()
-        sender.stop()
-
-
-def _send(events, message) -> bool:
-    """Send to the parent; False when it is gone."""
-    try:
-        events.send(message)
-        return True
-    except (BrokenPipeError, OSError):
-        return False
-
-
-def build_engine(config: ChildConfig):
-    """The bank and the started Engine of `config` in this process, and how many 4-bit linears were dequantised
-    (--decode-weights bf16)."""
-    import torch
-
-    from .bank import load_bank
-    from .engine import Engine
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    bank = load_bank(config.run_dirs)
-    dequantised = 0
-    if config.decode_weights == "bf16":
-        from tasktune.tuning.model.dequantize import dequantize_4bit_linears
-
-        dequantised = dequantize_4bit_linears(bank.model)
-    engine = Engine(bank, max_batch_size=config.max_batch_size, decode=config.decode,
-                    slot_width=config.slot_width).start()
-    return engine, dequantised
-
-
-class _Sender:
-    """The child's events to the parent: the engine thread appends, this thread sends what piled up since its last
-    send as one message, with the engine's counters and the metric observations."""
-
-    def __init__(self, events, engine):
-        self._events, self._stats = events, engine.stats
-        self._box: collections.deque = collections.deque()
-        self._observed: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="tasktune-engine-sender", daemon=True)
-        self._thread.start()
-
-    def emitter(self, request_id: int, requests: dict[int, Request]):
-        def emit(event: Event) -> None:  # on the engine thread
-            if event.finish_reason:
-                requests.pop(request_id, None)
-            self._box.append((request_id, event))
-            self._wake.set()
-        return emit
-
-    def observe(self, name: str, value: float) -> None:  # on the engine thread
-        self._observed.append((name, value))
-        self._wake.set()
-
-    def _run(self) -> None:
-        sent = None  # the counters last sent
-        while True:
-            self._wake.wait(COUNTERS_EVERY)
-            self._wake.clear()
-            batch = [self._box.popleft() for _ in range(len(self._box))]
-            observed = [self._observed.popleft() for _ in range(len(self._observed))]
-            stats = self._stats
-            counters = (stats.waiting, stats.running, stats.steps, stats.tokens)
-            if batch or observed or counters != sent:  # an idle engine's last counters arrive too (/health, /metrics)
-                try:
-                    self._events.send(("events", batch, counters, observed))
-                except (BrokenPipeError, OSError):
-                    return
-                sent = counters
-            if self._stop and not self._box:
-                return
-
-    def stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-        self._thread.join(10)
