@@ -135,11 +135,12 @@ def build(args: argparse.Namespace):
     # the prefix and the largest answer a request may ask for
     width = max(r.max_source_length for r in view.runs.values()) + args.max_tokens + 1
     config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads)
-    if engine_in_process(args.engine_process):
+    args.in_process = engine_in_process(args.engine_process)  # for the startup line, as args.dequantised
+    if args.in_process:
         engine = EngineProcess(view, config)
-        args.dequantised = engine.dequantised  # for the startup line
+        args.dequantised = engine.dequantised
     else:
-        engine, args.dequantised = build_engine(config)
+        engine, args.dequantised = build_engine(config, view.tokenizer)
     if args.decode_weights == "bf16" and not args.dequantised:
         print("tasktune serve: --decode-weights bf16: the base has no 4-bit linears (it was not trained "
               "quantised); nothing to dequantise", file=sys.stderr, flush=True)
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         return (f"tasktune serve: {names} on http://{args.host}:{port} (batch {args.max_batch_size}, "
                 f"device {service.bank.device}, API key {'required' if api_key else 'off'}, "
                 f"shutdown timeout {args.shutdown_timeout:g} s, "
-                f"engine {'in its own process' if engine_in_process(args.engine_process) else 'thread'}"
+                f"engine {'in its own process' if args.in_process else 'thread'}"
                 f"{', 4-bit linears dequantised to bf16' if getattr(args, 'dequantised', 0) else ''})")
 
     server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,

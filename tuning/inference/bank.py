@@ -156,28 +156,31 @@ class BankView:
     device: torch.device
 
 
+def _tokenizer(runs: list[ServedRun], record):
+    """The shared base's tokenizer, left-padding (the engine's batches)."""
+    from tasktune.tuning.model.load import load_tokenizer
+
+    return load_tokenizer(runs[0].base_model, trust_remote_code=record.config.trust_remote_code, padding_side="left")
+
+
 def load_view(run_dirs: list[tuple[str | None, str | Path]]) -> BankView:
     """The BankView of the runs, its device not yet known (the CPU until the engine's process says)."""
-    from tasktune.tuning.model.load import load_tokenizer
-
     runs, record = describe_runs(run_dirs)
-    tokenizer = load_tokenizer(runs[0].base_model, trust_remote_code=record.config.trust_remote_code,
-                               padding_side="left")
-    return BankView({r.name: r for r in runs}, tokenizer, torch.device("cpu"))
+    return BankView({r.name: r for r in runs}, _tokenizer(runs, record), torch.device("cpu"))
 
 
-def load_bank(run_dirs: list[tuple[str | None, str | Path]]) -> PrefixBank:
+def load_bank(run_dirs: list[tuple[str | None, str | Path]], tokenizer=None) -> PrefixBank:
     """Load the shared base once (as the runs were trained: same quantization) and every run's prefix.
 
-    `run_dirs`: (name or None, folder) pairs."""
+    `run_dirs`: (name or None, folder) pairs; `tokenizer`: the base's, when the caller has it already (a
+    BankView's), else loaded here."""
     from tasktune.tuning.model import methods
-    from tasktune.tuning.model.load import load_tokenizer
     from tasktune.tuning.model.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
     from tasktune.tuning.model.save import load_adapter
 
     runs, record = describe_runs(run_dirs)
     first, cfg, quant = runs[0], record.config, record.quantization
-    tokenizer = load_tokenizer(first.base_model, trust_remote_code=cfg.trust_remote_code, padding_side="left")
+    tokenizer = tokenizer or _tokenizer(runs, record)
     model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=methods.device_map(quant))
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")

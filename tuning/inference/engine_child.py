@@ -94,9 +94,9 @@ def _send(events, message) -> bool:
         return False
 
 
-def build_engine(config: ChildConfig):
+def build_engine(config: ChildConfig, tokenizer=None):
     """The bank and the started Engine of `config` in this process, and how many 4-bit linears were dequantised
-    (--decode-weights bf16)."""
+    (--decode-weights bf16). `tokenizer`: the base's, when the caller has loaded it (load_bank's argument)."""
     import torch
 
     from .bank import load_bank
@@ -104,7 +104,7 @@ def build_engine(config: ChildConfig):
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    bank = load_bank(config.run_dirs)
+    bank = load_bank(config.run_dirs, tokenizer)
     dequantised = 0
     if config.decode_weights == "bf16":
         from tasktune.tuning.model.dequantize import dequantize_4bit_linears
@@ -150,9 +150,7 @@ class _Sender:
             stats = self._stats
             counters = (stats.waiting, stats.running, stats.steps, stats.tokens)
             if batch or observed or counters != sent:  # an idle engine's last counters arrive too (/health, /metrics)
-                try:
-                    self._events.send(("events", batch, counters, observed))
-                except (BrokenPipeError, OSError):
+                if not _send(self._events, ("events", batch, counters, observed)):
                     return
                 sent = counters
             if self._stop and not self._box:
