@@ -77,11 +77,16 @@ class LiveServer:
         self.service.engine.shutdown()
 
 
+def two_runs_argv(serve_runs, *flags: str) -> list[str]:
+    """`tasktune serve grid=RUN grid2=RUN` with the limits the API tests expect (64 tokens, 256-token prompts,
+    64 KiB bodies, the base as tiny-base), then `flags`."""
+    return [f"grid={serve_runs['grid']}", f"grid2={serve_runs['grid2']}", "--max-tokens", "64",
+            "--max-prompt-tokens", "256", "--max-body-bytes", "65536", "--base-name", "tiny-base", *flags]
+
+
 @pytest.fixture(scope="session")
 def live_server(serve_runs):
     """`tasktune serve grid=RUN grid2=RUN` with the grid spec's tools and the simulated grid actions off."""
-    server = LiveServer([f"grid={serve_runs['grid']}", f"grid2={serve_runs['grid2']}", "--spec", "grid=grid",
-                         "--max-batch-size", "8", "--max-tokens", "64", "--max-prompt-tokens", "256",
-                         "--max-body-bytes", "65536", "--base-name", "tiny-base"])
+    server = LiveServer(two_runs_argv(serve_runs, "--spec", "grid=grid", "--max-batch-size", "8"))
     yield server
     server.stop()

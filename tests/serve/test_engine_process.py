@@ -11,16 +11,14 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.conftest import LiveServer
+from tests.serve.conftest import LiveServer, two_runs_argv
 
 FRAMED = "步骤#理解并基于输入拆分函数参数*语音#查查济南的人数"
 
 
 @pytest.fixture(scope="module")
 def process_server(serve_runs):
-    server = LiveServer([f"grid={serve_runs['grid']}", f"grid2={serve_runs['grid2']}", "--engine-process", "on",
-                         "--max-batch-size", "4", "--max-tokens", "64", "--max-prompt-tokens", "256",
-                         "--max-body-bytes", "65536", "--base-name", "tiny-base"])
+    server = LiveServer(two_runs_argv(serve_runs, "--engine-process", "on", "--max-batch-size", "4"))
     yield server
     server.stop()
 

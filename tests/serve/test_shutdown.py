@@ -104,6 +104,23 @@ def _exit(server: ServeProcess, timeout: float) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
+def _wait_streams_and_exit(server: ServeProcess, threads: list[threading.Thread]) -> tuple[int, int]:
+    """After the signal: how many streams were still running, then (all joined) the server's exit code."""
+    still_running = sum(t.is_alive() for t in threads)
+    for t in threads:
+        t.join(60)
+    code, _ = _exit(server, 30)
+    return still_running, code
+
+
+def _assert_drained_whole(outs: list[dict], still_running: int) -> None:
+    """Every stream ran to its length and [DONE], none cut, and some were still running when the signal came."""
+    assert still_running > 0, "the streams ended before the drain could be seen; make them longer"
+    for out in outs:
+        assert out.get("status") == 200 and "broken" not in out, out
+        assert out["error"] is None and out["finish"] == "length" and out["done"], out
+
+
 @pytest.mark.timeout(240)
 def test_sigterm_drains_streams_in_flight_then_exits_0(serve_runs, tmp_path):
     server = ServeProcess(serve_runs["grid"], tmp_path / "serve.log")
@@ -119,17 +136,11 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(serve_runs, tmp_path):
         except httpx.ConnectError:
             refused = True
         assert refused, "a new request was served during the drain"
-        still_running = sum(t.is_alive() for t in threads)
-        for t in threads:
-            t.join(60)
-        code, took = _exit(server, 30)
+        still_running, code = _wait_streams_and_exit(server, threads)
     finally:
         server.kill()
     err = server.stderr()
-    assert still_running > 0, "the streams ended before the drain could be seen; make them longer"
-    for out in outs:
-        assert out.get("status") == 200 and "broken" not in out, out
-        assert out["error"] is None and out["finish"] == "length" and out["done"], out
+    _assert_drained_whole(outs, still_running)
     assert code == 0, err
     assert "Traceback" not in err, err
     assert re.search(r"tasktune serve: SIGTERM: drained 3 request\(s\), cancelled 0 \(3 in flight", err), err
@@ -199,17 +210,11 @@ def test_a_signal_to_the_process_group_drains_the_engine_process_too(serve_runs,
     try:
         threads, outs = _start_streams(server.url, 3, 400)
         os.killpg(server.proc.pid, signal.SIGINT)
-        still_running = sum(t.is_alive() for t in threads)
-        for t in threads:
-            t.join(60)
-        code, _ = _exit(server, 30)
+        still_running, code = _wait_streams_and_exit(server, threads)
     finally:
         server.kill()
     err = server.stderr()
-    assert still_running > 0, "the streams ended before the drain could be seen; make them longer"
-    for out in outs:
-        assert out.get("status") == 200 and "broken" not in out, out
-        assert out["error"] is None and out["finish"] == "length" and out["done"], out
+    _assert_drained_whole(outs, still_running)
     assert code == 0 and "Traceback" not in err, err
     assert "engine in its own process" in err
     assert re.search(r"drained 3 request\(s\), cancelled 0", err), err
