@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict
 
 import pytest
@@ -383,3 +384,24 @@ def test_a_cpu_rebuild_gives_the_shipped_tokenizer_and_model_config(tmp_path):
     config = TinyConfig(pretrain_steps=0, copy_warmup_steps=0)
     out = build_tiny_model("grid", tmp_path / "tiny-glm", seed=42, config=config, progress=False)
     assert_same_recipe(out, SHIPPED)
+
+
+def test_number_documents_compare_random_pairs_in_the_records_range_and_name_no_task():
+    corpus = build_corpus(TRAIN, DEV, [], rng=random.Random(0), number_docs=300)
+    plain = build_corpus(TRAIN, DEV, [], rng=random.Random(0))
+    numeric = [t for t, closed in corpus.documents if "与" in t and closed]
+    assert len(corpus.documents) - len(plain.documents) == len(numeric) >= 290  # a few may repeat (deduplicated)
+    top = max(int(n) for r in TRAIN for n in re.findall(r"\d+", r["content"] + r["summary"]))
+    relations = {"大于": 0, "小于": 0, "等于": 0}
+    for text in numeric:
+        assert 4 <= len(text.split("\n")) <= 8 and "[Round" not in text
+        for line in text.split("\n"):
+            a, b, relation = re.fullmatch(r"(\d+)与(\d+): (\S+)", line).groups()
+            a, b = int(a), int(b)
+            assert 0 <= min(a, b) and max(a, b) <= top
+            assert relation == ("大于" if a > b else "小于" if a < b else "等于")
+            relations[relation] += 1
+    assert min(relations.values()) > 0.25 * sum(relations.values())  # equal pairs as common as the others
+    parser = argparse.ArgumentParser()
+    tiny.add_arguments(parser)
+    assert parser.parse_args(["--number-docs", "12"]).number_docs == 12

@@ -83,7 +83,7 @@ def build_tiny_model(
         raise SpecError(f"{spec_path}: the data generator produced no training records")
     corpus = build_corpus(
         train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs,
-        cfg.round_docs, cfg.answer_pairs, cfg.compare_docs,
+        cfg.round_docs, cfg.answer_pairs, cfg.compare_docs, cfg.number_docs,
     )
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,

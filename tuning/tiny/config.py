@@ -101,6 +101,12 @@ class TinyConfig:
     turn on such comparisons (应到 vs 实到, 实到 vs 佩戴), which the base never learns from unpaired answers in its
     step budget (benchmarks/verdict_probe.py: the verdict at chance after 4,000 LM steps). On by default since the
     wider base (hidden 192) keeps the argument step with it; at hidden 128 it cost the check type on 2 of 4 seeds."""
+    number_docs: int = _opt(0, "--number-docs", "plain numeracy documents over random pairs of numbers (0: none)",
+                            type=STEPS0)
+    """Also train on this many plain numeracy documents (tiny/corpus.py `number_pair_docs`): lines `a与b: 关系` over
+    random numbers in the records' range, one relation in three equal. compare_docs' pairs come from the records,
+    where the 人数检测 counts are rarely equal: the shipped base ranks 等于 first after 应到A与实到A on 0 of 14
+    train questions, and the P-tuned demo's remaining errors are mostly equal counts."""
     n_records: int | None = _opt(None, "--n", "records to generate (default: the generator's)", type=COUNT)
     """Records asked of the data generator; None = its default."""
     data_seed: int | None = _opt(None, "--data-seed",

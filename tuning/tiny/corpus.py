@@ -65,6 +65,7 @@ def build_corpus(
     round_docs: float = 0.0,
     answer_pairs: bool = False,
     compare_docs: bool = False,
+    number_docs: int = 0,
 ) -> Corpus:
     """Pre-training documents from the *train* records: each content (raw, and in the ChatGLM frame
     left open after "答："), each summary, as separate documents, never content -> summary.
@@ -77,6 +78,8 @@ def build_corpus(
     `round_docs` (a share of the records, with skill_docs) adds reading skills chained in the multi-round frame.
     `compare_docs` (with skill_docs) adds a numeracy skill on contents with two or more numbers: the question
     answered by each pair of neighbouring numbers and how they compare (`47与34: 大于`), never its task answer.
+    `number_docs` adds that many plain numeracy documents over random pairs of numbers in the records' range (one
+    relation in three equal), no frame, no task text (`number_pair_docs`).
     Dev text only feeds the tokenizer's alphabet."""
     from tasktune.tuning.data import format_prompt
 
@@ -104,6 +107,8 @@ def build_corpus(
         docs += paraphrase_docs(train, rng)
     if answer_pairs:
         docs += answer_pair_docs(train, words, rng)
+    if number_docs:
+        docs += number_pair_docs(train, number_docs, rng)
     seen: set = set()
     unique = [d for d in docs if not (d in seen or seen.add(d))]
     # the random copy strings stay out of the tokenizer's text: they would teach junk merges
@@ -127,6 +132,25 @@ def compare_answers(content: str) -> list[str]:
         return []
     relation = lambda a, b: "大于" if a > b else "小于" if a < b else "等于"  # noqa: E731
     return ["\n".join(f"{a}与{b}: {relation(a, b)}" for a, b in zip(numbers, numbers[1:]))]
+
+
+def number_pair_docs(records: list[dict], n: int, rng: random.Random) -> list[tuple[str, bool]]:
+    """n documents of 4 to 8 lines `a与b: 关系` over random numbers up to the largest in the records' text, each
+    relation equally likely (the neighbouring pairs of compare_answers are rarely equal) and the unequal ones
+    mostly near misses (b within 10 of a), as a count checked against another is: generic numeracy, no task text."""
+    top = max([int(n) for r in records for n in re.findall(r"\d+", r["content"] + r["summary"])] + [9])
+    docs = []
+    for _ in range(n):
+        lines = []
+        for _ in range(rng.randint(4, 8)):
+            a, relation = rng.randint(0, top), rng.choice(["大于", "小于", "等于"])
+            step = rng.randint(1, 10) if rng.random() < 0.7 else rng.randint(1, top)
+            b = a if relation == "等于" else a - step if relation == "大于" else a + step
+            if not 0 <= b <= top:
+                b, relation = a, "等于"
+            lines.append(f"{a}与{b}: {relation}")
+        docs.append(("\n".join(lines), True))
+    return docs
 
 
 def multi_round_docs(skills: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[str, bool]]:
