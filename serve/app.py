@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -26,10 +27,13 @@ from .reading import chat_request as _chat_request, code as error_code, param as
 from .service import RequestError, Service, generation_failed
 
 STATIC = files("tasktune.serve") / "static"
+log = logging.getLogger("tasktune.serve")
 
 
 def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
-    app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None)
+    # redirect_slashes off: Starlette answered `/v1/chat/completions/` with a 307 to a URL built from the Host
+    # header; OpenAI answers an unknown URL with a 404 (the catch-all's, serve/catchall.py)
+    app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None, redirect_slashes=False)
     metrics = Metrics(service)
     app.state.service, app.state.metrics, app.state.draining = service, metrics, False
     limits = service.limits
@@ -134,7 +138,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     @app.get("/static/{name}")
     async def static(name: str):
         path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file():
+        if "/" in name or name.startswith(".") or len(name) > 128 or not path.is_file():  # 256+: ENAMETOOLONG
             raise RequestError(f"no such file: {name}", status=404, code="not_found")
         kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}.get(name.rsplit(".", 1)[-1],
                                                                                       "application/octet-stream")
@@ -172,9 +176,17 @@ async def _sse(service: Service, body: ChatRequest, turn, params, counted=lambda
     left first)."""
     status = "499"
     try:
-        async for part in _events(service, body, turn, params):
-            if isinstance(part, _Failure):
-                status, part = str(part.status), part.text
+        try:
+            async for part in _events(service, body, turn, params):
+                if isinstance(part, _Failure):
+                    status, part = str(part.status), part.text
+                yield part
+        except RequestError as exc:  # found after the 200 went out: an error event, as a plain request's body
+            status, part = str(exc.status), _failed(str(exc), exc.type, exc.code, exc.status).text
+            yield part
+        except Exception as exc:  # a bug: the event and [DONE] still end the stream (no cut chunked body)
+            log.exception("stream failed")
+            status, part = "500", _failed(f"internal error: {type(exc).__name__}").text
             yield part
         if status == "499":
             status = "200"

@@ -23,6 +23,10 @@ MAX_STOP_CHARS = 256
 marker), small enough that the per-token search (the new text plus a stop's length, engine._stop_at) stays tiny."""
 
 
+MAX_TOOL_NAME = 64
+"""OpenAI's limit on a function's name."""
+
+
 class FunctionCall(BaseModel):
     name: str
     arguments: str  # a JSON object, as text (OpenAI's convention)
@@ -84,16 +88,55 @@ class ChatRequest(BaseModel):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # accepted, not applied
+    frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # (serve/service.py)
     user: StrictStr | None = None
     ignore_eos: StrictBool | None = None  # vLLM's extension (benchmarks): decode max_tokens whatever the model says
 
     @field_validator("stream_options")
     @classmethod
     def _include_usage_is_a_boolean(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """stream_options.include_usage is read by truth value (serve/app.py): "no" would count as true."""
+        """stream_options.include_usage is read by truth value (serve/app.py): "no" would count as true. (On a
+        request that does not stream, stream_options is ignored: api.openai.com refuses it, but clients that send
+        their defaults on every request would break for nothing.)"""
         flag = (value or {}).get("include_usage")
         if flag is not None and not isinstance(flag, bool):
             raise PydanticCustomError("bool_type", "include_usage must be a boolean or null")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_are_functions(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """Each tool `{"type": "function", "function": {"name": str, "description"?: str, "parameters"?: object}}`
+        (OpenAI's 400 otherwise): the server reads these fields, and a name that was a list or an object crashed
+        the answer's tool matching (a 500, or a stream cut off mid-body)."""
+        for i, tool in enumerate(value or ()):
+            function = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(function, dict):
+                raise PydanticCustomError("tool_type", "tools[{i}] must be {\"type\": \"function\", \"function\": "
+                                          "{...}}", {"i": i})
+            name = function.get("name")
+            if not isinstance(name, str) or not 1 <= len(name) <= MAX_TOOL_NAME:
+                raise PydanticCustomError("tool_name", "tools[{i}].function.name must be a string of 1 to {limit} "
+                                          "characters", {"i": i, "limit": MAX_TOOL_NAME})
+            for field, kind, what in (("description", str, "a string"), ("parameters", dict, "a JSON object")):
+                if function.get(field) is not None and not isinstance(function[field], kind):
+                    raise PydanticCustomError("tool_field", "tools[{i}].function.{field} must be {what}",
+                                              {"i": i, "field": field, "what": what})
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_shape(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        """'none', 'auto', 'required' or {"type": "function", "function": {"name": str}} (OpenAI's 400 otherwise;
+        a `function` that was not an object crashed the request)."""
+        if value is None or value in ("none", "auto", "required"):
+            return value
+        function = value.get("function") if isinstance(value, dict) else None
+        if not (isinstance(value, dict) and value.get("type") == "function" and isinstance(function, dict)
+                and isinstance(function.get("name"), str)):
+            raise PydanticCustomError("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+                                      "{\"type\": \"function\", \"function\": {\"name\": ...}}")
         return value
 
     @field_validator("stop", mode="wrap")

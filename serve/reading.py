@@ -34,6 +34,23 @@ async def chat_request(request: Request) -> ChatRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
+def json_value(text: str) -> Any:
+    """JSON inside a request's strings (a tool result, a call's arguments), held to the body's own checks: ValueError
+    (with what is wrong) for text that is not JSON, nests deeper than MAX_DEPTH, holds a lone surrogate or an
+    integer longer than Python converts (4,300 digits); json.loads raised RecursionError and ValueError for these,
+    which came out as 500s."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} (char {exc.pos})") from None
+    except ValueError as exc:  # int conversion limit
+        raise ValueError(f"not usable JSON: {exc}") from None
+    _check_json(data)
+    return data
+
+
 #: How deep a request's JSON may nest (OpenAI's bodies need ~6 levels; Python's recursion limit is ~1000, and
 #: pydantic and json recurse per level)
 MAX_DEPTH = 64

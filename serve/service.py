@@ -26,6 +26,7 @@ from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message
+from .reading import json_value
 
 AUTO = "auto"
 
@@ -33,6 +34,12 @@ AUTO = "auto"
 RETRYABLE = frozenset({503})
 """The 5xx statuses of the service that a retry can cure (503: the server is shutting down; another replica or the
 restarted server answers). Every other 5xx it raises is a deterministic failure of this request."""
+
+
+MAX_PROMPT_CHARS = 80_000
+"""Most characters a request's messages may hold together: the prompt templates render at most render.MAX_TEXT
+(100,000) characters, frames and round markers included; a 100,001-character message was a 500 (the sandbox's
+refusal escaped as a ToolError). Far above any prompt the default token limit (4,096) admits."""
 
 
 class RequestError(ValueError):
@@ -152,7 +159,21 @@ class Service:
 
     # -- turning messages into a model call -----------------------------------------------------------------
     def plan(self, request: ChatRequest) -> Turn:
-        """The run, prompt and step for the request's last message (a user message or a tool result)."""
+        """The run, prompt and step for the request's last message (a user message or a tool result). Text the
+        frames cannot take (a template refuses output over render.MAX_TEXT characters) is the client's 400."""
+        chars = sum(len(m.content) if isinstance(m.content, str) else
+                    sum(len(p.get("text") or "") for p in m.content if isinstance(p.get("text"), str)) if m.content else 0
+                    for m in request.messages)
+        chars += sum(len(c.function.arguments) for m in request.messages for c in m.tool_calls or ())
+        if chars > MAX_PROMPT_CHARS:
+            raise RequestError(f"the messages hold {chars} characters, over this server's limit of {MAX_PROMPT_CHARS}",
+                               param="messages", code="context_length_exceeded")
+        try:
+            return self._plan(request)
+        except DataError as exc:  # ToolError too: the request's text or result does not fit a frame
+            raise RequestError(f"messages: {exc}", param="messages") from None
+
+    def _plan(self, request: ChatRequest) -> Turn:
         messages = [m for m in request.messages if m.role not in ("system", "developer")]
         if not messages:
             raise RequestError("messages: at least one user message is needed", param="messages")
@@ -260,10 +281,10 @@ class Service:
             raise RequestError("messages[-1]: a tool message must answer a tool call of an earlier assistant "
                                "message (tool_call_id)", param="messages")
         try:
-            result = json.loads(_text(result_msg))
-            arguments = json.loads(call.function.arguments)
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"tool result / call arguments are not JSON: {exc.msg}", param="messages") from None
+            result = json_value(_text(result_msg))
+            arguments = json_value(call.function.arguments)
+        except ValueError as exc:  # not JSON, nested too deeply, an integer of thousands of digits
+            raise RequestError(f"tool result / call arguments: {exc}", param="messages") from None
         if not isinstance(result, dict):
             raise RequestError("the tool result must be a JSON object of the result's fields", param="messages")
         run = self._tool_owner(request.model, call.function.name)
@@ -304,7 +325,11 @@ class Service:
             return turn.ids
         spec = self.bank.runs[turn.run] if turn.run else next(iter(self.bank.runs.values()))
         template = spec.prompt_template
-        prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
+        try:
+            prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
+        except DataError as exc:  # the template's output bound (render.MAX_TEXT), over many short messages
+            raise RequestError(f"the prompt cannot be built from these messages: {exc}", param="messages",
+                               code="context_length_exceeded") from None
         (ids,) = encode_prompts(self.tokenizer, [prompt], template)
         if len(ids) > self.limits.max_prompt_tokens:
             raise RequestError(f"the prompt has {len(ids)} tokens, over this server's limit of "

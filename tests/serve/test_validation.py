@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
+from tasktune.serve.protocol import ChatRequest
+from tasktune.serve.service import RequestError
 from tests.serve.test_api import FRAMED
 
 URL = "/v1/chat/completions"
@@ -130,3 +134,97 @@ def test_a_text_part_without_text_says_so(live_server):
     image = {"type": "image_url", "image_url": {"url": "http://x"}}
     assert "only text parts" in refused(live_server, "messages",
                                         messages=[{"role": "user", "content": [image]}])["message"]
+
+
+CALL = {"id": "c1", "type": "function",
+        "function": {"name": "site_check", "arguments": '{"place": "济南", "check": "人数检测"}'}}
+
+
+def tool_round(result: str, arguments: str = CALL["function"]["arguments"]) -> list[dict]:
+    call = {**CALL, "function": {**CALL["function"], "arguments": arguments}}
+    return [{"role": "user", "content": "查查济南的人数"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": result}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("param, value", [
+    ("tool_choice", {"type": "function", "function": "site_check"}), ("tool_choice", {"type": "function"}),
+    ("tool_choice", "sometimes"), ("tools", [{"type": "function", "function": {"name": ["x"]}}]),
+    ("tools", [{"type": "function"}]), ("tools", [{"type": "function", "function": "x"}]),
+    ("tools", [{"type": "retrieval", "function": {"name": "x"}}]),
+    ("tools", [{"type": "function", "function": {"name": "x", "parameters": "{}"}}]),
+])
+def test_tools_and_tool_choice_of_the_wrong_shape_are_refused(live_server, stream, param, value):
+    """A tool whose name was a list, or a tool_choice whose function was not an object, was a 500 (an
+    AttributeError/TypeError in the tool matching), and a stream was cut off mid-body; OpenAI answers 400."""
+    refused(live_server, param, stream=stream, **{param: value})
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "查" * 100_001}],
+    [{"role": "user", "content": [{"type": "text", "text": "a" * 50_000}] * 2}],
+    [{"role": "assistant", "content": "a" * 100_001}, {"role": "user", "content": "你好"}],
+    [{"role": "user", "content": "a" * 8}, {"role": "assistant", "content": "b" * 8}] * 6_000
+    + [{"role": "user", "content": "你好"}],
+], ids=["one message", "text parts", "history", "many short rounds"])
+@pytest.mark.parametrize("model", ["grid", "tiny-base", "auto"])
+def test_text_over_what_the_templates_render_is_a_context_length_400(live_server, messages, model):
+    """Over 100,000 characters the prompt templates refuse to render (render.MAX_TEXT): that escaped as a 500
+    (ToolError, DataError) instead of the 400 a too-long prompt gets. (Asked of the service: these bodies are over
+    the test server's --max-body-bytes, which answers 413 first; the default 1 MiB lets them through.)"""
+    with pytest.raises(RequestError) as refused_:
+        service = live_server.service
+        service.encode(service.plan(ChatRequest.model_validate({"model": model, "messages": messages})))
+    assert refused_.value.status == 400 and refused_.value.code == "context_length_exceeded", refused_.value
+    assert refused_.value.param == "messages"
+
+
+@pytest.mark.parametrize("result, arguments", [
+    ("[" * 100_000 + "]" * 100_000, None), ('{"a":' * 3_000 + "1" + "}" * 3_000, None),
+    ('{"expected": ' + "9" * 5_000 + ', "present": 1, "ok": 1}', None),
+    ('{"expected": 47, "present": 34, "ok": 34}', "[" * 50_000 + "]" * 50_000),
+], ids=["deep list", "deep object", "huge integer", "deep arguments"])
+def test_a_tool_result_or_arguments_that_json_cannot_take_is_a_400(live_server, result, arguments):
+    """The JSON inside a tool message (or a call's arguments) skipped the body's checks: json.loads raised
+    RecursionError / ValueError (integer too long), which came out as 500s."""
+    messages = tool_round(result, arguments) if arguments else tool_round(result)
+    with pytest.raises(RequestError) as refused_:  # (the service: the longest are over the test server's body limit)
+        live_server.service.plan(ChatRequest.model_validate({"model": "grid", "messages": messages}))
+    assert refused_.value.status == 400 and refused_.value.param == "messages", refused_.value
+    if len(json.dumps(messages)) < 60_000:  # and over HTTP where the body fits
+        reply = httpx.post(f"{live_server.url}{URL}", json={"model": "grid", "messages": messages, "max_tokens": 4})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages", reply.text[:300]
+
+
+@pytest.mark.parametrize("param", ["presence_penalty", "frequency_penalty"])
+def test_penalties_are_accepted_in_range_and_refused_outside(live_server, param):
+    """Accepted and not applied (serve/service.py); OpenAI's range is -2..2, and a value outside is its 400."""
+    assert post(live_server, **{param: 1.5}).status_code == 200
+    refused(live_server, param, **{param: 3.5})
+    refused(live_server, param, **{param: "1"})
+
+
+def test_an_unknown_static_file_or_a_trailing_slash_is_a_404_in_openais_shape(live_server):
+    """A 256-character file name was a 500 (ENAMETOOLONG); a trailing slash was Starlette's 307 to a URL built
+    from the Host header (an open redirect behind a proxy), with an empty body."""
+    assert httpx.get(f"{live_server.url}/static/{'a' * 256}").status_code == 404
+    reply = httpx.post(f"{live_server.url}{URL}/", json={}, headers={"Host": "evil.example"})
+    assert reply.status_code == 404 and "location" not in reply.headers
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_failure_after_a_stream_opened_ends_it_with_an_error_event(live_server, monkeypatch):
+    """The 200 of a stream is out before its end is computed; an exception there cut the chunked body (httpx:
+    'incomplete chunked read', openai: APIConnectionError). It now ends with OpenAI's error event and [DONE]."""
+    def broken(*args, **kwargs):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(live_server.service, "tool_calls", broken)
+    with httpx.stream("POST", f"{live_server.url}{URL}", json={"model": "grid", "messages": FRAMED_MESSAGES,
+                                                                 "max_tokens": 4, "stream": True}) as reply:
+        assert reply.status_code == 200
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"] == {"message": "internal error: TypeError", "type": "server_error",
+                                               "param": None, "code": None}
