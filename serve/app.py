@@ -101,7 +101,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
                                             "owned_by": "tasktune"} for name in service.model_names()]}
 
-    @app.get("/v1/models/{name:path}")  # a hub id has a slash (`Qwen/Qwen2.5-0.5B`): the base model's default name
+    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])  # a hub id has a slash (`Qwen/Qwen2.5-0.5B`): the base model's default name
     async def model(name: str):
         if name not in service.model_names():
             raise RequestError(f"The model `{name}` does not exist", status=404, code="model_not_found")
@@ -135,7 +135,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     async def page():
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
-    @app.get("/static/{name}")
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"])
     async def static(name: str):
         path = STATIC / name
         if "/" in name or name.startswith(".") or len(name) > 128 or not path.is_file():  # 256+: ENAMETOOLONG

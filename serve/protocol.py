@@ -55,6 +55,9 @@ class Message(BaseModel):
             return self.content
         parts = []
         for part in self.content:
+            if part.get("type") == "refusal" and self.role == "assistant" and isinstance(part.get("refusal"), str):
+                parts.append(part["refusal"])  # OpenAI's assistant messages may carry refusal parts: their text
+                continue
             if part.get("type") != "text":
                 raise ValueError(f"content part of type {part.get('type')!r}: only text parts are supported")
             if not isinstance(part.get("text"), str):

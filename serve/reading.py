@@ -22,7 +22,7 @@ async def chat_request(request: Request) -> ChatRequest:
     'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
     raw = await request.body()
     try:
-        data = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)  # RFC 8259: JSON is UTF-8
         _check_json(data)
     except (ValueError, RecursionError) as exc:  # not UTF-8 (UnicodeDecodeError), JSONDecodeError, _check_json
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
@@ -40,7 +40,7 @@ def json_value(text: str) -> Any:
     integer longer than Python converts (4,300 digits); json.loads raised RecursionError and ValueError for these,
     which came out as 500s."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except json.JSONDecodeError as exc:
@@ -49,6 +49,12 @@ def json_value(text: str) -> Any:
         raise ValueError(f"not usable JSON: {exc}") from None
     _check_json(data)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259), though Python's json reads them: a `temperature: NaN`
+    was refused as 'should be less than or equal to 2'; it is now what it is, a body that is not JSON."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 #: How deep a request's JSON may nest (OpenAI's bodies need ~6 levels; Python's recursion limit is ~1000, and

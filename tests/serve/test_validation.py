@@ -228,3 +228,25 @@ def test_a_failure_after_a_stream_opened_ends_it_with_an_error_event(live_server
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"] == {"message": "internal error: TypeError", "type": "server_error",
                                                "param": None, "code": None}
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(live_server, constant):
+    """Python's json reads NaN and Infinity, which RFC 8259 does not have: `temperature: NaN` was refused with a
+    misleading 'should be less than or equal to 2'. Now the body is not JSON, as any strict client library says."""
+    body = f'{{"model": "grid", "messages": [{{"role": "user", "content": "你好"}}], "temperature": {constant}}}'
+    reply = httpx.post(f"{live_server.url}{URL}", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400 and f"{constant.lstrip('-')} is not a JSON number" in reply.json()["error"]["message"]
+
+
+def test_assistant_refusal_parts_are_history_and_head_answers_where_get_does(live_server):
+    """OpenAI's assistant messages may hold refusal parts (400 'only text parts' here before); HEAD on a model or
+    a static file was a 405 while GET answered."""
+    history = [{"role": "user", "content": "你好"},
+               {"role": "assistant", "content": [{"type": "refusal", "refusal": "不能回答"}]},
+               {"role": "user", "content": FRAMED}]
+    assert post(live_server, messages=history).status_code == 200
+    refusal_from_user = [{"role": "user", "content": [{"type": "refusal", "refusal": "x"}]}]
+    assert post(live_server, messages=refusal_from_user).status_code == 400
+    assert httpx.head(f"{live_server.url}/v1/models/grid").status_code == 200
+    assert httpx.head(f"{live_server.url}/static/app.js").status_code == 200
