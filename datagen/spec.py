@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tasktune import SCHEMAS, files
+from tasktune import SCHEMAS, files, yamlread
 from tasktune.errors import SpecError
 
 SPEC_SCHEMA = SCHEMAS / "spec.schema.json"
@@ -231,7 +231,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _expanded_size(node, path)  # before anything walks the tree alias by alias
-        data = yaml.safe_load(text)
+        data = yamlread.load(text)  # duplicate keys refused, with their line
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tasktune import yamlread
 from tasktune.errors import ConfigError
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range, bool_choice,
                             check_choices, check_output_folder, check_ranges)
@@ -234,13 +235,15 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     try:
         if not path.is_file():
             raise ConfigError(f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yamlread.load(path.read_text(encoding="utf-8")) or {}  # duplicate keys refused
     except (OSError, UnicodeEncodeError) as exc:  # a name too long, a lone surrogate, no permission
         raise ConfigError(f"--config {str(path)!r}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"--config {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     if not isinstance(data, dict):

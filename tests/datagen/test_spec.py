@@ -93,3 +93,20 @@ def test_semantic_errors(tmp_path, old, new, message):
 def test_unknown_chain_step(tmp_path):
     with pytest.raises(SpecError, match=r"\$\.chains\.steps\[1\]: unknown step 'nope'"):
         load_spec(write_spec(tmp_path, MINI + "chains: {steps: [greet, nope], count: 2}\n"))
+
+
+@pytest.mark.parametrize("old, new, key, line", [
+    ("n: 40\n", "n: 40\nn: 30\n", "n", 3),
+    ("  check: {choices: [人数检测, 安全检查]}\n", "  check: {choices: [人数检测, 安全检查]}\n  place: {values: [x]}\n",
+     "place", 6),
+])
+def test_a_key_given_twice_is_refused_at_its_line(tmp_path, old, new, key, line):
+    """PyYAML keeps the last of two equal keys silently: `n: 40` then `n: 30` made 30 records, a second slot of
+    one name replaced the first."""
+    with pytest.raises(SpecError, match=rf"spec.yaml:{line}: invalid YAML: duplicate key '{key}'"):
+        load_spec(write_spec(tmp_path, MINI.replace(old, new, 1)))
+
+
+def test_merge_keys_still_override(tmp_path):
+    text = MINI.replace("slots:\n", "slots:\n  base: &base {values: [a]}\n  other: {<<: *base, values: [b]}\n", 1)
+    assert load_spec(write_spec(tmp_path, text)).slots["other"].values == ("b",)

@@ -109,3 +109,19 @@ def test_yaml_and_python_booleans_become_the_fields_words(tmp_path):
     assert (cfg.compile, cfg.compile_cache, cfg.bf16) == ("off", "on", "true")
     with pytest.raises(ConfigError, match=r"--compile: 'fast' is not one of"):
         TrainConfig(compile="fast")
+
+
+def test_a_yaml_key_given_twice_names_file_and_line(tmp_path):
+    """PyYAML keeps the last of two equal keys: `max_steps: 1` then `max_steps: 2` trained 2 steps, silently."""
+    yaml_file = tmp_path / "dup.yaml"
+    yaml_file.write_text("max_steps: 1\nlearning_rate: 0.1\nmax_steps: 2\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: invalid YAML: duplicate key 'max_steps' \(first at line 1\)"):
+        _parse(["--config", str(yaml_file)])
+
+
+def test_an_empty_output_path_is_refused():
+    """Path("") is ".": `--out ""` wrote the data set into the current folder."""
+    from tasktune.flags import check_output_folder
+
+    with pytest.raises(ConfigError, match="--out : empty path"):
+        check_output_folder("", "--out")

@@ -1,0 +1,35 @@
+"""YAML as tasktune reads specs and config files: PyYAML's safe loader, except that a key given twice in one
+mapping is an error (PyYAML keeps the last silently: `n: 20` then `n: 30` made 30 records, and a second slot of one
+name replaced the first without a word). Merge keys (`<<: *base`) still override as YAML defines them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing duplicate keys with a ConstructorError at the second one (its line in the mark)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load(text: str) -> Any:
+    """The YAML document in `text`, read safely; duplicate keys raise yaml.YAMLError (a ConstructorError)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
