@@ -48,7 +48,7 @@ def _group_split(examples: list[Example], share: float, key: Callable[[Example],
         # the first `target` of them (all of them when target >= their number)
         order = list(examples)
         shuffle(order, rng)
-        cut = min(target, len(order))
+        cut = min(target, len(order) - 1)  # at least one example stays for training
         return order[cut:], order[:cut]
     groups: dict[Any, list[Example]] = defaultdict(list)  # (insertion order = first occurrence, as a dict)
     for k, example in zip(keys, examples):
@@ -58,8 +58,9 @@ def _group_split(examples: list[Example], share: float, key: Callable[[Example],
     train: list[Example] = []
     dev: list[Example] = []
     for i, k in enumerate(order):
-        # keep at least one group for training
-        if len(dev) < target and (i < len(order) - 1 or not train):
+        # keep at least one group for training: the last goes to dev only when train has one already (it read
+        # `or not train`, which sent a step of one distinct text wholly to dev: train empty, on every seed)
+        if len(dev) < target and (i < len(order) - 1 or train):
             dev.extend(groups[k])
         else:
             train.extend(groups[k])
@@ -108,6 +109,10 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
             t, d = _group_split(part, spec.dev, _text_key, rng)
         train.extend(t)
         dev.extend(d)
+        # a step of a few distinct texts cannot be cut at the share asked: say so where it is far off
+        if (round(spec.dev * len(part)) >= 1 and not d) or len(d) > max(3 * spec.dev, spec.dev + 0.25) * len(part):
+            warnings.append(f"split: step {name!r} has {len(d)} of its {len(part)} records in dev against the "
+                            f"{spec.dev:g} asked: too few distinct texts (or groups) to split finer")
     shuffle(train, rng)
     shuffle(dev, rng)
     return train, dev

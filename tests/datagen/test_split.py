@@ -69,3 +69,29 @@ def test_train_is_shuffled_across_steps(examples):
     train, _ = split(examples, SplitSpec("random", 0.25), random.Random(0))
     steps = [e.step for e in train]
     assert steps != sorted(steps, key=["greet", "arguments", "summary"].index)
+
+
+ONE_TEXT = """\
+name: one
+n: 20
+slots: {a: {values: [q]}}
+steps: [{name: s1, unique: false, contents: ["hi {{ a }}"], summary: "ok {{ a }}"}]
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_step_of_one_distinct_text_stays_in_train_and_the_share_is_reported(tmp_path, seed):
+    """The loop meant to keep one group for training sent the only group to dev (train empty, on every seed),
+    silently; now it stays in train, and a dev share far from the one asked is a warning."""
+    examples = expand(load_spec(write_spec(tmp_path, ONE_TEXT)), random.Random(seed))
+    warnings = []
+    train, dev = split(examples, SplitSpec("random", 0.25), random.Random(seed), warnings)
+    assert len(train) == 20 and not dev
+    assert warnings == ["split: step 's1' has 0 of its 20 records in dev against the 0.25 asked: too few "
+                        "distinct texts (or groups) to split finer"]
+
+
+def test_a_share_near_the_one_asked_is_not_reported(examples):
+    warnings = []
+    split(examples, SplitSpec("random", 0.25), random.Random(0), warnings)
+    assert warnings == []
