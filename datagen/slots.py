@@ -77,7 +77,8 @@ class SlotSampler:
         cumulative weights; a derived slot evaluates its expression (through its memo) and, when that gives
         a list or range, draws one element the same way. Slot names reach the code through repr, values and
         expressions only as names in its namespace."""
-        names: dict[str, Any] = {"_MISSING": _MISSING, "bisect_right": bisect.bisect_right, "_empty": self._empty}
+        names: dict[str, Any] = {"_MISSING": _MISSING, "bisect_right": bisect.bisect_right, "_empty": self._empty,
+                                 "_not_scalar": self._not_scalar, "_SCALARS": frozenset({str, int, float, bool})}
         lines = ["def draw(fixed, rng):", "    values = dict(fixed)", "    rand = rng.random"]
         for k, name in enumerate(order):
             slot = self.slots[name]
@@ -97,6 +98,8 @@ class SlotSampler:
                           "            if not r:",
                           f"                _empty({name!r}, values)",
                           "            r = r[int(rand() * len(r))]",
+                          "        if r.__class__ not in _SCALARS:",
+                          f"            _not_scalar({name!r}, r, values)",
                           f"        values[{name!r}] = r"]
             else:
                 names[f"D{k}"] = slot.values
@@ -107,6 +110,13 @@ class SlotSampler:
 
     def _empty(self, name: str, values: dict[str, Any]) -> None:
         raise SpecError(f"{self.slots[name].where}.expr: gave an empty list for slots {values}")
+
+    def _not_scalar(self, name: str, value: Any, values: dict[str, Any]) -> None:
+        """A value must be text, a number or a boolean: a dict (or a list inside the list) reached the expander as
+        a slot value, whose memo keys then failed with 'unhashable type' (a traceback)."""
+        raise SpecError(f"{self.slots[name].where}.expr: gave {type(value).__name__} {str(value)[:60]} for slots "
+                        f"{values}; a slot value must be a string, a number or a boolean (or a list of them to draw "
+                        f"from)")
 
     def draw(self, plan: Callable[[dict[str, Any], random.Random], dict[str, Any]], fixed: dict[str, Any],
              rng: random.Random) -> dict[str, Any]:

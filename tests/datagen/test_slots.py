@@ -78,3 +78,13 @@ def test_empty_expr_result_is_an_error():
     s = sampler(none="range(0, 0)")
     with pytest.raises(SpecError, match="empty list"):
         s.draw(s.compile(s.order({"none"})), {}, random.Random(0))
+
+
+@pytest.mark.parametrize("expr, kind", [("{'k': 1}", "dict"), ("[{'k': 1}]", "dict"), ("[[1, 2]]", "list"),
+                                        ("none", "NoneType")])
+def test_an_expr_value_that_is_not_a_scalar_is_an_error_naming_it(expr, kind):
+    """A dict (or a list inside the list) reached the expander as a slot value, whose memo then raised
+    'unhashable type' (a traceback); None failed only at the output's schema check, without the slot's line."""
+    s = sampler(none=expr)
+    with pytest.raises(SpecError, match=rf"expr: gave {kind} .*a slot value must be a string, a number or a boolean"):
+        s.draw(s.compile(s.order({"none"})), {}, random.Random(0))
