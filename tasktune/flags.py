@@ -125,7 +125,9 @@ def guard_numeric_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def output_folder_problem(path: str | Path) -> str | None:
-    """Why `path` cannot be an output folder (it, or a folder above it, is a file), or None."""
+    """Why `path` cannot be an output folder (empty, or it or a folder above it is a file), or None."""
+    if not str(path).strip():  # Path("") is ".": the outputs would land in the current folder
+        return "empty path; name an output folder"
     here = Path(path)
     for folder in (here, *here.parents):
         if folder.exists() or folder.is_symlink():

@@ -124,6 +124,27 @@ def test_missing_folder_and_config_are_clear_errors(tiny_model_dir, tmp_path):
         load_adapter(model, tmp_path)
 
 
+@pytest.mark.parametrize("name", [CONFIG_NAME, RECORD_NAME])
+@pytest.mark.parametrize("text", ["[]", "null", "[1]", "5"])
+def test_json_of_the_wrong_shape_names_the_file(tiny_model_dir, tmp_path, name, text):
+    """JSON that parses but is not an object ([] or null in adapter_config.json) failed on `.get` with an
+    AttributeError traceback in `tasktune eval` and `chat`."""
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=rf"{name}: expected a JSON object, found"):
+        load_adapter(_load(path), tmp_path)
+
+
+def test_a_method_record_of_the_wrong_shape_names_the_file(tmp_path):
+    from tasktune.tuning.model.methods import METHOD_FILE, read_method_info
+
+    for text in ('{"method": 5}', "[1]", "null"):
+        (tmp_path / METHOD_FILE).write_text(text)
+        with pytest.raises(ConfigError, match=rf"{METHOD_FILE}: expected a JSON object with the method's name"):
+            read_method_info(tmp_path)
+
+
 def test_crash_mid_save_leaves_previous_adapter_loadable(tiny_model_dir, tmp_path, monkeypatch):
     path = tiny_model_dir("glm")
     first = _trained_tuner(path, seed=0)

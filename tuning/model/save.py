@@ -145,12 +145,16 @@ def sweep_dead_staging(folder: Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict:
+    """An adapter folder's JSON file, which must hold an object (`[]` or `null` parsed, then failed on `.get`)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing (not an adapter folder written by tasktune or peft)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

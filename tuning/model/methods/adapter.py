@@ -74,9 +74,13 @@ def read_method_info(folder) -> dict[str, Any]:
     path = folder / METHOD_FILE
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(info, dict) or not isinstance(info.get("method"), str):
+            raise ConfigError(f"{path}: expected a JSON object with the method's name in \"method\" "
+                              f"(as `tasktune train` writes it)")
+        return info
     if (folder / "adapter_config.json").is_file():
         return {"method": "ptuning-v2", "task": "causal-lm", "labels": None}
     raise ConfigError(f"{folder}: neither {METHOD_FILE} nor adapter_config.json; not a tasktune adapter folder")
