@@ -231,7 +231,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _expanded_size(node, path)  # before anything walks the tree alias by alias
-        data = yamlread.load(text)  # duplicate keys refused, with their line
+        data = yamlread.load_spec_text(text)  # duplicate keys refused (with their line); YAML 1.2 scalars
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -1,10 +1,16 @@
 """YAML as tasktune reads specs and config files: PyYAML's safe loader, except that a key given twice in one
 mapping is an error (PyYAML keeps the last silently: `n: 20` then `n: 30` made 30 records, and a second slot of one
-name replaced the first without a word). Merge keys (`<<: *base`) still override as YAML defines them."""
+name replaced the first without a word). Merge keys (`<<: *base`) still override as YAML defines them.
+
+Specs (`load_spec_text`) also read plain scalars as YAML 1.2 does: only true/false are booleans and integers are
+decimal, so slot values `[on, off, yes, 010, 0x1F]` stay the text written (PyYAML's YAML 1.1 made them True, False,
+True, 8 and 31, and values collapsed silently)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import re
 
 import yaml
 
@@ -33,3 +39,24 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load(text: str) -> Any:
     """The YAML document in `text`, read safely; duplicate keys raise yaml.YAMLError (a ConstructorError)."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+class SpecLoader(UniqueKeyLoader):
+    """UniqueKeyLoader with YAML 1.2's core-schema booleans and integers (see the module's docstring)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                 list("-+0123456789"))
+
+
+def load_spec_text(text: str) -> Any:
+    """A spec's YAML document: duplicate keys refused, YAML 1.2 booleans and integers."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a SafeLoader subclass)

@@ -110,3 +110,11 @@ def test_a_key_given_twice_is_refused_at_its_line(tmp_path, old, new, key, line)
 def test_merge_keys_still_override(tmp_path):
     text = MINI.replace("slots:\n", "slots:\n  base: &base {values: [a]}\n  other: {<<: *base, values: [b]}\n", 1)
     assert load_spec(write_spec(tmp_path, text)).slots["other"].values == ("b",)
+
+
+def test_plain_scalars_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """YAML 1.1 (PyYAML) made slot values on/off/yes True and False, 010 eight and 0x1F 31: seven values
+    collapsed to five, and `turn {{ a }} the light` read `turn True the light`. Only true/false are booleans now."""
+    text = MINI.replace("  check: {choices: [人数检测, 安全检查]}\n",
+                        "  check: {choices: [人数检测, 安全检查]}\n  switch: {values: [on, off, yes, no, 010, 0x1F, 7]}\n")
+    assert load_spec(write_spec(tmp_path, text)).slots["switch"].values == ("on", "off", "yes", "no", "010", "0x1F", 7)
