@@ -123,6 +123,13 @@ def test_pattern_may_use_utterance_only_once(tmp_path):
         run(tmp_path, MINI.replace("步骤#拆分*语音#{{ utterance }}", "{{ utterance }}#{{ utterance }}"))
 
 
+def test_a_pattern_without_the_utterance_refuses_contents_it_has_no_place_for(tmp_path):
+    """`pattern: fixed` with contents glued them to its end ("fixedhi x"), silently. A step whose contents are
+    empty (the summary step of MINI) needs no utterance in its pattern."""
+    with pytest.raises(SpecError, match=r"steps\[1\].pattern: the pattern has no \{\{ utterance \}\}"):
+        run(tmp_path, MINI.replace("步骤#拆分*语音#{{ utterance }}", "步骤#拆分"))
+
+
 def test_chains_carry_history_and_shared_slots(tmp_path):
     examples, _ = run(tmp_path, MINI + "chains: {steps: [greet, arguments], count: 5}\n")
     chains = [e for e in examples if e.chain]
