@@ -139,6 +139,8 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
                 raise DataError(f"{where}: no column {column!r} (has: {', '.join(sorted(row)) or 'none'})")
             if not isinstance(row[column], str):
                 raise DataError(f"{where}: column {column!r} must be a string")
+            if not row[column].strip():  # as `tasktune data`'s schema: nothing to ask or answer teaches nothing
+                raise DataError(f"{where}: column {column!r} is empty")
             keep[column].append(row[column])
         keep[cfg.history_column].append(_clean_history(row.get(cfg.history_column), where))
         keep[META_COLUMN].append(json.dumps(row.get("meta") or {}, ensure_ascii=False, sort_keys=True))

@@ -83,6 +83,8 @@ def test_load_records_custom_columns(tmp_path):
         ("[]", "no records"),
         ('[{"content": "x"}]', "no column 'summary'"),
         ('[{"content": 3, "summary": "y"}]', "column 'content' must be a string"),
+        ('[{"content": "x", "summary": "y"}, {"content": "", "summary": ""}]', "record 1: column 'content' is empty"),
+        ('[{"content": "x", "summary": " \\n"}]', "record 0: column 'summary' is empty"),
         ('[{"content": "x", "summary": "y", "history": [["only one"]]}]', "history must be a list"),
         ('{"content": "x"}', "expected a JSON array"),
         ('[{"content": "x",\n "summary": }]', ":2: invalid JSON"),
