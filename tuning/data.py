@@ -71,9 +71,13 @@ def resolve_split_file(path_or_dir: str | Path, split: str) -> Path:
     """`{split}.json` or `{split}.jsonl` in a data folder, or the file itself; DataError if neither."""
     path = Path(path_or_dir)
     if path.is_dir():
-        for name in (f"{split}.json", f"{split}.jsonl"):
-            if (path / name).is_file():
-                return path / name
+        found = [path / name for name in (f"{split}.json", f"{split}.jsonl") if (path / name).is_file()]
+        if len(found) == 2:  # `tasktune data` into one folder in both formats leaves both: the older one is stale
+            newer = max(found, key=lambda p: p.stat().st_mtime_ns)
+            raise DataError(f"{path}: holds both {split}.json and {split}.jsonl (two data sets); give the file to use "
+                            f"(the newer is {newer}) or remove the other")
+        if found:
+            return found[0]
         raise DataError(f"{path}: no {split}.json or {split}.jsonl in this folder")
     if not path.is_file():
         raise DataError(f"{path}: no such data file")

@@ -98,6 +98,16 @@ def test_load_records_errors_name_file_and_problem(tmp_path, content, message):
     assert str(tmp_path) in str(info.value)
 
 
+def test_a_folder_with_both_formats_is_ambiguous(tmp_path):
+    """`tasktune data` in one folder with --format chatglm then jsonl leaves both files; train read the older
+    train.json silently while stats.json described the other set."""
+    for name in ("train.json", "train.jsonl"):
+        (tmp_path / name).write_text('[{"content": "a", "summary": "b"}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"holds both train.json and train.jsonl .*the newer is"):
+        load_records(tmp_path, "train")
+    assert len(load_records(tmp_path / "train.json", "train")) == 1  # the file itself is taken
+
+
 def test_load_records_missing_file_and_bad_jsonl_line(tmp_path):
     with pytest.raises(DataError, match="no such data file"):
         load_records(tmp_path / "nope.json", "train")
