@@ -203,10 +203,15 @@ def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> lis
 
 
 def _prompts_of(ds, tokenizer, cfg: DataConfig) -> list[str]:
-    return [
-        format_prompt(tokenizer, q, h, cfg.prompt_template)
-        for q, h in zip(ds[cfg.prompt_column], ds[cfg.history_column])
-    ]
+    """Each record's framed prompt; a record the template cannot frame (over render.MAX_TEXT) is named with its
+    file and index (the template's error alone sent users to the template)."""
+    prompts = []
+    for i, (q, h) in enumerate(zip(ds[cfg.prompt_column], ds[cfg.history_column])):
+        try:
+            prompts.append(format_prompt(tokenizer, q, h, cfg.prompt_template))
+        except DataError as exc:
+            raise DataError(f"{ds.info.description or 'dataset'}: record {i}: {exc}") from None
+    return prompts
 
 
 def _check_columns(ds, cfg: DataConfig) -> str:

@@ -27,6 +27,9 @@ def echo_model(monkeypatch):
         def answer(self, prompts, *, history=None, max_new_tokens=None, base=False):
             if "boom" in prompts[0]:
                 raise KeyboardInterrupt
+            from tasktune.tuning.data import format_prompt
+
+            format_prompt(None, prompts[0], template="chatglm")  # framed as the real one frames it
             return [f"echo:{prompts[0]}"]
 
     def load(run_dir):
@@ -80,3 +83,13 @@ def test_a_data_file_with_a_utf8_bom_loads(tmp_path):
 
     (tmp_path / "train.json").write_bytes('\ufeff[{"content": "你好", "summary": "好"}]'.encode())
     assert load_records(tmp_path, "train", DataConfig())[0]["content"] == "你好"
+
+
+def test_a_line_the_template_cannot_frame_gets_a_note_and_the_chat_goes_on(echo_model):
+    """A 200,000-character line is over what the prompt template renders (render.MAX_TEXT): its DataError ended the
+    whole session (rc 2) while a line that is not UTF-8 only asked for another."""
+    stdin = io.StringIO("你" * 200_000 + "\n你好\n\n")
+    stdout = io.StringIO()
+    turns = chat_module.chat("run", stdin=stdin, stdout=stdout)
+    assert turns == [("你好", "echo:你好")]
+    assert "that line cannot be framed" in stdout.getvalue() and "type a shorter one" in stdout.getvalue()

@@ -129,6 +129,14 @@ def test_chatglm_frame_with_history(tokenizer):
     assert format_prompt(tokenizer, "你好") == "[Round 1]\n\n问：你好\n\n答："
 
 
+def test_a_record_the_template_cannot_frame_is_named_with_its_file_and_index(tmp_path, tokenizer):
+    """A 200,000-character content is over what the template renders; the error named only the template."""
+    rows = RECORDS[:2] + [{"content": "a" * 200_000, "summary": "b"}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json: record 2: prompt template .* cannot render"):
+        tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
+
+
 def test_human_assistant_frame(tokenizer):
     assert format_prompt(tokenizer, "你好", template="human_assistant") == "Human: 你好\n\nAssistant: "
     assert format_prompt(tokenizer, "b", [["a", "x"]], template="human_assistant") == (

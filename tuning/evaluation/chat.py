@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tasktune.errors import DataError
+
 
 def load_for_chat(run_dir: str | Path):
     """The run as an Assistant (its model with the adapter on, any method; --base switches the adapter off)."""
@@ -68,8 +70,13 @@ def _converse(stdin, stdout, bot, *, who: str, base: bool, max_new_tokens: int, 
             history.clear()
             continue
         # framed and cut as training framed and cut it (the Assistant does both)
-        (answer,) = bot.answer([query], history=[history if keep_history else []], max_new_tokens=max_new_tokens,
-                               base=base)
+        try:
+            (answer,) = bot.answer([query], history=[history if keep_history else []],
+                                   max_new_tokens=max_new_tokens, base=base)
+        except DataError as exc:  # the prompt template refused it (over render.MAX_TEXT): this line, not the session
+            print(f"(that line cannot be framed: {exc}; type a shorter one, or `clear` the history)", file=stdout,
+                  flush=True)
+            continue
         print(f"{who}> {answer}", file=stdout, flush=True)
         turns.append((query, answer))
         if keep_history:
