@@ -43,6 +43,18 @@ def test_truncated_state_names_the_file(tmp_path):
         ckpt.read_state(folder)
 
 
+def test_a_state_file_of_random_bytes_gives_one_line_without_torchs_advice(tmp_path):
+    """torch's message for a file that is not a checkpoint advises `weights_only=False` (unsafe) and filing an
+    issue, over several paragraphs; the error keeps its kind and first line, then says what to do."""
+    folder = _write(tmp_path, 2)
+    (folder / ckpt.STATE_FILE).write_bytes(bytes(range(7, 57)))
+    with pytest.raises(ConfigError) as info:
+        ckpt.read_state(folder)
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message and "file an issue" not in message, message
+    assert message.endswith(f"delete {folder} to resume from an older one")
+
+
 def test_rng_state_round_trips():
     state = ckpt.rng_state()
     expected = (random.random(), torch.rand(3))

@@ -186,7 +186,12 @@ def read_state(folder: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated / corrupted file
-        raise ConfigError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); "
+        # torch's own text for a file that is not a checkpoint runs to paragraphs advising weights_only=False
+        # (unsafe) and filing an issue: only its kind and first line say anything here
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        if "weights_only" in str(exc):  # the refusal of the safe unpickler: not a state file tasktune wrote
+            why = "not a training state tasktune wrote"
+        raise ConfigError(f"{path}: cannot be read ({type(exc).__name__}: {why}); "
                           f"the checkpoint is corrupted — delete {folder} to resume from an older one") from None
 
 
