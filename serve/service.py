@@ -161,10 +161,7 @@ class Service:
     def plan(self, request: ChatRequest) -> Turn:
         """The run, prompt and step for the request's last message (a user message or a tool result). Text the
         frames cannot take (a template refuses output over render.MAX_TEXT characters) is the client's 400."""
-        chars = sum(len(m.content) if isinstance(m.content, str) else
-                    sum(len(p.get("text") or "") for p in m.content if isinstance(p.get("text"), str)) if m.content else 0
-                    for m in request.messages)
-        chars += sum(len(c.function.arguments) for m in request.messages for c in m.tool_calls or ())
+        chars = sum(map(_characters, request.messages))
         if chars > MAX_PROMPT_CHARS:
             raise RequestError(f"the messages hold {chars} characters, over this server's limit of {MAX_PROMPT_CHARS}",
                                param="messages", code="context_length_exceeded")
@@ -521,6 +518,14 @@ def _refuse_unsupported(request: ChatRequest) -> None:
         raise RequestError(f"response_format {kind!r} is not supported: this server cannot constrain answers to "
                            f"JSON (leave response_format out, or send {{\"type\": \"text\"}})",
                            param="response_format", code="unsupported_value")
+
+
+def _characters(message: Message) -> int:
+    """The characters a message brings to the prompt: its text (or text parts) and its tool calls' arguments."""
+    content = message.content or ""
+    text = len(content) if isinstance(content, str) else \
+        sum(len(part["text"]) for part in content if isinstance(part.get("text"), str))
+    return text + sum(len(call.function.arguments) for call in message.tool_calls or ())
 
 
 def _text(message: Message) -> str:
