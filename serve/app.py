@@ -225,7 +225,7 @@ async def _events(service: Service, body: ChatRequest, turn, params):
     if service.runs_actions(body, turn):  # the server runs the tools: stream the result step's answer
         try:
             first = await service.complete(turn, params)
-            calls = service.tool_calls(turn, first.text, body)
+            calls = service.tool_calls(turn, first.text, body, first.finish_reason)
             executed, next_turn = await service.execute(turn, calls) if calls else ([], None)
         except RequestError as exc:  # the generation or an action failed, or its result does not fit the frame
             yield _failed(str(exc), exc.type, exc.code, exc.status)
@@ -258,7 +258,7 @@ async def _events(service: Service, body: ChatRequest, turn, params):
     finish = last.finish_reason if last else "stop"
     text = last.full_text if last and last.full_text is not None else "".join(parts)
     try:
-        calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body)
+        calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body, finish)
     except RequestError as exc:  # tool_choice required/named, and the answer is no call
         yield _failed(str(exc), exc.type, exc.code, exc.status)
         return

@@ -397,13 +397,15 @@ class Service:
         return Answer(text.strip(), last.finish_reason or "stop", last.prompt_tokens,
                       last.completion_tokens)
 
-    def tool_calls(self, turn: Turn, text: str, request: ChatRequest | None = None) -> list[dict[str, Any]]:
+    def tool_calls(self, turn: Turn, text: str, request: ChatRequest | None = None,
+                   finish_reason: str | None = None) -> list[dict[str, Any]]:
         """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise). When the request
         declares tools, only calls of tools it declared: OpenAI never calls a tool the client did not offer, and a
         client that offered its own (LangChain's `with_structured_output(method="function_calling")` offers one,
         its schema) fails on a call it cannot dispatch; the answer is then plain text. No call either on an argument
         the request never says (serve/tools.py `said`), unless tool_choice forces one: the client asked for a call
-        whatever the text."""
+        whatever the text. A forced call the answer does not parse as is a 500, unless max_tokens cut the answer
+        (`finish_reason` "length"): then, as OpenAI does, the cut text with finish_reason "length"."""
         tools = self.tools.get(turn.run) if turn.run else None
         if tools is None or turn.step is None:
             return []
@@ -414,7 +416,7 @@ class Service:
             calls = [call for call in calls if call.name in offered]
         if forced not in (None, "*"):
             calls = [call for call in calls if call.name == forced]
-        if forced is not None and not calls:
+        if forced is not None and not calls and finish_reason != "length":
             # OpenAI guarantees a call under tool_choice required/named; this model's answer did not parse as one.
             # A 500, not a 200 without the call the client was promised (the answer is in the message)
             raise RequestError(f"tool_choice asks for {'a tool call' if forced == '*' else f'a call of {forced!r}'}, "
@@ -430,7 +432,7 @@ class Service:
         answer.model = self.served_name(turn)
         if request.tool_choice == "none":
             return answer
-        answer.tool_calls = self.tool_calls(turn, answer.text, request)
+        answer.tool_calls = self.tool_calls(turn, answer.text, request, answer.finish_reason)
         if answer.tool_calls and self.actions and not request.tools:
             return await self._run_actions(turn, answer, params)
         if answer.tool_calls:

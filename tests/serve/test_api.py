@@ -382,6 +382,26 @@ def test_tool_choice_that_cannot_be_honoured_is_refused(live_server, scripted, m
     assert counts["500"] == 2  # the plain one and the stream, each counted once, as failed
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_call_cut_by_max_tokens_is_a_length_finish_not_a_500(live_server, stream):
+    """OpenAI answers a forced tool call that max_tokens cuts short with finish_reason "length"; it was a 500
+    `tool_call_failed` here (the client's own limit turned into a server error). An answer that ends on its own
+    without the call stays the 500 (test above)."""
+    body = {"model": "grid", "messages": [{"role": "user", "content": FRAMED}], "max_tokens": 3,
+            "tool_choice": "required", "stream": stream}
+    if not stream:
+        reply = httpx.post(f"{live_server.url}/v1/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        choice = reply.json()["choices"][0]
+        assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]
+        assert reply.json()["usage"]["completion_tokens"] == 3
+        return
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", json=body, timeout=60) as reply:
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "error" not in events[-2]
+    assert [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1]][-1] == "length"
+
+
 def test_threads_flag_sets_torchs_cpu_threads(serve_runs):
     """`--threads N` (torch's intra-op threads; 0 keeps torch's default)."""
     import argparse
