@@ -67,8 +67,8 @@ class StepPlan:
         self.pattern.check_refs(slots | {UTTERANCE})
         if UTTERANCE not in self.pattern.refs and any(c.text.strip() for c in step.contents):
             # the content would be glued to the pattern's end ("fixed" + "hi x" -> "fixedhi x")
-            raise SpecError(f"{step.pattern_where}: the pattern has no {{{{ utterance }}}}, so the step's contents have "
-                            f"no place in it; put {{{{ utterance }}}} where the spoken text goes (or leave contents "
+            raise SpecError(f"{step.pattern_where}: the pattern has no {{{{ utterance }}}}, so the step's contents "
+                            f"have no place in it; put {{{{ utterance }}}} where the spoken text goes (or leave contents "
                             f"[\"\"])")
         self.contents = [template(c.text, c.where) for c in step.contents]
         whens = [Compiled(c.when, c.when_where, "expr") if c.when else None for c in step.cases]

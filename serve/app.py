@@ -101,7 +101,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
                                             "owned_by": "tasktune"} for name in service.model_names()]}
 
-    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])  # a hub id has a slash (`Qwen/Qwen2.5-0.5B`): the base model's default name
+    # {name:path}: a hub id has a slash (`Qwen/Qwen2.5-0.5B`), the base model's default name
+    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])
     async def model(name: str):
         if name not in service.model_names():
             raise RequestError(f"The model `{name}` does not exist", status=404, code="model_not_found")
