@@ -22,12 +22,10 @@ async def chat_request(request: Request) -> ChatRequest:
     'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
     raw = await request.body()
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)  # RFC 8259: JSON is UTF-8
-        _check_json(data)
-    except (ValueError, RecursionError) as exc:  # not UTF-8 (UnicodeDecodeError), JSONDecodeError, _check_json
-        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        data = json_value(raw.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), not JSON, json_value's checks
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
-                                       "ctx": {"error": why}}]) from None
+                                       "ctx": {"error": str(exc)}}]) from None
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:
@@ -35,18 +33,14 @@ async def chat_request(request: Request) -> ChatRequest:
 
 
 def json_value(text: str) -> Any:
-    """JSON inside a request's strings (a tool result, a call's arguments), held to the body's own checks: ValueError
-    (with what is wrong) for text that is not JSON, nests deeper than MAX_DEPTH, holds a lone surrogate or an
-    integer longer than Python converts (4,300 digits); json.loads raised RecursionError and ValueError for these,
-    which came out as 500s."""
+    """JSON as this server reads it, the body and the JSON inside its strings (a tool result, a call's arguments):
+    ValueError (saying what is wrong) for text that is not JSON, nests deeper than MAX_DEPTH, holds a lone
+    surrogate, NaN or Infinity, or an integer longer than Python converts (4,300 digits). Inside the strings
+    json.loads' RecursionError and ValueError came out as 500s."""
     try:
         data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg} (char {exc.pos})") from None
-    except ValueError as exc:  # int conversion limit
-        raise ValueError(f"not usable JSON: {exc}") from None
     _check_json(data)
     return data
 

@@ -281,7 +281,7 @@ class Service:
             result = json_value(_text(result_msg))
             arguments = json_value(call.function.arguments)
         except ValueError as exc:  # not JSON, nested too deeply, an integer of thousands of digits
-            raise RequestError(f"tool result / call arguments: {exc}", param="messages") from None
+            raise RequestError(f"tool result / call arguments are not usable JSON: {exc}", param="messages") from None
         if not isinstance(result, dict):
             raise RequestError("the tool result must be a JSON object of the result's fields", param="messages")
         run = self._tool_owner(request.model, call.function.name)
@@ -478,18 +478,14 @@ class Service:
 
 def forced_tool(request: ChatRequest) -> str | None:
     """What tool_choice forces: None ("auto", "none" or unset), "*" ("required") or a function's name
-    ({"type": "function", "function": {"name": ...}}, which must be among the request's tools when it sends some);
-    400 for any other value (OpenAI's rule)."""
+    ({"type": "function", "function": {"name": ...}}, which must be among the request's tools when it sends some).
+    Other values are refused when the request is read (ChatRequest._tool_choice_shape)."""
     choice = request.tool_choice
     if choice is None or choice in ("auto", "none"):
         return None
     if choice == "required":
         return "*"
-    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
-    if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(name, str)):
-        raise RequestError(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", "
-                           f"\"function\": {{\"name\": ...}}}}; got {json.dumps(choice, ensure_ascii=False)[:100]}",
-                           param="tool_choice", code="invalid_value")
+    name = choice["function"]["name"]
     if request.tools is not None:
         if name not in _offered(request):
             raise RequestError(f"tool_choice names {name!r}, which is not among the request's tools",
@@ -498,8 +494,9 @@ def forced_tool(request: ChatRequest) -> str | None:
 
 
 def _offered(request: ChatRequest) -> set[str]:
-    """The names of the functions a request declares in `tools`."""
-    return {t["function"].get("name") for t in request.tools or () if isinstance(t.get("function"), dict)}
+    """The names of the functions a request declares in `tools` (their shape checked when the request was read:
+    ChatRequest._tools_are_functions)."""
+    return {t["function"]["name"] for t in request.tools or ()}
 
 
 def _refuse_unsupported(request: ChatRequest) -> None:
