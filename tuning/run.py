@@ -109,13 +109,7 @@ class RunFolder:
         if not path.is_file():
             raise ConfigError(f"{self.path}: no {RECORD_FILE} — not a finished tasktune run folder "
                               f"(train one with `tasktune train --out {self.path}`)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc}); re-run `tasktune train` to rewrite it") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        return data
+        return read_json_object(path, "; re-run `tasktune train` to rewrite it")
 
     def record(self, *, task: str | None = None, refusal: str = "") -> RunRecord:
         """The checked, typed record of a finished run. With `task`: a run of another task is refused with a
@@ -136,6 +130,19 @@ class RunFolder:
 # -- what a run records so it can be reproduced ------------------------------------------------------------
 
 DATA_FILES = ("train.json", "dev.json", "train.jsonl", "dev.jsonl")
+
+
+def read_json_object(path: Path, hint: str = "") -> dict[str, Any]:
+    """A run folder's JSON file, which must hold an object: ConfigError naming the file (and `hint`, what to do)
+    for text that is not JSON or JSON of another shape (`[]`, `null`: callers' `.get` failed on them). A missing
+    file is the caller's to report (OSError)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def sha256_file(path: Path) -> str:

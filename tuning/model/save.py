@@ -23,7 +23,7 @@ import torch
 
 from tasktune import __version__
 from tasktune import files as atomic
-from tasktune.tuning.run import sha256_file
+from tasktune.tuning.run import read_json_object, sha256_file
 from tasktune.errors import ConfigError
 from tasktune.tuning.model.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
 
@@ -145,16 +145,11 @@ def sweep_dead_staging(folder: Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict:
-    """An adapter folder's JSON file, which must hold an object (`[]` or `null` parsed, then failed on `.get`)."""
+    """An adapter folder's JSON file, which must hold an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing (not an adapter folder written by tasktune or peft)") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
