@@ -111,15 +111,21 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await _chat_request(request)
-        service.admit()  # 429 when the batch is full and --max-queue calls already wait
-        if body.stream:
-            turn = service.plan(body)
-            params = service.sampling(body, turn)
-            service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
-            counted = lambda status: metrics.requests.labels(status).inc()  # noqa: E731 (when the stream ends)
-            return StreamingResponse(_sse(service, body, turn, params, counted), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await _unless_client_leaves(request, service.answer(body))
+        admission = service.admit()  # 429 when the batch is full and --max-queue requests already wait
+        try:
+            if body.stream:
+                turn = service.plan(body)
+                params = service.sampling(body, turn)
+                service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
+                counted = lambda status: metrics.requests.labels(status).inc()  # noqa: E731 (when it ends)
+                stream = _AdmittedStream(_sse(service, body, turn, params, counted), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                stream.admission, admission = admission, None  # the response releases it once it has run
+                return stream
+            answer = await _unless_client_leaves(request, service.answer(body))
+        finally:
+            if admission is not None:
+                admission.release()
         metrics.requests.labels("200").inc()
         message: dict[str, Any] = {"role": "assistant", "content": answer.text}
         if answer.tool_calls:
@@ -146,6 +152,20 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return FileResponse(str(path), media_type=kind)
 
     return app
+
+
+class _AdmittedStream(StreamingResponse):
+    """A stream that releases its request's admission (Service.admit) when Starlette has run it: after the
+    last event, or at once if the client left before it began (its generator then never starts)."""
+
+    admission = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.admission is not None:
+                self.admission.release()
 
 
 async def _unless_client_leaves(request: Request, work):

@@ -100,6 +100,18 @@ class Answer:
     """The served name that answered: a run's, or the base's (what `auto` resolved to)."""
 
 
+class Admission:
+    """One admitted chat request's place in the count of `Service.admit` (release it once, when it ends)."""
+
+    def __init__(self, service: "Service"):
+        self.service, self.held = service, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.service.admitted -= 1
+
+
 class Service:
     """Everything between the HTTP layer and the engine (one per server)."""
 
@@ -114,6 +126,7 @@ class Service:
         self.actions = actions or {}
         self.limits = limits
         self.active = 0  # model calls in flight (queued or decoding)
+        self.admitted = 0  # chat requests admitted and not yet answered (what --max-queue counts)
         self.shutting_down = False
         self.shutdown_outcomes = {"drained": 0, "cancelled": 0}  # how the calls ended after shutdown began
         self._mail: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Mailbox
@@ -123,17 +136,23 @@ class Service:
         self.shutting_down = True
         return self.active
 
-    def admit(self) -> None:
+    def admit(self) -> "Admission":
         """Refuse a new chat request with 429 (OpenAI's rate-limit shape, Retry-After: 1) while the batch is
-        full and `max_queue` model calls already wait for a slot: a burst beyond what the server can hold is
+        full and `max_queue` requests already wait for a slot: a burst beyond what the server can hold is
         told to come back, instead of queueing without bound (memory, and latencies no client waits for).
-        The openai client retries a 429 by itself, after Retry-After."""
-        waiting = self.active - self.engine.max_batch_size
+        The openai client retries a 429 by itself, after Retry-After.
+
+        The request is counted here, in the same step as the check (a burst's requests all passed the check
+        while the count was made later, at their first model call), until the returned Admission is released:
+        when its answer or stream has ended, whichever way."""
+        waiting = self.admitted - self.engine.max_batch_size
         if waiting >= self.limits.max_queue:
             raise RequestError(f"the server is busy: {self.engine.max_batch_size} requests decoding and "
                                f"{max(waiting, 0)} waiting (--max-queue {self.limits.max_queue}); retry shortly",
                                status=429, code="rate_limit_exceeded", type_="requests",
                                headers={"Retry-After": "1"})
+        self.admitted += 1
+        return Admission(self)
 
     def _ended(self, cancelled: bool) -> None:
         self.active -= 1
@@ -188,16 +207,26 @@ class Service:
         run, step, query = self._route(request.model, text)
         forced = forced_tool(request)
         if forced is not None:
-            run, step, query = self._force_tool_step(request.model, run, step, text, forced)
+            offered = _offered(request) if request.tools else None
+            run, step, query = self._force_tool_step(request.model, run, step, text, forced, offered)
         return Turn(run, query, self._history(messages[:-1], run), step)
 
-    def _force_tool_step(self, model: str, run: str | None, step: str | None, text: str,
-                         forced: str) -> tuple[str, str, str]:
+    def _force_tool_step(self, model: str, run: str | None, step: str | None, text: str, forced: str,
+                         offered: set[str] | None = None) -> tuple[str, str, str]:
         """tool_choice "required" (forced == "*") or naming a function: the turn goes to a step whose answer is that
-        tool's call (plain text is framed for it whatever the router said); 400 where no served step can call it."""
+        tool's call (plain text is framed for it whatever the router said); 400 where no served step can call it.
+        "required" with the request's own `tools` means one of those (`offered`): a client that offers only tools
+        of its own (pydantic-ai's and llama-index's structured output offer their schema) is told before any
+        generation that the model cannot call them, as a named tool is."""
         wanted = "any tool" if forced == "*" else f"the tool {forced!r}"
+        if forced == "*" and offered is not None:
+            wanted = f"a call of one of the request's tools ({', '.join(sorted(offered))})"
+
+        def calls(action) -> bool:
+            return forced in ("*", action.name) and (offered is None or action.name in offered)
+
         if run is None:
-            owners = sorted(n for n, t in self.tools.items() if any(forced in ("*", a.name) for a in t.spec.actions))
+            owners = sorted(n for n, t in self.tools.items() if any(calls(a) for a in t.spec.actions))
             if model != AUTO or len(owners) != 1:
                 who = f"model {model}" if model != AUTO else (
                     f"model auto: {len(owners)} served runs can call {wanted}" if owners
@@ -207,7 +236,7 @@ class Service:
                                    param="tool_choice")
             run, step = owners[0], None
         tools = self.tools.get(run)
-        steps = sorted({a.step for a in tools.spec.actions if forced in ("*", a.name)}) if tools else []
+        steps = sorted({a.step for a in tools.spec.actions if calls(a)}) if tools else []
         if not steps:
             raise RequestError(f"tool_choice asks for {wanted}, but model {run} has no such tool "
                                f"(its spec's actions: {', '.join(a.name for a in tools.spec.actions) if tools else 'none'})",

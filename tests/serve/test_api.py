@@ -108,6 +108,44 @@ def test_a_plain_request_whose_client_leaves_frees_its_slot(serve_runs):
         server.stop()
 
 
+def test_a_burst_cannot_overrun_the_queue_limit(serve_runs):
+    """--max-batch-size 1 --max-queue 0, 12 requests sent at once to a fresh server: one is answered, the rest
+    get 429. (Requests were counted at their first model call, after awaits: a burst all passed the check.)"""
+    import concurrent.futures
+    import threading
+
+    from tasktune.serve.service import RequestError
+
+    from tests.serve.conftest import LiveServer
+
+    server = LiveServer([f"grid={serve_runs['grid']}", "--max-tokens", "400", "--max-batch-size", "1",
+                         "--max-queue", "0"])
+    try:
+        start = threading.Barrier(12)
+        body = {"model": "grid", "max_tokens": 400, "ignore_eos": True, "messages": [{"role": "user", "content": "hi"}]}
+
+        def send(stream: bool) -> int:
+            start.wait()
+            return httpx.post(f"{server.url}/v1/chat/completions", json=dict(body, stream=stream),
+                              timeout=120).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            codes = sorted(pool.map(send, [False, True] * 6))
+        assert codes == [200] + [429] * 11
+        assert server.service.admitted == 0 and server.service.active == 0  # every admission was released
+        # the check and the count are one step: two requests admitted before either awaits anything
+        first = server.service.admit()
+        with pytest.raises(RequestError) as refused:
+            server.service.admit()
+        assert refused.value.status == 429
+        first.release()
+        first.release()  # idempotent
+        server.service.admit().release()
+        assert server.service.admitted == 0
+    finally:
+        server.stop()
+
+
 def test_a_request_beyond_the_batch_and_the_queue_gets_429_with_retry_after(serve_runs):
     """--max-batch-size 1 --max-queue 0: while one stream decodes, the next request is told to come back (429,
     OpenAI's rate-limit shape, Retry-After) instead of queueing; once the stream ends, requests go through."""
@@ -338,7 +376,8 @@ def test_tool_choice_required_or_named_sends_plain_text_to_the_step_that_calls_t
 
 def test_tool_choice_that_cannot_be_honoured_is_refused(live_server, scripted, monkeypatch):
     """400 before any generation where no served step can call the tool (unknown name, a name the request did not
-    declare, the base model, content framed for another step, a tool result, a malformed value); a 500
+    declare, the base model, content framed for another step, a tool result, a malformed value, "required" with
+    only tools the model cannot call); a 500
     `tool_call_failed` (an error event in a stream) when the model's answer is no call; the request counter counts
     a stream by how it ended."""
     client = live_server.client()
@@ -352,6 +391,10 @@ def test_tool_choice_that_cannot_be_honoured_is_refused(live_server, scripted, m
         dict(model="grid2", tool_choice="required"),  # grid2 serves without a spec: no tools
         dict(model="grid", tool_choice="sometimes"),
         dict(model="grid", tool_choice="required", messages=[{"role": "user", "content": summary}]),
+        # "required" with only tools of the client's own (pydantic-ai's / llama-index's structured output)
+        dict(model="grid", tool_choice="required", tools=[{"type": "function", "function": {
+            "name": "final_result", "parameters": {"type": "object", "properties": {"place": {"type": "string"}}}}}]),
+        dict(model="auto", tool_choice="required", tools=[{"type": "function", "function": {"name": "final_result"}}]),
     ]
     before = len(scripted)
     for case in refused:
