@@ -61,7 +61,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
         counted(400)
-        return _error(400, f"{where}: {message}" if where else message, code=error_code(first), param=where or None)
+        named = where and not message.startswith(f"{where}[")  # "messages[3].content ..." names its place itself
+        return _error(400, f"{where}: {message}" if named else message, code=error_code(first), param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

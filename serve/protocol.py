@@ -94,7 +94,63 @@ class ChatRequest(BaseModel):
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # accepted, not applied
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # (serve/service.py)
     user: StrictStr | None = None
+    logit_bias: dict[str, Any] | None = None  # accepted, not applied (its shape is checked)
     ignore_eos: StrictBool | None = None  # vLLM's extension (benchmarks): decode max_tokens whatever the model says
+
+    @field_validator("messages")
+    @classmethod
+    def _a_conversation_openai_would_take(cls, messages: list[Message]) -> list[Message]:
+        """The message sequence OpenAI takes (400 otherwise, naming the message): content is required, except
+        an assistant's that carries tool calls (or a refusal), and a list of parts is not empty; every tool
+        call of an assistant message is answered by a `tool` message (by its tool_call_id, ids unique) before
+        the next message of another role, and every tool message answers such a call. These were answered: a
+        call left unanswered, a tool message without an id, a user message without content."""
+        pending: dict[str, int] = {}  # the open calls' ids -> the index of the assistant message that made them
+        for i, message in enumerate(messages):
+            if message.role != "tool" and pending:
+                raise PydanticCustomError(
+                    "tool_calls_unanswered", "messages[{at}]: the assistant message with tool_calls must be "
+                    "followed by tool messages answering each tool_call_id; unanswered: {ids}",
+                    {"at": next(iter(pending.values())), "ids": ", ".join(pending)})
+            if message.content is None and not (message.role == "assistant" and (
+                    message.tool_calls or getattr(message, "refusal", None))):
+                raise PydanticCustomError("missing", "messages[{i}].content is required for a message of role "
+                                          "{role!r}", {"i": i, "role": message.role})
+            if isinstance(message.content, list) and not message.content:
+                raise PydanticCustomError("empty_array", "messages[{i}].content is an empty array: send at least "
+                                          "one part, or a string", {"i": i})
+            if message.role == "assistant" and message.tool_calls:
+                ids = [call.id for call in message.tool_calls]
+                if len(set(ids)) != len(ids):
+                    raise PydanticCustomError("tool_call_ids", "messages[{i}].tool_calls: the ids are not unique",
+                                              {"i": i})
+                pending = dict.fromkeys(ids, i)
+            elif message.role == "tool":
+                if message.tool_call_id is None:
+                    raise PydanticCustomError("missing", "messages[{i}].tool_call_id is required for a message "
+                                              "of role 'tool'", {"i": i})
+                if pending.pop(message.tool_call_id, None) is None:
+                    raise PydanticCustomError(
+                        "tool_message_order", "messages[{i}]: a message of role 'tool' must answer a tool call of "
+                        "the assistant message before it; no open call has the id {id!r}",
+                        {"i": i, "id": message.tool_call_id[:64]})
+        if pending:
+            raise PydanticCustomError("tool_calls_unanswered", "messages[{at}]: the assistant message's tool calls "
+                                      "need a tool message answering each; unanswered: {ids}",
+                                      {"at": next(iter(pending.values())), "ids": ", ".join(pending)})
+        return messages
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_bias_map(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """OpenAI's shape, a map of token ids (as strings) to numbers in -100..100 (accepted, not applied)."""
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                    or not -100 <= bias <= 100:
+                raise PydanticCustomError("logit_bias", "logit_bias maps token ids (strings of digits) to numbers "
+                                          "from -100 to 100; {key!r}: {bias!r} is not that",
+                                          {"key": key[:32], "bias": str(bias)[:32]})
+        return value
 
     @field_validator("stream_options")
     @classmethod

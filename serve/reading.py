@@ -85,7 +85,7 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 #: "max_tokens": "10", "integer_above_max_value" for n=130, "missing_required_parameter", "unknown_parameter", ...)
 _CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
           "literal_error": "invalid_value", "enum": "invalid_value", "value_error": "invalid_value",
-          "assertion_error": "invalid_value", "string_too_long": "string_above_max_length",
+          "assertion_error": "invalid_value", "empty_array": "empty_array", "string_too_long": "string_above_max_length",
           "string_too_short": "string_below_min_length", "too_long": "array_above_max_length",
           "json_invalid": None}
 _BOUNDS = {"greater_than": "below_min_value", "greater_than_equal": "below_min_value",

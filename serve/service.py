@@ -298,7 +298,7 @@ class Service:
         call, run = None, None
         for message in reversed(messages[:-1]):
             for tc in message.tool_calls or []:
-                if tc.id == result_msg.tool_call_id or result_msg.tool_call_id is None:
+                if tc.id == result_msg.tool_call_id:  # present and answering an open call (ChatRequest checks)
                     call = tc
                     break
             if call is not None:

@@ -152,6 +152,15 @@ function send() {
   const text = els.message.value.trim();
   if (!text || !ready()) return;
   els.message.value = "";
+  // A new message instead of a tool result: the calls left unanswered leave the history (OpenAI refuses an
+  // assistant message whose tool_calls no tool message answers)
+  history = history.map((m) => {
+    if (!m.tool_calls) return m;
+    const answered = new Set(history.filter((t) => t.role === "tool").map((t) => t.tool_call_id));
+    const kept = m.tool_calls.filter((c) => answered.has(c.id));
+    const { tool_calls, ...rest } = m;
+    return kept.length ? { ...rest, tool_calls: kept } : rest;
+  });
   converse({ role: "user", content: text }, bubble("user", text)).then((kept) => {
     if (!kept && !els.message.value) els.message.value = text; // to send again
     els.message.focus();

@@ -147,6 +147,19 @@ def test_tool_calls_show_in_their_own_box(page, stub_server):
     assert page.locator(".tool-result-form").count() == 0  # answered: no second result for that call
 
 
+def test_a_new_message_instead_of_a_tool_result_drops_the_unanswered_call(page, stub_server):
+    """OpenAI (and this server) refuses a conversation whose assistant tool call no tool message answers: typing
+    on instead of sending the result keeps the assistant's text and leaves its call out of the history."""
+    open_page(page, stub_server.url)
+    page.select_option("#model", "grid2")
+    send(page, "查查济南的人数")
+    assert page.locator(".tool-call").count() == 1
+    body = send(page, "你好")
+    assistant = body["messages"][1]
+    assert assistant["role"] == "assistant" and "tool_calls" not in assistant and "content" in assistant
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+
+
 def test_a_call_the_server_ran_shows_its_result(page, stub_server):
     open_page(page, stub_server.url)
     send(page, f"please {EXECUTED_WORD}")

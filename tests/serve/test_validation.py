@@ -250,3 +250,41 @@ def test_assistant_refusal_parts_are_history_and_head_answers_where_get_does(liv
     assert post(live_server, messages=refusal_from_user).status_code == 400
     assert httpx.head(f"{live_server.url}/v1/models/grid").status_code == 200
     assert httpx.head(f"{live_server.url}/static/app.js").status_code == 200
+
+
+CALL = {"id": "call_1", "type": "function",
+        "function": {"name": "site_check", "arguments": json.dumps({"place": "济南", "check": "人数检测"})}}
+RESULT = json.dumps({"expected": 4, "present": 4, "ok": 4})
+
+
+@pytest.mark.parametrize("messages, says", [
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+      {"role": "tool", "content": RESULT}], "messages[2].tool_call_id is required"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, dict(CALL, id="c2")]},
+      {"role": "tool", "tool_call_id": "call_1", "content": RESULT}], "unanswered"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, CALL]},
+      {"role": "tool", "tool_call_id": "call_1", "content": RESULT}], "not unique"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+      {"role": "user", "content": "y"}], "messages[1]: the assistant message with tool_calls"),
+    ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_1", "content": RESULT}],
+     "must answer a tool call"),
+    ([{"role": "user", "content": None}], "messages[0].content is required"),
+    ([{"role": "user"}], "messages[0].content is required"),
+    ([{"role": "user", "content": []}], "messages[0].content is an empty array"),
+    ([{"role": "system", "content": None}, {"role": "user", "content": "x"}], "messages[0].content is required"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}, {"role": "user", "content": "y"}],
+     "messages[1].content is required"),
+])
+def test_a_conversation_openai_would_refuse_is_a_400_naming_the_message(live_server, messages, says):
+    """OpenAI's rules on the message sequence: each assistant tool call answered by a tool message with its id
+    before anything else, no tool message without an open call, content required (an assistant's only when it
+    carries calls). Each of these was answered with a 200."""
+    error = refused(live_server, "messages", messages=messages)
+    assert says in error["message"], error
+    assert not error["message"].startswith("messages: messages"), error
+
+
+def test_logit_bias_takes_openais_shape_only(live_server):
+    assert post(live_server, logit_bias={"50256": -100, "7": 2.5}).status_code == 200
+    for bad in ([1, 2], {"abc": 5}, {"1": 500}, {"1": "x"}, {"1": True}):
+        refused(live_server, "logit_bias", logit_bias=bad)
