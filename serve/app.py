@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admission import AdmittedStream
 from .bodylimit import BodyLimit
 from .catchall import CatchAll
 from .guard import Guard
@@ -119,7 +120,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
                 params = service.sampling(body, turn)
                 service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
                 counted = lambda status: metrics.requests.labels(status).inc()  # noqa: E731 (when it ends)
-                stream = _AdmittedStream(_sse(service, body, turn, params, counted), media_type="text/event-stream",
+                stream = AdmittedStream(_sse(service, body, turn, params, counted), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 stream.admission, admission = admission, None  # the response releases it once it has run
                 return stream
@@ -153,20 +154,6 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return FileResponse(str(path), media_type=kind)
 
     return app
-
-
-class _AdmittedStream(StreamingResponse):
-    """A stream that releases its request's admission (Service.admit) when Starlette has run it: after the
-    last event, or at once if the client left before it began (its generator then never starts)."""
-
-    admission = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self.admission is not None:
-                self.admission.release()
 
 
 async def _unless_client_leaves(request: Request, work):

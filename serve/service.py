@@ -26,6 +26,7 @@ from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message
+from .admission import Admission
 from .reading import json_value
 
 AUTO = "auto"
@@ -100,18 +101,6 @@ class Answer:
     """The served name that answered: a run's, or the base's (what `auto` resolved to)."""
 
 
-class Admission:
-    """One admitted chat request's place in the count of `Service.admit` (release it once, when it ends)."""
-
-    def __init__(self, service: "Service"):
-        self.service, self.held = service, True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.service.admitted -= 1
-
-
 class Service:
     """Everything between the HTTP layer and the engine (one per server)."""
 
@@ -136,7 +125,7 @@ class Service:
         self.shutting_down = True
         return self.active
 
-    def admit(self) -> "Admission":
+    def admit(self) -> Admission:
         """Refuse a new chat request with 429 (OpenAI's rate-limit shape, Retry-After: 1) while the batch is
         full and `max_queue` requests already wait for a slot: a burst beyond what the server can hold is
         told to come back, instead of queueing without bound (memory, and latencies no client waits for).
@@ -306,13 +295,13 @@ class Service:
         if call is None:
             raise RequestError("messages[-1]: a tool message must answer a tool call of an earlier assistant "
                                "message (tool_call_id)", param="messages")
+        at = next(i for i in range(len(request.messages) - 1, -1, -1) if request.messages[i] is result_msg)
         try:
-            result = json_value(_text(result_msg))
             arguments = json_value(call.function.arguments)
         except ValueError as exc:  # not JSON, nested too deeply, an integer of thousands of digits
-            raise RequestError(f"tool result / call arguments are not usable JSON: {exc}", param="messages") from None
-        if not isinstance(result, dict):
-            raise RequestError("the tool result must be a JSON object of the result's fields", param="messages")
+            raise RequestError(f"the arguments of tool call {call.id!r} ({call.function.name}) are not usable JSON: "
+                               f"{exc}", param="messages") from None
+        result = tool_result(_text(result_msg), f"messages[{at}].content", call.function.name)
         run = self._tool_owner(request.model, call.function.name)
         prompt, step = self._result_prompt(run, call.function.name, arguments, result)
         return Turn(run, prompt, [], step)
@@ -503,6 +492,32 @@ class Service:
         summary = await self.complete(next_turn, params)
         return Answer(summary.text, summary.finish_reason, answer.prompt_tokens + summary.prompt_tokens,
                       answer.completion_tokens + summary.completion_tokens, [], executed, answer.model)
+
+
+def tool_result(text: str, where: str, tool: str) -> dict[str, Any]:
+    """A tool message's content as the result's fields: a JSON object, or the same written as a Python dict
+    literal (llama-index's FunctionAgent sends `str(result)`: single quotes, True/None), read with
+    ast.literal_eval (literals only, nothing runs) and then held to the JSON checks. Anything else is the
+    client's 400, naming the message."""
+    import ast
+
+    try:
+        result = json_value(text)
+    except ValueError as exc:
+        result, error = None, exc
+        if text.lstrip().startswith("{"):
+            try:
+                literal = ast.literal_eval(text)
+                result = json_value(json.dumps(literal, allow_nan=False)) if isinstance(literal, dict) else None
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                pass
+        if result is None:
+            raise RequestError(f"{where}: the result of tool {tool} must be a JSON object of its fields; "
+                               f"this is not JSON ({error})", param="messages") from None
+    if not isinstance(result, dict):
+        raise RequestError(f"{where}: the result of tool {tool} must be a JSON object of its fields, not "
+                           f"{type(result).__name__ if result is not None else 'null'}", param="messages")
+    return result
 
 
 def forced_tool(request: ChatRequest) -> str | None:

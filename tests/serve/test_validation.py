@@ -252,21 +252,19 @@ def test_assistant_refusal_parts_are_history_and_head_answers_where_get_does(liv
     assert httpx.head(f"{live_server.url}/static/app.js").status_code == 200
 
 
-CALL = {"id": "call_1", "type": "function",
-        "function": {"name": "site_check", "arguments": json.dumps({"place": "济南", "check": "人数检测"})}}
-RESULT = json.dumps({"expected": 4, "present": 4, "ok": 4})
+SEQ_RESULT = json.dumps({"expected": 4, "present": 4, "ok": 4})
 
 
 @pytest.mark.parametrize("messages, says", [
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
-      {"role": "tool", "content": RESULT}], "messages[2].tool_call_id is required"),
+      {"role": "tool", "content": SEQ_RESULT}], "messages[2].tool_call_id is required"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, dict(CALL, id="c2")]},
-      {"role": "tool", "tool_call_id": "call_1", "content": RESULT}], "unanswered"),
+      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "unanswered"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, CALL]},
-      {"role": "tool", "tool_call_id": "call_1", "content": RESULT}], "not unique"),
+      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "not unique"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
       {"role": "user", "content": "y"}], "messages[1]: the assistant message with tool_calls"),
-    ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_1", "content": RESULT}],
+    ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}],
      "must answer a tool call"),
     ([{"role": "user", "content": None}], "messages[0].content is required"),
     ([{"role": "user"}], "messages[0].content is required"),
@@ -288,3 +286,16 @@ def test_logit_bias_takes_openais_shape_only(live_server):
     assert post(live_server, logit_bias={"50256": -100, "7": 2.5}).status_code == 200
     for bad in ([1, 2], {"abc": 5}, {"1": 500}, {"1": "x"}, {"1": True}):
         refused(live_server, "logit_bias", logit_bias=bad)
+
+
+def test_a_tool_result_written_as_a_python_dict_is_read_and_text_is_refused_naming_the_message(live_server):
+    """llama-index's FunctionAgent sends a tool's output as str(dict): single quotes. It is read as the same
+    fields (literals only); text that is neither is a 400 naming messages[i].content and the tool."""
+    as_json = live_server.service.plan(ChatRequest.model_validate({"model": "grid", "messages": tool_round(SEQ_RESULT)}))
+    as_python = live_server.service.plan(ChatRequest.model_validate(
+        {"model": "grid", "messages": tool_round(str({"expected": 4, "present": 4, "ok": 4}))}))
+    assert as_python.query == as_json.query and "应到4人" in as_json.query
+    for text in ("应到5人, 实到4人", "{'expected': float('nan')}", "{'expected': {1, 2}}", "[1, 2]", "null",
+                 "{__import__('os').system('true')}"):
+        error = refused(live_server, "messages", messages=tool_round(text))
+        assert error["message"].startswith("messages[2].content: the result of tool site_check"), error
