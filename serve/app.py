@@ -45,7 +45,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return _error(500, f"internal error: {type(exc).__name__}", "server_error")
 
     app.add_middleware(CatchAll, response=crashed_response)  # innermost: its 500s pass the CORS layer below
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, counted=counted)  # inside the guard: key first
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, counted=counted, timeout=limits.read_timeout,
+                       draining=lambda: app.state.draining)  # inside the guard: the key is checked first
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        draining=lambda: app.state.draining, counted=counted)
     if cors_origins:  # outermost: a browser's preflight (OPTIONS, no Authorization header) is answered here

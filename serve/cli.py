@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Retry-After: 1 (default: 256; 0: only what fits the batch)")
     p.add_argument("--max-body-bytes", type=Range(int, 1, 1 << 30), default=1 << 20,
                    help="larger request bodies are refused with 413 (default: 1 MiB)")
+    p.add_argument("--read-timeout", type=Range(float, 0.1, 3600), default=30.0, metavar="SECONDS",
+                   help="a client has this long to send a request's head (line and headers; else the connection "
+                        "is closed) and again its body (else 408) (default: 30)")
     p.add_argument("--spec", action="append", default=[], metavar="NAME=SPEC",
                    help="the task spec of run NAME (path or built-in name; default: the built-in spec its data "
                         "came from), for frames, routing and tools")
@@ -145,7 +148,8 @@ def build(args: argparse.Namespace):
         print("tasktune serve: --decode-weights bf16: the base has no 4-bit linears (it was not trained "
               "quantised); nothing to dequantise", file=sys.stderr, flush=True)
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
-                      limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue))
+                      limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue,
+                                  args.read_timeout))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
     return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin)), service, api_key
 
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{', 4-bit linears dequantised to bf16' if getattr(args, 'dequantised', 0) else ''})")
 
     server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
-                            banner=banner)
+                            banner=banner, read_timeout=args.read_timeout)
     try:
         server.run()  # SIGTERM/SIGINT: drain, then cancel (serve/shutdown.py)
     finally:

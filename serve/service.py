@@ -75,7 +75,8 @@ class Limits:
     max_prompt_tokens: int = 4096
     max_tokens: int = 1024
     max_body_bytes: int = 1 << 20
-    max_queue: int = 256  # model calls that may wait for a batch slot; more get 429
+    max_queue: int = 256  # requests that may wait for a batch slot; more get 429
+    read_timeout: float = 30.0  # seconds a client has for a request's head, and again for its body
 
 
 @dataclass

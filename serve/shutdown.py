@@ -37,8 +37,10 @@ class GracefulServer(uvicorn.Server):
     """uvicorn's Server for one tasktune app: a timed drain, then cancellation through the engine."""
 
     def __init__(self, app, service, *, host: str, port: int, shutdown_timeout: float,
-                 banner: Callable[[int], str] | None = None):
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                 banner: Callable[[int], str] | None = None, read_timeout: float = 30.0):
+        from .connections import with_head_deadline
+
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=with_head_deadline(read_timeout),
                                 timeout_graceful_shutdown=shutdown_timeout + GRACE)
         super().__init__(config)
         self.app, self.service, self.shutdown_timeout = app, service, shutdown_timeout

@@ -218,3 +218,60 @@ def test_a_signal_to_the_process_group_drains_the_engine_process_too(serve_runs,
     assert code == 0 and "Traceback" not in err, err
     assert "engine in its own process" in err
     assert re.search(r"drained 3 request\(s\), cancelled 0", err), err
+
+
+def _send_and_read(url: str, payload: bytes, wait: float) -> bytes:
+    """Open a connection, send `payload` and no more; whatever the server sends until it closes (or `wait`)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as conn:
+        if payload:
+            conn.sendall(payload)
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            received += b"<still open>"
+        return received
+
+
+PARTIAL_BODY = b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"model"'
+
+
+@pytest.mark.timeout(240)
+def test_a_client_that_stalls_is_timed_out_and_cannot_hold_the_shutdown(serve_runs, tmp_path):
+    """--read-timeout: a connection that sends nothing, or half a head, is closed; a body that stalls gets a 408
+    in OpenAI's shape. They were held without end, and a stalled body held SIGTERM's exit for the whole graceful
+    timeout (38 s), then got uvicorn's plain-text 500 and a traceback in the log. Now a body still arriving when
+    the shutdown begins gets a 503 `shutting_down` at once, and the server exits promptly."""
+    import concurrent.futures
+
+    server = ServeProcess(serve_runs["grid"], tmp_path / "timeout.log", "--read-timeout", "1")
+    try:
+        start = time.monotonic()
+        assert _send_and_read(server.url, b"", 20) == b""  # closed by the server, not by the 20 s wait
+        assert _send_and_read(server.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost:", 20) == b""
+        assert time.monotonic() - start < 10
+        reply = _send_and_read(server.url, PARTIAL_BODY, 20)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+        assert httpx.get(f"{server.url}/health").status_code == 200  # and the server serves on
+    finally:
+        server.kill()
+
+    server = ServeProcess(serve_runs["grid"], tmp_path / "drain.log")  # default --read-timeout 30
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(_send_and_read, server.url, PARTIAL_BODY, 30)
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            code, took = _exit(server, 30)
+            reply = stalled.result()
+        assert code == 0 and took < 10, (code, took, server.stderr())
+        assert reply.startswith(b"HTTP/1.1 503"), reply
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "shutting_down"
+        assert "Traceback" not in server.stderr(), server.stderr()
+    finally:
+        server.kill()
