@@ -23,8 +23,9 @@ from .bodylimit import BodyLimit
 from .catchall import CatchAll
 from .guard import Guard
 from .metrics import Metrics
-from .protocol import ChatRequest, error_body, error_response as _error, new_id, now
-from .reading import chat_request as _chat_request, code as error_code, param as _param
+from .protocol import ChatRequest, error_body, error_response as _error, new_id, now, shown
+from .reading import chat_request as _chat_request, code as error_code, message as error_message, \
+    param as _param
 from .service import RequestError, Service, generation_failed
 
 STATIC = files("tasktune.serve") / "static"
@@ -59,7 +60,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = _param(first.get("loc", ()))
-        message = first.get("msg", "invalid request")
+        message = error_message(first)
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
         counted(400)
@@ -108,7 +109,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])
     async def model(name: str):
         if name not in service.model_names():
-            raise RequestError(f"The model `{name}` does not exist", status=404, code="model_not_found")
+            raise RequestError(f"The model `{shown(name)}` does not exist", status=404, code="model_not_found")
         return {"id": name, "object": "model", "created": now(), "owned_by": "tasktune"}
 
     @app.post("/v1/chat/completions")
@@ -149,7 +150,7 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     async def static(name: str):
         path = STATIC / name
         if "/" in name or name.startswith(".") or len(name) > 128 or not path.is_file():  # 256+: ENAMETOOLONG
-            raise RequestError(f"no such file: {name}", status=404, code="not_found")
+            raise RequestError(f"no such file: {shown(name)}", status=404, code="not_found")
         kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}.get(name.rsplit(".", 1)[-1],
                                                                                       "application/octet-stream")
         return FileResponse(str(path), media_type=kind)

@@ -1,5 +1,6 @@
 """The checks every /v1/ request passes before the app sees it: the API key (401), a declared body size over the
-limit (413, nothing read), and a server that is draining (503) — each in OpenAI's error shape.
+limit (413, nothing read), a body compressed or in a charset other than UTF-8 (415), and a server that is
+draining (503) — each in OpenAI's error shape.
 
 Pure ASGI middleware, not Starlette's `@app.middleware("http")`: that one passes every chunk of a streamed answer
 through an extra memory stream and task switch, a per-token cost that showed at many concurrent streams."""
@@ -39,7 +40,24 @@ class Guard:
         if size is not None and (not size.isdigit() or int(size) > self.max_body_bytes):
             return _error(413, f"request body over this server's limit of {self.max_body_bytes} bytes",
                           code="request_too_large")
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):  # a gzip body was read as text: "not valid JSON: can't decode 0x8b"
+            return _error(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+                          code="unsupported_content_encoding")
+        charset = _charset(headers.get("content-type", ""))
+        if charset not in (None, "utf-8", "utf8"):
+            return _error(415, f"the body must be UTF-8 JSON; its Content-Type says charset={charset[:40]}",
+                          code="unsupported_charset")
         if self.draining():
             return _error(503, "the server is shutting down", "server_error", "shutting_down")
         return None
+
+
+def _charset(content_type: str) -> str | None:
+    """The charset parameter of a Content-Type header, lower-cased and unquoted (None when there is none)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 

@@ -232,10 +232,21 @@ def now() -> int:
     return int(time.time())
 
 
+#: The longest error message sent: a message quotes the request (a model name, a tool result), and a 100,000-character
+#: model name came back whole in its 404
+MAX_MESSAGE = 1000
+
+
+def shown(value: Any, limit: int = 100) -> str:
+    """A client's value as an error message quotes it: at most `limit` characters, marked where cut."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
                param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}, the message cut to MAX_MESSAGE."""
+    return {"error": {"message": shown(message, MAX_MESSAGE), "type": type_, "param": param, "code": code}}
 
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from fastapi import Request
@@ -22,8 +23,12 @@ async def chat_request(request: Request) -> ChatRequest:
     'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
     raw = await request.body()
     try:
-        data = json_value(raw.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
-    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), not JSON, json_value's checks
+        # RFC 8259: JSON between systems is UTF-8, and a parser may ignore a byte order mark
+        data = json_value(raw.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {
+            "error": f"the body is not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})"}}]) from None
+    except ValueError as exc:  # not JSON, json_value's checks
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
                                        "ctx": {"error": str(exc)}}]) from None
     try:
@@ -41,6 +46,10 @@ def json_value(text: str) -> Any:
         data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's text names sys.set_int_max_str_digits()
+            raise ValueError(f"an integer has more than {sys.get_int_max_str_digits()} digits") from None
+        raise
     _check_json(data)
     return data
 
@@ -107,6 +116,19 @@ def code(error: dict) -> str | None:
     if kind.endswith(("_type", "_parsing")) or kind in ("is_instance_of", "union_tag_invalid"):
         return "invalid_type"
     return "invalid_value"
+
+
+#: JSON's names for Python's types, for "expected an object, got an array"
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def message(error: dict) -> str:
+    """One pydantic error's message as a client reads it: "expected an object, got an array" where pydantic
+    said "Input should be a valid dictionary or instance of ChatRequest" (a class name of this server's)."""
+    if error.get("type") in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected an object, got {_JSON_TYPES.get(type(error.get('input')), 'another type')}"
+    return error.get("msg", "invalid request")
 
 
 def param(loc) -> str:

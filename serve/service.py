@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable
 from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
-from .protocol import ChatRequest, Message
+from .protocol import ChatRequest, Message, shown
 from .admission import Admission
 from .reading import json_value
 
@@ -163,7 +163,7 @@ class Service:
             return model
         if model == self.base_name:
             return None
-        raise RequestError(f"The model `{model}` does not exist; served: {', '.join(self.model_names())}",
+        raise RequestError(f"The model `{shown(model)}` does not exist; served: {', '.join(self.model_names())}",
                            status=404, code="model_not_found", param="model")
 
     # -- turning messages into a model call -----------------------------------------------------------------
@@ -362,7 +362,7 @@ class Service:
         limit = getattr(request, field)
         if limit is not None and limit > self.limits.max_tokens:
             raise RequestError(f"{field}={limit} is over this server's limit of {self.limits.max_tokens}",
-                               param=field)
+                               param=field, code="integer_above_max_value")
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
         _refuse_unsupported(request)
         return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),

@@ -105,3 +105,39 @@ def test_a_500_keeps_the_cors_headers_and_the_error_shape(serve_runs, monkeypatc
         assert _count(server, "500") == 1
     finally:
         server.stop()
+
+
+def test_errors_speak_json_and_quote_the_request_briefly(live_server):
+    """A body that is not an object says "expected an object, got an array" (was pydantic's "instance of
+    ChatRequest"), a message likewise; a 5,000-digit integer names the limit, not a Python function; a compressed
+    or non-UTF-8 body is a 415 (gzip was 'not valid JSON: can't decode byte 0x8b'); a BOM is skipped; a huge model
+    name is quoted cut short, and no message is longer than protocol.MAX_MESSAGE."""
+    import gzip
+
+    from tasktune.serve.protocol import MAX_MESSAGE
+
+    url = f"{live_server.url}/v1/chat/completions"
+    hi = [{"role": "user", "content": "hi"}]
+    for body, says in ((b"[1, 2]", "expected an object, got an array"), (b"null", "expected an object, got null"),
+                       (json.dumps({"model": "grid", "messages": ["hi"]}).encode(), "expected an object, got a string"),
+                       (b'{"model": "grid", "max_tokens": ' + b"9" * 5000 + b"}", "more than 4300 digits")):
+        reply = httpx.post(url, content=body)
+        assert reply.status_code == 400 and says in reply.json()["error"]["message"], reply.text
+        assert "ChatRequest" not in reply.text and "Message" not in reply.text and "sys." not in reply.text
+    plain = json.dumps({"model": "grid", "messages": hi, "max_tokens": 2}).encode()
+    reply = httpx.post(url, content=gzip.compress(plain), headers={"Content-Encoding": "gzip"})
+    assert reply.status_code == 415 and reply.json()["error"]["code"] == "unsupported_content_encoding"
+    reply = httpx.post(url, content=plain, headers={"Content-Type": "application/json; charset=latin-1"})
+    assert reply.status_code == 415 and "UTF-8" in reply.json()["error"]["message"]
+    reply = httpx.post(url, content=b"\xef\xbb\xbf" + plain, headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert reply.status_code == 200, reply.text
+    reply = httpx.post(url, content=b'{"model": "grid", "messages": [{"role": "user", "content": "\xff"}]}')
+    assert reply.status_code == 400 and "not UTF-8 (byte 0xff" in reply.json()["error"]["message"]
+    reply = httpx.post(url, json={"model": "m" * 20_000, "messages": hi})
+    assert reply.status_code == 404 and len(reply.json()["error"]["message"]) < 400
+    assert httpx.get(f"{live_server.url}/v1/models/{'m' * 10_000}").json()["error"]["message"].endswith("does not exist")
+    reply = httpx.post(url, json={"model": "grid", "messages": hi, "max_tokens": 10**6})
+    assert reply.json()["error"]["code"] == "integer_above_max_value"
+    reply = httpx.post(url, json={"model": "grid", "messages": [{"role": "user", "content": "x", "name": "n" * 5000}],
+                                  "tool_choice": "x" * 20_000})
+    assert len(reply.json()["error"]["message"]) <= MAX_MESSAGE + 40
