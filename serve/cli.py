@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", metavar="RUN", help="a classification run (trained on the spec's intents) that "
                                                    "routes plain user text to a step")
     p.add_argument("--actions", metavar="MODULE.py", help="a Python file (or module) whose REGISTRY maps tool "
-                                                         "names to callables: the server then runs the tools itself")
+                                                         "names to callables: the server then runs the tools itself; "
+                                                         "`grid` or `smarthome`: the simulated libraries that ship")
     p.add_argument("--decode", choices=("auto", "dynamic", "slots"), default="auto",
                    help="slots: fixed key/value slots, one CUDA graph a step (GPU); dynamic: a padded batch that "
                         "grows and shrinks (CPU); auto: slots on CUDA, dynamic elsewhere")

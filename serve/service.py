@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import sys
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -579,9 +580,11 @@ def _text(message: Message) -> str:
         raise RequestError(f"messages: {exc}", param="messages") from None
 
 
-def load_tools(runs: dict[str, Any], specs: dict[str, str]) -> dict[str, Any]:
+def load_tools(runs: dict[str, Any], specs: dict[str, str],
+               warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """TaskTools of every run: its spec from `specs[name]` (path or built-in name), else the built-in spec its
-    data was generated from (stats.json's `spec`), else none (the run then answers plain text only)."""
+    data was generated from (stats.json's `spec`), else none: the run then answers plain text only, which `warn`
+    says at startup (a moved data folder turned tools off silently; a forced call then said "actions: none")."""
     from tasktune.datagen.spec import builtin_specs, load_spec
 
     from .tools import TaskTools
@@ -594,9 +597,14 @@ def load_tools(runs: dict[str, Any], specs: dict[str, str]) -> dict[str, Any]:
             stats = Path(run.data) / "stats.json"
             try:
                 spec_name = json.loads(stats.read_text(encoding="utf-8")).get("spec")
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 spec_name = None
             source = spec_name if spec_name in builtin else None
+            if source is None:
+                why = (f"its data's {stats} names no built-in spec" if stats.is_file()
+                       else f"its data folder's {stats} is missing")
+                warn(f"tasktune serve: run {name}: its spec is unknown ({why}); it answers plain text only, with "
+                     f"no frames, routing or tools: give it with --spec {name}=SPEC")
         if source is not None:
             out[name] = TaskTools.from_spec(load_spec(source))
     unknown = sorted(set(specs) - set(runs))
@@ -605,11 +613,17 @@ def load_tools(runs: dict[str, Any], specs: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+#: `--actions NAME` for the simulated action libraries that ship with tasktune
+BUILTIN_ACTIONS = {"grid": "tasktune.serve.actions.grid_sim", "smarthome": "tasktune.serve.actions.smarthome_sim"}
+
+
 def load_actions(path: str) -> dict[str, Callable[..., dict]]:
-    """`--actions`: a Python file or module name whose REGISTRY maps tool names to callables."""
+    """`--actions`: a Python file or module name whose REGISTRY maps tool names to callables, or the name of a
+    simulated library that ships with tasktune (BUILTIN_ACTIONS: grid, smarthome)."""
     import importlib
     import importlib.util
 
+    path = BUILTIN_ACTIONS.get(path, path)
     if path.endswith(".py"):
         file = Path(path)
         if not file.is_file():
@@ -621,7 +635,8 @@ def load_actions(path: str) -> dict[str, Callable[..., dict]]:
         try:
             module = importlib.import_module(path)
         except ImportError as exc:
-            raise ConfigError(f"--actions {path}: cannot import it ({exc})") from None
+            raise ConfigError(f"--actions {path}: cannot import it ({exc}); give a .py file, a module, or one of "
+                              f"the built-in simulations: {', '.join(BUILTIN_ACTIONS)}") from None
     registry = getattr(module, "REGISTRY", None)
     if not isinstance(registry, dict) or not all(callable(f) for f in registry.values()):
         raise ConfigError(f"--actions {path}: the module needs REGISTRY = {{tool name: callable}}")

@@ -290,3 +290,24 @@ def test_smarthome_sim_is_deterministic_and_feeds_the_frame():
         "step#summarize the function result*device#heater*room#kitchen*command#on*result#done*power#900W")
     with pytest.raises(ValueError, match="unknown device 'toaster'"):
         smarthome_sim.set_device("toaster", "kitchen", "on")
+
+
+def test_built_in_action_libraries_by_name_and_a_run_without_a_known_spec_is_warned_about(tmp_path):
+    """`--actions grid` is the shipped simulation (it was "cannot import it (No module named 'grid')"); a run
+    whose data folder moved is served without tools, and the startup says so and how to give the spec (it
+    turned tools off silently)."""
+    from types import SimpleNamespace
+
+    from tasktune.errors import ConfigError
+    from tasktune.serve.actions import grid_sim, smarthome_sim
+    from tasktune.serve.service import load_actions, load_tools
+
+    assert load_actions("grid") == grid_sim.REGISTRY and load_actions("smarthome") == smarthome_sim.REGISTRY
+    with pytest.raises(ConfigError, match="built-in simulations: grid, smarthome"):
+        load_actions("no_such_actions")
+    said: list[str] = []
+    runs = {"moved": SimpleNamespace(data=str(tmp_path / "gone"))}
+    assert load_tools(runs, {}, warn=said.append) == {}
+    assert len(said) == 1 and "run moved" in said[0] and "--spec moved=SPEC" in said[0]
+    said.clear()
+    assert set(load_tools(runs, {"moved": "grid"}, warn=said.append)) == {"moved"} and not said
