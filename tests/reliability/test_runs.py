@@ -37,7 +37,12 @@ def _run(argv, capsys):
 
 # -- the lock --------------------------------------------------------------------------------------------
 
-def test_a_second_train_on_a_held_run_folder_is_refused_naming_the_holder(tiny_glm, train_data, tmp_path, capsys):
+@pytest.mark.parametrize("env", [{}, {"RANK": "1"}, {"RANK": "3", "WORLD_SIZE": "1"}], ids=["plain", "rank", "world1"])
+def test_a_second_train_on_a_held_run_folder_is_refused_naming_the_holder(tiny_glm, train_data, tmp_path, capsys,
+                                                                           monkeypatch, env):
+    """Also with a stray RANK (no multi-process launch: WORLD_SIZE unset or 1), which switched the lock off."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -50,6 +55,17 @@ def test_a_second_train_on_a_held_run_folder_is_refused_naming_the_holder(tiny_g
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("env, says", [({"RANK": "abc"}, "RANK='abc': expected an integer"),
+                                       ({"RANK": "-1"}, "RANK=-1: expected 0"),
+                                       ({"RANK": "4", "WORLD_SIZE": "2"}, "the rank must be below the size")])
+def test_launch_variables_that_are_not_a_rank_are_refused_by_name(tiny_glm, train_data, tmp_path, capsys, monkeypatch,
+                                                                  env, says):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = _run(train_argv(tiny_glm, train_data, tmp_path / "run", max_steps=2), capsys)
+    assert code == 2 and says in err and "Traceback" not in err, err
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_and_removed_on_exit(tiny_glm, train_data, tmp_path, capsys):

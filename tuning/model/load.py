@@ -108,12 +108,12 @@ def _resolve_dtype(dtype, quantization_bit):
 
 def _default_quantized_device_map():
     """bitsandbytes layers must be created on their device: this process's GPU (LOCAL_RANK under torchrun), else CPU."""
-    import os
-
     import torch
 
+    from tasktune.envvars import env_int
+
     if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        return {"": env_int("LOCAL_RANK", 0, 0, 1 << 16)}
     return None
 
 

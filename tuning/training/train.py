@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,11 +131,12 @@ def fit(cfg: TrainConfig, *, log=print) -> FitResult:
 def _run_guard(cfg: TrainConfig) -> Iterator[None]:
     """The run folder checked for links out of it, locked (by rank 0 of a launch: one lock per run), and SIGTERM
     raising `Terminated` (a KeyboardInterrupt: the loop's Ctrl-C checkpoint) for the whole run (issue 21)."""
+    from tasktune.envvars import launched_rank
     from tasktune.runlock import run_lock, sigterm_as_interrupt
 
     run_dir = Path(cfg.out)
     ckpt.check_run_folder(run_dir)
-    lock = run_lock(run_dir) if int(os.environ.get("RANK", "0") or 0) == 0 else contextlib.nullcontext()
+    lock = run_lock(run_dir) if launched_rank() == 0 else contextlib.nullcontext()
     with lock, sigterm_as_interrupt():
         yield
 
