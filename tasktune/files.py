@@ -209,6 +209,8 @@ def own_subdir(parent: str | os.PathLike[str], name: str) -> Path:
         raise ConfigError(f"{path}: is a symbolic link (to {os.readlink(path)}); tasktune writes and deletes "
                           "files there and does not follow links out of the folder: remove the link (or make it "
                           "a real folder) and run again")
+    if path.exists() and not real_dir(path):  # mkdir's "File exists" named no reason
+        raise ConfigError(f"{path}: exists but is not a folder; move it away and run again")
     path.mkdir(parents=True, exist_ok=True)
     if not real_dir(path):
         raise ConfigError(f"{path}: exists but is not a folder; move it away and run again")
@@ -239,3 +241,11 @@ def read_small(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
     if len(data) > limit:
         raise OSError(27, f"larger than {limit} bytes", str(path))
     return data
+
+
+def read_text_file(path: str | os.PathLike[str], limit: int = 1 << 24) -> str:
+    """A small text file (a run record, a config, a template) as UTF-8 text, a BOM dropped: read_small on the
+    file a link given by the user points to. OSError naming the path for a FIFO, a device, a folder or a file
+    over `limit` bytes (`Path.read_text` blocked forever on a FIFO and read /dev/zero until memory ran out);
+    UnicodeDecodeError for bytes that are not UTF-8."""
+    return read_small(os.path.realpath(path), limit).decode("utf-8").removeprefix("\ufeff")

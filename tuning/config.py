@@ -20,6 +20,7 @@ import yaml
 
 from tasktune import yamlread
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range, bool_choice,
                             check_choices, check_output_folder, check_ranges)
 
@@ -234,8 +235,10 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     path = Path(path)
     try:
         if not path.is_file():
-            raise ConfigError(f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-        data = yamlread.load(path.read_text(encoding="utf-8")) or {}  # duplicate keys refused
+            what = ("is a folder, not a file" if path.is_dir() else "is not a regular file (a FIFO or a device?)"
+                    if path.exists() else "file not found")
+            raise ConfigError(f"--config {path}: {what}")
+        data = yamlread.load(read_text_file(path)) or {}  # duplicate keys refused
     except (OSError, UnicodeEncodeError) as exc:  # a name too long, a lone surrogate, no permission
         raise ConfigError(f"--config {str(path)!r}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except UnicodeDecodeError as exc:

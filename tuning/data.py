@@ -14,6 +14,7 @@ from typing import Any
 from tasktune import TEMPLATES
 from tasktune.errors import DataError
 from tasktune.tuning import templating
+from tasktune.tuning.rows import SURROGATE, clean_history, clean_meta, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class DataConfig:
     "human_assistant", or a path to a .jinja file (variables: query, history)."""
 
     def __post_init__(self) -> None:
+        columns = {"--prompt-column": self.prompt_column, "--response-column": self.response_column,
+                   "--history-column": self.history_column}
+        if len(set(columns.values())) < len(columns):
+            raise DataError("the data columns must differ: " + ", ".join(f"{k} {v}" for k, v in columns.items()))
         if self.max_source_length < 1 or self.max_target_length < 1:
             raise DataError(
                 f"max_source_length/max_target_length must be >= 1, got "
@@ -84,42 +89,6 @@ def resolve_split_file(path_or_dir: str | Path, split: str) -> Path:
     return path
 
 
-def _read_rows(path: Path) -> list[Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # (a UTF-8 BOM is dropped)
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    if path.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-        return rows
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON array of records, got {type(rows).__name__}")
-    return rows
-
-
-def _clean_history(value: Any, where: str) -> list[list[str]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(
-        isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
-        for turn in value
-    ):
-        raise DataError(f"{where}: history must be a list of [query, answer] string pairs")
-    return [list(turn) for turn in value]
-
-
 def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig | None = None):
     """Read `split` (`{split}.json` array or `{split}.jsonl`) into a `datasets.Dataset`.
 
@@ -130,7 +99,7 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
 
     cfg = cfg or DataConfig()
     path = resolve_split_file(path_or_dir, split)
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no records")
     keep: dict[str, list] = {cfg.prompt_column: [], cfg.response_column: [], cfg.history_column: [], META_COLUMN: []}
@@ -145,9 +114,11 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
                 raise DataError(f"{where}: column {column!r} must be a string")
             if not row[column].strip():  # as `tasktune data`'s schema: nothing to ask or answer teaches nothing
                 raise DataError(f"{where}: column {column!r} is empty")
+            if SURROGATE.search(row[column]):  # "\ud800" in JSON: no tokenizer or file can take it
+                raise DataError(f"{where}: column {column!r} holds a lone UTF-16 surrogate (not valid Unicode)")
             keep[column].append(row[column])
-        keep[cfg.history_column].append(_clean_history(row.get(cfg.history_column), where))
-        keep[META_COLUMN].append(json.dumps(row.get("meta") or {}, ensure_ascii=False, sort_keys=True))
+        keep[cfg.history_column].append(clean_history(row.get(cfg.history_column), where))
+        keep[META_COLUMN].append(json.dumps(clean_meta(row.get("meta"), where), ensure_ascii=False, sort_keys=True))
     ds = Dataset.from_dict(keep)
     ds.info.description = str(path)  # lets later errors name the file
     return ds
@@ -160,6 +131,8 @@ def _template_path(template: str) -> Path:
     if template in ("chatglm", "human_assistant"):
         return PROMPT_TEMPLATES / f"{template}.jinja"
     path = Path(template)
+    if path.suffix == ".jinja" and path.exists() and not path.is_file():
+        raise DataError(f"prompt template {template!r}: not a regular file (a folder, a FIFO or a device)")
     if path.suffix != ".jinja" or not path.is_file():
         raise DataError(
             f"prompt template {template!r}: expected auto, chat, chatglm, human_assistant or a .jinja file"

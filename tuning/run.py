@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 
 #: What training records about a run (config, fingerprint, environment, results).
 RECORD_FILE = "tasktune_run.json"
@@ -137,7 +138,7 @@ def read_json_object(path: Path, hint: str = "") -> dict[str, Any]:
     for text that is not JSON or JSON of another shape (`[]`, `null`: callers' `.get` failed on them). A missing
     file is the caller's to report (OSError)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
     if not isinstance(data, dict):
@@ -161,7 +162,7 @@ def data_fingerprint(data: str | Path) -> dict[str, str]:
     stats = (data if data.is_dir() else data.parent) / "stats.json"
     if stats.is_file():
         try:
-            spec_hash = json.loads(stats.read_text(encoding="utf-8")).get("spec_sha256")
+            spec_hash = json.loads(read_text_file(stats)).get("spec_sha256")
         except (ValueError, AttributeError):
             spec_hash = None
         if spec_hash:

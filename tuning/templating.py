@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import DataError
+from tasktune.files import read_text_file
 
 
 def _environment(**options: Any):
@@ -42,7 +43,7 @@ def prompt_frame(path: str):
     from jinja2 import StrictUndefined, TemplateSyntaxError
 
     try:
-        source = Path(path).read_text(encoding="utf-8-sig")
+        source = read_text_file(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read prompt template ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

@@ -75,3 +75,43 @@ def test_the_estimate_follows_the_measured_peak():
     # benchmarks/RESULTS.md: 1,596 MiB measured at 1M records (grid, unique off): the estimate is not below it
     assert budget.estimate(1_000_000) >= 1_596 * 2**20
     assert budget.estimate(1_000_000) <= 2 * budget.GIB
+
+
+# -- small files found in run folders or named by flags: never a FIFO or a device ----------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_glm, train_data, tmp_path_factory):
+    from reliability_util import train_argv
+
+    run = tmp_path_factory.mktemp("bounded-run") / "run"
+    assert run_cli(train_argv(tiny_glm, train_data, run, max_steps=2, save_steps=2)) == 0
+    return run
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["adapter_config.json", "tasktune_adapter.json", "tasktune_run.json"])
+def test_a_run_file_that_is_a_fifo_is_refused_not_waited_for(trained_run, tmp_path, capsys, name):
+    """`eval` and `chat` blocked forever on a FIFO in place of adapter_config.json or tasktune_adapter.json
+    (Path.read_text): every small file is now read through tasktune.files.read_text_file."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / name).unlink()
+    os.mkfifo(run / name)
+    code, err = _run(["eval", str(run), "--limit", "1"], capsys)
+    assert code == 2 and name in err and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(120)
+def test_a_config_or_prompt_template_that_is_a_fifo_or_device_is_refused(tiny_glm, train_data, tmp_path, capsys):
+    """--config FIFO said "file not found"; --config /dev/zero read until memory ran out."""
+    from reliability_util import train_argv
+
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    for config in (fifo, "/dev/zero"):
+        code, err = _run(train_argv(tiny_glm, train_data, tmp_path / "r") + ["--config", str(config)], capsys)
+        assert code == 2 and "not a regular file" in err and str(config) in err, err
+    template = tmp_path / "frame.jinja"
+    os.mkfifo(template)
+    code, err = _run(train_argv(tiny_glm, train_data, tmp_path / "r") + ["--prompt-template", str(template)], capsys)
+    assert code == 2 and "not a regular file" in err and str(template) in err, err

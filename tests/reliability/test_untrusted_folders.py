@@ -180,6 +180,13 @@ def test_the_eval_folder_must_not_be_a_link(tmp_path, victim):
         files.own_subdir(tmp_path, "eval")
 
 
+def test_an_eval_folder_that_is_a_file_is_named_before_any_work(tmp_path):
+    """mkdir's bare "File exists" came after the whole eval had generated."""
+    (tmp_path / "eval").write_text("x")
+    with pytest.raises(ConfigError, match="eval: exists but is not a folder"):
+        files.own_subdir(tmp_path, "eval")
+
+
 def test_the_save_staging_sweep_does_not_follow_links(tmp_path, victim):
     (tmp_path / f"{STAGING_PREFIX}999999999-x").symlink_to(victim, target_is_directory=True)
     assert sweep_dead_staging(tmp_path) == []

@@ -44,6 +44,13 @@ def test_unknown_method():
         CompareConfig(model="m", data="d", methods=["lora", "adapterdrop"])
 
 
+@pytest.mark.parametrize("methods, says", [([], "names no method"), (["lora", "lora"], "lora more than once")])
+def test_no_method_or_one_twice_is_refused(methods, says):
+    """`--methods ""` wrote an empty table over compare.md (exit 0); `lora,lora` trained into one folder twice."""
+    with pytest.raises(ConfigError, match=says):
+        CompareConfig(model="m", data="d", out="o", methods=methods)
+
+
 def test_markdown_for_classification_metrics():
     cfg = CompareConfig(model="m", data="d", methods=["lora"], task="classification")
     row = {"method": "lora", "trainable": 10, "total": 1000, "checkpoint_bytes": 2048, "peak_mib": 300.0,

@@ -88,6 +88,13 @@ def test_load_records_custom_columns(tmp_path):
         ('[{"content": "x", "summary": "y", "history": [["only one"]]}]', "history must be a list"),
         ('{"content": "x"}', "expected a JSON array"),
         ('[{"content": "x",\n "summary": }]', ":2: invalid JSON"),
+        # shapes that reached pyarrow, the tokenizer or eval's metrics (tracebacks, some after the whole eval)
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('[{"content": "a\\ud800b", "summary": "y"}]', "lone UTF-16 surrogate"),
+        ('[{"content": "x", "summary": "y", "meta": ["x"]}]', "meta must be an object"),
+        ('[{"content": "x", "summary": "y", "meta": {"step": ["s"]}}]', "meta.step must be a string"),
+        ('[{"content": "x", "summary": "y", "meta": {"arguments": ["a"]}}]', "meta.arguments must be an object"),
+        ('[{"content": "x", "summary": "y", "meta": {"answer_pattern": 5}}]', "meta.answer_pattern must be a string"),
     ],
 )
 def test_load_records_errors_name_file_and_problem(tmp_path, content, message):
@@ -247,3 +254,9 @@ def test_prompt_ids_hold_one_bos_and_are_the_training_prompts(data_dir, tokenize
                                                                                  max_target_length=512))
     for ids, row in zip(chat_ids, rows):  # what training put before the answer
         assert row["input_ids"][:len(ids)] == ids and row["labels"][:len(ids)] == [IGNORE_INDEX] * len(ids)
+
+
+def test_the_data_columns_must_differ():
+    """--prompt-column content --response-column content reached pyarrow (ArrowInvalid)."""
+    with pytest.raises(DataError, match="--prompt-column content, --response-column content"):
+        DataConfig(prompt_column="content", response_column="content")

@@ -159,3 +159,30 @@ def test_max_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
     out = real(input_ids=torch.tensor([tail]), max_new_tokens=4, do_sample=False,
                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     assert cut_answer == [tok.decode(out[0, 8:], skip_special_tokens=True).strip()]
+
+
+def test_eval_says_when_the_data_or_base_differ_from_what_the_run_was_trained_on(trained_run, tiny_model_dir,
+                                                                                  tmp_path):
+    """A run evaluated from another working directory resolved its relative --data to other files, and a base
+    folder changed since training was used as found: both silently (exit 0, the report overwritten)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    data, model = tmp_path / "data", tmp_path / "model"
+    shutil.copytree(trained_run.parent / "data", data)
+    shutil.copytree(tiny_model_dir("glm"), model)
+    record = json.loads((run / "tasktune_run.json").read_text())
+    record["config"].update(data=str(data), model=str(model))
+    (run / "tasktune_run.json").write_text(json.dumps(record))
+    said: list[str] = []
+    evaluate(EvalConfig(run_dir=str(run), max_new_tokens=2, limit=2), log=said.append)
+    assert not [line for line in said if line.startswith("warning")], said  # the same files: nothing to say
+    dev = json.loads((data / "dev.json").read_text())
+    (data / "dev.json").write_text(json.dumps(dev[:-1]))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "note": "edited"}))
+    said.clear()
+    evaluate(EvalConfig(run_dir=str(run), max_new_tokens=2, limit=2), log=said.append)
+    warnings = [line for line in said if line.startswith("warning")]
+    assert len(warnings) == 2 and "dev.json changed since" in warnings[0] and "base model" in warnings[1], said

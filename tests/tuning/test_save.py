@@ -185,3 +185,42 @@ def test_projection_adapter_from_peft_cannot_resume_without_mlp(tiny_model_dir, 
     with pytest.raises(ConfigError, match="cannot resume"):
         load_adapter(_load(path), tmp_path, is_trainable=True)
     assert load_adapter(_load(path), tmp_path).trainable_parameters() == 0
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda t: t.fill_(float("nan")), "NaN or infinite"),
+    (lambda t: t.fill_(float("inf")), "NaN or infinite"),
+    (lambda t: t.to(torch.int8), "is int8"),
+    (lambda t: t.bool(), "is bool"),
+    (lambda t: {"prompt_embeddings": t, "extra": t.clone()}, "unexpected: ['extra']"),
+], ids=["nan", "inf", "int8", "bool", "extra tensor"])
+def test_adapter_tensors_nobody_trained_are_refused(tiny_model_dir, tmp_path, damage, says):
+    """A prefix of NaN, infinities, integers or with tensors beside it was loaded and answered with exit 0 (its
+    record's sha256 rewritten, or deleted as the docs allow for a file changed on purpose)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    flat = load_file(str(tmp_path / WEIGHTS_NAME))["prompt_embeddings"]
+    damaged = damage(flat)
+    save_file(damaged if isinstance(damaged, dict) else {"prompt_embeddings": damaged}, str(tmp_path / WEIGHTS_NAME))
+    record = json.loads((tmp_path / RECORD_NAME).read_text())
+    del record["sha256"][WEIGHTS_NAME]
+    (tmp_path / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=f"{WEIGHTS_NAME}.*{says}".replace("[", r"\[").replace("]", r"\]")):
+        load_adapter(_load(path), tmp_path)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda r: r.update(format=99), "format 99 is not one this tasktune reads"),
+    (lambda r: r.update(format="1"), "format '1'"),
+    (lambda r: r["prefix"].update(pre_seq_len=P + 3), f"prefix.pre_seq_len is {P + 3}"),
+])
+def test_an_adapter_record_of_another_format_or_length_is_refused(tiny_model_dir, tmp_path, edit, says):
+    path = tiny_model_dir("glm")
+    save_adapter(_trained_tuner(path), tmp_path, base_model="tiny")
+    record = json.loads((tmp_path / RECORD_NAME).read_text())
+    edit(record)
+    (tmp_path / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=f"{RECORD_NAME}: {says}"):
+        load_adapter(_load(path), tmp_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 from tasktune.tuning.config import METHODS
 
 #: Learning rates that work for each method on the same short budget (AdamW, linear decay); the soft-prompt
@@ -47,6 +48,11 @@ class CompareConfig:
     """Per-method overrides of DEFAULT_LR."""
 
     def __post_init__(self) -> None:
+        if not self.methods:  # `--methods ""` wrote an empty table over compare.md, exit 0
+            raise ConfigError(f"compare: --methods names no method; choose from {', '.join(METHODS)}")
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:  # each method trains into OUT/METHOD: a second one would train over the first
+            raise ConfigError(f"compare: --methods names {', '.join(twice)} more than once")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -74,7 +80,7 @@ def _peak_rss_mib() -> float:
 
 def run_worker(spec_path: Path, result_path: Path) -> None:
     """Train + evaluate one method per the spec JSON; write measurements as JSON (errors included)."""
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    spec = json.loads(read_text_file(spec_path))
     result: dict[str, Any] = {"method": spec["train"]["method"]}
     try:
         import torch
@@ -139,7 +145,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, "-m", "tasktune.tuning.evaluation.compare", "--worker", str(spec_path), str(result_path)],
                               capture_output=True, text=True)
         if result_path.is_file():
-            result = json.loads(result_path.read_text(encoding="utf-8"))
+            result = json.loads(read_text_file(result_path))
         else:  # killed (e.g. out of memory) before it could write
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             result = {"method": method, "error": f"worker died: {tail[0]}"}

@@ -57,6 +57,28 @@ def load_eval_records(data: str | Path, split: str, limit: int | None, cfg) -> l
     return rows
 
 
+def changed_since_training(record) -> dict[str, str]:
+    """What differs now from what the run (a RunRecord) was trained on, as recorded: its data files (by sha256,
+    those still there) and its base model folder (config and weight headers); a sentence under "data", "model".
+    A run folder read from another working directory resolves a relative --data or --model to other files: eval
+    took them silently."""
+    from tasktune.tuning.run import data_fingerprint
+    from tasktune.tuning.training.checkpoint import model_content
+
+    said, recorded = {}, record.fingerprint
+    data = recorded.get("data") if isinstance(recorded.get("data"), dict) else {}
+    now = data_fingerprint(record.config.data) if Path(record.config.data).exists() else {}
+    changed = sorted(name for name, digest in data.items() if name in now and now[name] != digest)
+    if changed:
+        said["data"] = (f"the data {record.config.data} is not what the run was trained on ({', '.join(changed)} "
+                        f"changed since)")
+    content = recorded.get("model_content")
+    if content and model_content(record.config.model) not in (None, content):
+        said["model"] = (f"the base model {record.config.model} has changed since the run was trained (its config "
+                         f"or weight files differ)")
+    return said
+
+
 def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     from tasktune.tuning.evaluation.metrics import compute_metrics
     from tasktune.tuning.evaluation.report import format_metric_table, format_step_summary, write_report
@@ -72,9 +94,13 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
         return evaluate_classification(run_dir, record, data=ecfg.data, split=ecfg.split, limit=ecfg.limit,
                                        batch_size=ecfg.batch_size, log=log)
     data = ecfg.data or cfg.data
+    for kind, change in changed_since_training(record).items():
+        if kind == "model" or ecfg.data is None:  # --data: other data on purpose
+            log(f"warning: {run_dir}: {change}; these results are not those of what it was trained on")
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
     bot = Assistant.from_run(run_dir, batching="generate")  # the run's base (as trained) with its adapter on
+    out = own_subdir(run_dir, "eval")  # before any generation: a file in its place was found only at the end
     adapter = bot.run.adapter
     # `texts` go to predictions.jsonl as the prompt seen; the ids are what training saw (a chat template's bos once)
     texts, prompts = bot.encode([r["content"] for r in records], history=[r["history"] for r in records])
@@ -96,7 +122,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
             "max_new_tokens": max_new, "batch_size": ecfg.batch_size, "prompts_cut": cut,
             "seconds_base": round(t_base, 2), "seconds_tuned": round(t_tuned, 2),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    paths = write_report(own_subdir(run_dir, "eval"), records=records, base_predictions=base,
+    paths = write_report(out, records=records, base_predictions=base,
                          tuned_predictions=tuned, base_metrics=base_metrics, tuned_metrics=tuned_metrics, info=info,
                          max_markdown_examples=ecfg.examples_in_markdown, prompts=texts)
     log(format_metric_table(base_metrics, tuned_metrics))

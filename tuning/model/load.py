@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 from tasktune.tuning.progress import library_bars_on_terminal_only
 from tasktune.tuning.run import METHOD_FILE
 
@@ -213,7 +214,7 @@ def recorded_base(run_dir) -> tuple[str | None, Path]:
     for path in (folder / "adapter_config.json", folder / METHOD_FILE):
         key = _BASE_KEYS[path.name]
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+            value = json.loads(read_text_file(path)).get(key)
         except (OSError, ValueError, AttributeError):
             continue
         if value:

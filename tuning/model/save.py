@@ -23,6 +23,8 @@ import torch
 
 from tasktune import __version__
 from tasktune import files as atomic
+from tasktune.files import read_text_file
+from tasktune.tuning.model.tensors import read_tensors
 from tasktune.tuning.run import read_json_object, sha256_file
 from tasktune.errors import ConfigError
 from tasktune.tuning.model.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
@@ -152,15 +154,19 @@ def _read_json(path: Path) -> dict:
         raise ConfigError(f"{path}: missing (not an adapter folder written by tasktune or peft)") from None
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing adapter weights")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises SafetensorError / OSError on truncated or corrupt files
-        raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None
+def _check_record(record: dict, peft_config: dict, folder: Path) -> None:
+    """The record of a save this version can read, agreeing with adapter_config.json (a hand-edited record
+    of another format, or one whose prefix length disagreed with the weights' config, was loaded as found)."""
+    path = folder / RECORD_NAME
+    version = record.get("format", RECORD_FORMAT)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= RECORD_FORMAT:
+        raise ConfigError(f"{path}: format {version!r} is not one this tasktune reads (1 to {RECORD_FORMAT}); "
+                          f"it was written by another version, or edited")
+    saved = record.get("prefix")
+    if isinstance(saved, dict) and "pre_seq_len" in saved \
+            and saved["pre_seq_len"] != peft_config.get("num_virtual_tokens"):
+        raise ConfigError(f"{path}: prefix.pre_seq_len is {saved['pre_seq_len']!r} but {CONFIG_NAME}'s "
+                          f"num_virtual_tokens is {peft_config.get('num_virtual_tokens')!r}; the folder is damaged")
 
 
 def _check_geometry(peft_config: dict, model, config_path: Path) -> None:
@@ -199,7 +205,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
     pre_seq_len = peft_config.get("num_virtual_tokens")
     projection = bool(peft_config.get("prefix_projection", False))
     weights_path = folder / WEIGHTS_NAME
-    weights = _read_tensors(weights_path)
+    weights = read_tensors(weights_path, {WEIGHTS_KEY})
     record = _verified_record(record, folder)
     saved = record.get("prefix", {})
     flat = weights.get(WEIGHTS_KEY)
@@ -210,6 +216,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
             f"{weights_path}: expected '{WEIGHTS_KEY}' of shape ({pre_seq_len}, {shape.width}) "
             f"(pre_seq_len={pre_seq_len} from {CONFIG_NAME}), found {found}"
         )
+    _check_record(record, peft_config, folder)
     resume_projection = is_trainable and projection
     config = PrefixConfig(
         pre_seq_len=pre_seq_len,
@@ -223,7 +230,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
             "training; load it with is_trainable=False, or train a new adapter"
         )
     tuner = attach_prefix(model, config)
-    state = _read_tensors(folder / ENCODER_NAME) if resume_projection else {"embedding.weight": flat}
+    state = read_tensors(folder / ENCODER_NAME) if resume_projection else {"embedding.weight": flat}
     try:
         tuner.encoder.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -235,7 +242,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
 
 def _pending_records(folder: Path) -> list[dict]:
     try:
-        records = json.loads((Path(folder) / PENDING_RECORD_NAME).read_text(encoding="utf-8"))
+        records = json.loads(read_text_file(Path(folder) / PENDING_RECORD_NAME))
     except (OSError, ValueError):
         return []
     return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []

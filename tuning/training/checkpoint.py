@@ -36,6 +36,7 @@ import torch
 
 from tasktune import files as atomic
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 
 
 class DiskFull(ConfigError):
@@ -223,7 +224,7 @@ def check_fingerprint(checkpoint: Path, fingerprint: dict[str, Any]) -> None:
     if not path.is_file():
         raise ConfigError(f"{checkpoint}: no {FINGERPRINT_FILE} beside its run folder; not a tasktune run")
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(read_text_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); the run folder is damaged — use a new --out "
                           "folder, or --resume never to start over") from None
@@ -265,7 +266,7 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
 def changed_hyperparameters(checkpoint: Path, fingerprint: dict[str, Any]) -> dict[str, list]:
     """{name: [the checkpoint run's value, this run's value]} for every hyperparameter that differs."""
     try:
-        saved = json.loads((Path(checkpoint).parent.parent / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        saved = json.loads(read_text_file(Path(checkpoint).parent.parent / FINGERPRINT_FILE))
     except (OSError, ValueError):
         return {}
     before, now = saved.get(HYPERPARAMETERS), fingerprint.get(HYPERPARAMETERS, {})
@@ -277,7 +278,7 @@ def changed_hyperparameters(checkpoint: Path, fingerprint: dict[str, Any]) -> di
 def saved_config_changes(checkpoint: Path) -> list:
     """The settings changes earlier resumes of the checkpoint's run made (kept in its fingerprint file)."""
     try:
-        saved = json.loads((Path(checkpoint).parent.parent / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        saved = json.loads(read_text_file(Path(checkpoint).parent.parent / FINGERPRINT_FILE))
     except (OSError, ValueError):
         return []
     changes = saved.get(CONFIG_CHANGES) if isinstance(saved, dict) else None

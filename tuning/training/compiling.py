@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 from tasktune.tuning.training import memory, regional
 
 MODES = ("auto", "off", "on", "cudagraphs")
@@ -379,7 +380,7 @@ class CompileCache:
         if not key_file.exists() and not artifacts.exists():
             return "missing"
         try:
-            stored = json.loads(key_file.read_text(encoding="utf-8"))
+            stored = json.loads(read_text_file(key_file))
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             return f"{key_file} is unreadable ({type(exc).__name__})"
         if stored != json.loads(json.dumps(self.parts, default=str)):

@@ -13,6 +13,7 @@ from torch import nn
 from tasktune import __version__
 from tasktune import files as atomic
 from tasktune.errors import ConfigError
+from tasktune.files import read_text_file
 from tasktune.tuning.model.load import base_model_reference
 from tasktune.tuning.run import METHOD_FILE  # written by every method's save(): method, task, labels, base
 
@@ -74,7 +75,7 @@ def read_method_info(folder) -> dict[str, Any]:
     path = folder / METHOD_FILE
     if path.is_file():
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
+            info = json.loads(read_text_file(path))
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
         if not isinstance(info, dict) or not isinstance(info.get("method"), str):

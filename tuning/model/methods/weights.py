@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.model.tensors import read_tensors
 
 from .adapter import Adapter
 
@@ -86,7 +87,7 @@ def attach_bitfit(model) -> BitFitAdapter:
 
 
 def load_bitfit(model, folder: Path, is_trainable: bool) -> BitFitAdapter:
-    tensors = _read_safetensors(folder / BITFIT_FILE)
+    tensors = read_tensors(folder / BITFIT_FILE)
     params = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(params))
     if unknown:
@@ -159,14 +160,3 @@ def load_full(model, folder: Path, is_trainable: bool, reload_base) -> FullAdapt
     for param in model.parameters():
         param.requires_grad_(is_trainable)
     return FullAdapter(model, original, None if original is not None else reload_base)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing adapter weights")
-    try:
-        return load_file(str(path))
-    except Exception as exc:
-        raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None
