@@ -8,6 +8,7 @@ import sys
 
 from tasktune.datagen.formats import FORMATS
 from tasktune.flags import COUNT, SEED, check_output_folder
+from tasktune.runlock import raise_if_terminated, sigterm_as_interrupt
 
 DESCRIPTION = """\
 Generate train/dev data from a task spec (YAML + Jinja templates; see docs/spec.md).
@@ -60,6 +61,13 @@ def list_specs(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`tasktune data`. SIGTERM (a scheduler stopping the job) is Ctrl-C's path: the staging folder is removed,
+    nothing half-written is left, and the exit status is 143 (`tasktune.runlock.sigterm_as_interrupt`)."""
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tasktune.datagen import budget, generate, load_spec, write_splits
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     budget.check(n, "--n" if args.n else f"{spec.path}: n")  # before any work: refused when it cannot fit
     with tqdm(total=n, desc="generating", unit="rec", file=sys.stderr, disable=n < 20000 or args.quiet) as bar:
         splits = generate(spec, seed=seed, n=args.n, progress=bar.update)
+    raise_if_terminated()  # (a SIGTERM whose raise something swallowed: stop before writing)
     paths = write_splits(splits, args.out, args.format, meta=args.meta)
     if not args.quiet:
         print(format_table(splits.stats))

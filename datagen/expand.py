@@ -184,7 +184,13 @@ class StepPlan:
         texts = made.get(key)
         if texts is None:
             prefix, utterance, suffix, summary, pattern = self.render(index, values)
-            texts = made[key] = (prefix, utterance, suffix, summary, pattern, (prefix + utterance + suffix, summary))
+            content = prefix + utterance + suffix
+            answer = ("label", self.step.label_where) if self.label else ("summary", f"{self.step.where}.summary")
+            for (what, where), text in ((("content", self.step.contents[index].where), content), (answer, summary)):
+                if not text or text.isspace():  # an empty prompt or answer: nothing to train on (`train` refuses it)
+                    raise SpecError(f"{where}: template {self.names[index]} gives an empty {what} ({text!r}) for "
+                                    f"slots {values}; every record needs text on both sides")
+            texts = made[key] = (prefix, utterance, suffix, summary, pattern, (content, summary))
         return texts
 
     def make(self, index: int, values: dict[str, Any]) -> Example:

@@ -28,6 +28,7 @@ move in, folder entries are not. Files and folders get the umask's modes.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import secrets
@@ -41,9 +42,25 @@ MARKER = ".tasktune-swap.json"
 _STEM = ".tasktune-"
 
 
+_NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+_TOKEN = 8  # hex digits of a staging folder's random part
+
+
 def _staging_names(out_dir: Path) -> tuple[str, str]:
-    """(the prefix of a sibling staging folder, the prefix of one inside `out_dir`)."""
-    return f".{out_dir.name}{_STEM}", f"{_STEM}staging-"
+    """(the prefix of a sibling staging folder, the prefix of one inside `out_dir`).
+
+    The sibling's name is `out_dir`'s with `.` before and `.tasktune-<random>` after; when that would pass the
+    file-name limit (a long `out_dir` name), the name is cut and a hash of the whole name added, so every name
+    that `out_dir` can have has its own staging prefix, the same on every run (a later run finds it)."""
+    name = out_dir.name
+    sibling = f".{name}{_STEM}"
+    if len(os.fsencode(sibling)) + _TOKEN > _NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+        short = name
+        while len(os.fsencode(short)) > 200:
+            short = short[:-1]
+        sibling = f".{short}~{digest}{_STEM}"
+    return sibling, f"{_STEM}staging-"
 
 
 def _new_staging(out_dir: Path) -> Path:
@@ -53,7 +70,7 @@ def _new_staging(out_dir: Path) -> Path:
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             continue
         while True:
-            path = parent / f"{prefix}{secrets.token_hex(4)}"
+            path = parent / f"{prefix}{secrets.token_hex(_TOKEN // 2)}"
             try:
                 os.mkdir(path)
                 return path

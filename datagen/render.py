@@ -22,7 +22,7 @@ from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
-from jinja2.utils import Namespace, generate_lorem_ipsum
+from jinja2.utils import Namespace
 
 from tasktune.datagen import segments
 from tasktune.errors import SpecError
@@ -353,13 +353,14 @@ class BoundedSandbox(SandboxedEnvironment):
     Loops over `range` are capped by Jinja's sandbox (100,000 items); CPU time is not bounded.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "-"})
     code_generator_class = _BoundedCodeGenerator
     concat = staticmethod(_bounded_concat)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        # the `random` filter is refused by name when a template is compiled (`_no_random_filter`)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items() if name != "random"}
         self.globals["lipsum"] = _lipsum
         self.globals["namespace"] = _BoundedNamespace
         self.finalize = _finalize
@@ -380,6 +381,11 @@ class BoundedSandbox(SandboxedEnvironment):
                         raise SecurityError(f"`*` would build {_size(seq) * times:,} characters/items "
                                             f"(at most {MAX_TEXT:,})")
             result = left * right
+        elif operator == "-":
+            result = left - right
+            if isinstance(result, (set, frozenset)):  # `d.keys() - [...]`: dict views subtract into a set
+                raise SecurityError("`-` gives a set, whose order differs between runs (it depends on "
+                                    "PYTHONHASHSEED); keep a list's order instead: `a|reject('in', b)|list`")
         elif operator == "%":
             if isinstance(left, (str, bytes)):
                 _check(right, "the values given to `%`")
@@ -430,10 +436,20 @@ def _bits(n: int, operator: str) -> None:
         raise SecurityError(f"`{operator}` would build a {n:,}-bit integer (at most {MAX_INT_BITS:,})")
 
 
-def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
-    if n > 100 or max > 1000:
-        raise SecurityError("lipsum is limited to n <= 100 paragraphs of max <= 1000 words")
-    return generate_lorem_ipsum(n, html, min, max)
+_RANDOM_TEXT = ("gives different text on every run, but the same spec and seed must give the same data; draw "
+                "values from a slot (values/choices) instead")
+
+
+def _lipsum(*args: Any, **kwargs: Any) -> str:
+    """Jinja's `lipsum()` draws its words from Python's global random generator: refused (a SecurityError,
+    reported as a render error naming the template)."""
+    raise SecurityError(f"`lipsum()` {_RANDOM_TEXT}")
+
+
+def _no_random_filter(ast: nodes.Template, where: str) -> None:
+    """SpecError when the template uses Jinja's `random` filter (Python's global random generator, unseeded)."""
+    if any(node.name == "random" for node in ast.find_all(nodes.Filter)):
+        raise SpecError(f"{where}: the `random` filter {_RANDOM_TEXT}")
 
 
 _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
@@ -510,6 +526,7 @@ class Compiled:
             ast = _ENV.parse(text) if tree is None else tree
             if kind == "expr":
                 _parse_expression(source)  # as `compile_expression` will: no text after the expression
+            _no_random_filter(ast, where)  # (before the code generator says "no filter named 'random'")
             undeclared = meta.find_undeclared_variables(ast)  # (runs the code generator: its errors surface here)
         except TemplateSyntaxError as exc:
             raise _syntax_error(exc, where, source) from None

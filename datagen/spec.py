@@ -9,8 +9,10 @@ file/line/JSON-path locator and the pool reading all build one `TaskSpec`.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -26,6 +28,7 @@ from tasktune.errors import SpecError
 SPEC_SCHEMA = SCHEMAS / "spec.schema.json"
 Scalar = str | int | float | bool
 MAX_NODES = 1_000_000  # YAML nodes after alias expansion; a real spec has a few hundred
+MAX_SPEC_BYTES = 4 << 20  # a spec file larger than this is refused, not read (a real spec is a few KiB)
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,20 @@ class TaskSpec:
         raise KeyError(name)
 
 
+#: slot names a template could never read: Jinja's literals, its special names and the sandbox's globals
+#: (schemas/spec.schema.json lists the same, plus `utterance`); such a slot was shadowed without a word
+RESERVED = frozenset({"true", "false", "none", "True", "False", "None", "self", "loop", "caller", "varargs", "kwargs",
+                      "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+
+# JSON Schema's "integer" also takes an integral float (`seed: 1.0`); a spec's integers are ints
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+
+
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SPEC_SCHEMA.read_text(encoding="utf-8")))
+    return _Validator(json.loads(SPEC_SCHEMA.read_text(encoding="utf-8")))
 
 
 def _json_path(parts) -> str:
@@ -220,11 +234,26 @@ def _expanded_size(root: yaml.Node, path: Path) -> int:
     return size(root)
 
 
+def _read_text(path: Path) -> str:
+    """The spec file's text. A regular file only, read up to MAX_SPEC_BYTES: a FIFO would block forever and a
+    device (/dev/zero) never end. A link to a spec is followed (the user named it), then the file is opened
+    without following one."""
+    try:
+        data = files.read_small(os.path.realpath(path), limit=MAX_SPEC_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise SpecError(f"{path}: cannot read spec: not a regular file (a FIFO, socket or device); give a "
+                            "YAML file") from None
+        if exc.errno == errno.EFBIG:
+            raise SpecError(f"{path}: cannot read spec: larger than {MAX_SPEC_BYTES >> 20} MiB; a task spec is "
+                            "a few KiB (put long value lists in pool files)") from None
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    return data.decode("utf-8")
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+        text = _read_text(path)
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
@@ -390,6 +419,31 @@ def _first_non_finite(data: Any, where: tuple = ()) -> tuple[tuple, float] | Non
     return None
 
 
+def _check_keys(data: Any, at: _Locator) -> None:
+    """SpecError for a mapping key that is not text (`1:`, `null:`, `true:`), which the schema cannot check (a slot
+    of that name was dropped without a word), and for a slot named after something Jinja reads as its own."""
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:
+        here, node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    what = "slot name" if here == ("slots",) else "key"
+                    spellings = (str(key), str(key).lower(), "null", "~", "")  # the line map's keys are YAML text
+                    written = next((t for t in spellings if here + (t,) in at.lines), str(key))
+                    raise SpecError(f"{at(*here, written)}: {what} {key!r} is not text ({type(key).__name__}); write "
+                                    "a name, or quote it")
+                stack.append((here + (key,), value))
+        elif isinstance(node, list):
+            stack.extend((here + (i,), v) for i, v in enumerate(node))
+    slots = data.get("slots") if isinstance(data, dict) else None
+    for name in slots if isinstance(slots, dict) else ():
+        if name in RESERVED:
+            raise SpecError(f"{at('slots', name)}: slot name {name!r} is reserved: in a template Jinja reads "
+                            f"`{name}` as its own (a literal, a special name or a global), never as this slot; "
+                            "rename it")
+
+
 def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> TaskSpec:
     """Check `data` (the parsed YAML) against the spec schema, then build a `TaskSpec`."""
     at = _Locator(path, lines or {})
@@ -397,6 +451,7 @@ def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> 
     if bad is not None:  # NaN passes every `minimum`/`maximum` of the schema (it compares false), so check first
         where, value = bad
         raise SpecError(f"{at(*where)}: {value} is not a finite number (NaN and infinities are not allowed)")
+    _check_keys(data, at)
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         raise SpecError(f"{at(*error.absolute_path)}: {error.message}")

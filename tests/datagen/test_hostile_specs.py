@@ -1,0 +1,202 @@
+"""Hostile specs and runs of `tasktune data`: randomness in templates, a SPEC that is not a regular file, slot
+names Jinja shadows, an unchecked seed, whitespace-only texts, SIGTERM, a long --out name."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from datagen_testutil import MINI, write_spec
+from tasktune import SCHEMAS
+from tasktune.cli import main
+from tasktune.datagen import generate
+from tasktune.datagen.render import GLOBALS
+from tasktune.datagen.spec import RESERVED, load_spec
+from tasktune.errors import SpecError
+
+SET = "({'alpha': 1, 'beta': 2}.keys() - [])|list"  # a set: its order follows PYTHONHASHSEED
+
+ONE_STEP = """\
+name: t
+n: 2
+slots:
+  x: {values: [a, b]}
+SLOT
+steps:
+  - name: s
+    pattern: "语音#{{ utterance }}"
+    contents: [CONTENT]
+    summary: SUMMARY
+"""
+
+
+def one_step(content: str = '"{{ x }}"', summary: str = '"ok"', slot: str = "") -> str:
+    return ONE_STEP.replace("SLOT", slot).replace("CONTENT", content).replace("SUMMARY", summary)
+
+
+# -- 1. templates whose output would differ between runs with the same seed ------------------------------------
+
+RANDOM = [
+    ("random filter in content", one_step(content='"{{ x }}{{ [1, 2]|random }}"'), r"\$\.steps\[0\]\.contents\[0\]"),
+    ("lipsum in summary", one_step(summary='"{{ lipsum(1) }}"'), r"\$\.steps\[0\]\.summary"),
+    ("set in summary", one_step(summary=f'"{{{{ {SET} }}}}"'), r"\$\.steps\[0\]\.summary"),
+    ("set in when", one_step(summary=f"[{{when: \"({SET})[0] == 'alpha'\", text: a}}, {{text: b}}]"),
+     r"\$\.steps\[0\]\.summary"),
+    ("random filter in when", one_step(summary="[{when: \"[1, 2]|random == 1\", text: a}, {text: b}]"),
+     r"\$\.steps\[0\]\.summary\[0\]\.when"),
+    ("set in expr", one_step(content='"{{ x }}{{ y }}"', slot=f'  y: {{expr: "{SET}"}}'), r"\$\.slots\.y\.expr"),
+]
+
+
+@pytest.mark.parametrize("name, text, where", RANDOM, ids=[r[0] for r in RANDOM])
+def test_randomness_in_a_template_is_refused_naming_it(tmp_path, name, text, where):
+    with pytest.raises(SpecError, match=where + r".*(different text on every run|order differs between runs)"):
+        generate(write_spec(tmp_path, text), seed=1)
+
+
+def test_subtraction_of_numbers_still_works():
+    from tasktune.datagen.render import Compiled
+
+    assert Compiled("{{ a - 2 }}", "w")({"a": 5}) == "3"
+    assert Compiled("[a - 1, a - 2]", "w", "expr")({"a": 5}) == (4, 3)
+
+
+# -- 2. the SPEC argument: a FIFO, a device, a huge file, a link ----------------------------------------------
+
+def _data(spec: str | Path, out: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasktune", "data", str(spec), "--out", str(out), "--seed", "1",
+                           "--quiet"], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_spec_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "s.yaml")
+    done = _data(tmp_path / "s.yaml", tmp_path / "out", timeout=30)  # (it blocked forever)
+    assert done.returncode == 2 and "not a regular file" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_a_device_spec_is_refused(tmp_path, capsys):
+    assert main(["data", "/dev/zero", "--out", str(tmp_path / "out"), "--seed", "1"]) == 2  # (it filled memory)
+    assert "/dev/zero: cannot read spec: not a regular file" in capsys.readouterr().err
+
+
+def test_a_huge_spec_is_refused(tmp_path, capsys):
+    spec = tmp_path / "big.yaml"
+    spec.write_text("name: big\n# " + "x" * (5 << 20) + "\n", encoding="utf-8")
+    assert main(["data", str(spec), "--out", str(tmp_path / "out"), "--seed", "1"]) == 2
+    assert re.search(r"big\.yaml: cannot read spec: larger than 4 MiB", capsys.readouterr().err)
+
+
+def test_a_spec_given_through_a_link_still_works(tmp_path):
+    spec = write_spec(tmp_path / "spec")
+    (tmp_path / "link.yaml").symlink_to(spec)
+    assert main(["data", str(tmp_path / "link.yaml"), "--out", str(tmp_path / "out"), "--seed", "1", "--quiet"]) == 0
+
+
+# -- 3. slot names that vanish or are shadowed ----------------------------------------------------------------
+
+@pytest.mark.parametrize("key, shown", [("1", "$.slots.1: slot name 1 is not text (int)"),
+                                        ("null", "$.slots.null: slot name None is not text"),
+                                        ("true", "$.slots.true: slot name True is not text (bool)")])
+def test_a_slot_name_that_is_not_text_is_refused(tmp_path, key, shown):
+    with pytest.raises(SpecError, match=r"spec\.yaml:5: " + re.escape(shown)):
+        load_spec(write_spec(tmp_path, one_step(slot=f"  {key}: {{values: [p, q]}}")))
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED))
+def test_a_slot_named_after_a_jinja_literal_or_global_is_refused(tmp_path, name):
+    with pytest.raises(SpecError, match=rf"spec\.yaml:5: \$\.slots\.{name}: slot name '{name}' is reserved"):
+        load_spec(write_spec(tmp_path, one_step(slot=f'  "{name}": {{values: [p, q]}}')))
+
+
+def test_the_schema_reserves_the_same_slot_names():
+    schema = json.loads((SCHEMAS / "spec.schema.json").read_text(encoding="utf-8"))
+    assert set(schema["properties"]["slots"]["propertyNames"]["not"]["enum"]) == RESERVED | {"utterance"}
+    assert GLOBALS <= RESERVED
+
+
+# -- 4. the spec's seed: an integer 0 .. 2**32 - 1, as --seed --------------------------------------------------
+
+@pytest.mark.parametrize("seed, message", [("-5", "less than the minimum of 0"),
+                                           ("1.0", "1.0 is not of type 'integer'"),
+                                           ("100000000000000000000000", "greater than the maximum of 4294967295"),
+                                           ("true", "True is not of type 'integer'")])
+def test_a_seed_out_of_range_is_refused(tmp_path, seed, message):
+    with pytest.raises(SpecError, match=r"spec\.yaml:\d+: \$\.seed: .*" + re.escape(message)):
+        load_spec(write_spec(tmp_path, MINI + f"seed: {seed}\n"))
+
+
+def test_the_largest_seed_is_accepted(tmp_path):
+    assert load_spec(write_spec(tmp_path, MINI + "seed: 4294967295\n")).seed == 2**32 - 1
+
+
+# -- 5. whitespace-only prompts and answers -------------------------------------------------------------------
+
+BLANK = [
+    ("content", one_step(content='"{% if false %}{{ x }}{% endif %} "').replace("语音#", ""),
+     r"\$\.steps\[0\]\.contents\[0\]: template s/0 gives an empty content \(' '\)"),
+    ("summary", one_step(summary='"{{ x[:0] }}  "'), r"\$\.steps\[0\]\.summary: template s/0 gives an empty summary"),
+    ("summary case", one_step(summary='[{when: "x == \'a\'", text: "\\t"}, {text: ok}]'),
+     r"\$\.steps\[0\]\.summary: template s/0 gives an empty summary \('\\t'\)"),
+    ("label", one_step().replace('summary: "ok"', 'label: "{{ x[:0] }}\u3000"'),
+     r"\$\.steps\[0\]\.label: template s/0 gives an empty label"),
+]
+
+
+@pytest.mark.parametrize("name, text, where", BLANK, ids=[b[0] for b in BLANK])
+def test_a_whitespace_only_text_is_refused_naming_the_step_and_template(tmp_path, name, text, where):
+    with pytest.raises(SpecError, match=where):
+        generate(write_spec(tmp_path, text), seed=1)
+
+
+# -- 6. SIGTERM: Ctrl-C's clean-up, exit 143 ------------------------------------------------------------------
+
+BIG = """\
+name: big
+n: 100000
+slots:
+  x: {range: [1, 999999]}
+steps:
+  - name: s
+    pattern: "语音#{{ utterance }}"
+    unique: false
+    contents: ["查查{{ x }}号工地的人数情况, 然后告诉我结果"]
+    summary: "地名为{{ x }}, 任务为人数检测, 请稍候"
+"""
+
+
+def test_sigterm_while_writing_cleans_up_and_exits_143(tmp_path):
+    spec = write_spec(tmp_path / "spec", BIG)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "tasktune", "data", str(spec), "--out", str(out), "--seed", "1",
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tasktune-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the staging folder appears: the files are being written
+    assert proc.poll() is None, "finished before the staging folder was seen"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tasktune-*"))
+
+
+# -- 7. an --out name as long as a file name may be -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["d" * 250, "电" * 85], ids=["250 ASCII", "255 bytes of UTF-8"])
+def test_a_long_output_folder_name_works(tmp_path, name):
+    spec, out = write_spec(tmp_path / "spec"), tmp_path / name
+    assert main(["data", str(spec), "--out", str(out), "--seed", "1", "--quiet"]) == 0
+    assert main(["data", str(spec), "--out", str(out), "--seed", "2", "--quiet"]) == 0  # into the existing folder
+    assert json.loads((out / "stats.json").read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["spec", name])  # no staging folder left
