@@ -104,7 +104,7 @@ demo: install
 	$(BIN)/python -m tasktune.tuning.evaluation.report $(RUN)
 
 serve: install
-	$(TT) serve $(RUN) --port $(PORT) --spec $(notdir $(RUN))=$(SPEC) --actions tasktune.serve.actions.grid_sim $(ARGS)
+	$(TT) serve $(RUN) --port $(PORT) --spec $(notdir $(RUN))=$(SPEC) --actions grid $(ARGS)
 
 compare: install
 	$(TT) compare --model $(MODEL) --data $(DATA) --out runs/compare $(ARGS)

@@ -21,7 +21,8 @@ naming the marker): nothing is moved, deleted or overwritten, in `out_dir` or an
 folders are swept only when they are real folders of this user; a link is never followed.
 
 Files of an earlier set that the new set lacks (e.g. `train.json` when writing `--format jsonl`) are left
-in place. Two runs writing into one folder at the same time are not supported. Files are fsync'ed before they
+in place. A second run writing into the same folder while one does is refused (a lock file beside it names the
+first). Files are fsync'ed before they
 move in, folder entries are not. Files and folders get the umask's modes.
 """
 
@@ -181,6 +182,31 @@ def write_set(out_dir: str | Path, files: dict[str, str | Iterable[str]]) -> lis
     for name in names:
         if not name or Path(name).name != name or name.startswith(_STEM) or name == MARKER:
             raise ValueError(f"not a plain file name: {name!r}")
+    with _lock(out_dir):
+        return _write_set(out_dir, files, names)
+
+
+def lock_name(out_dir: Path) -> str:
+    """The lock file's name: the staging prefix's, ending `.tasktune.lock` (a killed run leaves it; the next
+    takes it over). Not a staging folder's name, so sweeps and recoveries never mistake it for one."""
+    return _staging_names(out_dir)[0].removesuffix("-") + ".lock"
+
+
+def _lock(out_dir: Path):
+    """A lock for writes into `out_dir`, a file beside it (else in it): a second run into the same folder is
+    refused naming the first (it swept the first's live staging folder, which then failed with 'cannot write
+    output: No such file or directory')."""
+    import contextlib
+
+    from tasktune.runlock import file_lock
+
+    for parent in (out_dir.parent, out_dir):
+        if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+            return file_lock(parent / lock_name(out_dir), "data", out_dir, "output folder")
+    return contextlib.nullcontext()
+
+
+def _write_set(out_dir: Path, files: dict[str, str | Iterable[str]], names: list[str]) -> list[Path]:
     if out_dir.is_dir():
         recover(out_dir)
     _sweep(out_dir)

@@ -50,17 +50,29 @@ def _holder(fd: int) -> dict:
 def run_lock(folder: str | os.PathLike[str], what: str = "train") -> Iterator[Path]:
     """Hold `folder`'s run lock for the block (the folder is created if missing); RunLocked if a live process
     holds it."""
-    import fcntl
-
     folder = Path(folder)
     created = not os.path.lexists(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    try:
+        with file_lock(folder / LOCK_NAME, what, folder, "run folder") as path:
+            yield path
+    finally:
+        if created:  # a run refused before it wrote anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str, target: Path, kind: str = "folder") -> Iterator[Path]:
+    """Hold the lock file `path` (created; removed at the end) for the block, for work on `target` (a `kind`,
+    named in the refusal): RunLocked naming the live holder, else the lock is taken over."""
+    import fcntl
+
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot open the run lock ({exc.strerror or exc}); a symbolic link or "
+            raise ConfigError(f"{path}: cannot open the lock ({exc.strerror or exc}); a symbolic link or "
                               "another file there? remove it and run again") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -68,7 +80,7 @@ def run_lock(folder: str | os.PathLike[str], what: str = "train") -> Iterator[Pa
             holder = _holder(fd)
             os.close(fd)
             raise RunLocked(
-                f"{folder}: another `tasktune {holder.get('command', what)}` is using this run folder (pid "
+                f"{target}: another `tasktune {holder.get('command', what)}` is using this {kind} (pid "
                 f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('started', '?')}; "
                 f"lock file {path}). Wait for it to finish or stop it, or use another --out folder") from None
         # the file may have been removed (by the holder's exit) between our open and our lock: lock the new one
@@ -89,9 +101,6 @@ def run_lock(folder: str | os.PathLike[str], what: str = "train") -> Iterator[Pa
         with contextlib.suppress(OSError):
             os.unlink(path)  # before the unlock: a waiting process then finds a fresh file (see the loop above)
         os.close(fd)
-        if created:  # a run refused before it wrote anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 @contextlib.contextmanager

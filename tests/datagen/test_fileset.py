@@ -155,3 +155,18 @@ def test_a_folder_in_the_way_fails_before_anything_moves(tmp_path):
     with pytest.raises(IsADirectoryError):
         fileset.write_set(out, dict(NEW))
     assert (out / "train.json").read_text() == "old train\n" and fileset.pending(out) is None and not leftovers(out)
+
+
+def test_a_second_write_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    """Two `tasktune data` runs into one folder: the second swept the first's live staging folder, which then
+    failed with 'cannot write output: No such file or directory'. Now the second is refused, naming the first
+    (a lock file beside the folder, held with flock for the whole write, removed after)."""
+    from tasktune.runlock import RunLocked, file_lock
+
+    out = tmp_path / "out"
+    with file_lock(tmp_path / fileset.lock_name(out), "data", out, "output folder"):
+        with pytest.raises(RunLocked, match=rf"{out}: another `tasktune data` is using this output folder \(pid {os.getpid()}"):
+            fileset.write_set(out, {"a.txt": "x"})
+        assert not out.exists()
+    fileset.write_set(out, {"a.txt": "x"})
+    assert (out / "a.txt").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
