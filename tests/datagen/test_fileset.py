@@ -165,7 +165,8 @@ def test_a_second_write_into_the_same_folder_is_refused_naming_the_first(tmp_pat
 
     out = tmp_path / "out"
     with file_lock(tmp_path / fileset.lock_name(out), "data", out, "output folder"):
-        with pytest.raises(RunLocked, match=rf"{out}: another `tasktune data` is using this output folder \(pid {os.getpid()}"):
+        refusal = rf"{out}: another `tasktune data` is using this output folder \(pid {os.getpid()}"
+        with pytest.raises(RunLocked, match=refusal):
             fileset.write_set(out, {"a.txt": "x"})
         assert not out.exists()
     fileset.write_set(out, {"a.txt": "x"})
