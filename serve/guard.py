@@ -45,7 +45,7 @@ class Guard:
             return _error(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
                           code="unsupported_content_encoding")
         charset = _charset(headers.get("content-type", ""))
-        if charset not in (None, "utf-8", "utf8"):
+        if charset not in (None, "utf-8", "utf8", "utf_8", "us-ascii", "ascii"):  # ASCII is UTF-8 too
             return _error(415, f"the body must be UTF-8 JSON; its Content-Type says charset={charset[:40]}",
                           code="unsupported_charset")
         if self.draining():

@@ -115,7 +115,7 @@ class ChatRequest(BaseModel):
             if message.content is None and not (message.role == "assistant" and (
                     message.tool_calls or getattr(message, "refusal", None))):
                 raise PydanticCustomError("missing", "messages[{i}].content is required for a message of role "
-                                          "{role!r}", {"i": i, "role": message.role})
+                                          "'{role}'", {"i": i, "role": message.role})
             if isinstance(message.content, list) and not message.content:
                 raise PydanticCustomError("empty_array", "messages[{i}].content is an empty array: send at least "
                                           "one part, or a string", {"i": i})
@@ -132,8 +132,8 @@ class ChatRequest(BaseModel):
                 if pending.pop(message.tool_call_id, None) is None:
                     raise PydanticCustomError(
                         "tool_message_order", "messages[{i}]: a message of role 'tool' must answer a tool call of "
-                        "the assistant message before it; no open call has the id {id!r}",
-                        {"i": i, "id": message.tool_call_id[:64]})
+                        "the assistant message before it; no open call has the id {id}",
+                        {"i": i, "id": repr(message.tool_call_id[:64])})
         if pending:
             raise PydanticCustomError("tool_calls_unanswered", "messages[{at}]: the assistant message's tool calls "
                                       "need a tool message answering each; unanswered: {ids}",
@@ -147,9 +147,9 @@ class ChatRequest(BaseModel):
         for key, bias in (value or {}).items():
             if not key.isdigit() or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
                     or not -100 <= bias <= 100:
-                raise PydanticCustomError("logit_bias", "logit_bias maps token ids (strings of digits) to numbers "
-                                          "from -100 to 100; {key!r}: {bias!r} is not that",
-                                          {"key": key[:32], "bias": str(bias)[:32]})
+                raise PydanticCustomError("logit_bias", "maps token ids (strings of digits) to numbers from -100 to "
+                                          "100; {key}: {bias} is not that",
+                                          {"key": repr(key[:32]), "bias": repr(bias)[:32]})
         return value
 
     @field_validator("stream_options")

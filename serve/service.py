@@ -305,10 +305,10 @@ class Service:
                                f"{exc}", param="messages") from None
         result = tool_result(_text(result_msg), f"messages[{at}].content", call.function.name)
         run = self._tool_owner(request.model, call.function.name)
-        prompt, step = self._result_prompt(run, call.function.name, arguments, result)
+        prompt, step = self._result_prompt(run, call.function.name, arguments, result, f"messages[{at}]: ")
         return Turn(run, prompt, [], step)
 
-    def _result_prompt(self, run: str, name: str, arguments: Any, result: Any) -> tuple[str, str]:
+    def _result_prompt(self, run: str, name: str, arguments: Any, result: Any, where: str = "") -> tuple[str, str]:
         """The result step's prompt for a function's result, and that step; a bad result is the client's 400."""
         from .tools import ToolCall
 
@@ -318,7 +318,7 @@ class Service:
         try:
             return tools.result_prompt(ToolCall(name, arguments), result), tools.action(name).result_step
         except (ValueError, KeyError, TypeError) as exc:
-            raise RequestError(str(exc), param="messages") from None
+            raise RequestError(f"{where}{exc}", param="messages") from None
 
     def _tool_owner(self, model: str, tool: str) -> str:
         owners = [n for n, t in self.tools.items() if any(a.name == tool for a in t.spec.actions)]

@@ -131,6 +131,8 @@ def test_errors_speak_json_and_quote_the_request_briefly(live_server):
     assert reply.status_code == 415 and "UTF-8" in reply.json()["error"]["message"]
     reply = httpx.post(url, content=b"\xef\xbb\xbf" + plain, headers={"Content-Type": "application/json; charset=UTF-8"})
     assert reply.status_code == 200, reply.text
+    reply = httpx.post(url, content=plain, headers={"Content-Type": "application/json; charset=us-ascii"})
+    assert reply.status_code == 200, reply.text  # ASCII is UTF-8
     reply = httpx.post(url, content=b'{"model": "grid", "messages": [{"role": "user", "content": "\xff"}]}')
     assert reply.status_code == 400 and "not UTF-8 (byte 0xff" in reply.json()["error"]["message"]
     reply = httpx.post(url, json={"model": "m" * 20_000, "messages": hi})

@@ -265,8 +265,8 @@ SEQ_RESULT = json.dumps({"expected": 4, "present": 4, "ok": 4})
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
       {"role": "user", "content": "y"}], "messages[1]: the assistant message with tool_calls"),
     ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}],
-     "must answer a tool call"),
-    ([{"role": "user", "content": None}], "messages[0].content is required"),
+     "no open call has the id 'c1'"),
+    ([{"role": "user", "content": None}], "messages[0].content is required for a message of role 'user'"),
     ([{"role": "user"}], "messages[0].content is required"),
     ([{"role": "user", "content": []}], "messages[0].content is an empty array"),
     ([{"role": "system", "content": None}, {"role": "user", "content": "x"}], "messages[0].content is required"),
@@ -280,12 +280,14 @@ def test_a_conversation_openai_would_refuse_is_a_400_naming_the_message(live_ser
     error = refused(live_server, "messages", messages=messages)
     assert says in error["message"], error
     assert not error["message"].startswith("messages: messages"), error
+    assert "{" not in error["message"].replace('{"', ""), error  # no template placeholder left unfilled
 
 
 def test_logit_bias_takes_openais_shape_only(live_server):
     assert post(live_server, logit_bias={"50256": -100, "7": 2.5}).status_code == 200
     for bad in ([1, 2], {"abc": 5}, {"1": 500}, {"1": "x"}, {"1": True}):
         refused(live_server, "logit_bias", logit_bias=bad)
+    assert "'abc': 5 is not that" in refused(live_server, "logit_bias", logit_bias={"abc": 5})["message"]
 
 
 def test_a_tool_result_written_as_a_python_dict_is_read_and_text_is_refused_naming_the_message(live_server):
@@ -299,3 +301,5 @@ def test_a_tool_result_written_as_a_python_dict_is_read_and_text_is_refused_nami
                  "{__import__('os').system('true')}"):
         error = refused(live_server, "messages", messages=tool_round(text))
         assert error["message"].startswith("messages[2].content: the result of tool site_check"), error
+    error = refused(live_server, "messages", messages=tool_round('{"expected": 4}'))  # a field missing
+    assert error["message"].startswith("messages[2]: ") and "present" in error["message"], error
