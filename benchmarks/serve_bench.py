@@ -61,6 +61,10 @@ def serial_baseline(run: Path, texts: list[str], max_tokens: int) -> float:
     model = load_run_adapter(run, record).model
     device = next(model.parameters()).device
     ids = encode_prompts(tok, [format_prompt(tok, t, []) for t in texts], "auto")
+    with torch.inference_mode():  # one untimed request first: on an H100 (2026-12-07) the first, cold, serial
+        # baseline ran at 20-22 tokens/s and the same requests after the streams at 30-32, which inflated "x serial"
+        model.generate(input_ids=torch.tensor([ids[0]], device=device), max_new_tokens=max_tokens,
+                       min_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     start, tokens = time.perf_counter(), 0
     with torch.inference_mode():
         for row in ids:
