@@ -90,8 +90,9 @@ def write_files(out_dir: Path, files: dict[str, str | Iterable[str]]) -> list[Pa
     _prepare(out_dir)
     try:
         return fileset.write_set(out_dir, files)
-    except OSError as exc:
-        raise SpecError(f"{out_dir}: cannot write output: {exc.strerror or exc}") from None
+    except OSError as exc:  # named by the path at fault (`OUT/train.json` when that is a folder), else OUT
+        where = exc.filename if exc.filename is not None else out_dir
+        raise SpecError(f"{where}: cannot write output: {exc.strerror or exc}") from None
 
 
 def write_splits(splits, out_dir: str | Path, fmt: str = "chatglm", *, meta: bool = True) -> list[Path]:

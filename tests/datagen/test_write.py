@@ -86,3 +86,11 @@ def test_unwritable_output_directory(splits, tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(SpecError, match="not writable"):
             write_splits(splits, locked)
+
+
+def test_a_folder_where_an_output_file_belongs_is_named(splits, tmp_path):
+    """OUT/train.json as a folder: the error named OUT ("od1: cannot write output: Is a directory")."""
+    out = tmp_path / "out"
+    (out / "train.json").mkdir(parents=True)
+    with pytest.raises(SpecError, match=rf"^{out / 'train.json'}: cannot write output: Is a directory"):
+        write_splits(splits, out)
