@@ -25,9 +25,17 @@ def generate_data(spec: str | Path, out: str | Path, *, seed: int | None = None,
                   fmt: str = "chatglm", meta: bool = True) -> list[Path]:
     """Generate train/dev data from `spec` (a YAML path or a built-in spec's name) into the folder `out`, as
     `tasktune data` does; returns the files written. `seed` defaults to the spec's own."""
-    from tasktune.datagen import generate, load_spec, write_splits
-    from tasktune.errors import SpecError
+    import os
 
+    from tasktune.datagen import generate, load_spec, write_splits
+    from tasktune.errors import ConfigError, SpecError
+    from tasktune.flags import COUNT, SEED
+
+    SEED.check("seed", seed, optional=True)  # as `--seed`: a NaN seed gave other data on every call
+    COUNT.check("n", n, optional=True)
+    for name, value in (("spec", spec), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) or "\0" in os.fspath(value):
+            raise ConfigError(f"{name}: expected a path or a spec's name, got {type(value).__name__} {value!r:.60}")
     loaded = load_spec(spec)
     seed = seed if seed is not None else loaded.seed
     if seed is None:
@@ -43,6 +51,11 @@ def train(config=None, **fields: Any):
 
     if config is None:
         config = TrainConfig(**fields)
+    elif not isinstance(config, TrainConfig):  # a dict failed deep inside with "'dict' object has no attribute"
+        from tasktune.errors import ConfigError
+
+        raise ConfigError(f"train(config): expected a TrainConfig (or its fields as keywords), got "
+                          f"{type(config).__name__}")
     elif fields:
         import dataclasses
 

@@ -155,6 +155,31 @@ def check_ranges(config: Any) -> None:
             bound.check(f.name, getattr(config, f.name))
 
 
+def check_types(config: Any, parsed: tuple[str, ...] = ()) -> None:
+    """ConfigError naming the first field of a dataclass instance (built by the Python API) whose value is not of
+    its declared kind: a boolean field takes only True/False (`allow_pickle="false"` is a non-empty string, so it
+    was true: pickle weights loaded); a text field takes text or a path (os.PathLike, made text here), without a
+    NUL character. Numbers are `check_ranges`' (a Range checks its own type); fields with `choices` are
+    `check_choices`' (it maps a boolean or a number onto them), and the `parsed` ones read by a parser of their own."""
+    import os
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        hint, value, flag = hints.get(f.name), getattr(config, f.name), f"--{f.name.replace('_', '-')}"
+        if hint is bool and not isinstance(value, bool):
+            raise ConfigError(f"{flag}: expected true or false, got {value!r}")
+        if hint in (str, str | None) and not (value is None and hint != str) and not f.metadata.get("choices") \
+                and f.name not in parsed:
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(config, f.name, value)
+            if not isinstance(value, str):
+                raise ConfigError(f"{flag}: expected text (or a path), got {type(value).__name__} {value!r:.60}")
+            if "\0" in value:
+                raise ConfigError(f"{flag}: {value!r:.60} holds a NUL character")
+
+
 def bool_choice(value: bool, choices) -> Any:
     """A boolean given for a field of named choices (YAML reads unquoted on/off/true/false so; the Python API may
     pass one): "true"/"on" or "false"/"off", whichever the field has; the boolean itself when it has neither."""

@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the handlers so `tasktune --he
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, check_output_folder
 from tasktune.tuning import tiny
@@ -139,9 +140,14 @@ def _compare(args: argparse.Namespace) -> int:
             raise ConfigError(f"--lr {item!r}: expected METHOD=NUMBER, the number {exc}") from None
         if method.strip() not in METHODS:
             raise ConfigError(f"--lr {item!r}: unknown method {method.strip()!r}; choose from {', '.join(METHODS)}")
-    compare(CompareConfig(model=args.model, data=args.data, out=args.out,
+    summary = compare(CompareConfig(model=args.model, data=args.data, out=args.out,
                           methods=[m.strip() for m in args.methods.split(",") if m.strip()], task=args.task,
                           steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
                           pre_seq_len=args.pre_seq_len, limit=args.limit, max_new_tokens=args.max_new_tokens,
                           quantization_bit=args.quantization_bit, seed=args.seed, learning_rates=rates))
+    failed = [r["method"] for r in summary["results"] if "error" in r]
+    if failed:  # a table of failures was exit 0 (`--data nosuch`: every row "failed")
+        print(f"tasktune compare: {len(failed)} of {len(summary['results'])} method(s) failed: {', '.join(failed)} "
+              f"(see {args.out}/compare.md)", file=sys.stderr)
+        return 1
     return 0

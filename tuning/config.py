@@ -22,7 +22,7 @@ from tasktune import yamlread
 from tasktune.errors import ConfigError
 from tasktune.files import read_text_file
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range, bool_choice,
-                            check_choices, check_output_folder, check_ranges)
+                            check_choices, check_output_folder, check_ranges, check_types)
 
 #: Tuning methods (`--method`); tuning/model/methods/ holds what each one does, docs/methods.md compares them.
 METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit", "lora", "qlora", "full")
@@ -154,6 +154,7 @@ class TrainConfig:
                             range=Range(int, 0, 4096, note="0 = torch's default"))
 
     def __post_init__(self) -> None:
+        check_types(self, parsed=("gradient_checkpointing",))  # (true/false or a mode: parse_checkpointing)
         check_ranges(self)
         check_output_folder(self.out, "--out")
         if self.method not in METHODS:

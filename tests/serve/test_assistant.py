@@ -64,3 +64,72 @@ def test_public_api_names():
     for name in ("generate_data", "train", "evaluate", "Assistant", "builtin_specs"):
         assert callable(getattr(tasktune, name))
     assert set(tasktune.builtin_specs()) >= {"grid", "smarthome"}
+
+
+@pytest.mark.parametrize("batching", ["engine", "generate"])
+def test_the_api_refuses_what_it_cannot_answer_and_a_closed_assistant(serve_runs, batching):
+    """A string was answered one character at a time, a short history list dropped prompts (zip), 0 or NaN
+    max_new_tokens fell back to the default, base="no" answered from the base, ids outside the vocabulary were an
+    IndexError in the embedding; a closed engine-mode Assistant waited for ever."""
+    from tasktune.errors import ConfigError, DataError
+
+    bot = tasktune.Assistant.from_run(serve_runs["grid"], batching=batching)
+    prompt = "步骤#问候*语音#你好"
+    assert len(bot.answer([prompt, prompt], max_new_tokens=2)) == 2 and bot.answer([], max_new_tokens=2) == []
+    for call, says in [
+        (lambda: bot.answer(prompt), "prompts: expected a list of strings"),
+        (lambda: bot.answer([prompt, None]), r"prompts\[1\]: expected a string"),
+        (lambda: bot.answer(["a\udc80b"]), "lone UTF-16 surrogate"),
+        (lambda: bot.answer([prompt, prompt], history=[[["a", "b"]]]), "history: expected a list of 2"),
+        (lambda: bot.answer([prompt], history=[[["a"]]]), r"history\[0\]"),
+        (lambda: bot.answer([prompt], max_new_tokens=0), "max_new_tokens"),
+        (lambda: bot.answer([prompt], max_new_tokens=float("nan")), "max_new_tokens"),
+        (lambda: bot.answer([prompt], base="no"), "base: expected True or False"),
+        (lambda: bot.generate([[10**9]]), r"prompt_ids\[0\]: token ids"),
+        (lambda: bot.generate([[]]), r"prompt_ids\[0\]: expected a non-empty"),
+        (lambda: bot.generate([[1]], batch_size=0), "batch_size"),
+    ]:
+        with pytest.raises((ConfigError, DataError), match=says):
+            call()
+    bot.close()
+    with pytest.raises(ConfigError, match="closed"):
+        bot.answer([prompt], max_new_tokens=2)
+
+
+def test_boolean_and_text_settings_take_only_their_kind(tmp_path):
+    """allow_pickle="false" is a non-empty string, so it was true: pickle weights loaded and trained."""
+    from pathlib import Path
+
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.config import TrainConfig
+    from tasktune.tuning.evaluation.eval import EvalConfig
+
+    for field in ("allow_pickle", "trust_remote_code", "prefix_projection", "answer_logits", "allow_config_change"):
+        with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}: expected true or false, got 'false'"):
+            TrainConfig(out=str(tmp_path / "r"), **{field: "false"})
+    for field, value in (("model", None), ("data", 5), ("out", b"x"), ("prompt_template", 5)):
+        with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}: expected text"):
+            TrainConfig(**{"out": str(tmp_path / "r"), field: value})
+    with pytest.raises(ConfigError, match="NUL"):
+        TrainConfig(out=str(tmp_path / "x\0y"))
+    assert TrainConfig(out=tmp_path / "r", data=Path("d")).data == "d"  # a path is text
+    assert TrainConfig(out=str(tmp_path / "r"), quantization_bit=4, bf16=True).quantization == 4  # choices: as before
+    with pytest.raises(ConfigError, match="--data: expected text"):
+        EvalConfig(run_dir="r", data=5)
+
+
+def test_generate_data_and_train_check_their_arguments(tmp_path):
+    """generate_data(seed=nan) wrote other data on every call (and "seed": NaN in stats.json); a dict for
+    train()'s config failed deep inside; None or a NUL in a path were TypeError / ValueError."""
+    from tasktune.errors import ConfigError
+
+    for kwargs, says in [(dict(seed=float("nan")), "seed"), (dict(seed=-1), "seed"), (dict(seed="x"), "seed"),
+                         (dict(n=float("nan")), "n"), (dict(n="10"), "n"), (dict(out=None), "out: expected a path"),
+                         (dict(out="d\0x"), "out: expected a path")]:
+        with pytest.raises(ConfigError, match=says):
+            tasktune.generate_data("grid", **{"out": str(tmp_path / "d"), **kwargs})
+    with pytest.raises(ConfigError, match="spec: expected a path"):
+        tasktune.generate_data(None, str(tmp_path / "d"))
+    with pytest.raises(ConfigError, match="expected a TrainConfig"):
+        tasktune.train({"model": "m"})
+    assert not (tmp_path / "d").exists()

@@ -58,3 +58,13 @@ def test_markdown_for_classification_metrics():
            "base": {"accuracy": 33.3, "macro_f1": 20.0}, "tuned": {"accuracy": 90.0, "macro_f1": 89.5}}
     text = format_markdown(cfg, [row], {"device": "cpu"})
     assert "| lora | 10 | 1.000 | 2.0 KiB | 300 (+50) | 0.500 | 0.1000 | 33.3 → 90.0 | 20.0 → 89.5 |" in text
+
+
+def test_the_cli_exits_non_zero_when_a_method_failed(tiny_model_dir, tmp_path, capsys):
+    """`compare --data nosuch` wrote a table of failures and exited 0."""
+    from tasktune.cli import main
+
+    code = main(["compare", "--model", str(tiny_model_dir("glm")), "--data", str(tmp_path / "nosuch"),
+                 "--out", str(tmp_path / "cmp"), "--methods", "ptuning-v2", "--steps", "1"])
+    assert code == 1 and "1 of 1 method(s) failed: ptuning-v2" in capsys.readouterr().err
+    assert "| ptuning-v2 | failed:" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -406,3 +406,13 @@ def test_number_documents_compare_random_pairs_in_the_records_range_and_name_no_
     parser = argparse.ArgumentParser()
     tiny.add_arguments(parser)
     assert parser.parse_args(["--number-docs", "12"]).number_docs == 12
+
+
+@pytest.mark.parametrize("out", ["", ".", "/", ".."])
+def test_tiny_model_out_without_a_folder_name_is_refused_before_the_build(out, capsys):
+    """`tasktune tiny-model --out ""` built the model, then failed with "PosixPath('.') has an empty name"."""
+    from tasktune.cli import main
+
+    assert main(["tiny-model", "--out", out, "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "give the model folder a name" in err and "Traceback" not in err, err

@@ -29,8 +29,9 @@ class EvalConfig:
     examples_in_markdown: int = 50
 
     def __post_init__(self) -> None:  # the CLI flags' ranges (tasktune/flags.py), for API callers too
-        from tasktune.flags import BATCH, COUNT, TOKENS
+        from tasktune.flags import BATCH, COUNT, TOKENS, check_types
 
+        check_types(self)
         COUNT.check("limit", self.limit, optional=True)  # None = all; 0 or negative is refused, never "all"
         BATCH.check("batch_size", self.batch_size)
         TOKENS.check("max_new_tokens", self.max_new_tokens, optional=True)

@@ -74,8 +74,12 @@ class Assistant:
         [query, answer] pairs); the ids are what training saw (a chat template's bos once)."""
         from tasktune.tuning.data import encode_prompts, format_prompt
 
+        self._check_open()
+        prompts = _texts(prompts)
         settings = self.settings(run)
-        history = history or [[] for _ in prompts]
+        if not prompts:
+            return [], []
+        history = _histories(history, len(prompts))
         texts = [format_prompt(self.tokenizer, q, [list(t) for t in h], template=settings.prompt_template)
                  for q, h in zip(prompts, history)]
         return texts, encode_prompts(self.tokenizer, texts, settings.prompt_template)
@@ -86,6 +90,8 @@ class Assistant:
         """Greedy answers to `prompts` (formatted as the run was trained) from `run` (default: the only/first
         run), or from the base model with `base=True`."""
         _, ids = self.encode(prompts, run=run, history=history)
+        if not ids:
+            return []
         answers, _ = self.generate(ids, run=run, max_new_tokens=max_new_tokens, base=base, progress=progress)
         return answers
 
@@ -94,7 +100,15 @@ class Assistant:
                  progress: bool = False, desc: str = "generate") -> tuple[list[str], int]:
         """Greedy answers to already encoded prompts (cut to the run's max_source_length, as training cut them).
         Returns (answers, how many prompts were cut further to fit the model's context)."""
+        from tasktune.flags import BATCH, TOKENS
+
+        self._check_open()
         settings = self.settings(run)
+        TOKENS.check("max_new_tokens", max_new_tokens, optional=True)  # 0 or NaN fell back to the default
+        BATCH.check("batch_size", batch_size)
+        if not isinstance(base, bool):
+            raise ConfigError(f"base: expected True or False, got {base!r}")  # "no" answered from the base
+        prompt_ids = _id_rows(prompt_ids, len(self.tokenizer))
         max_new = max_new_tokens or settings.max_target_length
         if self.bank is None:
             return self.run.generate(prompt_ids, base=base, max_new_tokens=max_new, batch_size=batch_size,
@@ -102,8 +116,13 @@ class Assistant:
         return self._engine_generate(prompt_ids, self._name(run), max_new, base), 0
 
     def close(self) -> None:
+        self.closed = True
         if self.engine is not None:
             self.engine.shutdown()
+
+    def _check_open(self) -> None:
+        if getattr(self, "closed", False):  # the engine's thread is gone: a request would wait for ever
+            raise ConfigError("this Assistant is closed; make a new one with Assistant.from_run(...)")
 
     def __enter__(self) -> "Assistant":
         return self
@@ -179,3 +198,51 @@ class _LoadedRun:
                                     max_new_tokens=max_new_tokens, reserved_positions=adapter.reserved_positions,
                                     progress=progress, desc=desc,
                                     max_prompt_tokens=self.config.max_source_length)  # prompts cut as in training
+
+
+def _texts(prompts: Any) -> list[str]:
+    """The prompts as a list of text: a single string was answered one character at a time."""
+    from tasktune.errors import DataError
+
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise DataError(f"prompts: expected a list of strings, got {type(prompts).__name__}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise DataError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
+        if any("\ud800" <= c <= "\udfff" for c in prompt):
+            raise DataError(f"prompts[{i}]: holds a lone UTF-16 surrogate (not valid Unicode)")
+    return list(prompts)
+
+
+def _histories(history: Any, n: int) -> list[list[list[str]]]:
+    """One history per prompt (earlier [query, answer] string pairs); None: none. zip() cut a shorter list."""
+    from tasktune.errors import DataError
+
+    if history is None:
+        return [[] for _ in range(n)]
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence) or len(history) != n:
+        raise DataError(f"history: expected a list of {n} histories (one per prompt), got "
+                        f"{len(history) if isinstance(history, Sequence) else type(history).__name__}")
+    for i, turns in enumerate(history):
+        if not isinstance(turns, Sequence) or isinstance(turns, str) or not all(
+                isinstance(t, Sequence) and not isinstance(t, str) and len(t) == 2
+                and all(isinstance(x, str) for x in t) for t in turns):
+            raise DataError(f"history[{i}]: expected a list of [query, answer] string pairs")
+    return [[list(t) for t in turns] for turns in history]
+
+
+def _id_rows(rows: Any, vocab: int) -> list[list[int]]:
+    """Encoded prompts: non-empty lists of token ids in the vocabulary (an id outside it failed in the
+    embedding with an IndexError; an empty row in a reshape)."""
+    from tasktune.errors import DataError
+
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
+        raise DataError("prompt_ids: expected a non-empty list of token id lists")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
+            raise DataError(f"prompt_ids[{i}]: expected a non-empty list of token ids")
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in row):
+            raise DataError(f"prompt_ids[{i}]: token ids must be integers from 0 to {vocab - 1}")
+        out.append(list(row))
+    return out

@@ -68,9 +68,11 @@ def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *
     tokenizer.padding_side = "left"
     limit = context_limit(model)
     keep = None if limit is None else limit - max_new_tokens - reserved_positions
-    if keep is not None and keep <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                         f"{limit}-position context")
+    if keep is not None and keep <= 0:  # (a ConfigError: `chat --max-new-tokens 100000` was a traceback)
+        from tasktune.errors import ConfigError
+
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                          f"{limit}-position context (at most {limit - reserved_positions - 1})")
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
     if max_prompt_tokens:
         encoded = [ids[-max_prompt_tokens:] for ids in encoded]

@@ -50,6 +50,10 @@ def _device(text: str) -> str:
 
 def run(args) -> int:
     """Handler for `tasktune tiny-model`."""
+    if args.out.name in ("", ".."):  # `--out ""` (Path(".")), `/`, `..`: "has an empty name" after the build
+        from tasktune.errors import ConfigError
+
+        raise ConfigError(f"--out {str(args.out)!r}: give the model folder a name (e.g. models/tiny-glm)")
     check_output_folder(args.out, "--out")
     values = {f.name: getattr(args, _dest(f)) for f in _flagged()}
     # the LR warm-up scales with a short run: a tenth of the steps, at most the default
