@@ -109,7 +109,7 @@ def build(args: argparse.Namespace):
     """Bank -> engine -> service -> app, from parsed flags (tests build servers through this too)."""
     from pathlib import Path
 
-    from tasktune.envvars import env_float
+    from tasktune.envvars import env_number
 
     from .app import create_app
     from tasktune.tuning.inference.bank import load_view
@@ -125,7 +125,7 @@ def build(args: argparse.Namespace):
     # The engine thread and the event loop share the GIL. TASKTUNE_SWITCH_INTERVAL (seconds) sets Python's switch
     # interval, for benchmarks/serve_bench.py's comparisons: on an H100 shorter ones than the default 5 ms made
     # 32 streams slower (0.5 ms: 79x -> 68x the serial baseline; 0.1 ms: 61x; benchmarks/RESULTS.md, gil20).
-    switch = env_float("TASKTUNE_SWITCH_INTERVAL", None, 1e-6, 1.0)
+    switch = env_number("TASKTUNE_SWITCH_INTERVAL", None, Range(float, 1e-6, 1.0))
     if switch is not None:
         sys.setswitchinterval(switch)
     runs = []

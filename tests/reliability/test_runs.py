@@ -57,8 +57,11 @@ def test_a_second_train_on_a_held_run_folder_is_refused_naming_the_holder(tiny_g
         holder.wait()
 
 
-@pytest.mark.parametrize("env, says", [({"RANK": "abc"}, "RANK='abc': expected an integer"),
-                                       ({"RANK": "-1"}, "RANK=-1: expected 0"),
+RANK_RANGE = "expected int >= 0 and <= 2,147,483,648"
+
+
+@pytest.mark.parametrize("env, says", [({"RANK": "abc"}, f"RANK='abc': {RANK_RANGE}, got 'abc'"),
+                                       ({"RANK": "-1"}, f"RANK='-1': {RANK_RANGE}, got -1"),
                                        ({"RANK": "4", "WORLD_SIZE": "2"}, "the rank must be below the size")])
 def test_launch_variables_that_are_not_a_rank_are_refused_by_name(tiny_glm, train_data, tmp_path, capsys, monkeypatch,
                                                                   env, says):

@@ -111,10 +111,11 @@ def _default_quantized_device_map():
     """bitsandbytes layers must be created on their device: this process's GPU (LOCAL_RANK under torchrun), else CPU."""
     import torch
 
-    from tasktune.envvars import env_int
+    from tasktune.envvars import env_number
+    from tasktune.flags import Range
 
     if torch.cuda.is_available():
-        return {"": env_int("LOCAL_RANK", 0, 0, 1 << 16)}
+        return {"": env_number("LOCAL_RANK", 0, Range(int, 0, 1 << 16))}
     return None
 
 
