@@ -5,13 +5,14 @@ error names."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+
+from tasktune.tuning.rows import SURROGATE
 
 from .protocol import ChatRequest
 
@@ -63,7 +64,6 @@ def _no_constant(name: str) -> Any:
 #: How deep a request's JSON may nest (OpenAI's bodies need ~6 levels; Python's recursion limit is ~1000, and
 #: pydantic and json recurse per level)
 MAX_DEPTH = 64
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_json(data: Any) -> None:
@@ -76,7 +76,7 @@ def _check_json(data: Any) -> None:
         if depth > MAX_DEPTH:
             raise ValueError(f"nested more than {MAX_DEPTH} levels deep at {where or 'the top'}")
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if SURROGATE.search(value):
                 raise ValueError(f"{where or 'the body'}: a string holds a lone UTF-16 surrogate (not valid Unicode)")
         elif isinstance(value, dict):
             for key, item in value.items():

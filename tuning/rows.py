@@ -40,6 +40,8 @@ def read_rows(path: Path) -> list[Any]:
     return rows
 
 
+#: a lone UTF-16 surrogate (a half emoji, from a JSON `"\\ud83d"`): valid in a Python str, not in any file or
+#: tokenizer (the one pattern behind the data reader's, the server's and the Assistant's checks)
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -203,13 +203,14 @@ class _LoadedRun:
 def _texts(prompts: Any) -> list[str]:
     """The prompts as a list of text: a single string was answered one character at a time."""
     from tasktune.errors import DataError
+    from tasktune.tuning.rows import SURROGATE
 
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
         raise DataError(f"prompts: expected a list of strings, got {type(prompts).__name__}")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise DataError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
-        if any("\ud800" <= c <= "\udfff" for c in prompt):
+        if SURROGATE.search(prompt):
             raise DataError(f"prompts[{i}]: holds a lone UTF-16 surrogate (not valid Unicode)")
     return list(prompts)
 
