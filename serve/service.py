@@ -286,17 +286,10 @@ class Service:
     def _tool_turn(self, request: ChatRequest, messages: list[Message]) -> Turn:
         """A tool result: render the result step's frame from it (the call comes from the assistant message)."""
         result_msg = messages[-1]
-        call, run = None, None
-        for message in reversed(messages[:-1]):
-            for tc in message.tool_calls or []:
-                if tc.id == result_msg.tool_call_id:  # present and answering an open call (ChatRequest checks)
-                    call = tc
-                    break
-            if call is not None:
-                break
-        if call is None:
-            raise RequestError("messages[-1]: a tool message must answer a tool call of an earlier assistant "
-                               "message (tool_call_id)", param="messages")
+        # the call it answers: ChatRequest refused a tool message that answers no open call of the assistant
+        # message before it (_a_conversation_openai_would_take), so there is one
+        call = next(tc for message in reversed(messages[:-1]) for tc in message.tool_calls or ()
+                    if tc.id == result_msg.tool_call_id)
         at = next(i for i in range(len(request.messages) - 1, -1, -1) if request.messages[i] is result_msg)
         try:
             arguments = json_value(call.function.arguments)
