@@ -48,6 +48,10 @@ class SlotCache:
         self.values[layer_idx].index_copy_(2, self.column, value_states)
         return self.keys[layer_idx], self.values[layer_idx]
 
+    def layer(self, idx: int) -> "SlotCache":
+        """Layer `idx`'s buffers alone, as layer 0 (tuning/inference/fused_decode.py traces one layer for all)."""
+        return SlotCache([self.keys[idx]], [self.values[idx]], self.column)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:  # only asked when no positions are given (never here)
         return int(self.column)
 
@@ -172,6 +176,21 @@ class Slots:
         if self.c >= self.width:
             used = [self.start[s] for s in range(self.rows) if self.start[s] < self.width]
             self._shift(-(min(used) if used else self.c))
+
+    def warm_up(self) -> int:
+        """Capture the step's CUDA graph for every bucket of rows now (1, 2, 4, ... up to all slots), before any
+        request: else the first request at each new batch size waited for its capture, and for the compile of
+        fused layers (seconds to a minute cold). Empty slots compute garbage nobody reads. Returns the count."""
+        if not self.graphs or any(s < self.width for s in self.start):
+            return 0
+        size = 1
+        while True:
+            self.column.fill_(self.c)
+            if size not in self._graphs:
+                self._graphs[size] = self._capture(size)
+            if size >= self.rows:
+                return len(self._graphs)
+            size = min(2 * size, self.rows)
 
     # -- one step ----------------------------------------------------------------------------------------
     def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
