@@ -392,3 +392,80 @@ def test_a_stop_string_across_tokens_ends_the_answer_before_it(bank, prompt_ids)
         assert cut.text() == whole[:whole.index(stop)].strip() and cut.events[-1].finish_reason == "stop"
     finally:
         engine.shutdown()
+
+
+def test_fusing_is_checked_reversible_and_leaves_other_forwards_eager(bank, prompt_ids):
+    """`fuse` takes auto/on/off only; fuse_decode_layers routes only slot-cache calls to compiled code, so eval's
+    forwards (a dynamic cache) on a fused model give the same logits, unchanged by a second fuse, and unfusing
+    gives every layer its own forward back. No compile happens here (nothing calls a slot step)."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.inference.fused_decode import MARK, decoder_layers, fuse_decode_layers, unfuse_decode_layers
+
+    with pytest.raises(ConfigError, match="fuse must be auto, on or off, got 'yes'"):
+        Engine(bank, fuse="yes")
+    ids = torch.tensor([prompt_ids[0]])
+    with torch.no_grad():
+        before = bank.model(input_ids=ids).logits
+    layers = decoder_layers(bank.model)
+    try:
+        assert fuse_decode_layers(bank.model) == len(layers) > 0
+        assert fuse_decode_layers(bank.model) == len(layers)  # idempotent: one wrapper per layer
+        assert all(vars(layer).get(MARK) and "forward" in vars(layer) for layer in layers)
+        with torch.no_grad():
+            assert torch.equal(bank.model(input_ids=ids).logits, before)
+    finally:
+        assert unfuse_decode_layers(bank.model) == len(layers)
+    assert not any("forward" in vars(layer) or vars(layer).get(MARK) for layer in layers)
+    assert unfuse_decode_layers(bank.model) == 0
+
+
+@pytest.mark.slow
+def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids):
+    """Slots whose decode steps run torch.compile'd decoder layers (inductor, here its CPU code): a mixed batch of
+    two runs and the base, rows joining while others decode, still eval's greedy answers. Slow-marked: inductor
+    compiles for ~1 minute on 2 cores; test_graphed_slots_answer_as_eval_on_cuda runs it on CUDA under graphs."""
+    from tasktune.tuning.inference.fused_decode import MARK, decoder_layers, unfuse_decode_layers
+
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on").start()
+    try:
+        assert engine.fused == len(decoder_layers(bank.model)) > 0
+        jobs = {}
+        for name in ("grid", "grid2", None):
+            for i, ids in enumerate(prompt_ids):
+                jobs[name, i] = Collector()
+                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
+        got = {key: c.text() for key, c in jobs.items()}
+    finally:
+        engine.shutdown()
+        unfuse_decode_layers(bank.model)
+    assert not any(vars(layer).get(MARK) for layer in decoder_layers(bank.model))
+    for name in ("grid", "grid2"):
+        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
+        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
+        assert [got[None, i] for i in range(len(prompt_ids))] == base
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fuse", ["off", "on"])
+def test_graphed_slots_answer_as_eval_on_cuda(bank, serve_runs, prompt_ids, fuse):
+    """On CUDA the slots replay one CUDA graph a step, captured for every batch bucket at start (`warm_up`), with
+    eager or compiled decoder layers (fp32 tiny runs): a mixed batch still gives eval's greedy answers."""
+    from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
+
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse=fuse).start()
+    try:
+        assert sorted(engine._slots._graphs) == [1, 2, 4]  # captured before the first request
+        jobs = {}
+        for name in ("grid", "grid2", None):
+            for i, ids in enumerate(prompt_ids):
+                jobs[name, i] = Collector()
+                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
+        got = {key: c.text() for key, c in jobs.items()}
+    finally:
+        engine.shutdown()
+        unfuse_decode_layers(bank.model)
+    for name in ("grid", "grid2"):
+        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
+        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
+        assert [got[None, i] for i in range(len(prompt_ids))] == base

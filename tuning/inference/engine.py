@@ -119,13 +119,17 @@ class Engine:
     """Owns the model on one thread; `submit()` from any thread; events come back through each request's `emit`."""
 
     def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05, decode: str = "auto",
-                 slot_width: int = 512):
+                 slot_width: int = 512, fuse: str = "auto"):
         """`decode`: "dynamic" (the padded dynamic batch), "slots" (fixed slots of `slot_width` columns, CUDA
-        graphs on a GPU: tuning/inference/slots.py) or "auto" (slots on CUDA, dynamic elsewhere)."""
+        graphs on a GPU: tuning/inference/slots.py) or "auto" (slots on CUDA, dynamic elsewhere). `fuse`: "on"
+        runs the slots' decode steps through torch.compile'd decoder layers (tuning/inference/fused_decode.py),
+        "auto" does so on CUDA, "off" never."""
         if max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         if decode not in ("auto", "dynamic", "slots"):
             raise ConfigError(f"decode must be auto, dynamic or slots, got {decode!r}")
+        if fuse not in ("auto", "on", "off"):
+            raise ConfigError(f"fuse must be auto, on or off, got {fuse!r}")
         self.bank, self.tokenizer, self.model = bank, bank.tokenizer, bank.model
         self.max_batch_size = max_batch_size
         self.idle_wait = idle_wait
@@ -141,6 +145,11 @@ class Engine:
             decode = "slots" if self.bank.device.type == "cuda" else "dynamic"
         self.decode = decode
         self._slots = self._make_slots(slot_width) if decode == "slots" else None
+        self.fused = 0  # decoder layers whose slot steps run compiled
+        if self._slots is not None and (fuse == "on" or (fuse == "auto" and self.bank.device.type == "cuda")):
+            from tasktune.tuning.inference.fused_decode import fuse_decode_layers
+
+            self.fused = fuse_decode_layers(self.model)
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by submit/close/shutdown: an idle loop starts at once
         self._closed = threading.Event()  # close(): cancel everything, refuse what comes later
@@ -149,6 +158,8 @@ class Engine:
 
     # -- the outside -------------------------------------------------------------------------------------
     def start(self) -> "Engine":
+        if self._slots is not None:
+            self._slots.warm_up()  # CUDA graphs (and fused layers' compile) before the first request, not during it
         self._thread.start()
         return self
 

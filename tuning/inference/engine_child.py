@@ -32,6 +32,7 @@ class ChildConfig:
     slot_width: int
     decode_weights: str = "nf4"
     threads: int = 0
+    fuse: str = "auto"
 
 
 def child_main(commands, events, config: ChildConfig) -> None:
@@ -53,7 +54,7 @@ def child_main(commands, events, config: ChildConfig) -> None:
         _send(events, ("failed", type(exc).__name__, str(exc) if isinstance(exc, ConfigError)
                        else f"{type(exc).__name__}: {exc} (the engine process's traceback is above)"))
         return
-    if not _send(events, ("ready", str(engine.bank.device), engine.decode, dequantised)):
+    if not _send(events, ("ready", str(engine.bank.device), engine.decode, dequantised, engine.fused)):
         engine.shutdown()  # the server went away while the model loaded
         return
     sender = _Sender(events, engine)
@@ -111,7 +112,7 @@ def build_engine(config: ChildConfig, tokenizer=None):
 
         dequantised = dequantize_4bit_linears(bank.model)
     engine = Engine(bank, max_batch_size=config.max_batch_size, decode=config.decode,
-                    slot_width=config.slot_width).start()
+                    slot_width=config.slot_width, fuse=config.fuse).start()
     return engine, dequantised
 
 

@@ -10,7 +10,7 @@ the parent holds only the runs and the tokenizer (`BankView`); the child's side 
 The wire: two one-way pipes of pickled tuples. Parent -> child: ("submit", id, prompt ids, run, SamplingParams,
 arrival time), ("cancel", id), ("close", message), ("shutdown",), sent by one writer thread (so `close` may be
 called from a signal handler: it only puts on a SimpleQueue). Child -> parent: ("ready", device, decode mode,
-dequantised) or ("failed", kind, message) once, then ("events", [(id, Event)], counters, [(metric, seconds)]) batches: the child's
+dequantised, fused layers) or ("failed", kind, message) once, then ("events", [(id, Event)], counters, [(metric, seconds)]) batches: the child's
 sender thread sends what the engine emitted since its last send, so a decode step of N rows is one message. If the
 child dies, every request in flight ends with an error event and /health says so.
 """
@@ -40,6 +40,7 @@ class EngineProcess:
         self.max_batch_size = config.max_batch_size
         self.stats = EngineStats()
         self.dequantised = 0
+        self.fused = 0
         self._pending: dict[int, Request] = {}
         self._lock = threading.Lock()  # _pending and _ended: the event loop adds, the reader thread ends them
         self._ended: str | None = None  # set (under _lock) once the child is gone: why
@@ -80,7 +81,7 @@ class EngineProcess:
         if message[0] == "failed":
             _, kind, text = message
             raise (ConfigError if kind == "ConfigError" else RuntimeError)(text)
-        _, device, self.decode, self.dequantised = message
+        _, device, self.decode, self.dequantised, self.fused = message
         import torch
 
         self.bank = dataclasses.replace(self.bank, device=torch.device(device))
