@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
                         "a browser (CORS; repeatable; default: none, only this server's own page)")
+    p.add_argument("--max-queue-delay", type=Range(float, 0, 10_000), default=0.0, metavar="MS",
+                   help="hold waiting requests back up to MS milliseconds while other rows decode (or, on an idle "
+                        "server, while arrivals come less than 5 ms apart), so that a burst shares one prefill "
+                        "instead of one each (default: 0, admit at once; no tokens/s gain measured yet)")
     p.add_argument("--max-queue", type=Range(int, 0, 1 << 20), default=256,
                    help="requests that may wait for a batch slot; beyond them a request gets 429 with "
                         "Retry-After: 1 (default: 256; 0: only what fits the batch)")
@@ -152,7 +156,7 @@ def build(args: argparse.Namespace):
 
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads,
-                         args.decode_compile)
+                         args.decode_compile, args.max_queue_delay / 1000)
     args.in_process = engine_in_process(args.engine_process)  # for the startup line, as args.dequantised
     if args.in_process:
         engine = EngineProcess(view, config)

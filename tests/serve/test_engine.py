@@ -112,7 +112,8 @@ def test_rows_finishing_and_joining_at_staggered_steps_answer_as_alone(bank, pro
     jobs = [(prompt_ids[i % len(prompt_ids)], ("grid", "grid2", None)[i % 3], n) for i, n in enumerate(lengths)]
 
     def answers(max_batch_size: int, staggered: bool) -> list[str]:
-        engine = Engine(bank, max_batch_size=max_batch_size, decode="dynamic").start()
+        # max_queue_delay=0: each request joins at once (no holding back to share a prefill), at odd steps
+        engine = Engine(bank, max_batch_size=max_batch_size, decode="dynamic", max_queue_delay=0).start()
         rows_seen = []
         engine.stats.observers.append(lambda name, _: rows_seen.append(len(engine._rows))
                                       if name == "step_seconds" else None)
@@ -230,6 +231,46 @@ def test_a_request_wakes_an_idle_engine(bank, prompt_ids):
         start = time.monotonic()
         engine.shutdown()
         assert time.monotonic() - start < 20 and not engine.alive
+
+
+def test_a_burst_of_arrivals_shares_one_prefill_and_the_wait_is_bounded(bank, prompt_ids, monkeypatch):
+    """Requests arriving less than ARRIVAL_GAP apart are admitted together (one prefill), answering as ever; a
+    stream of arrivals is never held beyond max_queue_delay; max_queue_delay = 0 admits at once. ARRIVAL_GAP is
+    widened here so a loaded test machine's thread timing cannot split the burst or end the wait early."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.inference import engine as engine_module
+
+    with pytest.raises(ConfigError, match="max_queue_delay"):
+        Engine(bank, max_queue_delay=-1)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    alone = Engine(bank, max_batch_size=4, max_queue_delay=0).start()
+    try:
+        expected = [answer(alone, ids, params) for ids in prompt_ids[:3]]
+    finally:
+        alone.shutdown()
+    monkeypatch.setattr(engine_module, "ARRIVAL_GAP", 0.5)
+    for delay, admissions in ((5.0, 1), (0.0, 3)):
+        engine = Engine(bank, max_batch_size=4, max_queue_delay=delay).start()
+        prefills = []
+        engine.stats.observers.append(lambda n, v: prefills.append(v) if n == "prefill_seconds" else None)
+        try:
+            jobs = []
+            for ids in prompt_ids[:3]:  # 0.1 s apart: one burst (gap 0.5 s); without a delay, one after another
+                jobs.append(Collector())
+                engine.submit(Request(ids, "grid", params, jobs[-1]))
+                time.sleep(0.1) if delay else jobs[-1].done.wait(20)
+            assert [job.text() for job in jobs] == expected
+            assert len(prefills) == admissions
+        finally:
+            engine.shutdown()
+    monkeypatch.setattr(engine_module, "ARRIVAL_GAP", 60.0)  # arrivals "keep coming": only the delay ends the wait
+    engine = Engine(bank, max_batch_size=4, max_queue_delay=0.3).start()
+    try:
+        started = time.monotonic()
+        assert answer(engine, prompt_ids[0], params) == expected[0]
+        assert time.monotonic() - started < 30  # held 0.3 s, not the 60 s gap
+    finally:
+        engine.shutdown()
 
 
 def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):

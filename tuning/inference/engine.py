@@ -115,15 +115,21 @@ class EngineStats:
             observer(name, value)
 
 
+ARRIVAL_GAP = 0.005
+"""Seconds: an idle engine takes arrivals closer together than this as one burst, admitted together
+(`_admission_due`)."""
+
+
 class Engine:
     """Owns the model on one thread; `submit()` from any thread; events come back through each request's `emit`."""
 
     def __init__(self, bank, *, max_batch_size: int = 32, idle_wait: float = 0.05, decode: str = "auto",
-                 slot_width: int = 512, fuse: str = "auto"):
+                 slot_width: int = 512, fuse: str = "auto", max_queue_delay: float = 0.0):
         """`decode`: "dynamic" (the padded dynamic batch), "slots" (fixed slots of `slot_width` columns, CUDA
         graphs on a GPU: tuning/inference/slots.py) or "auto" (slots on CUDA, dynamic elsewhere). `fuse`: "on"
         runs the slots' decode steps through torch.compile'd decoder layers (tuning/inference/fused_decode.py),
-        "auto" does so on CUDA, "off" never."""
+        "auto" does so on CUDA, "off" never. `max_queue_delay` (seconds): how long a waiting request may be held
+        back so that requests arriving right after it share its prefill (`_admission_due`); 0: admit at once."""
         if max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         if decode not in ("auto", "dynamic", "slots"):
@@ -133,6 +139,10 @@ class Engine:
         self.bank, self.tokenizer, self.model = bank, bank.tokenizer, bank.model
         self.max_batch_size = max_batch_size
         self.idle_wait = idle_wait
+        if not 0 <= max_queue_delay <= 10:
+            raise ConfigError(f"max_queue_delay must be 0 .. 10 seconds, got {max_queue_delay!r}")
+        self.max_queue_delay = max_queue_delay
+        self._last_arrival = 0.0  # perf_counter of the latest submit
         self.stats = EngineStats()
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id
@@ -170,6 +180,7 @@ class Engine:
             request.emit(Event(finish_reason="cancelled", error=self._close_message,
                                prompt_tokens=len(request.prompt_ids)))
             return request
+        self._last_arrival = time.perf_counter()
         self._waiting.put(request)
         self.stats.waiting = self._waiting.qsize()
         self._wake.set()
@@ -260,7 +271,38 @@ class Engine:
         row.done = True
         _tell_failed(row.request, exc, completion_tokens=len(row.tokens))
 
+    def _admission_due(self) -> bool:
+        """Admit the waiting requests now, or hold them back a little (False) so that more share their prefill.
+        Each admission is one eager prefill whose cost is mostly fixed (a 6B GLM on an H100: ~26 ms for one prompt,
+        ~54 ms for 32) and stalls every running row meanwhile, and clients of a batch come in bursts (their previous
+        answers ended at the same step): 32 arrivals admitted as they came cost 4-6 prefills a wave. So, as
+        text-generation-inference's router does (it waits for enough waiting requests, or for max_waiting_tokens
+        steps): admit at once when the waiting fill the free slots; else, while rows decode, decode on (their steps
+        are due anyway) until the oldest has waited `max_queue_delay`; an idle engine waits only until arrivals
+        pause for ARRIVAL_GAP (a lone request: that long), within the same bound. Off by default (0): on an H100
+        it cut the admissions' time in some serve_bench rounds but not the tokens/s (benchmarks/RESULTS.md)."""
+        while self.max_queue_delay > 0 and not self._stop.is_set() and not self._closed.is_set():
+            waiting, running = self._waiting.qsize(), len(self._live())
+            if not waiting or waiting >= self.max_batch_size - running:
+                return True
+            try:
+                oldest = self._waiting.queue[0].arrived  # only this thread takes from the queue
+            except IndexError:
+                return True
+            now = time.perf_counter()
+            if now - oldest >= self.max_queue_delay:
+                return True
+            if running:
+                return False
+            wait = min(self._last_arrival + ARRIVAL_GAP, oldest + self.max_queue_delay) - now
+            if wait <= 0:
+                return True
+            time.sleep(wait)
+        return True
+
     def _admit(self) -> bool:
+        if not self._admission_due():
+            return False
         new: list[_Row] = []
         running = len(self._live())
         while running + len(new) < self.max_batch_size:

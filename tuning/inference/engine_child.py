@@ -33,6 +33,7 @@ class ChildConfig:
     decode_weights: str = "nf4"
     threads: int = 0
     fuse: str = "auto"
+    max_queue_delay: float = 0.0
 
 
 def child_main(commands, events, config: ChildConfig) -> None:
@@ -112,7 +113,8 @@ def build_engine(config: ChildConfig, tokenizer=None):
 
         dequantised = dequantize_4bit_linears(bank.model)
     engine = Engine(bank, max_batch_size=config.max_batch_size, decode=config.decode,
-                    slot_width=config.slot_width, fuse=config.fuse).start()
+                    slot_width=config.slot_width, fuse=config.fuse,
+                    max_queue_delay=config.max_queue_delay).start()
     return engine, dequantised
 
 
