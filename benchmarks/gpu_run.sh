@@ -33,6 +33,10 @@
 # ep20:    issue 20 (~6 min; carry [".wheelhouse", "data"]): serve_bench (bf16 weights, STREAMS, RPS) once per
 #          --engine-process choice in ENGINES (default "on off": the engine in its own process, then a thread),
 #          $OUT/ep20.log.
+# fz20:    issue 20 (~7 min; carry [".wheelhouse", "data"]): the serve6b runs, bf16 decode weights: serve_profile.py at
+#          rows 1 and 32 with eager and with compiled decoder layers (--fuse off/on: start time, step, kernels;
+#          $OUT/fz20_prof_*; FZ_PROFILE="" skips), the GPU serve tests (FZ_TESTS=1), then serve_bench per
+#          --decode-compile in FZ_COMPILE and --max-queue-delay (ms) in FZ_DELAYS (default 20), $OUT/fz20.log.
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
@@ -226,6 +230,28 @@ if [ "$phase" = gil20 ]; then  # issue 20: serve_bench over bf16 weights at each
       /tmp/serve/grid1 /tmp/serve/grid2 /tmp/serve/grid3 --streams ${STREAMS:-32,64} --max-tokens 64 \
       --serial-requests 4 --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 2>&1 \
       | grep -v "Loading weights" | tee -a "$OUT/gil20.log"
+  done
+fi
+
+if [ "$phase" = fz20 ]; then  # issue 20: the decode step with compiled (fused) decoder layers
+  [ -d /tmp/serve/grid3 ] || serve_runs
+  for fuse in ${FZ_PROFILE-off on}; do
+    timeout ${T_PROF:-200} python3 benchmarks/serve_profile.py /tmp/serve/grid --rows ${PROF_ROWS:-1,32} --decode slots \
+      --tokens 64 --decode-weights bf16 --fuse $fuse --out "$OUT/fz20_prof_$fuse.txt" 2>&1 \
+      | grep -v -E "$BARS" | tee "$OUT/fz20_prof_$fuse.log"
+  done
+  if [ -n "${FZ_TESTS:-}" ]; then
+    timeout 300 python3 -m pytest -q -o addopts="" -m gpu tests/serve/test_engine.py 2>&1 | tail -15 \
+      | tee "$OUT/fz20_pytest.log"
+  fi
+  for c in ${FZ_COMPILE:-}; do
+    for d in ${FZ_DELAYS:-20}; do
+      echo "== --decode-compile $c --max-queue-delay $d" | tee -a "$OUT/fz20.log"
+      timeout ${T_SERVE:-200} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+        /tmp/serve/grid3 --streams ${STREAMS:-32,32} --max-tokens 64 --serial-requests 4 \
+        --requests-per-stream ${RPS:-2} --max-batch-size 64 --decode-weights bf16 --decode-compile $c \
+        --max-queue-delay $d 2>&1 | grep -v -E "$BARS" | tee -a "$OUT/fz20.log"
+    done
   done
 fi
 

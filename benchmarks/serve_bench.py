@@ -129,6 +129,10 @@ def main() -> None:
     parser.add_argument("--decode", default="auto", choices=("auto", "dynamic", "slots"))
     parser.add_argument("--decode-weights", default="nf4", choices=("nf4", "bf16"),
                         help="the server's --decode-weights (the serial baseline keeps the runs' own 4-bit base)")
+    parser.add_argument("--decode-compile", default="auto", choices=("auto", "on", "off"),
+                        help="the server's --decode-compile (compiled decoder layers in the slots' decode step)")
+    parser.add_argument("--max-queue-delay", type=float, default=0.0, metavar="MS",
+                        help="the server's --max-queue-delay (a burst of arrivals shares one prefill)")
     parser.add_argument("--engine-process", default="auto", choices=("auto", "on", "off"),
                         help="the server's --engine-process (auto: the engine in its own process on CUDA)")
     parser.add_argument("--threads", type=int, default=0,
@@ -149,7 +153,8 @@ def main() -> None:
     names = [f"task{k}={run}" for k, run in enumerate(runs[:4])]
     server = LiveServer([*names, "--max-batch-size", str(args.max_batch_size), "--max-tokens",
                          str(max(args.max_tokens, 16)), "--decode", args.decode, "--threads", str(args.threads),
-                         "--decode-weights", args.decode_weights, "--engine-process", args.engine_process])
+                         "--decode-weights", args.decode_weights, "--engine-process", args.engine_process,
+                         "--decode-compile", args.decode_compile, "--max-queue-delay", str(args.max_queue_delay)])
     import torch
 
     from tasktune.tuning.inference.engine_process import EngineProcess

@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--decode-weights", default="nf4", choices=("nf4", "bf16"),
                         help="bf16: the 4-bit base dequantised once (tasktune serve --decode-weights bf16)")
+    parser.add_argument("--fuse", default="off", choices=("on", "off"),
+                        help="on: the decode step's decoder layers compiled (tasktune serve --decode-compile on)")
     parser.add_argument("--out", help="profiler tables go here")
     args = parser.parse_args()
 
@@ -42,8 +44,11 @@ def main() -> None:
     name = next(iter(bank.runs))
     tok = bank.tokenizer
     ids = encode_prompts(tok, [format_prompt(tok, "步骤#理解并基于输入拆分函数参数*语音#查查济南的人数", [])], "auto")[0]
+    started = time.perf_counter()
     engine = Engine(bank, max_batch_size=args.max_batch_size, decode=args.decode,
-                    slot_width=len(ids) + args.tokens + 8).start()
+                    slot_width=len(ids) + args.tokens + 8, fuse=args.fuse).start()
+    compiled = ", layers compiled" if args.fuse == "on" else ""
+    print(f"engine ready in {time.perf_counter() - started:.1f} s (graphs captured{compiled})", flush=True)
     steps: list[tuple[int, float]] = []
     prefills: list[float] = []  # admissions: prefill, placement in the slots, first token
     engine.stats.observers.append(lambda n, v: steps.append((engine.stats.running, v)) if n == "step_seconds" else None)
@@ -66,7 +71,7 @@ def main() -> None:
         wave(rows)
         wall = time.perf_counter() - started
         full = [v for n, v in steps if n == rows] or [0.0]
-        line = (f"decode={engine.decode} weights={args.decode_weights} rows={rows}: "
+        line = (f"decode={engine.decode} weights={args.decode_weights} fuse={args.fuse} rows={rows}: "
                 f"step p50 {1000 * statistics.median(full):.1f} ms, "
                 f"admissions {len(prefills)} taking {1000 * sum(prefills):.1f} ms in all "
                 f"(largest {1000 * max(prefills, default=0):.1f} ms), "

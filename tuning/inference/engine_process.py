@@ -10,9 +10,10 @@ the parent holds only the runs and the tokenizer (`BankView`); the child's side 
 The wire: two one-way pipes of pickled tuples. Parent -> child: ("submit", id, prompt ids, run, SamplingParams,
 arrival time), ("cancel", id), ("close", message), ("shutdown",), sent by one writer thread (so `close` may be
 called from a signal handler: it only puts on a SimpleQueue). Child -> parent: ("ready", device, decode mode,
-dequantised, fused layers) or ("failed", kind, message) once, then ("events", [(id, Event)], counters, [(metric, seconds)]) batches: the child's
-sender thread sends what the engine emitted since its last send, so a decode step of N rows is one message. If the
-child dies, every request in flight ends with an error event and /health says so.
+dequantised, fused layers) or ("failed", kind, message) once, then ("events", [(id, Event)], counters,
+[(metric, seconds)]) batches: the child's sender thread sends what the engine emitted since its last send, so a
+decode step of N rows is one message. If the child dies, every request in flight ends with an error event and
+/health says so.
 """
 
 from __future__ import annotations
