@@ -460,6 +460,52 @@ def test_fusing_is_checked_reversible_and_leaves_other_forwards_eager(bank, prom
     assert unfuse_decode_layers(bank.model) == 0
 
 
+class _ReplayedForward:
+    """A stand-in for a captured CUDA graph on the CPU: replay() runs the same forward into the same logits."""
+
+    def __init__(self, slots, rows: int, logits: torch.Tensor):
+        self.slots, self.rows, self.logits = slots, rows, logits
+
+    def replay(self) -> None:
+        with torch.inference_mode():
+            self.logits.copy_(self.slots._forward(self.rows))
+
+
+def test_warmed_up_slots_answer_as_eval_when_rows_join_past_column_0(bank, serve_runs, prompt_ids, monkeypatch):
+    """`Slots.warm_up` runs the step's forwards on empty slots at start (on CUDA, to capture its graphs; here the
+    capture is stood in for by plain forwards): it must leave no trace. A row admitted while another decodes is
+    placed past column 0, whose keys/values the warm-up wrote; before the fix they were NaN (a row that saw no
+    key at all) and the joining row answered garbage, though masked (0 x NaN)."""
+    from tasktune.tuning.inference.slots import Slots
+
+    def capture(self, rows):
+        logits = self._forward(rows)
+        return _ReplayedForward(self, rows, logits), logits
+
+    monkeypatch.setattr(Slots, "_capture", capture)
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="off")
+    engine._slots.graphs = True  # as on CUDA
+    engine.start()
+    try:
+        slots = engine._slots
+        assert sorted(slots._graphs) == [1, 2, 4]
+        cleared = all(not b.any() for b in (*slots.keys, *slots.values)) and not slots.visible.any() and slots.c == 0
+        # the longer prompt first: the shorter one then fits left of the write column, placed past column 0
+        pair = sorted(prompt_ids, key=len)[::-1][:1] + sorted(prompt_ids, key=len)[:1]
+        assert len(pair[0]) > len(pair[1])
+        first, second = Collector(), Collector()
+        engine.submit(Request(pair[0], "grid", SamplingParams(max_new_tokens=16), first))
+        while not first.events:
+            time.sleep(0.001)
+        engine.submit(Request(pair[1], "grid", SamplingParams(max_new_tokens=16), second))
+        got = [first.text(), second.text()]
+    finally:
+        engine.shutdown()
+    tuned, _ = eval_answers(serve_runs["grid"], pair, 16)
+    assert got == tuned
+    assert cleared  # the warm-up's keys/values/mask were cleared (NaN != 0 too)
+
+
 @pytest.mark.slow
 def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids):
     """Slots whose decode steps run torch.compile'd decoder layers (inductor, here its CPU code): a mixed batch of

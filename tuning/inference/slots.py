@@ -180,17 +180,28 @@ class Slots:
     def warm_up(self) -> int:
         """Capture the step's CUDA graph for every bucket of rows now (1, 2, 4, ... up to all slots), before any
         request: else the first request at each new batch size waited for its capture, and for the compile of
-        fused layers (seconds to a minute cold). Empty slots compute garbage nobody reads. Returns the count."""
+        fused layers (seconds to a minute cold). Only on empty slots; returns how many graphs there are.
+
+        The capture's forwards run on empty slots, so each sees its write column (as `step` sets it) lest a row
+        that sees no key at all gives NaN keys/values to the next layers, and the buffers are cleared after: a
+        NaN left in a column that a later row has masked still reaches its output (0 x NaN), which made rows
+        placed past column 0 answer garbage (tests/serve/test_engine.py)."""
         if not self.graphs or any(s < self.width for s in self.start):
             return 0
         size = 1
         while True:
             self.column.fill_(self.c)
+            self.visible[:size, 0, 0, self.c] = True
             if size not in self._graphs:
                 self._graphs[size] = self._capture(size)
             if size >= self.rows:
-                return len(self._graphs)
+                break
             size = min(2 * size, self.rows)
+        for buf in (*self.keys, *self.values):
+            buf.zero_()
+        self.visible.zero_()
+        self.c = 0
+        return len(self._graphs)
 
     # -- one step ----------------------------------------------------------------------------------------
     def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
