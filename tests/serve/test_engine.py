@@ -255,10 +255,10 @@ def test_a_burst_of_arrivals_shares_one_prefill_and_the_wait_is_bounded(bank, pr
         engine.stats.observers.append(lambda n, v: prefills.append(v) if n == "prefill_seconds" else None)
         try:
             jobs = []
-            for ids in prompt_ids[:3]:  # 0.1 s apart: one burst (gap 0.5 s); without a delay, one after another
+            for ids in prompt_ids[:3]:  # 0.25 s apart: one burst (gap 0.5 s); without a delay, admitted as they come
                 jobs.append(Collector())
                 engine.submit(Request(ids, "grid", params, jobs[-1]))
-                time.sleep(0.1) if delay else jobs[-1].done.wait(20)
+                time.sleep(0.25)
             assert [job.text() for job in jobs] == expected
             assert len(prefills) == admissions
         finally:
@@ -269,6 +269,19 @@ def test_a_burst_of_arrivals_shares_one_prefill_and_the_wait_is_bounded(bank, pr
         started = time.monotonic()
         assert answer(engine, prompt_ids[0], params) == expected[0]
         assert time.monotonic() - started < 30  # held 0.3 s, not the 60 s gap
+    finally:
+        engine.shutdown()
+    monkeypatch.setattr(engine_module, "ARRIVAL_GAP", 0.005)
+    engine = Engine(bank, max_batch_size=4, max_queue_delay=10.0).start()
+    try:  # while a row decodes, a lone arrival waits (here: until that row ends, well within 10 s), not joining it
+        long, late = Collector(), Collector()
+        engine.submit(Request(prompt_ids[0], "grid", SamplingParams(max_new_tokens=200, ignore_eos=True), long))
+        while not long.events:
+            time.sleep(0.001)
+        engine.submit(Request(prompt_ids[1], "grid", params, late))
+        assert late.done.wait(60)
+        assert long.done.is_set()  # joined at once, the 4-token answer would have ended first
+        assert late.text() == expected[1]
     finally:
         engine.shutdown()
 
@@ -458,6 +471,27 @@ def test_fusing_is_checked_reversible_and_leaves_other_forwards_eager(bank, prom
         assert unfuse_decode_layers(bank.model) == len(layers)
     assert not any("forward" in vars(layer) or vars(layer).get(MARK) for layer in layers)
     assert unfuse_decode_layers(bank.model) == 0
+    fuse_decode_layers(bank.model)
+    assert Engine(bank, decode="slots", slot_width=96, fuse="off").fused == 0  # an earlier engine's fuse undone
+    assert not any(vars(layer).get(MARK) for layer in layers)
+
+
+def count_compiled_calls(monkeypatch) -> list[int]:
+    """Wrap torch.compile so that the fused layers' compiled function counts its calls: a check that the slot
+    steps really took the compiled path (a renamed cache argument would route nothing and still answer right)."""
+    real, calls = torch.compile, [0]
+
+    def counting(fn, *args, **kwargs):
+        compiled = real(fn, *args, **kwargs)
+
+        def call(*a, **k):
+            calls[0] += 1
+            return compiled(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", counting)
+    return calls
 
 
 class _ReplayedForward:
@@ -507,12 +541,13 @@ def test_warmed_up_slots_answer_as_eval_when_rows_join_past_column_0(bank, serve
 
 
 @pytest.mark.slow
-def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids):
+def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids, monkeypatch):
     """Slots whose decode steps run torch.compile'd decoder layers (inductor, here its CPU code): a mixed batch of
     two runs and the base, rows joining while others decode, still eval's greedy answers. Slow-marked: inductor
     compiles for ~1 minute on 2 cores; test_graphed_slots_answer_as_eval_on_cuda runs it on CUDA under graphs."""
     from tasktune.tuning.inference.fused_decode import MARK, decoder_layers, unfuse_decode_layers
 
+    calls = count_compiled_calls(monkeypatch)
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on").start()
     try:
         assert engine.fused == len(decoder_layers(bank.model)) > 0
@@ -525,6 +560,7 @@ def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids):
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)
+    assert calls[0] >= 16 * len(decoder_layers(bank.model))  # every layer of every decode step, compiled
     assert not any(vars(layer).get(MARK) for layer in decoder_layers(bank.model))
     for name in ("grid", "grid2"):
         tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
@@ -535,13 +571,18 @@ def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fuse", ["off", "on"])
-def test_graphed_slots_answer_as_eval_on_cuda(bank, serve_runs, prompt_ids, fuse):
+def test_graphed_slots_answer_as_eval_on_cuda(bank, serve_runs, prompt_ids, fuse, monkeypatch):
     """On CUDA the slots replay one CUDA graph a step, captured for every batch bucket at start (`warm_up`), with
     eager or compiled decoder layers (fp32 tiny runs): a mixed batch still gives eval's greedy answers."""
     from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
 
+    from tasktune.tuning.inference.fused_decode import decoder_layers
+
+    calls = count_compiled_calls(monkeypatch)
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse=fuse).start()
     try:
+        assert engine.fused == (len(decoder_layers(bank.model)) if fuse == "on" else 0)
+        assert (calls[0] > 0) == (fuse == "on")  # the captures ran the compiled layers, or none
         assert sorted(engine._slots._graphs) == [1, 2, 4]  # captured before the first request
         jobs = {}
         for name in ("grid", "grid2", None):

@@ -155,11 +155,13 @@ class Engine:
             decode = "slots" if self.bank.device.type == "cuda" else "dynamic"
         self.decode = decode
         self._slots = self._make_slots(slot_width) if decode == "slots" else None
-        self.fused = 0  # decoder layers whose slot steps run compiled
-        if self._slots is not None and (fuse == "on" or (fuse == "auto" and self.bank.device.type == "cuda")):
-            from tasktune.tuning.inference.fused_decode import fuse_decode_layers
+        from tasktune.tuning.inference.fused_decode import fuse_decode_layers, unfuse_decode_layers
 
-            self.fused = fuse_decode_layers(self.model)
+        if self._slots is not None and (fuse == "on" or (fuse == "auto" and self.bank.device.type == "cuda")):
+            self.fused = fuse_decode_layers(self.model)  # decoder layers whose slot steps run compiled
+        else:
+            unfuse_decode_layers(self.model)  # an earlier engine over this model may have fused it
+            self.fused = 0
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by submit/close/shutdown: an idle loop starts at once
         self._closed = threading.Event()  # close(): cancel everything, refuse what comes later
@@ -275,13 +277,15 @@ class Engine:
         """Admit the waiting requests now, or hold them back a little (False) so that more share their prefill.
         Each admission is one eager prefill whose cost is mostly fixed (a 6B GLM on an H100: ~26 ms for one prompt,
         ~54 ms for 32) and stalls every running row meanwhile, and clients of a batch come in bursts (their previous
-        answers ended at the same step): 32 arrivals admitted as they came cost 4-6 prefills a wave. So, as
+        answers ended at the same step): 32 arrivals admitted as they came cost 2-4 prefills a wave. So, as
         text-generation-inference's router does (it waits for enough waiting requests, or for max_waiting_tokens
         steps): admit at once when the waiting fill the free slots; else, while rows decode, decode on (their steps
         are due anyway) until the oldest has waited `max_queue_delay`; an idle engine waits only until arrivals
         pause for ARRIVAL_GAP (a lone request: that long), within the same bound. Off by default (0): on an H100
         it cut the admissions' time in some serve_bench rounds but not the tokens/s (benchmarks/RESULTS.md)."""
-        while self.max_queue_delay > 0 and not self._stop.is_set() and not self._closed.is_set():
+        while self.max_queue_delay > 0:
+            if self._stop.is_set() or self._closed.is_set():
+                return False  # the loop cancels what waits
             waiting, running = self._waiting.qsize(), len(self._live())
             if not waiting or waiting >= self.max_batch_size - running:
                 return True

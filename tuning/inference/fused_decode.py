@@ -33,7 +33,9 @@ def decoder_layers(model) -> list:
 
 def fuse_decode_layers(model, *, backend: str = "inductor") -> int:
     """Route each decoder layer's slot-cache calls through one compiled function; returns how many layers.
-    0 (nothing changed): no decoder layers found, or a layer's forward is already replaced (someone's hook)."""
+    0 (nothing changed): no decoder layers found, a layer's forward is already replaced (someone's hook), or a
+    layer has no module with a `layer_idx`. Swapping `layer_idx` during a compiled call assumes one thread runs
+    the model at a time (the engine's thread owns it)."""
     import torch
 
     from .slots import SlotCache
@@ -43,12 +45,14 @@ def fuse_decode_layers(model, *, backend: str = "inductor") -> int:
         return len(layers)  # fused already (another engine over the same model)
     if not layers or any("forward" in vars(layer) for layer in layers):
         return 0
+    if not all(any(type(getattr(m, "layer_idx", None)) is int for m in layer.modules()) for layer in layers):
+        return 0  # a layer that does not say which cache layer is its own cannot share one trace
     # dynamic=None: the first bucket of rows compiles static, a second one a batch-size-generic graph
     compiled = torch.compile(_decode_layer, backend=backend, fullgraph=False)
 
     def install(layer) -> None:
         indexed = [m for m in layer.modules() if type(getattr(m, "layer_idx", None)) is int]
-        idx = indexed[0].layer_idx if indexed else 0
+        idx = indexed[0].layer_idx
 
         def forward(*args, **kwargs):
             cache = kwargs.get("past_key_values")
