@@ -36,7 +36,7 @@
 # fz20:    issue 20 (~7 min; carry [".wheelhouse", "data"]): the serve6b runs, bf16 decode weights: serve_profile.py at
 #          rows 1 and 32 with eager and with compiled decoder layers (--fuse off/on: start time, step, kernels;
 #          $OUT/fz20_prof_*; FZ_PROFILE="" skips), the GPU serve tests (FZ_TESTS=1), then serve_bench per
-#          --decode-compile in FZ_COMPILE and --max-queue-delay (ms) in FZ_DELAYS (default 20), $OUT/fz20.log.
+#          --decode-compile in FZ_COMPILE and --max-queue-delay (ms) in FZ_DELAYS (default 0), $OUT/fz20.log.
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
@@ -245,7 +245,7 @@ if [ "$phase" = fz20 ]; then  # issue 20: the decode step with compiled (fused) 
       | tee "$OUT/fz20_pytest.log"
   fi
   for c in ${FZ_COMPILE:-}; do
-    for d in ${FZ_DELAYS:-20}; do
+    for d in ${FZ_DELAYS:-0}; do
       echo "== --decode-compile $c --max-queue-delay $d" | tee -a "$OUT/fz20.log"
       timeout ${T_SERVE:-200} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
         /tmp/serve/grid3 --streams ${STREAMS:-32,32} --max-tokens 64 --serial-requests 4 \
