@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.model.layers import decoder_layers
 
 GIB = 2 ** 30
 #: activations a decoder layer keeps per token, bytes per (hidden + intermediate) unit in bf16: the 6B figures'
@@ -149,16 +150,6 @@ def choose(sizes: Sizes, budget_bytes: int, *, compiled: bool = False, source: s
 
 
 # -- the model and the device ------------------------------------------------------------------------------------
-
-def decoder_layers(model) -> list:
-    """The model's repeated decoder blocks (transformers' GradientCheckpointingLayer subclasses), in order."""
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError:  # pragma: no cover - older transformers
-        GradientCheckpointingLayer = ()
-    layers = [m for m in model.modules() if GradientCheckpointingLayer and isinstance(m, GradientCheckpointingLayer)]
-    return layers or [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and hasattr(m, "self_attn")]
-
 
 def trainable_estimate(cfg, model_config) -> int:
     """Trainable parameters `cfg.method` will add or unfreeze (before it is attached): exact for the prefix

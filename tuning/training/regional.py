@@ -17,63 +17,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasktune.tuning.training import memory
+from tasktune.tuning.model.layers import route_layers, run_layer, unroute_layers
 
 #: Set on a layer by `compile_layers` (its forward is ours); `uncompile_layers` removes both.
 MARK = "_tasktune_compiled_layer"
 
 
-def _run_layer(layer, *args, **kwargs):
-    """The one function torch.compile traces for every decoder layer (the layer, and so its weights, are inputs)."""
-    return type(layer).forward(layer, *args, **kwargs)
-
-
 def compile_layers(model, *, backend: str, fullgraph: bool = False, **options: Any) -> int:
     """Compile each decoder layer of `model` in place through one shared compiled function; returns how many.
-    0: no decoder layers found, or a layer's forward is already replaced (someone's hook): compile the model."""
+    0: no decoder layers found, a layer's forward is already replaced (someone's hook), or a layer has no
+    `layer_idx` (tuning/model/layers.py): compile the model."""
     import torch
 
     from tasktune.tuning.model.prefix import PREFIX_KWARG, PrefixKV
 
-    layers = memory.decoder_layers(model)
-    if not layers or any("forward" in vars(layer) for layer in layers):
-        return 0
-    compiled = torch.compile(_run_layer, backend=backend, fullgraph=fullgraph, dynamic=False, **options)
+    def adapt(layer, idx: int, kwargs: dict) -> dict | None:
+        if not (layer.training and torch.is_grad_enabled()):
+            return None
+        prefix = kwargs.get(PREFIX_KWARG)
+        if isinstance(prefix, PrefixKV):  # this layer's keys/values, at index 0
+            kwargs[PREFIX_KWARG] = PrefixKV({**prefix, "key": (prefix["key"][idx],),
+                                             "value": (prefix["value"][idx],), "masks": {}})
+        elif isinstance(prefix, torch.Tensor):  # a raw (layers, 2, kv heads, P, head dim) prefix
+            kwargs[PREFIX_KWARG] = prefix[idx:idx + 1]
+        return kwargs
 
-    def install(layer) -> None:
-        indexed = [m for m in layer.modules() if type(getattr(m, "layer_idx", None)) is int]
-        idx = indexed[0].layer_idx if indexed else 0
-
-        def forward(*args, **kwargs):
-            if not (layer.training and torch.is_grad_enabled()):
-                return type(layer).forward(layer, *args, **kwargs)
-            prefix = kwargs.get(PREFIX_KWARG)
-            if isinstance(prefix, PrefixKV):  # this layer's keys/values, at index 0
-                kwargs[PREFIX_KWARG] = PrefixKV({**prefix, "key": (prefix["key"][idx],),
-                                                 "value": (prefix["value"][idx],), "masks": {}})
-            elif isinstance(prefix, torch.Tensor):  # a raw (layers, 2, kv heads, P, head dim) prefix
-                kwargs[PREFIX_KWARG] = prefix[idx:idx + 1]
-            for module in indexed:
-                module.layer_idx = 0
-            try:
-                return compiled(layer, *args, **kwargs)
-            finally:
-                for module in indexed:
-                    module.layer_idx = idx
-
-        setattr(layer, MARK, True)
-        layer.forward = forward
-
-    for layer in layers:
-        install(layer)
-    return len(layers)
+    compiled = torch.compile(run_layer, backend=backend, fullgraph=fullgraph, dynamic=False, **options)
+    return route_layers(model, MARK, compiled, adapt)
 
 
 def uncompile_layers(model) -> int:
     """Undo `compile_layers` (each layer's class forward again); returns how many layers were compiled."""
-    undone = 0
-    for layer in memory.decoder_layers(model):
-        if vars(layer).pop(MARK, None):
-            vars(layer).pop("forward", None)
-            undone += 1
-    return undone
+    return unroute_layers(model, MARK)
