@@ -66,21 +66,32 @@ def eval_answers(run_dir, prompt_ids, max_new_tokens):
     return tuned, base
 
 
+def mixed_batch(engine, prompt_ids, max_new_tokens: int) -> dict:
+    """Every prompt to two prefixes of different lengths and to the base, all submitted at once: the answers by
+    (run, prompt index)."""
+    jobs = {}
+    for name in ("grid", "grid2", None):
+        for i, ids in enumerate(prompt_ids):
+            jobs[name, i] = Collector()
+            engine.submit(Request(ids, name, SamplingParams(max_new_tokens=max_new_tokens), jobs[name, i]))
+    return {key: c.text() for key, c in jobs.items()}
+
+
+def assert_answers_as_eval(got: dict, serve_runs, prompt_ids, max_new_tokens: int) -> None:
+    """`mixed_batch`'s answers are what `tasktune eval` answers, tuned for each run and base for the base."""
+    for name in ("grid", "grid2"):
+        tuned, base = eval_answers(serve_runs[name], prompt_ids, max_new_tokens)
+        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
+        assert [got[None, i] for i in range(len(prompt_ids))] == base
+
+
 def test_mixed_batch_answers_equal_eval(bank, serve_runs, prompt_ids):
     engine = Engine(bank, max_batch_size=32).start()
     try:
-        jobs = {}
-        for name in ("grid", "grid2", None):  # two prefixes of different lengths and the base, one batch
-            for i, ids in enumerate(prompt_ids):
-                jobs[name, i] = Collector()
-                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=24), jobs[name, i]))
-        got = {key: c.text() for key, c in jobs.items()}
+        got = mixed_batch(engine, prompt_ids, 24)
     finally:
         engine.shutdown()
-    for name in ("grid", "grid2"):
-        tuned, base = eval_answers(serve_runs[name], prompt_ids, 24)
-        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
-        assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 24)
     assert got["grid", 0] != got["grid2", 0] != got[None, 0]  # the rows really had different prefixes
 
 
@@ -312,18 +323,10 @@ def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeyp
                                                        enumerate(slots)]))
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96).start()
     try:
-        jobs = {}
-        for name in ("grid", "grid2", None):
-            for i, ids in enumerate(prompt_ids):
-                jobs[name, i] = Collector()
-                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
-        got = {key: c.text() for key, c in jobs.items()}
+        got = mixed_batch(engine, prompt_ids, 16)
     finally:
         engine.shutdown()
-    for name in ("grid", "grid2"):
-        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
-        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
-        assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
     assert calls and max(calls) > 1  # rows were admitted together
 
 
@@ -551,21 +554,13 @@ def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids, monkeyp
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on").start()
     try:
         assert engine.fused == len(decoder_layers(bank.model)) > 0
-        jobs = {}
-        for name in ("grid", "grid2", None):
-            for i, ids in enumerate(prompt_ids):
-                jobs[name, i] = Collector()
-                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
-        got = {key: c.text() for key, c in jobs.items()}
+        got = mixed_batch(engine, prompt_ids, 16)
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)
     assert calls[0] >= 16 * len(decoder_layers(bank.model))  # every layer of every decode step, compiled
     assert not any(vars(layer).get(MARK) for layer in decoder_layers(bank.model))
-    for name in ("grid", "grid2"):
-        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
-        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
-        assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
 
 
 @pytest.mark.gpu
@@ -584,16 +579,8 @@ def test_graphed_slots_answer_as_eval_on_cuda(bank, serve_runs, prompt_ids, fuse
         assert engine.fused == (len(decoder_layers(bank.model)) if fuse == "on" else 0)
         assert (calls[0] > 0) == (fuse == "on")  # the captures ran the compiled layers, or none
         assert sorted(engine._slots._graphs) == [1, 2, 4]  # captured before the first request
-        jobs = {}
-        for name in ("grid", "grid2", None):
-            for i, ids in enumerate(prompt_ids):
-                jobs[name, i] = Collector()
-                engine.submit(Request(ids, name, SamplingParams(max_new_tokens=16), jobs[name, i]))
-        got = {key: c.text() for key, c in jobs.items()}
+        got = mixed_batch(engine, prompt_ids, 16)
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)
-    for name in ("grid", "grid2"):
-        tuned, base = eval_answers(serve_runs[name], prompt_ids, 16)
-        assert [got[name, i] for i in range(len(prompt_ids))] == tuned
-        assert [got[None, i] for i in range(len(prompt_ids))] == base
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
