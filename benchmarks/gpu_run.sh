@@ -40,6 +40,7 @@
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
+# mem23:   issue 23 (~5 min): benchmarks/mem_peak.py on the tw23 run, eager and graphs: what is live at the bf16 peak
 # tw23:    issue 23 (~9 min; carry [".wheelhouse", "data"]): `tasktune train` with its defaults (--train-weights auto)
 #          on the 6B GLM at 4 x 64/64: a short cold run (eager) over bf16 and over 4-bit, cold graphs, the same run warm
 #          under --compile auto, auto under --max-memory 5.5; first step, median later step, peaks; the recipe after.
@@ -371,6 +372,16 @@ PY
   done
   timeout ${T_BENCH:-100} python3 benchmarks/train_bench.py --size 6b --model-dir /tmp/glm6b --out "$OUT/tw23_recipe.json" \
     --methods reference --cases 4x64x64 --caps "" --steps 5 --warmup 2 2>&1 | grep -v 'Loading weights' | tee "$OUT/tw23_recipe.log"
+fi
+
+if [ "$phase" = mem23 ]; then  # issue 23: what is live at the bf16 training peak (benchmarks/mem_peak.py), eager and graphs
+  python3 benchmarks/benchmodel.py --size 6b --out /tmp/glm6b --text-from data/grid 2>&1 | grep -v 'Writing model' | tail -2
+  export TASKTUNE_CACHE=/tmp/ttcache
+  for run in ${MEM23_RUNS:-eager graphs}; do
+    flags="--compile off"; [ "$run" = graphs ] && flags="--compile cudagraphs"
+    timeout ${T_MEM:-200} python3 benchmarks/mem_peak.py --top 15 -- train $TRAIN6B --out /tmp/mem/$run --max-steps 6 \
+      $flags 2>&1 | grep -v -E "$BARS" | grep -v -i "warn" | tail -60 | sed "s/^/[$run] /" | tee -a "$OUT/mem23.log"
+  done
 fi
 
 if [ "$phase" = nf4 ]; then  # issue 23: NF4 dequant paths per linear shape (benchmarks/nf4_bench.py; no model build)

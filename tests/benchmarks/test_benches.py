@@ -167,3 +167,19 @@ def test_ddp_table_reads_steady_speed_and_windowed_peak_memory(tmp_path, capsys)
     row, missing = capsys.readouterr().out.splitlines()[-2:]
     assert missing.startswith("| crashed | no finished run")
     assert row.startswith("| two | 2 x 4 x 2 | 40 | 31.0 | 0.500 | 32.0 | 4.9900 | 4.9000 |") and "1200 / 1100" in row
+
+
+def test_mem_peak_replay_finds_the_peak_and_what_is_live_there():
+    replay = _module("mem_peak").replay
+    events = [{"action": "alloc", "addr": 1, "size": 100},   # weights: live throughout
+              {"action": "alloc", "addr": 2, "size": 50},
+              {"action": "free_requested", "addr": 2, "size": 50},  # not freed until completed
+              {"action": "alloc", "addr": 3, "size": 30},   # peak: 1 + 2 + 3 = 180
+              {"action": "free_completed", "addr": 2, "size": 50},
+              {"action": "alloc", "addr": 4, "size": 60},   # 1 + 3 + 4 = 190: the peak
+              {"action": "free_completed", "addr": 4, "size": 60},
+              {"action": "free_completed", "addr": 9, "size": 999},  # allocated before recording: ignored
+              {"action": "alloc", "addr": 5, "size": 20}]
+    peak, at, live = replay(events)
+    assert (peak, at) == (190, 5)
+    assert sorted(live) == [1, 3, 4]
