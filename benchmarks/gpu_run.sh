@@ -40,6 +40,8 @@
 # dq23:    issue 23 (~5 min; carry [".wheelhouse", "data"]): train_bench with the 4-bit linears dequantised to bf16 once
 #          (--dequantize), CUDA graphs, no checkpointing, at 4 x 64/64, 16 x 64/64 and 4 x 256/256, beside the PEFT
 #          recipe on the packed NF4 weights in the same process ($OUT/dq23.log, dq23.json).
+# pf20:    issue 20 (~8 min): GPU serve tests, then the serve6b runs' profile (compiled layers), greedy agreement
+#          (bf16 weights) and 32 streams twice, with the prefill in the slots' layout
 # mem23:   issue 23 (~5 min): benchmarks/mem_peak.py on the tw23 run, eager and graphs: what is live at the bf16 peak
 # tw23:    issue 23 (~9 min; carry [".wheelhouse", "data"]): `tasktune train` with its defaults (--train-weights auto)
 #          on the 6B GLM at 4 x 64/64: a short cold run (eager) over bf16 and over 4-bit, cold graphs, the same run warm
@@ -254,6 +256,21 @@ if [ "$phase" = fz20 ]; then  # issue 20: the decode step with compiled (fused) 
         --max-queue-delay $d 2>&1 | grep -v -E "$BARS" | tee -a "$OUT/fz20.log"
     done
   done
+fi
+
+if [ "$phase" = pf20 ]; then  # issue 20: prefills in the slots' layout (compiled with the layers); answers, then speed
+  timeout ${T_TEST:-200} python3 -m pytest -q -o addopts="" -m gpu tests/serve/test_engine.py 2>&1 | tail -4 \
+    | tee "$OUT/pf20_pytest.log"
+  [ -d /tmp/serve/grid3 ] || serve_runs
+  timeout ${T_PROF:-150} python3 benchmarks/serve_profile.py /tmp/serve/grid --rows ${PROF_ROWS:-1,32} --decode slots \
+    --tokens 64 --decode-weights bf16 --fuse on --out "$OUT/pf20_prof.txt" 2>&1 | grep -v -E "$BARS" \
+    | tee "$OUT/pf20_prof.log"
+  timeout ${T_AGREE:-150} python3 benchmarks/serve_agreement.py /tmp/serve/grid /tmp/serve/grid1 --limit 64 --ignore-eos \
+    --max-batch-size 32 --decode-weights bf16 --out "$OUT/pf20_agree.json" 2>&1 | grep -v -E "$BARS" \
+    | tee "$OUT/pf20_agree.log"
+  timeout ${T_SERVE:-200} python3 benchmarks/serve_bench.py /tmp/serve/grid /tmp/serve/grid1 /tmp/serve/grid2 \
+    /tmp/serve/grid3 --streams ${STREAMS:-32,32} --max-tokens 64 --serial-requests 4 --requests-per-stream ${RPS:-2} \
+    --max-batch-size 64 --decode-weights bf16 2>&1 | grep -v -E "$BARS" | tee "$OUT/pf20.log"
 fi
 
 if [ "$phase" = ep20 ]; then  # issue 20: the engine in its own process vs a thread of the HTTP server's

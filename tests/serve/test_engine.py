@@ -311,16 +311,17 @@ def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
 
 @pytest.mark.parametrize("together", [True, False])
 def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeypatch, together):
-    """The fixed-slot decoder (CUDA graphs on a GPU) on the CPU: a mixed batch, rows joining while others decode,
-    slots reused and shifted, still eval's greedy answers; rows admitted together placed in one batch copy
-    (`Slots.place_batch`, their prefill's padding kept, hidden) or each packed alone."""
+    """The fixed-slot decoder (CUDA graphs on a GPU) on the CPU: rows prefilled in the slots' layout (a block
+    [padding | prefix | prompt] per row under a 4D mask, `Slots.prefill`), a mixed batch, rows joining while others
+    decode, slots reused and shifted, still eval's greedy answers; rows admitted together placed in one batch copy
+    (`Slots.place_blocks`, their prefill's padding kept, hidden) or each packed alone."""
     from tasktune.tuning.inference.slots import Slots
 
     calls = []
-    batch_place = Slots.place_batch
-    monkeypatch.setattr(Slots, "place_batch", lambda self, slots, *a: calls.append(len(slots)) or (
-        batch_place(self, slots, *a) if together else [self.place(slot, _blocks(bank, a, i)) for i, slot in
-                                                       enumerate(slots)]))
+    batch_place = Slots.place_blocks
+    monkeypatch.setattr(Slots, "place_blocks", lambda self, slots, blocks, seen: calls.append(len(slots)) or (
+        batch_place(self, slots, blocks, seen) if together else
+        [self.place(slot, [(k[i][:, seen[i]], v[i][:, seen[i]]) for k, v in blocks]) for i, slot in enumerate(slots)]))
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96).start()
     try:
         got = mixed_batch(engine, prompt_ids, 16)
@@ -330,18 +331,33 @@ def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeyp
     assert calls and max(calls) > 1  # rows were admitted together
 
 
-def _blocks(bank, args, i):
-    """Row i of a `place_batch` call as `Slots.place` takes it: its prefix and its real prompt columns only."""
-    layers, mask, prefixes = args
-    length = int(mask[i].sum())
-    prefix = next((kv for rows, kv in prefixes if i in rows), None)
-    out = []
-    for layer, (keys, values) in enumerate(layers):
-        k, v = keys[i, :, keys.shape[2] - length:], values[i, :, values.shape[2] - length:]
-        if prefix is not None:
-            k, v = torch.cat([prefix[layer][0].to(k.dtype), k], dim=1), torch.cat([prefix[layer][1].to(v.dtype), v], dim=1)
-        out.append((k, v))
-    return out
+def test_slots_prefill_leaves_no_query_without_a_key(bank, prompt_ids, monkeypatch):
+    """Two base rows (no prefix) of different lengths prefilled together: the shorter one's padding queries have
+    no real key before them. An attention row with no key at all gives NaN (softmax over nothing; sdpa's kernels
+    differ there), which reaches the real rows through their masked columns (0 x NaN) as the NaN keys of an earlier
+    bug did: so every query of a prefill sees at least its own column."""
+    from tasktune.tuning.inference import slots as slots_module
+
+    rows_with_keys, real = [], slots_module.prefill_attention
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        rows_with_keys.append(bool(attention_mask.any(dim=-1).all()))
+        return real(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(slots_module, "prefill_attention", spy)
+    short, long = sorted(prompt_ids, key=len)[0], sorted(prompt_ids, key=len)[-1]
+    assert len(short) < len(long)
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96)
+    done = [Collector(), Collector()]
+    for ids, collector in zip((long, short), done):  # queued before the loop starts: one prefill for both
+        engine.submit(Request(ids, None, SamplingParams(max_new_tokens=4, ignore_eos=True), collector))
+    engine.start()
+    try:
+        assert all(c.text() is not None for c in done)
+    finally:
+        engine.shutdown()
+    assert rows_with_keys and all(rows_with_keys)
+    assert len(rows_with_keys) == bank.model.config.num_hidden_layers  # one prefill (every layer) for both rows
 
 
 @pytest.mark.parametrize("decode", ["dynamic", "slots"])
@@ -541,6 +557,41 @@ def test_warmed_up_slots_answer_as_eval_when_rows_join_past_column_0(bank, serve
     tuned, _ = eval_answers(serve_runs["grid"], pair, 16)
     assert got == tuned
     assert cleared  # the warm-up's keys/values/mask were cleared (NaN != 0 too)
+
+
+def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt_ids, monkeypatch):
+    """With fused layers the prefill runs the compiled layer code too, at shapes that vary with every admission
+    (rows, prompt width, prefix width). `Slots.warm_up` compiles at start what they need, so serving compiles
+    nothing more (a compile of a 6B GLM's layer takes seconds: a request would wait for it). Dynamo's eager
+    backend stands in for inductor (the same graphs and guards, no code generation) and plain forwards for the
+    CUDA graphs; the answers are still eval's."""
+    from torch._dynamo.utils import counters
+
+    from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
+    from tasktune.tuning.inference.slots import Slots
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real(fn, **{**kwargs, "backend": "eager"}))
+
+    def capture(self, rows):
+        logits = self._forward(rows)
+        return _ReplayedForward(self, rows, logits), logits
+
+    monkeypatch.setattr(Slots, "_capture", capture)
+    torch._dynamo.reset()
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on")
+    engine._slots.graphs = True  # as on CUDA
+    try:
+        engine.start()
+        compiled_at_start = counters["stats"]["unique_graphs"]
+        got = mixed_batch(engine, prompt_ids, 16)  # 1-4 rows a prefill, prompts of several widths, 0/2 prefixes
+    finally:
+        engine.shutdown()
+        unfuse_decode_layers(bank.model)
+        torch._dynamo.reset()
+    assert compiled_at_start > 0
+    assert counters["stats"]["unique_graphs"] == compiled_at_start
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
 
 
 @pytest.mark.slow

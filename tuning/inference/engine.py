@@ -380,61 +380,71 @@ class Engine:
         return out.logits[:, -1, :].float(), out.past_key_values
 
     def _prefill(self, rows: list[_Row]):
-        """The new rows' forward over their prompts (left-padded, each with its prefix): (rows, cache, mask, logits)
-        for `_join`. Reads the model only, so a failure here concerns these rows alone."""
+        """The new rows' forward over their prompts (left-padded, each with its prefix): what `_join` takes,
+        (rows, cache, mask, logits) or in slots mode (rows, blocks, seen, logits) (`_prefill_slots`). Reads the
+        model only, so a failure here concerns these rows alone."""
         from transformers import DynamicCache
 
         requests = [row.request for row in rows]
-        device = self.bank.device
+        names = [r.adapter for r in requests]
+        ids, mask = self._padded(requests)
+        positions = self._positions(mask, names)
+        if self._slots is not None:
+            return self._prefill_slots(rows, ids, mask, positions)
+        logits, cache = self._forward(ids, mask, positions, self.bank.batch(names),
+                                      DynamicCache(config=self.model.config))
+        return rows, cache, mask, logits
+
+    def _padded(self, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts left-padded to the longest, on the model's device: (ids, mask), mask 1 = a real token."""
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
         for i, r in enumerate(requests):
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = self._positions(mask, [r.adapter for r in requests])
-        logits, cache = self._forward(ids, mask, positions, self.bank.batch([r.adapter for r in requests]),
-                                      DynamicCache(config=self.model.config))
-        return rows, cache, mask, logits
+        device = self.bank.device
+        return ids.to(device), mask.to(device)
 
-    def _join(self, rows: list[_Row], cache, mask: torch.Tensor, logits: torch.Tensor) -> None:
-        """Prefilled rows join the running batch (merged cache or their slots) and sample their first token."""
+    def _prefill_slots(self, rows: list[_Row], ids, mask, positions):
+        """Slots mode: each row's block [padding | its prefix | its left-padded prompt], the prefixes right-aligned
+        to the widest, prefilled in the slots' own layout (`Slots.prefill`)."""
+        names = [row.request.adapter for row in rows]
+        widest = max(self.bank.offset(n) for n in names)
+        blocks = self._slots.new_blocks(len(rows), widest + ids.shape[1])
+        seen = torch.zeros((len(rows), blocks.shape[4]), dtype=torch.bool, device=blocks.device)
+        seen[:, widest:] = mask.bool()
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            if name is not None:
+                groups.setdefault(name, []).append(i)
+        for name, members in groups.items():  # one copy per run: all its rows, every layer
+            length, index = self.bank.offset(name), torch.tensor(members, device=blocks.device)
+            blocks[:, :, index, :, widest - length:widest] = self.bank.kv[name].unsqueeze(2).to(blocks.dtype)
+            seen[index, widest - length:widest] = True
+        logits = self._slots.prefill(ids, positions, blocks, seen)
+        return rows, blocks, seen, logits
+
+    def _join(self, rows: list[_Row], state, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Prefilled rows join the running batch (merged cache, or their blocks into slots) and sample their first
+        token; `state`, `mask`: the prefill's cache and 2D mask, or its blocks and `seen` (slots)."""
         if self._slots is None:
-            self._merge(rows, cache, mask)
+            self._merge(rows, state, mask)
         else:
-            self._place(rows, cache, mask)
+            self._place(rows, state, mask)
         self._advance(rows, logits)
 
-    def _place(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
-        """Slots mode: copy the new rows' prefixes and prompt keys/values into free slots, all rows at once
-        (`Slots.place_batch`) when the batch's padded block and each row's answer fit a slot, else row by row."""
+    def _place(self, rows: list[_Row], blocks: torch.Tensor, seen: torch.Tensor) -> None:
+        """Slots mode: copy the new rows' blocks into free slots, all rows at once (`Slots.place_blocks`) when the
+        block and each row's answer fit a slot, else each row's own columns packed alone (`Slots.place`)."""
         free = self._slots.free_slots()
-        layers = _layers(cache)
-        names = [row.request.adapter for row in rows]
-        block = max(self.bank.offset(n) for n in names) + mask.shape[1]
-        if len(rows) > 1 and block + max(r.request.params.max_new_tokens for r in rows) < self._slots.width:
-            groups = {}
-            for i, name in enumerate(names):
-                if name is not None:
-                    groups.setdefault(name, []).append(i)
-            for i, row in enumerate(rows):
-                row.slot = free[i]
-            self._slots.place_batch([row.slot for row in rows], layers, mask,
-                                    [(idx, self.bank.kv[name]) for name, idx in groups.items()])
-            self._rows = self._rows + rows
-            return
         for i, row in enumerate(rows):
-            name, length = row.request.adapter, len(row.request.prompt_ids)
-            blocks = []
-            for layer, (keys, values) in enumerate(layers):
-                k, v = keys[i, :, keys.shape[2] - length:], values[i, :, values.shape[2] - length:]
-                if name is not None:
-                    prefix = self.bank.kv[name][layer]
-                    k, v = torch.cat([prefix[0].to(k.dtype), k], dim=1), torch.cat([prefix[1].to(v.dtype), v], dim=1)
-                blocks.append((k, v))
             row.slot = free[i]
-            self._slots.place(row.slot, blocks)
+        if seen.shape[1] + max(r.request.params.max_new_tokens for r in rows) < self._slots.width:
+            self._slots.place_blocks([row.slot for row in rows], blocks, seen)
+        else:
+            for i, row in enumerate(rows):
+                self._slots.place(row.slot, [(keys[i][:, seen[i]], values[i][:, seen[i]]) for keys, values in blocks])
         self._rows = self._rows + rows
 
     def _positions(self, mask: torch.Tensor, names: list[str | None]) -> torch.Tensor:

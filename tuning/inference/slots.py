@@ -8,8 +8,9 @@ block of keys/values in front of the text, so it is written into the slot once, 
 hook: a plain attention over the slot with a 4D mask (what each row sees) and explicit positions (text positions
 start at the row's P). Every step has the same shapes, so on CUDA it is captured once as a CUDA graph and replayed.
 
-A joining row is prefilled by the engine's eager path and copied into a free slot at columns [c - P - L, c);
-when the rows' content would not fit to the left of `c`, or `c` reaches the end, the slots are shifted.
+Joining rows are prefilled in the same layout (`prefill`: a block [padding | prefix | prompt] per row, attended
+under a 4D mask) and copied into free slots at columns [c - block, c); when the rows' content would not fit to the
+left of `c`, or `c` reaches the end, the slots are shifted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling=
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(probs, value).reshape(batch, heads, q_len, dim)
     return out.transpose(1, 2).contiguous(), None
+
+
+def prefill_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention, whatever attention the model was loaded with: a prefill's 4D bool mask (True =
+    attend) is what sdpa takes, while an eager attention would add it to the scores."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+#: Prefills run at start, (rows, prompt width, block width): with fused layers torch.compile specialises a first
+#: shape, makes the second one's sizes symbolic (a general graph) and a single row (size 1) gets its own; after
+#: these no request's prefill waits for a compile.
+PREFILL_WARM_UP = ((2, 5, 9), (3, 7, 12), (1, 6, 10))
 
 
 class SlotCache:
@@ -106,35 +121,53 @@ class Slots:
         self.visible[slot, 0, 0, lo:self.c] = True
         self.start[slot] = lo
 
-    def place_batch(self, slots: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
-                    prefixes: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
-        """Put n prefilled rows into `slots` with a few copies a layer, not a few per row and layer.
+    def new_blocks(self, n: int, total: int) -> torch.Tensor:
+        """Zeroed keys/values for `n` rows of `total` columns, laid out as a slot: (layers, 2 = keys|values, n,
+        kv_heads, total, head_dim). The engine writes each row's prefix into it, `prefill` the prompts."""
+        _, heads, _, dim = self.keys[0].shape
+        return torch.zeros((len(self.keys), 2, n, heads, total, dim), dtype=self.keys[0].dtype, device=self.device)
 
-        `layers`: per layer the prefill's (keys, values) of shape (n, kv_heads, W, head_dim), left-padded as `mask`
-        (n, W; 1 = a real token) says; `prefixes`: per served run among the rows, (its row indices, per layer its
-        (keys, values) of shape (kv_heads, P, head_dim)). Every row gets the same block of Pmax + W columns ending
-        just before column c: [pads | its prefix | the prefill's W columns]; `visible` hides the pads. Decoding
-        reads keys through that mask and explicit positions, so where in the slot a row's keys sit does not
-        matter: the per-row `place` packs them, this leaves the batch's padding in place (a few columns a row)."""
-        n, width = mask.shape
-        widest = max((kv[0][0].shape[1] for _, kv in prefixes), default=0)
-        total = widest + width
+    def prefill(self, input_ids: torch.Tensor, positions: torch.Tensor, blocks: torch.Tensor,
+                seen: torch.Tensor) -> torch.Tensor:
+        """Prefill n new rows straight into slot-shaped `blocks` (`new_blocks`, each row's prefix already in the
+        columns before the last W): the prompts' keys/values are written into the last W columns, and each prompt
+        token attends over the block under a 4D mask, as a decode step attends over its slot. `input_ids` and
+        `positions`: (n, W), left-padded; `seen`: (n, total) bool, the prefix and prompt columns of each row
+        (False: padding). A padding query sees its own column, so no row of the attention is empty (an empty one
+        gives NaN, which would reach the real rows through their masked columns, 0 x NaN). Returns the last
+        column's logits (n, vocab), float; `place_blocks` then copies the blocks into free slots.
+
+        No prefix hook and no DynamicCache: the prefix is already keys/values in the block, and with fused layers
+        (tuning/inference/fused_decode.py) this forward runs the same compiled layer code as the decode step. The
+        mask is made outside inference mode, as the step's is: torch.compile guards on that difference."""
+        width, total = input_ids.shape[1], seen.shape[1]
+        columns = torch.arange(total, device=self.device)
+        own = torch.arange(total - width, total, device=self.device)  # each query's column
+        mask = seen[:, None, :] & (columns[None, None, :] <= own[None, :, None])
+        mask |= columns[None, None, :] == own[None, :, None]
+        return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own)
+
+    @torch.inference_mode()
+    def _prefill_forward(self, input_ids, positions, blocks, mask, own) -> torch.Tensor:
+        from tasktune.tuning.model.prefix import ATTENTION_KWARG
+
+        cache = SlotCache(list(blocks[:, 0].unbind(0)), list(blocks[:, 1].unbind(0)), own)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, **{ATTENTION_KWARG: prefill_attention})
+        return out.logits[:, -1, :].float()
+
+    def place_blocks(self, slots: list[int], blocks: torch.Tensor, seen: torch.Tensor) -> None:
+        """Put n prefilled rows (`prefill`'s `blocks` and `seen`) into `slots`, two copies a layer for all of them.
+        Every row gets the same block of columns ending just before column c; `visible` hides its padding.
+        Decoding reads keys through that mask and explicit positions, so where in the slot a row's keys sit does
+        not matter: `place` packs a row, this leaves the batch's padding in place (a few columns a row)."""
+        total = seen.shape[1]
         self._make_room(total)
         lo = self.c - total
         index = torch.tensor(slots, device=self.device)
-        groups = [(torch.tensor(rows, device=self.device), kv) for rows, kv in prefixes]
-        for layer, new in enumerate(layers):
-            for which, buf in enumerate((self.keys[layer], self.values[layer])):
-                block = buf.new_zeros((n, buf.shape[1], total, buf.shape[3]))
-                block[:, :, widest:] = new[which].to(buf.dtype)
-                for rows, kv in groups:
-                    prefix = kv[layer][which]
-                    block[rows, :, widest - prefix.shape[1]:widest] = prefix.to(buf.dtype)
-                buf[index, :, lo:self.c] = block
-        seen = torch.zeros((n, total), dtype=torch.bool, device=self.device)
-        seen[:, widest:] = mask.to(self.device).bool()
-        for rows, kv in groups:
-            seen[rows, widest - kv[0][0].shape[1]:widest] = True
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
+            keys[index, :, lo:self.c] = blocks[layer, 0]
+            values[index, :, lo:self.c] = blocks[layer, 1]
         self.visible[index] = False
         self.visible[index, 0, 0, lo:self.c] = seen
         for slot in slots:
@@ -185,7 +218,8 @@ class Slots:
         The capture's forwards run on empty slots, so each sees its write column (as `step` sets it) lest a row
         that sees no key at all gives NaN keys/values to the next layers, and the buffers are cleared after: a
         NaN left in a column that a later row has masked still reaches its output (0 x NaN), which made rows
-        placed past column 0 answer garbage (tests/serve/test_engine.py)."""
+        placed past column 0 answer garbage (tests/serve/test_engine.py). Then a few prefills (`PREFILL_WARM_UP`,
+        into blocks of their own) compile fused layers for the prefill's shapes."""
         if not self.graphs or any(s < self.width for s in self.start):
             return 0
         size = 1
@@ -201,6 +235,10 @@ class Slots:
             buf.zero_()
         self.visible.zero_()
         self.c = 0
+        for n, width, total in PREFILL_WARM_UP:
+            self.prefill(torch.zeros((n, width), dtype=torch.long, device=self.device),
+                         torch.arange(width, device=self.device).expand(n, -1), self.new_blocks(n, total),
+                         torch.ones((n, total), dtype=torch.bool, device=self.device))
         return len(self._graphs)
 
     # -- one step ----------------------------------------------------------------------------------------
