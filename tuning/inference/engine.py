@@ -3,7 +3,8 @@
 Each loop of the engine thread:
 1. admit waiting requests into free slots (up to `max_batch_size` rows), prefill them together (left-padded,
    each row with its own prefix) and sample their first token;
-2. merge their caches into the running batch (left padding to the longest row: the 2D attention mask hides it);
+2. merge their caches into the running batch (left padding to the longest row: the 2D attention mask hides it),
+   or in slots mode (tuning/inference/slots.py) copy their blocks, prefilled in the slots' layout, into free slots;
 3. decode one token for every row at once;
 4. finish rows that are done (eos, a stop string, max_tokens) or whose client went away; their slots are free
    for the next loop, so a short request that arrives while a long one decodes joins it and finishes first. The
@@ -275,7 +276,7 @@ class Engine:
 
     def _admission_due(self) -> bool:
         """Admit the waiting requests now, or hold them back a little (False) so that more share their prefill.
-        Each admission is one eager prefill whose cost is mostly fixed (a 6B GLM on an H100: ~26 ms for one prompt,
+        Each admission is one prefill whose cost is mostly fixed (a 6B GLM on an H100, eager: ~26 ms for one prompt,
         ~54 ms for 32) and stalls every running row meanwhile, and clients of a batch come in bursts (their previous
         answers ended at the same step): 32 arrivals admitted as they came cost 2-4 prefills a wave. So, as
         text-generation-inference's router does (it waits for enough waiting requests, or for max_waiting_tokens

@@ -8,9 +8,10 @@ microseconds however small its tensor, beside weight matmuls already near the me
 As training's regional compile does (tuning/training/regional.py), torch.compile traces one decoder layer and its
 code serves every layer (tuning/model/layers.py): while a layer runs compiled its modules' `layer_idx` read 0 and
 the slot cache it gets holds that layer's buffers alone.
-Only calls with a slot cache (`Slots` decode steps) take the compiled path; the prefill and every other forward
-(eval, the dynamic batch) run the layers' own eager forward. The compiled code runs inside the step's CUDA graph
-capture: compiling happens on the warm-up calls before it.
+Only calls with a slot cache take the compiled path: the `Slots` decode steps (inside their CUDA graphs) and the
+prefill of joining rows in the slots' layout (`Slots.prefill`, no graph: its shapes vary); every other forward
+(eval, the dynamic batch) runs the layers' own eager forward. Compiling happens on `Slots.warm_up`'s calls, before
+the first request.
 """
 
 from __future__ import annotations
