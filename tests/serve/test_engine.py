@@ -594,6 +594,42 @@ def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt
     assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
 
 
+def test_a_failing_compiled_prefill_falls_back_to_eager_layers(bank, serve_runs, prompt_ids, monkeypatch):
+    """The prefill's compiled layers (varying shapes) are the newer path: if they fail (an inductor error on some
+    GPU, say), the prefill is redone with eager layers, the engine keeps to that with a warning, and the decode
+    steps stay compiled; the answers are eval's. Here the compiled function refuses every call of more than one
+    token (dynamo's eager backend for the others)."""
+    from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
+
+    real, decode_calls = torch.compile, [0]
+
+    def compile_refusing_prefills(fn, **kwargs):
+        compiled = real(fn, **{**kwargs, "backend": "eager"})
+
+        def call(layer, hidden_states, *args, **kw):
+            if hidden_states.shape[1] > 1:
+                raise RuntimeError("inductor broke")
+            decode_calls[0] += 1
+            return compiled(layer, hidden_states, *args, **kw)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_refusing_prefills)
+    torch._dynamo.reset()
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on").start()
+    try:
+        assert engine._slots.compile_prefill
+        with pytest.warns(RuntimeWarning, match="compiled prefill failed.*inductor broke"):
+            got = mixed_batch(engine, prompt_ids, 16)
+        assert not engine._slots.compile_prefill
+    finally:
+        engine.shutdown()
+        unfuse_decode_layers(bank.model)
+        torch._dynamo.reset()
+    assert decode_calls[0] >= 16 * bank.model.config.num_hidden_layers  # the steps stayed compiled
+    assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
+
+
 @pytest.mark.slow
 def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids, monkeypatch):
     """Slots whose decode steps run torch.compile'd decoder layers (inductor, here its CPU code): a mixed batch of

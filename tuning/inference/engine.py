@@ -160,6 +160,7 @@ class Engine:
 
         if self._slots is not None and (fuse == "on" or (fuse == "auto" and self.bank.device.type == "cuda")):
             self.fused = fuse_decode_layers(self.model)  # decoder layers whose slot steps run compiled
+            self._slots.compile_prefill = bool(self.fused)  # and the prefill of joining rows
         else:
             unfuse_decode_layers(self.model)  # an earlier engine over this model may have fused it
             self.fused = 0

@@ -38,7 +38,7 @@ def fuse_decode_layers(model, *, backend: str = "inductor") -> int:
 
     def adapt(layer, idx: int, kwargs: dict) -> dict | None:
         cache = kwargs.get("past_key_values")
-        if not isinstance(cache, SlotCache):
+        if not isinstance(cache, SlotCache) or not cache.compiled:
             return None
         return {**kwargs, "past_key_values": cache.layer(idx)}
 

@@ -15,6 +15,8 @@ left of `c`, or `c` reaches the end, the slots are shifted.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -55,8 +57,10 @@ class SlotCache:
     """What transformers' attention layers call on `past_key_values`: `update` writes the step's key/value at the
     shared column and returns the whole slot buffers (duck-typed like transformers' caches)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor,
+                 compiled: bool = True):
         self.keys, self.values, self.column = keys, values, column
+        self.compiled = compiled  # False: fused layers run their eager forward for this call (a prefill's fallback)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         self.keys[layer_idx].index_copy_(2, self.column, key_states)
@@ -65,7 +69,7 @@ class SlotCache:
 
     def layer(self, idx: int) -> "SlotCache":
         """Layer `idx`'s buffers alone, as layer 0 (tuning/inference/fused_decode.py traces one layer for all)."""
-        return SlotCache([self.keys[idx]], [self.values[idx]], self.column)
+        return SlotCache([self.keys[idx]], [self.values[idx]], self.column, self.compiled)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # only asked when no positions are given (never here)
         return int(self.column)
@@ -93,6 +97,7 @@ class Slots:
         self.graphs = graphs and device.type == "cuda"
         self._graphs: dict[int, tuple] = {}  # rows of the step (a power of two) -> (graph, its logits)
         self._pool = None
+        self.compile_prefill = False  # the engine sets it when the layers are fused (`prefill`)
 
     # -- placing rows ------------------------------------------------------------------------------------
     def free_slots(self) -> list[int]:
@@ -145,13 +150,24 @@ class Slots:
         own = torch.arange(total - width, total, device=self.device)  # each query's column
         mask = seen[:, None, :] & (columns[None, None, :] <= own[None, :, None])
         mask |= columns[None, None, :] == own[None, :, None]
-        return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own)
+        if not self.compile_prefill:
+            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
+        try:
+            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=True)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # the compiled prefill failed: if the eager one works, keep to it from now on
+            logits = self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
+            self.compile_prefill = False
+            warnings.warn(f"the compiled prefill failed ({type(exc).__name__}: {exc}); prefilling with eager "
+                          f"layers from now on (decode steps stay compiled)", RuntimeWarning, stacklevel=2)
+            return logits
 
     @torch.inference_mode()
-    def _prefill_forward(self, input_ids, positions, blocks, mask, own) -> torch.Tensor:
+    def _prefill_forward(self, input_ids, positions, blocks, mask, own, compiled: bool) -> torch.Tensor:
         from tasktune.tuning.model.prefix import ATTENTION_KWARG
 
-        cache = SlotCache(list(blocks[:, 0].unbind(0)), list(blocks[:, 1].unbind(0)), own)
+        cache = SlotCache(list(blocks[:, 0].unbind(0)), list(blocks[:, 1].unbind(0)), own, compiled)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1, **{ATTENTION_KWARG: prefill_attention})
         return out.logits[:, -1, :].float()
