@@ -47,9 +47,8 @@ def prefill_attention(module, query, key, value, attention_mask, **kwargs):
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
-#: Prefills run at start, (rows, prompt width, block width): with fused layers torch.compile specialises a first
-#: shape, makes the second one's sizes symbolic (a general graph) and a single row (size 1) gets its own; after
-#: these no request's prefill waits for a compile.
+#: Prefills run at start, (rows, prompt width, block width): torch.compile specialises the first, makes the second's
+#: sizes symbolic (a general graph) and gives a single row its own; then no request's prefill waits for a compile.
 PREFILL_WARM_UP = ((2, 5, 9), (3, 7, 12), (1, 6, 10))
 
 
@@ -138,25 +137,21 @@ class Slots:
         columns before the last W): the prompts' keys/values are written into the last W columns, and each prompt
         token attends over the block under a 4D mask, as a decode step attends over its slot. `input_ids` and
         `positions`: (n, W), left-padded; `seen`: (n, total) bool, the prefix and prompt columns of each row
-        (False: padding). A padding query sees its own column, so no row of the attention is empty (an empty one
-        gives NaN, which would reach the real rows through their masked columns, 0 x NaN). Returns the last
-        column's logits (n, vocab), float; `place_blocks` then copies the blocks into free slots.
-
-        No prefix hook and no DynamicCache: the prefix is already keys/values in the block, and with fused layers
-        (tuning/inference/fused_decode.py) this forward runs the same compiled layer code as the decode step. The
-        mask is made outside inference mode, as the step's is: torch.compile guards on that difference."""
+        (False: padding). A padding query sees its own column: an empty attention row gives NaN, which would reach
+        the real rows through their masked columns (0 x NaN). Returns the last column's logits (n, vocab), float.
+        No prefix hook, no DynamicCache; with fused layers (fused_decode.py) the decode step's compiled layer code
+        runs here too. The mask is made outside inference mode, as the step's is (torch.compile guards on that)."""
         width, total = input_ids.shape[1], seen.shape[1]
         columns = torch.arange(total, device=self.device)
         own = torch.arange(total - width, total, device=self.device)  # each query's column
-        mask = seen[:, None, :] & (columns[None, None, :] <= own[None, :, None])
-        mask |= columns[None, None, :] == own[None, :, None]
-        if not self.compile_prefill:
-            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
+        mask = (seen[:, None, :] & (columns[None, None, :] <= own[None, :, None])) | (columns == own[:, None])[None]
         try:
-            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=True)
+            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, self.compile_prefill)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # the compiled prefill failed: if the eager one works, keep to it from now on
+            if not self.compile_prefill:
+                raise
             logits = self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
             self.compile_prefill = False
             warnings.warn(f"the compiled prefill failed ({type(exc).__name__}: {exc}); prefilling with eager "
