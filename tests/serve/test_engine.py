@@ -309,19 +309,17 @@ def test_sampling_is_reproducible_with_a_seed(bank, prompt_ids):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("together", [True, False])
-def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeypatch, together):
+def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeypatch):
     """The fixed-slot decoder (CUDA graphs on a GPU) on the CPU: rows prefilled in the slots' layout (a block
     [padding | prefix | prompt] per row under a 4D mask, `Slots.prefill`), a mixed batch, rows joining while others
     decode, slots reused and shifted, still eval's greedy answers; rows admitted together placed in one batch copy
-    (`Slots.place_blocks`, their prefill's padding kept, hidden) or each packed alone."""
+    (`Slots.place_blocks`, their prefill's padding kept, hidden)."""
     from tasktune.tuning.inference.slots import Slots
 
     calls = []
     batch_place = Slots.place_blocks
-    monkeypatch.setattr(Slots, "place_blocks", lambda self, slots, blocks, seen: calls.append(len(slots)) or (
-        batch_place(self, slots, blocks, seen) if together else
-        [self.place(slot, [(k[i][:, seen[i]], v[i][:, seen[i]]) for k, v in blocks]) for i, slot in enumerate(slots)]))
+    monkeypatch.setattr(Slots, "place_blocks", lambda self, slots, *a: calls.append(len(slots)) or
+                        batch_place(self, slots, *a))
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96).start()
     try:
         got = mixed_batch(engine, prompt_ids, 16)
@@ -329,6 +327,34 @@ def test_slots_decoding_answers_equal_eval(bank, serve_runs, prompt_ids, monkeyp
         engine.shutdown()
     assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
     assert calls and max(calls) > 1  # rows were admitted together
+
+
+def test_rows_whose_shared_block_does_not_fit_a_slot_are_placed_each_packed(bank, serve_runs, prompt_ids,
+                                                                             monkeypatch):
+    """A base row with a long prompt and a row of a run (P = 6) with a short one, prefilled together: each fits a
+    slot with its answer, but the shared block (the widest prefix + the longest prompt) does not. So each row's
+    own columns are packed into its slot (`Slots.place`), and both answer as eval."""
+    from tasktune.tuning.inference.slots import Slots
+
+    packed = []
+    place = Slots.place
+    monkeypatch.setattr(Slots, "place", lambda self, slot, blocks: packed.append(blocks[0][0].shape[1]) or
+                        place(self, slot, blocks))
+    long_prompt, short_prompt = (prompt_ids[0] + prompt_ids[1])[:80], prompt_ids[-1]
+    engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96)  # 96 + P 6 = 102 columns a slot
+    assert len(long_prompt) + 16 < engine._slots.width <= 6 + len(long_prompt) + 16
+    done = [Collector(), Collector()]
+    for ids, run, collector in ((long_prompt, None, done[0]), (short_prompt, "grid2", done[1])):
+        engine.submit(Request(ids, run, SamplingParams(max_new_tokens=16), collector))  # one admission for both
+    engine.start()
+    try:
+        got = [c.text() for c in done]
+    finally:
+        engine.shutdown()
+    assert sorted(packed) == sorted([len(long_prompt), 6 + len(short_prompt)])  # each row alone, no padding
+    _, base = eval_answers(serve_runs["grid2"], [long_prompt], 16)
+    tuned, _ = eval_answers(serve_runs["grid2"], [short_prompt], 16)
+    assert got == [base[0], tuned[0]]
 
 
 def test_slots_prefill_leaves_no_query_without_a_key(bank, prompt_ids, monkeypatch):
@@ -562,35 +588,51 @@ def test_warmed_up_slots_answer_as_eval_when_rows_join_past_column_0(bank, serve
 def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt_ids, monkeypatch):
     """With fused layers the prefill runs the compiled layer code too, at shapes that vary with every admission
     (rows, prompt width, prefix width). `Slots.warm_up` compiles at start what they need, so serving compiles
-    nothing more (a compile of a 6B GLM's layer takes seconds: a request would wait for it). Dynamo's eager
-    backend stands in for inductor (the same graphs and guards, no code generation) and plain forwards for the
-    CUDA graphs; the answers are still eval's."""
+    nothing more (a compile of a 6B GLM's layer takes seconds: a request would wait for it); a one-token prompt
+    (sizes of 1 would need graphs of their own) prefills with eager layers. Dynamo's eager backend stands in for
+    inductor (the same graphs and guards, no code generation) and plain forwards for the CUDA graphs; the answers
+    are still eval's."""
     from torch._dynamo.utils import counters
 
     from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
     from tasktune.tuning.inference.slots import Slots
 
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real(fn, **{**kwargs, "backend": "eager"}))
+    real, prefill_calls = torch.compile, [0]
+
+    def compile_eager(fn, **kwargs):
+        compiled = real(fn, **{**kwargs, "backend": "eager"})
+
+        def call(layer, hidden_states, *args, **kw):
+            prefill_calls[0] += hidden_states.shape[1] > 1
+            return compiled(layer, hidden_states, *args, **kw)
+
+        return call
 
     def capture(self, rows):
         logits = self._forward(rows)
         return _ReplayedForward(self, rows, logits), logits
 
+    monkeypatch.setattr(torch, "compile", compile_eager)
     monkeypatch.setattr(Slots, "_capture", capture)
     torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]  # counters outlive dynamo's reset
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on")
     engine._slots.graphs = True  # as on CUDA
     try:
         engine.start()
-        compiled_at_start = counters["stats"]["unique_graphs"]
-        got = mixed_batch(engine, prompt_ids, 16)  # 1-4 rows a prefill, prompts of several widths, 0/2 prefixes
+        at_start, warm_up_prefills = counters["stats"]["unique_graphs"], prefill_calls[0]
+        got = mixed_batch(engine, prompt_ids, 16)  # 1-4 rows a prefill, prompts of several widths, 0/4/6 prefixes
+        one_token = [answer(engine, [prompt_ids[0][-1]], SamplingParams(max_new_tokens=4, ignore_eos=True), run)
+                     for run in (None, "grid")]
+        assert engine._slots.compile_prefill  # no compiled prefill failed (no eager fallback)
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)
         torch._dynamo.reset()
-    assert compiled_at_start > 0
-    assert counters["stats"]["unique_graphs"] == compiled_at_start
+    assert at_start > before and warm_up_prefills > 0  # the start compiled, prefills included
+    assert prefill_calls[0] > warm_up_prefills  # the requests' prefills ran compiled
+    assert counters["stats"]["unique_graphs"] == at_start  # ... and nothing compiled after the start
+    assert all(isinstance(text, str) for text in one_token)
     assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
 
 
@@ -642,6 +684,7 @@ def test_fused_decode_steps_answer_as_eval(bank, serve_runs, prompt_ids, monkeyp
     try:
         assert engine.fused == len(decoder_layers(bank.model)) > 0
         got = mixed_batch(engine, prompt_ids, 16)
+        assert engine._slots.compile_prefill  # the prefills ran compiled too (no eager fallback)
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)
@@ -667,6 +710,7 @@ def test_graphed_slots_answer_as_eval_on_cuda(bank, serve_runs, prompt_ids, fuse
         assert (calls[0] > 0) == (fuse == "on")  # the captures ran the compiled layers, or none
         assert sorted(engine._slots._graphs) == [1, 2, 4]  # captured before the first request
         got = mixed_batch(engine, prompt_ids, 16)
+        assert engine._slots.compile_prefill == (fuse == "on")  # compiled prefills ran without an eager fallback
     finally:
         engine.shutdown()
         unfuse_decode_layers(bank.model)

@@ -47,9 +47,9 @@ def prefill_attention(module, query, key, value, attention_mask, **kwargs):
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
-#: Prefills run at start, (rows, prompt width, block width): torch.compile specialises the first, makes the second's
-#: sizes symbolic (a general graph) and gives a single row its own; then no request's prefill waits for a compile.
-PREFILL_WARM_UP = ((2, 5, 9), (3, 7, 12), (1, 6, 10))
+#: Prefills run at start, (rows, prompt width, block width), so that no request's prefill waits for a compile:
+#: the general graph (symbolic sizes; a second shape makes them so where the steps did not) and one for a single row.
+PREFILL_WARM_UP = ((2, 5, 9), (3, 7, 12), (1, 6, 10), (1, 8, 13))
 
 
 class SlotCache:
@@ -145,12 +145,13 @@ class Slots:
         columns = torch.arange(total, device=self.device)
         own = torch.arange(total - width, total, device=self.device)  # each query's column
         mask = (seen[:, None, :] & (columns[None, None, :] <= own[None, :, None])) | (columns == own[:, None])[None]
+        compiled = self.compile_prefill and width > 1  # a one-token prompt would need graphs of its own (size 1)
         try:
-            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, self.compile_prefill)
-        except torch.cuda.OutOfMemoryError:
-            raise
+            return self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled)
+        except (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError)):
+            raise  # the device's own failure (memory, a device-side assert): eager would not do better
         except Exception as exc:  # the compiled prefill failed: if the eager one works, keep to it from now on
-            if not self.compile_prefill:
+            if not compiled:
                 raise
             logits = self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
             self.compile_prefill = False
@@ -172,10 +173,8 @@ class Slots:
         Every row gets the same block of columns ending just before column c; `visible` hides its padding.
         Decoding reads keys through that mask and explicit positions, so where in the slot a row's keys sit does
         not matter: `place` packs a row, this leaves the batch's padding in place (a few columns a row)."""
-        total = seen.shape[1]
-        self._make_room(total)
-        lo = self.c - total
-        index = torch.tensor(slots, device=self.device)
+        self._make_room(seen.shape[1])
+        lo, index = self.c - seen.shape[1], torch.tensor(slots, device=self.device)
         for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
             keys[index, :, lo:self.c] = blocks[layer, 0]
             values[index, :, lo:self.c] = blocks[layer, 1]
