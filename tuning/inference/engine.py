@@ -385,14 +385,14 @@ class Engine:
         """The new rows' forward over their prompts (left-padded, each with its prefix): what `_join` takes,
         (rows, cache, mask, logits) or in slots mode (rows, blocks, seen, logits) (`_prefill_slots`). Reads the
         model only, so a failure here concerns these rows alone."""
-        from transformers import DynamicCache
-
         requests = [row.request for row in rows]
         names = [r.adapter for r in requests]
         ids, mask = self._padded(requests)
         positions = self._positions(mask, names)
         if self._slots is not None:
             return self._prefill_slots(rows, ids, mask, positions)
+        from transformers import DynamicCache
+
         logits, cache = self._forward(ids, mask, positions, self.bank.batch(names),
                                       DynamicCache(config=self.model.config))
         return rows, cache, mask, logits

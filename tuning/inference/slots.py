@@ -245,7 +245,7 @@ class Slots:
             buf.zero_()
         self.visible.zero_()
         self.c = 0
-        for n, width, total in PREFILL_WARM_UP:
+        for n, width, total in PREFILL_WARM_UP if self.compile_prefill else ():  # eager layers need no warm-up
             self.prefill(torch.zeros((n, width), dtype=torch.long, device=self.device),
                          torch.arange(width, device=self.device).expand(n, -1), self.new_blocks(n, total),
                          torch.ones((n, total), dtype=torch.bool, device=self.device))
