@@ -521,17 +521,22 @@ def test_fusing_is_checked_reversible_and_leaves_other_forwards_eager(bank, prom
     assert not any(vars(layer).get(MARK) for layer in layers)
 
 
-def count_compiled_calls(monkeypatch) -> list[int]:
-    """Wrap torch.compile so that the fused layers' compiled function counts its calls: a check that the slot
-    steps really took the compiled path (a renamed cache argument would route nothing and still answer right)."""
-    real, calls = torch.compile, [0]
+def count_compiled_calls(monkeypatch, backend: str | None = None, check=None) -> list[int]:
+    """Wrap torch.compile so that the fused layers' compiled function counts its calls: [all, prefills (more than
+    one token)]; a check that the slot steps really took the compiled path (a renamed cache argument would route
+    nothing and still answer right). `backend`: dynamo's instead of the caller's (e.g. "eager": no code
+    generation); `check(hidden_states)` runs before each call and may raise (a call that raised is not counted)."""
+    real, calls = torch.compile, [0, 0]
 
-    def counting(fn, *args, **kwargs):
-        compiled = real(fn, *args, **kwargs)
+    def counting(fn, **kwargs):
+        compiled = real(fn, **({**kwargs, "backend": backend} if backend else kwargs))
 
-        def call(*a, **k):
+        def call(layer, hidden_states, *args, **kw):
+            if check is not None:
+                check(hidden_states)
             calls[0] += 1
-            return compiled(*a, **k)
+            calls[1] += hidden_states.shape[1] > 1
+            return compiled(layer, hidden_states, *args, **kw)
 
         return call
 
@@ -597,22 +602,11 @@ def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt
     from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
     from tasktune.tuning.inference.slots import Slots
 
-    real, prefill_calls = torch.compile, [0]
-
-    def compile_eager(fn, **kwargs):
-        compiled = real(fn, **{**kwargs, "backend": "eager"})
-
-        def call(layer, hidden_states, *args, **kw):
-            prefill_calls[0] += hidden_states.shape[1] > 1
-            return compiled(layer, hidden_states, *args, **kw)
-
-        return call
-
     def capture(self, rows):
         logits = self._forward(rows)
         return _ReplayedForward(self, rows, logits), logits
 
-    monkeypatch.setattr(torch, "compile", compile_eager)
+    calls = count_compiled_calls(monkeypatch, backend="eager")
     monkeypatch.setattr(Slots, "_capture", capture)
     torch._dynamo.reset()
     before = counters["stats"]["unique_graphs"]  # counters outlive dynamo's reset
@@ -620,7 +614,7 @@ def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt
     engine._slots.graphs = True  # as on CUDA
     try:
         engine.start()
-        at_start, warm_up_prefills = counters["stats"]["unique_graphs"], prefill_calls[0]
+        at_start, warm_up_prefills = counters["stats"]["unique_graphs"], calls[1]
         got = mixed_batch(engine, prompt_ids, 16)  # 1-4 rows a prefill, prompts of several widths, 0/4/6 prefixes
         one_token = [answer(engine, [prompt_ids[0][-1]], SamplingParams(max_new_tokens=4, ignore_eos=True), run)
                      for run in (None, "grid")]
@@ -630,7 +624,7 @@ def test_fused_prefills_and_steps_compile_only_at_start(bank, serve_runs, prompt
         unfuse_decode_layers(bank.model)
         torch._dynamo.reset()
     assert at_start > before and warm_up_prefills > 0  # the start compiled, prefills included
-    assert prefill_calls[0] > warm_up_prefills  # the requests' prefills ran compiled
+    assert calls[1] > warm_up_prefills  # the requests' prefills ran compiled
     assert counters["stats"]["unique_graphs"] == at_start  # ... and nothing compiled after the start
     assert all(isinstance(text, str) for text in one_token)
     assert_answers_as_eval(got, serve_runs, prompt_ids, 16)
@@ -643,20 +637,11 @@ def test_a_failing_compiled_prefill_falls_back_to_eager_layers(bank, serve_runs,
     token (dynamo's eager backend for the others)."""
     from tasktune.tuning.inference.fused_decode import unfuse_decode_layers
 
-    real, decode_calls = torch.compile, [0]
+    def refuse_prefills(hidden_states):
+        if hidden_states.shape[1] > 1:
+            raise RuntimeError("inductor broke")
 
-    def compile_refusing_prefills(fn, **kwargs):
-        compiled = real(fn, **{**kwargs, "backend": "eager"})
-
-        def call(layer, hidden_states, *args, **kw):
-            if hidden_states.shape[1] > 1:
-                raise RuntimeError("inductor broke")
-            decode_calls[0] += 1
-            return compiled(layer, hidden_states, *args, **kw)
-
-        return call
-
-    monkeypatch.setattr(torch, "compile", compile_refusing_prefills)
+    decode_calls = count_compiled_calls(monkeypatch, backend="eager", check=refuse_prefills)
     torch._dynamo.reset()
     engine = Engine(bank, max_batch_size=4, decode="slots", slot_width=96, fuse="on").start()
     try:
