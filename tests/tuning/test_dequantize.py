@@ -74,3 +74,15 @@ def test_the_packed_weights_are_freed_at_once(tiny_model_dir):
     finally:
         if was:
             gc.enable()
+
+
+def test_each_packed_weight_is_freed_even_while_its_module_is_held(tiny_model_dir):
+    """The load's peak: a packed weight that lived until the end of the loop sat beside every bf16 copy (a 6B
+    GLM's 2.7 GiB; benchmarks/RESULTS.md, mem_peak.py). Each one is emptied as soon as its copy exists, so a
+    reference elsewhere (a hook, a cycle, a caller) cannot keep it."""
+    pytest.importorskip("bitsandbytes")
+    model = load_model(tiny_model_dir("glm"), quantization_bit=4)
+    held = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert held and all(m.weight.numel() > 0 for m in held)
+    assert dequantize_4bit_linears(model) == len(held)
+    assert [m.weight.numel() for m in held] == [0] * len(held)
