@@ -259,8 +259,9 @@ if [ "$phase" = fz20 ]; then  # issue 20: the decode step with compiled (fused) 
 fi
 
 if [ "$phase" = pf20 ]; then  # issue 20: prefills in the slots' layout (compiled with the layers); answers, then speed
-  timeout ${T_TEST:-200} python3 -m pytest -q -o addopts="" -m gpu tests/serve/test_engine.py 2>&1 | tail -4 \
-    | tee "$OUT/pf20_pytest.log"
+  # the whole log comes back (a summary alone said which tests failed, not why: 2026-12-07); the tail is printed
+  timeout ${T_TEST:-200} python3 -m pytest -q -o addopts="" -m gpu tests/serve/test_engine.py > "$OUT/pf20_pytest.log" 2>&1
+  tail -4 "$OUT/pf20_pytest.log"
   [ -d /tmp/serve/grid3 ] || serve_runs
   timeout ${T_PROF:-150} python3 benchmarks/serve_profile.py /tmp/serve/grid --rows ${PROF_ROWS:-1,32} --decode slots \
     --tokens 64 --decode-weights bf16 --fuse on --out "$OUT/pf20_prof.txt" 2>&1 | grep -v -E "$BARS" \
