@@ -7,6 +7,7 @@ import os
 import sys
 
 from tasktune.flags import Range
+from tasktune.tuning.run import Trust
 
 DESCRIPTION = """\
 Serve trained runs behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models; streaming
@@ -91,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=Range(int, 0, 4096), default=0, metavar="N",
                    help="CPU threads for torch's operators (default 0: torch's default, one per core); on a small "
                         "CPU shared with the clients or uvicorn, 1 can decode faster (benchmarks/RESULTS.md)")
+    Trust.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -142,10 +144,11 @@ def build(args: argparse.Namespace):
     for item in args.runs:
         name, sep, path = item.partition("=")
         runs.append((name, path) if sep and not Path(item).exists() else (None, item))
-    view = load_view(runs)  # the runs and the tokenizer, checked before any model loads
+    trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
+    view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
     tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
     actions = load_actions(args.actions) if args.actions else None
-    router = load_router(args.router, view.runs) if args.router else None
+    router = load_router(args.router, view.runs, trust) if args.router else None
     first = next(iter(view.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
@@ -156,7 +159,7 @@ def build(args: argparse.Namespace):
 
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads,
-                         args.decode_compile, args.max_queue_delay / 1000)
+                         args.decode_compile, args.max_queue_delay / 1000, trust)
     args.in_process = engine_in_process(args.engine_process)  # for the startup line, as args.dequantised
     if args.in_process:
         engine = EngineProcess(view, config)

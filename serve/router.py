@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from tasktune.tuning.run import Trust
 
-def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | None, str] | None]:
+
+def load_router(run_dir: str | Path, runs: dict,
+                trust: Trust = Trust()) -> Callable[[str], tuple[str | None, str] | None]:
     """A function text -> (None, step label) from a classification run (any served run may take the step)."""
     import torch
 
@@ -20,7 +23,7 @@ def load_router(run_dir: str | Path, runs: dict) -> Callable[[str], tuple[str | 
     run_dir = Path(run_dir)
     record = RunFolder(run_dir).record(task="classification", refusal="--router {run}: not a classification run "
                                        "(task {task!r}); train one with `tasktune train --task classification` on "
-                                       "the spec's intent data")
+                                       "the spec's intent data", trust=trust)
     cfg = record.config
     labels = methods.read_method_info(run_dir).get("labels") or record.labels
     source = methods.base_source(cfg.model, run_dir)

@@ -11,6 +11,7 @@ import sys
 from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, check_output_folder
 from tasktune.tuning import tiny
 from tasktune.tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
+from tasktune.tuning.run import Trust
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=BATCH, default=16, help="prompts per generate() call (default: 16)")
     p.add_argument("--max-new-tokens", type=TOKENS,
                    help="answer length cap (default: the run's max_target_length)")
+    Trust.add_flags(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", action="store_true", help="answer with the adapter disabled")
     p.add_argument("--max-new-tokens", type=TOKENS, default=128, help="answer length cap (default: 128)")
     p.add_argument("--no-history", action="store_true", help="do not feed earlier turns back as history")
+    Trust.add_flags(p)
     p.set_defaults(func=_chat)
 
     p = sub.add_parser(
@@ -115,14 +118,16 @@ def _eval(args: argparse.Namespace) -> int:
     from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
 
     evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
-                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens))
+                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle))
     return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
     from tasktune.tuning.evaluation.chat import chat
 
-    chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history)
+    chat(args.run_dir, base=args.base, max_new_tokens=args.max_new_tokens, keep_history=not args.no_history,
+         trust=Trust.from_args(args))
     return 0
 
 

@@ -41,6 +41,31 @@ METHOD_FILE = "tasktune_method.json"
 
 
 @dataclass(frozen=True)
+class Trust:
+    """What the person running a command lets a base model do when it is loaded for a finished run: run the model
+    folder's own Python code, load pickle weights. A run folder never grants these: its record says what training
+    was allowed, and a folder can come from anyone (an edited record ran a planted modeling file). Readers pass
+    the user's own `--trust-remote-code` / `--allow-pickle`, or nothing (both off)."""
+
+    remote_code: bool = False
+    pickle: bool = False
+
+    @staticmethod
+    def add_flags(parser) -> None:
+        """`--trust-remote-code` and `--allow-pickle` on a command that loads a finished run's base."""
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="let the base model folder's own Python code run (off; a run folder's record "
+                                 "never turns it on)")
+        parser.add_argument("--allow-pickle", action="store_true",
+                            help="allow the base's .bin/.pt (pickle) weights (off: safetensors only, whatever the "
+                                 "run folder's record says)")
+
+    @classmethod
+    def from_args(cls, args) -> "Trust":
+        return cls(bool(args.trust_remote_code), bool(args.allow_pickle))
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """A finished run as training recorded it. `config` is the TrainConfig the run trained with."""
 
@@ -112,14 +137,16 @@ class RunFolder:
                               f"(train one with `tasktune train --out {self.path}`)")
         return read_json_object(path, "; re-run `tasktune train` to rewrite it")
 
-    def record(self, *, task: str | None = None, refusal: str = "") -> RunRecord:
+    def record(self, *, task: str | None = None, refusal: str = "", trust: Trust = Trust()) -> RunRecord:
         """The checked, typed record of a finished run. With `task`: a run of another task is refused with a
-        ConfigError whose message is `refusal` formatted with {run} (this folder) and {task} (the run's task)."""
+        ConfigError whose message is `refusal` formatted with {run} (this folder) and {task} (the run's task).
+        Its config's `trust_remote_code` and `allow_pickle` are `trust`'s, whatever the record says (`Trust`)."""
         self.check()
         record = RunRecord.from_dict(self.raw_record(), self.record_path)
         if task is not None and record.task != task:
             raise ConfigError(refusal.format(run=self.path, task=record.task))
-        return record
+        config = dataclasses.replace(record.config, trust_remote_code=trust.remote_code, allow_pickle=trust.pickle)
+        return dataclasses.replace(record, config=config)
 
     def write_record(self, record: dict[str, Any]) -> Path:
         from tasktune.files import write_json

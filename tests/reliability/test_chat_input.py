@@ -32,7 +32,7 @@ def echo_model(monkeypatch):
             format_prompt(None, prompts[0], template="chatglm")  # framed as the real one frames it
             return [f"echo:{prompts[0]}"]
 
-    def load(run_dir):
+    def load(run_dir, trust=None):
         loads.append(run_dir)
         return EchoBot()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -270,3 +271,53 @@ def test_trust_remote_code_and_allow_pickle_default_off():
 
     cfg = TrainConfig()
     assert cfg.trust_remote_code is False and cfg.allow_pickle is False
+
+
+@pytest.fixture
+def planted_run(tiny_glm, train_data, tmp_path):
+    """A finished run whose base folder has since been given its own code, and whose record claims it was trained
+    with `trust_remote_code` and `allow_pickle` (an edited or downloaded run folder)."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_glm, base)
+    run = tmp_path / "run"
+    assert run_cli(train_argv(base, train_data, run, max_steps=1, save_steps=1)) == 0
+    shutil.rmtree(base)
+    _model_with_code(tiny_glm, base, known_type=False)
+    record_path = run / "tasktune_run.json"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    record["config"].update(trust_remote_code=True, allow_pickle=True)
+    record_path.write_text(json.dumps(record), encoding="utf-8")
+    return run, base
+
+
+@pytest.mark.parametrize("command", [["eval", "--limit", "1"], ["chat"]])
+def test_a_run_folder_cannot_turn_on_remote_code(planted_run, capsys, monkeypatch, command):
+    """Only the user's own --trust-remote-code lets a base's code run; a run record that says so does not (an
+    edited record ran a planted modeling file through `tasktune eval`, exit 0)."""
+    import io
+
+    run, base = planted_run
+    monkeypatch.setattr("sys.stdin", io.StringIO("你好\n"))
+    code = run_cli([command[0], str(run), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and "--trust-remote-code" in err and "Traceback" not in err, err
+    assert not (base / "RAN").exists()
+    with contextlib.suppress(Exception):  # the user's grant reaches the loader (this planted "model" then fails)
+        run_cli([command[0], str(run), *command[1:], "--trust-remote-code"])
+    capsys.readouterr()
+    assert (base / "RAN").exists()
+
+
+def test_a_served_run_cannot_turn_on_remote_code(planted_run):
+    """`tasktune serve` (and its --router) read runs through the same record: the record's grant is dropped."""
+    from tasktune.tuning.inference.bank import load_bank
+    from tasktune.tuning.run import RunFolder, Trust
+
+    run, base = planted_run
+    record = RunFolder(run).record()
+    assert (record.config.trust_remote_code, record.config.allow_pickle) == (False, False)
+    granted = RunFolder(run).record(trust=Trust(remote_code=True, pickle=True)).config
+    assert (granted.trust_remote_code, granted.allow_pickle) == (True, True)
+    with pytest.raises(ConfigError, match="--trust-remote-code"):
+        load_bank([(None, str(run))])
+    assert not (base / "RAN").exists()

@@ -8,15 +8,16 @@ from pathlib import Path
 from tasktune.errors import DataError
 
 
-def load_for_chat(run_dir: str | Path):
-    """The run as an Assistant (its model with the adapter on, any method; --base switches the adapter off)."""
+def load_for_chat(run_dir: str | Path, trust=None):
+    """The run as an Assistant (its model with the adapter on, any method; --base switches the adapter off);
+    `trust`: tuning/run.py's Trust (default: nothing)."""
     from tasktune.tuning.inference.assistant import Assistant
 
-    return Assistant.from_run(run_dir, batching="generate")
+    return Assistant.from_run(run_dir, batching="generate", trust=trust)
 
 
 def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, keep_history: bool = True,
-         stdin=None, stdout=None) -> list[tuple[str, str]]:
+         stdin=None, stdout=None, trust=None) -> list[tuple[str, str]]:
     """Read a line, answer it, repeat. Returns the (question, answer) turns (tests drive it with stdin).
     Ctrl-C ends the chat like Ctrl-D; a line that is not UTF-8 gets a note and is skipped."""
     from tasktune.errors import ConfigError
@@ -26,7 +27,7 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
     if stdin is None or stdin.closed:  # `tasktune chat RUN <&-`: say so before loading a model
         raise ConfigError("chat: standard input is closed, so there is nothing to answer; run it in a terminal or "
                           "pipe the questions in (one a line)")
-    bot = load_for_chat(run_dir)
+    bot = load_for_chat(run_dir, trust)
     who = "base" if base else "tuned"
     print(f"tasktune chat ({who} model, {bot.run.config.model}). Empty line or Ctrl-D quits; `clear` forgets "
           "history.", file=stdout)

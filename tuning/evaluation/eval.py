@@ -27,6 +27,8 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int | None = None  # default: the run's max_target_length
     examples_in_markdown: int = 50
+    trust_remote_code: bool = False  # the user's own grants (tuning/run.py's Trust), never the run record's
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:  # the CLI flags' ranges (tasktune/flags.py), for API callers too
         from tasktune.flags import BATCH, COUNT, TOKENS, check_types
@@ -84,10 +86,11 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     from tasktune.tuning.evaluation.metrics import compute_metrics
     from tasktune.tuning.evaluation.report import format_metric_table, format_step_summary, write_report
     from tasktune.tuning.inference.assistant import Assistant
-    from tasktune.tuning.run import RunFolder
+    from tasktune.tuning.run import RunFolder, Trust
 
     run_dir = Path(ecfg.run_dir)
-    record = RunFolder(run_dir).record()
+    trust = Trust(ecfg.trust_remote_code, ecfg.allow_pickle)
+    record = RunFolder(run_dir).record(trust=trust)
     cfg = record.config
     if cfg.task == "classification":
         from tasktune.tuning.evaluation.classify import evaluate_classification
@@ -100,7 +103,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
             log(f"warning: {run_dir}: {change}; these results are not those of what it was trained on")
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
-    bot = Assistant.from_run(run_dir, batching="generate")  # the run's base (as trained) with its adapter on
+    bot = Assistant.from_run(run_dir, batching="generate", trust=trust)  # the run's base (as trained) with its adapter on
     out = own_subdir(run_dir, "eval")  # before any generation: a file in its place was found only at the end
     adapter = bot.run.adapter
     # `texts` go to predictions.jsonl as the prompt seen; the ids are what training saw (a chat template's bos once)

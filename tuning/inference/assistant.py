@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.run import Trust
 
 BATCHING = ("auto", "engine", "generate")
 
@@ -37,9 +38,10 @@ class Assistant:
             self.engine = Engine(bank, max_batch_size=max_batch_size).start()
 
     @classmethod
-    def from_run(cls, *run_dirs: str | Path, max_batch_size: int = 16, batching: str = "auto") -> "Assistant":
+    def from_run(cls, *run_dirs: str | Path, max_batch_size: int = 16, batching: str = "auto",
+                 trust: Trust | None = None) -> "Assistant":
         """Load the runs' base once and put every run on it (runs are named by folder name); see the module's doc
-        for `batching`."""
+        for `batching`. `trust`: what the base may run as it loads (tuning/run.py's Trust; default: nothing)."""
         if not run_dirs:
             raise ConfigError("Assistant.from_run: give at least one run folder")
         if batching not in BATCHING:
@@ -50,10 +52,10 @@ class Assistant:
             if len(run_dirs) > 1:
                 raise ConfigError("Assistant.from_run: batching='generate' answers with one run; give one folder, "
                                   "or prefix runs with batching='engine' to share a base")
-            return cls(run=_LoadedRun.load(run_dirs[0]))
+            return cls(run=_LoadedRun.load(run_dirs[0], trust))
         from tasktune.tuning.inference.bank import load_bank
 
-        return cls(bank=load_bank([(None, path) for path in run_dirs]), max_batch_size=max_batch_size)
+        return cls(bank=load_bank([(None, path) for path in run_dirs], trust=trust), max_batch_size=max_batch_size)
 
     @property
     def runs(self) -> list[str]:
@@ -173,14 +175,15 @@ class _LoadedRun:
         self.config = record.config
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "_LoadedRun":
+    def load(cls, run_dir: str | Path, trust: Trust | None = None) -> "_LoadedRun":
         from tasktune.tuning.model.load import base_source, load_tokenizer
         from tasktune.tuning.model.methods import load_run_adapter
         from tasktune.tuning.run import RunFolder
 
         run_dir = Path(run_dir)
         record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts and cannot "
-                                                                    "chat or answer prompts; use `tasktune eval`")
+                                                                    "chat or answer prompts; use `tasktune eval`",
+                                           trust=trust or Trust())
         cfg = record.config
         tokenizer = load_tokenizer(base_source(cfg.model, run_dir), trust_remote_code=cfg.trust_remote_code,
                                    padding_side="left")

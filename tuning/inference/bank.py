@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.run import Trust
 
 #: Methods whose adapter is a key/value prefix (served per row); the rest change the base's weights.
 PREFIX_METHODS = ("ptuning-v2", "prefix")
@@ -35,13 +36,13 @@ class ServedRun:
     data: str
 
 
-def _record(run_dir: Path):
+def _record(run_dir: Path, trust: Trust):
     """The run's RunRecord, refused unless it is a causal-lm run of a prefix method."""
     from tasktune.tuning.model.methods import read_method_info
     from tasktune.tuning.run import RunFolder
 
     record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts; serve causal-lm "
-                                                                "runs (use it as --router)")
+                                                                "runs (use it as --router)", trust=trust)
     cfg = record.config
     method = read_method_info(run_dir).get("method", cfg.method)
     if method not in PREFIX_METHODS:
@@ -50,12 +51,13 @@ def _record(run_dir: Path):
     return record
 
 
-def describe_run(run_dir: str | Path, name: str | None = None):
-    """The ServedRun of a run folder (name: the folder's name unless given) and its RunRecord."""
+def describe_run(run_dir: str | Path, name: str | None = None, trust: Trust = Trust()):
+    """The ServedRun of a run folder (name: the folder's name unless given) and its RunRecord (`trust`: what its
+    base may run as it loads; tuning/run.py)."""
     from tasktune.tuning.model.load import base_source
 
     run_dir = Path(run_dir)
-    record = _record(run_dir)
+    record = _record(run_dir, trust)
     cfg = record.config
     run = ServedRun(name=name or run_dir.resolve().name, run_dir=run_dir,
                     base_model=base_source(cfg.model, run_dir), quantization=record.quantization,
@@ -135,12 +137,12 @@ def _compute_dtype(model) -> torch.dtype:
     return model.get_input_embeddings().weight.dtype
 
 
-def describe_runs(run_dirs: list[tuple[str | None, str | Path]]):
+def describe_runs(run_dirs: list[tuple[str | None, str | Path]], trust: Trust = Trust()):
     """The ServedRuns of (name or None, folder) pairs, checked to share one base, and the first run's RunRecord:
     all of the bank but the model (what the HTTP side needs when the model lives in another process)."""
     if not run_dirs:
         raise ConfigError("give at least one run folder to serve")
-    described = [describe_run(path, name) for name, path in run_dirs]
+    described = [describe_run(path, name, trust) for name, path in run_dirs]
     runs = [r for r, _ in described]
     check_same_base(runs)
     return runs, described[0][1]
@@ -163,13 +165,13 @@ def _tokenizer(runs: list[ServedRun], record):
     return load_tokenizer(runs[0].base_model, trust_remote_code=record.config.trust_remote_code, padding_side="left")
 
 
-def load_view(run_dirs: list[tuple[str | None, str | Path]]) -> BankView:
+def load_view(run_dirs: list[tuple[str | None, str | Path]], trust: Trust = Trust()) -> BankView:
     """The BankView of the runs, its device not yet known (the CPU until the engine's process says)."""
-    runs, record = describe_runs(run_dirs)
+    runs, record = describe_runs(run_dirs, trust)
     return BankView({r.name: r for r in runs}, _tokenizer(runs, record), torch.device("cpu"))
 
 
-def load_bank(run_dirs: list[tuple[str | None, str | Path]], tokenizer=None) -> PrefixBank:
+def load_bank(run_dirs: list[tuple[str | None, str | Path]], tokenizer=None, trust: Trust = Trust()) -> PrefixBank:
     """Load the shared base once (as the runs were trained: same quantization) and every run's prefix.
 
     `run_dirs`: (name or None, folder) pairs; `tokenizer`: the base's, when the caller has it already (a
@@ -178,7 +180,7 @@ def load_bank(run_dirs: list[tuple[str | None, str | Path]], tokenizer=None) -> 
     from tasktune.tuning.model.prefix import WRAPPED_ATTENTION, _set_attention, register_attention
     from tasktune.tuning.model.save import load_adapter
 
-    runs, record = describe_runs(run_dirs)
+    runs, record = describe_runs(run_dirs, trust)
     first, cfg, quant = runs[0], record.config, record.quantization
     tokenizer = tokenizer or _tokenizer(runs, record)
     model = methods.load_base(cfg, model=first.base_model, quantization=quant, device_map=methods.device_map(quant))

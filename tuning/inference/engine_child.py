@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.run import Trust
 
 from .engine import Event, Request
 
@@ -34,6 +35,7 @@ class ChildConfig:
     threads: int = 0
     fuse: str = "auto"
     max_queue_delay: float = 0.0
+    trust: Trust = Trust()  # what the base may run as it loads: the user's flags (tuning/run.py)
 
 
 def child_main(commands, events, config: ChildConfig) -> None:
@@ -106,7 +108,7 @@ def build_engine(config: ChildConfig, tokenizer=None):
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    bank = load_bank(config.run_dirs, tokenizer)
+    bank = load_bank(config.run_dirs, tokenizer, trust=config.trust)
     dequantised = 0
     if config.decode_weights == "bf16":
         from tasktune.tuning.model.dequantize import dequantize_4bit_linears
