@@ -321,3 +321,29 @@ def test_a_served_run_cannot_turn_on_remote_code(planted_run):
     with pytest.raises(ConfigError, match="--trust-remote-code"):
         load_bank([(None, str(run))])
     assert not (base / "RAN").exists()
+
+
+@pytest.mark.parametrize("targets", ["nosuchmodule", "q_proj,nosuchmodule", "", " , ", "*"])
+def test_lora_targets_the_base_lacks_are_refused_naming_the_flag(tiny_glm, train_data, tmp_path, capsys, targets):
+    """PEFT's NoMatchingPeftModuleError was a traceback; now exit 2 naming the flag and the base's linear layers,
+    before any folder is written. Names PEFT matches (a module's last name, or the end of its path) still work."""
+    code = run_cli(train_argv(tiny_glm, train_data, tmp_path / "run", max_steps=1, method="lora",
+                              lora_target_modules=targets))
+    err = capsys.readouterr().err
+    assert code == 2 and "--lora-target-modules" in err and "q_proj" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_targets_by_last_name_or_path_end_are_taken(tiny_glm):
+    from tasktune.tuning.model.load import load_model
+    from tasktune.tuning.model.methods.peft import lora_targets
+
+    model = load_model(tiny_glm)
+    assert lora_targets(model, "q_proj, self_attn.v_proj") == ["q_proj", "self_attn.v_proj"]
+
+
+def test_a_prompt_init_text_that_method_prompt_would_ignore_is_refused(tiny_glm, train_data, tmp_path, capsys):
+    code = run_cli(train_argv(tiny_glm, train_data, tmp_path / "run", max_steps=1, method="prompt",
+                              prompt_init_text="你好你好"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--prompt-init-text" in err and "prompt-text" in err and "Traceback" not in err, err

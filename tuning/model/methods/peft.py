@@ -64,6 +64,9 @@ def peft_config(model, cfg, method: str, task: str):
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.pre_seq_len,
                                   prefix_projection=projection, encoder_hidden_size=cfg.prefix_hidden_size)
     if method == "prompt":
+        if cfg.prompt_init_text != type(cfg)().prompt_init_text:  # set on purpose: it would be ignored
+            raise ConfigError("--prompt-init-text: --method prompt starts from random embeddings and never reads the "
+                              "text; use --method prompt-text to start the prompt from it")
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=tokens,
                                   prompt_tuning_init=PromptTuningInit.RANDOM)
     if method == "prompt-text":
@@ -85,8 +88,24 @@ def peft_config(model, cfg, method: str, task: str):
         targets = cfg.lora_target_modules.strip()
         return LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout,
-                          target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+                          target_modules=targets if targets == "all-linear" else lora_targets(model, targets))
     raise ConfigError(f"--method {method} is not a PEFT method")  # pragma: no cover
+
+
+def lora_targets(model, given: str) -> list[str]:
+    """`--lora-target-modules` as PEFT takes it (module names, matched against the end of each module's path),
+    checked against the base: a name no module has was PEFT's NoMatchingPeftModuleError traceback."""
+    import torch.nn as nn
+
+    names = [t.strip() for t in given.split(",")]
+    linear = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+                     if isinstance(module, nn.Linear) or type(module).__name__.startswith("Linear")})
+    paths = [path for path, _ in model.named_modules()]
+    unknown = [name for name in names if not name or not any(p == name or p.endswith("." + name) for p in paths)]
+    if unknown:
+        raise ConfigError(f"--lora-target-modules {given!r}: {', '.join(repr(n) for n in unknown)} is not a module of "
+                          f"the base; its linear layers: {', '.join(linear)} (or all-linear)")
+    return names
 
 
 def attach_peft(model, cfg, method: str, task: str, labels) -> PeftAdapter:
