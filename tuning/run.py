@@ -122,6 +122,9 @@ class RunFolder:
 
     def check(self) -> None:
         """A finished run folder: it exists and holds an adapter (PEFT's files or a method record)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run folder (give the folder `tasktune train --out` "
+                              f"wrote)")
         if not self.path.is_dir():
             raise ConfigError(f"run folder not found: {self.path}")
         missing = [name for name in ADAPTER_FILES if not (self.path / name).is_file()]

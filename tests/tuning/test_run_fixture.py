@@ -55,3 +55,16 @@ def test_the_run_owner_refuses_a_run_of_another_task_with_the_callers_words():
     with pytest.raises(ConfigError) as err:
         folder.record(task="classification", refusal="--router {run}: not a classification run (task {task!r})")
     assert str(err.value) == f"--router {FIXTURE / 'run'}: not a classification run (task 'causal-lm')"
+
+
+def test_a_file_given_as_a_run_folder_is_named_as_a_file(tmp_path):
+    """`tasktune eval data/train.json` said "run folder not found" for a path that exists."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.run import RunFolder
+
+    path = tmp_path / "train.json"
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is a file, not a run folder"):
+        RunFolder(path).check()
+    with pytest.raises(ConfigError, match="run folder not found"):
+        RunFolder(tmp_path / "missing").check()
