@@ -347,3 +347,14 @@ def test_a_prompt_init_text_that_method_prompt_would_ignore_is_refused(tiny_glm,
                               prompt_init_text="你好你好"))
     err = capsys.readouterr().err
     assert code == 2 and "--prompt-init-text" in err and "prompt-text" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flags", [dict(max_source_length=900, max_target_length=200),
+                                   dict(method="prompt-text", prompt_init_text="你好" * 600, max_source_length=160)])
+def test_records_longer_than_the_bases_context_are_refused(tiny_glm, train_data, tmp_path, capsys, flags):
+    """A record of source + target + the adapter's positions beyond them is
+    refused naming the flags (a 5,600-token init text ran minutes a step), before any step."""
+    code = run_cli(train_argv(tiny_glm, train_data, tmp_path / "run", max_steps=1, **flags))
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-source-length" in err and "more than the base's" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "tasktune_run.json").exists()

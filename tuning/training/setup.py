@@ -106,6 +106,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> TrainingSetup:
         adapter = methods.load(model, resume.path, is_trainable=True)
     else:
         adapter = methods.attach(model, cfg, labels=labels)
+    check_context(cfg, model.config, adapter.reserved_positions)
     if not quant:
         adapter.model.to(accelerator.device)  # what the method added (prefix encoder, PEFT modules)
     adapter.model.train()
@@ -186,3 +187,21 @@ def _training_data(cfg: TrainConfig, tokenizer):
     records = load_records(cfg.data, "train", data_cfg)
     train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
     return train_set, make_collator(tokenizer), truncation, None
+
+
+def check_context(cfg, model_config, reserved: int) -> None:
+    """The longest record must fit the base's positions: the method's reserved ones (a prefix, virtual tokens),
+    the source and, for causal-lm, the target. Past `max_position_embeddings` a base was never trained (a 5,600-
+    token --prompt-init-text ran minutes a step on a 1,024-position model); a ConfigError naming the flags."""
+    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "seq_length", None)
+    target = cfg.max_target_length if cfg.task == "causal-lm" else 0
+    need = reserved + cfg.max_source_length + target
+    if isinstance(context, int) and need > context:
+        parts = [f"--max-source-length {cfg.max_source_length}"]
+        if target:
+            parts.append(f"--max-target-length {target}")
+        if reserved:
+            parts.append(f"{reserved} positions of the {cfg.method} adapter (--pre-seq-len, --num-virtual-tokens or "
+                         f"the --prompt-init-text's tokens)")
+        raise ConfigError(f"{' + '.join(parts)} = {need} positions, more than the base's {context} "
+                          f"(max_position_embeddings of {cfg.model}); lower them")
