@@ -405,37 +405,48 @@ def _build_action(k: int, raw: dict, steps: dict[str, StepSpec], at: _Locator) -
                       dict(frame_arguments), where)
 
 
-def _first_non_finite(data: Any, where: tuple = ()) -> tuple[tuple, float] | None:
-    """The JSON path and value of the first NaN or ±inf float anywhere in `data`, or None."""
-    stack = [(where, data)]
-    while stack:
-        here, node = stack.pop()
-        if isinstance(node, float) and not math.isfinite(node):
-            return here, node
-        if isinstance(node, dict):
-            stack.extend((here + (k,), v) for k, v in reversed(list(node.items())))
-        elif isinstance(node, list):
-            stack.extend((here + (i,), v) for i, v in reversed(list(enumerate(node))))
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first lone UTF-16 surrogate in `text` (YAML's `"\\ud800"` escape makes one), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
     return None
 
 
-def _check_keys(data: Any, at: _Locator) -> None:
-    """SpecError for a mapping key that is not text (`1:`, `null:`, `true:`), which the schema cannot check (a slot
-    of that name was dropped without a word), and for a slot named after something Jinja reads as its own."""
+def _check_tree(data: Any, at: _Locator) -> None:
+    """One walk over the loaded spec, in document order, refusing what the schema cannot see: a NaN or ±inf
+    (it passes every `minimum`/`maximum`, comparing false), a mapping key that is not text (`1:`, `null:`,
+    `true:`: a slot of that name was dropped without a word), and any text, key or value, holding a lone
+    surrogate (it cannot be written as UTF-8: `insert_chars: "\\ud800"` was a traceback in the writer). Then a
+    slot named after something Jinja reads as its own."""
     stack: list[tuple[tuple, Any]] = [((), data)]
     while stack:
         here, node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
+        if isinstance(node, str):
+            bad = _lone_surrogate(node)
+            if bad is not None:
+                raise SpecError(f"{at(*here)}: holds invalid Unicode (a lone surrogate {node[bad]!a} at character "
+                                f"{bad}), which cannot be written as UTF-8 text")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise SpecError(f"{at(*here)}: {node} is not a finite number (NaN and infinities are not allowed)")
+        elif isinstance(node, dict):
+            for key in node:
                 if not isinstance(key, str):
                     what = "slot name" if here == ("slots",) else "key"
                     spellings = (str(key), str(key).lower(), "null", "~", "")  # the line map's keys are YAML text
                     written = next((t for t in spellings if here + (t,) in at.lines), str(key))
                     raise SpecError(f"{at(*here, written)}: {what} {key!r} is not text ({type(key).__name__}); write "
                                     "a name, or quote it")
-                stack.append((here + (key,), value))
+                bad = _lone_surrogate(key)
+                if bad is not None:
+                    raise SpecError(f"{at(*here, key)}: the key {key!a} holds invalid Unicode (a lone surrogate at "
+                                    f"character {bad}), which cannot be written as UTF-8 text")
+            stack.extend((here + (k,), v) for k, v in reversed(list(node.items())))
         elif isinstance(node, list):
-            stack.extend((here + (i,), v) for i, v in enumerate(node))
+            stack.extend((here + (i,), v) for i, v in reversed(list(enumerate(node))))
     slots = data.get("slots") if isinstance(data, dict) else None
     for name in slots if isinstance(slots, dict) else ():
         if name in RESERVED:
@@ -447,11 +458,7 @@ def _check_keys(data: Any, at: _Locator) -> None:
 def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> TaskSpec:
     """Check `data` (the parsed YAML) against the spec schema, then build a `TaskSpec`."""
     at = _Locator(path, lines or {})
-    bad = _first_non_finite(data)
-    if bad is not None:  # NaN passes every `minimum`/`maximum` of the schema (it compares false), so check first
-        where, value = bad
-        raise SpecError(f"{at(*where)}: {value} is not a finite number (NaN and infinities are not allowed)")
-    _check_keys(data, at)
+    _check_tree(data, at)  # before the schema: NaN passes its bounds, a surrogate its string checks
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         raise SpecError(f"{at(*error.absolute_path)}: {error.message}")

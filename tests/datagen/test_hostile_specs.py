@@ -200,3 +200,27 @@ def test_a_long_output_folder_name_works(tmp_path, name):
     assert main(["data", str(spec), "--out", str(out), "--seed", "2", "--quiet"]) == 0  # into the existing folder
     assert json.loads((out / "stats.json").read_text())["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["spec", name])  # no staging folder left
+
+
+# -- 8. a lone surrogate in any text of the spec (one walk over the loaded spec, not field by field) ----------
+
+NOISE = 'noise: {rate: 1.0, ops: {OP: 1}, splits: [train, dev]EXTRA}\n'
+SURROGATES = [
+    ("insert_chars", one_step() + NOISE.replace("OP", "insert").replace("EXTRA", ', insert_chars: "\\ud800"'),
+     r"spec\.yaml:11: \$\.noise\.insert_chars: holds invalid Unicode \(a lone surrogate '\\ud800' at character 0\)"),
+    ("mask_token", one_step() + NOISE.replace("OP", "mask").replace("EXTRA", ', mask_token: "[\\udc00]"'),
+     r"spec\.yaml:11: \$\.noise\.mask_token: .*'\\udc00' at character 1"),
+    ("slot value", one_step(slot='  y: {choices: ["\\udfff", b]}'), r"spec\.yaml:5: \$\.slots\.y\.choices\[0\]: "),
+    ("step name", one_step().replace("name: s", 'name: "s\\ud83d"'), r"spec\.yaml:7: \$\.steps\[0\]\.name: "),
+    ("fix value", one_step(content='{text: "{{ x }}", fix: {x: "\\ud800"}}'), r"\$\.steps\[0\]\.contents\[0\]\.fix\.x"),
+    ("name", one_step().replace("name: t", 'name: "t\\ud800"'), r"spec\.yaml:1: \$\.name: "),
+    ("key", one_step(slot='  "y\\ud800": {values: [p]}'), r"spec\.yaml:5: \$\.slots\.y.*: the key 'y\\ud800' holds"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", SURROGATES, ids=[s[0] for s in SURROGATES])
+def test_a_lone_surrogate_anywhere_in_the_spec_is_refused_naming_its_path(tmp_path, capsys, name, text, message):
+    spec = write_spec(tmp_path / "spec", text)
+    assert main(["data", str(spec), "--out", str(tmp_path / "out"), "--seed", "1", "--quiet"]) == 2  # (a traceback)
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
