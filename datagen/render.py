@@ -457,8 +457,12 @@ GLOBALS = frozenset(_ENV.globals)
 _MISSING = object()
 
 
+_JINJA_NEWLINE = re.compile(r"\r\n|\r|\n")  # jinja2.lexer.newline_re
+
+
 def _syntax_error(exc: TemplateSyntaxError, where: str, source: str) -> SpecError:
-    line = source.splitlines()[exc.lineno - 1] if 0 < exc.lineno <= len(source.splitlines()) else source
+    lines = _JINJA_NEWLINE.split(source)  # Jinja's own line count (splitlines() also cuts at U+2028, \x0c...)
+    line = lines[exc.lineno - 1] if 0 < exc.lineno <= len(lines) else source
     return SpecError(f"{where}: broken Jinja (template line {exc.lineno}): {exc.message}\n    {line}")
 
 

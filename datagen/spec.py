@@ -278,7 +278,7 @@ def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
     if not target.is_relative_to(spec_dir.resolve()):
         raise SpecError(f"{where}: pool file {name!r} lies outside the spec's folder {spec_dir}")
     try:  # a regular file only: a FIFO or device could block or never end, and is never opened for reading
-        lines = files.read_small(target, limit=MAX_POOL_BYTES).decode("utf-8-sig").splitlines()  # BOM dropped
+        text = files.read_small(target, limit=MAX_POOL_BYTES).decode("utf-8-sig")  # BOM dropped
     except OSError as exc:
         if exc.errno == 22:
             raise SpecError(f"{where}: pool file {target} is not a regular file (a FIFO, socket or device); "
@@ -286,7 +286,8 @@ def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
         raise SpecError(f"{where}: cannot read pool file {target}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise SpecError(f"{where}: pool file {target} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+    # one value a line: cut at "\n" only (splitlines() also cut at U+2028, NEL, form feed... inside a value)
+    return tuple(s for s in (line.strip() for line in files.text_lines(text)) if s and not s.startswith("#"))
 
 
 def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:

@@ -249,3 +249,15 @@ def read_text_file(path: str | os.PathLike[str], limit: int = 1 << 24) -> str:
     over `limit` bytes (`Path.read_text` blocked forever on a FIFO and read /dev/zero until memory ran out);
     UnicodeDecodeError for bytes that are not UTF-8."""
     return read_small(os.path.realpath(path), limit).decode("utf-8").removeprefix("\ufeff")
+
+
+def text_lines(text: str) -> list[str]:
+    """`text` cut into lines at "\\n" only, one trailing "\\r" of each dropped (CRLF files), as a file of one value
+    or one JSON record a line is read. Not `str.splitlines()`: that also cuts at U+2028/U+2029, NEL (U+0085),
+    form feed, vertical tab and \\x1c-\\x1e, which may sit inside a value (and JSON written with
+    `ensure_ascii=False` keeps U+2028 as it is), so one line became several. A final "\\n" ends the last line
+    rather than starting an empty one."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

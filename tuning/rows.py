@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tasktune import files
 from tasktune.errors import DataError
 
 
@@ -19,7 +20,7 @@ def read_rows(path: Path) -> list[Any]:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if path.suffix == ".jsonl":
         rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(files.text_lines(text), 1):
             if not line.strip():
                 continue
             try:

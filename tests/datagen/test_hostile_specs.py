@@ -224,3 +224,35 @@ def test_a_lone_surrogate_anywhere_in_the_spec_is_refused_naming_its_path(tmp_pa
     assert main(["data", str(spec), "--out", str(tmp_path / "out"), "--seed", "1", "--quiet"]) == 2  # (a traceback)
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+# -- 9. one value (or record) a line means "\n" only: not U+2028, NEL, form feed... (str.splitlines) ----------
+
+SEPARATORS = "\u2028\u2029\x85\x0c\x0b\x1c\x1d\x1e"
+
+
+def test_a_pool_file_is_cut_at_newlines_only(tmp_path):
+    pool = b"foo\xe2\x80\xa8bar\nqux\xc2\x85zap\nA\x0cB\r\n" + "".join(f"v{c}w\n" for c in SEPARATORS).encode()
+    (tmp_path / "sep.txt").write_bytes(pool)  # 3 + 8 lines (was: 22 values)
+    spec = load_spec(write_spec(tmp_path, one_step(slot="  y: {file: sep.txt}")))
+    assert spec.slots["y"].values == ("foo\u2028bar", "qux\x85zap", "A\x0cB", *(f"v{c}w" for c in SEPARATORS))
+
+
+def test_jsonl_records_holding_a_line_separator_read_back_as_written(tmp_path):
+    from tasktune.tuning.evaluation.report import read_predictions
+    from tasktune.tuning.rows import read_rows
+
+    text = one_step(slot='  y: {values: ["a\\u2028b", "c\\x85d\\x0ce"]}', content='"{{ x }}{{ y }}"')
+    out = tmp_path / "out"
+    assert main(["data", str(write_spec(tmp_path, text.replace("n: 2", "n: 4"))), "--out", str(out), "--seed", "1",
+                 "--format", "jsonl", "--quiet"]) == 0
+    written = (out / "train.jsonl").read_text(encoding="utf-8")
+    assert "\u2028" in written and "\x85" in written  # json.dumps(ensure_ascii=False) keeps U+2028 as is
+    for read in (read_rows, read_predictions):  # (was: "invalid JSON", a record cut in two)
+        assert [r["content"] for r in read(out / "train.jsonl")] == [json.loads(x)["content"] for x in
+                                                                     written.split("\n")[:-1]]
+
+
+def test_a_broken_template_shows_its_line_as_jinja_counts_lines(tmp_path):
+    with pytest.raises(SpecError, match="template line 2\\): .*\n    b\u2028c {{ x }"):
+        generate(write_spec(tmp_path, one_step(content='"a\\nb\\u2028c {{ x }"')), seed=1)

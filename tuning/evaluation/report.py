@@ -314,7 +314,7 @@ def write_report(
 
 def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of a predictions.jsonl written by write_report."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in atomic.text_lines(Path(path).read_text(encoding="utf-8")) if line.strip()]
 
 
 def pick_side_by_side(rows: Sequence[Mapping[str, Any]], per_step: int = 1,

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tasktune import files
 from tasktune.errors import DataError
 
 TEXT_COLUMN = "text"
@@ -43,7 +44,7 @@ def read_records(data, split: str) -> list[dict[str, Any]]:
     path = resolve_split_file(data, split)
     text = path.read_text(encoding="utf-8")
     try:
-        rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
+        rows = ([json.loads(line) for line in files.text_lines(text) if line.strip()] if path.suffix == ".jsonl"
                 else json.loads(text))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
