@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from tasktune.datagen.answers import build_pattern
 from tasktune.datagen.render import Compiled, getter
-from tasktune.datagen.slots import SlotSampler
+from tasktune.datagen.slots import SlotSampler, Unsatisfiable
 from tasktune.datagen.spec import StepSpec, TaskSpec
 from tasktune.errors import SpecError
 
@@ -246,7 +246,11 @@ def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[s
     while len(out) < count and active:
         # min(): r * total can round up to total itself (tiny or subnormal weights)
         index = active[min(bisect.bisect_right(cum, rand() * cum[-1]), len(active) - 1)]
-        example = make(index, draw_plans[index](fixes[index], rng))
+        try:
+            values = draw_plans[index](fixes[index], rng)
+        except Unsatisfiable as exc:
+            raise SpecError(f"{step.contents[index].where}.fix.{exc.slot}: {exc}") from None
+        example = make(index, values)
         if unique:
             key = example.key
             if key in seen:
@@ -304,7 +308,12 @@ def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: r
             sampler = steps[0].sampler
             final = finals[picks] = _chain_fixed(steps, picks), sampler.compile(sampler.order(need))
         fixed, draw = final
-        values = draw(fixed, rng)
+        try:
+            values = draw(fixed, rng)
+        except Unsatisfiable as exc:  # name the (last) content template of the chain that fixes the slot
+            where = [p.step.contents[i].where for p, i in zip(steps, picks) if exc.slot in p.step.contents[i].fix]
+            raise SpecError(f"{where[-1]}.fix.{exc.slot}: {exc} (in the chain {' -> '.join(spec.chains.steps)})") \
+                from None
         # earlier turns are only text (history); the last turn is the record and keeps `values` as its slots
         earlier = [p.texts(i, values) for p, i in zip(steps[:-1], picks)]
         key = (*(t[5] for t in earlier), steps[-1].texts(picks[-1], values)[5])

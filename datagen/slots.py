@@ -12,6 +12,18 @@ from tasktune.datagen.spec import SlotSpec
 from tasktune.errors import SpecError
 
 _MISSING = object()
+#: draws of the other slots tried for one whose fixed value of a derived slot its expression must give
+FIX_TRIES = 1000
+
+
+class Unsatisfiable(SpecError):
+    """A content's `fix` gives derived slot `slot` a value its expression gave for none of FIX_TRIES draws of the
+    slots it reads (`datagen.expand` names the content)."""
+
+    def __init__(self, slot: str, value: Any, expr: str):
+        super().__init__(f"{value!r} is not a value the expression of slot {slot!r} gives ({expr}): none of "
+                         f"{FIX_TRIES:,} draws of the slots it reads gave it")
+        self.slot, self.value = slot, value
 
 
 class SlotSampler:
@@ -75,11 +87,16 @@ class SlotSampler:
         One generated function per order (the hot path of expansion: no loop over slot kinds, constants
         folded). Each slot: a pool or range takes `values[int(random() * n)]`; weighted choices bisect the
         cumulative weights; a derived slot evaluates its expression (through its memo) and, when that gives
-        a list or range, draws one element the same way. Slot names reach the code through repr, values and
-        expressions only as names in its namespace."""
+        a list or range, draws one element the same way. A derived slot that `fixed` gives is checked instead: its
+        expression must give that value (or a list holding it) for the values drawn, else the draw starts again
+        (at most FIX_TRIES times, then Unsatisfiable): `fix: {b: q}` wrote records with a `b` the expression
+        never gives. Slot names reach the code through repr, values and expressions only as names in its
+        namespace."""
         names: dict[str, Any] = {"_MISSING": _MISSING, "bisect_right": bisect.bisect_right, "_empty": self._empty,
-                                 "_not_scalar": self._not_scalar, "_SCALARS": frozenset({str, int, float, bool})}
-        lines = ["def draw(fixed, rng):", "    values = dict(fixed)", "    rand = rng.random"]
+                                 "_not_scalar": self._not_scalar, "_SCALARS": frozenset({str, int, float, bool}),
+                                 "_unsatisfiable": self._unsatisfiable}
+        lines = ["def draw(fixed, rng):", "    rand = rng.random", f"    for _ in range({FIX_TRIES}):",
+                 "    values = dict(fixed)"]
         for k, name in enumerate(order):
             slot = self.slots[name]
             lines.append(f"    if {name!r} not in values:")
@@ -91,22 +108,33 @@ class SlotSampler:
             elif slot.kind == "expr":
                 compiled = self.exprs[name]
                 names[f"C{k}"], names[f"M{k}"] = compiled, compiled.memo_view()[1]
-                lines += [f"        r = M{k}.get({compiled.key_source('values')}, _MISSING)",
-                          "        if r is _MISSING:",
-                          f"            r = C{k}(values)",
-                          "        if r.__class__ is tuple:  # a list/range: draw one element",
-                          "            if not r:",
-                          f"                _empty({name!r}, values)",
-                          "            r = r[int(rand() * len(r))]",
-                          "        if r.__class__ not in _SCALARS:",
-                          f"            _not_scalar({name!r}, r, values)",
-                          f"        values[{name!r}] = r"]
+                evaluate = [f"        r = M{k}.get({compiled.key_source('values')}, _MISSING)",
+                            "        if r is _MISSING:",
+                            f"            r = C{k}(values)"]
+                lines += evaluate + [
+                    "        if r.__class__ is tuple:  # a list/range: draw one element",
+                    "            if not r:",
+                    f"                _empty({name!r}, values)",
+                    "            r = r[int(rand() * len(r))]",
+                    "        if r.__class__ not in _SCALARS:",
+                    f"            _not_scalar({name!r}, r, values)",
+                    f"        values[{name!r}] = r",
+                    "    else:  # fixed by the content: the expression must give it for this draw"]
+                lines += evaluate + [f"        if not (values[{name!r}] in r if r.__class__ is tuple else "
+                                     f"values[{name!r}] == r):",
+                                     f"            failed = {name!r}",
+                                     "            continue"]
             else:
                 names[f"D{k}"] = slot.values
                 lines.append(f"        values[{name!r}] = D{k}[int(rand() * {len(slot.values)})]")
-        lines.append("    return values")
+        lines = [*lines[:3], *("    " + line for line in lines[3:]), "        return values",
+                 "    _unsatisfiable(fixed, failed)"]
         exec(compile("\n".join(lines) + "\n", "<datagen.slots>", "exec"), names)  # noqa: S102 (see docstring)
         return names["draw"]
+
+    def _unsatisfiable(self, fixed: dict[str, Any], name: str) -> None:
+        """No draw in FIX_TRIES agreed with every fixed derived slot; `name` is the one the last draw missed."""
+        raise Unsatisfiable(name, fixed[name], self.slots[name].expr)
 
     def _empty(self, name: str, values: dict[str, Any]) -> None:
         raise SpecError(f"{self.slots[name].where}.expr: gave an empty list for slots {values}")

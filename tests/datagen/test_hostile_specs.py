@@ -256,3 +256,36 @@ def test_jsonl_records_holding_a_line_separator_read_back_as_written(tmp_path):
 def test_a_broken_template_shows_its_line_as_jinja_counts_lines(tmp_path):
     with pytest.raises(SpecError, match="template line 2\\): .*\n    b\u2028c {{ x }"):
         generate(write_spec(tmp_path, one_step(content='"a\\nb\\u2028c {{ x }"')), seed=1)
+
+
+# -- 10. `fix` of a derived slot: the value must be one its expression gives for the draw --------------------
+
+DERIVED = one_step(content="CONTENT", slot='  a: {choices: [p, q]}\n  b: {expr: "a ~ \'1\'"}\n'
+                   '  e: {range: [0, 9]}\n  f: {expr: "range(0, e)"}').replace("n: 2", "n: 6")
+
+
+@pytest.mark.parametrize("fix, message", [
+    ("{b: zz}", r"fix\.b: 'zz' is not a value the expression of slot 'b' gives \(a ~ '1'\)"),
+    ("{b: p1, a: q}", r"fix\.b: 'p1' is not a value"),  # possible alone, not with the fixed a
+    ("{f: 9}", r"fix\.f: 9 is not a value the expression of slot 'f' gives \(range\(0, e\)\)"),
+    ('{f: "1"}', r"fix\.f: '1' is not a value"),  # the text "1", never the number
+])
+def test_a_fixed_value_no_draw_of_the_expression_gives_is_refused(tmp_path, capsys, fix, message):
+    spec = write_spec(tmp_path / "spec", DERIVED.replace("CONTENT", f'{{text: "{{{{ b }}}} {{{{ f }}}}", fix: {fix}}}'))
+    assert main(["data", str(spec), "--out", str(tmp_path / "out"), "--seed", "1", "--quiet"]) == 2  # (exit 0)
+    assert re.search(r"spec\.yaml:\d+: \$\.steps\[0\]\.contents\[0\]\." + message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fixed_value_of_a_derived_slot_draws_the_slots_it_reads_to_agree(tmp_path):
+    text = DERIVED.replace("CONTENT", '{text: "{{ b }} {{ f }} {{ x }}", fix: {b: q1, f: 7}}')
+    records = generate(write_spec(tmp_path, text), seed=1).train
+    assert records and all(r["meta"]["slots"]["a"] == "q" and r["meta"]["slots"]["e"] > 7 for r in records)
+
+
+def test_a_fixed_derived_value_in_a_chain_names_the_content_that_fixes_it(tmp_path):
+    text = one_step(content='{text: "{{ b }}", fix: {b: zz}}', slot='  a: {choices: [p]}\n  b: {expr: "a ~ \'1\'"}')
+    text = text.replace('summary: "ok"', 'summary: "ok"\n    count: 0\n  - {name: t, contents: ["{{ x }}"], '
+                        'summary: ok}')
+    with pytest.raises(SpecError, match=r"contents\[0\]\.fix\.b: 'zz' is not .* \(in the chain s -> t\)"):
+        generate(write_spec(tmp_path, text + "chains: {steps: [s, t], count: 1}\n"), seed=1)
