@@ -141,6 +141,28 @@ def add_noise(text: str, rng: random.Random, spec: NoiseSpec) -> tuple[str, list
             spans.append({"op": op, "start": i, "end": i + 1, "before": char, "after": new, "at": pos})
         out.append(new)
         pos += len(new)
+    noised = "".join(out)
+    if spans and not noised.strip() and text.strip():
+        return _keep_one(text, spans, rng)
+    return noised, spans
+
+
+def _keep_one(text: str, spans: list[dict], rng: random.Random) -> tuple[str, list[dict]]:
+    """`text` with every edit of `spans` but one, drawn with `rng`, that took a non-space character away (a
+    `delete`, or a `mask` whose token is whitespace): noise never leaves an utterance empty or whitespace-only
+    (`rate: 1.0, ops: {delete: 1}` wrote `"content": " "`, which is refused where a template makes it). Only
+    such an utterance takes this path, so every other output stays as it was."""
+    lost = [k for k, span in enumerate(spans) if span["before"].strip()]
+    del spans[lost[int(rng.random() * len(lost))]]
+    out: list[str] = []
+    pos = end = 0
+    for span in spans:  # left to right: rebuild the text and each span's `at`
+        kept = text[end: span["start"]]
+        out += (kept, span["after"])
+        span["at"] = pos + len(kept)
+        pos = span["at"] + len(span["after"])
+        end = span["end"]
+    out.append(text[end:])
     return "".join(out), spans
 
 

@@ -289,3 +289,14 @@ def test_a_fixed_derived_value_in_a_chain_names_the_content_that_fixes_it(tmp_pa
                         'summary: ok}')
     with pytest.raises(SpecError, match=r"contents\[0\]\.fix\.b: 'zz' is not .* \(in the chain s -> t\)"):
         generate(write_spec(tmp_path, text + "chains: {steps: [s, t], count: 1}\n"), seed=1)
+
+
+# -- 11. noise never leaves an utterance empty or whitespace-only ---------------------------------------------
+
+def test_noise_that_would_delete_every_character_keeps_one(tmp_path):
+    text = one_step(content='"{{ x }} {{ x }}"').replace('"语音#{{ utterance }}"', '"{{ utterance }}"')
+    spec = write_spec(tmp_path / "spec", text + NOISE.replace("OP", "delete").replace("EXTRA", ""))
+    out = tmp_path / "out"
+    assert main(["data", str(spec), "--out", str(out), "--seed", "1", "--quiet"]) == 0
+    records = [r for side in ("train", "dev") for r in json.loads((out / f"{side}.json").read_text("utf-8"))]
+    assert records and all(len(r["content"].strip()) == 1 for r in records)  # (was: "content": " ")

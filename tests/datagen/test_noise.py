@@ -38,9 +38,26 @@ def test_mask_replaces_every_character_with_the_token():
 
 
 def test_delete_removes_characters():
-    noised, spans = add_noise("查济南", random.Random(0), only("delete"))
-    assert noised == "" and [s["before"] for s in spans] == ["查", "济", "南"]
-    assert all(s["after"] == "" and s["at"] == 0 for s in spans)
+    noised, spans = add_noise("查济南工地", random.Random(0), only("delete", rate=0.5))
+    assert len(noised) < 5 and all(s["after"] == "" and s["op"] == "delete" for s in spans)
+    check_spans("查济南工地", noised, spans)
+
+
+def test_noise_never_leaves_an_utterance_empty_or_whitespace_only():
+    specs = [only("delete"), only("mask", mask_token=" "),
+             NoiseSpec(rate=1.0, ops={"delete": 1, "mask": 1}, mask_token="\u3000")]
+    for text in ("查济南", "查 济 南", "a", " 查\t"):
+        for spec in specs:
+            kept = set()
+            for seed in range(8):
+                noised, spans = add_noise(text, random.Random(seed), spec)
+                assert noised.strip(), (text, spec, noised)  # (was: "" / " ")
+                check_spans(text, noised, spans)
+                assert (noised, spans) == add_noise(text, random.Random(seed), spec)  # the same for a seed
+                kept.add(noised.strip())
+            if spec is specs[0]:  # one original character is kept, drawn with the seed's rng
+                assert kept <= set(text) and (len(kept) > 1 or len(text.strip()) == 1)
+
 
 
 def test_insert_stutters_or_uses_fillers():

@@ -208,7 +208,8 @@ def test_mutation_changes_the_spec():
 
 def test_subnormal_weights_found_by_fuzzing():
     """Regression (found by test_fuzz_long): r * total rounded up to total and indexed past the end."""
-    assert add_noise("0", random.Random(0), NoiseSpec(rate=1.0, ops={"delete": 5e-324}))[0] == ""
+    assert add_noise("0", random.Random(0), NoiseSpec(rate=1.0, ops={"insert": 5e-324}))[0] == "00"
+    assert add_noise("01", random.Random(0), NoiseSpec(rate=1.0, ops={"delete": 5e-324}))[0] in ("0", "1")  # one kept
     data = copy.deepcopy(VALID)
     data["slots"]["check"]["weights"] = [5e-324, 5e-324]
     data["steps"][1]["contents"] = [{"text": "查查{{ place }}", "weight": 5e-324},
