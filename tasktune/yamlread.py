@@ -4,7 +4,10 @@ name replaced the first without a word). Merge keys (`<<: *base`) still override
 
 Specs (`load_spec_text`) also read plain scalars as YAML 1.2 does: only true/false are booleans and integers are
 decimal, so slot values `[on, off, yes, 010, 0x1F]` stay the text written (PyYAML's YAML 1.1 made them True, False,
-True, 8 and 31, and values collapsed silently)."""
+True, 8 and 31, and values collapsed silently). Floats are YAML 1.2's core-schema floats as well: `1e-3`, `1E2`,
+`0.001e0` and `1.0e308` are numbers (YAML 1.1 wants a dot and a signed exponent, so they were text and `rate: 1e-3`
+was refused as "not of type 'number'"); what YAML 1.1 already read as a float still is. Config files (`load`) keep
+PyYAML's resolution: their values are parsed by each option's type."""
 
 from __future__ import annotations
 
@@ -55,6 +58,10 @@ SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true
                                  list("tTfF"))
 SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
                                  list("-+0123456789"))
+#: YAML 1.2 core-schema floats with a dot or an exponent (a bare `010` is neither an integer above nor a float:
+#: text). Tried after PyYAML's own float and the integer resolvers, so those resolve as before.
+FLOAT_12 = re.compile(r"^[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$")
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+.0123456789"))
 
 
 def load_spec_text(text: str) -> Any:

@@ -60,3 +60,33 @@ def test_eval_config_refuses_counts_below_one(field, value):
     with pytest.raises(ConfigError, match=field):
         EvalConfig(run_dir="run", **{field: value})
     assert EvalConfig(run_dir="run", limit=None).limit is None  # None: every record
+
+
+@pytest.mark.parametrize("written, value", [("1e-3", 0.001), ("1E-2", 0.01), ("0.001e0", 0.001), ("1.5e-3", 0.0015),
+                                            ("0.5e+0", 0.5), (".5", 0.5), ("+5e-1", 0.5), ("0.25", 0.25)])
+def test_yaml_12_float_forms_are_numbers_in_a_spec(tmp_path, written, value):
+    """`rate: 1e-3` was refused ("'1e-3' is not of type 'number'"): YAML 1.1 wants a dot and a signed exponent."""
+    from tasktune.datagen.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: t\nn: 10\nnoise: {{rate: {written}}}\nsplit: {{dev: {written}}}\nsteps:\n  - name: s\n"
+                    "    contents: ['{{{{ a }}}}']\n    summary: b\n    unique: false\nslots: {a: {values: [x]}}\n",
+                    encoding="utf-8")
+    loaded = load_spec(spec)
+    assert loaded.noise.rate == value and loaded.split.dev == value
+
+
+def test_yaml_12_floats_leave_other_scalars_as_they_were():
+    from tasktune.yamlread import load_spec_text
+
+    data = load_spec_text("[1E2, 1.0e308, 1e309, -.inf, .nan, 10, -0, 010, 0x1F, 1e, e3, ., 1.2.3, 1_0, on, yes, ~]")
+    assert data[:3] == [100.0, 1e308, INF] and data[3] == -INF and data[4] != data[4]
+    assert data[5:] == [10, 0, "010", "0x1F", "1e", "e3", ".", "1.2.3", "1_0", "on", "yes", None]
+    assert type(data[5]) is int
+
+
+def test_a_float_too_large_is_refused_as_not_finite(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\nnoise: {rate: 1e309}\nsteps: [{name: s, contents: [a], summary: b}]\n", encoding="utf-8")
+    assert main(["data", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert f"{spec}:2: $.noise.rate: inf is not a finite number" in capsys.readouterr().err
