@@ -1,5 +1,6 @@
 """Hostile specs and runs of `tasktune data`: randomness in templates, a SPEC that is not a regular file, slot
-names Jinja shadows, an unchecked seed, whitespace-only texts, SIGTERM, a long --out name."""
+names Jinja shadows, an unchecked seed, whitespace-only texts, SIGTERM, a long --out name, lone surrogates, line
+separators inside pool values and JSONL records, `fix` of derived slots, noise that would empty an utterance."""
 
 from __future__ import annotations
 
