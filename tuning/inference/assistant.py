@@ -44,6 +44,7 @@ class Assistant:
         for `batching`. `trust`: what the base may run as it loads (tuning/run.py's Trust; default: nothing)."""
         if not run_dirs:
             raise ConfigError("Assistant.from_run: give at least one run folder")
+        trust = trust or Trust()
         if batching not in BATCHING:
             raise ConfigError(f"Assistant.from_run: batching must be one of {', '.join(BATCHING)}, not {batching!r}")
         if batching == "auto":
