@@ -27,12 +27,15 @@ from .protocol import ChatRequest, error_body, error_response as _error, new_id,
 from .reading import chat_request as _chat_request, code as error_code, message as error_message, \
     param as _param
 from .service import RequestError, Service, generation_failed
+from .site import LOOPBACK_NAMES, SiteGuard
 
 STATIC = files("tasktune.serve") / "static"
 log = logging.getLogger("tasktune.serve")
 
 
-def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
+               hosts: frozenset[str] | None = frozenset(LOOPBACK_NAMES)) -> FastAPI:
+    """The app; `hosts`: the Host names it answers (None: any; serve/site.py)."""
     # redirect_slashes off: Starlette answered `/v1/chat/completions/` with a 307 to a URL built from the Host
     # header; OpenAI answers an unknown URL with a 404 (the catch-all's, serve/catchall.py)
     app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None, redirect_slashes=False)
@@ -55,6 +58,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"], max_age=600)
+    # outermost: Host (DNS rebinding) and Origin (cross-site requests) before anything else, preflights included
+    app.add_middleware(SiteGuard, hosts=hosts, cors_origins=cors_origins, counted=counted)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve trained runs as an OpenAI-compatible API (batched, with tools)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example: tasktune serve runs/grid-tiny --port 8000\n"
-                              "         curl localhost:8000/v1/chat/completions -d '{\"model\": \"grid-tiny\", "
+                              "         curl localhost:8000/v1/chat/completions -H 'content-type: application/json' "
+                              "-d '{\"model\": \"grid-tiny\", "
                               "\"messages\": [{\"role\": \"user\", \"content\": \"你好\"}]}'")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (served as its folder name) or NAME=RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -46,7 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the largest max_tokens a request may ask (default: 1024)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
-                        "a browser (CORS; repeatable; default: none, only this server's own page)")
+                        "a browser (CORS; repeatable; default: none, only this server's own page; requests that "
+                        "carry another Origin get 403)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name requests may use (repeatable; * for any): bound to a loopback address the "
+                        "server answers only localhost, 127.0.0.1, [::1] and IP addresses, against DNS rebinding; "
+                        "name others here (a reverse proxy's name; bound elsewhere, default: any)")
     p.add_argument("--max-queue-delay", type=Range(float, 0, 10_000), default=0.0, metavar="MS",
                    help="hold waiting requests back up to MS milliseconds while other rows decode (or, on an idle "
                         "server, while arrivals come less than 5 ms apart), so that a burst shares one prefill "
@@ -129,6 +135,7 @@ def build(args: argparse.Namespace):
     from tasktune.tuning.inference.engine_process import EngineProcess
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
+    from .site import allowed_hosts
 
     if args.threads:
         import torch
@@ -173,7 +180,8 @@ def build(args: argparse.Namespace):
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue,
                                   args.read_timeout))
     api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
-    return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin)), service, api_key
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin), hosts=hosts), service, api_key
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The checks every /v1/ request passes before the app sees it: the API key (401), a declared body size over the
-limit (413, nothing read), a body compressed or in a charset other than UTF-8 (415), and a server that is
-draining (503) — each in OpenAI's error shape.
+limit (413, nothing read), a POST body that is not `application/json`, compressed or in a charset other than
+UTF-8 (415), and a server that is draining (503) — each in OpenAI's error shape.
 
 Pure ASGI middleware, not Starlette's `@app.middleware("http")`: that one passes every chunk of a streamed answer
 through an extra memory stream and task switch, a per-token cost that showed at many concurrent streams."""
@@ -24,13 +24,14 @@ class Guard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(self.prefix):
-            refusal = self.refusal({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+            refusal = self.refusal({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+                                   scope.get("method", "GET"))
             if refusal is not None:
                 self.counted(refusal.status_code)
                 return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
 
-    def refusal(self, headers: dict[str, str]) -> JSONResponse | None:
+    def refusal(self, headers: dict[str, str], method: str = "GET") -> JSONResponse | None:
         scheme, _, key = headers.get("authorization", "").strip().partition(" ")
         if self.api_key and not (scheme.lower() == "bearer" and  # RFC 7235: the scheme in any case
                                  hmac.compare_digest(key.strip().encode("latin-1"), self.api_key.encode())):
@@ -44,6 +45,12 @@ class Guard:
         if encoding not in ("", "identity"):  # a gzip body was read as text: "not valid JSON: can't decode 0x8b"
             return _error(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
                           code="unsupported_content_encoding")
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if method == "POST" and kind != "application/json":  # a form or text/plain body: a cross-site "simple"
+            # request a browser sends without a preflight; OpenAI's API takes JSON only
+            return _error(415, f"the body must be JSON sent as Content-Type: application/json, not "
+                          f"{kind[:60]!r}" if kind else "the body must be JSON sent as Content-Type: "
+                          "application/json (the request has no Content-Type)", code="unsupported_media_type")
         charset = _charset(headers.get("content-type", ""))
         if charset not in (None, "utf-8", "utf8", "utf_8", "us-ascii", "ascii"):  # ASCII is UTF-8 too
             return _error(415, f"the body must be UTF-8 JSON; its Content-Type says charset={charset[:40]}",

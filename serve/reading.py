@@ -1,6 +1,6 @@
-"""A chat request's body: read as JSON whatever its Content-Type says, checked for what JSON parsers let through
-but nothing downstream can take (deep nesting, lone surrogates), validated into a ChatRequest; and the `param` an
-error names."""
+"""A chat request's body: read as JSON (serve/guard.py refused any other Content-Type with 415), checked for
+what JSON parsers let through but nothing downstream can take (deep nesting, lone surrogates), validated into a
+ChatRequest; and the `param` an error names."""
 
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from .protocol import ChatRequest
 
 
 async def chat_request(request: Request) -> ChatRequest:
-    """The body as a ChatRequest, read as JSON whatever its Content-Type says: `curl URL -d '{...}'` (this
-    server's own --help example) sends application/x-www-form-urlencoded, and other bare clients send text/plain
-    or nothing; FastAPI's body parameter reads only a JSON content type and refused those with a puzzling
-    'Input should be a valid dictionary'. Errors take the same path as before (RequestValidationError -> 400)."""
+    """The body as a ChatRequest. Its Content-Type is application/json: the guard (serve/guard.py) answers 415 to
+    any other, since a form or text/plain body is what a page on another site can POST without a CORS preflight.
+    Errors take the same path as FastAPI's own (RequestValidationError -> 400)."""
     raw = await request.body()
     try:
         # RFC 8259: JSON between systems is UTF-8, and a parser may ignore a byte order mark

@@ -46,18 +46,20 @@ def test_a_model_id_with_a_slash_can_be_retrieved(live_server, monkeypatch):
     assert err.value.body["code"] == "model_not_found"
 
 
-def test_a_json_body_without_a_json_content_type_is_read(live_server):
-    """`tasktune serve --help`'s own example is `curl URL -d '{...}'`, which sends Content-Type:
-    application/x-www-form-urlencoded; a bare client may send none or text/plain. The body was refused with
-    400 'Input should be a valid dictionary or object to extract fields from'."""
+def test_a_body_without_a_json_content_type_is_a_415(live_server):
+    """A form-encoded, text/plain or untyped body is what a page on another site can POST without a CORS preflight
+    (it was read as JSON and answered); OpenAI's API takes application/json only (a charset parameter is fine)."""
     body = json.dumps({"model": "grid", "messages": HELLO, "max_tokens": 2}).encode()
-    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", None):
         headers = {"content-type": content_type} if content_type else {}
         reply = httpx.post(f"{live_server.url}/v1/chat/completions", content=body, headers=headers)
+        assert reply.status_code == 415, (content_type, reply.text)
+        assert reply.json()["error"]["code"] == "unsupported_media_type"
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    for content_type in ("application/json", "Application/JSON; charset=utf-8"):
+        reply = httpx.post(f"{live_server.url}/v1/chat/completions", content=body,
+                           headers={"content-type": content_type})
         assert reply.status_code == 200, (content_type, reply.text)
-    broken = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{not json",
-                        headers={"content-type": "application/x-www-form-urlencoded"})
-    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
 
 
 def test_tool_calls_name_only_tools_the_client_declared(live_server, scripted):  # noqa: F811

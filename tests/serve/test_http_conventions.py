@@ -12,6 +12,7 @@ import openai
 import pytest
 
 HELLO = [{"role": "user", "content": "你好"}]
+JSON = {"Content-Type": "application/json"}
 
 
 def _count(server, status: str) -> float:
@@ -121,11 +122,11 @@ def test_errors_speak_json_and_quote_the_request_briefly(live_server):
     for body, says in ((b"[1, 2]", "expected an object, got an array"), (b"null", "expected an object, got null"),
                        (json.dumps({"model": "grid", "messages": ["hi"]}).encode(), "expected an object, got a string"),
                        (b'{"model": "grid", "max_tokens": ' + b"9" * 5000 + b"}", "more than 4300 digits")):
-        reply = httpx.post(url, content=body)
+        reply = httpx.post(url, content=body, headers=JSON)
         assert reply.status_code == 400 and says in reply.json()["error"]["message"], reply.text
         assert "ChatRequest" not in reply.text and "Message" not in reply.text and "sys." not in reply.text
     plain = json.dumps({"model": "grid", "messages": hi, "max_tokens": 2}).encode()
-    reply = httpx.post(url, content=gzip.compress(plain), headers={"Content-Encoding": "gzip"})
+    reply = httpx.post(url, content=gzip.compress(plain), headers={"Content-Encoding": "gzip", **JSON})
     assert reply.status_code == 415 and reply.json()["error"]["code"] == "unsupported_content_encoding"
     reply = httpx.post(url, content=plain, headers={"Content-Type": "application/json; charset=latin-1"})
     assert reply.status_code == 415 and "UTF-8" in reply.json()["error"]["message"]
@@ -133,7 +134,8 @@ def test_errors_speak_json_and_quote_the_request_briefly(live_server):
     assert reply.status_code == 200, reply.text
     reply = httpx.post(url, content=plain, headers={"Content-Type": "application/json; charset=us-ascii"})
     assert reply.status_code == 200, reply.text  # ASCII is UTF-8
-    reply = httpx.post(url, content=b'{"model": "grid", "messages": [{"role": "user", "content": "\xff"}]}')
+    reply = httpx.post(url, content=b'{"model": "grid", "messages": [{"role": "user", "content": "\xff"}]}',
+                       headers=JSON)
     assert reply.status_code == 400 and "not UTF-8 (byte 0xff" in reply.json()["error"]["message"]
     reply = httpx.post(url, json={"model": "m" * 20_000, "messages": hi})
     assert reply.status_code == 404 and len(reply.json()["error"]["message"]) < 400

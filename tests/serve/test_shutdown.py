@@ -237,7 +237,8 @@ def _send_and_read(url: str, payload: bytes, wait: float) -> bytes:
         return received
 
 
-PARTIAL_BODY = b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"model"'
+PARTIAL_BODY = (b'POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n'
+                b'Content-Length: 1000\r\n\r\n{"model"')
 
 
 @pytest.mark.timeout(240)
