@@ -133,6 +133,8 @@ def build(args: argparse.Namespace):
     from tasktune.tuning.inference.bank import load_view
     from tasktune.tuning.inference.engine_child import ChildConfig, build_engine
     from tasktune.tuning.inference.engine_process import EngineProcess
+    from tasktune.errors import ConfigError
+
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
     from .site import allowed_hosts
@@ -147,17 +149,21 @@ def build(args: argparse.Namespace):
     switch = env_number("TASKTUNE_SWITCH_INTERVAL", None, Range(float, 1e-6, 1.0))
     if switch is not None:
         sys.setswitchinterval(switch)
+    api_key = _api_key(args.api_key)
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
+        if sep and not Path(item).exists() and not (name.strip() and path):
+            raise ConfigError(f"{item!r}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
         runs.append((name, path) if sep and not Path(item).exists() else (None, item))
     trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
     view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
+    first = next(iter(view.runs.values()))
+    base_name = args.base_name or Path(first.base_model).name or first.base_model
+    _names_apart(list(view.runs), base_name, bool(args.base_name))
     tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
     actions = load_actions(args.actions) if args.actions else None
     router = load_router(args.router, view.runs, trust) if args.router else None
-    first = next(iter(view.runs.values()))
-    base_name = args.base_name or Path(first.base_model).name or first.base_model
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
     # the prefix and the largest answer a request may ask for
     width = max(r.max_source_length for r in view.runs.values()) + args.max_tokens + 1
@@ -179,15 +185,53 @@ def build(args: argparse.Namespace):
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue,
                                   args.read_timeout))
-    api_key = args.api_key or os.environ.get("TASKTUNE_API_KEY") or None
     hosts = allowed_hosts(args.host, args.allowed_host)
     return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin), hosts=hosts), service, api_key
+
+
+def _api_key(flag: str | None) -> str | None:
+    """--api-key, else $TASKTUNE_API_KEY, else None (no key). An empty one is refused rather than read as none (a
+    script's `--api-key "$KEY"` with KEY unset served openly), and one no client can send (blank, spaces around it,
+    control characters: a header carries none of these) rather than refusing every request with 401."""
+    from tasktune.errors import ConfigError
+
+    where, key = ("--api-key", flag) if flag is not None else ("$TASKTUNE_API_KEY", os.environ.get("TASKTUNE_API_KEY"))
+    if key is None:
+        return None
+    if not key.strip():
+        raise ConfigError(f"{where}: the key is empty; give a key, or leave {where} out to serve without one")
+    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ConfigError(f"{where}: the key has spaces at its ends or control characters, which no client can "
+                          "send in an Authorization header")
+    return key
+
+
+def _names_apart(runs: list[str], base_name: str, named: bool) -> None:
+    """The served model names must be distinct: a run named as the base or `auto` hid it (and /v1/models listed the
+    name twice). Two runs of one name are refused by load_view already."""
+    from tasktune.errors import ConfigError
+
+    from .service import AUTO
+
+    if base_name == AUTO:
+        raise ConfigError(f"--base-name {AUTO}: `{AUTO}` is the model name that routes requests; pick another")
+    for name in runs:
+        if name in (base_name, AUTO):
+            what = f"the base model's name{' (--base-name)' if named else ''}" if name == base_name else \
+                "the model name that routes requests"
+            raise ConfigError(f"run name {name!r} is {what}; name the run apart with NAME=RUN_DIR"
+                              + ("" if name == AUTO or named else " or the base with --base-name"))
 
 
 def run(args: argparse.Namespace) -> int:
     from .shutdown import GracefulServer
 
-    app, service, api_key = build(args)
+    sock = bind(args.host, args.port)  # before the model loads: a port in use is said at once
+    try:
+        app, service, api_key = build(args)
+    except BaseException:
+        sock.close()
+        raise
     names = ", ".join(service.model_names())
     # printed once the port is open (with the port bound, for --port 0): a supervisor can wait for this line
     def banner(port: int) -> str:
@@ -201,10 +245,40 @@ def run(args: argparse.Namespace) -> int:
     server = GracefulServer(app, service, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
                             banner=banner, read_timeout=args.read_timeout)
     try:
-        server.run()  # SIGTERM/SIGINT: drain, then cancel (serve/shutdown.py)
+        server.run(sockets=[sock])  # SIGTERM/SIGINT: drain, then cancel (serve/shutdown.py)
     finally:
         service.engine.shutdown()
     line = server.summary()
     if line:
         print(line, file=sys.stderr, flush=True)
     return 0
+
+
+def bind(host: str, port: int):
+    """A TCP socket bound to --host and --port (uvicorn listens on it): an address in use, a --host that is no
+    address of this machine or resolves to none is a ConfigError naming the flag (uvicorn said `[Errno 98] address
+    already in use` and exited 3, after the model had loaded)."""
+    import errno
+    import socket
+
+    from tasktune.errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host}: not an address or name of this machine ({exc})") from None
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (tests/serve/conftest.py)
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait TIME_WAIT
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port}: address already in use (on {host})") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"--port {port}: permission denied (ports below 1024 need privileges)") from None
+        raise ConfigError(f"--host {host}: cannot listen there: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

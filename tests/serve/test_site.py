@@ -1,10 +1,14 @@
-"""Pages on other sites cannot use a local server (serve/site.py: Origin, Host; serve/guard.py: JSON bodies only)."""
+"""Pages on other sites cannot use a local server (serve/site.py: Origin, Host; serve/guard.py: JSON bodies only),
+and `tasktune serve` refuses flags and run names it cannot serve (exit 2, before the model loads)."""
 
 from __future__ import annotations
+
+import socket
 
 import httpx
 import pytest
 
+from tasktune.cli import main
 from tasktune.serve.site import SiteGuard, allowed_hosts
 
 HELLO = [{"role": "user", "content": "你好"}]
@@ -59,3 +63,86 @@ def test_allowed_hosts_and_cors_origins():
     assert guard.refusal("http", {"host": "localhost", "origin": "http://app2.example"}).status_code == 403
     anyone = SiteGuard(None, hosts=None, cors_origins=("*",))
     assert anyone.refusal("http", {"host": "x.example", "origin": "http://y.example"}) is None
+
+
+@pytest.fixture
+def serve(capsys, monkeypatch):
+    """main(["serve", *argv]) -> (exit code, stderr); a server that would start fails the test instead."""
+    from tasktune.serve.shutdown import GracefulServer
+
+    def started(self, sockets=None):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(GracefulServer, "run", started)
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        try:
+            rc = main(["serve", *argv])
+        except AssertionError as exc:
+            rc = str(exc)
+        return rc, capsys.readouterr().err
+
+    return run
+
+
+@pytest.mark.parametrize("flag, env, says", [
+    (["--api-key", ""], None, "--api-key: the key is empty"),
+    (["--api-key", "   "], None, "--api-key: the key is empty"),
+    (["--api-key", " k "], None, "--api-key: the key has spaces"),
+    (["--api-key", "k\n"], None, "--api-key: the key has spaces"),
+    ([], "", "$TASKTUNE_API_KEY: the key is empty"),
+    ([], " \t", "$TASKTUNE_API_KEY: the key is empty"),
+])
+def test_an_empty_or_unsendable_api_key_is_refused(serve_runs, serve, monkeypatch, flag, env, says):
+    """`--api-key "$KEY"` with KEY unset served with no key at all; a blank key 401'd every request."""
+    if env is None:
+        monkeypatch.delenv("TASKTUNE_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("TASKTUNE_API_KEY", env)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0", *flag])
+    assert rc == 2 and f"tasktune serve: error: {says}" in err, err
+
+
+@pytest.mark.parametrize("runs, flags, says", [
+    (["tiny-base={grid}"], ["--base-name", "tiny-base"], "run name 'tiny-base' is the base model's name"),
+    (["auto={grid}"], [], "run name 'auto' is the model name that routes requests"),
+    (["{grid}"], ["--base-name", "auto"], "--base-name auto"),
+    (["={grid}"], [], "expected RUN_DIR or NAME=RUN_DIR"),
+    (["x={grid}", " ={grid2}"], [], "expected RUN_DIR or NAME=RUN_DIR"),
+])
+def test_run_names_that_shadow_the_base_or_auto_are_refused(serve_runs, serve, runs, flags, says):
+    """`tasktune serve tiny-glm=RUN auto=RUN` started: /v1/models listed the names twice and the base could not be
+    reached; `=RUN` was served as the folder's name."""
+    argv = [r.format(**serve_runs) for r in runs]
+    rc, err = serve([*argv, "--port", "0", *flags])
+    assert rc == 2 and "tasktune serve: error: " in err and says in err, err
+
+
+def test_the_base_models_own_name_is_refused_as_a_run_name(serve_runs, serve):
+    """Without --base-name the base is served under its folder's name; a run may not take it either."""
+    from tasktune.tuning.inference.bank import describe_run
+
+    base = describe_run(serve_runs["grid"])[0].base_model
+    from pathlib import Path
+
+    rc, err = serve([f"{Path(base).name}={serve_runs['grid']}", "--port", "0"])
+    assert rc == 2 and "is the base model's name; name the run apart" in err, err
+
+
+def test_a_port_in_use_or_a_bad_host_is_refused_before_the_model_loads(serve_runs, serve, monkeypatch):
+    """uvicorn said `ERROR: [Errno 98] address already in use` and exited 3, after the model had loaded."""
+    import tasktune.serve.cli as cli
+
+    monkeypatch.setattr(cli, "build", lambda args: pytest.fail("the model was loaded"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        rc, err = serve([str(serve_runs["grid"]), "--port", str(port)])
+        assert rc == 2 and f"tasktune serve: error: --port {port}: address already in use" in err, err
+    finally:
+        taken.close()
+    for host in ("999.1.1.1", "192.0.2.1"):  # no such address; an address of another machine (TEST-NET-1)
+        rc, err = serve([str(serve_runs["grid"]), "--host", host, "--port", "0"])
+        assert rc == 2 and f"tasktune serve: error: --host {host}: " in err, err
