@@ -34,8 +34,7 @@ log = logging.getLogger("tasktune.serve")
 
 
 def create_app(service: Service, *, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
-               hosts: frozenset[str] | None = frozenset(LOOPBACK_NAMES)) -> FastAPI:
-    """The app; `hosts`: the Host names it answers (None: any; serve/site.py)."""
+               hosts: frozenset[str] | None = frozenset(LOOPBACK_NAMES)) -> FastAPI:  # hosts None: any Host
     # redirect_slashes off: Starlette answered `/v1/chat/completions/` with a 307 to a URL built from the Host
     # header; OpenAI answers an unknown URL with a 404 (the catch-all's, serve/catchall.py)
     app = FastAPI(title="tasktune serve", version="1", docs_url=None, redoc_url=None, redirect_slashes=False)
@@ -64,12 +63,12 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = _param(first.get("loc", ()))
+        where = _param(first)
         message = error_message(first)
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
         counted(400)
-        named = where and not message.startswith(f"{where}[")  # "messages[3].content ..." names its place itself
+        named = where and not message.startswith(where)  # "messages[3].content ..." names its place itself
         return _error(400, f"{where}: {message}" if named else message, code=error_code(first), param=where or None)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,4 +1,7 @@
-"""OpenAI's chat-completions wire format (the subset tasktune serves), as pydantic models, and its error shape."""
+"""OpenAI's chat-completions wire format (the subset tasktune serves), as pydantic models, and its error shape.
+
+Longer than 300 lines because every check of a request's shape and types lives here, in one model (one place
+that answers each 400 with its `param`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, \
-    field_validator
+    field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -25,6 +28,9 @@ marker), small enough that the per-token search (the new text plus a stop's leng
 
 MAX_TOOL_NAME = 64
 """OpenAI's limit on a function's name."""
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+"""OpenAI's response_format types (only text is served: serve/service.py refuses the others as unsupported)."""
 
 
 class FunctionCall(BaseModel):
@@ -72,7 +78,11 @@ class ChatRequest(BaseModel):
     integers (2.0 too is refused, as OpenAI refuses a decimal), numbers an integer or a decimal but no string or
     boolean; a wrong type is a 400 naming the field. Pydantic's lax mode took "stream": "yes" or 1 as true,
     "max_tokens": true as 1 and "2" as 2, and the extension ignore_eos, read from the extra fields with bool(),
-    took "false" as true. Unknown fields are still accepted and ignored."""
+    took "false" as true. Unknown fields are still accepted and ignored.
+
+    An error's `param` is OpenAI's path (`messages[0].content`, `tools[1].function.parameters`): the field's
+    location (serve/reading.py `param`), or the `param` in a custom error's context where a validator of a whole
+    field or of the request finds the place inside it."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -89,8 +99,10 @@ class ChatRequest(BaseModel):
     n: StrictInt | None = Field(default=None, ge=1)  # more than 1: 400 unsupported_value (serve/service.py)
     logprobs: StrictBool | None = None  # true: 400 unsupported_value (serve/service.py)
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, min_length=1)  # OpenAI: [] is a 400 empty_array
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None  # accepted, not applied (one call per answer)
+    response_format: dict[str, Any] | None = None  # {"type": "text"}; others: 400 unsupported_value (service.py)
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # accepted, not applied
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # (serve/service.py)
     user: StrictStr | None = None
@@ -111,33 +123,40 @@ class ChatRequest(BaseModel):
                 raise PydanticCustomError(
                     "tool_calls_unanswered", "messages[{at}]: the assistant message with tool_calls must be "
                     "followed by tool messages answering each tool_call_id; unanswered: {ids}",
-                    {"at": next(iter(pending.values())), "ids": ", ".join(pending)})
+                    {"at": next(iter(pending.values())), "ids": ", ".join(pending),
+                     "param": f"messages[{next(iter(pending.values()))}].tool_calls"})
             if message.content is None and not (message.role == "assistant" and (
                     message.tool_calls or getattr(message, "refusal", None))):
                 raise PydanticCustomError("missing", "messages[{i}].content is required for a message of role "
-                                          "'{role}'", {"i": i, "role": message.role})
+                                          "'{role}'", {"i": i, "role": message.role, "param": f"messages[{i}].content"})
             if isinstance(message.content, list) and not message.content:
                 raise PydanticCustomError("empty_array", "messages[{i}].content is an empty array: send at least "
-                                          "one part, or a string", {"i": i})
+                                          "one part, or a string", {"i": i, "param": f"messages[{i}].content"})
+            try:
+                message.text()  # parts of other types than text, a text part without its text
+            except ValueError as exc:
+                raise PydanticCustomError("content_part", "messages[{i}].content: {why}",
+                                          {"i": i, "why": str(exc), "param": f"messages[{i}].content"}) from None
             if message.role == "assistant" and message.tool_calls:
                 ids = [call.id for call in message.tool_calls]
                 if len(set(ids)) != len(ids):
                     raise PydanticCustomError("tool_call_ids", "messages[{i}].tool_calls: the ids are not unique",
-                                              {"i": i})
+                                              {"i": i, "param": f"messages[{i}].tool_calls"})
                 pending = dict.fromkeys(ids, i)
             elif message.role == "tool":
                 if message.tool_call_id is None:
                     raise PydanticCustomError("missing", "messages[{i}].tool_call_id is required for a message "
-                                              "of role 'tool'", {"i": i})
+                                              "of role 'tool'", {"i": i, "param": f"messages[{i}].tool_call_id"})
                 if pending.pop(message.tool_call_id, None) is None:
                     raise PydanticCustomError(
                         "tool_message_order", "messages[{i}]: a message of role 'tool' must answer a tool call of "
                         "the assistant message before it; no open call has the id {id}",
-                        {"i": i, "id": repr(message.tool_call_id[:64])})
+                        {"i": i, "id": repr(message.tool_call_id[:64]), "param": f"messages[{i}].tool_call_id"})
         if pending:
+            at = next(iter(pending.values()))
             raise PydanticCustomError("tool_calls_unanswered", "messages[{at}]: the assistant message's tool calls "
                                       "need a tool message answering each; unanswered: {ids}",
-                                      {"at": next(iter(pending.values())), "ids": ", ".join(pending)})
+                                      {"at": at, "ids": ", ".join(pending), "param": f"messages[{at}].tool_calls"})
         return messages
 
     @field_validator("logit_bias")
@@ -169,20 +188,52 @@ class ChatRequest(BaseModel):
         """Each tool `{"type": "function", "function": {"name": str, "description"?: str, "parameters"?: object}}`
         (OpenAI's 400 otherwise): the server reads these fields, and a name that was a list or an object crashed
         the answer's tool matching (a 500, or a stream cut off mid-body)."""
+        import jsonschema
+
         for i, tool in enumerate(value or ()):
             function = tool.get("function")
             if tool.get("type") != "function" or not isinstance(function, dict):
                 raise PydanticCustomError("tool_type", "tools[{i}] must be {\"type\": \"function\", \"function\": "
-                                          "{...}}", {"i": i})
+                                          "{...}}", {"i": i, "param": f"tools[{i}]"})
             name = function.get("name")
             if not isinstance(name, str) or not 1 <= len(name) <= MAX_TOOL_NAME:
                 raise PydanticCustomError("tool_name", "tools[{i}].function.name must be a string of 1 to {limit} "
-                                          "characters", {"i": i, "limit": MAX_TOOL_NAME})
+                                          "characters", {"i": i, "limit": MAX_TOOL_NAME,
+                                                         "param": f"tools[{i}].function.name"})
             for field, kind, what in (("description", str, "a string"), ("parameters", dict, "a JSON object")):
                 if function.get(field) is not None and not isinstance(function[field], kind):
                     raise PydanticCustomError("tool_field", "tools[{i}].function.{field} must be {what}",
-                                              {"i": i, "field": field, "what": what})
+                                              {"i": i, "field": field, "what": what,
+                                               "param": f"tools[{i}].function.{field}"})
+            if function.get("parameters") is not None:
+                schema = function["parameters"]
+                try:  # the draft the schema names ($schema), else 2020-12, as OpenAI's function schemas
+                    jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
+                except jsonschema.SchemaError as exc:
+                    raise PydanticCustomError(
+                        "tool_parameters", "tools[{i}].function.parameters is not a valid JSON Schema: {why}",
+                        {"i": i, "why": shown(exc.message, 200), "param": f"tools[{i}].function.parameters"}) from None
         return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An object with a `type` of OpenAI's ("text", "json_object", "json_schema"); "text" alone is served."""
+        if value is not None and value.get("type") not in RESPONSE_FORMATS:
+            raise PydanticCustomError("response_format", "response_format.type must be one of {types}",
+                                      {"types": ", ".join(map(repr, RESPONSE_FORMATS)),
+                                       "param": "response_format.type"})
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_limit(self) -> "ChatRequest":
+        """max_tokens (deprecated by OpenAI) and max_completion_tokens mean the same limit: both, with different
+        values, are refused (max_completion_tokens silently won) rather than one picked."""
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise PydanticCustomError("token_limits", "max_tokens ({a}) and max_completion_tokens ({b}) are both "
+                                      "given and differ: send one (max_completion_tokens, OpenAI's current name)",
+                                      {"a": self.max_tokens, "b": self.max_completion_tokens, "param": "max_tokens"})
+        return self
 
     @field_validator("tool_choice")
     @classmethod

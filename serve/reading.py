@@ -130,7 +130,16 @@ def message(error: dict) -> str:
     return error.get("msg", "invalid request")
 
 
-def param(loc) -> str:
-    """OpenAI's `param` for a validation error's location: the field path, without "body" and type tags."""
-    return ".".join(str(p) for p in loc
-                    if p != "body" and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p)))
+def param(error: dict) -> str:
+    """OpenAI's `param` for one pydantic error: the `param` a custom error names in its context (the place inside
+    a field a validator found), else the location's path in OpenAI's style, `messages[0].content` (without "body"
+    and type tags; pydantic's own is `messages.0.content`)."""
+    given = (error.get("ctx") or {}).get("param")
+    if isinstance(given, str):
+        return given
+    out = ""
+    for part in error.get("loc", ()):
+        if part == "body" or (isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out

@@ -192,8 +192,9 @@ class Service:
                                    f"{turn.step!r}, which calls no tool; send tool_choice auto", param="tool_choice")
             return turn
         if last.role != "user":
-            raise RequestError(f"messages[-1]: the last message must be from the user or a tool, not "
-                               f"{last.role!r}", param="messages")
+            at = f"messages[{_index(request, last)}]"
+            raise RequestError(f"{at}: the last message must be from the user or a tool, not {last.role!r}",
+                               param=f"{at}.role")
         text = _text(last)
         run, step, query = self._route(request.model, text)
         forced = forced_tool(request)
@@ -288,38 +289,43 @@ class Service:
         result_msg = messages[-1]
         # the call it answers: ChatRequest refused a tool message that answers no open call of the assistant
         # message before it (_a_conversation_openai_would_take), so there is one
-        call = next(tc for message in reversed(messages[:-1]) for tc in message.tool_calls or ()
-                    if tc.id == result_msg.tool_call_id)
-        at = next(i for i in range(len(request.messages) - 1, -1, -1) if request.messages[i] is result_msg)
+        asked, k, call = next((m, k, tc) for m in reversed(messages[:-1]) for k, tc in enumerate(m.tool_calls or ())
+                              if tc.id == result_msg.tool_call_id)
+        at = _index(request, result_msg)
+        function = f"messages[{_index(request, asked)}].tool_calls[{k}].function"
         try:
             arguments = json_value(call.function.arguments)
         except ValueError as exc:  # not JSON, nested too deeply, an integer of thousands of digits
-            raise RequestError(f"the arguments of tool call {call.id!r} ({call.function.name}) are not usable JSON: "
-                               f"{exc}", param="messages") from None
+            raise RequestError(f"{function}.arguments of tool call {call.id!r} ({call.function.name}) are not usable "
+                               f"JSON: {exc}", param=f"{function}.arguments") from None
         result = tool_result(_text(result_msg), f"messages[{at}].content", call.function.name)
-        run = self._tool_owner(request.model, call.function.name)
-        prompt, step = self._result_prompt(run, call.function.name, arguments, result, f"messages[{at}]: ")
+        run = self._tool_owner(request.model, call.function.name, f"{function}.name")
+        prompt, step = self._result_prompt(run, call.function.name, arguments, result, f"messages[{at}].content",
+                                           f"{function}.arguments")
         return Turn(run, prompt, [], step)
 
-    def _result_prompt(self, run: str, name: str, arguments: Any, result: Any, where: str = "") -> tuple[str, str]:
-        """The result step's prompt for a function's result, and that step; a bad result is the client's 400."""
+    def _result_prompt(self, run: str, name: str, arguments: Any, result: Any, where: str = "",
+                       called: str = "") -> tuple[str, str]:
+        """The result step's prompt for a function's result, and that step; arguments that are no object (`called`:
+        where they are) or a bad result (`where`) are the client's 400."""
         from .tools import ToolCall
 
         tools = self.tools[run]
         if not isinstance(arguments, dict):
-            raise RequestError(f"tool {name}: the call's arguments must be a JSON object", param="messages")
+            raise RequestError(f"{called or 'tool ' + name}: the call's arguments must be a JSON object",
+                               param=called or "messages")
         try:
             return tools.result_prompt(ToolCall(name, arguments), result), tools.action(name).result_step
         except (ValueError, KeyError, TypeError) as exc:
-            raise RequestError(f"{where}{exc}", param="messages") from None
+            raise RequestError(f"{where}: {exc}" if where else str(exc), param=where or "messages") from None
 
-    def _tool_owner(self, model: str, tool: str) -> str:
+    def _tool_owner(self, model: str, tool: str, where: str = "messages") -> str:
         owners = [n for n, t in self.tools.items() if any(a.name == tool for a in t.spec.actions)]
         if model != AUTO:
             run = self._run_of(model)
             if run in owners:
                 return run
-            raise RequestError(f"model {model}: no tool named {tool!r}", param="messages")
+            raise RequestError(f"{where}: model {model} has no tool named {tool!r}", param=where)
         if len(owners) != 1:
             raise RequestError(f"tool {tool!r} belongs to {len(owners)} served runs; name the model",
                                param="model")
@@ -508,10 +514,10 @@ def tool_result(text: str, where: str, tool: str) -> dict[str, Any]:
                 pass
         if result is None:
             raise RequestError(f"{where}: the result of tool {tool} must be a JSON object of its fields; "
-                               f"this is not JSON ({error})", param="messages") from None
+                               f"this is not JSON ({error})", param=where) from None
     if not isinstance(result, dict):
         raise RequestError(f"{where}: the result of tool {tool} must be a JSON object of its fields, not "
-                           f"{type(result).__name__ if result is not None else 'null'}", param="messages")
+                           f"{type(result).__name__ if result is not None else 'null'}", param=where)
     return result
 
 
@@ -547,15 +553,22 @@ def _refuse_unsupported(request: ChatRequest) -> None:
     if request.n is not None and request.n > 1:
         raise RequestError(f"n={request.n} is not supported: this server answers one choice (send n: 1 or leave it "
                            f"out)", param="n", code="unsupported_value")
-    if request.logprobs or request.top_logprobs:
+    if request.logprobs:
         raise RequestError("logprobs are not supported by this server (send logprobs: false or leave it out)",
                            param="logprobs", code="unsupported_value")
-    fmt = (request.model_extra or {}).get("response_format")
-    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if request.top_logprobs:  # OpenAI: top_logprobs needs logprobs: true, which this server does not take
+        raise RequestError("top_logprobs needs logprobs: true, and logprobs are not supported by this server "
+                           "(leave top_logprobs out)", param="top_logprobs", code="unsupported_value")
+    kind = (request.response_format or {}).get("type")  # its shape checked by ChatRequest
     if kind not in (None, "text"):
         raise RequestError(f"response_format {kind!r} is not supported: this server cannot constrain answers to "
                            f"JSON (leave response_format out, or send {{\"type\": \"text\"}})",
                            param="response_format", code="unsupported_value")
+
+
+def _index(request: ChatRequest, message: Message) -> int:
+    """The index of `message` (the object itself) in the request's messages, for the `param` an error names."""
+    return next(i for i, m in enumerate(request.messages) if m is message)
 
 
 def _characters(message: Message) -> int:
@@ -567,10 +580,7 @@ def _characters(message: Message) -> int:
 
 
 def _text(message: Message) -> str:
-    try:
-        return message.text()
-    except ValueError as exc:
-        raise RequestError(f"messages: {exc}", param="messages") from None
+    return message.text()  # its parts were checked when the request was read (ChatRequest: 400 naming the message)
 
 
 def load_tools(runs: dict[str, Any], specs: dict[str, str],

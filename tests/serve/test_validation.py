@@ -86,7 +86,7 @@ def test_a_value_of_the_wrong_type_is_refused(live_server, param, value):
 def test_values_of_the_right_type_are_taken(live_server):
     """Integers for number fields, null where OpenAI allows null, booleans for booleans."""
     fields = dict(temperature=1, top_p=1, seed=0, stream=None, n=1, logprobs=False, ignore_eos=False,
-                  stream_options=None, max_completion_tokens=4)
+                  stream_options=None, max_completion_tokens=4, max_tokens=None)
     reply = post(live_server, **fields)
     assert reply.status_code == 200, reply.text
     assert post(live_server, ignore_eos=True, max_tokens=5).json()["usage"]["completion_tokens"] == 5
@@ -110,7 +110,7 @@ def test_n_above_one_is_unsupported_and_a_limit_is_reported_under_the_field_sent
     ({"top_p": 1.5}, "top_p", "decimal_above_max_value"),
     ({"messages": []}, "messages", "empty_array"),
     ({"messages": None}, "messages", "invalid_type"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role", "invalid_value"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "invalid_value"),
 ])
 def test_a_refused_value_carries_openais_code(live_server, fields, param, code):
     """Validation errors came with code null; OpenAI's own 400s name the kind of mistake
@@ -129,11 +129,12 @@ def test_a_missing_required_field_is_named_with_openais_code(live_server):
 def test_a_text_part_without_text_says_so(live_server):
     """{"type": "text"} without "text" was told "only text parts are supported"."""
     for part in ({"type": "text"}, {"type": "text", "text": 5}):
-        message = refused(live_server, "messages", messages=[{"role": "user", "content": [part]}])["message"]
+        message = refused(live_server, "messages[0].content",
+                          messages=[{"role": "user", "content": [part]}])["message"]
         assert "only text parts" not in message and "'text'" in message, message
     image = {"type": "image_url", "image_url": {"url": "http://x"}}
-    assert "only text parts" in refused(live_server, "messages",
-                                        messages=[{"role": "user", "content": [image]}])["message"]
+    assert "only text parts" in refused(live_server, "messages[1].content", messages=[
+        {"role": "system", "content": "s"}, {"role": "user", "content": [image]}])["message"]
 
 
 CALL = {"id": "c1", "type": "function",
@@ -150,15 +151,22 @@ def tool_round(result: str, arguments: str = CALL["function"]["arguments"]) -> l
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("param, value", [
     ("tool_choice", {"type": "function", "function": "site_check"}), ("tool_choice", {"type": "function"}),
-    ("tool_choice", "sometimes"), ("tools", [{"type": "function", "function": {"name": ["x"]}}]),
-    ("tools", [{"type": "function"}]), ("tools", [{"type": "function", "function": "x"}]),
-    ("tools", [{"type": "retrieval", "function": {"name": "x"}}]),
-    ("tools", [{"type": "function", "function": {"name": "x", "parameters": "{}"}}]),
+    ("tool_choice", "sometimes"), ("tools[0].function.name", [{"type": "function", "function": {"name": ["x"]}}]),
+    ("tools[0]", [{"type": "function"}]), ("tools[0]", [{"type": "function", "function": "x"}]),
+    ("tools[1]", [{"type": "function", "function": {"name": "y"}}, {"type": "retrieval", "function": {"name": "x"}}]),
+    ("tools[0].function.parameters", [{"type": "function", "function": {"name": "x", "parameters": "{}"}}]),
+    ("tools[0].function.parameters", [{"type": "function", "function": {"name": "x", "parameters": {"type": 5}}}]),
+    ("tools[0].function.parameters", [{"type": "function", "function": {"name": "x", "parameters": {
+        "type": "object", "properties": {"a": {"enum": "x"}}}}}]),
+    ("tools", []),
 ])
 def test_tools_and_tool_choice_of_the_wrong_shape_are_refused(live_server, stream, param, value):
     """A tool whose name was a list, or a tool_choice whose function was not an object, was a 500 (an
-    AttributeError/TypeError in the tool matching), and a stream was cut off mid-body; OpenAI answers 400."""
-    refused(live_server, param, stream=stream, **{param: value})
+    AttributeError/TypeError in the tool matching), and a stream was cut off mid-body; OpenAI answers 400, naming
+    the place (`tools[0].function.parameters`), for parameters that are no JSON Schema and an empty `tools` too
+    (both were taken)."""
+    field = param.split("[")[0]
+    refused(live_server, param, stream=stream, **{field: value})
 
 
 @pytest.mark.parametrize("messages", [
@@ -191,10 +199,13 @@ def test_a_tool_result_or_arguments_that_json_cannot_take_is_a_400(live_server, 
     messages = tool_round(result, arguments) if arguments else tool_round(result)
     with pytest.raises(RequestError) as refused_:  # (the service: the longest are over the test server's body limit)
         live_server.service.plan(ChatRequest.model_validate({"model": "grid", "messages": messages}))
-    assert refused_.value.status == 400 and refused_.value.param == "messages", refused_.value
+    param = "messages[1].tool_calls[0].function.arguments" if arguments else "messages[2].content"
+    if "characters, over" in str(refused_.value):  # over MAX_PROMPT_CHARS first: the messages as a whole
+        param = "messages"
+    assert refused_.value.status == 400 and refused_.value.param == param, refused_.value
     if len(json.dumps(messages)) < 60_000:  # and over HTTP where the body fits
         reply = httpx.post(f"{live_server.url}{URL}", json={"model": "grid", "messages": messages, "max_tokens": 4})
-        assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages", reply.text[:300]
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text[:300]
 
 
 @pytest.mark.parametrize("param", ["presence_penalty", "frequency_penalty"])
@@ -209,7 +220,7 @@ def test_an_unknown_static_file_or_a_trailing_slash_is_a_404_in_openais_shape(li
     """A 256-character file name was a 500 (ENAMETOOLONG); a trailing slash was Starlette's 307 to a URL built
     from the Host header (an open redirect behind a proxy), with an empty body."""
     assert httpx.get(f"{live_server.url}/static/{'a' * 256}").status_code == 404
-    reply = httpx.post(f"{live_server.url}{URL}/", json={}, headers={"Host": "evil.example"})
+    reply = httpx.post(f"{live_server.url}{URL}/", json={}, headers={"Host": "localhost:1"})
     assert reply.status_code == 404 and "location" not in reply.headers
     assert reply.json()["error"]["type"] == "invalid_request_error"
 
@@ -255,29 +266,35 @@ def test_assistant_refusal_parts_are_history_and_head_answers_where_get_does(liv
 SEQ_RESULT = json.dumps({"expected": 4, "present": 4, "ok": 4})
 
 
-@pytest.mark.parametrize("messages, says", [
+@pytest.mark.parametrize("messages, says, param", [
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
-      {"role": "tool", "content": SEQ_RESULT}], "messages[2].tool_call_id is required"),
+      {"role": "tool", "content": SEQ_RESULT}], "messages[2].tool_call_id is required", "messages[2].tool_call_id"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, dict(CALL, id="c2")]},
-      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "unanswered"),
+      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "unanswered", "messages[1].tool_calls"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL, CALL]},
-      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "not unique"),
+      {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}], "not unique", "messages[1].tool_calls"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
-      {"role": "user", "content": "y"}], "messages[1]: the assistant message with tool_calls"),
+      {"role": "user", "content": "y"}], "messages[1]: the assistant message with tool_calls",
+     "messages[1].tool_calls"),
     ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": SEQ_RESULT}],
-     "no open call has the id 'c1'"),
-    ([{"role": "user", "content": None}], "messages[0].content is required for a message of role 'user'"),
-    ([{"role": "user"}], "messages[0].content is required"),
-    ([{"role": "user", "content": []}], "messages[0].content is an empty array"),
-    ([{"role": "system", "content": None}, {"role": "user", "content": "x"}], "messages[0].content is required"),
+     "no open call has the id 'c1'", "messages[1].tool_call_id"),
+    ([{"role": "user", "content": None}], "messages[0].content is required for a message of role 'user'",
+     "messages[0].content"),
+    ([{"role": "user"}], "messages[0].content is required", "messages[0].content"),
+    ([{"role": "user", "content": []}], "messages[0].content is an empty array", "messages[0].content"),
+    ([{"role": "system", "content": None}, {"role": "user", "content": "x"}], "messages[0].content is required",
+     "messages[0].content"),
     ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}, {"role": "user", "content": "y"}],
-     "messages[1].content is required"),
+     "messages[1].content is required", "messages[1].content"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+     "messages[1]: the last message must be from the user or a tool", "messages[1].role"),
 ])
-def test_a_conversation_openai_would_refuse_is_a_400_naming_the_message(live_server, messages, says):
+def test_a_conversation_openai_would_refuse_is_a_400_naming_the_message(live_server, messages, says, param):
     """OpenAI's rules on the message sequence: each assistant tool call answered by a tool message with its id
     before anything else, no tool message without an open call, content required (an assistant's only when it
-    carries calls). Each of these was answered with a 200."""
-    error = refused(live_server, "messages", messages=messages)
+    carries calls). Each of these was answered with a 200. `param` is OpenAI's path to the place, as the message
+    says it (it was `messages`, while pydantic's own errors said `messages.0.role`)."""
+    error = refused(live_server, param, messages=messages)
     assert says in error["message"], error
     assert not error["message"].startswith("messages: messages"), error
     assert "{" not in error["message"].replace('{"', ""), error  # no template placeholder left unfilled
@@ -299,7 +316,25 @@ def test_a_tool_result_written_as_a_python_dict_is_read_and_text_is_refused_nami
     assert as_python.query == as_json.query and "应到4人" in as_json.query
     for text in ("应到5人, 实到4人", "{'expected': float('nan')}", "{'expected': {1, 2}}", "[1, 2]", "null",
                  "{__import__('os').system('true')}"):
-        error = refused(live_server, "messages", messages=tool_round(text))
+        error = refused(live_server, "messages[2].content", messages=tool_round(text))
         assert error["message"].startswith("messages[2].content: the result of tool site_check"), error
-    error = refused(live_server, "messages", messages=tool_round('{"expected": 4}'))  # a field missing
-    assert error["message"].startswith("messages[2]: ") and "present" in error["message"], error
+    error = refused(live_server, "messages[2].content", messages=tool_round('{"expected": 4}'))  # a field missing
+    assert error["message"].startswith("messages[2].content: ") and "present" in error["message"], error
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"response_format": "text"}, "response_format"), ({"response_format": {}}, "response_format.type"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"parallel_tool_calls": "x"}, "parallel_tool_calls"), ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
+    ({"max_tokens": 8, "max_completion_tokens": 4}, "max_tokens"),
+    ({"top_logprobs": 2}, "top_logprobs"), ({"top_logprobs": 2, "logprobs": False}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x", "name": 5}]}, "messages[0].name"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f"}}]}]}, "messages[1].tool_calls[0].function.arguments"),
+])
+def test_values_openai_refuses_are_refused_naming_the_param(live_server, fields, param):
+    """Each was taken (or, top_logprobs, reported under `logprobs`; max_completion_tokens silently won over a
+    different max_tokens): OpenAI answers 400. Both token limits alike are still taken (nothing to choose)."""
+    refused(live_server, param, **fields)
+    assert post(live_server, max_tokens=4, max_completion_tokens=4, parallel_tool_calls=False,
+                response_format={"type": "text"}).status_code == 200
