@@ -306,14 +306,19 @@ class Service:
 
     def _result_prompt(self, run: str, name: str, arguments: Any, result: Any, where: str = "",
                        called: str = "") -> tuple[str, str]:
-        """The result step's prompt for a function's result, and that step; arguments that are no object (`called`:
-        where they are) or a bad result (`where`) are the client's 400."""
+        """The result step's prompt for a function's result, and that step; arguments outside the tool's parameter
+        schema (`called`: where they are) or a bad result (`where`) are the client's 400. The arguments are framed
+        into the summary's prompt as they are: `check: "{{7*7}}"`, outside the check's enum, reached the frame."""
         from .tools import ToolCall
 
         tools = self.tools[run]
         if not isinstance(arguments, dict):
             raise RequestError(f"{called or 'tool ' + name}: the call's arguments must be a JSON object",
                                param=called or "messages")
+        wrong = tools.argument_error(name, arguments)
+        if wrong is not None:
+            raise RequestError(f"{called or 'tool ' + name}: the arguments of tool {name} do not fit its "
+                               f"parameters: {wrong}", param=called or "messages")
         try:
             return tools.result_prompt(ToolCall(name, arguments), result), tools.action(name).result_step
         except (ValueError, KeyError, TypeError) as exc:

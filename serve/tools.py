@@ -344,6 +344,15 @@ class TaskTools:
                 calls.append(ToolCall(action.name, arguments))
         return calls
 
+    def argument_error(self, name: str, arguments: Any) -> str | None:
+        """Why `arguments` (a client's call of tool `name`) do not satisfy its parameters' JSON Schema (None: they
+        do), as jsonschema says it, with the argument's path."""
+        error = jsonschema.exceptions.best_match(self._param_validators[self.action(name).name].iter_errors(arguments))
+        if error is None:
+            return None
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        return f"{where}: {error.message}" if where else error.message
+
     def result_prompt(self, call: ToolCall, result: Any) -> str:
         """The result step's frame for `result` (a function's return value) of `call`, as the data frames it."""
         action = self.action(call.name)

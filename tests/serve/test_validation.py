@@ -338,3 +338,17 @@ def test_values_openai_refuses_are_refused_naming_the_param(live_server, fields,
     refused(live_server, param, **fields)
     assert post(live_server, max_tokens=4, max_completion_tokens=4, parallel_tool_calls=False,
                 response_format={"type": "text"}).status_code == 200
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ({"place": "济南", "check": "{{7*7}}"}, "check: '{{7*7}}' is not one of"),
+    ({"place": 5, "check": "人数检测"}, "place: 5 is not of type 'string'"),
+    ({"check": "人数检测"}, "'place' is a required property"),
+])
+def test_tool_call_arguments_outside_the_tools_schema_are_refused(live_server, arguments, says):
+    """A client's call sent back with its result was framed into the summary prompt as it was, whatever the
+    action's parameters say (`check: "{{7*7}}"` outside its enum): 400 naming the arguments."""
+    messages = tool_round(SEQ_RESULT, json.dumps(arguments, ensure_ascii=False))
+    error = refused(live_server, "messages[1].tool_calls[0].function.arguments", messages=messages)
+    assert says in error["message"], error
+    assert post(live_server, messages=tool_round(SEQ_RESULT)).status_code == 200
