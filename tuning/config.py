@@ -247,17 +247,17 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise ConfigError(f"--config {path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+        raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option: value")
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
     known = {f.name: f for f in fields(cls)}
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         kind = _field_type(cls, known[name])
         bound = known[name].metadata.get("range")
         choices = known[name].metadata.get("choices")
@@ -278,10 +278,10 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
         except (TypeError, ValueError, argparse.ArgumentTypeError, ConfigError) as exc:
             detail = str(exc) if isinstance(exc, (argparse.ArgumentTypeError, ConfigError)) else \
                 f"expected {kind.__name__}, got {value!r}"
-            raise ConfigError(f"{path}: {key}: {detail.removeprefix(name + ': ')}") from None
+            raise ConfigError(f"--config {path}: {key}: {detail.removeprefix(name + ': ')}") from None
         # a boolean the field has no word for is the dataclass's to read (group_by_length's old true/false) or refuse
         if choices and not isinstance(value, bool) and str(out[name]) not in choices:
-            raise ConfigError(f"{path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"--config {path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
     return out
 
 
