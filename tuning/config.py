@@ -234,30 +234,31 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     """The keys of a `--config` YAML file, each parsed as its field's type and range-checked (errors name the
     file and the key)."""
     path = Path(path)
+    where = f"--config {path}"  # every error names the flag and the file
     try:
         if not path.is_file():
             what = ("is a folder, not a file" if path.is_dir() else "is not a regular file (a FIFO or a device?)"
                     if path.exists() else "file not found")
-            raise ConfigError(f"--config {path}: {what}")
+            raise ConfigError(f"{where}: {what}")
         data = yamlread.load(read_text_file(path)) or {}  # duplicate keys refused
     except (OSError, UnicodeEncodeError) as exc:  # a name too long, a lone surrogate, no permission
         raise ConfigError(f"--config {str(path)!r}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"--config {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"--config {path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise ConfigError(f"{where}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
-        raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
+        raise ConfigError(f"{where}: nested too deeply to be a config file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+        raise ConfigError(f"{where}: expected a mapping of option: value")
     known = {f.name: f for f in fields(cls)}
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise ConfigError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         kind = _field_type(cls, known[name])
         bound = known[name].metadata.get("range")
         choices = known[name].metadata.get("choices")
@@ -278,10 +279,10 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
         except (TypeError, ValueError, argparse.ArgumentTypeError, ConfigError) as exc:
             detail = str(exc) if isinstance(exc, (argparse.ArgumentTypeError, ConfigError)) else \
                 f"expected {kind.__name__}, got {value!r}"
-            raise ConfigError(f"--config {path}: {key}: {detail.removeprefix(name + ': ')}") from None
+            raise ConfigError(f"{where}: {key}: {detail.removeprefix(name + ': ')}") from None
         # a boolean the field has no word for is the dataclass's to read (group_by_length's old true/false) or refuse
         if choices and not isinstance(value, bool) and str(out[name]) not in choices:
-            raise ConfigError(f"--config {path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{where}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
     return out
 
 

@@ -103,7 +103,7 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
             log(f"warning: {run_dir}: {change}; these results are not those of what it was trained on")
     records = load_eval_records(data, ecfg.split, ecfg.limit, cfg)
 
-    bot = Assistant.from_run(run_dir, batching="generate", trust=trust)  # the run's base (as trained) with its adapter on
+    bot = Assistant.from_run(run_dir, batching="generate", trust=trust)  # the run's base (as trained), adapter on
     out = own_subdir(run_dir, "eval")  # before any generation: a file in its place was found only at the end
     adapter = bot.run.adapter
     # `texts` go to predictions.jsonl as the prompt seen; the ids are what training saw (a chat template's bos once)

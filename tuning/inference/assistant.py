@@ -176,7 +176,7 @@ class _LoadedRun:
         self.config = record.config
 
     @classmethod
-    def load(cls, run_dir: str | Path, trust: Trust | None = None) -> "_LoadedRun":
+    def load(cls, run_dir: str | Path, trust: Trust = Trust()) -> "_LoadedRun":
         from tasktune.tuning.model.load import base_source, load_tokenizer
         from tasktune.tuning.model.methods import load_run_adapter
         from tasktune.tuning.run import RunFolder
@@ -184,7 +184,7 @@ class _LoadedRun:
         run_dir = Path(run_dir)
         record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts and cannot "
                                                                     "chat or answer prompts; use `tasktune eval`",
-                                           trust=trust or Trust())
+                                           trust=trust)
         cfg = record.config
         tokenizer = load_tokenizer(base_source(cfg.model, run_dir), trust_remote_code=cfg.trust_remote_code,
                                    padding_side="left")

@@ -98,9 +98,10 @@ def lora_targets(model, given: str) -> list[str]:
     import torch.nn as nn
 
     names = [t.strip() for t in given.split(",")]
-    linear = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+    modules = list(model.named_modules())
+    linear = sorted({path.rsplit(".", 1)[-1] for path, module in modules
                      if isinstance(module, nn.Linear) or type(module).__name__.startswith("Linear")})
-    paths = [path for path, _ in model.named_modules()]
+    paths = [path for path, _ in modules]
     unknown = [name for name in names if not name or not any(p == name or p.endswith("." + name) for p in paths)]
     if unknown:
         raise ConfigError(f"--lora-target-modules {given!r}: {', '.join(repr(n) for n in unknown)} is not a module of "
