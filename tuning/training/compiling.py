@@ -75,6 +75,10 @@ AUTO_MIN_STEPS = {"layers": 250, "layers-bf16": 100, "model": 1000}
 AUTO_METHODS = ("ptuning-v2", "prefix")
 #: torch.compile backend (tests use "aot_eager": the same tracing, no code generation).
 BACKEND = "inductor"
+#: $TASKTUNE_COMPILE_BACKEND (experiment, issue 23): "cudagraphs" records CUDA graphs of the eager kernels
+#: (dynamo's cudagraphs backend: the same graph trees, no inductor code generation, so a cold start of seconds).
+BACKEND_ENV = "TASKTUNE_COMPILE_BACKEND"
+BACKENDS = ("inductor", "cudagraphs")
 #: What torch.compile traces (issue 23, `compile_scope`): each decoder layer, or the whole model in one graph.
 SCOPES = ("layers", "model")
 SCOPE_ENV = "TASKTUNE_COMPILE_SCOPE"
@@ -102,6 +106,14 @@ def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-l
     if mode == "cudagraphs" and not cuda:
         raise ConfigError("--compile cudagraphs needs a CUDA GPU; use --compile on (or off) on a CPU")
     return mode
+
+
+def compile_backend() -> str:
+    """torch.compile's backend: $TASKTUNE_COMPILE_BACKEND, else BACKEND (the tests' "aot_eager" included)."""
+    backend = os.environ.get(BACKEND_ENV) or BACKEND
+    if os.environ.get(BACKEND_ENV) and backend not in BACKENDS:
+        raise ConfigError(f"{BACKEND_ENV}={backend!r}: choose one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def compile_scope() -> str:
@@ -139,15 +151,16 @@ def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | N
         # transformers' activation checkpointing marks the embedding output requires_grad_() (for reentrant
         # checkpointing); dynamo refuses to return such a tensor, and non-reentrant checkpointing needs none
         model.disable_input_require_grads()
+    backend = backend or compile_backend()
     options = {}
     if mode == "cudagraphs":
-        options["mode"] = "reduce-overhead"
+        if backend == "inductor":  # (dynamo's "cudagraphs" backend records the graphs itself: no mode to pass)
+            options["mode"] = "reduce-overhead"
         mark_quant_state_static(model)
     scope = resolve_scope(mode, checkpointed=bool(getattr(model, "is_gradient_checkpointing", False)), scope=scope)
-    if scope == "layers" and regional.compile_layers(model, backend=backend or BACKEND,
-                                                                          fullgraph=fullgraph, **options):
+    if scope == "layers" and regional.compile_layers(model, backend=backend, fullgraph=fullgraph, **options):
         return model
-    return torch.compile(model, backend=backend or BACKEND, fullgraph=fullgraph, dynamic=False, **options)
+    return torch.compile(model, backend=backend, fullgraph=fullgraph, dynamic=False, **options)
 
 
 def quant_state_tensors(model) -> list:
@@ -347,6 +360,9 @@ def cache_key(model_config: dict, *, batch: int, width: int, mode: str, checkpoi
         versions = {"torch": torch.__version__, "transformers": _version("transformers"),
                     "bitsandbytes": _version("bitsandbytes"), "tasktune": _version("tasktune"),
                     "python": platform.python_version()}
+    backend = compile_backend()
+    if backend != BACKEND:  # (the default's keys stay as they were)
+        mode = f"{mode}/{backend}"
     return {"model_config_sha256": model_config_hash(model_config), "batch": batch, "width": width,
             "compile": mode, "scope": scope, "checkpointing": checkpointing, "method": method,
             "pre_seq_len": pre_seq_len, "quantization": quantization, "weights": weights, "dtype": dtype,
