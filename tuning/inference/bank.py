@@ -105,6 +105,13 @@ class PrefixBank:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    @property
+    def context(self) -> int | None:
+        """The base's context window in positions (its config's; None where it names none)."""
+        from tasktune.tuning.model.generate import context_limit
+
+        return context_limit(self.model)
+
     def offset(self, name: str | None) -> int:
         """How far the run's text positions are shifted (its P; 0 for the base model)."""
         return 0 if name is None else self.runs[name].pre_seq_len
@@ -151,11 +158,13 @@ def describe_runs(run_dirs: list[tuple[str | None, str | Path]], trust: Trust = 
 @dataclass(frozen=True)
 class BankView:
     """A bank without its model, on the side of the process that does not hold it: the runs, the tokenizer (for
-    prompts) and the device the model is on (reported by the engine's process)."""
+    prompts), the device the model is on (reported by the engine's process) and the base's context window in
+    positions (its config's, read without the weights; None where it names none)."""
 
     runs: dict[str, ServedRun]
     tokenizer: Any
     device: torch.device
+    context: int | None = None
 
 
 def _tokenizer(runs: list[ServedRun], record):
@@ -165,10 +174,23 @@ def _tokenizer(runs: list[ServedRun], record):
     return load_tokenizer(runs[0].base_model, trust_remote_code=record.config.trust_remote_code, padding_side="left")
 
 
+def _context(runs: list[ServedRun], record) -> int | None:
+    """The shared base's context window (positions), from its config alone (loaded as the tokenizer is)."""
+    from transformers import AutoConfig
+
+    from tasktune.tuning.model.generate import context_limit
+
+    try:
+        config = AutoConfig.from_pretrained(runs[0].base_model, trust_remote_code=record.config.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not read the config of {runs[0].base_model}: {str(exc).splitlines()[0]}") from None
+    return context_limit(config)
+
+
 def load_view(run_dirs: list[tuple[str | None, str | Path]], trust: Trust = Trust()) -> BankView:
     """The BankView of the runs, its device not yet known (the CPU until the engine's process says)."""
     runs, record = describe_runs(run_dirs, trust)
-    return BankView({r.name: r for r in runs}, _tokenizer(runs, record), torch.device("cpu"))
+    return BankView({r.name: r for r in runs}, _tokenizer(runs, record), torch.device("cpu"), _context(runs, record))
 
 
 def load_bank(run_dirs: list[tuple[str | None, str | Path]], tokenizer=None, trust: Trust = Trust()) -> PrefixBank:

@@ -15,9 +15,11 @@ import torch
 
 
 def context_limit(model) -> int | None:
-    """The longest sequence the model accepts (positions), if its config says."""
+    """The longest sequence the model accepts (positions), if its config says; `model` may be the config itself
+    (what `tasktune serve` reads before the weights load)."""
+    config = getattr(model, "config", model)
     for name in ("max_position_embeddings", "seq_length", "n_positions"):
-        value = getattr(model.config, name, None)
+        value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
