@@ -123,8 +123,8 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         try:
             if body.stream:
                 turn = service.plan(body)
+                # encodes the prompt: one over the limits or the context window is a 400, not an event
                 params = service.sampling(body, turn)
-                service.encode(turn)  # refuse an over-long prompt before the stream starts (a 400, not an event)
                 counted = lambda status: metrics.requests.labels(status).inc()  # noqa: E731 (when it ends)
                 stream = AdmittedStream(_sse(service, body, turn, params, counted), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prompt-tokens", type=Range(int, 1, 1 << 20), default=4096,
                    help="longer prompts are refused with 400 (default: 4096)")
     p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
-                   help="the largest max_tokens a request may ask (default: 1024)")
+                   help="the largest max_tokens a request may ask (default: 1024; lowered, with a warning, to what "
+                        "the base model's context window holds)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
                         "a browser (CORS; repeatable; default: none, only this server's own page; requests that "
@@ -138,6 +139,7 @@ def build(args: argparse.Namespace):
     from .router import load_router
     from .service import Limits, Service, load_actions, load_tools
     from .site import allowed_hosts
+    from .window import fit_window
 
     if args.threads:
         import torch
@@ -165,8 +167,9 @@ def build(args: argparse.Namespace):
     actions = load_actions(args.actions) if args.actions else None
     router = load_router(args.router, view.runs, trust) if args.router else None
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
-    # the prefix and the largest answer a request may ask for
-    width = max(r.max_source_length for r in view.runs.values()) + args.max_tokens + 1
+    # the prefix and the largest answer a request may ask for, never more than the base's context window
+    args.max_tokens, width = fit_window(view.context, view.runs.values(), args.max_tokens,
+                                        lambda line: print(line, file=sys.stderr, flush=True))
     if args.decode_compile != "off":  # inductor's content-keyed caches beside training's (a restart compiles fast)
         from tasktune.tuning.training.compiling import cache_root
 

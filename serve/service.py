@@ -19,7 +19,7 @@ import json
 import sys
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -338,8 +338,8 @@ class Service:
 
     # -- running it -----------------------------------------------------------------------------------------
     def encode(self, turn: Turn) -> list[int]:
-        """The turn's prompt tokens, as training cut them; encoded once a turn (a stream's handler checks the length
-        before the stream starts, and the stream submits the same ids)."""
+        """The turn's prompt tokens, as training cut them; encoded once a turn (`sampling` checks the length, before
+        a stream starts, and the model call submits the same ids)."""
         from tasktune.tuning.data import encode_prompts, format_prompt
 
         if turn.ids is not None:
@@ -355,14 +355,25 @@ class Service:
         if len(ids) > self.limits.max_prompt_tokens:
             raise RequestError(f"the prompt has {len(ids)} tokens, over this server's limit of "
                                f"{self.limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
-        # cut as training cut (eval does the same, for the base pass too: the longest of the runs' cuts)
+        # cut as training cut (eval does the same, for the base pass too: the longest of the runs' cuts), and
+        # never past the window less one answer token (serve/window.py warned at startup where that cuts more)
         keep = self.bank.runs[turn.run].max_source_length if turn.run else \
             max(r.max_source_length for r in self.bank.runs.values())
-        turn.ids = ids[-keep:]
+        room = self.room(turn.run)
+        turn.ids = ids[-(keep if room is None else min(keep, room - 1)):]
         return turn.ids
 
+    def room(self, run: str | None) -> int | None:
+        """Positions for the prompt and the answer of a model call of `run` (None: the base model): the base's
+        context window less the run's prefix, whose keys/values take positions 0..P-1 (its text starts at P, as in
+        training); None where the base's config names no window."""
+        context = self.bank.context
+        return None if context is None else context - (self.bank.runs[run].pre_seq_len if run else 0)
+
     def sampling(self, request: ChatRequest, turn: Turn) -> SamplingParams:
-        """The engine's parameters; a limit over the server's is refused under the field the client sent."""
+        """The engine's parameters; a limit over the server's, or one that the prompt (encoded here: its 400s come
+        before any stream starts) leaves no room for in the context window, is refused under the field the client
+        sent (vLLM's check and message). Without a limit, the default is cut to what the window leaves."""
         field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         limit = getattr(request, field)
         if limit is not None and limit > self.limits.max_tokens:
@@ -370,10 +381,29 @@ class Service:
                                param=field, code="integer_above_max_value")
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
         _refuse_unsupported(request)
-        return SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
-                              temperature=float(request.temperature or 0.0),
-                              top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
-                              seed=request.seed, stop=request.stops(), ignore_eos=request.ignore_eos is True)
+        prompt, room = len(self.encode(turn)), self.room(turn.run)
+        if limit is not None and room is not None and prompt + limit > room:
+            prefix = self.bank.context - room
+            raise RequestError(f"This model's maximum context length is {room} tokens"
+                               + (f" (the base model's {self.bank.context} positions less the {prefix} of its "
+                                  f"prefix)" if prefix else "")
+                               + f". However, you requested {prompt + limit} tokens ({prompt} in the messages, "
+                                 f"{limit} in the completion). Please reduce the length of the messages or {field}.",
+                               param=field, code="context_length_exceeded")
+        params = SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
+                                temperature=float(request.temperature or 0.0),
+                                top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
+                                seed=request.seed, stop=request.stops(), ignore_eos=request.ignore_eos is True)
+        return self._fitted(turn, params)  # a default answer longer than the window leaves
+
+    def _fitted(self, turn: Turn, params: SamplingParams) -> SamplingParams:
+        """`params` with max_new_tokens cut to what the window leaves after the turn's prompt: a default answer,
+        and the result step's call of the server-side action loop, which reuses the request's params (checked by
+        `sampling` against the first call's prompt only)."""
+        room = self.room(turn.run)
+        left = None if room is None else room - len(self.encode(turn))
+        return params if left is None or params.max_new_tokens <= left else \
+            replace(params, max_new_tokens=left)
 
     async def stream(self, turn: Turn, params: SamplingParams) -> AsyncIterator[Event]:
         """Events of one model call; cancelling the iteration (client gone) frees the engine slot."""
@@ -386,7 +416,7 @@ class Service:
 
         loop = asyncio.get_running_loop()
         emit = self._mail.setdefault(loop, _Mailbox(loop)).sender(push)
-        request = Request(self.encode(turn), turn.run, params, emit=emit)
+        request = Request(self.encode(turn), turn.run, self._fitted(turn, params), emit=emit)
         self.active += 1
         ended = False
         try:

@@ -1,4 +1,5 @@
-"""Serve fixtures: two P-tuning v2 runs (P = 4 and 6) trained briefly on one tiny GLM base, built once a session."""
+"""Serve fixtures: two P-tuning v2 runs (P = 4 and 6) trained briefly on one tiny GLM base, built once a session;
+one run on a base of a small context window (the window's limits)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def serve_runs(tmp_path_factory) -> dict[str, Path]:
-    """{"grid": run folder (P=4), "grid2": run folder (P=6)}: same base, same data, different prefixes."""
+    """{"grid": run folder (P=4), "grid2": run folder (P=6)}: same base, same data, different prefixes. The base
+    has 1,024 positions: the tests of long streams (shutdown, cancellation, the queue) decode 900 tokens."""
     from tasktune.tuning.training.train import fit
     from tests.tuning.conftest import build_tiny_model_dir
     from tests.tuning.runs import fast_config, write_data
 
     root = tmp_path_factory.mktemp("serve")
-    model = build_tiny_model_dir(root / "model", "glm")
+    model = build_tiny_model_dir(root / "model", "glm", max_position_embeddings=1024)
     data = write_data(root / "data")
     runs = {}
     for name, p, seed in (("grid", 4, 7), ("grid2", 6, 11)):
@@ -23,6 +25,26 @@ def serve_runs(tmp_path_factory) -> dict[str, Path]:
         fit(fast_config(model, data, runs[name], pre_seq_len=p, max_steps=10, learning_rate=3e-1, seed=seed,
                         save_steps=10), log=lambda *_: None)
     return runs
+
+
+SMALL_WINDOW = 256
+"""The context window (positions) of `small_window_run`'s base."""
+
+
+@pytest.fixture(scope="session")
+def small_window_run(tmp_path_factory) -> Path:
+    """A run (P=4, max_source_length 160, max_target_length 64: 228 positions, as training checks) on a tiny GLM
+    base of SMALL_WINDOW positions, where the base model's default answer (128 tokens) after a prompt cut to 160
+    tokens does not fit."""
+    from tasktune.tuning.training.train import fit
+    from tests.tuning.conftest import build_tiny_model_dir
+    from tests.tuning.runs import fast_config, write_data
+
+    root = tmp_path_factory.mktemp("serve-window")
+    model = build_tiny_model_dir(root / "model", "glm", max_position_embeddings=SMALL_WINDOW)
+    fit(fast_config(model, write_data(root / "data"), root / "small", max_target_length=64, max_steps=2,
+                    save_steps=2), log=lambda *_: None)
+    return root / "small"
 
 
 @pytest.fixture(scope="session")

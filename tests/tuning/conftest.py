@@ -58,8 +58,8 @@ def build_tiny_tokenizer(out_dir: Path, *, pad_token: bool = True):
     return fast
 
 
-def build_tiny_config(arch: str, tokenizer):
-    """A 2-layer GQA config of `arch` whose vocabulary matches `tokenizer`."""
+def build_tiny_config(arch: str, tokenizer, **sizes):
+    """A 2-layer GQA config of `arch` whose vocabulary matches `tokenizer`; `sizes` override _SIZES."""
     from transformers import Glm4Config, GlmConfig, LlamaConfig, Qwen2Config
 
     classes = {"glm": GlmConfig, "glm4": Glm4Config, "llama": LlamaConfig, "qwen2": Qwen2Config}
@@ -68,19 +68,20 @@ def build_tiny_config(arch: str, tokenizer):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return classes[arch](
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=pad_id, tie_word_embeddings=False, **_SIZES,
+        pad_token_id=pad_id, tie_word_embeddings=False, **{**_SIZES, **sizes},
     )
 
 
-def build_tiny_model_dir(out_dir: Path, arch: str, *, pad_token: bool = True, seed: int = 0) -> Path:
-    """Save a random tiny `arch` model (fp32, safetensors) and its tokenizer into `out_dir`."""
+def build_tiny_model_dir(out_dir: Path, arch: str, *, pad_token: bool = True, seed: int = 0, **sizes) -> Path:
+    """Save a random tiny `arch` model (fp32, safetensors) and its tokenizer into `out_dir`; `sizes` override
+    _SIZES (e.g. max_position_embeddings)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(out_dir, pad_token=pad_token)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(build_tiny_config(arch, tokenizer), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(build_tiny_config(arch, tokenizer, **sizes), dtype=torch.float32)
     model.generation_config.pad_token_id = model.config.pad_token_id
     model.save_pretrained(out_dir)
     return out_dir
