@@ -358,3 +358,18 @@ def test_records_longer_than_the_bases_context_are_refused(tiny_glm, train_data,
     err = capsys.readouterr().err
     assert code == 2 and "--max-source-length" in err and "more than the base's" in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "tasktune_run.json").exists()
+
+
+def test_a_gpt2_style_window_is_checked_too():
+    """check_context read max_position_embeddings / seq_length only: a GPT-2-style config (n_positions, a learned
+    position table that fails past its end) was never checked."""
+    from types import SimpleNamespace
+
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.training.setup import check_context
+
+    cfg = SimpleNamespace(task="causal-lm", max_source_length=48, max_target_length=16, method="ptuning-v2",
+                          model="gpt2-like")
+    check_context(cfg, SimpleNamespace(n_positions=128), reserved=64)  # 128 = 64 + 48 + 16: fits
+    with pytest.raises(ConfigError, match="more than the base's 100"):
+        check_context(cfg, SimpleNamespace(n_positions=100), reserved=64)

@@ -193,7 +193,9 @@ def check_context(cfg, model_config, reserved: int) -> None:
     """The longest record must fit the base's positions: the method's reserved ones (a prefix, virtual tokens),
     the source and, for causal-lm, the target. Past `max_position_embeddings` a base was never trained (a 5,600-
     token --prompt-init-text ran minutes a step on a 1,024-position model); a ConfigError naming the flags."""
-    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "seq_length", None)
+    from tasktune.tuning.model.generate import context_limit
+
+    context = context_limit(model_config)  # max_position_embeddings, seq_length or GPT-2's n_positions
     target = cfg.max_target_length if cfg.task == "causal-lm" else 0
     need = reserved + cfg.max_source_length + target
     if isinstance(context, int) and need > context:
@@ -204,4 +206,4 @@ def check_context(cfg, model_config, reserved: int) -> None:
             parts.append(f"{reserved} positions of the {cfg.method} adapter (--pre-seq-len, --num-virtual-tokens or "
                          f"the --prompt-init-text's tokens)")
         raise ConfigError(f"{' + '.join(parts)} = {need} positions, more than the base's {context} "
-                          f"(max_position_embeddings of {cfg.model}); lower them")
+                          f"(the context window in {cfg.model}'s config); lower them")
