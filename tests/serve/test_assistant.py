@@ -133,3 +133,23 @@ def test_generate_data_and_train_check_their_arguments(tmp_path):
     with pytest.raises(ConfigError, match="expected a TrainConfig"):
         tasktune.train({"model": "m"})
     assert not (tmp_path / "d").exists()
+
+
+def test_the_engine_fits_prompts_to_the_context_window_as_generate_does(small_window_run, serve_prompts):
+    """The engine path cut prompts to max_source_length only: with a long answer asked, prefix + prompt + answer
+    went past the base's window (garbage for RoPE, an index error for a learned position table); and a
+    max_new_tokens over the window was not refused."""
+    from tasktune.errors import ConfigError
+    from tests.serve.conftest import SMALL_WINDOW
+
+    got = {}
+    for batching in ("engine", "generate"):
+        with tasktune.Assistant.from_run(small_window_run, batching=batching) as bot:
+            _, ids = bot.encode(serve_prompts[:2])
+            with pytest.raises(ConfigError, match="leaves no room for a prompt"):
+                bot.generate(ids, max_new_tokens=SMALL_WINDOW)
+            shortest = min(len(row) for row in ids)
+            got[batching] = bot.generate(ids, max_new_tokens=SMALL_WINDOW - bot.settings(None).pre_seq_len
+                                         - shortest + 3)
+    assert got["engine"][1] == got["generate"][1] == 2  # both prompts cut by 3+ tokens to fit
+    assert got["engine"] == got["generate"]

@@ -116,7 +116,7 @@ class Assistant:
         if self.bank is None:
             return self.run.generate(prompt_ids, base=base, max_new_tokens=max_new, batch_size=batch_size,
                                      progress=progress, desc=desc)
-        return self._engine_generate(prompt_ids, self._name(run), max_new, base), 0
+        return self._engine_generate(prompt_ids, self._name(run), max_new, base)
 
     def close(self) -> None:
         self.closed = True
@@ -141,10 +141,22 @@ class Assistant:
             raise ConfigError(f"unknown run {name!r}; this assistant has {', '.join(self.runs)}")
         return name
 
-    def _engine_generate(self, prompt_ids, name: str, max_new: int, base: bool) -> list[str]:
+    def _engine_generate(self, prompt_ids, name: str, max_new: int, base: bool) -> tuple[list[str], int]:
+        """As `_LoadedRun.generate`: prompts cut as in training, then to what the context window leaves after the
+        prefix (a run's text starts at position P) and the answer; returns (answers, how many were cut to fit)."""
+        from tasktune.errors import ConfigError
         from tasktune.tuning.inference.engine import Request, SamplingParams
 
         served = self.bank.runs[name]
+        rows = [list(row)[-served.max_source_length:] for row in prompt_ids]
+        context, cut = self.bank.context, 0
+        if context is not None:
+            keep = context - (0 if base else served.pre_seq_len) - max_new
+            if keep <= 0:
+                raise ConfigError(f"--max-new-tokens {max_new} leaves no room for a prompt in the model's "
+                                  f"{context}-position context (at most {keep + max_new - 1})")
+            cut = sum(len(row) > keep for row in rows)
+            rows = [row[-keep:] for row in rows]
         params = SamplingParams(max_new_tokens=max_new)
         done = [threading.Event() for _ in prompt_ids]
         answers: list[Any] = [""] * len(prompt_ids)
@@ -157,15 +169,14 @@ class Assistant:
                     done[i].set()
             return emit
 
-        for i, row in enumerate(prompt_ids):
-            self.engine.submit(Request(list(row)[-served.max_source_length:], None if base else name, params,
-                                       emitter(i)))
+        for i, row in enumerate(rows):
+            self.engine.submit(Request(row, None if base else name, params, emitter(i)))
         for event in done:
             event.wait()
         for a in answers:
             if isinstance(a, Exception):
                 raise a
-        return answers
+        return answers, cut
 
 
 class _LoadedRun:
