@@ -23,7 +23,7 @@ row's text at every token, on the engine thread."""
 
 MAX_STOP_CHARS = 256
 """Longest stop sequence, in characters: far above the stop sequences clients send (a newline, "User:", an end
-marker), small enough that the per-token search (the new text plus a stop's length, engine._stop_at) stays tiny."""
+marker), small enough that the per-token search (the new text plus a stop's length, inference/stops.py) stays tiny."""
 
 
 MAX_TOOL_NAME = 64

@@ -447,9 +447,10 @@ class Service:
         if last.finish_reason == "cancelled":  # only the server's shutdown cancels a call someone still awaits
             raise RequestError(last.error or "the server is shutting down", status=503, type_="server_error",
                                code="shutting_down")
+        # the text as the stream sends it: exactly up to a stop string, a trailing space included (OpenAI's and
+        # vLLM's answers are not stripped; eval strips its own, tuning/evaluation/metrics.py)
         text = last.full_text if last.full_text is not None else "".join(parts)
-        return Answer(text.strip(), last.finish_reason or "stop", last.prompt_tokens,
-                      last.completion_tokens)
+        return Answer(text, last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
 
     def tool_calls(self, turn: Turn, text: str, request: ChatRequest | None = None,
                    finish_reason: str | None = None) -> list[dict[str, Any]]:

@@ -470,7 +470,7 @@ def test_bad_parameters_or_prompt_of_one_request_do_not_touch_the_others(bank, p
 def test_stop_strings_are_searched_in_the_new_text_only():
     """A stop can only end in the text a token added: the text sent before was searched at its step. Searching
     the whole answer for every stop at every token made 95,000 stops stall the batch."""
-    from tasktune.tuning.inference.engine import _stop_at
+    from tasktune.tuning.inference.stops import stop_at as _stop_at
 
     assert _stop_at("hello world", ("lo w", "x"), "hello") == 3  # straddles the sent text and the new one
     assert _stop_at("hello world", ("he",), "hello") == -1  # wholly in the sent text: not searched again

@@ -35,6 +35,7 @@ import torch
 from tasktune.errors import ConfigError
 
 from .detokenize import IncrementalText
+from .stops import cut_at_stop, sendable, stop_at
 
 GREEDY_BELOW = 1e-5
 """Temperatures below this decode greedily. Dividing the logits by 1e-300 (or 5e-324) overflows to inf and softmax
@@ -571,17 +572,18 @@ class Engine:
             row.tokens.append(token)
             self.stats.tokens += 1
         text = row.text.feed(row.tokens).lstrip()  # a few tokens decoded, not the whole answer again
-        if reason is None and _stop_at(text, params.stop, row.sent) >= 0:
+        if reason is None and stop_at(text, params.stop, row.sent) >= 0:
             reason = "stop"
         if reason is None and len(row.tokens) >= params.max_new_tokens:
             reason = "length"
         if reason is not None:  # the answer as eval reads it: its tokens decoded whole, once, cut at a stop
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
-            at = _stop_at(text, params.stop, "") if reason != "cancelled" else -1
-            if at >= 0:
-                text, reason = text[:at], "stop"
+            text, stopped = cut_at_stop(text, params.stop) if reason != "cancelled" else (text, False)
+            reason = "stop" if stopped else reason
         elif text.endswith("\ufffd"):
             text = row.sent  # half of a multi-byte character: wait for the rest
+        else:  # the start of a stop string that the next tokens may complete waits (stops.py)
+            text = sendable(text, params.stop)
         delta = text[len(row.sent):] if text.startswith(row.sent) else ""
         row.sent = text if reason is None or text.startswith(row.sent) else row.sent
         event = Event(text=delta, finish_reason=reason, prompt_tokens=len(request.prompt_ids),
@@ -632,18 +634,6 @@ class Engine:
             keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs, 1, generator=row.generator))
-
-
-def _stop_at(text: str, stops: tuple[str, ...], sent: str) -> int:
-    """Where the earliest stop string begins in a row's `text`, or -1. `sent` (the text sent before) was searched at
-    its own step and holds no stop, so a stop can only end in the new text: the search starts the longest stop's
-    length - 1 characters before it. Per token that costs the new text plus a stop's length, not the whole answer
-    for every stop (the serve layer allows at most 4 stops of 256 characters: serve/protocol.py). When the text
-    no longer starts with `sent` (a tokenizer's decode may change earlier text) the whole of it is searched."""
-    longest = max(map(len, stops), default=0)
-    start = max(0, len(sent) - longest + 1) if text.startswith(sent) else 0
-    found = [at for stop in stops if stop and (at := text.find(stop, start)) >= 0]
-    return min(found, default=-1)
 
 
 def _tell(request: Request, event: Event) -> None:
