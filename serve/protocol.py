@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
     field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .client_tools import DeclaredToolError, check_tools
+
 SEED_RANGE = (-(2**63), 2**63 - 1)
 """OpenAI's seed is an int64; torch.Generator.manual_seed takes -2**63 .. 2**64-1 and raised (in the engine thread)
 for 10**23. Outside int64: 400, param "seed"."""
@@ -24,10 +26,6 @@ row's text at every token, on the engine thread."""
 MAX_STOP_CHARS = 256
 """Longest stop sequence, in characters: far above the stop sequences clients send (a newline, "User:", an end
 marker), small enough that the per-token search (the new text plus a stop's length, inference/stops.py) stays tiny."""
-
-
-MAX_TOOL_NAME = 64
-"""OpenAI's limit on a function's name."""
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 """OpenAI's response_format types (only text is served: serve/service.py refuses the others as unsupported)."""
@@ -185,34 +183,13 @@ class ChatRequest(BaseModel):
     @field_validator("tools")
     @classmethod
     def _tools_are_functions(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        """Each tool `{"type": "function", "function": {"name": str, "description"?: str, "parameters"?: object}}`
-        (OpenAI's 400 otherwise): the server reads these fields, and a name that was a list or an object crashed
-        the answer's tool matching (a 500, or a stream cut off mid-body)."""
-        import jsonschema
-
-        for i, tool in enumerate(value or ()):
-            function = tool.get("function")
-            if tool.get("type") != "function" or not isinstance(function, dict):
-                raise PydanticCustomError("tool_type", "tools[{i}] must be {\"type\": \"function\", \"function\": "
-                                          "{...}}", {"i": i, "param": f"tools[{i}]"})
-            name = function.get("name")
-            if not isinstance(name, str) or not 1 <= len(name) <= MAX_TOOL_NAME:
-                raise PydanticCustomError("tool_name", "tools[{i}].function.name must be a string of 1 to {limit} "
-                                          "characters", {"i": i, "limit": MAX_TOOL_NAME,
-                                                         "param": f"tools[{i}].function.name"})
-            for field, kind, what in (("description", str, "a string"), ("parameters", dict, "a JSON object")):
-                if function.get(field) is not None and not isinstance(function[field], kind):
-                    raise PydanticCustomError("tool_field", "tools[{i}].function.{field} must be {what}",
-                                              {"i": i, "field": field, "what": what,
-                                               "param": f"tools[{i}].function.{field}"})
-            if function.get("parameters") is not None:
-                schema = function["parameters"]
-                try:  # the draft the schema names ($schema), else 2020-12, as OpenAI's function schemas
-                    jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
-                except jsonschema.SchemaError as exc:
-                    raise PydanticCustomError(
-                        "tool_parameters", "tools[{i}].function.parameters is not a valid JSON Schema: {why}",
-                        {"i": i, "why": shown(exc.message, 200), "param": f"tools[{i}].function.parameters"}) from None
+        """Each tool as OpenAI takes it (400 naming the place otherwise; serve/client_tools.py): a function of a
+        name of OpenAI's characters, each name once, parameters a valid JSON Schema with local references only
+        (nothing is ever fetched) and no reference cycle. A name that was a list crashed the tool matching."""
+        try:
+            check_tools(value or [])
+        except DeclaredToolError as exc:
+            raise PydanticCustomError("tool", "{why}", {"why": str(exc), "param": exc.param}) from None
         return value
 
     @field_validator("response_format")

@@ -21,14 +21,18 @@ import uuid
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message, shown
 from .admission import Admission
+from .client_tools import arguments_error
 from .reading import json_value
+
+if TYPE_CHECKING:
+    from .tools import ToolCall
 
 AUTO = "auto"
 
@@ -477,6 +481,8 @@ class Service:
             raise RequestError(f"tool_choice asks for {'a tool call' if forced == '*' else f'a call of {forced!r}'}, "
                                f"but the model's answer does not parse as one: {text[:200]!r}", status=500,
                                type_="server_error", code="tool_call_failed")
+        if request is not None and request.tools:
+            _hold_strict_tools(request, calls)
         return [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in calls]
 
     async def answer(self, request: ChatRequest) -> Answer:
@@ -578,6 +584,25 @@ def _offered(request: ChatRequest) -> set[str]:
     """The names of the functions a request declares in `tools` (their shape checked when the request was read:
     ChatRequest._tools_are_functions)."""
     return {t["function"]["name"] for t in request.tools or ()}
+
+
+def _hold_strict_tools(request: ChatRequest, calls: list[ToolCall]) -> None:
+    """A call of a tool the client declared with `"strict": true` whose arguments do not fit its `parameters` is a
+    500 naming the mismatch: OpenAI guarantees such arguments match, and this server cannot constrain its answers
+    (the model says what the spec's action takes), so a 200 would hand the client arguments it was promised could
+    not happen. Refusing `strict` up front instead would fail every call of the clients that always send it (the
+    openai SDK's pydantic_function_tool, the Agents SDK) even where the arguments do fit. Without strict, as
+    OpenAI's own non-strict calls, the arguments come as the model gave them (docs/serve.md)."""
+    declared = {t["function"]["name"]: t["function"] for t in request.tools or ()}
+    for call in calls:
+        function = declared.get(call.name, {})
+        wrong = arguments_error(function.get("parameters"), call.arguments) if function.get("strict") else None
+        if wrong is not None:
+            raise RequestError(f"tool {call.name} is declared strict, but the model's arguments "
+                               f"{json.dumps(call.arguments, ensure_ascii=False)[:200]} do not fit its parameters: "
+                               f"{wrong} (this server cannot constrain answers to a schema; without strict the "
+                               f"arguments come as the model gives them)", status=500, type_="server_error",
+                               code="tool_arguments_invalid")
 
 
 def _refuse_unsupported(request: ChatRequest) -> None:
