@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Retry-After: 1 (default: 256; 0: only what fits the batch)")
     p.add_argument("--max-body-bytes", type=Range(int, 1, 1 << 30), default=1 << 20,
                    help="larger request bodies are refused with 413 (default: 1 MiB)")
+    p.add_argument("--max-header-bytes", type=Range(int, 1024, 1 << 24), default=32 * 1024, metavar="BYTES",
+                   help="a request line and headers over this many bytes get 431 and the connection is closed "
+                        "(default: 32768, between Node's 16 KiB and nginx's 32 KiB)")
     p.add_argument("--read-timeout", type=Range(float, 0.1, 3600), default=30.0, metavar="SECONDS",
                    help="a client has this long to send a request's head (line and headers; else the connection "
                         "is closed) and again its body (else 408) (default: 30)")
@@ -187,7 +190,7 @@ def build(args: argparse.Namespace):
               "quantised); nothing to dequantise", file=sys.stderr, flush=True)
     service = Service(engine, base_name=base_name, tools=tools, router=router, actions=actions,
                       limits=Limits(args.max_prompt_tokens, args.max_tokens, args.max_body_bytes, args.max_queue,
-                                  args.read_timeout))
+                                  args.read_timeout, args.max_header_bytes))
     hosts = allowed_hosts(args.host, args.allowed_host)
     return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin), hosts=hosts), service, api_key
 

@@ -82,6 +82,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_queue: int = 256  # requests that may wait for a batch slot; more get 429
     read_timeout: float = 30.0  # seconds a client has for a request's head, and again for its body
+    max_head_bytes: int = 32 * 1024  # a request line and headers over this: 431 (serve/connections.py)
 
 
 @dataclass

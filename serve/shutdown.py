@@ -40,7 +40,8 @@ class GracefulServer(uvicorn.Server):
                  banner: Callable[[int], str] | None = None, read_timeout: float = 30.0):
         from .connections import with_head_deadline
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=with_head_deadline(read_timeout),
+        protocol = with_head_deadline(read_timeout, service.limits.max_head_bytes)  # the head's deadline and bound
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol,
                                 timeout_graceful_shutdown=shutdown_timeout + GRACE)
         super().__init__(config)
         self.app, self.service, self.shutdown_timeout = app, service, shutdown_timeout
