@@ -1,13 +1,13 @@
 """OpenAI's chat-completions wire format (the subset tasktune serves), as pydantic models, and its error shape.
 
 Longer than 300 lines because every check of a request's shape and types lives here, in one model (one place
-that answers each 400 with its `param`)."""
+that answers each 400 with its `param`), beside the one table of OpenAI's parameters it cannot honour (UNHONOURED)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, \
     field_validator, model_validator
@@ -94,18 +94,40 @@ class ChatRequest(BaseModel):
     seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: StrictBool | None = False  # OpenAI's schema: boolean or null (clients that send unset fields send null)
     stream_options: dict[str, Any] | None = None
-    n: StrictInt | None = Field(default=None, ge=1)  # more than 1: 400 unsupported_value (serve/service.py)
-    logprobs: StrictBool | None = None  # true: 400 unsupported_value (serve/service.py)
+    n: StrictInt | None = Field(default=None, ge=1)  # more than 1: 400 unsupported_value (UNHONOURED)
+    logprobs: StrictBool | None = None  # true: 400 unsupported_value (UNHONOURED)
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = Field(default=None, min_length=1)  # OpenAI: [] is a 400 empty_array
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None  # accepted, not applied (one call per answer)
-    response_format: dict[str, Any] | None = None  # {"type": "text"}; others: 400 unsupported_value (service.py)
+    response_format: dict[str, Any] | None = None  # {"type": "text"}; others: 400 unsupported_value (UNHONOURED)
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # accepted, not applied
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)  # (serve/service.py)
     user: StrictStr | None = None
     logit_bias: dict[str, Any] | None = None  # accepted, not applied (its shape is checked)
     ignore_eos: StrictBool | None = None  # vLLM's extension (benchmarks): decode max_tokens whatever the model says
+    # OpenAI's parameters that would change the answer's shape: typed here, refused when set (UNHONOURED)
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: StrictStr | dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    # OpenAI's parameters that do not change the answer: typed as OpenAI types them (400 otherwise), not applied
+    metadata: dict[StrictStr, StrictStr] | None = None  # (nothing is stored; its bounds: _metadata_bounds)
+    store: StrictBool | None = None
+    service_tier: StrictStr | None = None
+    reasoning_effort: StrictStr | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+
+    def unhonoured(self) -> tuple[str, str] | None:
+        """The first parameter set to a value this server cannot honour, and why (UNHONOURED), or None."""
+        for param, (cannot, why) in UNHONOURED.items():
+            value = getattr(self, param)
+            if value is not None and cannot(value):
+                return param, why.format(value=value)
+        return None
 
     @field_validator("messages")
     @classmethod
@@ -192,6 +214,15 @@ class ChatRequest(BaseModel):
             raise PydanticCustomError("tool", "{why}", {"why": str(exc), "param": exc.param}) from None
         return value
 
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        """OpenAI's bounds: at most 16 pairs, keys of at most 64 characters, values of at most 512."""
+        if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
+            raise PydanticCustomError("metadata", "metadata takes at most 16 pairs of a key of at most 64 characters "
+                                      "and a string value of at most 512")
+        return value
+
     @field_validator("response_format")
     @classmethod
     def _response_format_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -250,6 +281,35 @@ class ChatRequest(BaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+UNHONOURED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda n: n > 1, "n={value} is not supported: this server answers one choice (send n: 1 or leave it out)"),
+    "logprobs": (bool, "logprobs are not supported by this server (send logprobs: false or leave it out)"),
+    "top_logprobs": (bool, "top_logprobs needs logprobs: true, and logprobs are not supported by this server "
+                           "(leave top_logprobs out)"),
+    "response_format": (lambda f: f.get("type") != "text", "response_format {value[type]!r} is not supported: this "
+                        "server cannot constrain answers to JSON (leave response_format out, or send "
+                        "{{\"type\": \"text\"}})"),
+    "modalities": (lambda m: "audio" in m, "modalities {value}: this server answers text only (send [\"text\"] or "
+                                           "leave modalities out)"),
+    "audio": (lambda a: True, "audio output is not supported: this server answers text only (leave audio out)"),
+    "functions": (lambda f: True, "functions is OpenAI's deprecated form of tools, not taken here: its answers "
+                                  "would come as message.function_call, which this server does not send; declare "
+                                  "them as tools (and function_call as tool_choice), whose calls come as tool_calls"),
+    "function_call": (lambda c: True, "function_call is OpenAI's deprecated form of tool_choice, not taken here: "
+                                      "send tool_choice (with tools)"),
+    "web_search_options": (lambda w: True, "web search is not supported by this server (leave web_search_options "
+                                           "out)"),
+}
+"""OpenAI's parameters whose meaning this server cannot honour, the one place that says which values: the value
+is refused when `cannot(value)` (serve/service.py, 400 `unsupported_value` naming the parameter). Ignored, each
+gave a 200 the client then failed on or misread: `chat.completions.parse` and LangChain's `with_structured_output`
+(LengthFinishReasonError / ValidationError), logprobs None, one choice where several were read, no audio where
+audio was asked, and a legacy `functions` client that never gets its `function_call` (vLLM does not translate
+them either; translating only the request would give it tool_calls it does not read). Parameters that only tune
+sampling or bookkeeping (penalties, logit_bias, metadata, store, service_tier, ...) are accepted, type-checked
+as OpenAI types them, and not applied; unknown fields are ignored."""
 
 
 def new_id(prefix: str = "chatcmpl") -> str:

@@ -607,25 +607,11 @@ def _hold_strict_tools(request: ChatRequest, calls: list[ToolCall]) -> None:
 
 
 def _refuse_unsupported(request: ChatRequest) -> None:
-    """400 `unsupported_value` (OpenAI's code for a value a model does not take) for parameters whose meaning this
-    server cannot honour; ignored, they gave a 200 the client then failed on (`chat.completions.parse` and
-    LangChain's `with_structured_output`: LengthFinishReasonError / ValidationError; `logprobs`: None; `n` > 1:
-    one choice where the client reads several). Unknown fields and parameters that only tune sampling (penalties,
-    logit_bias) are still accepted and ignored."""
-    if request.n is not None and request.n > 1:
-        raise RequestError(f"n={request.n} is not supported: this server answers one choice (send n: 1 or leave it "
-                           f"out)", param="n", code="unsupported_value")
-    if request.logprobs:
-        raise RequestError("logprobs are not supported by this server (send logprobs: false or leave it out)",
-                           param="logprobs", code="unsupported_value")
-    if request.top_logprobs:  # OpenAI: top_logprobs needs logprobs: true, which this server does not take
-        raise RequestError("top_logprobs needs logprobs: true, and logprobs are not supported by this server "
-                           "(leave top_logprobs out)", param="top_logprobs", code="unsupported_value")
-    kind = (request.response_format or {}).get("type")  # its shape checked by ChatRequest
-    if kind not in (None, "text"):
-        raise RequestError(f"response_format {kind!r} is not supported: this server cannot constrain answers to "
-                           f"JSON (leave response_format out, or send {{\"type\": \"text\"}})",
-                           param="response_format", code="unsupported_value")
+    """400 `unsupported_value` (OpenAI's code for a value a model does not take) for the first parameter whose
+    value this server cannot honour (protocol.UNHONOURED: which ones, and why)."""
+    found = request.unhonoured()
+    if found is not None:
+        raise RequestError(found[1], param=found[0], code="unsupported_value")
 
 
 def _index(request: ChatRequest, message: Message) -> int:
