@@ -222,7 +222,25 @@ def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
     counts = dict(fixed)
     for i, name in enumerate(free):
         counts[name] = rest // len(free) + (1 if i < rest % len(free) else 0)
+    if not chain_n and not any(counts.values()):  # (only when every step has a count or share: free ones get n)
+        _no_records(spec, n)
     return {s.name: counts[s.name] for s in spec.steps}, chain_n
+
+
+def _no_records(spec: TaskSpec, n: int) -> None:
+    """Refuse a plan of no records at all (every step's `count: 0`, or a `share` that is or rounds to 0, and no
+    chains): it wrote an empty train.json and dev.json with exit 0, which `tasktune train` and `eval` then refused."""
+    fields = [(s.where, f"$.steps[{i}]", "count" if s.count is not None else "share",
+               s.count if s.count is not None else s.share) for i, s in enumerate(spec.steps)]
+    if spec.chains is not None:  # a chain count or share that gives 0 too
+        count = spec.chains.count
+        fields.append(("", "$.chains", "count" if count is not None else "share",
+                       count if count is not None else spec.chains.share or 0))
+    listed = ", ".join(f"{path}.{key} {value:g}" for _, path, key, value in fields)
+    where, _, key, _ = fields[0]
+    raise SpecError(f"{where}.{key}: every count or share gives 0 of the {n:,} records asked for ({listed}), so "
+                    "train.json and dev.json would be empty; give a step a count or a share above 0 (a step with "
+                    "neither shares what the others leave of n)")
 
 
 def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str]) -> list[Example]:

@@ -261,6 +261,12 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
         if node is not None:
             _expanded_size(node, path)  # before anything walks the tree alias by alias
         data = yamlread.load_spec_text(text)  # duplicate keys refused (with their line); YAML 1.2 scalars
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (NUL, other controls): no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise SpecError(f"{path}:{line}:{column}: invalid YAML: character U+{ord(char):04X} is not allowed in YAML "
+                        f"text ({exc.reason})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -517,6 +523,9 @@ def builtin_specs() -> dict[str, Path]:
 def resolve_spec(name_or_path: str | Path) -> Path:
     """A spec file path, or a built-in spec's name (`grid`, `smarthome`) -> its file. An existing path wins
     over a name; neither is a SpecError listing the built-in names."""
+    if isinstance(name_or_path, str) and not name_or_path.strip() and not os.path.isfile(name_or_path):
+        raise SpecError("SPEC is empty: give a task spec file (SPEC.yaml) or a built-in spec's name (built-in: "
+                        f"{', '.join(builtin_specs()) or 'none'}; `tasktune specs` lists them)")
     path = Path(name_or_path)
     if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path

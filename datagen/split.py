@@ -89,9 +89,10 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
         strata.setdefault(_stratum(example), []).append(example)
     held = held_out_values(examples, spec.slot, spec.dev, rng) if spec.strategy == "slot" else set()
     if spec.strategy == "slot" and not held:
-        warnings.append(f"split: slot {spec.slot!r} has fewer than 2 values; split at random instead")
+        warnings.append(f"split: {_why_no_held_values(examples, spec.slot)}; split at random instead")
     train: list[Example] = []
     dev: list[Example] = []
+    explained = False  # a warning below says why dev got none of a step
     for name, part in strata.items():
         if spec.strategy == "template":
             if len({e.template for e in part}) >= 2:
@@ -113,6 +114,35 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
         if (round(spec.dev * len(part)) >= 1 and not d) or len(d) > max(3 * spec.dev, spec.dev + 0.25) * len(part):
             warnings.append(f"split: step {name!r} has {len(d)} of its {len(part)} records in dev against the "
                             f"{spec.dev:g} asked: too few distinct texts (or groups) to split finer")
+            explained = explained or not d
+    if examples and not dev and not explained:  # every step's share of dev rounded to no record
+        warnings.append(_empty_dev({name: len(part) for name, part in strata.items()}, spec.dev))
     shuffle(train, rng)
     shuffle(dev, rng)
     return train, dev
+
+
+def _why_no_held_values(examples: list[Example], slot: str) -> str:
+    """Why a `slot` split holds no value out: the slot is in no record (no template reads it), or has one value."""
+    used = set().union(*(e.slots for e in examples))
+    if slot in used:
+        return f"slot {slot!r} has fewer than 2 values in the records"
+    return (f"slot {slot!r} is in no record: no template (content, summary or pattern) reads it, nor does any step's "
+            f"`arguments` or `fix`; the records hold {', '.join(map(repr, sorted(used))) or 'no slot'}")
+
+
+def _empty_dev(sizes: dict[str, int], share: float) -> str:
+    """The warning for a dev set left empty because `share` of every step's records rounds to none (steps are split
+    apart). A warning, not an error: train.json is whole and trains as it is (a few records make a fair smoke test);
+    `tasktune eval` refuses the empty dev.json, naming it."""
+    need = max(2, math.floor(0.5 / share))  # the fewest records of which `share` rounds to one (one stays in train)
+    while round(share * need) < 1:
+        need += 1
+    if len(sizes) == 1:
+        (total,) = sizes.values()
+        why = f"split.dev {share:g} of {total:,} records rounds to none; raise n (or --n) to at least {need:,}"
+    else:
+        listed = ", ".join(f"{name!r} {size:,}" for name, size in sizes.items())
+        why = (f"split.dev {share:g} of each step's records rounds to none (each step is split on its own: {listed}); "
+               f"raise n (or --n) so that a step has at least {need:,}")
+    return f"split: dev.json is empty (`tasktune eval` needs dev records): {why}, or raise split.dev"
