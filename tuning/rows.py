@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,66 @@ def clean_meta(value: Any, where: str) -> dict[str, Any]:
     if arguments is not None and not (isinstance(arguments, dict) and all(
             isinstance(v, (str, int, float, bool)) or v is None for v in arguments.values())):
         raise DataError(f"{where}: meta.arguments must be an object of argument values")
+    _check_answer_pattern(value.get("answer_pattern"), arguments or {}, where)
     return value
+
+
+_NAMED_GROUP = re.compile(r"\(\?P<([^>]+)>")
+
+
+def _dedupe_group_names(pattern: str) -> str:
+    """Rename repeated `(?P<name>` openings to `(?P<name__2>` ... so that the pattern compiles.
+
+    Python's `re` rejects a group name defined twice; a generator may still write it that way.
+    """
+    seen: dict[str, int] = {}
+
+    def rename(match: re.Match[str]) -> str:
+        name = match.group(1)
+        seen[name] = seen.get(name, 0) + 1
+        return match.group(0) if seen[name] == 1 else f"(?P<{name}__{seen[name]}>"
+
+    return _NAMED_GROUP.sub(rename, pattern)
+
+
+@lru_cache(maxsize=1024)  # one pattern per answer shape, shared by many records
+def answer_regex(pattern: str) -> re.Pattern[str]:
+    """A record's `meta.answer_pattern`, compiled as argument accuracy reads it (a group name written twice is
+    renamed `name__2`, ...). Raises the pattern's own `re.error` when it is not a regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        first = exc
+    try:
+        return re.compile(_dedupe_group_names(pattern))
+    except re.error:
+        raise first from None
+
+
+def argument_groups(regex: re.Pattern[str], name: str) -> list[str]:
+    """The groups of `regex` that capture argument `name`: `name` and its renamed repeats `name__2`, ..."""
+    repeat = re.compile(re.escape(name) + r"(__\d+)?")
+    return [key for key in regex.groupindex if repeat.fullmatch(key)]
+
+
+def _check_answer_pattern(pattern: str | None, arguments: dict[str, Any], where: str) -> None:
+    """`meta.answer_pattern` compiles and has a group for every argument, and `meta.arguments` comes with it: else
+    eval scored every argument of the record wrong without a word (exit 0, argument accuracy 0)."""
+    if pattern is None:
+        if arguments:
+            raise DataError(f"{where}: meta.arguments ({', '.join(map(str, arguments))}) without meta.answer_pattern: "
+                            "argument accuracy finds the arguments in the answer with that regular expression; add it "
+                            "(`tasktune data` writes it) or drop meta.arguments")
+        return
+    try:
+        regex = answer_regex(pattern)
+    except re.error as exc:
+        raise DataError(f"{where}: meta.answer_pattern is not a valid regular expression ({exc}): "
+                        f"{pattern[:80]!r}{'...' if len(pattern) > 80 else ''}") from None
+    for name in arguments:
+        if not argument_groups(regex, name):
+            raise DataError(f"{where}: meta.answer_pattern has no group (?P<{name}>...) for argument {name!r} of "
+                            "meta.arguments, so that argument could never be scored right")
 
 
 def clean_history(value: Any, where: str) -> list[list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -103,6 +104,41 @@ def test_load_records_errors_name_file_and_problem(tmp_path, content, message):
     with pytest.raises(DataError, match=message) as info:
         load_records(tmp_path, "train")
     assert str(tmp_path) in str(info.value)
+
+
+ARGS = {"place": "济南", "check": "人数检测"}
+GOOD = "^地名为(?P<place>.+?), 任务为(?P<check>.+?)$"
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"arguments": ARGS, "answer_pattern": "(unclosed"},
+     r"record 1: meta.answer_pattern is not a valid regular expression \(missing \), unterminated subpattern at "
+     r"position 0\): '\(unclosed'"),
+    ({"arguments": ARGS}, r"record 1: meta.arguments \(place, check\) without meta.answer_pattern"),
+    ({"arguments": ARGS, "answer_pattern": "^地名为(?P<place>.+?)$"},
+     r"record 1: meta.answer_pattern has no group \(\?P<check>...\) for argument 'check'"),
+    ({"answer_pattern": "[z-a]"}, r"record 1: meta.answer_pattern is not a valid regular expression \(bad character "
+                                  r"range z-a"),
+], ids=["uncompilable", "missing", "no group for an argument", "uncompilable without arguments"])
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_an_answer_pattern_that_cannot_score_is_refused_when_read(tmp_path, meta, message, split):
+    """eval scored every argument of such a record wrong, exit 0 (metrics' _compile gave None); train read it too.
+    Now the reader refuses it, for train and eval alike, naming file, record and field, with the regex error."""
+    rows = [{"content": "a", "summary": "b", "meta": {"arguments": ARGS, "answer_pattern": GOOD}},
+            {"content": "a", "summary": "b", "meta": meta}]
+    (tmp_path / f"{split}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / f"{split}.json")) + ": " + message):
+        load_records(tmp_path, split)
+
+
+def test_patterns_tasktune_writes_still_load(tmp_path):
+    """A group name written twice (renamed name__2 for scoring) and a pattern without arguments are fine."""
+    rows = [{"content": "a", "summary": "b", "meta": {"arguments": {"place": "x"},
+                                                       "answer_pattern": "^(?P<place>.+?)=(?P<place>.+?)$"}},
+            {"content": "a", "summary": "b", "meta": {"answer_pattern": "^ok$"}},
+            {"content": "a", "summary": "b", "meta": {"arguments": {}}}]
+    (tmp_path / "dev.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    assert len(load_records(tmp_path, "dev")) == 3
 
 
 def test_a_folder_with_both_formats_is_ambiguous(tmp_path):

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from tasktune.tuning.rows import answer_regex, argument_groups
+
 # Per-record text metrics, in report order; values are percentages (0-100).
 TEXT_METRICS = ("exact_match", "bleu-4", "rouge-1", "rouge-2", "rouge-l")
 ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
@@ -99,33 +101,13 @@ def score_pair(pred: str, ref: str) -> dict[str, float]:
 
 # ---- function arguments -----------------------------------------------------------------------
 
-_NAMED_GROUP = re.compile(r"\(\?P<([^>]+)>")
-
-
-def _dedupe_group_names(pattern: str) -> str:
-    """Rename repeated `(?P<name>` openings to `(?P<name__2>` ... so that the pattern compiles.
-
-    Python's `re` rejects a group name defined twice; a generator may still write it that way.
-    """
-    seen: dict[str, int] = {}
-
-    def rename(match: re.Match[str]) -> str:
-        name = match.group(1)
-        seen[name] = seen.get(name, 0) + 1
-        return match.group(0) if seen[name] == 1 else f"(?P<{name}__{seen[name]}>"
-
-    return _NAMED_GROUP.sub(rename, pattern)
-
-
 def _compile(pattern: Any) -> re.Pattern[str] | None:
     if not isinstance(pattern, str):
         return None
-    for candidate in (pattern, _dedupe_group_names(pattern)):
-        try:
-            return re.compile(candidate)
-        except re.error:
-            continue
-    return None
+    try:
+        return answer_regex(pattern)
+    except re.error:
+        return None
 
 
 def argument_accuracy(pred: str, meta: Mapping[str, Any] | None) -> dict[str, bool] | None:
@@ -133,7 +115,8 @@ def argument_accuracy(pred: str, meta: Mapping[str, Any] | None) -> dict[str, bo
 
     `meta["answer_pattern"]` must match the whole stripped prediction (`re.fullmatch`); each named
     group (and any renamed repeat `name__2`, ...) must equal `meta["arguments"][name]`. A missing,
-    uncompilable or non-matching pattern makes every argument of the record wrong.
+    uncompilable or non-matching pattern makes every argument of the record wrong (the data reader,
+    `tuning/rows.py`, refuses records with a missing or uncompilable one before any of this runs).
     """
     arguments = (meta or {}).get("arguments")
     if not arguments:
@@ -145,8 +128,7 @@ def argument_accuracy(pred: str, meta: Mapping[str, Any] | None) -> dict[str, bo
     groups = match.groupdict()
     result = {}
     for name, expected in arguments.items():
-        repeat = re.compile(re.escape(name) + r"(__\d+)?")
-        captured = [value for key, value in groups.items() if repeat.fullmatch(key)]
+        captured = [groups[key] for key in argument_groups(compiled, name)]
         result[name] = bool(captured) and all(
             value is not None and value.strip() == str(expected).strip() for value in captured
         )
