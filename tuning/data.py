@@ -118,6 +118,9 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
                 raise DataError(f"{where}: column {column!r} holds a lone UTF-16 surrogate (not valid Unicode)")
             keep[column].append(row[column])
         keep[cfg.history_column].append(clean_history(row.get(cfg.history_column), where))
+        names = (f"column {cfg.prompt_column!r}", f"column {cfg.history_column!r}")
+        templating.check_prompt_text(keep[cfg.prompt_column][-1], keep[cfg.history_column][-1], f"{where}: its prompt",
+                                     names, "shorten the record or leave it out")
         keep[META_COLUMN].append(json.dumps(clean_meta(row.get("meta"), where), ensure_ascii=False, sort_keys=True))
     ds = Dataset.from_dict(keep)
     ds.info.description = str(path)  # lets later errors name the file
@@ -156,16 +159,26 @@ def group_by_length(items: list, length, batch: int, window: int = 16) -> list[l
 
 
 def format_prompt(tokenizer, query: str, history: list | None = None, template: str = "auto") -> str:
-    """The prompt text for `query` after `history` ([query, answer] pairs), ready for the answer."""
+    """The prompt text for `query` after `history` ([query, answer] pairs), ready for the answer. Text too long
+    to frame is a DataError saying so (`templating.PromptTooLong`), not the template's refusal."""
+    from tasktune.datagen.render import MAX_TEXT
+
     history = [list(turn) for turn in (history or [])]
-    if _uses_chat_template(tokenizer, template):
-        messages = []
-        for q, a in history:
-            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": query})
-        return templating.render_chat(tokenizer, messages)  # = apply_chat_template's text, in the spec sandbox
-    name = "chatglm" if template == "auto" else template
-    return templating.render_frame(str(_template_path(name)), query=query, history=history)
+    templating.check_prompt_text(query, history)
+    try:
+        if _uses_chat_template(tokenizer, template):
+            messages = []
+            for q, a in history:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            messages.append({"role": "user", "content": query})
+            return templating.render_chat(tokenizer, messages)  # = apply_chat_template's text, in the spec sandbox
+        name = "chatglm" if template == "auto" else template
+        return templating.render_frame(str(_template_path(name)), query=query, history=history)
+    except DataError as exc:  # text just under the bound, which the frame takes over it: still the text's length
+        lengths = templating.text_lengths(query, history)
+        if sum(lengths) > MAX_TEXT // 2 and f"longer than {MAX_TEXT:,} characters" in str(exc):
+            raise templating.too_long("the prompt", lengths, ("query", "history"), f"its frame ({exc})") from None
+        raise
 
 
 def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> list[list[int]]:

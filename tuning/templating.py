@@ -23,6 +23,39 @@ from tasktune.errors import DataError
 from tasktune.files import read_text_file
 
 
+class PromptTooLong(DataError):
+    """A prompt's text (query and history) is longer than any prompt template may build (render.MAX_TEXT)."""
+
+
+def text_lengths(query: str, history: list) -> tuple[int, int]:
+    """Characters of a prompt's query and of its history ([query, answer] pairs)."""
+    return len(query), sum(len(q) + len(a) for q, a in history)
+
+
+def too_long(what: str, lengths: tuple[int, int], names: tuple[str, str], framed: str = "",
+             fix: str = "shorten it") -> PromptTooLong:
+    """The error for `what` (its query and history `lengths`, their `names`), too long to frame (`framed`: with
+    what the frame took it over the bound)."""
+    from tasktune.datagen.render import MAX_TEXT
+
+    parts = f"{names[0]} {lengths[0]:,}" + (f", {names[1]} {lengths[1]:,}" if lengths[1] else "")
+    over = f"with {framed} it is over" if framed else "over"
+    return PromptTooLong(f"{what} is {sum(lengths):,} characters long ({parts}): {over} the {MAX_TEXT:,} characters "
+                         "a prompt template may build, so it cannot be framed (a long prompt is cut to "
+                         f"max_source_length tokens only once framed); {fix}")
+
+
+def check_prompt_text(query: str, history: list, what: str = "the prompt",
+                      names: tuple[str, str] = ("query", "history"), fix: str = "shorten it") -> None:
+    """PromptTooLong when `query` after `history` holds more text than any prompt template may build: the
+    template's refusal named the template, not the text (`what`, with its parts called `names`)."""
+    from tasktune.datagen.render import MAX_TEXT
+
+    lengths = text_lengths(query, history)
+    if sum(lengths) > MAX_TEXT:
+        raise too_long(what, lengths, names, fix=fix)
+
+
 def _environment(**options: Any):
     from jinja2.sandbox import modifies_known_mutable
 

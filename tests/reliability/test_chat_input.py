@@ -92,4 +92,17 @@ def test_a_line_the_template_cannot_frame_gets_a_note_and_the_chat_goes_on(echo_
     stdout = io.StringIO()
     turns = chat_module.chat("run", stdin=stdin, stdout=stdout)
     assert turns == [("你好", "echo:你好")]
-    assert "that line cannot be framed" in stdout.getvalue() and "type a shorter one" in stdout.getvalue()
+    said = stdout.getvalue()
+    # (was: "that line cannot be framed: prompt template .../chatglm.jinja: cannot render (SecurityError: ...)")
+    assert "(the prompt of that line is 200,000 characters long (the line 200,000): over the 100,000 characters" in said
+    assert said.count("type a shorter one") == 1 and "or `clear`" not in said and "chatglm.jinja" not in said
+
+
+def test_a_line_too_long_with_the_history_says_so_and_offers_clear(echo_model):
+    stdin = io.StringIO("你" * 60_000 + "\n" + "好" * 60_000 + "\nclear\n" + "好" * 60_000 + "\n\n")
+    stdout = io.StringIO()
+    turns = chat_module.chat("run", stdin=stdin, stdout=stdout)
+    assert [len(q) for q, _ in turns] == [60_000, 60_000]  # the third line fits once the history is cleared
+    said = stdout.getvalue()
+    assert "(the prompt of that line is 180,005 characters long (the line 60,000, the history before it 120,005)" \
+           in said and "type a shorter one, or `clear` the history)" in said

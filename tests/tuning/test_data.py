@@ -172,11 +172,31 @@ def test_chatglm_frame_with_history(tokenizer):
     assert format_prompt(tokenizer, "你好") == "[Round 1]\n\n问：你好\n\n答："
 
 
-def test_a_record_the_template_cannot_frame_is_named_with_its_file_and_index(tmp_path, tokenizer):
-    """A 200,000-character content is over what the template renders; the error named only the template."""
-    rows = RECORDS[:2] + [{"content": "a" * 200_000, "summary": "b"}]
+@pytest.mark.parametrize("content, history, parts", [
+    ("a" * 200_000, [], "column 'content' 200,000"),
+    ("a", [["q" * 60_000, "a" * 60_000]], "column 'content' 1, column 'history' 120,000"),
+])
+def test_a_record_too_long_to_frame_is_named_with_its_file_index_and_length(tmp_path, content, history, parts):
+    """A 200,000-character content is over what any template renders; the error named only the template (and
+    eval's did not even name the file or record). Now the reader refuses it, for train and eval alike, before
+    a model loads, naming the record, its columns and their lengths."""
+    rows = RECORDS[:2] + [{"content": content, "summary": "b", "history": history}]
     (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(DataError, match=r"train.json: record 2: prompt template .* cannot render"):
+    with pytest.raises(DataError) as refused:
+        load_records(tmp_path, "train")
+    message = str(refused.value)
+    assert f"train.json: record 2: its prompt is {len(content) + 120_000 * bool(history):,} characters long " \
+           f"({parts}): over the 100,000 characters a prompt template may build" in message
+    assert "shorten the record or leave it out" in message and "prompt template /" not in message
+
+
+def test_text_the_frame_takes_over_the_bound_is_named_as_too_long(tmp_path, tokenizer):
+    """99,990 characters pass the reader, and the frame takes them over 100,000: still the text's length, with
+    the template's refusal beside it."""
+    rows = RECORDS[:2] + [{"content": "a" * 99_990, "summary": "b"}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json: record 2: the prompt is 99,990 characters long \(query 99,990\)"
+                                        r": with its frame \(prompt template .*chatglm.jinja: cannot render"):
         tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
 
 

@@ -58,6 +58,8 @@ def _read_line(stdin, stdout) -> str | None:
 
 def _converse(stdin, stdout, bot, *, who: str, base: bool, max_new_tokens: int, keep_history: bool,
               turns: list[tuple[str, str]]) -> None:
+    from tasktune.tuning.templating import PromptTooLong, check_prompt_text
+
     history: list[tuple[str, str]] = []
     while True:
         print("用户> ", end="", file=stdout, flush=True)
@@ -72,9 +74,15 @@ def _converse(stdin, stdout, bot, *, who: str, base: bool, max_new_tokens: int, 
             continue
         # framed and cut as training framed and cut it (the Assistant does both)
         try:
+            check_prompt_text(query, history if keep_history else [], "the prompt of that line",
+                              ("the line", "the history before it"),
+                              "type a shorter one" + (", or `clear` the history" if history else ""))
             (answer,) = bot.answer([query], history=[history if keep_history else []],
                                    max_new_tokens=max_new_tokens, base=base)
-        except DataError as exc:  # the prompt template refused it (over render.MAX_TEXT): this line, not the session
+        except PromptTooLong as exc:  # this line (and the history), not the session
+            print(f"({exc})", file=stdout, flush=True)
+            continue
+        except DataError as exc:  # the prompt template refused it: this line, not the session
             print(f"(that line cannot be framed: {exc}; type a shorter one, or `clear` the history)", file=stdout,
                   flush=True)
             continue
