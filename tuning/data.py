@@ -143,6 +143,12 @@ def _template_path(template: str) -> Path:
     return path
 
 
+def check_prompt_template(template: str) -> None:
+    """DataError unless `template` names a prompt template: auto, chat, chatglm, human_assistant or a .jinja file."""
+    if template not in ("auto", "chat"):
+        _template_path(template)
+
+
 def _uses_chat_template(tokenizer, template: str) -> bool:
     return template == "chat" or (template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
 

@@ -146,10 +146,36 @@ class RunFolder:
         Its config's `trust_remote_code` and `allow_pickle` are `trust`'s, whatever the record says (`Trust`)."""
         self.check()
         record = RunRecord.from_dict(self.raw_record(), self.record_path)
+        self._check_agreement(record)
         if task is not None and record.task != task:
             raise ConfigError(refusal.format(run=self.path, task=record.task))
         config = dataclasses.replace(record.config, trust_remote_code=trust.remote_code, allow_pickle=trust.pickle)
         return dataclasses.replace(record, config=config)
+
+    def _check_agreement(self, record: RunRecord) -> None:
+        """The record's settings that readers act on are usable, and the facts it shares with METHOD_FILE (the
+        adapter's record, which loading follows) agree: an edited `method` or `task` in either was evaluated as
+        the other said, with exit 0, and a bad `config.prompt_template` was refused without naming this file."""
+        from tasktune.errors import DataError
+        from tasktune.tuning.data import check_prompt_template
+
+        try:  # (a classification run reads no prompt template)
+            if record.config.task == "causal-lm":
+                check_prompt_template(record.config.prompt_template)
+        except DataError as exc:
+            raise ConfigError(f"{self.record_path}: config.prompt_template: {exc}") from None
+        path = self.path / METHOD_FILE
+        if not path.is_file():  # a folder from before METHOD_FILE: P-tuning v2 (read_method_info)
+            return
+        info = read_json_object(path)
+        for key, recorded in (("method", record.config.method), ("task", record.config.task),
+                              ("labels", record.labels)):
+            said = info.get(key)
+            if said is not None and recorded is not None and said != recorded:
+                field = "labels" if key == "labels" else f"config.{key}"
+                raise ConfigError(f"{path}: {key} is {said!r} but {self.record_path} has {field} {recorded!r}: the "
+                                  "run folder's records disagree (one was edited, or files of two runs were mixed); "
+                                  "restore the edited file, or re-run `tasktune train`")
 
     def write_record(self, record: dict[str, Any]) -> Path:
         from tasktune.files import write_json

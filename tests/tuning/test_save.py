@@ -215,6 +215,13 @@ def test_adapter_tensors_nobody_trained_are_refused(tiny_model_dir, tmp_path, da
     (lambda r: r.update(format=99), "format 99 is not one this tasktune reads"),
     (lambda r: r.update(format="1"), "format '1'"),
     (lambda r: r["prefix"].update(pre_seq_len=P + 3), f"prefix.pre_seq_len is {P + 3}"),
+    # the geometry the record repeats was not compared (an edited shape.num_layers was ignored)
+    (lambda r: r["shape"].update(num_layers=3), "shape.num_layers is 3 but adapter_config.json's num_layers is 2"),
+    (lambda r: r["shape"].update(num_kv_heads=4), "shape.num_kv_heads is 4 but adapter_config.json's "
+                                                  "num_attention_heads is 2"),
+    (lambda r: r["shape"].update(head_dim=8), r"shape.num_kv_heads \* shape.head_dim is 16 but adapter_config.json's "
+                                              "token_dim is 32"),
+    (lambda r: r["prefix"].update(prefix_projection=True), "prefix.prefix_projection is True but"),
 ])
 def test_an_adapter_record_of_another_format_or_length_is_refused(tiny_model_dir, tmp_path, edit, says):
     path = tiny_model_dir("glm")

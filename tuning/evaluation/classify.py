@@ -48,7 +48,7 @@ def evaluate_classification(run_dir: Path, record, *, data=None, split: str = "d
 
     cfg = record.config
     source = methods.base_source(cfg.model, run_dir)  # from any directory
-    info = methods.read_method_info(run_dir)
+    info = methods.check_method_files(Path(run_dir))  # the adapter files are what the records say, before any work
     labels = info.get("labels") or record.labels
     rows = read_records(data or cfg.data, split)[:limit or None]
     gold = label_ids(rows, labels, f"{data or cfg.data} ({split})")

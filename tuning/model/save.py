@@ -162,11 +162,22 @@ def _check_record(record: dict, peft_config: dict, folder: Path) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= RECORD_FORMAT:
         raise ConfigError(f"{path}: format {version!r} is not one this tasktune reads (1 to {RECORD_FORMAT}); "
                           f"it was written by another version, or edited")
-    saved = record.get("prefix")
-    if isinstance(saved, dict) and "pre_seq_len" in saved \
-            and saved["pre_seq_len"] != peft_config.get("num_virtual_tokens"):
-        raise ConfigError(f"{path}: prefix.pre_seq_len is {saved['pre_seq_len']!r} but {CONFIG_NAME}'s "
-                          f"num_virtual_tokens is {peft_config.get('num_virtual_tokens')!r}; the folder is damaged")
+    saved = record.get("prefix") if isinstance(record.get("prefix"), dict) else {}
+    shape = record.get("shape") if isinstance(record.get("shape"), dict) else {}
+    # (field of the record, its value, adapter_config.json's key, its value): every fact written twice must agree;
+    # an edited `shape.num_layers` was ignored
+    pairs = [("prefix.pre_seq_len", saved.get("pre_seq_len"), "num_virtual_tokens"),
+             ("prefix.prefix_projection", saved.get("prefix_projection"), "prefix_projection"),
+             ("shape.num_layers", shape.get("num_layers"), "num_layers"),
+             ("shape.num_kv_heads", shape.get("num_kv_heads"), "num_attention_heads")]
+    if isinstance(shape.get("num_kv_heads"), int) and isinstance(shape.get("head_dim"), int):
+        pairs.append(("shape.num_kv_heads * shape.head_dim", shape["num_kv_heads"] * shape["head_dim"], "token_dim"))
+    if saved.get("prefix_projection") is True:
+        pairs.append(("prefix.prefix_hidden_size", saved.get("prefix_hidden_size"), "encoder_hidden_size"))
+    for field, value, key in pairs:
+        if value is not None and value != peft_config.get(key):
+            raise ConfigError(f"{path}: {field} is {value!r} but {CONFIG_NAME}'s {key} is {peft_config.get(key)!r}; "
+                              "the folder is damaged, or one of the two was edited")
 
 
 def _check_geometry(peft_config: dict, model, config_path: Path) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from tasktune.errors import ConfigError
 from tasktune.tuning.model.load import base_model_reference, base_source, load_base, recorded_base  # noqa: F401
+from tasktune.tuning.run import ADAPTER_FILES, read_json_object
 
 from .adapter import METHOD_FILE, Adapter, folder_bytes, read_method_info  # noqa: F401
 from .ours import PrefixAdapter, attach_prefix, load_prefix
@@ -60,6 +61,8 @@ class Method:
     backend: str                 # "tasktune" | "peft" | "torch"
     quantization: str = "any"    # "any": as --quantization-bit says; "4bit": always NF4; "none": never
     families: dict[str, str] = field(default_factory=dict)  # task -> FAMILIES key; a task not here: unsupported
+    peft_type: str | None = None  # the `peft_type` of the adapter_config.json its saves write (None: no such file)
+    own_file: str | None = None   # the weight file of a method that writes no adapter_config.json
 
     @property
     def classification(self) -> bool:
@@ -78,21 +81,22 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     # ours for causal LMs; for classification PEFT's PrefixTuningConfig(SEQ_CLS): our attention-interface prefix
     # needs decoder attention (k_proj, causal masks), and PEFT also trains and saves the new classifier head
     Method("ptuning-v2", "P-tuning v2: trained key/value prefix at every layer (ours)", "tasktune",
-           families=OURS),
+           families=OURS, peft_type="PREFIX_TUNING"),
     Method("prefix", "prefix tuning: the P-tuning v2 prefix through an MLP re-parametrisation (ours)", "tasktune",
-           families=OURS),
+           families=OURS, peft_type="PREFIX_TUNING"),
     Method("prompt", "prompt tuning, soft: random virtual-token embeddings at the input (PEFT)", "peft",
-           families=PEFT),
+           families=PEFT, peft_type="PROMPT_TUNING"),
     Method("prompt-text", "prompt tuning, hard: virtual tokens start as a text's embeddings (PEFT)", "peft",
-           families=PEFT),
+           families=PEFT, peft_type="PROMPT_TUNING"),
     Method("p-tuning", "P-tuning: virtual tokens from an MLP prompt encoder, input layer only (PEFT)", "peft",
-           families=PEFT),
-    Method("bitfit", "BitFit: only the bias terms train", "torch", families={"causal-lm": "bitfit"}),
-    Method("lora", "LoRA: low-rank updates of the linear layers (PEFT)", "peft", families=PEFT),
+           families=PEFT, peft_type="P_TUNING"),
+    Method("bitfit", "BitFit: only the bias terms train", "torch", families={"causal-lm": "bitfit"},
+           own_file=BITFIT_FILE),
+    Method("lora", "LoRA: low-rank updates of the linear layers (PEFT)", "peft", families=PEFT, peft_type="LORA"),
     Method("qlora", "QLoRA: LoRA on the NF4 4-bit base (PEFT + bitsandbytes)", "peft", quantization="4bit",
-           families=PEFT),
+           families=PEFT, peft_type="LORA"),
     Method("full", "full fine-tuning: every weight trains", "torch", quantization="none",
-           families={"causal-lm": "full"}),
+           families={"causal-lm": "full"}, own_file=FULL_FILE),
 )}
 
 
@@ -135,15 +139,54 @@ def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[],
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"adapter folder {folder} does not exist")
+    info = check_method_files(folder)
+    task = info.get("task", "causal-lm")
+    return get_method(info.get("method", "")).family(task).load(model, folder, info, is_trainable, reload_base)
+
+
+def check_method_files(folder: Path) -> dict:
+    """METHOD_FILE of `folder`, once the adapter files there are those its `method`, `task` and `files` say: an
+    edited `method` (lora, prompt, prefix...) or `task` (classification) loaded a P-tuning v2 prefix through another
+    family, and eval answered with exit 0 as if nothing had changed."""
     info = read_method_info(folder)
     task = info.get("task", "causal-lm")
-    family = get_method(info.get("method", "")).family(task)
-    return family.load(model, folder, info, is_trainable, reload_base)
+    method = get_method(info.get("method", ""))
+    method.family(task)  # (a task the method does not support: ConfigError)
+    where = folder / METHOD_FILE
+    listed = info.get("files")
+    missing = [name for name in listed if isinstance(name, str) and not (folder / name).is_file()] \
+        if isinstance(listed, list) else []
+    if missing:
+        raise ConfigError(f"{where}: files lists {missing[0]}, which {folder} lacks; the folder is incomplete, or "
+                          "its records were edited")
+    disagree = f"the records disagree with the adapter files ({METHOD_FILE} edited, or files of two runs mixed)"
+    if method.own_file is not None:
+        if not (folder / method.own_file).is_file():
+            raise ConfigError(f"{where}: method is {method.name!r}, whose weights are {method.own_file}, which "
+                              f"{folder} lacks: {disagree}")
+        return info
+    config_path = folder / ADAPTER_FILES[0]
+    if not config_path.is_file():
+        raise ConfigError(f"{where}: method is {method.name!r}, whose adapter is PEFT's {method.peft_type} in "
+                          f"{ADAPTER_FILES[0]}, which {folder} lacks: {disagree}")
+    config = read_json_object(config_path)
+    task_type = "SEQ_CLS" if task == "classification" else "CAUSAL_LM"
+    found = {"peft_type": config.get("peft_type"), "task_type": config.get("task_type")}
+    for key, want, said in (("peft_type", method.peft_type, f"method is {method.name!r}"),
+                            ("task_type", task_type, f"task is {task!r}")):
+        if found[key] != want:
+            raise ConfigError(f"{where}: {said}, whose adapter has {key} {want}, but {config_path} has {key} "
+                              f"{found[key]!r}: {disagree}")
+    if method.name == "prefix" and config.get("prefix_projection") is not True:
+        raise ConfigError(f"{where}: method is 'prefix', whose prefix goes through an MLP (prefix_projection), but "
+                          f"{config_path} has prefix_projection {config.get('prefix_projection')!r}: {disagree}")
+    return info
 
 
 def load_run_adapter(run_dir: Path, record):
     """The run's base model (as trained: same quantization) with its adapter on, in eval mode (`record`: the
     run's RunRecord)."""
+    check_method_files(Path(run_dir))  # before the base loads
     quant = record.quantization
     source = base_source(record.config.model, run_dir)  # from any directory
 
