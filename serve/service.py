@@ -21,13 +21,14 @@ import uuid
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping
 
 from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message, shown
 from .admission import Admission
+from .actions.runner import ActionFailed, ActionRunner, ActionsClosed, ActionTimedOut
 from .client_tools import arguments_error
 from .reading import json_value
 
@@ -113,19 +114,34 @@ class Service:
 
     def __init__(self, engine: Engine, *, base_name: str, tools: dict[str, Any] | None = None,
                  router: Callable[[str], tuple[str, str] | None] | None = None,
-                 actions: dict[str, Callable[..., dict]] | None = None, limits: Limits = Limits()):
+                 actions: Mapping[str, Callable[..., Any]] | None = None, limits: Limits = Limits()):
         self.engine, self.bank = engine, engine.bank
         self.tokenizer = self.bank.tokenizer
         self.base_name = base_name
         self.tools = tools or {}  # run name -> TaskTools of its spec
         self.router = router
-        self.actions = actions or {}
+        self.actions = actions or {}  # an ActionRunner (a plain REGISTRY dict is wrapped in one)
         self.limits = limits
-        self.active = 0  # model calls in flight (queued or decoding)
+        self.active = 0  # model calls (queued or decoding) and server-side actions in flight
         self.admitted = 0  # chat requests admitted and not yet answered (what --max-queue counts)
         self.shutting_down = False
         self.shutdown_outcomes = {"drained": 0, "cancelled": 0}  # how the calls ended after shutdown began
         self._mail: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Mailbox
+
+    @property
+    def actions(self) -> ActionRunner:
+        """The server-side actions (--actions): tool name -> function, and how they run."""
+        return self._actions
+
+    @actions.setter
+    def actions(self, registry: Mapping[str, Callable[..., Any]]) -> None:
+        self._actions = registry if isinstance(registry, ActionRunner) else ActionRunner(registry)
+
+    def cut(self, reason: str) -> None:
+        """The shutdown timeout (or a second signal): cancel every model call and end every action still waited
+        for; their requests get 503 `shutting_down` (a stream, its error event)."""
+        self.engine.close(reason)
+        self.actions.close(reason)
 
     def begin_shutdown(self) -> int:
         """Count from now how model calls end (drained or cancelled); returns how many are in flight."""
@@ -509,24 +525,60 @@ class Service:
 
     async def execute(self, turn: Turn, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Turn | None]:
         """Run the calls with the registered actions: what was run (with results) and the result step's turn
-        (None when a call has no registered action: the client then gets the calls)."""
+        (None when a call has no registered action: the client then gets the calls). A failure of the action,
+        or a result the spec cannot take, is the server's (502), never the client's 400."""
         executed, next_turn = [], None
         for call in calls:
             name = call["function"]["name"]
-            function = self.actions.get(name)
-            if function is None:
+            if name not in self.actions:
                 return executed, None
             arguments = json.loads(call["function"]["arguments"])
-            try:
-                result = await asyncio.to_thread(function, **arguments)
-            except Exception as exc:  # the action library failed: say so, never crash the request
-                # a 502: not retried (RequestError's x-should-retry), which would run the action again
-                raise RequestError(f"action {name} failed: {type(exc).__name__}: {exc}", status=502,
-                                   type_="server_error", code="action_failed") from None
+            result = await self._act(name, arguments)
+            prompt, step = self._action_result_prompt(turn.run, name, arguments, result)
             executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
-            prompt, step = self._result_prompt(turn.run, name, arguments, result)
             next_turn = Turn(turn.run, prompt, [], step)
+            self._encode_result(next_turn, name)
         return executed, next_turn
+
+    def _encode_result(self, turn: Turn, name: str) -> None:
+        """The result step's prompt encoded now: one over --max-prompt-tokens (a result of long values) is the
+        action's 502, not the client's 400 `context_length_exceeded`."""
+        try:
+            self.encode(turn)
+        except RequestError as exc:
+            raise RequestError(f"action {name} returned a result too long to answer: {exc}", status=502,
+                               type_="server_error", code="action_failed") from None
+
+    async def _act(self, name: str, arguments: dict[str, Any]) -> Any:
+        """One action's result (serve/actions/runner.py), counted in flight as a model call is (the shutdown's
+        summary counts it). 502 `action_failed` when it raised (whatever it raised: SystemExit too) or returned
+        what JSON cannot hold; 504 `action_timeout` past --action-timeout; 503 `shutting_down` when the shutdown
+        timeout cut it. None is retried (x-should-retry: false) but the 503: a retry runs the action again."""
+        self.active += 1
+        cut = False
+        try:
+            return await self.actions.run(name, arguments)
+        except ActionsClosed as exc:
+            cut = True
+            raise RequestError(str(exc), status=503, type_="server_error", code="shutting_down") from None
+        except ActionTimedOut as exc:
+            raise RequestError(str(exc), status=504, type_="server_error", code="action_timeout") from None
+        except ActionFailed as exc:
+            raise RequestError(str(exc), status=502, type_="server_error", code="action_failed") from None
+        finally:
+            self._ended(cancelled=cut)
+
+    def _action_result_prompt(self, run: str, name: str, arguments: dict[str, Any], result: Any) -> tuple[str, str]:
+        """The result step's prompt for a server-side action's result; a result the spec cannot take (not an
+        object, a field missing or of the wrong type) is the action's fault: 502 naming the action and the field."""
+        from .tools import ToolCall
+
+        tools = self.tools[run]
+        try:
+            return tools.result_prompt(ToolCall(name, arguments), result), tools.action(name).result_step
+        except (ValueError, KeyError, TypeError) as exc:  # ToolError: a field missing or mistyped; a frame's refusal
+            raise RequestError(f"action {name} returned a result its tool cannot take: {exc}", status=502,
+                               type_="server_error", code="action_failed") from None
 
     async def _run_actions(self, turn: Turn, answer: Answer, params: SamplingParams) -> Answer:
         executed, next_turn = await self.execute(turn, answer.tool_calls)

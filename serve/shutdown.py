@@ -4,11 +4,13 @@
    connections are closed; a request that still reaches the app gets 503 `shutting_down` in OpenAI's error
    shape, and /health answers 503.
 2. Requests in flight (streams included) keep decoding for up to `--shutdown-timeout` seconds.
-3. Then, or at once on a second signal, the engine cancels every row and queued request: a stream gets a final
-   `data: {"error": {... "code": "shutting_down"}}` event and `data: [DONE]`; a plain request a 503.
+3. Then, or at once on a second signal, the engine cancels every row and queued request, and every request
+   waiting for a server-side action stops waiting (`Service.cut`; the action's daemon thread is left to itself,
+   so a hung action cannot hold the exit): a stream gets a final `data: {"error": {... "code":
+   "shutting_down"}}` event and `data: [DONE]`; a plain request a 503.
 4. uvicorn waits GRACE seconds more for those last bytes (its `timeout_graceful_shutdown` is the timeout plus
    GRACE) and only then cancels connections that are still open.
-5. The engine thread stops and one line goes to stderr:
+5. The engine thread stops and one line goes to stderr (a model call or an action cut counts as cancelled):
    `tasktune serve: SIGTERM: drained 2 request(s), cancelled 1 (3 in flight; shutdown timeout 30 s)`.
 
 Exit code 0 in every case: stopping when asked is a server's normal end (systemd and Kubernetes read 0 as a clean
@@ -73,7 +75,7 @@ class GracefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.signal is not None:  # a second signal: cancel what is left now (streams still end cleanly)
-            self.service.engine.close("the server is shutting down (second signal)")
+            self.service.cut("the server is shutting down (second signal)")
             return
         self.signal = signal.Signals(sig).name
         self.begin()
@@ -89,8 +91,8 @@ class GracefulServer(uvicorn.Server):
         self.in_flight = self.service.begin_shutdown()
 
     def cancel_rest(self) -> None:
-        self.service.engine.close(f"the server is shutting down: answers still running after "
-                                  f"{self.shutdown_timeout:g} s are cut")
+        self.service.cut(f"the server is shutting down: answers still running after {self.shutdown_timeout:g} s "
+                         f"are cut")
 
     async def shutdown(self, sockets=None) -> None:
         self.begin()
