@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "routes plain user text to a step")
     p.add_argument("--actions", metavar="MODULE.py", help="a Python file (or module) whose REGISTRY maps tool "
                                                          "names to callables: the server then runs the tools itself; "
-                                                         "`grid` or `smarthome`: the simulated libraries that ship")
+                                                         "`grid` or `smarthome`: the simulated libraries that ship; "
+                                                         "every tool of the served specs needs a function in it")
     p.add_argument("--action-timeout", type=Range(float, 0.001, 86400), default=30.0, metavar="SECONDS",
                    help="a server-side action (--actions) not answered within this long fails its request with 504 "
                         "`action_timeout` (default: 30; Python cannot stop its thread: it runs on, holding a worker)")
@@ -146,8 +147,8 @@ def build(args: argparse.Namespace):
     from tasktune.errors import ConfigError
 
     from .router import load_router
-    from .actions.runner import ActionRunner
-    from .service import Limits, Service, load_actions, load_tools
+    from .actions.loading import server_actions
+    from .service import Limits, Service, load_tools
     from .site import allowed_hosts
     from .window import fit_window
 
@@ -174,8 +175,7 @@ def build(args: argparse.Namespace):
     base_name = args.base_name or Path(first.base_model).name or first.base_model
     _names_apart(list(view.runs), base_name, bool(args.base_name))
     tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
-    actions = ActionRunner(load_actions(args.actions), timeout=args.action_timeout,
-                           workers=args.action_workers or args.max_batch_size) if args.actions else None
+    actions = server_actions(args, tools) if args.actions else None
     router = load_router(args.router, view.runs, trust) if args.router else None
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
     # the prefix and the largest answer a request may ask for, never more than the base's context window

@@ -28,6 +28,7 @@ from tasktune.errors import ConfigError, DataError
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
 from .protocol import ChatRequest, Message, shown
 from .admission import Admission
+from .actions.loading import BUILTIN_ACTIONS, load_actions  # noqa: F401 (were defined here)
 from .actions.runner import ActionFailed, ActionRunner, ActionsClosed, ActionTimedOut
 from .client_tools import arguments_error
 from .reading import json_value
@@ -553,7 +554,7 @@ class Service:
         """One action's result (serve/actions/runner.py), counted in flight as a model call is (the shutdown's
         summary counts it). 502 `action_failed` when it raised (whatever it raised: SystemExit too) or returned
         what JSON cannot hold; 504 `action_timeout` past --action-timeout; 503 `shutting_down` when the shutdown
-        timeout cut it. None is retried (x-should-retry: false) but the 503: a retry runs the action again."""
+        timeout cut it. All but the 503 carry x-should-retry: false: a retry would run the action again."""
         self.active += 1
         cut = False
         try:
@@ -714,36 +715,6 @@ def load_tools(runs: dict[str, Any], specs: dict[str, str],
     if unknown:
         raise ConfigError(f"--spec {unknown[0]}=...: no served run of that name ({', '.join(runs)})")
     return out
-
-
-#: `--actions NAME` for the simulated action libraries that ship with tasktune
-BUILTIN_ACTIONS = {"grid": "tasktune.serve.actions.grid_sim", "smarthome": "tasktune.serve.actions.smarthome_sim"}
-
-
-def load_actions(path: str) -> dict[str, Callable[..., dict]]:
-    """`--actions`: a Python file or module name whose REGISTRY maps tool names to callables, or the name of a
-    simulated library that ships with tasktune (BUILTIN_ACTIONS: grid, smarthome)."""
-    import importlib
-    import importlib.util
-
-    path = BUILTIN_ACTIONS.get(path, path)
-    if path.endswith(".py"):
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"--actions {path}: no such file")
-        spec = importlib.util.spec_from_file_location(f"tasktune_actions_{file.stem}", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(path)
-        except ImportError as exc:
-            raise ConfigError(f"--actions {path}: cannot import it ({exc}); give a .py file, a module, or one of "
-                              f"the built-in simulations: {', '.join(BUILTIN_ACTIONS)}") from None
-    registry = getattr(module, "REGISTRY", None)
-    if not isinstance(registry, dict) or not all(callable(f) for f in registry.values()):
-        raise ConfigError(f"--actions {path}: the module needs REGISTRY = {{tool name: callable}}")
-    return dict(registry)
 
 
 __all__ = ["Service", "RequestError", "Limits", "Turn", "Answer", "load_tools", "load_actions", "DataError"]

@@ -1,2 +1,3 @@
 """Server-side actions (`tasktune serve --actions MODULE`): the simulated libraries that ship (grid_sim,
-smarthome_sim: REGISTRY, tool name -> callable) and running a library's functions (runner.py)."""
+smarthome_sim: REGISTRY, tool name -> callable), loading and checking a library (loading.py) and running its
+functions (runner.py)."""

@@ -1,7 +1,8 @@
 """Server-side actions (`--actions`) against hostile action libraries (serve/actions/): whatever an action raises
 or returns fails its own request only, as a 502 `action_failed` naming the action (and the field at fault); a slow
 one is a 504 `action_timeout` after --action-timeout; actions run on --action-workers threads of their own; the
-shutdown timeout cuts a hung action (503, the process still exits)."""
+shutdown timeout cuts a hung action (503, the process still exits); `--actions` that fails to import or misses a
+spec's tool stops the start with exit 2 and one line."""
 
 from __future__ import annotations
 
@@ -265,3 +266,59 @@ def test_a_hung_action_is_cut_at_the_shutdown_timeout_and_the_process_exits(serv
     assert streamed["status"] == 200 and events[-1]["error"]["code"] == "shutting_down", streamed
     assert "data: [DONE]" in streamed["lines"], streamed
     assert re.search(r"SIGTERM: drained \d+ request\(s\), cancelled 2 \(2 in flight; shutdown timeout 2 s\)", err), err
+
+
+# -- --actions at startup: checked against the specs, import failures said in one line ---------------------------
+
+def _serve(serve_runs, capsys, actions: str) -> tuple[int, str]:
+    from tasktune.cli import main
+
+    code = main(["serve", f"grid={serve_runs['grid']}", "--spec", "grid=grid", "--port", "0", "--actions", actions])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, said", [
+    ('import os\nx = 1\nraise RuntimeError("boom")\n',
+     r"importing it failed: RuntimeError: boom \(.*acts\.py, line 3\)"),
+    ("def site_check(:\n    pass\n", r"importing it failed: SyntaxError: invalid syntax \(.*acts\.py, line 1\)"),
+    ("import sys\nsys.exit(4)\n", r"importing it failed: SystemExit: 4 \(.*acts\.py, line 2\)"),
+    ("import no_such_module_here\n",
+     r"ModuleNotFoundError: No module named 'no_such_module_here' \(.*acts\.py, line 1\)"),
+    ("X = 1\n", r"the module defines no REGISTRY"),
+    ("REGISTRY = [print]\n", r"REGISTRY is not a dict \(list\)"),
+    ("REGISTRY = {'site_check': 3}\n", r"REGISTRY\['site_check'\] is not a function \(int\)"),
+    ("async def site_check(place, check): pass\nREGISTRY = {'site_check': site_check}\n", r"is an async function"),
+    ("def site_check(where): pass\nREGISTRY = {'site_check': site_check}\n",
+     r"REGISTRY\['site_check'\]\(where\) cannot take the tool's arguments \(place, check"),
+    ("def other(place, check): pass\nREGISTRY = {'other': other}\n",
+     r"REGISTRY has no function for tool site_check \(run grid\); it has other"),
+], ids=["raises", "syntax", "sys.exit", "import", "no-registry", "list", "not-callable", "async", "signature",
+        "missing-tool"])
+def test_an_actions_file_that_cannot_serve_is_exit_2_with_one_line(serve_runs, tmp_path, capsys, text, said):
+    """An --actions file that failed to import printed a raw traceback (exit 1); one whose REGISTRY missed the
+    spec's tool started, and every request then got tool_calls back with nothing run."""
+    actions = tmp_path / "acts.py"
+    actions.write_text(text, encoding="utf-8")
+    code, err = _serve(serve_runs, capsys, str(actions))
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()[-1:]
+    assert line.startswith(f"tasktune serve: error: --actions {actions}: ") and re.search(said, line), err
+
+
+def test_a_builtin_library_for_another_spec_is_refused(serve_runs, capsys):
+    """`--actions smarthome` for a grid run: its REGISTRY has set_device, not site_check."""
+    code, err = _serve(serve_runs, capsys, "smarthome")
+    assert code == 2, err
+    assert "--actions smarthome: REGISTRY has no function for tool site_check (run grid); it has set_device" in err
+
+
+def test_an_actions_file_may_define_dataclasses(tmp_path):
+    """The file runs as an imported module does, in sys.modules: a @dataclass (with string annotations) looks its
+    module up there, and failed with AttributeError: 'NoneType' object has no attribute '__dict__'."""
+    from tasktune.serve.service import load_actions
+
+    actions = tmp_path / "withdc.py"
+    actions.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\n\n@dataclass\n"
+                       "class Site:\n    people: int\n\nREGISTRY = {'site_check': lambda place, check: Site(1)}\n",
+                       encoding="utf-8")
+    assert list(load_actions(str(actions))) == ["site_check"]
