@@ -216,3 +216,18 @@ def test_compute_metrics_rounds_to_4_decimals_and_checks_lengths():
 def test_compute_metrics_record_without_step():
     result = compute_metrics([{"content": "q", "summary": "a"}], ["a"])
     assert result["per_step"] == {"(none)": result["overall"]}
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_pattern_that_backtracks_for_ever_is_stopped_and_said_once():
+    """A pattern of nested repeats held `tasktune eval` for ever on an answer it cannot match (re cannot stop a
+    match); now that answer's arguments count wrong, with one warning for the pattern."""
+    from tasktune.tuning.evaluation import metrics
+
+    meta = {"answer_pattern": "(?P<place>(a|a)+)c", "arguments": {"place": "aaa"}}  # (2^n ways to read a^n)
+    assert argument_accuracy("aaac", meta) == {"place": True}  # (the timeout changes nothing where it matches)
+    with pytest.warns(RuntimeWarning, match="took over") as said:
+        assert argument_accuracy("a" * 40, meta) == {"place": False}
+        assert argument_accuracy("a" * 41, meta) == {"place": False}
+    assert len([w for w in said if "took over" in str(w.message)]) == 1
+    metrics._SLOW.clear()

@@ -110,6 +110,34 @@ def _compile(pattern: Any) -> re.Pattern[str] | None:
         return None
 
 
+#: Seconds one answer pattern may take to match one prediction: a pattern of nested repeats (`(a+)+$`) backtracks
+#: for ever on some answers; past this the record's arguments count wrong, with one warning per pattern.
+MATCH_SECONDS = 1.0
+
+
+@lru_cache(maxsize=1024)
+def _timed(pattern: str):
+    import regex
+
+    return regex.compile(pattern)
+
+
+def _fullmatch(compiled: re.Pattern[str], text: str):
+    """`compiled.fullmatch(text)` through the `regex` module, which can stop a match (`re` cannot)."""
+    try:
+        return _timed(compiled.pattern).fullmatch(text, timeout=MATCH_SECONDS)
+    except TimeoutError:
+        if compiled.pattern not in _SLOW:
+            _SLOW.add(compiled.pattern)
+            warnings.warn(f"meta.answer_pattern {compiled.pattern[:80]!r} took over {MATCH_SECONDS:g} s to match an "
+                          "answer (nested repeats backtrack); those answers' arguments count as wrong",
+                          RuntimeWarning, stacklevel=3)
+        return None
+
+
+_SLOW: set[str] = set()
+
+
 def argument_accuracy(pred: str, meta: Mapping[str, Any] | None) -> dict[str, bool] | None:
     """Per-argument correctness of one prediction, or None when the record has no arguments.
 
@@ -122,7 +150,7 @@ def argument_accuracy(pred: str, meta: Mapping[str, Any] | None) -> dict[str, bo
     if not arguments:
         return None
     compiled = _compile((meta or {}).get("answer_pattern"))
-    match = compiled.fullmatch(pred.strip()) if compiled else None
+    match = _fullmatch(compiled, pred.strip()) if compiled else None
     if match is None:
         return {name: False for name in arguments}
     groups = match.groupdict()
