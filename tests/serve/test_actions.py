@@ -2,7 +2,10 @@
 or returns fails its own request only, as a 502 `action_failed` naming the action (and the field at fault); a slow
 one is a 504 `action_timeout` after --action-timeout; actions run on --action-workers threads of their own; the
 shutdown timeout cuts a hung action (503, the process still exits); `--actions` that fails to import or misses a
-spec's tool stops the start with exit 2 and one line."""
+spec's tool stops the start with exit 2 and one line.
+
+Longer than 300 lines because each hostile action (what it raises, returns, or how long it takes) is checked plain
+and streamed on one server of its own, and the startup checks need one case per way a library can be wrong."""
 
 from __future__ import annotations
 
