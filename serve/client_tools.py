@@ -187,7 +187,7 @@ def _cycle(edges: dict[int, list[int]]) -> int | None:
 
 def arguments_error(schema: dict[str, Any] | None, arguments: Any) -> str | None:
     """Why `arguments` (the model's, for a tool the client declared) do not satisfy the tool's `parameters`
-    (None: they do, or it declares none), worded as serve/tools.py's argument_error: `path: message`."""
+    (None: they do, or it declares none), as `error_text` words it."""
     if schema is None:
         return None
     validator = _budgeted(_validator_class(schema))(schema, registry=NO_RETRIEVAL)
@@ -197,8 +197,11 @@ def arguments_error(schema: dict[str, Any] | None, arguments: Any) -> str | None
         return str(exc)
     except (Unresolvable, RecursionError) as exc:  # (jsonschema wraps its resolution errors as Unresolvable)
         return f"the schema cannot be evaluated: {_shown(str(exc))}"
-    if error is None:
-        return None
+    return None if error is None else error_text(error)
+
+
+def error_text(error: jsonschema.ValidationError) -> str:
+    """A validation error as the tool errors word it: `path: message` (the argument's path, `a.b[0]`)."""
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     return f"{where}: {error.message}" if where else error.message
 

@@ -42,6 +42,8 @@ from tasktune.datagen.render import Compiled
 from tasktune.datagen.spec import ActionSpec, StepSpec, TaskSpec, load_spec
 from tasktune.errors import DataError, SpecError
 
+from .client_tools import error_text
+
 UTTERANCE = "utterance"
 MAX_COMBINATIONS = 4096  # control-variable value combinations a frame may have
 _PARSER = Environment()  # parses only (same syntax as the sandbox); every render goes through render.Compiled
@@ -348,10 +350,7 @@ class TaskTools:
         """Why `arguments` (a client's call of tool `name`) do not satisfy its parameters' JSON Schema (None: they
         do), as jsonschema says it, with the argument's path."""
         error = jsonschema.exceptions.best_match(self._param_validators[self.action(name).name].iter_errors(arguments))
-        if error is None:
-            return None
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-        return f"{where}: {error.message}" if where else error.message
+        return None if error is None else error_text(error)
 
     def result_prompt(self, call: ToolCall, result: Any) -> str:
         """The result step's frame for `result` (a function's return value) of `call`, as the data frames it."""
