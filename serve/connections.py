@@ -10,7 +10,8 @@ for the request head, and protocol errors answered in OpenAI's error shape.
   the connection is closed. httptools (uvicorn's parser where installed) has no bound of its own: 200 headers of
   1 MB each were read whole (+170 MB). Bytes are counted as they arrive while a head is unfinished, so at most
   the bound plus one read (asyncio reads at most 256 KiB) is ever held; the parsed line and headers are counted
-  exactly too. Under h11 (without httptools) its own bound on an unfinished event is set to the same size; h11
+  exactly too. Under h11 (without httptools) its own bound on an unfinished event (uvicorn.Config's
+  h11_max_incomplete_event_size, serve/shutdown.py) is set to the same size; h11
   answers an oversized head with a 400.
 - Protocol errors: a request the parser refuses (an unknown method, a bad chunk size, Content-Length beside
   Transfer-Encoding, a negative Content-Length) got uvicorn's plain-text "Invalid HTTP request received."; it
@@ -138,18 +139,6 @@ class _HttpToolsHeadLimit:
             raise _HeadTooLarge
 
 
-class _H11HeadLimit:
-    """The head bound under h11: its own bound on an unfinished event, set to `max_head_bytes`."""
-
-    max_head_bytes: int = MAX_HEAD_BYTES
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        import h11
-
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
-
-
 def with_head_deadline(timeout: float, max_head_bytes: int = MAX_HEAD_BYTES,
                        base: type = AutoHTTPProtocol) -> type:
     """uvicorn's HTTP protocol class (httptools' where installed, else h11's) with the head's deadline and bound,
@@ -158,7 +147,8 @@ def with_head_deadline(timeout: float, max_head_bytes: int = MAX_HEAD_BYTES,
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn's h11 protocol
         HttpToolsProtocol = None
-    limit = _HttpToolsHeadLimit if HttpToolsProtocol and issubclass(base, HttpToolsProtocol) else _H11HeadLimit
+    # (under h11 the bound is its own: uvicorn.Config's h11_max_incomplete_event_size, serve/shutdown.py)
+    limit = (_HttpToolsHeadLimit,) if HttpToolsProtocol and issubclass(base, HttpToolsProtocol) else ()
     name = f"HeadDeadline{base.__name__}"
-    return type(name, (_Deadline, _JsonErrors, limit, base),
+    return type(name, (_Deadline, _JsonErrors, *limit, base),
                 {"head_timeout": timeout, "max_head_bytes": max_head_bytes, "__qualname__": name})

@@ -44,6 +44,7 @@ class GracefulServer(uvicorn.Server):
 
         protocol = with_head_deadline(read_timeout, service.limits.max_head_bytes)  # the head's deadline and bound
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol,
+                                h11_max_incomplete_event_size=service.limits.max_head_bytes,  # (httptools: ours)
                                 timeout_graceful_shutdown=shutdown_timeout + GRACE)
         super().__init__(config)
         self.app, self.service, self.shutdown_timeout = app, service, shutdown_timeout

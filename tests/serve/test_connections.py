@@ -121,25 +121,29 @@ def test_a_request_the_parser_refuses_is_a_400_in_openais_shape(small_head, raw)
 
 
 def test_the_default_limit_and_the_h11_fallback():
-    """Without httptools uvicorn parses with h11, whose own bound on an unfinished head is set to the same size."""
+    """Without httptools uvicorn parses with h11, whose own bound on an unfinished head (uvicorn.Config's
+    h11_max_incomplete_event_size) the server sets to the same size."""
+    import asyncio
+    from types import SimpleNamespace
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
 
     from tasktune.serve.connections import MAX_HEAD_BYTES, with_head_deadline
     from tasktune.serve.service import Limits
+    from tasktune.serve.shutdown import GracefulServer
 
     assert Limits().max_head_bytes == MAX_HEAD_BYTES == 32 * 1024
-    protocol = with_head_deadline(30, 2048, base=H11Protocol)
-    assert protocol.max_head_bytes == 2048 and issubclass(protocol, H11Protocol)
-    import asyncio
-
-    import uvicorn
-    from uvicorn.server import ServerState
 
     async def app(scope, receive, send):
         pass
 
-    config = uvicorn.Config(app)
+    server = GracefulServer(app, SimpleNamespace(limits=Limits(max_head_bytes=2048)), host="127.0.0.1", port=0,
+                            shutdown_timeout=1)
+    config = server.config
     config.load()
+    protocol = with_head_deadline(30, 2048, base=H11Protocol)
+    assert issubclass(protocol, H11Protocol)
     loop = asyncio.new_event_loop()
     try:
         assert protocol(config, ServerState(), {}, _loop=loop).conn._max_incomplete_event_size == 2048
