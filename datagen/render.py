@@ -60,11 +60,16 @@ def _size(value: Any, limit: int = MAX_TEXT) -> int:
     return total
 
 
+class TextTooLong(SecurityError):
+    """A value over MAX_TEXT characters: the output bound, which a caller may tell from the sandbox's other refusals
+    (tuning/data.py format_prompt: text a prompt frame takes over the bound is the text's length, said as such)."""
+
+
 def _check(value: Any, what: str) -> Any:
     """`value`, unless it is more than MAX_TEXT of text, or text holding an object's memory address
     (SecurityError naming `what`)."""
     if _size(value) > MAX_TEXT:
-        raise SecurityError(f"{what} is longer than {MAX_TEXT:,} characters")
+        raise TextTooLong(f"{what} is longer than {MAX_TEXT:,} characters")
     if type(value) is str and "0x" in value:
         _no_address(value, what)
     return value
@@ -304,7 +309,7 @@ def _bounded_concat(pieces) -> str:
         out += chunk
         total += sum(map(len, chunk))
         if total > MAX_TEXT or len(out) > MAX_TEXT:
-            raise SecurityError(f"the output is longer than {MAX_TEXT:,} characters")
+            raise TextTooLong(f"the output is longer than {MAX_TEXT:,} characters")
         if len(chunk) < 64:
             return "".join(out)
 
@@ -328,7 +333,7 @@ class _Buffer(list):
     def append(self, piece: Any) -> None:
         self._total += _size(piece) + 1  # (+1: a million empty pieces are a million list slots)
         if self._total > MAX_TEXT:
-            raise SecurityError(f"a block's output is longer than {MAX_TEXT:,} characters")
+            raise TextTooLong(f"a block's output is longer than {MAX_TEXT:,} characters")
         super().append(piece)
 
     def extend(self, pieces: Any) -> None:
@@ -632,7 +637,7 @@ class Compiled:
             if self.kind == "template":  # Template.render minus its argument copying
                 result = self._join(self._fn.root_render_func(self._fn.new_context(context)))
                 if len(result) > MAX_TEXT:
-                    raise SecurityError(f"the output is longer than {MAX_TEXT:,} characters")
+                    raise TextTooLong(f"the output is longer than {MAX_TEXT:,} characters")
             else:
                 result = self._fn(**context)
                 if type(result) is not str or len(result) > MAX_TEXT:

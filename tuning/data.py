@@ -180,9 +180,9 @@ def format_prompt(tokenizer, query: str, history: list | None = None, template: 
             return templating.render_chat(tokenizer, messages)  # = apply_chat_template's text, in the spec sandbox
         name = "chatglm" if template == "auto" else template
         return templating.render_frame(str(_template_path(name)), query=query, history=history)
-    except DataError as exc:  # text just under the bound, which the frame takes over it: still the text's length
+    except templating.FrameTooLong as exc:  # text just under the bound, which the frame takes over it: its length
         lengths = templating.text_lengths(query, history)
-        if sum(lengths) > MAX_TEXT // 2 and f"longer than {MAX_TEXT:,} characters" in str(exc):
+        if sum(lengths) > MAX_TEXT // 2:
             raise templating.too_long("the prompt", lengths, ("query", "history"), f"its frame ({exc})") from None
         raise
 

@@ -23,6 +23,10 @@ from tasktune.errors import DataError
 from tasktune.files import read_text_file
 
 
+class FrameTooLong(DataError):
+    """A prompt template's output went over the sandbox's bound on text (render.TextTooLong)."""
+
+
 class PromptTooLong(DataError):
     """A prompt's text (query and history) is longer than any prompt template may build (render.MAX_TEXT)."""
 
@@ -96,7 +100,11 @@ def _render(template, what: str, context: dict) -> str:
     try:
         return template.render(**context)
     except Exception as exc:  # the sandbox's SecurityError, raise_exception, a template's own errors
-        raise DataError(f"{what}: cannot render ({type(exc).__name__}: {exc})") from None
+        from tasktune.datagen.render import TextTooLong
+
+        kind = "SecurityError" if isinstance(exc, TextTooLong) else type(exc).__name__
+        error = FrameTooLong if isinstance(exc, TextTooLong) else DataError
+        raise error(f"{what}: cannot render ({kind}: {exc})") from None
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
