@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "alpaca / sharegpt: LLaMA-Factory layouts; classification: {text, label} for `label:` steps")
     p.add_argument("--no-meta", dest="meta", action="store_false",
                    help="drop each record's `meta` (step, template, slots, arguments, noise spans)")
-    p.add_argument("--quiet", action="store_true", help="print only the files written")
+    p.add_argument("--quiet", action="store_true", help="print only the files written (and any warnings, on stderr)")
     p.set_defaults(func=run)
 
     s = subparsers.add_parser("specs", help="list the built-in task specs (usable by name: tasktune data grid ...)",
@@ -87,6 +87,9 @@ def _run(args: argparse.Namespace) -> int:
     paths = write_splits(splits, args.out, args.format, meta=args.meta)
     if not args.quiet:
         print(format_table(splits.stats))
+    else:  # the table (which lists them) is not printed: the warnings still are, on stderr
+        for warning in splits.stats["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -203,8 +203,9 @@ class StepPlan:
                        None, (), clean)
 
 
-def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
-    """Records per step and chain count: `count`, `share` of n, else an even split of what is left."""
+def plan_counts(spec: TaskSpec, n: int, warnings: list[str] | None = None) -> tuple[dict[str, int], int]:
+    """Records per step and chain count: `count`, `share` of n, else an even split of what is left. When every
+    step has a count or share and they ask for fewer than n, the rest is not made: a warning says so."""
     fixed: dict[str, int] = {}
     for s in spec.steps:
         if s.count is not None:
@@ -224,6 +225,10 @@ def plan_counts(spec: TaskSpec, n: int) -> tuple[dict[str, int], int]:
         counts[name] = rest // len(free) + (1 if i < rest % len(free) else 0)
     if not chain_n and not any(counts.values()):  # (only when every step has a count or share: free ones get n)
         _no_records(spec, n)
+    if rest and not free and warnings is not None:
+        warnings.append(f"{spec.path}: n is {n:,} but every step has a count or share and, with the chains, they "
+                        f"ask for {n - rest:,} records: the other {rest:,} are not made (leave one step without "
+                        "count/share to take the rest, or lower n)")
     return {s.name: counts[s.name] for s in spec.steps}, chain_n
 
 
@@ -354,7 +359,7 @@ def expand(spec: TaskSpec, rng: random.Random, n: int | None = None,
            warnings: list[str] | None = None, progress: Callable[[int], Any] | None = None) -> list[Example]:
     """Every clean example of the spec, step by step in spec order, then the chains."""
     warnings = [] if warnings is None else warnings
-    counts, chain_n = plan_counts(spec, n or spec.n)
+    counts, chain_n = plan_counts(spec, n or spec.n, warnings)
     sampler = SlotSampler(spec.slots)
     pieces: dict = {}
     plans = {s.name: StepPlan(s, sampler, pieces) for s in spec.steps}

@@ -71,6 +71,9 @@ def test_an_empty_dev_set_is_a_warning_saying_how_to_fill_it(tmp_path, capsys, n
               f"{n} records rounds to none; raise n (or --n) to at least 6, or raise split.dev"
     assert f"warning: {warning}" in printed
     assert warning in json.loads((out / "stats.json").read_text(encoding="utf-8"))["warnings"]
+    assert main(["data", str(write_spec(tmp_path, spec(n=n))), "--out", str(out), "--seed", "1", "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert f"warning: {warning}" in quiet.err and "warning" not in quiet.out  # --quiet drops the table, not warnings
     assert main(["data", str(write_spec(tmp_path, spec(n=6))), "--out", str(out), "--seed", "1", "--quiet"]) == 0
     assert json.loads((out / "dev.json").read_text(encoding="utf-8"))  # the n it named fills dev
 

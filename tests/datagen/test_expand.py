@@ -30,6 +30,19 @@ def test_counts_above_n_are_impossible(tmp_path):
         run(tmp_path, n=10)
 
 
+def test_counts_below_n_with_no_step_to_take_the_rest_are_a_warning(tmp_path):
+    """Every step with a count summing under n: fewer records than n were written without a word. Now a warning
+    naming n, what the counts ask for and the fix; a step without count/share still takes the rest silently."""
+    text = MINI.replace('    contents: [""]\n', '    contents: [""]\n    count: 5\n')
+    examples, warnings = run(tmp_path, text, n=40)
+    assert len(examples) == 20
+    assert [w for w in warnings if "are not made" in w] == [
+        f"{tmp_path / 'spec.yaml'}: n is 40 but every step has a count or share and, with the chains, they ask for "
+        "20 records: the other 20 are not made (leave one step without count/share to take the rest, or lower n)"]
+    examples, warnings = run(tmp_path, n=40)
+    assert len(examples) == 40 and not any("are not made" in w for w in warnings)
+
+
 def test_more_unique_than_combinations_is_an_error(tmp_path):
     # 2 templates x 6 places = 12 combinations
     with pytest.raises(SpecError, match=r"\$\.steps\[1\]: impossible counts: 13 unique .* at most 12"):
