@@ -20,6 +20,11 @@ class Metrics:
         self.queue.set_function(lambda: stats.waiting)
         self.batch = Gauge("tasktune_batch_size", "rows decoding in the running batch", registry=self.registry)
         self.batch.set_function(lambda: stats.running)
+        Gauge("tasktune_actions_running", "server-side action calls running (--actions), overdue ones included",
+              registry=self.registry).set_function(lambda: service.actions.running)
+        Gauge("tasktune_actions_overdue", "action calls still running after their request stopped waiting (past "
+              "--action-timeout): each holds an --action-workers thread", registry=self.registry
+              ).set_function(lambda: service.actions.overdue)
         self.tokens = Counter("tasktune_generated_tokens", "tokens generated", registry=self.registry)
         self.requests = Counter("tasktune_requests", "chat requests by outcome", ["status"], registry=self.registry)
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -10,6 +10,8 @@ own, with a deadline, its result copied into plain JSON values, and nothing it r
 - **A deadline** (`--action-timeout`): a call not answered in time, queued or running, is `ActionTimedOut` (the
   request's 504). Python cannot stop a thread: a function that never returns keeps its worker; the pool stays
   bounded, and once every worker hangs a new call waits its deadline out and says so.
+- **Seen**: `running` counts the calls on worker threads and `overdue` those whose request stopped waiting
+  (/metrics' `tasktune_actions_running` / `tasktune_actions_overdue`): a hung action stays visible there.
 - **Daemon threads**: a hung action cannot hold the process at exit (the threads of a ThreadPoolExecutor are
   joined when the interpreter exits); `close(reason)` (the server's shutdown timeout) ends every call still
   waiting at once with `ActionsClosed` (the request's 503 `shutting_down`).
@@ -42,7 +44,7 @@ class ActionsClosed(Exception):
     """The server is shutting down: a call still waiting is cut (the server answers 503 `shutting_down`)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     """One call for the workers; `abandoned` once its request stopped waiting (a queued job is then skipped)."""
 
@@ -61,6 +63,17 @@ class _Workers:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
+        self._running: set[_Job] = set()
+
+    @property
+    def running(self) -> int:
+        """Calls on a worker thread now."""
+        return len(self._running)
+
+    @property
+    def overdue(self) -> int:
+        """Calls on a worker thread whose request stopped waiting (timed out or cut): hung, or late."""
+        return sum(job.abandoned for job in list(self._running))
 
     def submit(self, job: _Job) -> None:
         self._jobs.put(job)
@@ -76,7 +89,13 @@ class _Workers:
             job = self._jobs.get()
             if not job.abandoned:
                 job.started = True
-                job.done(*_outcome(job.call))
+                with self._lock:
+                    self._running.add(job)
+                try:
+                    job.done(*_outcome(job.call))
+                finally:
+                    with self._lock:
+                        self._running.discard(job)
             del job
             self._idle.release()
 
@@ -101,6 +120,17 @@ class ActionRunner(Mapping[str, Callable[..., Any]]):
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         return self.registry[name]
+
+    @property
+    def running(self) -> int:
+        """Calls running on the workers now, overdue ones included."""
+        return self._workers.running
+
+    @property
+    def overdue(self) -> int:
+        """Calls still running whose request no longer waits for them (past --action-timeout, or cut at shutdown):
+        Python cannot stop them; each holds one of the --action-workers threads until it returns."""
+        return self._workers.overdue
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.registry)

@@ -70,6 +70,13 @@ def _streamed_error(server: LiveServer) -> dict:
     return error
 
 
+def _action_gauges(server: LiveServer) -> dict[str, float]:
+    lines = httpx.get(f"{server.url}/metrics").text.splitlines()
+    return {name: float(line.split()[1]) for line in lines for name in ("tasktune_actions_running",
+                                                                         "tasktune_actions_overdue")
+            if line.split(" ")[0] == name}
+
+
 def _still_serves(server: LiveServer, monkeypatch) -> None:
     _act(server, monkeypatch, lambda place, check: GOOD)
     reply = server.client().chat.completions.create(model="grid", messages=ASK)
@@ -138,7 +145,8 @@ def test_a_bad_tool_result_from_the_client_stays_a_400(acting):
 
 
 def test_a_slow_action_is_a_504_after_the_action_timeout(acting, monkeypatch):
-    """Actions had no deadline: a hung one held its request (and its client) for ever."""
+    """Actions had no deadline: a hung one held its request (and its client) for ever. And the thread it hangs on,
+    which Python cannot stop, was seen nowhere: /metrics now counts it as running and overdue until it returns."""
     release = threading.Event()
     _act(acting, monkeypatch, lambda place, check: release.wait(30) and GOOD)
     try:
@@ -146,8 +154,14 @@ def test_a_slow_action_is_a_504_after_the_action_timeout(acting, monkeypatch):
         with pytest.raises(openai.APIStatusError) as err:
             acting.client().chat.completions.create(model="grid", messages=ASK)
         took = time.monotonic() - start
+        # the call runs on (a thread cannot be stopped): /metrics shows it, as running and overdue
+        assert _action_gauges(acting) == {"tasktune_actions_running": 1.0, "tasktune_actions_overdue": 1.0}
     finally:
         release.set()
+    deadline = time.monotonic() + 10
+    while _action_gauges(acting)["tasktune_actions_running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _action_gauges(acting) == {"tasktune_actions_running": 0.0, "tasktune_actions_overdue": 0.0}
     assert err.value.status_code == 504 and err.value.body["code"] == "action_timeout", err.value.body
     assert "did not return within 1 s (--action-timeout)" in err.value.body["message"]
     assert err.value.response.headers["x-should-retry"] == "false"  # a retry would run the action again
