@@ -1,9 +1,11 @@
 """`tasktune serve --actions MODULE`: import the action library, read its REGISTRY, and hold it to the served
 specs' tools before the server starts. Every problem is a ConfigError naming `--actions MODULE` (exit 2, one
 line): a file that fails to import (the exception, and the line of the file it came from), a REGISTRY that is
-missing or not `{tool name: plain function}`, a served spec's tool without a function (the names), a function
-whose parameters cannot take the tool's arguments. A REGISTRY that missed a tool started anyway, and every
-request then got `tool_calls` back with nothing run."""
+missing or not `{tool name: plain function}`, one with a function for none of the served specs' tools (the
+names), a function whose parameters cannot take the tool's arguments. A REGISTRY that missed every tool started
+anyway, and every request then got `tool_calls` back with nothing run. A REGISTRY that covers some tools only
+(`tasktune serve grid=... home=... --actions grid`) serves: the startup warns that the others' calls go to the
+client, as they do without --actions."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def server_actions(args: argparse.Namespace, tools: dict[str, Any]) -> ActionRun
     """--actions loaded and checked against `tools` (run name -> TaskTools), run under --action-timeout on
     --action-workers threads (default: --max-batch-size, as many as requests can decode at once)."""
     registry = load_actions(args.actions)
-    check_actions(args.actions, registry, tools)
+    check_actions(args.actions, registry, tools, lambda line: print(f"tasktune serve: warning: {line}",
+                                                                    file=sys.stderr, flush=True))
     return ActionRunner(registry, timeout=args.action_timeout, workers=args.action_workers or args.max_batch_size)
 
 
@@ -97,20 +100,27 @@ def _registry(path: str, module: Any) -> dict[str, Callable[..., Any]]:
     return dict(registry)
 
 
-def check_actions(path: str, registry: dict[str, Callable[..., Any]], tools: dict[str, Any]) -> None:
-    """Every tool of every served spec (`tools`: run name -> TaskTools) has a function in `registry` that takes
-    the tool's arguments (those its step's answer names, passed as keywords)."""
+def check_actions(path: str, registry: dict[str, Callable[..., Any]], tools: dict[str, Any],
+                  warn: Callable[[str], Any] = lambda line: None) -> None:
+    """Some tool of the served specs (`tools`: run name -> TaskTools) has a function in `registry`, and each
+    function of a tool takes the tool's arguments (those its step's answer names, passed as keywords); `warn` is
+    told of each tool without one (its calls go to the client)."""
     if not any(t.spec.actions for t in tools.values()):
         raise ConfigError(f"--actions {path}: no served run's spec has tools (actions), so its functions "
                           f"({', '.join(registry) or 'none'}) would never run; give the runs' specs with "
                           f"--spec NAME=SPEC")
     missing = [f"{a.name} (run {run})" for run, t in tools.items() for a in t.spec.actions if a.name not in registry]
-    if missing:
+    if len(missing) == sum(len(t.spec.actions) for t in tools.values()):
         raise ConfigError(f"--actions {path}: REGISTRY has no function for tool {', '.join(missing)}; it has "
                           f"{', '.join(registry) or 'none'}")
     for t in tools.values():
         for action in t.spec.actions:
-            _takes(path, action.name, registry[action.name], t.spec.step(action.step).arguments)
+            if action.name in registry:
+                _takes(path, action.name, registry[action.name], t.spec.step(action.step).arguments)
+    if missing:
+        warn(f"--actions {path}: REGISTRY has no function for tool {', '.join(missing)}: the server runs the "
+             f"others ({', '.join(sorted(set(registry) & {a.name for t in tools.values() for a in t.spec.actions}))})"
+             "; these calls go back to the client as tool_calls")
 
 
 def _takes(path: str, name: str, function: Callable[..., Any], arguments: tuple[str, ...]) -> None:

@@ -1,8 +1,8 @@
 """Server-side actions (`--actions`) against hostile action libraries (serve/actions/): whatever an action raises
 or returns fails its own request only, as a 502 `action_failed` naming the action (and the field at fault); a slow
 one is a 504 `action_timeout` after --action-timeout; actions run on --action-workers threads of their own; the
-shutdown timeout cuts a hung action (503, the process still exits); `--actions` that fails to import or misses a
-spec's tool stops the start with exit 2 and one line.
+shutdown timeout cuts a hung action (503, the process still exits); `--actions` that fails to import or misses
+every tool stops the start with exit 2 and one line (one that covers some tools warns of the others).
 
 Longer than 300 lines because each hostile action (what it raises, returns, or how long it takes) is checked plain
 and streamed on one server of its own, and the startup checks need one case per way a library can be wrong."""
@@ -339,3 +339,22 @@ def test_an_actions_file_may_define_dataclasses(tmp_path):
                        "class Site:\n    people: int\n\nREGISTRY = {'site_check': lambda place, check: Site(1)}\n",
                        encoding="utf-8")
     assert list(load_actions(str(actions))) == ["site_check"]
+
+
+def test_a_library_for_some_of_the_served_specs_serves_and_warns_of_the_others():
+    """`tasktune serve grid=... home=... --actions grid` was refused (exit 2: no function for set_device), though
+    a run whose tools have no function works as without --actions: its calls go to the client. Now it serves and
+    the startup warns, naming the tool and its run; a library that covers no tool at all is still refused."""
+    from tasktune.datagen.spec import builtin_specs, load_spec
+    from tasktune.errors import ConfigError
+    from tasktune.serve.actions.loading import check_actions, load_actions
+    from tasktune.serve.tools import TaskTools
+
+    tools = {name: TaskTools(load_spec(builtin_specs()[spec])) for name, spec in (("grid", "grid"),
+                                                                                    ("home", "smarthome"))}
+    warned: list[str] = []
+    check_actions("grid", load_actions("grid"), tools, warned.append)
+    assert warned == ["--actions grid: REGISTRY has no function for tool set_device (run home): the server runs "
+                      "the others (site_check); these calls go back to the client as tool_calls"]
+    with pytest.raises(ConfigError, match=r"no function for tool site_check \(run grid\), set_device \(run home\)"):
+        check_actions("x", {"other": print}, tools, warned.append)
