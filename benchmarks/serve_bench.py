@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing
 import statistics
@@ -160,8 +161,11 @@ def main() -> None:
     from tasktune.tuning.inference.engine_process import EngineProcess
 
     where = "its own process" if isinstance(server.service.engine, EngineProcess) else "a thread"
+    # uvicorn's `auto`: httptools and uvloop where they are installed, else h11 and asyncio's loop (pure Python)
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     print(f"decode: {server.service.engine.decode}; weights: {args.decode_weights}; engine in {where}; "
-          f"torch threads: {torch.get_num_threads()}", flush=True)
+          f"torch threads: {torch.get_num_threads()}; http: {http}; loop: {loop}", flush=True)
     steps: list[tuple[int, float]] = []  # (rows in the batch, seconds) of every decode step
     stats = server.service.engine.stats
     stats.observers.append(lambda name, value: steps.append((stats.running, value)) if name == "step_seconds"
