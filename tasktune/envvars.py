@@ -31,6 +31,8 @@ def launched_rank() -> int:
     the launch has one process, whatever a stray RANK says (RANK=1 alone switched off the run lock)."""
     world = env_number("WORLD_SIZE", 1, Range(int, 1, RANKS.hi))
     rank = env_number("RANK", 0, RANKS)
+    # read by accelerate (int(), a traceback on junk) and by the 4-bit device map; -1 is accelerate's "no launch"
+    env_number("LOCAL_RANK", -1, Range(int, -1, RANKS.hi))
     if world > 1 and rank >= world:
         raise ConfigError(f"environment variables RANK={rank} and WORLD_SIZE={world}: the rank must be below the size")
     return rank if world > 1 else 0

@@ -62,7 +62,9 @@ RANK_RANGE = "expected int >= 0 and <= 2,147,483,648"
 
 @pytest.mark.parametrize("env, says", [({"RANK": "abc"}, f"RANK='abc': {RANK_RANGE}, got 'abc'"),
                                        ({"RANK": "-1"}, f"RANK='-1': {RANK_RANGE}, got -1"),
-                                       ({"RANK": "4", "WORLD_SIZE": "2"}, "the rank must be below the size")])
+                                       ({"RANK": "4", "WORLD_SIZE": "2"}, "the rank must be below the size"),
+                                       # read by accelerate with int(): a ValueError traceback before
+                                       ({"LOCAL_RANK": "abc"}, "LOCAL_RANK='abc': expected int >= -1")])
 def test_launch_variables_that_are_not_a_rank_are_refused_by_name(tiny_glm, train_data, tmp_path, capsys, monkeypatch,
                                                                   env, says):
     for name, value in env.items():
