@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from tasktune.flags import Range
+from tasktune.flags import Range, nonempty
 from tasktune.tuning.run import Trust
 
 DESCRIPTION = """\
@@ -46,11 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
                    help="the largest max_tokens a request may ask (default: 1024; lowered, with a warning, to what "
                         "the base model's context window holds)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", type=nonempty,
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
                         "a browser (CORS; repeatable; default: none, only this server's own page; requests that "
                         "carry another Origin get 403)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", type=nonempty,
                    help="a Host name requests may use (repeatable; * for any): bound to a loopback address the "
                         "server answers only localhost, 127.0.0.1, [::1] and IP addresses, against DNS rebinding; "
                         "name others here (a reverse proxy's name; bound elsewhere, default: any)")
@@ -105,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=Range(float, 0, 86400), default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
                         "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
-    p.add_argument("--base-name", help="the base model's model name (default: its folder name or hub id)")
+    p.add_argument("--base-name", type=nonempty, help="the base model's model name (default: its folder name or hub id)")
     p.add_argument("--threads", type=Range(int, 0, 4096), default=0, metavar="N",
                    help="CPU threads for torch's operators (default 0: torch's default, one per core); on a small "
                         "CPU shared with the clients or uvicorn, 1 can decode faster (benchmarks/RESULTS.md)")
@@ -136,7 +137,6 @@ def engine_in_process(choice: str) -> bool:
 
 def build(args: argparse.Namespace):
     """Bank -> engine -> service -> app, from parsed flags (tests build servers through this too)."""
-    from pathlib import Path
 
     from tasktune.envvars import env_number
 
@@ -166,9 +166,9 @@ def build(args: argparse.Namespace):
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
-        if sep and not Path(item).exists() and not (name.strip() and path):
-            raise ConfigError(f"{item!r}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
-        runs.append((name, path) if sep and not Path(item).exists() else (None, item))
+        if sep and not _exists(item) and not (name.strip() and path):
+            raise ConfigError(f"{_shown(item)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
+        runs.append((name, path) if sep and not _exists(item) else (None, item))
     trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
     view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
     first = next(iter(view.runs.values()))
@@ -220,6 +220,34 @@ def _api_key(flag: str | None) -> str | None:
     return key
 
 
+MAX_NAME = 256
+"""characters of a served model name"""
+
+
+def _name_problem(name: str) -> str | None:
+    """What makes `name` unfit to be a served model name (None: nothing): control characters (a newline or an
+    escape sequence went into the startup line and /v1/models raw), blank ends, over MAX_NAME characters."""
+    if len(name) > MAX_NAME:
+        return f"has {len(name):,} characters, over {MAX_NAME}"
+    if not name.isprintable():
+        return "holds a control character"
+    if name != name.strip():
+        return "starts or ends with a space"
+    return None
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for an error line: escapes shown, cut to 60 characters."""
+    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
+
+
+def _exists(item: str) -> bool:
+    try:
+        return Path(item).exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder
+        return False
+
+
 def _names_apart(runs: list[str], base_name: str, named: bool) -> None:
     """The served model names must be distinct: a run named as the base or `auto` hid it (and /v1/models listed the
     name twice). Two runs of one name are refused by load_view already."""
@@ -229,6 +257,13 @@ def _names_apart(runs: list[str], base_name: str, named: bool) -> None:
 
     if base_name == AUTO:
         raise ConfigError(f"--base-name {AUTO}: `{AUTO}` is the model name that routes requests; pick another")
+    for name, what in [(base_name, "--base-name" if named else "the base model's name"),
+                       *((name, "run name") for name in runs)]:
+        problem = _name_problem(name)
+        if problem:
+            fix = "give another with --base-name" if what != "run name" else "name the run with NAME=RUN_DIR"
+            raise ConfigError(f"{what} {_shown(name)} {problem}: it is a model name clients send and logs print; "
+                              f"{fix}")
     for name in runs:
         if name in (base_name, AUTO):
             what = f"the base model's name{' (--base-name)' if named else ''}" if name == base_name else \

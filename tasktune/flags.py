@@ -111,6 +111,13 @@ def finite_float(text: str) -> float:
     return Range(float)(text)
 
 
+def nonempty(text: str) -> str:
+    """argparse `type=` for a text flag that must say something (`--base-name ""` fell back to the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a value or leave the flag out")
+    return text
+
+
 def guard_numeric_flags(parser: argparse.ArgumentParser) -> None:
     """Give every `type=int` / `type=float` action of `parser` and its subparsers a Range (the safety net
     for a flag added without one: NaN, ±inf and integers beyond int64 are still refused with the flag named)."""

@@ -80,6 +80,8 @@ def serve(capsys, monkeypatch):
             rc = main(["serve", *argv])
         except AssertionError as exc:
             rc = str(exc)
+        except SystemExit as exc:  # argparse's usage error (a flag's `type=` refused the value)
+            rc = exc.code
         return rc, capsys.readouterr().err
 
     return run
@@ -116,6 +118,27 @@ def test_run_names_that_shadow_the_base_or_auto_are_refused(serve_runs, serve, r
     argv = [r.format(**serve_runs) for r in runs]
     rc, err = serve([*argv, "--port", "0", *flags])
     assert rc == 2 and "tasktune serve: error: " in err and says in err, err
+
+
+@pytest.mark.parametrize("runs, flags, says", [
+    (["a\nb={grid}"], [], "run name 'a\\nb' holds a control character: it is a model name clients send"),
+    (["a\x1b[31mred={grid}"], [], "run name 'a\\x1b[31mred' holds a control character"),
+    (["n" * 5000 + "={grid}"], [], "run name '" + "n" * 60 + "'... (5,000 characters) has 5,000 characters, "
+                                   "over 256: it is a model name clients send and logs print; name the run with "
+                                   "NAME=RUN_DIR"),
+    (["{grid}"], ["--base-name", "b\tc"], "--base-name 'b\\tc' holds a control character"),
+    (["{grid}"], ["--base-name", ""], "argument --base-name: empty; give a value or leave the flag out"),
+    (["{grid}"], ["--cors-origin", ""], "argument --cors-origin: empty"),
+    (["{grid}"], ["--allowed-host", " "], "argument --allowed-host: empty"),
+])
+def test_model_names_and_text_flags_that_cannot_serve_are_refused(serve_runs, serve, runs, flags, says):
+    """A run named with a newline or an escape sequence was served, and the startup line printed it raw; a name
+    of 5,000 characters was taken for a path (`File name too long`, the whole argument echoed); `--base-name ""`,
+    `--cors-origin ""` and `--allowed-host ""` were accepted without a word."""
+    argv = [r.format(**serve_runs) for r in runs]
+    rc, err = serve([*argv, "--port", "0", *flags])
+    assert rc == 2 and says in err and "Traceback" not in err, err
+    assert "n" * 61 not in err, err  # the long name is not echoed whole
 
 
 def test_the_base_models_own_name_is_refused_as_a_run_name(serve_runs, serve):
