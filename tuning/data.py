@@ -134,6 +134,8 @@ def _template_path(template: str) -> Path:
     if template in ("chatglm", "human_assistant"):
         return PROMPT_TEMPLATES / f"{template}.jinja"
     path = Path(template)
+    if path.suffix == ".jinja" and not path.exists():
+        raise DataError(f"prompt template {template!r}: no such .jinja file")
     if path.suffix == ".jinja" and path.exists() and not path.is_file():
         raise DataError(f"prompt template {template!r}: not a regular file (a folder, a FIFO or a device)")
     if path.suffix != ".jinja" or not path.is_file():
@@ -197,6 +199,10 @@ def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> lis
 def _prompts_of(ds, tokenizer, cfg: DataConfig) -> list[str]:
     """Each record's framed prompt; a record the template cannot frame (over render.MAX_TEXT) is named with its
     file and index (the template's error alone sent users to the template)."""
+    try:  # the template itself first: a missing .jinja file was blamed on record 0
+        check_prompt_template(cfg.prompt_template)
+    except DataError as exc:
+        raise DataError(f"prompt_template (--prompt-template): {exc}") from None
     prompts = []
     for i, (q, h) in enumerate(zip(ds[cfg.prompt_column], ds[cfg.history_column])):
         try:

@@ -316,3 +316,12 @@ def test_the_data_columns_must_differ():
     """--prompt-column content --response-column content reached pyarrow (ArrowInvalid)."""
     with pytest.raises(DataError, match="--prompt-column content, --response-column content"):
         DataConfig(prompt_column="content", response_column="content")
+
+
+def test_a_missing_prompt_template_file_is_named_as_the_flags_not_a_records(data_dir, tokenizer, tmp_path):
+    """`--prompt-template /x/nosuch.jinja` said `train.json: record 0: prompt template ...: expected auto, chat, ...`:
+    it blamed the first record and listed the names, when the file is what is missing."""
+    missing = tmp_path / "nosuch.jinja"
+    with pytest.raises(DataError) as err:
+        tokenize_dataset(load_records(data_dir, "train"), tokenizer, DataConfig(prompt_template=str(missing)))
+    assert str(err.value) == f"prompt_template (--prompt-template): prompt template {str(missing)!r}: no such .jinja file"
