@@ -324,4 +324,5 @@ def test_a_missing_prompt_template_file_is_named_as_the_flags_not_a_records(data
     missing = tmp_path / "nosuch.jinja"
     with pytest.raises(DataError) as err:
         tokenize_dataset(load_records(data_dir, "train"), tokenizer, DataConfig(prompt_template=str(missing)))
-    assert str(err.value) == f"prompt_template (--prompt-template): prompt template {str(missing)!r}: no such .jinja file"
+    assert str(err.value) == \
+        f"prompt_template (--prompt-template): prompt template {str(missing)!r}: no such .jinja file"
