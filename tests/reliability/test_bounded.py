@@ -4,6 +4,7 @@ memory is refused before any work, naming the estimate."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -115,3 +116,18 @@ def test_a_config_or_prompt_template_that_is_a_fifo_or_device_is_refused(tiny_gl
     os.mkfifo(template)
     code, err = _run(train_argv(tiny_glm, train_data, tmp_path / "r") + ["--prompt-template", str(template)], capsys)
     assert code == 2 and "not a regular file" in err and str(template) in err, err
+
+
+def test_eval_of_a_run_whose_recorded_data_is_not_found_from_here_says_so(trained_run, tmp_path, capsys):
+    """Trained with a relative --data and evaluated from another folder: `data: no such data file`, which did not
+    say the path came from the run's record (nor that --data gives another)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    record = json.loads((run / "tasktune_run.json").read_text(encoding="utf-8"))
+    record["config"]["data"] = "data/grid-moved"
+    (run / "tasktune_run.json").write_text(json.dumps(record), encoding="utf-8")
+    code, err = _run(["eval", str(run), "--limit", "1"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"{run}: the data it was trained on, data/grid-moved (from its tasktune_run.json, a path relative to "
+            f"the folder training ran in), is not found from {os.getcwd()}: run eval from that folder, or give "
+            "--data DIR") in err, err

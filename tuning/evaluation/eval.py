@@ -15,6 +15,7 @@ from typing import Any
 
 from tasktune.errors import ConfigError, DataError
 from tasktune.files import own_subdir
+from tasktune.tuning.run import RECORD_FILE
 
 
 
@@ -92,6 +93,10 @@ def evaluate(ecfg: EvalConfig, *, log=print) -> dict[str, Any]:
     trust = Trust(ecfg.trust_remote_code, ecfg.allow_pickle)
     record = RunFolder(run_dir).record(trust=trust)
     cfg = record.config
+    if ecfg.data is None and not Path(cfg.data).exists():  # said as the record's, not as a flag's "no such file"
+        relative = "" if Path(cfg.data).is_absolute() else ", a path relative to the folder training ran in"
+        raise ConfigError(f"{run_dir}: the data it was trained on, {cfg.data} (from its {RECORD_FILE}{relative}), "
+                          f"is not found from {Path.cwd()}: run eval from that folder, or give --data DIR")
     if cfg.task == "classification":
         from tasktune.tuning.evaluation.classify import evaluate_classification
 
