@@ -22,9 +22,12 @@ def echo_model(monkeypatch):
     loads = []
 
     class EchoBot:
-        run = SimpleNamespace(config=SimpleNamespace(model="stub"))  # what chat prints of the run
+        # what chat prints of the run, and the window it checks --max-new-tokens against (1,024 positions, P = 4)
+        run = SimpleNamespace(config=SimpleNamespace(model="stub"), adapter=SimpleNamespace(
+            model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)), reserved_positions=4))
 
         def answer(self, prompts, *, history=None, max_new_tokens=None, base=False):
+            loads.append(prompts[0])
             if "boom" in prompts[0]:
                 raise KeyboardInterrupt
             from tasktune.tuning.data import format_prompt
@@ -106,3 +109,16 @@ def test_a_line_too_long_with_the_history_says_so_and_offers_clear(echo_model):
     said = stdout.getvalue()
     assert "(the prompt of that line is 180,005 characters long (the line 60,000, the history before it 120,005)" \
            in said and "type a shorter one, or `clear` the history)" in said
+
+
+@pytest.mark.parametrize("flags, room", [([], 1019), (["--base"], 1023)])
+def test_an_answer_cap_the_window_cannot_hold_is_refused_before_the_first_line(echo_model, monkeypatch, capsys,
+                                                                               tmp_path, flags, room):
+    """`chat --max-new-tokens 5000` loaded the model, read the first line, and only then said the cap leaves no
+    room for a prompt; now it is said once the model is loaded (as eval says it before generating)."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("你好\n".encode())))
+    assert main(["chat", str(tmp_path), "--max-new-tokens", "5000", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-new-tokens 5000 leaves no room for a prompt in the model's 1024-position context (at most {room})" \
+        in err, err
+    assert echo_model == [str(tmp_path)], "a line was answered"

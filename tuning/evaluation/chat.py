@@ -28,6 +28,10 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
         raise ConfigError("chat: standard input is closed, so there is nothing to answer; run it in a terminal or "
                           "pipe the questions in (one a line)")
     bot = load_for_chat(run_dir, trust)
+    from tasktune.tuning.model.generate import prompt_room
+
+    adapter = bot.run.adapter  # an answer cap the window cannot hold is said now, not at the first line typed
+    prompt_room(adapter.model, max_new_tokens, 0 if base else adapter.reserved_positions)
     who = "base" if base else "tuned"
     print(f"tasktune chat ({who} model, {bot.run.config.model}). Empty line or Ctrl-D quits; `clear` forgets "
           "history.", file=stdout)

@@ -25,6 +25,19 @@ def context_limit(model) -> int | None:
     return None
 
 
+def prompt_room(model, max_new_tokens: int, reserved_positions: int = 0) -> int | None:
+    """Positions a prompt may take after the answer's and a prefix's (None: the config names no window); a
+    ConfigError when none are left (`chat --max-new-tokens 100000` was a traceback)."""
+    limit = context_limit(model)
+    keep = None if limit is None else limit - max_new_tokens - reserved_positions
+    if keep is not None and keep <= 0:
+        from tasktune.errors import ConfigError
+
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                          f"{limit}-position context (at most {limit - reserved_positions - 1})")
+    return keep
+
+
 def peft_prompt_learning(model) -> bool:
     """Whether `model` is a peft.PeftModel with a prompt-learning adapter active (prompt, p-tuning, prefix)."""
     configs = getattr(model, "peft_config", None)
@@ -68,13 +81,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[str | Sequence[int]], *
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with tuning.model.load.load_tokenizer")
     tokenizer.padding_side = "left"
-    limit = context_limit(model)
-    keep = None if limit is None else limit - max_new_tokens - reserved_positions
-    if keep is not None and keep <= 0:  # (a ConfigError: `chat --max-new-tokens 100000` was a traceback)
-        from tasktune.errors import ConfigError
-
-        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                          f"{limit}-position context (at most {limit - reserved_positions - 1})")
+    keep = prompt_room(model, max_new_tokens, reserved_positions)
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
     if max_prompt_tokens:
         encoded = [ids[-max_prompt_tokens:] for ids in encoded]
