@@ -146,6 +146,7 @@ def build(args: argparse.Namespace):
     from tasktune.tuning.inference.engine_process import EngineProcess
     from tasktune.errors import ConfigError
 
+    from .names import exists, names_apart, shown
     from .router import load_router
     from .actions.loading import server_actions
     from .service import Limits, Service, load_tools
@@ -166,14 +167,14 @@ def build(args: argparse.Namespace):
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
-        if sep and not _exists(item) and not (name.strip() and path):
-            raise ConfigError(f"{_shown(item)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
-        runs.append((name, path) if sep and not _exists(item) else (None, item))
+        if sep and not exists(item) and not (name.strip() and path):
+            raise ConfigError(f"{shown(item)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
+        runs.append((name, path) if sep and not exists(item) else (None, item))
     trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
     view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
     first = next(iter(view.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
-    _names_apart(list(view.runs), base_name, bool(args.base_name))
+    names_apart(list(view.runs), base_name, bool(args.base_name))
     tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
     actions = server_actions(args, tools) if args.actions else None
     router = load_router(args.router, view.runs, trust) if args.router else None
@@ -218,58 +219,6 @@ def _api_key(flag: str | None) -> str | None:
         raise ConfigError(f"{where}: the key has spaces at its ends or control characters, which no client can "
                           "send in an Authorization header")
     return key
-
-
-MAX_NAME = 256
-"""characters of a served model name"""
-
-
-def _name_problem(name: str) -> str | None:
-    """What makes `name` unfit to be a served model name (None: nothing): control characters (a newline or an
-    escape sequence went into the startup line and /v1/models raw), blank ends, over MAX_NAME characters."""
-    if len(name) > MAX_NAME:
-        return f"has {len(name):,} characters, over {MAX_NAME}"
-    if not name.isprintable():
-        return "holds a control character"
-    if name != name.strip():
-        return "starts or ends with a space"
-    return None
-
-
-def _shown(text: str) -> str:
-    """`text` quoted for an error line: escapes shown, cut to 60 characters."""
-    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
-
-
-def _exists(item: str) -> bool:
-    try:
-        return Path(item).exists()
-    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder
-        return False
-
-
-def _names_apart(runs: list[str], base_name: str, named: bool) -> None:
-    """The served model names must be distinct: a run named as the base or `auto` hid it (and /v1/models listed the
-    name twice). Two runs of one name are refused by load_view already."""
-    from tasktune.errors import ConfigError
-
-    from .service import AUTO
-
-    if base_name == AUTO:
-        raise ConfigError(f"--base-name {AUTO}: `{AUTO}` is the model name that routes requests; pick another")
-    for name, what in [(base_name, "--base-name" if named else "the base model's name"),
-                       *((name, "run name") for name in runs)]:
-        problem = _name_problem(name)
-        if problem:
-            fix = "give another with --base-name" if what != "run name" else "name the run with NAME=RUN_DIR"
-            raise ConfigError(f"{what} {_shown(name)} {problem}: it is a model name clients send and logs print; "
-                              f"{fix}")
-    for name in runs:
-        if name in (base_name, AUTO):
-            what = f"the base model's name{' (--base-name)' if named else ''}" if name == base_name else \
-                "the model name that routes requests"
-            raise ConfigError(f"run name {name!r} is {what}; name the run apart with NAME=RUN_DIR"
-                              + ("" if name == AUTO or named else " or the base with --base-name"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,13 +7,16 @@ transformers) only inside their handlers, so `tasktune --help` and `tasktune dat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 from tasktune import __version__
-from tasktune.errors import TaskTuneError, Terminated
+from tasktune.errors import TaskTuneError, TaskTuneWarning, Terminated
 from tasktune.flags import guard_numeric_flags
 
 # (module, purpose) in pipeline order; each module defines register(subparsers).
@@ -51,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _warnings_as_lines(args.command):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except TaskTuneError as exc:
@@ -68,6 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         full = " (the disk is full: free some space and run the same command again)" if exc.errno in _FULL else ""
         _say(f"tasktune {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}{full}")
         return 2
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """tasktune's own warnings (TaskTuneWarning) as one line `tasktune CMD: warning: ...` on stderr; others as
+    Python shows them."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TaskTuneWarning):
+            _say(f"tasktune {command}: warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -17,5 +17,10 @@ class ConfigError(TaskTuneError):
     """A training/eval option or run folder is invalid."""
 
 
+class TaskTuneWarning(RuntimeWarning, UserWarning):
+    """Something the user should know that does not stop the work; the CLI prints it as one line `tasktune CMD:
+    warning: ...` (Python's default showed `file.py:233: RuntimeWarning:` and the source line)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping the job) while work that saves on Ctrl-C runs: the same path, exit 143."""

@@ -418,3 +418,21 @@ def test_auto_plan_over_dequantised_weights_compiles_shorter_runs(monkeypatch, w
     planned = compiling.plan(cfg, torch.nn.Linear(2, 2), device=torch.device("cuda"), quant=4)
     assert planned.compile == expect
     assert planned.weights.mode == ("bf16" if weights == "auto" else "4bit")
+
+
+def test_checkpointing_is_read_without_transformers_deprecation_warning(tiny_model_dir):
+    """compile_model read `model.is_gradient_checkpointing`, which transformers 5.2x deprecated: every compiled
+    run printed a FutureWarning the user could do nothing about. The new name is read where it exists, through a
+    PEFT wrapper too."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from tasktune.tuning.training import memory
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("glm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compiling.checkpointing_on(model) is False
+        memory.apply(model, "full")  # (transformers' own new or old switch, as training sets it)
+        assert compiling.checkpointing_on(model) is True

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from tasktune.errors import TaskTuneWarning
 from tasktune.tuning.rows import answer_regex, argument_groups
 
 # Per-record text metrics, in report order; values are percentages (0-100).
@@ -131,7 +132,7 @@ def _fullmatch(compiled: re.Pattern[str], text: str):
             _SLOW.add(compiled.pattern)
             warnings.warn(f"meta.answer_pattern {compiled.pattern[:80]!r} took over {MATCH_SECONDS:g} s to match an "
                           "answer (nested repeats backtrack); those answers' arguments count as wrong",
-                          RuntimeWarning, stacklevel=3)
+                          TaskTuneWarning, stacklevel=3)
         return None
 
 

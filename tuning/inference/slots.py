@@ -155,8 +155,9 @@ class Slots:
                 raise
             logits = self._prefill_forward(input_ids, positions, blocks, mask[:, None], own, compiled=False)
             self.compile_prefill = False
+            from tasktune.errors import TaskTuneWarning
             warnings.warn(f"the compiled prefill failed ({type(exc).__name__}: {exc}); prefilling with eager "
-                          f"layers from now on (decode steps stay compiled)", RuntimeWarning, stacklevel=2)
+                          f"layers from now on (decode steps stay compiled)", TaskTuneWarning, stacklevel=2)
             return logits
 
     @torch.inference_mode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.tuning.progress import library_bars_on_terminal_only
 from tasktune.tuning.run import METHOD_FILE
@@ -240,7 +240,7 @@ def base_source(given: str, run_dir) -> str:
     if recorded != given and here.is_dir():
         warnings.warn(f"{run_dir}: the base model folder it was trained on, {recorded}, no longer exists; loading "
                       f"{here.resolve()} ({given!r}, the name it was trained with, from the current directory)",
-                      stacklevel=2)
+                      TaskTuneWarning, stacklevel=2)
         return given
     also = "" if recorded == given else f" and {given!r} (the name given to `tasktune train --model`) is no folder " \
                                         f"from {Path.cwd()} either"

@@ -26,7 +26,7 @@ from tasktune import files as atomic
 from tasktune.files import read_text_file
 from tasktune.tuning.model.tensors import read_tensors
 from tasktune.tuning.run import read_json_object, sha256_file
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.tuning.model.prefix import PrefixConfig, PrefixTuner, attach_prefix, read_prefix_shape
 
 CONFIG_NAME = "adapter_config.json"  # peft's file names
@@ -281,7 +281,7 @@ def _verified_record(record: dict, folder: Path) -> dict:
             warnings.warn(
                 f"{folder}: an interrupted save moved in new weights but not their record ({RECORD_NAME}); "
                 f"loading them, as the save's pending record ({PENDING_RECORD_NAME}) describes them",
-                stacklevel=3,
+                TaskTuneWarning, stacklevel=3,
             )
             return pending
     path = folder / bad[0]

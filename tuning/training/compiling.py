@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.tuning.training import memory, regional
 
@@ -157,7 +157,7 @@ def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | N
         if backend == "inductor":  # (dynamo's "cudagraphs" backend records the graphs itself: no mode to pass)
             options["mode"] = "reduce-overhead"
         mark_quant_state_static(model)
-    scope = resolve_scope(mode, checkpointed=bool(getattr(model, "is_gradient_checkpointing", False)), scope=scope)
+    scope = resolve_scope(mode, checkpointed=checkpointing_on(model), scope=scope)
     if scope == "layers" and regional.compile_layers(model, backend=backend, fullgraph=fullgraph, **options):
         return model
     return torch.compile(model, backend=backend, fullgraph=fullgraph, dynamic=False, **options)
@@ -231,6 +231,14 @@ class Plan:
         """Call after each optimizer step (rank 0): the first one has compiled everything, which is saved."""
         if self.cache is not None:
             self.cache.save_once()
+
+
+def checkpointing_on(model) -> bool:
+    """Whether transformers' activation checkpointing is on: `is_activation_checkpointing` from transformers 5.2x
+    (its old name, `is_gradient_checkpointing`, printed a FutureWarning in every compiled run), else the old one."""
+    if hasattr(model, "is_activation_checkpointing"):  # (a PEFT wrapper forwards both to its base)
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quant: int | None = None,
@@ -414,7 +422,7 @@ class CompileCache:
 
     def _warn(self, why: str) -> None:
         warnings.warn(f"compile cache: {why}; compiling afresh (the entry is rewritten after the first step)",
-                      RuntimeWarning, stacklevel=3)
+                      TaskTuneWarning, stacklevel=3)
 
     def load(self) -> bool:
         """Load the entry's artifacts into torch.compile's caches (before the first compile); True if loaded.
@@ -448,7 +456,7 @@ class CompileCache:
             result = torch.compiler.save_cache_artifacts()
         except Exception as exc:  # noqa: BLE001  (the run goes on; the next one compiles again)
             warnings.warn(f"compile cache: could not save the compiled graphs ({type(exc).__name__}: {exc})",
-                          RuntimeWarning, stacklevel=2)
+                          TaskTuneWarning, stacklevel=2)
             return False
         if not result or not result[0]:
             return False  # nothing compiled that the caches record (e.g. a non-inductor backend)
@@ -457,7 +465,7 @@ class CompileCache:
             write_bytes(self.folder / ARTIFACTS, result[0])
             write_json(self.folder / KEY_FILE, self.parts)  # last: key.json present = artifacts complete
         except OSError as exc:
-            warnings.warn(f"compile cache: could not write {self.folder} ({exc.strerror or exc})", RuntimeWarning,
+            warnings.warn(f"compile cache: could not write {self.folder} ({exc.strerror or exc})", TaskTuneWarning,
                           stacklevel=2)
             return False
         return True
