@@ -3,6 +3,12 @@
 Precedence: dataclass default < `--config run.yaml` < explicit command-line flag. Defaults follow
 the reference recipe (ChatGLM-6B ptuning/train.sh as used in the grid project): pre_seq_len 128,
 lr 2e-2, source/target 64/64, batch 4 x accumulation 16, save every 500 steps.
+
+A setting only some methods read (METHOD_FLAGS: LoRA's rank, the prefix length...) that the user sets for a method
+that does not read it is refused (`check_method_settings`), as is a --quantization-bit the method contradicts.
+
+Longer than 300 lines because the dataclass is the one list of every training flag (its help text included), and
+the flag/YAML plumbing and the table of which method reads which flag belong with it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,36 @@ METHODS = ("ptuning-v2", "prefix", "prompt", "prompt-text", "p-tuning", "bitfit"
 TASKS = ("causal-lm", "classification")
 #: `--group-by-length`: none, within each optimizer step (exact), or across the epoch (tuning/training/train.py batch_indices).
 GROUPINGS = ("none", "step", "window")
+PREFIX_METHODS = ("ptuning-v2", "prefix")
+
+
+@dataclass(frozen=True)
+class MethodFlags:
+    """Settings (flags and YAML keys) that only `methods` read, and those only for `tasks`."""
+
+    what: str
+    names: tuple[str, ...]
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...] = TASKS
+
+
+#: Which methods read each method-specific setting (tuning/model/methods/ reads them); one the user sets for a
+#: method that does not read it is refused (`check_method_settings`): it was silently ignored. Every other setting
+#: is read by every method.
+METHOD_FLAGS = (
+    MethodFlags("the prefix length", ("pre_seq_len",), (*PREFIX_METHODS, "prompt", "p-tuning")),
+    MethodFlags("the prefix's projection", ("prefix_projection", "prefix_hidden_size"), PREFIX_METHODS),
+    MethodFlags("the prefix dropout", ("prefix_dropout",), PREFIX_METHODS, ("causal-lm",)),  # (PEFT's: none)
+    MethodFlags("answer-only logits", ("answer_logits",), PREFIX_METHODS, ("causal-lm",)),
+    MethodFlags("the virtual tokens", ("num_virtual_tokens",), ("prompt", "prompt-text", "p-tuning")),
+    MethodFlags("the init text", ("prompt_init_text",), ("prompt-text",)),
+    MethodFlags("the prompt encoder", ("encoder_hidden_size",), ("p-tuning",)),
+    MethodFlags("LoRA's flags", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), ("lora", "qlora")),
+    MethodFlags("a 4-bit base's training weights", ("train_weights",), tuple(m for m in METHODS if m != "full")),
+)
+#: The --quantization-bit values a method can honour where it has its own (tuning/model/methods REGISTRY's
+#: `quantization`: qlora always 4-bit, full never quantised); another value set by the user contradicts the method.
+METHOD_QUANTIZATION = {"qlora": ("auto", "4"), "full": ("auto", "none")}
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -73,7 +109,7 @@ class TrainConfig:
     method: str = _opt("ptuning-v2", "tuning method (docs/methods.md)", choices=METHODS)
     task: str = _opt("causal-lm", "causal-lm (answer prompts) or classification (records {text, label})",
                      choices=TASKS)
-    # the other methods (ignored by ptuning-v2/prefix)
+    # the other methods (refused with the methods that do not read them: METHOD_FLAGS)
     num_virtual_tokens: int = _opt(0, "prompt/p-tuning virtual tokens; 0 = pre_seq_len (prompt-text: the init "
                                       "text's token count)", range=Range(int, 0, 4096, note="0 = pre_seq_len"))
     prompt_init_text: str = _opt("下面是一段人与机器人的对话。", "prompt-text: the text whose embeddings start the prompt")
@@ -287,10 +323,60 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, cls: type = TrainConfig):
-    """Merge dataclass defaults, the --config YAML and explicit flags into one config object."""
+    """Merge dataclass defaults, the --config YAML and explicit flags into one config object; for a TrainConfig,
+    the settings the user gave (in either) are checked against the method (`check_method_settings`)."""
     values: dict[str, Any] = {}
+    given: dict[str, str] = {}  # field -> how the user gave it (for the error)
     if getattr(args, "config", None):
         values.update(read_yaml_config(args.config, cls))
+        given.update({name: f"--config {args.config}: {name}" for name in values})
     names = {f.name for f in fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return cls(**values)
+    flags = {k: v for k, v in vars(args).items() if k in names}  # defaults are SUPPRESSed: only those typed
+    values.update(flags)
+    given.update({name: flag_name(name) for name in flags})
+    config = cls(**values)
+    if isinstance(config, TrainConfig):
+        check_method_settings(config, given)
+    return config
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def unread_settings(method: str, task: str, names) -> list[tuple[str, MethodFlags]]:
+    """The settings among `names` that `method` does not read for `task`, each with its METHOD_FLAGS row."""
+    return [(name, row) for row in METHOD_FLAGS for name in row.names
+            if name in names and (method not in row.methods or task not in row.tasks)]
+
+
+def check_method_settings(cfg: TrainConfig, given) -> None:
+    """ConfigError for a setting the user gave (`given`: field names, or field -> how it was given, e.g.
+    "--lora-r" or "--config run.yaml: lora_r"; defaults are not given) that `cfg.method` does not read: LoRA's rank
+    for prefix, `--train-weights` for full... (METHOD_FLAGS), or that contradicts it (METHOD_QUANTIZATION; a
+    setting that only matters with another: --prefix-hidden-size without --prefix-projection). Such settings were
+    ignored (or, for qlora's --quantization-bit none, overridden) with exit 0."""
+    label = dict(given) if isinstance(given, dict) else {name: flag_name(name) for name in given}
+    method, task = cfg.method, cfg.task
+    for name, row in unread_settings(method, task, label):
+        who = f"--method {method}" + (f" --task {task}" if method in row.methods else "")
+        users = ", ".join(row.methods) + ("" if row.tasks == TASKS else f" with --task {'/'.join(row.tasks)}")
+        raise ConfigError(f"{label[name]}: {who} does not use it ({row.what}: used by {users})")
+    quant = str(cfg.quantization_bit).lower()
+    if "quantization_bit" in label and quant not in METHOD_QUANTIZATION.get(method, (quant,)):
+        why = ("always trains on a 4-bit (NF4) base; leave --quantization-bit out (or give 4), or use --method lora "
+               "for a base that is not 4-bit") if method == "qlora" else \
+            "trains every weight and cannot train a quantised base; use --quantization-bit none, or --method qlora"
+        raise ConfigError(f"{label['quantization_bit']} {quant}: --method {method} {why}")
+    if "prefix_projection" in label and method == "prefix" and not cfg.prefix_projection:
+        raise ConfigError(f"{label['prefix_projection']} false: --method prefix always projects its prefix (what sets "
+                          "it apart from ptuning-v2); use --method ptuning-v2 for a prefix without the MLP")
+    if "prefix_hidden_size" in label and method == "ptuning-v2" and not cfg.prefix_projection:
+        raise ConfigError(f"{label['prefix_hidden_size']}: --method ptuning-v2 uses it only with --prefix-projection "
+                          "(the hidden size of its MLP); add --prefix-projection, or use --method prefix")
+    if "pre_seq_len" in label and method in ("prompt", "p-tuning") and cfg.num_virtual_tokens:
+        raise ConfigError(f"{label['pre_seq_len']}: --method {method} takes its virtual tokens from "
+                          f"--num-virtual-tokens ({cfg.num_virtual_tokens}) and does not use it; give one of the two")
+    if "train_weights" in label and quant in ("none", "8") and method != "qlora":
+        raise ConfigError(f"{label['train_weights']}: --quantization-bit {quant} loads no 4-bit base, so there are no "
+                          "4-bit weights to train over; leave it out, or use --quantization-bit 4")

@@ -23,6 +23,11 @@ def train_argv(model: Path, data: Path, out: Path, **flags) -> list[str]:
                   learning_rate=5e-2, save_steps=2, logging_steps=1, max_source_length=160, max_target_length=160,
                   quantization_bit="none", seed=7, prefix_dropout=0.1, save_total_limit=3)
     values.update(flags)
+    from tasktune.tuning.config import unread_settings
+
+    for name, _ in unread_settings(values.get("method", "ptuning-v2"), values.get("task", "causal-lm"),
+                                   set(values) - set(flags)):
+        del values[name]  # a default above the method does not read (given, it is refused)
     argv = ["train", "--model", str(model), "--data", str(data), "--out", str(out)]
     for key, value in values.items():
         argv += ["--" + key.replace("_", "-"), str(value)]

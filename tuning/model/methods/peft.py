@@ -63,10 +63,7 @@ def peft_config(model, cfg, method: str, task: str):
         projection = cfg.prefix_projection or method == "prefix"
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.pre_seq_len,
                                   prefix_projection=projection, encoder_hidden_size=cfg.prefix_hidden_size)
-    if method == "prompt":
-        if cfg.prompt_init_text != type(cfg)().prompt_init_text:  # set on purpose: it would be ignored
-            raise ConfigError("--prompt-init-text: --method prompt starts from random embeddings and never reads the "
-                              "text; use --method prompt-text to start the prompt from it")
+    if method == "prompt":  # (a --prompt-init-text given with it: tuning/config.py check_method_settings refuses)
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=tokens,
                                   prompt_tuning_init=PromptTuningInit.RANDOM)
     if method == "prompt-text":
