@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tasktune.tuning.config import checked_arguments  # every bool and path parameter below, by its annotation
 
+
+@checked_arguments
 def builtin_specs() -> dict[str, Path]:
     """The task specs shipped with tasktune, by name (`grid`, `smarthome`, ...) -> spec file."""
     from tasktune.datagen.spec import builtin_specs as specs
@@ -21,21 +24,17 @@ def builtin_specs() -> dict[str, Path]:
     return specs()
 
 
+@checked_arguments
 def generate_data(spec: str | Path, out: str | Path, *, seed: int | None = None, n: int | None = None,
                   fmt: str = "chatglm", meta: bool = True) -> list[Path]:
     """Generate train/dev data from `spec` (a YAML path or a built-in spec's name) into the folder `out`, as
     `tasktune data` does; returns the files written. `seed` defaults to the spec's own."""
-    import os
-
     from tasktune.datagen import generate, load_spec, write_splits
-    from tasktune.errors import ConfigError, SpecError
+    from tasktune.errors import SpecError
     from tasktune.flags import COUNT, SEED
 
     SEED.check("seed", seed, optional=True)  # as `--seed`: a NaN seed gave other data on every call
     COUNT.check("n", n, optional=True)
-    for name, value in (("spec", spec), ("out", out)):
-        if not isinstance(value, (str, os.PathLike)) or "\0" in os.fspath(value):
-            raise ConfigError(f"{name}: expected a path or a spec's name, got {type(value).__name__} {value!r:.60}")
     loaded = load_spec(spec)
     seed = seed if seed is not None else loaded.seed
     if seed is None:
@@ -43,26 +42,32 @@ def generate_data(spec: str | Path, out: str | Path, *, seed: int | None = None,
     return write_splits(generate(loaded, seed=seed, n=n), out, fmt, meta=meta)
 
 
+@checked_arguments
 def train(config=None, **fields: Any):
     """Train a run as `tasktune train` does. Pass a `TrainConfig`, or its fields as keywords
     (`model=`, `data=`, `out=`, `max_steps=`, ...). Returns the `FitResult`."""
-    from tasktune.tuning.config import TrainConfig
+    import dataclasses
+
+    from tasktune.tuning.config import TrainConfig, check_method_settings
     from tasktune.tuning.training.train import fit
 
     if config is None:
-        config = TrainConfig(**fields)
+        config, given = TrainConfig(**fields), set(fields)
     elif not isinstance(config, TrainConfig):  # a dict failed deep inside with "'dict' object has no attribute"
         from tasktune.errors import ConfigError
 
         raise ConfigError(f"train(config): expected a TrainConfig (or its fields as keywords), got "
                           f"{type(config).__name__}")
-    elif fields:
-        import dataclasses
-
-        config = dataclasses.replace(config, **fields)
+    else:  # a TrainConfig's settings away from their defaults were given, as are the keywords
+        defaults = TrainConfig(out=config.out)
+        given = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(defaults, f.name)}
+        if fields:
+            config, given = dataclasses.replace(config, **fields), given | set(fields)
+    check_method_settings(config, given)  # as the CLI: lora_r for --method prefix was ignored
     return fit(config)
 
 
+@checked_arguments
 def evaluate(run_dir: str | Path, *, log=print, **options: Any) -> dict[str, Any]:
     """Answer the dev split with the base and the tuned model, write RUN/eval/ and return the metrics
     (`{"base": ..., "tuned": ..., "info": ..., "paths": ...}`). `options`: EvalConfig fields (limit=, split=...)."""

@@ -8,7 +8,9 @@ A setting only some methods read (METHOD_FLAGS: LoRA's rank, the prefix length..
 that does not read it is refused (`check_method_settings`), as is a --quantization-bit the method contradicts.
 
 Longer than 300 lines because the dataclass is the one list of every training flag (its help text included), and
-the flag/YAML plumbing and the table of which method reads which flag belong with it.
+the flag/YAML plumbing, the table of which method reads which flag and the check of the Python API's arguments by
+their annotations (`checked_arguments`, a shared piece that tasktune/api.py and the stages may both use) belong
+with it.
 """
 
 from __future__ import annotations
@@ -380,3 +382,68 @@ def check_method_settings(cfg: TrainConfig, given) -> None:
     if "train_weights" in label and quant in ("none", "8") and method != "qlora":
         raise ConfigError(f"{label['train_weights']}: --quantization-bit {quant} loads no 4-bit base, so there are no "
                           "4-bit weights to train over; leave it out, or use --quantization-bit 4")
+
+
+# -- the Python API's arguments -----------------------------------------------------------------------------------
+
+def checked_arguments(func):
+    """Decorate a public Python API function: before it runs, each argument is checked against its parameter's
+    annotation, so every parameter of a kind is checked as a class: a `bool` takes only True/False (`meta="no"` is a
+    non-empty string, so it was true), a path (`str | Path`) only non-empty text or an os.PathLike without a NUL
+    (None was pathlib's bare TypeError), a plain `str` only text; `X | None` also takes None, `*args` are checked
+    one by one. Numbers are left to their Range checks. ConfigError naming the function and the parameter."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(func)
+    where = func.__qualname__
+
+    @functools.cache
+    def kinds() -> dict[str, tuple[str, bool]]:  # parameter -> (bool | path | str, None allowed); resolved late:
+        hints = typing.get_type_hints(func)      # a method's "Assistant" return type exists only after its class
+        out = {}
+        for name, parameter in signature.parameters.items():
+            hint = hints.get(name)
+            args = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+            optional = type(None) in args
+            args.discard(type(None))
+            kind = "bool" if args == {bool} else "path" if Path in args else "str" if args == {str} else None
+            if kind:
+                out[name] = (kind, optional)
+        return out
+
+    def check(name: str, value: Any, kind: str, optional: bool) -> None:
+        if value is None and optional:
+            return
+        if kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name}: expected True or False, got {type(value).__name__} {value!r:.60}")
+        if kind == "str" and not isinstance(value, str):
+            raise ConfigError(f"{where}: {name}: expected text, got {type(value).__name__} {value!r:.60}")
+        if kind == "path":
+            import os
+
+            text = os.fspath(value) if isinstance(value, os.PathLike) else value
+            if not isinstance(text, str):
+                raise ConfigError(f"{where}: {name}: expected a path, got {type(value).__name__} {value!r:.60}")
+            if not text:
+                raise ConfigError(f"{where}: {name}: expected a path, got an empty one")
+            if "\0" in text:
+                raise ConfigError(f"{where}: {name}: expected a path, got {value!r:.60}, which holds a NUL character")
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return func(*args, **kwargs)  # a wrong call: Python's own message, as without the check
+        for name, (kind, optional) in kinds().items():
+            if name not in bound.arguments:
+                continue
+            value = bound.arguments[name]
+            many = signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL
+            for item in (value if many else (value,)):
+                check(name, item, kind, optional)
+        return func(*args, **kwargs)
+
+    wrapper.checked_arguments = True  # (tests: every public API function has it)
+    return wrapper
