@@ -89,3 +89,11 @@ def test_train_refuses_a_setting_the_method_does_not_read(tmp_path, monkeypatch)
     assert tasktune.train(out=out, method="lora", lora_r=4).lora_r == 4
     assert tasktune.train(TrainConfig(out=out, method="lora"), method="prefix").method == "prefix"  # defaults only
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("run", [None, "", 3])
+def test_assistant_from_run_checks_its_run_folders(run):
+    """`tasktune.Assistant.from_run(None)` was a bare TypeError from pathlib; the API's other entry points said
+    which argument was wrong."""
+    with pytest.raises(ConfigError, match="^Assistant.from_run: run_dirs: expected a path"):
+        tasktune.Assistant.from_run(run)

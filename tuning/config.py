@@ -4,8 +4,9 @@ Precedence: dataclass default < `--config run.yaml` < explicit command-line flag
 the reference recipe (ChatGLM-6B ptuning/train.sh as used in the grid project): pre_seq_len 128,
 lr 2e-2, source/target 64/64, batch 4 x accumulation 16, save every 500 steps.
 
-A setting only some methods read (METHOD_FLAGS: LoRA's rank, the prefix length...) that the user sets for a method
-that does not read it is refused (`check_method_settings`), as is a --quantization-bit the method contradicts.
+A setting only some methods read (METHOD_FLAGS: LoRA's rank, the prefix length...) that the user types for a method
+that does not read it is refused (`check_method_settings`; from a --config YAML, which may serve several methods, it
+is a warning), as is a --quantization-bit the method contradicts.
 
 Longer than 300 lines because the dataclass is the one list of every training flag (its help text included), and
 the flag/YAML plumbing, the table of which method reads which flag and the check of the Python API's arguments by
@@ -20,6 +21,7 @@ import re
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import yaml
 
 from tasktune import yamlread
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.flags import (BATCH, COUNT, DROPOUT, LEARNING_RATE, SEED, SIZE, STEPS0, TOKENS, Range, bool_choice,
                             check_choices, check_output_folder, check_ranges, check_types)
@@ -363,7 +365,11 @@ def check_method_settings(cfg: TrainConfig, given) -> None:
     for name, row in unread_settings(method, task, label):
         who = f"--method {method}" + (f" --task {task}" if method in row.methods else "")
         users = ", ".join(row.methods) + ("" if row.tasks == TASKS else f" with --task {'/'.join(row.tasks)}")
-        raise ConfigError(f"{label[name]}: {who} does not use it ({row.what}: used by {users})")
+        said = f"{label[name]}: {who} does not use it ({row.what}: used by {users})"
+        if label[name].startswith("--config "):  # one YAML may serve several methods (make train's, with --method)
+            warnings.warn(f"{said}; ignored", TaskTuneWarning, stacklevel=2)
+        else:  # typed for this run: a mistake
+            raise ConfigError(said)
     quant = str(cfg.quantization_bit).lower()
     if "quantization_bit" in label and quant not in METHOD_QUANTIZATION.get(method, (quant,)):
         why = ("always trains on a 4-bit (NF4) base; leave --quantization-bit out (or give 4), or use --method lora "

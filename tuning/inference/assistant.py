@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tasktune.errors import ConfigError
+from tasktune.tuning.config import checked_arguments
 from tasktune.tuning.run import Trust
 
 BATCHING = ("auto", "engine", "generate")
@@ -38,6 +39,7 @@ class Assistant:
             self.engine = Engine(bank, max_batch_size=max_batch_size).start()
 
     @classmethod
+    @checked_arguments  # (a None run folder was a bare TypeError from pathlib)
     def from_run(cls, *run_dirs: str | Path, max_batch_size: int = 16, batching: str = "auto",
                  trust: Trust | None = None) -> "Assistant":
         """Load the runs' base once and put every run on it (runs are named by folder name); see the module's doc
