@@ -133,6 +133,18 @@ def test_resolve_on_a_cpu_keeps_full(tiny_model_dir):
     assert memory.resolve("every-2", model, cfg, device=torch.device("cpu"), tokens=512).mode == "every-2"
 
 
+def test_every_k_past_the_layer_count_is_refused_naming_it(tiny_model_dir):
+    """every-100 on a 2-layer base checkpointed layer 0 alone, accepted without a word; every-K up to the layer
+    count is taken as given."""
+    model = load_model(tiny_model_dir("glm"))
+    layers = len(_layer_flags(model))
+    for mode in ("every-2", f"every-{layers}"):
+        assert memory.resolve(mode, model, TrainConfig(), device=torch.device("cpu"), tokens=512).mode == mode
+    with pytest.raises(ConfigError, match=rf"^--gradient-checkpointing every-100: the base has {layers} decoder "
+                                          rf"layers, .* every-K with K <= {layers}, full, none or auto$"):
+        memory.resolve("every-100", model, TrainConfig(), device=torch.device("cpu"), tokens=512)
+
+
 def test_model_sizes_of_a_loaded_model(tiny_model_dir):
     model = load_model(tiny_model_dir("glm"))
     sizes = memory.model_sizes(model, TrainConfig(pre_seq_len=4), tokens=64, element_bytes=4)

@@ -203,6 +203,11 @@ def resolve(requested: str, model, cfg, *, device, tokens: int, element_bytes: i
     auto is full. `--max-memory` with an explicit mode checks that mode's estimate too."""
     import torch
 
+    if requested.startswith("every-"):  # every-100 on 6 layers checkpointed layer 0 alone, without a word
+        layers = len(decoder_layers(model))
+        if layers and int(requested.split("-")[1]) > layers:
+            raise ConfigError(f"--gradient-checkpointing {requested}: the base has {layers} decoder layers, so it "
+                              f"would checkpoint layer 0 alone; give every-K with K <= {layers}, full, none or auto")
     cuda = getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_available()
     max_gib = float(getattr(cfg, "max_memory", 0.0) or 0.0)
     if not cuda:
