@@ -91,12 +91,12 @@ def test_an_edited_adapter_shape_is_refused_naming_the_field(run, capsys):
     assert f"{run}/tasktune_adapter.json: shape.num_layers is 7 but adapter_config.json's num_layers is 2" in err
 
 
-@pytest.mark.parametrize("template", ["/etc/passwd", "nosuch.jinja"])
-def test_a_bad_prompt_template_in_the_run_record_names_the_record(run, capsys, template):
+@pytest.mark.parametrize("template, said", [("/etc/passwd", "expected auto"), ("nosuch.jinja", "no such .jinja file")])
+def test_a_bad_prompt_template_in_the_run_record_names_the_record(run, capsys, template, said):
     edit(run / "tasktune_run.json", lambda r: r["config"].update(prompt_template=template))
     assert main(["chat", str(run)]) == 2  # (refused before the model loads or stdin is read)
     err = capsys.readouterr().err
-    assert f"{run}/tasktune_run.json: config.prompt_template: prompt template {template!r}: expected auto" in err
+    assert f"{run}/tasktune_run.json: config.prompt_template: prompt template {template!r}: {said}" in err
 
 
 def test_the_untouched_run_still_evaluates(run):
