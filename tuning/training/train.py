@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,22 @@ def _run_guard(cfg: TrainConfig) -> Iterator[None]:
     run_dir = Path(cfg.out)
     ckpt.check_run_folder(run_dir)
     lock = run_lock(run_dir) if launched_rank() == 0 else contextlib.nullcontext()
-    with lock, sigterm_as_interrupt():
+    with _no_empty_parents(run_dir), lock, sigterm_as_interrupt():
         yield
+
+
+@contextlib.contextmanager
+def _no_empty_parents(run_dir: Path) -> Iterator[None]:
+    """A run that fails leaves no empty folders it created above its run folder (`runs/` of `--out runs/R`, when
+    the model could not load); the run folder too, if it is empty. A folder holding anything is kept."""
+    created = [p for p in [run_dir.absolute(), *run_dir.absolute().parents] if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
