@@ -1,7 +1,11 @@
 """Load the frozen base: a causal LM (or sequence classifier) by hub id or local path, 4/8-bit or not, and its tokenizer.
 
 Weights come from safetensors only unless the caller opts in to pickle files (`allow_pickle=True`);
-remote code runs only with `trust_remote_code=True`. Errors the user can fix are `ConfigError`s.
+remote code runs only with `trust_remote_code=True`. Errors the user can fix are `ConfigError`s, naming the file at
+fault (config.json, tokenizer.json) before anything is written; a hub id loads through tuning/model/hub.py.
+
+Longer than 300 lines because loading a base is checked as one unit here (source, config, weights, tokenizer,
+vocabulary) and a run's recorded base is resolved beside it; each check is a small function.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 def _check_source(name_or_path: str) -> Path | None:
     """The local folder, or None for a hub id; a path-like name that does not exist is a ConfigError."""
+    if not name_or_path.strip():
+        raise ConfigError("empty model name; give a local model folder or a hub id")
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -30,6 +36,71 @@ def _check_source(name_or_path: str) -> Path | None:
     if looks_local:
         raise ConfigError(f"model path {path} does not exist")
     return None
+
+
+def _from_pretrained(load, name: str, folder: Path | None, **kwargs):
+    """`load(name, **kwargs)` (a `from_pretrained`): a local folder as it is, a hub id from the cache or the hub
+    (tuning/model/hub.py: at once, never through a minute of retries when the hub is out of reach)."""
+    if folder is not None:
+        return load(name, **kwargs)
+    from tasktune.tuning.model.hub import hub_load
+
+    return hub_load(load, name, **kwargs)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (huggingface_hub's validation errors take two)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def _remote_code_error(name: str, text: str, trust_remote_code: bool) -> ConfigError | None:
+    if "trust_remote_code" in text and not trust_remote_code:
+        return ConfigError(f"{name} needs its own modeling code; pass trust_remote_code=True (--trust-remote-code) "
+                           "only if you trust it")
+    return None
+
+
+def load_config(name_or_path, *, trust_remote_code: bool = False):
+    """The base's `AutoConfig`; a ConfigError naming its config.json and the field for a config that is missing, not
+    a JSON object, or refused by the library (huggingface_hub's strict field types, a missing model_type...)."""
+    name = str(name_or_path)
+    folder = _check_source(name)
+    where = f"{folder / 'config.json'}" if folder is not None else f"{name}'s config.json"
+    if folder is not None:
+        path = folder / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; a model folder needs its config.json (which names the model_type)")
+        try:
+            data = json.loads(read_text_file(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings")
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    try:
+        return _from_pretrained(AutoConfig.from_pretrained, name, folder, trust_remote_code=trust_remote_code)
+    except (StrictDataclassError, TypeError, ValueError, KeyError, AttributeError, OSError) as exc:
+        text = _one_line(exc)
+        raise _remote_code_error(name, text, trust_remote_code) or ConfigError(f"{where}: {text}") from None
+
+
+def check_vocabulary(name, tokenizer, config, top_id: int, model=None) -> None:
+    """ConfigError when token id `top_id` (the largest the data holds) is past the base's token rows (config.json's
+    vocab_size, or with `model` its input embedding): it failed the first step (IndexError) after the run folder
+    was written. A tokenizer longer than vocab_size alone is no error (Qwen2's adds tokens the data never holds)."""
+    vocab = getattr(config, "vocab_size", None)
+    rows = model.get_input_embeddings().num_embeddings if model is not None else vocab
+    if not isinstance(rows, int) or top_id < rows:
+        return
+    folder = Path(str(name)).expanduser()
+    where = folder / "config.json" if folder.is_dir() else f"{name}'s config.json"
+    what = f"vocab_size {vocab:,}" if vocab == rows else f"the input embedding's {rows:,} rows"
+    raise ConfigError(f"{where}: {what} is smaller than the tokenizer's {len(tokenizer):,} tokens (the data holds "
+                      f"token id {top_id:,}); the model and tokenizer do not belong together, or vocab_size was "
+                      "edited")
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
@@ -140,6 +211,7 @@ def load_model(
     folder = _check_source(name)
     if folder is not None:
         _check_weights(folder, allow_pickle)
+    load_config(name, trust_remote_code=trust_remote_code)  # a damaged config.json named before the weights load
     quantization = build_quantization(quantization_bit)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -159,14 +231,18 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         with library_bars_on_terminal_only():
-            model = auto.from_pretrained(name, **kwargs)
+            model = _from_pretrained(auto.from_pretrained, name, folder, **kwargs)
+    except RuntimeError as exc:
+        if "mismatched_sizes" not in str(exc):
+            raise
+        where = folder / "config.json" if folder is not None else f"{name}'s config.json"
+        raise ConfigError(f"{name}: its weights do not have the shapes {where} gives (an edited vocab_size, "
+                          "hidden_size or layer size? the report above lists the tensors)") from None
     except (OSError, ValueError) as exc:
         text = str(exc)
-        if "trust_remote_code" in text and not trust_remote_code:
-            raise ConfigError(
-                f"{name} needs its own modeling code; pass trust_remote_code=True (--trust-remote-code) "
-                "only if you trust it"
-            ) from None
+        remote = _remote_code_error(name, text, trust_remote_code)
+        if remote is not None:
+            raise remote from None
         where = "local folder" if folder is not None else "hub id (is it spelled right, and is the hub reachable?)"
         raise ConfigError(f"could not load model {name} ({where}): {text.splitlines()[0] if text else exc}") from None
     model.eval()
@@ -181,19 +257,43 @@ def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_sid
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     name = str(name_or_path)
-    _check_source(name)
+    folder = _check_source(name)
+    if folder is not None and (folder / "config.json").is_file():
+        load_config(name, trust_remote_code=trust_remote_code)  # the tokenizer reads it too: a damage named here
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"could not load the tokenizer of {name}: {str(exc).splitlines()[0]}") from None
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+        if folder is not None:
+            _explain_tokenizer(folder)
+        raise ConfigError(f"could not load the tokenizer of {name}: {_one_line(exc)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(f"the tokenizer of {name} has neither a pad nor an eos token; add a pad token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def _explain_tokenizer(folder: Path) -> None:
+    """After a failed tokenizer load from `folder`: a ConfigError naming the file at fault, if one is (a tokenizer
+    JSON file that is not JSON; no tokenizer file at all); else nothing, and the library's error is reported."""
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / file
+        if path.is_file():
+            try:
+                json.loads(read_text_file(path, limit=1 << 30))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{path}: not valid JSON ({exc}); the tokenizer of {folder} cannot load") from None
+    if not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise ConfigError(f"{folder} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); copy the "
+                          "model's tokenizer into it")
 
 
 # -- a run's base: where it is, and loading it as the run was trained -------------------------------------

@@ -54,7 +54,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> TrainingSetup:
     from transformers import get_scheduler
 
     from tasktune.tuning.model import methods
-    from tasktune.tuning.model.load import load_tokenizer
+    from tasktune.tuning.model.load import check_vocabulary, load_config, load_tokenizer
     from tasktune.tuning.training import compiling, memory
 
     run_dir = Path(cfg.out)
@@ -73,6 +73,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> TrainingSetup:
     # data first: a bad data folder should fail before a slow model load
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, padding_side="right")
     train_set, collate, truncation, labels = _training_data(cfg, tokenizer)
+    top_id = _top_token_id(train_set, tokenizer)  # past the base's embedding: an IndexError at the first step
+    check_vocabulary(cfg.model, tokenizer, load_config(cfg.model, trust_remote_code=cfg.trust_remote_code), top_id)
     if main:
         log(f"train examples: {len(train_set)}; {truncation}")
 
@@ -88,6 +90,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> TrainingSetup:
 
     model = methods.load_base(cfg, quantization=quant, labels=labels,
                               device_map={"": accelerator.device} if quant else None)
+    check_vocabulary(cfg.model, tokenizer, model.config, top_id, model)
     if labels is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers pool at the last non-pad token
     if not quant:
@@ -187,6 +190,14 @@ def _training_data(cfg: TrainConfig, tokenizer):
     records = load_records(cfg.data, "train", data_cfg)
     train_set, truncation = tokenize_dataset(records, tokenizer, data_cfg)
     return train_set, make_collator(tokenizer), truncation, None
+
+
+def _top_token_id(train_set, tokenizer) -> int:
+    """The largest token id the training batches hold: the examples' and the pad token's."""
+    examples = getattr(train_set, "examples", None)
+    rows = train_set["input_ids"] if examples is None else (e["input_ids"] for e in examples)
+    top = max((max(ids, default=-1) for ids in rows), default=-1)
+    return max(top, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
 
 
 def check_context(cfg, model_config, reserved: int) -> None:
