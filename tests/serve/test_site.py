@@ -169,3 +169,27 @@ def test_a_port_in_use_or_a_bad_host_is_refused_before_the_model_loads(serve_run
     for host in ("999.1.1.1", "192.0.2.1"):  # no such address; an address of another machine (TEST-NET-1)
         rc, err = serve([str(serve_runs["grid"]), "--host", host, "--port", "0"])
         assert rc == 2 and f"tasktune serve: error: --host {host}: " in err, err
+
+
+def test_a_damaged_base_config_is_named_by_serve_as_by_train(serve_runs, serve, tmp_path):
+    """serve reads the base's config as training does (tuning/model/load.py load_config, for the tokenizer and for
+    the context window): a damaged field is one line naming the file, before any model loads."""
+    import json
+    import shutil
+
+    from tasktune.tuning.inference.bank import describe_run
+
+    base = tmp_path / "base"
+    shutil.copytree(describe_run(serve_runs["grid"])[0].base_model, base)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    (base / "config.json").write_text(json.dumps({**config, "hidden_size": "64"}), encoding="utf-8")
+    run = tmp_path / "run"
+    shutil.copytree(serve_runs["grid"], run)
+    for name, where, key in (("tasktune_run.json", "config", "model"),
+                             ("adapter_config.json", None, "base_model_name_or_path")):
+        record = json.loads((run / name).read_text(encoding="utf-8"))
+        (record[where] if where else record)[key] = str(base)  # the run's base is the damaged copy
+        (run / name).write_text(json.dumps(record), encoding="utf-8")
+    rc, err = serve([str(run), "--port", "0"])
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"tasktune serve: error: {base}/config.json: " in err and "hidden_size" in err, err

@@ -176,15 +176,11 @@ def _tokenizer(runs: list[ServedRun], record):
 
 def _context(runs: list[ServedRun], record) -> int | None:
     """The shared base's context window (positions), from its config alone (loaded as the tokenizer is)."""
-    from transformers import AutoConfig
-
     from tasktune.tuning.model.generate import context_limit
+    from tasktune.tuning.model.load import load_config
 
-    try:
-        config = AutoConfig.from_pretrained(runs[0].base_model, trust_remote_code=record.config.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"could not read the config of {runs[0].base_model}: {str(exc).splitlines()[0]}") from None
-    return context_limit(config)
+    # (training's reading: a damaged file is named; a hub id with the hub out of reach fails at once)
+    return context_limit(load_config(runs[0].base_model, trust_remote_code=record.config.trust_remote_code))
 
 
 def load_view(run_dirs: list[tuple[str | None, str | Path]], trust: Trust = Trust()) -> BankView:
