@@ -2,9 +2,10 @@
 reached, decided at once.
 
 With the hub out of reach, transformers' `from_pretrained` spent ~53 s in huggingface_hub's retry loops (5 retries
-per file, "Retrying in 8s [Retry 5/5]") before its error. `hub_load` loads from the cache only when HF_HUB_OFFLINE
-is set or the model is cached; else it tries one TCP connection to the endpoint (HF_ENDPOINT, or its proxy) and, when
-that fails, raises a `ConfigError` naming the model, the endpoint and why, in a few seconds.
+per file, "Retrying in 8s [Retry 5/5]") before its error. `hub_load` first tries one TCP connection to the endpoint
+(HF_ENDPOINT, or its proxy; skipped under HF_HUB_OFFLINE): reachable, the library loads as it always does; not, the
+model loads from the local cache alone when it is there, and otherwise a `ConfigError` names the model, the endpoint
+and why, in a few seconds.
 """
 
 from __future__ import annotations
@@ -90,15 +91,6 @@ def _not_here(name: str) -> str:
     return f"--model {name}: no such local folder (relative to {Path.cwd()})"
 
 
-def check_reachable(name: str) -> None:
-    """ConfigError when the hub that would serve `name` cannot be reached (one quick connect, remembered)."""
-    where = endpoint()
-    reason = unreachable(where)
-    if reason:
-        raise ConfigError(f"{_not_here(name)}, and the Hugging Face hub ({where}) cannot be reached to download it "
-                          f"({reason}); give a local folder, or set HF_HUB_OFFLINE=1 to use the local cache")
-
-
 @contextlib.contextmanager
 def _cache_only() -> Iterator[None]:
     """huggingface_hub offline for the block, as HF_HUB_OFFLINE=1 makes it: `local_files_only` does not reach every
@@ -114,24 +106,22 @@ def _cache_only() -> Iterator[None]:
 
 
 def hub_load(load: Callable[..., Any], name: str, **kwargs) -> Any:
-    """`load(name, **kwargs)` (a `from_pretrained`) for a `name` that is no local folder: from the local cache alone
-    (local_files_only=True) when HF_HUB_OFFLINE is set or the model is cached; else after `check_reachable`. A model
-    cached in part (a file missing) is downloaded, the hub reachable; offline, the library's error propagates."""
+    """`load(name, **kwargs)` (a `from_pretrained`) for a `name` that is no local folder. The hub reachable: the
+    library's own load (it fetches what the cache lacks or what changed). Else, or under HF_HUB_OFFLINE, from the
+    local cache alone (`local_files_only=True`) when it holds the model, and a ConfigError at once when not."""
     is_offline = offline()
-    if not is_offline and not is_cached(name):
-        check_reachable(name)
+    reason = None if is_offline else unreachable(endpoint())
+    if not is_offline and reason is None:
         return load(name, **kwargs)
-    if is_offline and not is_cached(name):
+    if not is_cached(name):
+        if reason is not None:
+            raise ConfigError(f"{_not_here(name)}, and the Hugging Face hub ({endpoint()}) cannot be reached to "
+                              f"download it ({reason}); give a local folder, or set HF_HUB_OFFLINE=1 to use the "
+                              "local cache")
         from huggingface_hub import constants
 
         raise ConfigError(f"{_not_here(name)}, and not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
                           "HF_HUB_OFFLINE is set, so it is not downloaded: give a local folder, or unset "
                           "HF_HUB_OFFLINE to download it")
-    try:
-        with _cache_only():
-            return load(name, local_files_only=True, **kwargs)
-    except OSError:  # a file the cache lacks
-        if is_offline:
-            raise
-    check_reachable(name)
-    return load(name, **kwargs)
+    with _cache_only():  # (a file the cache lacks: the library's OSError, which the caller words)
+        return load(name, local_files_only=True, **kwargs)
