@@ -106,3 +106,18 @@ def test_the_cli_exits_2_before_anything_is_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "tasktune train: error: --quantization-bit none: --method qlora" in err, err
     assert not out.exists()
+
+
+def test_peft_methods_attach_without_transformers_deprecation_warning(tiny_model_dir):
+    """PEFT's PeftModel reads transformers' deprecated `is_gradient_checkpointing`: every lora/qlora/prompt run
+    printed a FutureWarning a user could do nothing about. The other warnings are left as they are."""
+    import warnings
+
+    from tasktune.tuning.model.load import load_model
+    from tasktune.tuning.model.methods.peft import attach_peft
+
+    model = load_model(tiny_model_dir("glm"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_peft(model, TrainConfig(method="lora"), "lora", "causal-lm", None)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]

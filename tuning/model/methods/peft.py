@@ -116,8 +116,20 @@ def attach_peft(model, cfg, method: str, task: str, labels) -> PeftAdapter:
     config = peft_config(model, cfg, method, task)
     if config.peft_type.value == "PREFIX_TUNING":
         stop_checkpointing(model)
-    peft_model = get_peft_model(model, config)
+    with _quiet_peft():
+        peft_model = get_peft_model(model, config)
     return PeftAdapter(peft_model, method, task, labels)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """PEFT's PeftModel reads transformers' deprecated `is_gradient_checkpointing`, so every LoRA/prompt run printed
+    a FutureWarning that names neither tasktune nor anything a user can change; that one message alone is dropped."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def stop_checkpointing(model) -> None:
@@ -133,7 +145,8 @@ def load_peft(model, folder: Path, info: dict, is_trainable: bool) -> PeftAdapte
     if info["method"] in ("ptuning-v2", "prefix"):  # PEFT prefix (classification): see stop_checkpointing
         stop_checkpointing(model)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
+        with _quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise ConfigError(f"{folder}: peft could not load this adapter onto the model: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
