@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rows decoded together (default: 32)")
     p.add_argument("--max-prompt-tokens", type=Range(int, 1, 1 << 20), default=4096,
                    help="longer prompts are refused with 400 (default: 4096)")
-    p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=1024,
-                   help="the largest max_tokens a request may ask (default: 1024; lowered, with a warning, to what "
-                        "the base model's context window holds)")
+    p.add_argument("--max-tokens", type=Range(int, 1, 1 << 20), default=None,
+                   help="the largest max_tokens a request may ask (default: 1024, or what the base model's context "
+                        "window holds if less; a value given over the window is lowered to it, with a warning)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", type=nonempty,
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the API from "
                         "a browser (CORS; repeatable; default: none, only this server's own page; requests that "

@@ -19,7 +19,11 @@ from tasktune.errors import ConfigError
 from tasktune.tuning.inference.bank import ServedRun
 
 
-def fit_window(context: int | None, runs: Iterable[ServedRun], max_tokens: int,
+DEFAULT_MAX_TOKENS = 1024
+"""--max-tokens when not given (then lowered to the window without a word: the user set nothing to warn about)"""
+
+
+def fit_window(context: int | None, runs: Iterable[ServedRun], max_tokens: int | None,
                warn: Callable[[str], None]) -> tuple[int, int]:
     """(--max-tokens as the window allows it, the slots' text width: ChildConfig.slot_width, to which the engine
     adds the widest prefix). The slots then hold at most the window (plus the one spare column the engine's
@@ -27,6 +31,8 @@ def fit_window(context: int | None, runs: Iterable[ServedRun], max_tokens: int,
     an answer is a ConfigError; one whose max_source_length leaves none for an answer has its prompts cut further
     (`Service.encode`), said by `warn`. `context` None: the base's config names no window, nothing is fitted."""
     runs = list(runs)
+    given = max_tokens is not None
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     longest = max(r.max_source_length for r in runs)
     if context is None:
         return max_tokens, longest + max_tokens + 1
@@ -38,10 +44,10 @@ def fit_window(context: int | None, runs: Iterable[ServedRun], max_tokens: int,
             warn(f"tasktune serve: run {run.name}: its prefix ({run.pre_seq_len}) + max_source_length "
                  f"({run.max_source_length}) leave no room for an answer in the base model's {context} positions; "
                  f"its prompts are cut to their last {context - run.pre_seq_len - 1} tokens")
-    if max_tokens > context - 1:
+    if max_tokens > context - 1 and given:
         warn(f"tasktune serve: --max-tokens {max_tokens} does not fit the base model's context window of "
              f"{context} positions; requests may ask for at most {context - 1} tokens (prompt + max_tokens, and a "
              f"run's prefix, must fit the window)")
-        max_tokens = context - 1
+    max_tokens = min(max_tokens, context - 1)
     prefix = max(r.pre_seq_len for r in runs)
     return max_tokens, min(longest + max_tokens, context - prefix) + 1

@@ -142,6 +142,10 @@ def test_fit_window_sizes_the_flags_and_the_slots():
     assert fit_window(512, [run("a", 4, 160), run("b", 6, 100)], 1024, said.append) == (511, 507)
     assert len(said) == 1 and "--max-tokens 1024" in said[0]
     said.clear()
+    # not given: the default (1,024) is lowered to the window without a word (every start of a 1,024-position
+    # base warned about a flag the user never set)
+    assert fit_window(512, [run("a", 4, 160), run("b", 6, 100)], None, said.append) == (511, 507) and not said
+    assert fit_window(2048, [run("a", 4, 160)], None, said.append) == (1024, 1185) and not said
     assert fit_window(128, [run("a", 8, 160)], 16, said.append) == (16, 121)
     assert len(said) == 1 and "run a" in said[0] and "last 119 tokens" in said[0]
     with pytest.raises(ConfigError, match="run b: its prefix takes 127 of the base model's 128 positions"):
