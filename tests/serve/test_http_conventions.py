@@ -145,3 +145,16 @@ def test_errors_speak_json_and_quote_the_request_briefly(live_server):
     reply = httpx.post(url, json={"model": "grid", "messages": [{"role": "user", "content": "x", "name": "n" * 5000}],
                                   "tool_choice": "x" * 20_000})
     assert len(reply.json()["error"]["message"]) <= MAX_MESSAGE + 40
+
+
+def test_the_page_and_its_files_carry_headers_that_keep_them_from_being_misused(live_server):
+    """The chat page and /static/* had no nosniff, framing or content policy: a browser could sniff a file as
+    another type or another site frame the page. The page has no inline code, so `default-src 'self'` holds."""
+    for path in ("/", "/static/app.js", "/static/app.css"):
+        headers = httpx.get(f"{live_server.url}{path}").headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
+        policy = headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+    page = httpx.get(f"{live_server.url}/").text
+    assert "<script>" not in page and " on" not in page.split("<body", 1)[1].split(">", 1)[0]  # no inline code
