@@ -34,12 +34,22 @@ def dataset_info(name: str, fmt: str, files: dict[str, str]) -> dict[str, Any]:
     return {f"{name}_{side}": {"file_name": file, **extra} for side, file in files.items()}
 
 
+#: Characters that JSON leaves raw with ensure_ascii=False but `str.splitlines()` (and readers like it) take for a
+#: line end: written escaped, so one record stays one line for every reader (the JSON value is the same)
+LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def _one_line_each(text: str) -> str:
+    """`text` with LINE_BREAKS escaped (looked for first: translating every chunk cost ~19 ms per 4,096 records)."""
+    return text.translate(LINE_BREAKS) if "\u2028" in text or "\u2029" in text or "\x85" in text else text
+
+
 def serialize(records: list[dict[str, Any]], fmt: str) -> str:
     """UTF-8 JSON: an array with one record a line, or JSON lines for `jsonl`."""
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     if fmt == "jsonl":
-        return "".join(line + "\n" for line in lines)
-    return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+        return _one_line_each("".join(line + "\n" for line in lines))
+    return _one_line_each("[\n" + ",\n".join(lines) + "\n]\n") if lines else "[]\n"
 
 
 CHUNK = 4096  # records converted, validated and dumped at a time
@@ -64,10 +74,10 @@ def stream_records(records: list[dict[str, Any]], fmt: str, meta: bool, where: s
         validate_records(chunk, fmt, where, start=start)
         lines = list(map(_dumps, chunk))
         if fmt == "jsonl":
-            yield "".join(line + "\n" for line in lines)
+            yield _one_line_each("".join(line + "\n" for line in lines))
         else:
             last = start + CHUNK >= len(records)
-            yield ",\n".join(lines) + ("\n]\n" if last else ",\n")
+            yield _one_line_each(",\n".join(lines) + ("\n]\n" if last else ",\n"))
 
 
 def _prepare(out_dir: Path) -> None:

@@ -94,3 +94,18 @@ def test_a_folder_where_an_output_file_belongs_is_named(splits, tmp_path):
     (out / "train.json").mkdir(parents=True)
     with pytest.raises(SpecError, match=rf"^{out / 'train.json'}: cannot write output: Is a directory"):
         write_splits(splits, out)
+
+
+@pytest.mark.parametrize("fmt, name", [("jsonl", "train.jsonl"), ("chatglm", "train.json")])
+def test_line_separators_in_a_text_are_written_escaped_one_record_a_line(tmp_path, fmt, name):
+    """JSON keeps U+2028, U+2029 and NEL raw (ensure_ascii=False), and readers that split with str.splitlines()
+    saw 50 lines for 35 records. They are written as \\u escapes now: the same values, one record a line."""
+    texts = ["甲\u2028乙", "丙\u2029丁", "戊\x85己", "庚"]
+    records = [{"content": t, "summary": t, "history": []} for t in texts]
+    write_splits(Splits(train=records, dev=[], stats={}), tmp_path / "out", fmt, meta=False)
+    text = (tmp_path / "out" / name).read_text(encoding="utf-8")
+    assert not {"\u2028", "\u2029", "\x85"} & set(text)
+    lines = text.splitlines()
+    read = [json.loads(line) for line in lines] if fmt == "jsonl" else json.loads(text)
+    assert [r["content"] for r in read] == texts
+    assert len(lines) == len(texts) + (0 if fmt == "jsonl" else 2)  # (the array's brackets)
