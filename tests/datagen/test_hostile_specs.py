@@ -248,10 +248,13 @@ def test_jsonl_records_holding_a_line_separator_read_back_as_written(tmp_path):
     assert main(["data", str(write_spec(tmp_path, text.replace("n: 2", "n: 4"))), "--out", str(out), "--seed", "1",
                  "--format", "jsonl", "--quiet"]) == 0
     written = (out / "train.jsonl").read_text(encoding="utf-8")
-    assert "\u2028" in written and "\x85" in written  # json.dumps(ensure_ascii=False) keeps U+2028 as is
+    assert "\u2028" not in written and "\x85" not in written  # written escaped (test_write.py)
+    # a file that holds them raw (json.dumps(ensure_ascii=False) keeps U+2028 as is: another tool's file)
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(written.replace("\\u2028", "\u2028").replace("\\u0085", "\x85"), encoding="utf-8")
+    assert "\u2028" in raw.read_text(encoding="utf-8")
     for read in (read_rows, read_predictions):  # (was: "invalid JSON", a record cut in two)
-        assert [r["content"] for r in read(out / "train.jsonl")] == [json.loads(x)["content"] for x in
-                                                                     written.split("\n")[:-1]]
+        assert [r["content"] for r in read(raw)] == [json.loads(x)["content"] for x in written.split("\n")[:-1]]
 
 
 def test_a_broken_template_shows_its_line_as_jinja_counts_lines(tmp_path):
