@@ -326,3 +326,18 @@ def test_a_missing_prompt_template_file_is_named_as_the_flags_not_a_records(data
         tokenize_dataset(load_records(data_dir, "train"), tokenizer, DataConfig(prompt_template=str(missing)))
     assert str(err.value) == \
         f"prompt_template (--prompt-template): prompt template {str(missing)!r}: no such .jinja file"
+
+
+@pytest.mark.parametrize("record, hint", [
+    ({"instruction": "q", "input": "", "output": "a"}, "alpaca-shaped: add --prompt-column instruction "
+                                                       "--response-column output"),
+    ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt-shaped"),
+    ({"text": "q", "label": "a"}, "--task classification"),
+])
+def test_data_in_another_layout_says_how_to_train_on_it(tmp_path, tokenizer, record, hint):
+    """`tasktune data --format alpaca` (or sharegpt, classification) then `tasktune train` on it said only `no
+    column 'content' (has: ...)`: the flags that read it (or the format to write) were left to guess."""
+    (tmp_path / "train.json").write_text(json.dumps([record]), encoding="utf-8")
+    with pytest.raises(DataError, match="no column 'content'") as err:
+        tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
+    assert hint in str(err.value)
