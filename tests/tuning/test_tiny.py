@@ -203,7 +203,7 @@ def test_build_refuses_foreign_folders_and_missing_spec(spec, tmp_path):
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me"
     with pytest.raises(SpecError, match="no such spec"):
         build_tiny_model(tmp_path / "nope.yaml", tmp_path / "m", records=(TRAIN, DEV))
-    with pytest.raises(ConfigError, match="num_heads"):
+    with pytest.raises(ConfigError, match="--hidden 30: must divide by --heads 4"):
         TinyConfig(hidden_size=30, num_heads=4)
 
 
@@ -234,7 +234,7 @@ def test_cli_arguments_reach_the_config(monkeypatch, tmp_path):
     assert (seen["seed"], cfg.data_seed) == (7, 42)
     with pytest.raises(SystemExit):  # refused by the flag's range (tasktune/flags.py) before any work
         parser.parse_args(["--round-docs", "1.5"])
-    with pytest.raises(ConfigError, match="round_docs"):  # and by TinyConfig for API callers
+    with pytest.raises(ConfigError, match="--round-docs 1.5"):  # and by TinyConfig for API callers
         tiny.TinyConfig(round_docs=1.5)
 
 

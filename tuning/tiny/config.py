@@ -3,7 +3,7 @@ every part of the build shares (record file, special tokens, the frame text the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from tasktune.errors import ConfigError
@@ -125,14 +125,26 @@ class TinyConfig:
     """Further GlmConfig keyword arguments (e.g. initializer_range)."""
 
     def __post_init__(self) -> None:
+        """Every problem at once, each naming the flag that sets the field and its value (`tiny model: --hidden 7:
+        must divide by --heads 2; --heads 2: must divide by --kv-heads 6 (the default)`)."""
+        problems = []
         if not 0.0 <= self.round_docs <= 1.0:
-            raise ConfigError(f"tiny model: round_docs is a share of the records, in [0, 1]; got {self.round_docs}")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"tiny model: hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}, "
-                f"and num_heads by num_kv_heads {self.num_kv_heads}"
-            )
-        if min(self.pretrain_steps, self.copy_warmup_steps) < 0 or min(self.batch_size, self.copy_batch_size) < 1 \
-                or self.block_size < 8:
-            raise ConfigError("tiny model: pretrain_steps, copy_warmup_steps >= 0, batch sizes >= 1, "
-                              "block_size >= 8 required")
+            problems.append(f"{self._named('round_docs')}: expected a share of the records, in [0, 1]")
+        if self.hidden_size % self.num_heads:
+            problems.append(f"{self._named('hidden_size')}: must divide by {self._named('num_heads')}")
+        if self.num_heads % self.num_kv_heads:
+            problems.append(f"{self._named('num_heads')}: must divide by {self._named('num_kv_heads')}")
+        for name, least in (("pretrain_steps", 0), ("copy_warmup_steps", 0), ("batch_size", 1),
+                            ("copy_batch_size", 1), ("block_size", 8)):
+            if getattr(self, name) < least:
+                problems.append(f"{self._named(name)}: expected >= {least}")
+        if problems:
+            raise ConfigError("tiny model: " + "; ".join(problems))
+
+    def _named(self, name: str) -> str:
+        """A field as the user set it: its flag (for a field without one, its name) and value, with "(the
+        default)" when it has the default value (`--kv-heads 6 (the default)`)."""
+        f = next(f for f in fields(self) if f.name == name)
+        value = getattr(self, name)
+        default = " (the default)" if f.default is not MISSING and value == f.default else ""
+        return f"{f.metadata.get('flag', name)} {value}{default}"
