@@ -34,3 +34,21 @@ def test_block_size_from_the_command_line_is_refused_naming_the_flag(tmp_path, c
     err = capsys.readouterr().err
     assert err == "tasktune tiny-model: error: tiny model: --block-size 2: expected >= 8\n"
     assert not (tmp_path / "m").exists()
+
+
+def test_a_foreign_out_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """`--out nonempty` (unrelated files) trained first (over an hour with the defaults on a CPU), then refused."""
+    from tasktune.cli import main
+    from tasktune.tuning import tiny
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(tiny.build, "generate_records", no_work)
+    out = tmp_path / "nonempty"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    assert main(["tiny-model", "--out", str(out), "--steps", "1", "--copy-warmup-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "not a tiny model folder" in err and err.count("\n") == 1, err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -23,12 +23,22 @@ from tasktune.tuning.tiny.pretraining import pretrain
 from tasktune.tuning.tiny.tokenizer import train_tokenizer
 
 
+def _check_out(out: Path) -> None:
+    """ConfigError when `out` holds something other than a tiny model (checked before the build, and again when the
+    finished model replaces it)."""
+    if out.is_dir() and not (out / RECORD_FILE).is_file() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not a tiny model folder; not overwriting it (choose another --out, "
+                          "or empty it)")
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished tmp folder to out; an existing out is replaced only if it is a tiny model."""
     if out.exists():
-        if not (out / RECORD_FILE).is_file() and any(out.iterdir()):
+        try:
+            _check_out(out)
+        except ConfigError:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ConfigError(f"{out}: exists and is not a tiny model folder; not overwriting it")
+            raise
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
         tmp.rename(out)
@@ -72,6 +82,7 @@ def build_tiny_model(
     spec_path, out = resolve_spec(spec_path), Path(out_dir)
     if not spec_path.is_file():
         raise SpecError(f"{spec_path}: no such spec file")
+    _check_out(out)  # before the build (over an hour on a CPU), not only when its result would replace `out`
     _check_device(device)
     cfg = config or TinyConfig()
     cfg.seed = seed
