@@ -52,3 +52,66 @@ def test_a_foreign_out_folder_is_refused_before_any_work(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "not a tiny model folder" in err and err.count("\n") == 1, err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+# a build cut short by SIGTERM while it writes the folder (tasktune.files.settle: the last step before the rename)
+SIGTERM_IN_THE_WRITE = """
+import os, signal, sys
+from tasktune import files
+from tasktune.cli import main
+
+def settle(path):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the write")
+
+files.settle = settle
+sys.exit(main(sys.argv[1:]))
+"""
+SMALL_ARGS = ["--steps", "1", "--copy-warmup-steps", "0", "--layers", "1", "--hidden", "16", "--heads", "2",
+              "--kv-heads", "2", "--ffn", "16", "--n", "1000", "--vocab-size", "64", "--block-size", "32",
+              "--batch-size", "2"]
+
+
+def test_sigterm_during_the_final_write_removes_the_staging_folder_and_exits_143(tmp_path):
+    """SIGTERM left `.OUT.tmp-PID/` for good (exit -15, no message); SIGINT was already clean (130)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_THE_WRITE, "tiny-model", "--out", str(out), *SMALL_ARGS],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.endswith("tasktune tiny-model: terminated (SIGTERM)\n") and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_stale_staging_folders_of_dead_builds_are_cleared(tmp_path):
+    """A build killed outright (SIGKILL) leaves `.OUT.tmp-PID/`; the next build into the same --out removes it (and
+    puts back a `.OUT.old-PID/` it had moved aside), but never a live process's."""
+    import os
+    import subprocess
+    import sys
+
+    from tasktune.tuning.tiny import build_tiny_model
+    from tasktune.tuning.tiny.build import _clear_stale
+    from tests.tuning.test_tiny import DEV, SMALL, TRAIN
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: grid\n", encoding="utf-8")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "m"
+    for name in (f".m.tmp-{dead.pid}", ".m.tmp-1", f".m.old-{dead.pid}", f".n.tmp-{dead.pid}"):
+        (tmp_path / name).mkdir()
+    (tmp_path / f".m.old-{dead.pid}" / "tiny_model.json").write_text("{}", encoding="utf-8")
+    _clear_stale(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-1", f".n.tmp-{dead.pid}", "m", "spec.yaml"]
+    assert (out / "tiny_model.json").read_text(encoding="utf-8") == "{}"  # the model a killed build was replacing
+    (tmp_path / f".m.tmp-{dead.pid}").mkdir()
+    build_tiny_model(spec, out, config=TinyConfig(**SMALL), pretrain_steps=0, records=(TRAIN, DEV), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-1", f".n.tmp-{dead.pid}", "m", "spec.yaml"]
+    (tmp_path / f".m.tmp-{dead.pid}").mkdir()
+    (tmp_path / f".m.old-{dead.pid}").mkdir()
+    _clear_stale(out)  # `out` there: the old one goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-1", f".n.tmp-{dead.pid}", "m", "spec.yaml"]
+    assert os.path.isdir(out)

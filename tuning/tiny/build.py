@@ -3,11 +3,13 @@ domain text -> the folder (weights, tokenizer, tiny_model.json), written atomica
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -45,6 +47,36 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
+
+
+def _clear_stale(out: Path) -> None:
+    """Folders that a build killed mid-write (SIGKILL, a power cut) left next to `out`: its staging folder
+    `.OUT.tmp-PID` is removed, and its `.OUT.old-PID` (the model it was replacing) goes back to `out` when `out` is
+    missing, else is removed. Only those of processes that are no longer alive: a live build keeps its own."""
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(re.escape(f".{out.name}.") + r"(tmp|old)-(\d{1,10})", name)
+        if not match or _pid_alive(int(match[2])):
+            continue
+        stale = out.parent / name
+        if match[1] == "old" and not os.path.lexists(out):
+            with contextlib.suppress(OSError):
+                stale.rename(out)
+                continue
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _save_quietly(model, folder: Path) -> None:
@@ -114,6 +146,7 @@ def build_tiny_model(
           f"{seconds:.0f}s, final LM loss {loss:.3f}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from tasktune.flags import check_output_folder
+from tasktune.runlock import sigterm_as_interrupt
 from tasktune.tuning.tiny.build import build_tiny_model
 from tasktune.tuning.tiny.config import TinyConfig
 
@@ -59,6 +60,7 @@ def run(args) -> int:
     # the LR warm-up scales with a short run: a tenth of the steps, at most the default
     values["warmup_steps"] = min(TinyConfig.warmup_steps, max(1, values["pretrain_steps"] // 10))
     cfg = TinyConfig(**values)
-    out = build_tiny_model(args.spec, args.out, seed=args.seed, config=cfg, device=args.device)
+    with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the staging folder is removed, exit 143
+        out = build_tiny_model(args.spec, args.out, seed=args.seed, config=cfg, device=args.device)
     print(f"wrote {out}")
     return 0

@@ -7,6 +7,7 @@ import math
 import random
 
 from tasktune.errors import ConfigError
+from tasktune.runlock import raise_if_terminated
 from tasktune.tuning.tiny.config import TinyConfig
 
 
@@ -63,6 +64,7 @@ def pretrain(model, tokenizer, docs: list[tuple[str, bool]], cfg: TinyConfig, pr
     recent: list[float] = []
     bar = progress_bar(cfg.pretrain_steps, desc, unit="step", disable=not progress)
     for step in range(cfg.pretrain_steps):
+        raise_if_terminated()  # a SIGTERM whose raise a library swallowed (tasktune/runlock.py)
         while len(rows) < cfg.batch_size:  # a fresh shuffle of the documents each pass
             fresh = make_rows(docs, tokenizer, cfg, rng)
             if not fresh:
