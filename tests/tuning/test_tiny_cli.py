@@ -115,3 +115,57 @@ def test_stale_staging_folders_of_dead_builds_are_cleared(tmp_path):
     _clear_stale(out)  # `out` there: the old one goes
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-1", f".n.tmp-{dead.pid}", "m", "spec.yaml"]
     assert os.path.isdir(out)
+
+
+def test_a_model_too_big_for_this_machine_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """`--hidden 65532 --layers 256` ended in a 36-line `DefaultCPUAllocator: can't allocate memory` traceback."""
+    from tasktune.cli import main
+    from tasktune.tuning import tiny
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(tiny.build, "generate_records", no_work)
+    assert main(["tiny-model", "--out", str(tmp_path / "m"), "--hidden", "65532", "--layers", "256"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tasktune tiny-model: error: --hidden 65532 --layers 256 --ffn 512: ") and \
+        err.count("\n") == 1, err
+    assert "GiB of memory" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_allocation_failure_during_the_build_is_one_line_naming_the_flags(tmp_path, monkeypatch):
+    """The safety net behind the estimate (activations, other processes): one ConfigError, not a traceback."""
+    from tasktune.tuning import tiny
+    from tests.tuning.test_tiny import DEV, SMALL, TRAIN
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: grid\n", encoding="utf-8")
+
+    def fail(message):
+        def make_model(cfg, tokenizer):
+            raise RuntimeError(message)
+        return make_model
+
+    monkeypatch.setattr(tiny.build, "make_model", fail("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                       "allocate 17592186044416 bytes. Error code 12"))
+    with pytest.raises(ConfigError, match=r"^--hidden 32 --layers 2 --ffn 64 --batch-size 4 --block-size 256: out of "
+                                          r"memory building the model on cpu \(DefaultCPUAllocator"):
+        tiny.build_tiny_model(spec, tmp_path / "m", config=TinyConfig(**SMALL), pretrain_steps=0,
+                              records=(TRAIN, DEV), progress=False)
+    monkeypatch.setattr(tiny.build, "make_model", fail("some other bug"))  # not an allocation: stays an error
+    with pytest.raises(RuntimeError, match="some other bug"):
+        tiny.build_tiny_model(spec, tmp_path / "m", config=TinyConfig(**SMALL), pretrain_steps=0,
+                              records=(TRAIN, DEV), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("values", [{}, dict(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
+                                             intermediate_size=64, tie_embeddings=False)])
+def test_the_memory_estimate_counts_the_parameters_of_the_model_built(values):
+    from tasktune.tuning.tiny import make_model
+    from tasktune.tuning.tiny.model import parameter_count
+
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "__len__": lambda s: 777})()
+    cfg = TinyConfig(**values)
+    assert parameter_count(cfg, 777) == sum(p.numel() for p in make_model(cfg, tokenizer).parameters())

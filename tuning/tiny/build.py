@@ -14,13 +14,14 @@ import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Iterator
 
 from tasktune import files as atomic
 from tasktune.errors import ConfigError, SpecError
 from tasktune.tuning.progress import transformers_bars_off
 from tasktune.tuning.tiny.config import RECORD_FILE, TinyConfig
 from tasktune.tuning.tiny.corpus import build_corpus, generate_records, read_spec_text
-from tasktune.tuning.tiny.model import make_model
+from tasktune.tuning.tiny.model import make_model, parameter_count
 from tasktune.tuning.tiny.pretraining import pretrain
 from tasktune.tuning.tiny.tokenizer import train_tokenizer
 
@@ -92,6 +93,53 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"tiny model: --device {device}, but torch sees no CUDA device here; use --device cpu")
 
 
+BYTES_A_PARAMETER = 16  # fp32 weights, their gradients and AdamW's two moments
+GIB = 1 << 30
+
+
+def _sizes(cfg: TinyConfig) -> str:
+    """The flags that set the model's size, as given (`--hidden 192 --layers 6 --ffn 512`)."""
+    return f"--hidden {cfg.hidden_size} --layers {cfg.num_layers} --ffn {cfg.intermediate_size}"
+
+
+def _check_memory(cfg: TinyConfig, device: str) -> None:
+    """ConfigError naming the size flags when the model's weights, gradients and Adam states alone (a lower bound:
+    activations come on top) need more memory than this machine (or, with --device cuda, the GPU) has."""
+    from tasktune.datagen.budget import total_memory
+
+    n = parameter_count(cfg, cfg.vocab_size)
+    need, where = n * BYTES_A_PARAMETER, "this machine's"
+    total = total_memory()
+    if device.startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        where = f"the GPU's ({device})"
+    if total and need > total:
+        raise ConfigError(
+            f"{_sizes(cfg)}: a model of this size has about {n / 1e9:,.1f}G parameters and training it needs at "
+            f"least {need / GIB:,.1f} GiB of memory ({BYTES_A_PARAMETER} bytes a parameter: weights, gradients and "
+            f"Adam's two states), more than {where} {total / GIB:.1f} GiB; choose a smaller --hidden or --layers")
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_config_error(cfg: TinyConfig, device: str) -> Iterator[None]:
+    """An allocation that fails during the build (what _check_memory's lower bound missed: activations, other
+    processes) as one ConfigError naming the size flags, not a torch traceback."""
+    import torch
+
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in text:
+            raise
+        raise ConfigError(
+            f"{_sizes(cfg)} --batch-size {cfg.batch_size} --block-size {cfg.block_size}: out of memory building the "
+            f"model on {device} ({text[:160]}); choose a smaller --hidden, --layers, --batch-size or --block-size"
+        ) from None
+
+
 def build_tiny_model(
     spec_path: str | Path,
     out_dir: str | Path,
@@ -120,6 +168,7 @@ def build_tiny_model(
     cfg.seed = seed
     if pretrain_steps is not None:
         cfg.pretrain_steps = pretrain_steps
+    _check_memory(cfg, device)  # before the records and the tokenizer (minutes), not at the first allocation
     data_seed = seed if cfg.data_seed is None else cfg.data_seed
     train, dev = records if records is not None else generate_records(spec_path, data_seed, cfg.n_records)
     if not train:
@@ -131,14 +180,15 @@ def build_tiny_model(
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,
                                 cfg.number_chunks)
-    model = make_model(cfg, tokenizer).to(device)
-    copy_loss = float("nan")
-    copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
-    if copy_steps:  # phase 1: learn to copy from the context
-        warm = replace(cfg, pretrain_steps=copy_steps, batch_size=cfg.copy_batch_size,
-                       warmup_steps=min(cfg.warmup_steps, max(1, copy_steps // 10)))
-        copy_loss = pretrain(model, tokenizer, corpus.copies, warm, progress, desc="copy warm-up")
-    loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)  # phase 2: the domain text
+    with _out_of_memory_as_config_error(cfg, device):
+        model = make_model(cfg, tokenizer).to(device)
+        copy_loss = float("nan")
+        copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
+        if copy_steps:  # phase 1: learn to copy from the context
+            warm = replace(cfg, pretrain_steps=copy_steps, batch_size=cfg.copy_batch_size,
+                           warmup_steps=min(cfg.warmup_steps, max(1, copy_steps // 10)))
+            copy_loss = pretrain(model, tokenizer, corpus.copies, warm, progress, desc="copy warm-up")
+        loss = pretrain(model, tokenizer, corpus.documents, cfg, progress)  # phase 2: the domain text
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "

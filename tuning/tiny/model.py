@@ -5,6 +5,17 @@ from __future__ import annotations
 from tasktune.tuning.tiny.config import TinyConfig
 
 
+def parameter_count(cfg: TinyConfig, vocab: int) -> int:
+    """The parameters of make_model(cfg) with a `vocab`-token tokenizer, from the sizes alone (no allocation)."""
+    head = cfg.hidden_size // cfg.num_heads
+    q, kv = cfg.num_heads * head, cfg.num_kv_heads * head
+    attention = cfg.hidden_size * (q + 2 * kv) + (q + 2 * kv) + q * cfg.hidden_size  # q/k/v with bias, o without
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size  # gate_up (2 x ffn) and down
+    layer = attention + mlp + 2 * cfg.hidden_size  # + two RMS norms
+    embeddings = vocab * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
+    return cfg.num_layers * layer + embeddings + cfg.hidden_size
+
+
 def make_model(cfg: TinyConfig, tokenizer):
     """A randomly initialised GlmForCausalLM of `cfg`'s size (seeded by cfg.seed)."""
     import torch
