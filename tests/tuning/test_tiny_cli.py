@@ -169,3 +169,27 @@ def test_the_memory_estimate_counts_the_parameters_of_the_model_built(values):
     tokenizer = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "__len__": lambda s: 777})()
     cfg = TinyConfig(**values)
     assert parameter_count(cfg, 777) == sum(p.numel() for p in make_model(cfg, tokenizer).parameters())
+
+
+def test_the_step_counts_of_both_phases_are_said_up_front(tmp_path, monkeypatch, capsys):
+    """`--steps 2` still ran the 600 copy warm-up steps first (minutes) without a word: --help and the first line
+    now say that --copy-warmup-steps comes on top."""
+    import argparse
+
+    from tasktune.tuning import tiny
+    from tests.tuning.test_tiny import DEV, SMALL, TRAIN
+
+    parser = argparse.ArgumentParser()
+    tiny.add_arguments(parser)
+    steps = next(a for a in parser._actions if "--steps" in a.option_strings)
+    assert "--copy-warmup-steps" in steps.help and f"default {TinyConfig.copy_warmup_steps}" in steps.help
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: grid\n", encoding="utf-8")
+    said = []
+    real = tiny.build.train_tokenizer
+    monkeypatch.setattr(tiny.build, "train_tokenizer", lambda *a: said.append(capsys.readouterr().out) or real(*a))
+    tiny.build_tiny_model(spec, tmp_path / "m", config=TinyConfig(**{**SMALL, "copy_warmup_steps": 3}),
+                          pretrain_steps=2, records=(TRAIN, DEV), progress=False)
+    assert said == ["tiny model: 3 copy warm-up steps (--copy-warmup-steps), then 2 LM steps on the domain text "
+                    "(--steps), on cpu\n"]

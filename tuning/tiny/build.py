@@ -177,13 +177,15 @@ def build_tiny_model(
         train, dev, read_spec_text(spec_path), cfg.copy_docs, cfg.skill_docs, random.Random(seed), cfg.para_docs,
         cfg.round_docs, cfg.answer_pairs, cfg.compare_docs, cfg.number_docs,
     )
+    copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
+    print(f"tiny model: {copy_steps:,} copy warm-up steps (--copy-warmup-steps), then {cfg.pretrain_steps:,} LM "
+          f"steps on the domain text (--steps), on {device}")
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus.tokenizer_text, cfg.vocab_size, cfg.max_token_chars, corpus.words,
                                 cfg.number_chunks)
     with _out_of_memory_as_config_error(cfg, device):
         model = make_model(cfg, tokenizer).to(device)
         copy_loss = float("nan")
-        copy_steps = cfg.copy_warmup_steps if corpus.copies else 0
         if copy_steps:  # phase 1: learn to copy from the context
             warm = replace(cfg, pretrain_steps=copy_steps, batch_size=cfg.copy_batch_size,
                            warmup_steps=min(cfg.warmup_steps, max(1, copy_steps // 10)))

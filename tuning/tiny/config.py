@@ -52,7 +52,9 @@ class TinyConfig:
     """Numbers as chunks of up to 3 digits (merged by BPE) rather than one token per digit. Measured worse on the
     grid demo (dev exact match 11 % against 48 % with single digits): the tuned model must then carry ~70 number
     tokens over like places, and mostly does not."""
-    pretrain_steps: int = _opt(4000, "--steps", "LM pre-training steps on the domain text", type=COUNT)
+    pretrain_steps: int = _opt(4000, "--steps", "LM pre-training steps on the domain text; the copy warm-up "
+                                                       "(--copy-warmup-steps, default 600) comes first, on top",
+                              type=COUNT)
     """Steps of LM training on the domain documents (after the copy warm-up). At hidden 128 a step costs a
     quarter of hidden 256's, so the model sees the domain text for more epochs in the same time; 6 layers
     need 3,000-4,000 steps (GPU sweep: 2,000 left the P-tuned arguments step at chance on some seeds)."""
