@@ -27,7 +27,7 @@ from .protocol import ChatRequest, error_body, error_response as _error, new_id,
 from .reading import chat_request as _chat_request, code as error_code, message as error_message, \
     param as _param
 from .service import RequestError, Service, generation_failed
-from .site import LOOPBACK_NAMES, SiteGuard
+from .site import LOOPBACK_NAMES, PAGE_HEADERS, SiteGuard
 
 STATIC = files("tasktune.serve") / "static"
 log = logging.getLogger("tasktune.serve")
@@ -160,13 +160,6 @@ def create_app(service: Service, *, api_key: str | None = None, cors_origins: tu
         return FileResponse(str(path), media_type=kind, headers=PAGE_HEADERS)
 
     return app
-
-
-#: The chat page's own files: never sniffed as another type, never framed by another site, scripts and styles from
-#: this server only (the page has no inline code), no referrer sent on
-PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-                "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-                                           "form-action 'none'"}
 
 
 async def _unless_client_leaves(request: Request, work):

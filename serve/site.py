@@ -116,3 +116,10 @@ class SiteGuard:
         default = _DEFAULT_PORTS.get(scheme)
         return (parts.scheme.lower() == scheme and parts.hostname.lower() == name
                 and (port or _DEFAULT_PORTS.get(parts.scheme.lower())) == (host_port or default))
+
+
+#: The chat page's own files: never sniffed as another type, never framed by another site, scripts and styles from
+#: this server only (the page has no inline code), no referrer sent on
+PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                                           "form-action 'none'"}

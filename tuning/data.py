@@ -14,7 +14,7 @@ from typing import Any
 from tasktune import TEMPLATES
 from tasktune.errors import DataError
 from tasktune.tuning import templating
-from tasktune.tuning.rows import SURROGATE, clean_history, clean_meta, read_rows
+from tasktune.tuning.rows import SURROGATE, clean_history, clean_meta, layout_hint, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
         for column in (cfg.prompt_column, cfg.response_column):
             if column not in row:
                 raise DataError(f"{where}: no column {column!r} (has: {', '.join(sorted(row)) or 'none'})"
-                                + _layout_hint(row))
+                                + layout_hint(row))
             if not isinstance(row[column], str):
                 raise DataError(f"{where}: column {column!r} must be a string")
             if not row[column].strip():  # as `tasktune data`'s schema: nothing to ask or answer teaches nothing
@@ -213,25 +213,12 @@ def _prompts_of(ds, tokenizer, cfg: DataConfig) -> list[str]:
     return prompts
 
 
-#: column sets of the other layouts `tasktune data --format` writes -> how to train on them
-_LAYOUTS = (
-    ({"instruction", "output"}, "; it is alpaca-shaped: add --prompt-column instruction --response-column output"),
-    ({"conversations"}, "; it is sharegpt-shaped (LLaMA-Factory's): write the data with --format chatglm or jsonl "
-                        "for tasktune train"),
-    ({"text", "label"}, "; it is labelled text: train a classifier with --task classification"),
-)
-
-
-def _layout_hint(columns) -> str:
-    return next((hint for names, hint in _LAYOUTS if names <= set(columns)), "")
-
-
 def _check_columns(ds, cfg: DataConfig) -> str:
     source = ds.info.description or "dataset"
     for column in (cfg.prompt_column, cfg.response_column, cfg.history_column):
         if column not in ds.column_names:
             raise DataError(f"{source}: no column {column!r} (has: {', '.join(ds.column_names)})"
-                            + _layout_hint(ds.column_names))
+                            + layout_hint(ds.column_names))
     if len(ds) == 0:
         raise DataError(f"{source}: no records")
     return source

@@ -132,3 +132,17 @@ def clean_history(value: Any, where: str) -> list[list[str]]:
     ):
         raise DataError(f"{where}: history must be a list of [query, answer] string pairs")
     return [list(turn) for turn in value]
+
+
+#: column sets of the other layouts `tasktune data --format` writes -> how to train on them
+_LAYOUTS = (
+    ({"instruction", "output"}, "; it is alpaca-shaped: add --prompt-column instruction --response-column output"),
+    ({"conversations"}, "; it is sharegpt-shaped (LLaMA-Factory's): write the data with --format chatglm or jsonl "
+                        "for tasktune train"),
+    ({"text", "label"}, "; it is labelled text: train a classifier with --task classification"),
+)
+
+
+def layout_hint(columns) -> str:
+    """How to train on rows of `columns` when they are another layout that `tasktune data` writes ('' if none)."""
+    return next((hint for names, hint in _LAYOUTS if names <= set(columns)), "")
