@@ -3,14 +3,26 @@
 Each method trains and evaluates in its own subprocess (`python -m tuning.evaluation.compare --worker`), so its peak
 memory is its own: peak RSS from `resource.getrusage` on CPU (torch allocates outside tracemalloc's
 view), `torch.cuda.max_memory_allocated` on a GPU. A method that fails is reported, not fatal.
+
+SIGTERM is handled like Ctrl-C (`tasktune.runlock.sigterm_as_interrupt`): however the parent leaves a method, its
+worker is stopped (SIGTERM, a grace period, then SIGKILL) and the method's hidden `.M.spec.json` / `.M.result.json`
+and an empty method folder (or one holding only a stale run lock) are removed. A worker whose parent is gone (killed
+with SIGKILL) notices within a second and stops itself.
+
+Longer than 300 lines because the worker, its stopping and clean-up, the table and the chart belong to one command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +30,7 @@ from typing import Any
 
 from tasktune.errors import ConfigError
 from tasktune.files import read_text_file
+from tasktune.runlock import LOCK_NAME, sigterm_as_interrupt
 from tasktune.tuning.config import METHODS
 
 #: Learning rates that work for each method on the same short budget (AdamW, linear decay); the soft-prompt
@@ -133,27 +146,12 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for i, method in enumerate(cfg.methods, 1):
-        run = out / method
-        shutil.rmtree(run, ignore_errors=True)  # same budget from scratch, never a resumed run
-        spec = {"train": train_config_for(cfg, method), "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
-        spec_path, result_path = out / f".{method}.spec.json", out / f".{method}.result.json"
-        spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        result_path.unlink(missing_ok=True)
-        log(f"[{i}/{len(cfg.methods)}] {method}: {cfg.steps} steps ...")
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "tasktune.tuning.evaluation.compare", "--worker", str(spec_path), str(result_path)],
-                              capture_output=True, text=True)
-        if result_path.is_file():
-            result = json.loads(read_text_file(result_path))
-        else:  # killed (e.g. out of memory) before it could write
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            result = {"method": method, "error": f"worker died: {tail[0]}"}
-        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        results.append(result)
-        log(f"    {_one_line(result)}")
-        spec_path.unlink(missing_ok=True)
-        result_path.unlink(missing_ok=True)
+    with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the worker stopped, the hidden files removed
+        for i, method in enumerate(cfg.methods, 1):
+            log(f"[{i}/{len(cfg.methods)}] {method}: {cfg.steps} steps ...")
+            result = _run_method(cfg, out, method)
+            results.append(result)
+            log(f"    {_one_line(result)}")
     from tasktune.files import write_json as write_json_atomic
     from tasktune.tuning.run import environment_info
 
@@ -163,6 +161,66 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     plot(results, out / "compare.png")
     log(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
     return summary
+
+
+def _run_method(cfg: CompareConfig, out: Path, method: str) -> dict[str, Any]:
+    """Train + evaluate one method in a worker process; its result row. However this returns or raises, the worker
+    is stopped and the method's hidden files are gone."""
+    run = out / method
+    shutil.rmtree(run, ignore_errors=True)  # same budget from scratch, never a resumed run
+    spec = {"train": train_config_for(cfg, method), "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
+    spec_path, result_path = out / f".{method}.spec.json", out / f".{method}.result.json"
+    proc = None
+    try:
+        spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        result_path.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        # output to a file, not a pipe: a worker never blocks on (or breaks on) a parent that stopped reading
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen([sys.executable, "-m", "tasktune.tuning.evaluation.compare", "--worker",
+                                     str(spec_path), str(result_path)],
+                                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            proc.wait()
+            if result_path.is_file():
+                result = json.loads(read_text_file(result_path))
+            else:  # killed (e.g. out of memory) before it could write
+                output.seek(0)
+                lines = output.read().decode("utf-8", "replace").strip().splitlines()
+                result = {"method": method, "error": f"worker died: {(lines or [f'exit code {proc.returncode}'])[-1]}"}
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        return result
+    finally:
+        if proc is not None:
+            stop_worker(proc)
+        spec_path.unlink(missing_ok=True)
+        result_path.unlink(missing_ok=True)
+        _remove_if_empty(run)
+
+
+def stop_worker(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a worker that still runs: SIGTERM (it then stops as on Ctrl-C, removing its run lock), `grace` seconds,
+    then SIGKILL. A second Ctrl-C while waiting kills it at once."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _remove_if_empty(run: Path) -> None:
+    """Remove a method folder holding nothing, or only a run lock left by a stopped worker."""
+    try:
+        if run.is_symlink() or not run.is_dir() or {p.name for p in run.iterdir()} - {LOCK_NAME}:
+            return
+        (run / LOCK_NAME).unlink(missing_ok=True)
+        run.rmdir()
+    except OSError:
+        pass
 
 
 def _one_line(r: dict[str, Any]) -> str:
@@ -197,7 +255,8 @@ def format_markdown(cfg: CompareConfig, results: list[dict[str, Any]], env: dict
         mem = f"{r['peak_mib']:.0f}" + (f" (+{r['peak_delta_mib']:.0f})" if r.get("peak_delta_mib") is not None else "")
         cells = [r["method"], f"{r['trainable']:,}", pct, _size(r["checkpoint_bytes"]), mem,
                  f"{r['seconds_per_step']:.3f}", f"{r['final_loss']:.4f}"]
-        cells += [f"{r['base'].get(k, float('nan')):.1f} → {r['tuned'].get(k, float('nan')):.1f}" for k in metric_keys]
+        cells += [f"{r['base'].get(k, float('nan')):.1f} → {r['tuned'].get(k, float('nan')):.1f}"
+                  for k in metric_keys]
         lines.append("| " + " | ".join(cells) + " |")
     memory = next((r["memory_kind"] for r in results if "memory_kind" in r), "peak RSS")
     return "\n".join([
@@ -247,12 +306,32 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _stop_when_orphaned(every: float = 1.0) -> None:
+    """In a worker: SIGTERM itself once its parent is gone (a parent killed with SIGKILL cannot stop it)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="compare-orphan-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 3 and argv[0] == "--worker":
-        run_worker(Path(argv[1]), Path(argv[2]))
+        from tasktune.errors import Terminated
+
+        _stop_when_orphaned()
+        try:
+            with sigterm_as_interrupt():  # the parent's stop (SIGTERM) unwinds the run: its lock file is removed
+                run_worker(Path(argv[1]), Path(argv[2]))
+        except KeyboardInterrupt as exc:
+            return 143 if isinstance(exc, Terminated) else 130
         return 0
-    print("usage: python -m tuning.evaluation.compare --worker SPEC.json RESULT.json  (use `tasktune compare`)", file=sys.stderr)
+    print("usage: python -m tuning.evaluation.compare --worker SPEC.json RESULT.json  (use `tasktune compare`)",
+          file=sys.stderr)
     return 2
 
 
