@@ -139,6 +139,8 @@ def _compare(args: argparse.Namespace) -> int:
     rates = {}
     for item in args.lr:
         method, _, value = item.partition("=")
+        if method.strip() in rates:  # the last one silently won
+            raise ConfigError(f"--lr: method {method.strip()!r} given more than once; give each method one rate")
         try:
             rates[method.strip()] = LEARNING_RATE(value)
         except argparse.ArgumentTypeError as exc:

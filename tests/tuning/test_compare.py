@@ -68,3 +68,20 @@ def test_the_cli_exits_non_zero_when_a_method_failed(tiny_model_dir, tmp_path, c
                  "--out", str(tmp_path / "cmp"), "--methods", "ptuning-v2", "--steps", "1"])
     assert code == 1 and "1 of 1 method(s) failed: ptuning-v2" in capsys.readouterr().err
     assert "| ptuning-v2 | failed:" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_rate_for_a_method_not_compared_is_refused():
+    """`--lr lora=0.1 --methods bitfit` was silently ignored."""
+    with pytest.raises(ConfigError, match=r"--lr names lora, not among --methods \(bitfit\)"):
+        CompareConfig(model="m", data="d", out="o", methods=["bitfit"], learning_rates={"lora": 0.1})
+
+
+def test_a_method_given_two_rates_is_refused(tmp_path, capsys):
+    """`--lr bitfit=0.1 --lr bitfit=0.2` silently kept 0.2."""
+    from tasktune.cli import main
+
+    code = main(["compare", "--model", "m", "--data", "d", "--out", str(tmp_path / "cmp"), "--methods", "bitfit",
+                 "--lr", "bitfit=0.1", "--lr", "bitfit=0.2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--lr: method 'bitfit' given more than once" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cmp").exists()

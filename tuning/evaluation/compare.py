@@ -69,6 +69,10 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        unused = [m for m in self.learning_rates if m not in self.methods]
+        if unused:  # `--lr lora=0.1 --methods bitfit` was silently ignored
+            raise ConfigError(f"compare: --lr names {', '.join(unused)}, not among --methods "
+                              f"({', '.join(self.methods)}); drop it or add the method")
         if self.steps <= 0 or self.batch_size <= 0 or self.accumulation <= 0:
             raise ConfigError("compare: --steps, --batch-size and --accumulation must be positive")
 
