@@ -85,3 +85,35 @@ def test_a_method_given_two_rates_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--lr: method 'bitfit' given more than once" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cmp").exists()
+
+
+def test_an_out_folder_holding_other_files_is_refused(tmp_path, capsys):
+    """`compare --out run` (a trained run folder, or any unrelated folder) mixed compare's files into it and
+    deleted/retrained method folders there; `tiny-model` refuses the same."""
+    from tasktune.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tasktune_adapter.json").write_text("{}")
+    code = main(["compare", "--model", "m", "--data", "d", "--out", str(run), "--methods", "bitfit"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--out {run}: holds files `tasktune compare` did not write (checkpoints, tasktune_adapter.json)" in err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "tasktune_adapter.json"]
+
+
+def test_an_earlier_compare_folder_is_accepted_and_a_look_alike_is_not(tmp_path):
+    from tasktune.tuning.evaluation.compare import check_out_folder
+
+    out = tmp_path / "cmp"
+    (out / "lora").mkdir(parents=True)
+    for name in ("compare.json", "compare.md", "compare.png", ".bitfit.spec.json", ".lora.result.json"):
+        (out / name).write_text("x")
+    check_out_folder(out)  # an earlier (or interrupted) compare's folder
+    check_out_folder(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_out_folder(tmp_path / "empty")
+    (out / "bitfit").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"did not write \(bitfit, notes.txt\)"):
+        check_out_folder(out)

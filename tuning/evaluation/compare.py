@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -148,6 +149,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
 def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     """Run every method in turn; write OUT/compare.json, compare.md and compare.png; return the results."""
     out = Path(cfg.out)
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the worker stopped, the hidden files removed
@@ -165,6 +167,33 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     plot(results, out / "compare.png")
     log(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
     return summary
+
+
+#: What compare writes in OUT (compare's own folder holds nothing else): the report, one run folder per method, the
+#: hidden per-method spec/result files while a method runs, and write_json's temporary file of compare.json.
+_REPORT = ("compare.json", "compare.md", "compare.png")
+_HIDDEN = re.compile(r"\.(?:(?:%s)\.(?:spec|result)\.json|compare\.json\..*\.tmp)"
+                     % "|".join(map(re.escape, METHODS)))
+
+
+def _written_by_compare(entry: Path) -> bool:
+    if entry.is_symlink():
+        return False
+    if entry.name in METHODS:
+        return entry.is_dir()
+    return (entry.name in _REPORT or _HIDDEN.fullmatch(entry.name) is not None) and entry.is_file()
+
+
+def check_out_folder(out: Path) -> None:
+    """ConfigError when OUT holds anything compare did not write (an unrelated folder, a `tasktune train` run
+    folder): each method's run folder is deleted and retrained there, and the report would mix into it."""
+    if not out.is_dir():
+        return  # missing (created), or a file (mkdir names it)
+    foreign = sorted(p.name for p in out.iterdir() if not _written_by_compare(p))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {out}: holds files `tasktune compare` did not write ({shown}); use a new or empty "
+                          "folder, or the folder of an earlier compare")
 
 
 def _run_method(cfg: CompareConfig, out: Path, method: str) -> dict[str, Any]:
