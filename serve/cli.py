@@ -106,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=Range(float, 0, 86400), default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long in-flight requests may go on before they are cancelled "
                         "(default: 30; uvicorn's graceful-shutdown timeout is this + 5 s for the last events)")
-    p.add_argument("--base-name", type=nonempty, help="the base model's model name (default: its folder name or hub id)")
+    p.add_argument("--base-name", type=nonempty,
+                   help="the base model's model name (default: its folder name or hub id)")
     p.add_argument("--threads", type=Range(int, 0, 4096), default=0, metavar="N",
                    help="CPU threads for torch's operators (default 0: torch's default, one per core); on a small "
                         "CPU shared with the clients or uvicorn, 1 can decode faster (benchmarks/RESULTS.md)")
