@@ -58,12 +58,15 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tiny_glm, train_data, tmp
     print(f"killed after checkpoint {killed_at} (+{delay:.2f}s), resumed, equal")
 
 
-def _interrupt(argv, out, log):
-    """Start `train ARGV`, send SIGINT at a random moment once training runs; return the exit code."""
+def _interrupt(argv, out, log, delay=(0.3, 1.5), after_step=False):
+    """Start `train ARGV`, send SIGINT at a random moment (`delay` seconds) once training runs (`after_step`: once
+    its first step is done); the exit code."""
     proc = spawn(argv, log)
+    ran = (lambda: "train: 1/" in log.read_text(errors="replace")) if after_step else \
+        (lambda: (out / ckpt.FINGERPRINT_FILE).exists())
     try:
-        assert wait_until(proc, lambda: (out / ckpt.FINGERPRINT_FILE).exists()), log.read_text()
-        time.sleep(random.uniform(0.3, 1.5))
+        assert wait_until(proc, ran), log.read_text()
+        time.sleep(random.uniform(*delay))
         proc.send_signal(signal.SIGINT)
         return proc.wait(120)
     finally:
@@ -90,7 +93,9 @@ def test_ctrl_c_saves_the_interrupted_step_and_exits_130(tiny_glm, train_data, t
 def test_ctrl_c_then_resume_is_exact(tiny_glm, train_data, tmp_path, reference):
     out = tmp_path / "run"
     argv = train_argv(tiny_glm, train_data, out, save_steps=1000, prefix_dropout=0.0)  # dropout: see below
-    code = _interrupt(argv, out, tmp_path / "interrupted.log")
+    # 8 steps take ~0.2 s on a quiet machine (40 steps/s): a SIGINT 0.3-1.5 s after the start found the run
+    # finished (exit -2); this one lands after the first step (one to save), within the next few
+    code = _interrupt(argv, out, tmp_path / "interrupted.log", delay=(0.0, 0.05), after_step=True)
     assert code == 130 and len(ckpt.checkpoint_dirs(out)) == 1
     assert run_cli(argv) == 0
     assert_same_prefix(reference(0.0), out)
