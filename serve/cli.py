@@ -168,9 +168,10 @@ def build(args: argparse.Namespace):
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
-        if sep and not exists(item) and not (name.strip() and path):
+        named = bool(sep) and not exists(item)  # (a folder whose own name holds "=" is a RUN_DIR)
+        if named and not (name.strip() and path):
             raise ConfigError(f"{shown(item)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
-        runs.append((name, path) if sep and not exists(item) else (None, item))
+        runs.append((name, path) if named else (None, item))
     trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
     view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
     first = next(iter(view.runs.values()))
