@@ -56,6 +56,8 @@
 # Logs and JSON go to $OUT (the device tool brings them back). The wheelhouse (.wheelhouse/*.whl, cp312) needs, beside
 # bitsandbytes, datasets, jsonschema and the serve extra: opentelemetry-api, annotated-doc, pydantic, pydantic-core and
 # annotated-types (fastapi 0.165 imports them; the H100 image lacks pydantic).
+# The device tool carries 64 MiB in all: `python benchmarks/slim_wheel.py .wheelhouse/bitsandbytes-*.whl` keeps only the
+# CUDA 13 libraries the image's torch (2.11.0+cu130) loads (41 -> 7 MiB; the full wheel left no room for uvloop).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
