@@ -183,3 +183,21 @@ def test_mem_peak_replay_finds_the_peak_and_what_is_live_there():
     peak, at, live = replay(events)
     assert (peak, at) == (190, 5)
     assert sorted(live) == [1, 3, 4]
+
+
+def test_slim_wheel_drops_other_backends_from_archive_and_record(tmp_path):
+    import zipfile
+    wheel = tmp_path / "bitsandbytes-0.0-py3-none-any.whl"
+    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cuda130.so",
+             "bitsandbytes/libbitsandbytes_cuda118.so", "bitsandbytes/libbitsandbytes_rocm72.so"]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in names:
+            z.writestr(name, b"x" * 1000)
+        z.writestr("bitsandbytes-0.0.dist-info/RECORD", "".join(f"{n},sha256=a,1000\n" for n in names))
+    _module("slim_wheel").slim(str(wheel), {"cuda130"})
+    with zipfile.ZipFile(wheel) as z:
+        kept = set(z.namelist())
+        record = z.read("bitsandbytes-0.0.dist-info/RECORD").decode()
+    assert kept == {names[0], names[1], "bitsandbytes-0.0.dist-info/RECORD"}
+    assert "cuda118" not in record and "rocm72" not in record and "cuda130" in record
+    assert not list(tmp_path.glob("*.part"))
