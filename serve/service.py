@@ -32,6 +32,7 @@ from .actions.loading import BUILTIN_ACTIONS, load_actions  # noqa: F401 (were d
 from .actions.runner import ActionFailed, ActionRunner, ActionsClosed, ActionTimedOut
 from .client_tools import arguments_error
 from .reading import json_value
+from .window import overflow_message
 
 if TYPE_CHECKING:
     from .tools import ToolCall
@@ -195,7 +196,8 @@ class Service:
         frames cannot take (a template refuses output over render.MAX_TEXT characters) is the client's 400."""
         chars = sum(map(_characters, request.messages))
         if chars > MAX_PROMPT_CHARS:
-            raise RequestError(f"the messages hold {chars} characters, over this server's limit of {MAX_PROMPT_CHARS}",
+            raise RequestError(overflow_message(f"{MAX_PROMPT_CHARS} characters of messages (this server's limit)",
+                                                f"the messages hold {chars} characters"),
                                param="messages", code="context_length_exceeded")
         try:
             return self._plan(request)
@@ -371,12 +373,14 @@ class Service:
         try:
             prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
         except DataError as exc:  # the template's output bound (render.MAX_TEXT), over many short messages
-            raise RequestError(f"the prompt cannot be built from these messages: {exc}", param="messages",
+            raise RequestError(overflow_message("what its prompt template can build", f"these messages cannot be "
+                                                f"built into a prompt ({exc})"), param="messages",
                                code="context_length_exceeded") from None
         (ids,) = encode_prompts(self.tokenizer, [prompt], template)
         if len(ids) > self.limits.max_prompt_tokens:
-            raise RequestError(f"the prompt has {len(ids)} tokens, over this server's limit of "
-                               f"{self.limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+            limit = f"{self.limits.max_prompt_tokens} prompt tokens (this server's --max-prompt-tokens)"
+            raise RequestError(overflow_message(limit, f"your messages resulted in {len(ids)} tokens"),
+                               param="messages", code="context_length_exceeded")
         # cut as training cut (eval does the same, for the base pass too: the longest of the runs' cuts), and
         # never past the window less one answer token (serve/window.py warned at startup where that cuts more)
         keep = self.bank.runs[turn.run].max_source_length if turn.run else \
@@ -406,11 +410,11 @@ class Service:
         prompt, room = len(self.encode(turn)), self.room(turn.run)
         if limit is not None and room is not None and prompt + limit > room:
             prefix = self.bank.context - room
-            raise RequestError(f"This model's maximum context length is {room} tokens"
-                               + (f" (the base model's {self.bank.context} positions less the {prefix} of its "
-                                  f"prefix)" if prefix else "")
-                               + f". However, you requested {prompt + limit} tokens ({prompt} in the messages, "
-                                 f"{limit} in the completion). Please reduce the length of the messages or {field}.",
+            window = f"{room} tokens" + (f" (the base model's {self.bank.context} positions less the {prefix} of "
+                                         f"its prefix)" if prefix else "")
+            asked = f"you requested {prompt + limit} tokens ({prompt} in the messages, {limit} in the completion)"
+            raise RequestError(overflow_message(window, asked, f"the messages or {field}",
+                                                "the prompt is too long for that completion"),
                                param=field, code="context_length_exceeded")
         params = SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
                                 temperature=float(request.temperature or 0.0),
@@ -543,11 +547,14 @@ class Service:
 
     def _encode_result(self, turn: Turn, name: str) -> None:
         """The result step's prompt encoded now: one over --max-prompt-tokens (a result of long values) is the
-        action's 502, not the client's 400 `context_length_exceeded`."""
+        action's 502, not the client's 400 `context_length_exceeded`, and not in its words (window.overflow_message:
+        LiteLLM would raise its ContextWindowExceededError for the server's own failure)."""
         try:
             self.encode(turn)
-        except RequestError as exc:
-            raise RequestError(f"action {name} returned a result too long to answer: {exc}", status=502,
+        except RequestError:
+            raise RequestError(f"action {name} returned a result too long to answer: the prompt of step {turn.step!r} "
+                               f"built from it is over this server's --max-prompt-tokens "
+                               f"({self.limits.max_prompt_tokens}) or what its template can build", status=502,
                                type_="server_error", code="action_failed") from None
 
     async def _act(self, name: str, arguments: dict[str, Any]) -> Any:

@@ -51,3 +51,17 @@ def fit_window(context: int | None, runs: Iterable[ServedRun], max_tokens: int |
     max_tokens = min(max_tokens, context - 1)
     prefix = max(r.pre_seq_len for r in runs)
     return max_tokens, min(longest + max_tokens, context - prefix) + 1
+
+
+def overflow_message(context: str, requested: str, reduce: str = "the messages",
+                     why: str = "the prompt is too long") -> str:
+    """The message of a 400 `context_length_exceeded`, in the words clients classify it by. With openai-python 3.x,
+    str(error) holds the message alone (no longer the body with its `code`), so clients look for phrases:
+    LangChain (Python) raises its ContextOverflowError for "prompt is too long" (its SummarizationMiddleware then
+    retries an overflowing summary call with the middle of the history cut out); LangChain.js for "maximum context
+    length"; LiteLLM its ContextWindowExceededError, which `context_window_fallbacks` route on, for either. The
+    first sentence is OpenAI's, which vLLM keeps. The --max-prompt-tokens and 80,000-character refusals said
+    neither phrase (a plain BadRequestError to all three), the window's only the second (LangChain missed it).
+    A 5xx must not use them: LiteLLM matches them whatever the status."""
+    return f"This model's maximum context length is {context}. However, {requested}: {why}. Please reduce the " \
+           f"length of {reduce}."

@@ -116,7 +116,7 @@ def _generator():
     ("47 people", "not str"),
     (object(), "result: 'object' is not a JSON type"),
     (_generator(), "result: 'generator' is not a JSON type"),
-    ({"expected": 10 ** 2000, "present": 1, "ok": 1}, "too long to answer: the prompt has"),
+    ({"expected": 10 ** 2000, "present": 1, "ok": 1}, "too long to answer: the prompt of step 'summary'"),
 ], ids=["wrong-types", "nan", "missing", "object-inside", "none", "string", "object", "generator", "long"])
 def test_a_bad_action_result_is_the_servers_502_naming_action_and_field(acting, monkeypatch, result, said):
     """A server-side action's bad result was answered 400 invalid_request_error, param messages: the client was

@@ -3,6 +3,7 @@ clients really send, and what they need back. Each test names the client behavio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
@@ -205,3 +206,54 @@ def test_a_generation_failure_is_a_500_the_client_retries_only_for_memory(live_s
     with pytest.raises(openai.APIError) as err:
         list(stream)
     assert err.value.body["code"] == code
+
+
+def overflow_by(message: str) -> set[str]:
+    """The clients that read a 400 with this message as a context overflow (their rules, 2026-12: with openai-python
+    3.x, str(error) is "Error code: 400 - " + the message alone, so the body's `code` is not in it): LangChain's
+    ContextOverflowError (langchain_openai `_handle_openai_bad_request`), LangChain.js' (`@langchain/openai`
+    `_isOpenAIContextOverflowError`), LiteLLM's ContextWindowExceededError (`is_error_str_context_window_exceeded`)."""
+    lower = message.lower()
+    rules = {"langchain": "prompt is too long" in message or "context_length_exceeded" in message,
+             "langchain.js": "maximum context length" in message or "context_length_exceeded" in message,
+             "litellm": "this model's maximum context length is" in lower or "prompt is too long" in lower}
+    return {client for client, matched in rules.items() if matched}
+
+
+def test_a_prompt_over_the_limits_is_a_context_overflow_to_langchain_and_litellm(live_server):
+    """A prompt over --max-prompt-tokens was 400 `context_length_exceeded` "the prompt has 1556 tokens, over this
+    server's limit of 256": LangChain's ChatOpenAI raised a plain BadRequestError, not its ContextOverflowError (on
+    which the SummarizationMiddleware of `create_agent` retries an overflowing summary call with the middle of the
+    history cut out), and LiteLLM BadRequestError, not ContextWindowExceededError (its `context_window_fallbacks`
+    never fired). Every
+    context_length_exceeded message now says OpenAI's sentence and "the prompt is too long"."""
+    from tasktune.serve.protocol import ChatRequest
+    from tasktune.serve.service import MAX_PROMPT_CHARS, RequestError
+
+    client = live_server.client()
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="grid", stream=stream,
+                                           messages=[{"role": "user", "content": "查查济南的人数" * 300}])
+        assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+        assert overflow_by(str(err.value)) == {"langchain", "langchain.js", "litellm"}, str(err.value)
+        assert "your messages resulted in" in str(err.value) and "--max-prompt-tokens" in str(err.value)
+    service = live_server.service
+    with pytest.raises(RequestError) as err:  # over MAX_PROMPT_CHARS (a body over the test server's size limit)
+        service.plan(ChatRequest.model_validate({"model": "grid", "messages": [
+            {"role": "user", "content": "查" * (MAX_PROMPT_CHARS + 1)}]}))
+    assert err.value.code == "context_length_exceeded"
+    assert overflow_by(str(err.value)) == {"langchain", "langchain.js", "litellm"}, str(err.value)
+
+
+def test_an_action_result_too_long_to_answer_is_no_context_overflow(live_server, scripted, monkeypatch):  # noqa: F811
+    """The server's own 502 when an action's result makes the summary's prompt too long must not read as the
+    client's overflow: LiteLLM matches the phrases whatever the status."""
+    monkeypatch.setattr(live_server.service, "actions", {"site_check": lambda **_: {
+        "expected": 10 ** 300, "present": 10 ** 300, "ok": 10 ** 300}})
+    monkeypatch.setattr(live_server.service, "limits",
+                        dataclasses.replace(live_server.service.limits, max_prompt_tokens=100))
+    with pytest.raises(openai.APIStatusError) as err:
+        live_server.client().chat.completions.create(model="grid", messages=[{"role": "user", "content": "查查济南的人数"}])
+    assert err.value.status_code == 502 and err.value.body["code"] == "action_failed", err.value.body
+    assert overflow_by(str(err.value)) == set(), str(err.value)

@@ -200,7 +200,7 @@ def test_a_tool_result_or_arguments_that_json_cannot_take_is_a_400(live_server, 
     with pytest.raises(RequestError) as refused_:  # (the service: the longest are over the test server's body limit)
         live_server.service.plan(ChatRequest.model_validate({"model": "grid", "messages": messages}))
     param = "messages[1].tool_calls[0].function.arguments" if arguments else "messages[2].content"
-    if "characters, over" in str(refused_.value):  # over MAX_PROMPT_CHARS first: the messages as a whole
+    if "characters of messages" in str(refused_.value):  # over MAX_PROMPT_CHARS first: the messages as a whole
         param = "messages"
     assert refused_.value.status == 400 and refused_.value.param == param, refused_.value
     if len(json.dumps(messages)) < 60_000:  # and over HTTP where the body fits

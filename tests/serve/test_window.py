@@ -59,6 +59,7 @@ def test_prompt_and_max_tokens_over_the_window_are_a_400_naming_the_field(small_
     assert error.type == "invalid_request_error"
     assert (f"maximum context length is {SMALL_WINDOW} tokens. However, you requested {SMALL_WINDOW + 1} tokens "
             f"({CUT} in the messages, {LEFT + 1} in the completion)") in error.message, error.message
+    assert "the prompt is too long" in error.message  # what LangChain matches (test_clients.py `overflow_by`)
     assert field in error.message.rsplit(".", 2)[-2]
     # a run's prefix takes positions too: its window is the base's less P (4)
     short = [{"role": "user", "content": FRAMED}]
