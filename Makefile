@@ -29,14 +29,19 @@ EXTRAS ?= dev
 LATEST := .venv-latest
 CPU_TORCH := torch==2.13.0
 PORT   ?= 8000
+# `make test-clients`: real third-party clients (Python ones in CLIENTS_VENV, JavaScript ones under CLIENTS_NODE)
+CLIENTS_VENV := .venv-clients
+CLIENTS_NODE := build/clients
+CLIENTS_SPEC := tests/serve/clients
 
-.PHONY: help install lock test-latest serve test test-slow test-all data tiny-model train eval chat demo compare bench clean
+.PHONY: help install lock test-latest serve test test-slow test-all test-clients data tiny-model train eval chat demo compare bench clean
 
 help:
 	@echo "make demo        data -> train -> eval on the shipped tiny base, then base vs tuned answers (CPU, minutes)"
 	@echo "make test        install if needed, then run the default test suite"
 	@echo "make serve       tasktune serve $(RUN) on 127.0.0.1:$(PORT) with the simulated grid actions (after make demo)"
 	@echo "make test-slow   the slow tests (long training runs)"
+	@echo "make test-clients real clients (openai, LangChain, LiteLLM, openai-node, AI SDK) against a live server"
 	@echo "make test-latest the suite on the newest versions inside pyproject's ranges (in $(LATEST)), not the lock"
 	@echo "make lock        rewrite $(LOCK) from what .venv holds (after make test passed)"
 	@echo "make data        tasktune data $(SPEC) --out $(DATA) --seed $(SEED)"
@@ -77,6 +82,23 @@ test-slow: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m 'slow or not slow' $(ARGS)
+
+# The clients at the versions $(CLIENTS_SPEC)/requirements.txt and package.json pin, each in its own place (no torch
+# in $(CLIENTS_VENV)); their scripts run against a live server started by the tests (tests/serve/test_real_clients.py)
+$(CLIENTS_VENV)/.installed-stamp: $(CLIENTS_SPEC)/requirements.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install -q -r $(CLIENTS_SPEC)/requirements.txt
+	touch $@
+
+$(CLIENTS_NODE)/.installed-stamp: $(CLIENTS_SPEC)/package.json $(CLIENTS_SPEC)/package-lock.json
+	mkdir -p $(CLIENTS_NODE)
+	cp $(CLIENTS_SPEC)/package.json $(CLIENTS_SPEC)/package-lock.json $(CLIENTS_NODE)/
+	cd $(CLIENTS_NODE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test-clients: install $(CLIENTS_VENV)/.installed-stamp $(CLIENTS_NODE)/.installed-stamp
+	$(BIN)/python -m pytest -q -m clients tests/serve/test_real_clients.py $(ARGS)
 
 data: install
 	$(TT) data $(SPEC) --out $(DATA) --seed $(SEED) $(if $(N),--n $(N)) $(ARGS)
