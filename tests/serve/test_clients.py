@@ -225,8 +225,8 @@ def test_a_prompt_over_the_limits_is_a_context_overflow_to_langchain_and_litellm
     server's limit of 256": LangChain's ChatOpenAI raised a plain BadRequestError, not its ContextOverflowError (on
     which the SummarizationMiddleware of `create_agent` retries an overflowing summary call with the middle of the
     history cut out), and LiteLLM BadRequestError, not ContextWindowExceededError (its `context_window_fallbacks`
-    never fired). Every
-    context_length_exceeded message now says OpenAI's sentence and "the prompt is too long"."""
+    never fired). Every context_length_exceeded message now says OpenAI's sentence and "the prompt is too long"
+    (serve/window.py `overflow_message`); make test-clients checks the clients themselves."""
     from tasktune.serve.protocol import ChatRequest
     from tasktune.serve.service import MAX_PROMPT_CHARS, RequestError
 
