@@ -12,6 +12,7 @@ from typing import Callable
 
 from starlette.responses import JSONResponse
 
+from .headers import combined
 from .protocol import error_response as _error
 
 
@@ -24,8 +25,7 @@ class Guard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(self.prefix):
-            refusal = self.refusal({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-                                   scope.get("method", "GET"))
+            refusal = self.refusal(combined(scope["headers"]), scope.get("method", "GET"))
             if refusal is not None:
                 self.counted(refusal.status_code)
                 return await refusal(scope, receive, send)

@@ -21,6 +21,7 @@ import ipaddress
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .headers import combined, repeated
 from .protocol import error_response as _error
 
 #: the Host names of this machine that no other site can take
@@ -78,9 +79,9 @@ class SiteGuard:
         self.origins = {o.rstrip("/").lower() for o in cors_origins}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refusal = self.refusal(scope.get("scheme", "http"), headers)
+        if scope["type"] == "http":  # a header sent twice first (serve/headers.py): the guards read one value
+            headers = scope["headers"]
+            refusal = repeated(headers) or self.refusal(scope.get("scheme", "http"), combined(headers))
             if refusal is not None:
                 self.counted(refusal.status_code)
                 return await refusal(scope, receive, send)
