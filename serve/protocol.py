@@ -333,8 +333,15 @@ def shown(value: Any, limit: int = 100) -> str:
 
 def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
                param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}, the message cut to MAX_MESSAGE."""
-    return {"error": {"message": shown(message, MAX_MESSAGE), "type": type_, "param": param, "code": code}}
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}, the message cut to MAX_MESSAGE; a lone
+    surrogate quoted from the request is written as its escape (`\\ud800`): as text it cannot be encoded, and the
+    error became a 500 (UnicodeEncodeError)."""
+    return {"error": {"message": _encodable(shown(message, MAX_MESSAGE)), "type": type_,
+                      "param": None if param is None else _encodable(param), "code": code}}
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,

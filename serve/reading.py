@@ -28,7 +28,10 @@ async def chat_request(request: Request) -> ChatRequest:
     except UnicodeDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {
             "error": f"the body is not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})"}}]) from None
-    except ValueError as exc:  # not JSON, json_value's checks
+    except JsonValueError as exc:  # valid JSON holding what nothing downstream can take: the field named
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", *exc.loc), "input": None,
+                                       "msg": exc.reason if exc.loc else f"the body: {exc.reason}"}]) from None
+    except ValueError as exc:  # not JSON
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
                                        "ctx": {"error": str(exc)}}]) from None
     try:
@@ -60,6 +63,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+class JsonValueError(ValueError):
+    """JSON that parses but that this server refuses (a lone surrogate, nesting past MAX_DEPTH), at `loc` (keys and
+    indexes, as pydantic's locations: the body's error names it as `param`, `messages[0].content`); its text, for
+    JSON inside a string (a tool result), says where as before (`messages.0.content: a string holds ...`)."""
+
+    def __init__(self, loc: tuple, reason: str, text: str):
+        super().__init__(text)
+        self.loc, self.reason = loc, reason
+
+
 #: How deep a request's JSON may nest (OpenAI's bodies need ~6 levels; Python's recursion limit is ~1000, and
 #: pydantic and json recurse per level)
 MAX_DEPTH = 64
@@ -69,20 +82,29 @@ def _check_json(data: Any) -> None:
     """Refuse (ValueError) JSON nested deeper than MAX_DEPTH or holding a lone UTF-16 surrogate in a string or key
     (`"\\ud83d"`: a client that cut an emoji in half; Python keeps it in a str, which then fails in the tokenizer,
     the spec's frames and any error message that echoes it). Iterative, so depth itself cannot overflow here."""
-    stack = [(data, 1, "")]
+    stack: list[tuple[Any, int, tuple]] = [(data, 1, ())]
     while stack:
-        value, depth, where = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"nested more than {MAX_DEPTH} levels deep at {where or 'the top'}")
+        value, depth, loc = stack.pop()
+        if depth > MAX_DEPTH:  # `param` names the outermost levels (the field), not all 64
+            raise JsonValueError(loc[:4], f"nested more than {MAX_DEPTH} levels deep",
+                                 f"nested more than {MAX_DEPTH} levels deep at {_place(loc)}")
         if isinstance(value, str):
             if SURROGATE.search(value):
-                raise ValueError(f"{where or 'the body'}: a string holds a lone UTF-16 surrogate (not valid Unicode)")
+                reason = "a string holds a lone UTF-16 surrogate (not valid Unicode)"
+                raise JsonValueError(loc, reason, f"{_place(loc)}: {reason}")
         elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, depth, where))
-                stack.append((item, depth + 1, f"{where}.{key}" if where else str(key)))
+            for key, item in value.items():  # a key before its value: a value's place names its key
+                if SURROGATE.search(key):
+                    reason = "a key holds a lone UTF-16 surrogate (not valid Unicode)"
+                    raise JsonValueError(loc, reason, f"{_place(loc)}: {reason}")
+                stack.append((item, depth + 1, (*loc, key)))
         elif isinstance(value, list):
-            stack.extend((item, depth + 1, f"{where}.{i}") for i, item in enumerate(value))
+            stack.extend((item, depth + 1, (*loc, i)) for i, item in enumerate(value))
+
+
+def _place(loc: tuple) -> str:
+    """A place in the body as the JSON errors inside strings name it: `messages.0.content` (or "the body")."""
+    return ".".join(map(str, loc)) or "the body"
 
 
 #: pydantic's location parts that name a union member's type, not a field ("stop.str", "messages.0.content.str")

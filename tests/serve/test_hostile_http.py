@@ -68,3 +68,40 @@ def test_a_header_that_comes_once_sent_twice_is_a_400(keyed_server):
     assert status == 415 and body["error"]["code"] == "unsupported_content_encoding", body
     health = _raw(port, b"GET /health HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n")
     assert health[0] == 400, health
+
+
+def _post(server, body: str | bytes, **headers) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", content=body, timeout=60,
+                      headers={"Content-Type": "application/json", **headers})
+
+
+def test_a_lone_surrogate_in_a_key_is_a_400_naming_its_place(live_server):
+    """`{"\\ud800": "\\ud800"}`: the JSON walk checked the value first and quoted its key in the message, which
+    could not be encoded as UTF-8: a 500 `internal error: UnicodeEncodeError`. Keys are checked before their values
+    now, and an error message never holds a lone surrogate (written as its escape)."""
+    chat = '{"model": "grid", "messages": [{"role": "user", "content": "hi"%s}]%s}'
+    for body, param in ((chat % ("", ', "\\ud800": "\\ud800"'), None),
+                        (chat % ("", ', "\\ud800": ' + "[" * 70 + "]" * 70), None),
+                        (chat % (', "\\udc00": 1', ""), "messages[0]")):
+        reply = _post(live_server, body)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert "a key holds a lone UTF-16 surrogate" in error["message"] and error["param"] == param, error
+    from tasktune.serve.protocol import error_body
+
+    assert json.dumps(error_body("model `\ud800x`", param="a.\udfff"), ensure_ascii=False).encode() \
+        == '{"error": {"message": "model `\\\\ud800x`", "type": "invalid_request_error", "param": "a.\\\\udfff", ' \
+           '"code": null}}'.encode()
+
+
+def test_what_the_json_walk_refuses_is_named_in_param(live_server):
+    """A lone surrogate or nesting past 64 levels named its place in the message (`messages.0.content`) but sent
+    `param: null` and `code: null`; now `param` is OpenAI's path and `code` invalid_value."""
+    lone = '{"model": "grid", "messages": [{"role": "user", "content": "a\\ud83d"}]}'
+    error = _post(live_server, lone).json()["error"]
+    assert error["param"] == "messages[0].content" and error["code"] == "invalid_value", error
+    assert error["message"].startswith("messages[0].content: a string holds a lone UTF-16 surrogate"), error
+    deep = '{"model": "grid", "messages": [{"role": "user", "content": "a"}], "metadata": {"a": %s}}' % (
+        "[" * 70 + "]" * 70)
+    error = _post(live_server, deep).json()["error"]
+    assert error["param"] == "metadata.a[0][0]" and "nested more than 64 levels deep" in error["message"], error
