@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping
 from tasktune.errors import ConfigError, DataError
 
 from tasktune.tuning.inference.engine import Engine, Event, Request, SamplingParams
+from tasktune.tuning.templating import FrameTooLong, PromptTooLong, RenderError
 from .protocol import ChatRequest, Message, shown
 from .admission import Admission
 from .actions.loading import BUILTIN_ACTIONS, load_actions  # noqa: F401 (were defined here)
@@ -372,10 +373,11 @@ class Service:
         template = spec.prompt_template
         try:
             prompt = format_prompt(self.tokenizer, turn.query, turn.history, template=template)
-        except DataError as exc:  # the template's output bound (render.MAX_TEXT), over many short messages
-            raise RequestError(overflow_message("what its prompt template can build", f"these messages cannot be "
-                                                f"built into a prompt ({exc})"), param="messages",
-                               code="context_length_exceeded") from None
+        except (FrameTooLong, PromptTooLong):  # the template's output bound (render.MAX_TEXT), over many messages
+            raise RequestError(_frame_too_long(turn), param="messages", code="context_length_exceeded") from None
+        except RenderError as exc:  # its message names the template's path (the server's own): the reason alone
+            raise RequestError(f"the prompt template cannot frame these messages ({exc.reason})",
+                               param="messages") from None
         (ids,) = encode_prompts(self.tokenizer, [prompt], template)
         if len(ids) > self.limits.max_prompt_tokens:
             limit = f"{self.limits.max_prompt_tokens} prompt tokens (this server's --max-prompt-tokens)"
@@ -677,6 +679,19 @@ def _refuse_unsupported(request: ChatRequest) -> None:
 def _index(request: ChatRequest, message: Message) -> int:
     """The index of `message` (the object itself) in the request's messages, for the `param` an error names."""
     return next(i for i, m in enumerate(request.messages) if m is message)
+
+
+def _frame_too_long(turn: Turn) -> str:
+    """Why a turn's messages, under the limit on their text (MAX_PROMPT_CHARS), still frame into more text than a
+    prompt template may build: the template's own text around each turn (a few characters a turn, thousands of
+    turns). The template's error named its file on this server."""
+    from tasktune.datagen.render import MAX_TEXT
+
+    chars = len(turn.query) + sum(len(q) + len(a) for q, a in turn.history)
+    return overflow_message(f"the {MAX_TEXT:,} characters a prompt template may build",
+                            f"the messages' {chars:,} characters of text, with the template's own text around each "
+                            f"of their {len(turn.history) + 1:,} turns, frame into more",
+                            reduce="the messages: send fewer or shorter messages")
 
 
 def _characters(message: Message) -> int:

@@ -23,7 +23,16 @@ from tasktune.errors import DataError
 from tasktune.files import read_text_file
 
 
-class FrameTooLong(DataError):
+class RenderError(DataError):
+    """A template could not render; `reason` says why without naming the template (`what`: its path, or the base
+    model's folder), for messages that a server's client reads."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(f"{what}: cannot render ({reason})")
+        self.reason = reason
+
+
+class FrameTooLong(RenderError):
     """A prompt template's output went over the sandbox's bound on text (render.TextTooLong)."""
 
 
@@ -103,8 +112,8 @@ def _render(template, what: str, context: dict) -> str:
         from tasktune.datagen.render import TextTooLong
 
         kind = "SecurityError" if isinstance(exc, TextTooLong) else type(exc).__name__
-        error = FrameTooLong if isinstance(exc, TextTooLong) else DataError
-        raise error(f"{what}: cannot render ({kind}: {exc})") from None
+        error = FrameTooLong if isinstance(exc, TextTooLong) else RenderError
+        raise error(what, f"{kind}: {exc}") from None
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):

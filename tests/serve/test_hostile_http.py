@@ -105,3 +105,19 @@ def test_what_the_json_walk_refuses_is_named_in_param(live_server):
         "[" * 70 + "]" * 70)
     error = _post(live_server, deep).json()["error"]
     assert error["param"] == "metadata.a[0][0]" and "nested more than 64 levels deep" in error["message"], error
+
+
+def test_thousands_of_short_messages_are_refused_without_the_servers_paths(keyed_server):
+    """25,000 one-character messages are under the 80,000 characters of text a request may bring, but the
+    template's own text around each turn takes the prompt over the 100,000 characters a template may build. The
+    400 was `prompt template /…/templates/prompts/chatglm.jinja: cannot render (SecurityError: …)`: a path of
+    the server and an internal class. Now it says why in the client's terms."""
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "a"} for i in range(25_000)]
+    body = json.dumps({"model": "grid", "max_tokens": 2, "messages": messages + [{"role": "user", "content": "x"}]})
+    reply = _post(keyed_server, body, Authorization=f"Bearer {KEY}")
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages", error
+    assert "12,501 turns" in error["message"] and "send fewer or shorter messages" in error["message"], error
+    assert "prompt is too long" in error["message"] and "maximum context length" in error["message"], error
+    assert ".jinja" not in error["message"] and "SecurityError" not in error["message"], error
