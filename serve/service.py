@@ -245,12 +245,10 @@ class Service:
         if run is None:
             owners = sorted(n for n, t in self.tools.items() if any(calls(a) for a in t.spec.actions))
             if model != AUTO or len(owners) != 1:
-                who = f"model {model}" if model != AUTO else (
-                    f"model auto: {len(owners)} served runs can call {wanted}" if owners
-                    else "model auto: no served run can call it")
-                raise RequestError(f"tool_choice asks for {wanted}, but {who}"
-                                   + ("; name one of them as the model" if len(owners) > 1 else " has no such tool"),
-                                   param="tool_choice")
+                why = f"model {model} has no such tool" if model != AUTO else (
+                    f"with model auto, {len(owners)} served runs can ({', '.join(owners)}); name one as the model"
+                    if owners else "with model auto, no served run can call it")
+                raise RequestError(f"tool_choice asks for {wanted}, but {why}", param="tool_choice")
             run, step = owners[0], None
         tools = self.tools.get(run)
         steps = sorted({a.step for a in tools.spec.actions if calls(a)}) if tools else []

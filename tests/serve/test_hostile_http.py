@@ -121,3 +121,13 @@ def test_thousands_of_short_messages_are_refused_without_the_servers_paths(keyed
     assert "12,501 turns" in error["message"] and "send fewer or shorter messages" in error["message"], error
     assert "prompt is too long" in error["message"] and "maximum context length" in error["message"], error
     assert ".jinja" not in error["message"] and "SecurityError" not in error["message"], error
+
+
+def test_tool_choice_that_no_run_can_honour_under_auto_reads_as_a_sentence(live_server):
+    """It said `..., but model auto: no served run can call it has no such tool`."""
+    body = {"model": "auto", "messages": [{"role": "user", "content": "你好"}],
+            "tool_choice": {"type": "function", "function": {"name": "nosuch"}}}
+    error = _post(live_server, json.dumps(body)).json()["error"]
+    assert error["message"] == "tool_choice asks for the tool 'nosuch', but with model auto, no served run can " \
+                               "call it", error
+    assert error["param"] == "tool_choice"
