@@ -136,7 +136,8 @@ class ChatRequest(BaseModel):
         an assistant's that carries tool calls (or a refusal), and a list of parts is not empty; every tool
         call of an assistant message is answered by a `tool` message (by its tool_call_id, ids unique) before
         the next message of another role, and every tool message answers such a call. These were answered: a
-        call left unanswered, a tool message without an id, a user message without content."""
+        call left unanswered, a tool message without an id, a user message without content; and tool_calls on a
+        message that is not the assistant's (or a tool_call_id not on a tool message) were dropped unread."""
         pending: dict[str, int] = {}  # the open calls' ids -> the index of the assistant message that made them
         for i, message in enumerate(messages):
             if message.role != "tool" and pending:
@@ -149,6 +150,11 @@ class ChatRequest(BaseModel):
                     message.tool_calls or getattr(message, "refusal", None))):
                 raise PydanticCustomError("missing", "messages[{i}].content is required for a message of role "
                                           "'{role}'", {"i": i, "role": message.role, "param": f"messages[{i}].content"})
+            for field, role in (("tool_calls", "assistant"), ("tool_call_id", "tool")):  # set elsewhere: ignored
+                if getattr(message, field) and message.role != role:
+                    raise PydanticCustomError("misplaced", "messages[{i}].{field}: only a message of role '{role}' "
+                                              "carries {field}, not one of role '{this}'", {"i": i, "field": field,
+                                              "role": role, "this": message.role, "param": f"messages[{i}].{field}"})
             if isinstance(message.content, list) and not message.content:
                 raise PydanticCustomError("empty_array", "messages[{i}].content is an empty array: send at least "
                                           "one part, or a string", {"i": i, "param": f"messages[{i}].content"})

@@ -131,3 +131,19 @@ def test_tool_choice_that_no_run_can_honour_under_auto_reads_as_a_sentence(live_
     assert error["message"] == "tool_choice asks for the tool 'nosuch', but with model auto, no served run can " \
                                "call it", error
     assert error["param"] == "tool_choice"
+
+
+@pytest.mark.parametrize("message, field", [
+    ({"role": "user", "content": "你好", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "site_check", "arguments": "{}"}}]}, "tool_calls"),
+    ({"role": "user", "content": "你好", "tool_call_id": "c1"}, "tool_call_id"),
+])
+def test_tool_fields_on_a_message_of_another_role_are_a_400(live_server, message, field):
+    """A user message's tool_calls (or a tool_call_id outside a tool message) were dropped unread, 200; OpenAI's
+    schema has them on assistant (tool) messages only. A null or empty value is still fine (clients that send
+    every field)."""
+    reply = _post(live_server, json.dumps({"model": "grid", "max_tokens": 2, "messages": [message]}))
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == f"messages[0].{field}", reply.text
+    empty = {"role": "user", "content": "你好", "tool_calls": [], "tool_call_id": None}
+    assert _post(live_server, json.dumps({"model": "grid", "max_tokens": 2, "messages": [empty]})).status_code == 200
