@@ -46,7 +46,8 @@
 # tw23:    issue 23 (~9 min; carry [".wheelhouse", "data"]): `tasktune train` with its defaults (--train-weights auto)
 #          on the 6B GLM at 4 x 64/64: a short cold run (eager) over bf16 and over 4-bit, cold graphs, the same run warm
 #          under --compile auto, auto under --max-memory 5.5; first step, median later step, peaks; the recipe after.
-#          lite_bf16 / lite_4bit: CUDA graphs of the eager kernels (TASKTUNE_COMPILE_BACKEND=cudagraphs, no inductor).
+#          lite_bf16 / lite_4bit: CUDA graphs of the eager kernels (--compile eager-graphs, no inductor); since
+#          2026-12-08 `auto` picks them in a short cold run, so eager_auto measures them too.
 # g256:    issue 23's "4 x 256/256 in every mode" (~7 min): train_bench with CUDA graphs (regional compile) at
 #          4 x 256/256 and 4 x 64/64, checkpointing none and full, beside the PEFT recipe ($OUT/g256.log, g256.json).
 # nf4:     issue 23's NF4 dequantisation (~3 min): benchmarks/nf4_bench.py, per 6B linear shape at M = 544 and 2176, bnb's
@@ -370,12 +371,11 @@ if [ "$phase" = tw23 ]; then  # issue 23: `tasktune train` with its defaults on 
   # TW23_RUNS: a subset, e.g. "eager_auto eager_nocudnn"; a name ending in _nocudnn runs with SDP_NO_CUDNN=1
   for run in "eager_auto 30 190 " "eager_nocudnn 30 190 " "eager_4bit 30 190 --train-weights 4bit" \
              "graphs_cold 30 190 --compile cudagraphs" "graphs_warm 30 120 " "cap55 8 120 --max-memory 5.5" \
-             "lite_bf16 30 150 --compile cudagraphs" "lite_4bit 30 150 --compile cudagraphs --train-weights 4bit"; do
+             "lite_bf16 30 150 --compile eager-graphs" "lite_4bit 30 150 --compile eager-graphs --train-weights 4bit"; do
     set -- $run; name=$1 steps=$2 limit=$3; shift 3; t=$SECONDS
     [ -n "${TW23_RUNS:-}" ] && [[ " $TW23_RUNS " != *" $name "* ]] && continue
     nocudnn=; [[ $name == *_nocudnn ]] && nocudnn=1
-    backend=; [[ $name == lite_* ]] && backend=cudagraphs  # CUDA graphs of the eager kernels (no inductor)
-    TASKTUNE_COMPILE_BACKEND=$backend SDP_NO_CUDNN=$nocudnn timeout $limit python3 -c "$PEAKS" train $TRAIN6B --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
+    SDP_NO_CUDNN=$nocudnn timeout $limit python3 -c "$PEAKS" train $TRAIN6B --out /tmp/tw/$name --max-steps $steps "$@" 2>&1 \
       | grep -v -E "$BARS" | grep -v -i "warn" | tail -9 | sed "s/^/[$name] /" | tee -a "$OUT/tw23.log"
     echo "[$name] wall $((SECONDS - t)) s" | tee -a "$OUT/tw23.log"
     cp /tmp/tw/$name/train_history.json "$OUT/tw23_$name.history.json" 2>/dev/null

@@ -146,11 +146,14 @@ class TrainConfig:
                                       "(tuning/training/base_weights.py)",
                               choices=("auto", "4bit", "bf16"))
     compile: str = _opt("auto", "torch.compile the training step: off; on (fused kernels); cudagraphs (also "
-                                "CUDA graphs; CUDA only); auto = cudagraphs on one CUDA GPU for prefix methods "
-                                "in runs of >= 250 steps (>= 1000 when checkpointing makes it compile the whole "
-                                "model), or of any length when the compile cache holds this run's graphs, else off "
+                                "CUDA graphs; CUDA only; the first step compiles for seconds to minutes); "
+                                "eager-graphs (CUDA graphs of the eager kernels: no compile, more memory); auto = "
+                                "cudagraphs on one CUDA GPU for prefix methods in runs of >= 250 steps (>= 100 over "
+                                "dequantised weights, >= 1000 when checkpointing makes it compile the whole model) "
+                                "or of any length when the compile cache holds this run's graphs; in shorter runs "
+                                "eager-graphs where its memory fits without checkpointing, else off "
                                 "(tuning/training/compiling.py)",
-                         choices=("auto", "off", "on", "cudagraphs"))
+                         choices=("auto", "off", "on", "cudagraphs", "eager-graphs"))
     compile_cache: str = _opt("on", "keep compiled graphs in $TASKTUNE_CACHE/compile (default "
                                     "~/.cache/tasktune/compile), keyed by model, shapes, versions and mode, so a "
                                     "later run with the same shapes starts in seconds; off = compile afresh",

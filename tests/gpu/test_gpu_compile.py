@@ -20,7 +20,7 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-@pytest.mark.parametrize("mode", ["on", "cudagraphs"])
+@pytest.mark.parametrize("mode", ["on", "cudagraphs", "eager-graphs"])
 def test_compiled_4bit_step_matches_eager_with_accumulation(gpu_tiny_dir, mode):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -38,7 +38,7 @@ def test_compiled_4bit_step_matches_eager_with_accumulation(gpu_tiny_dir, mode):
     weight = tuner.encoder.embedding.weight
 
     def accumulate(forward, how):
-        if how == "cudagraphs":
+        if how in compiling.GRAPH_MODES:
             compiling.materialize_grads([weight])
         losses = []
         for batch in batches:
@@ -58,7 +58,7 @@ def test_compiled_4bit_step_matches_eager_with_accumulation(gpu_tiny_dir, mode):
         assert _rel(losses, eager_losses) < 2e-2, (losses, eager_losses)
         assert _rel(grad, eager_grad) < 5e-2, _rel(grad, eager_grad)  # one micro-batch alone: ~100 % off
     torch.testing.assert_close(runs[2][1], runs[1][1])  # replays are deterministic
-    if mode == "cudagraphs":
+    if mode in compiling.GRAPH_MODES:
         assert not torch._dynamo.utils.counters["inductor"].get("cudagraph_skips"), \
             dict(torch._dynamo.utils.counters["inductor"])
 
@@ -67,16 +67,18 @@ def test_fit_with_cudagraphs_gives_the_eager_losses(gpu_tiny_dir, tmp_path):
     torch._dynamo.reset()
     data = write_data(tmp_path / "data")
     losses = {}
-    for mode in ("off", "cudagraphs"):
+    for mode in ("off", "cudagraphs", "eager-graphs"):
         result = fit(fast_config(gpu_tiny_dir, data, tmp_path / mode, compile=mode, max_steps=3,
                                  quantization_bit="4"), log=lambda *_: None)
         losses[mode] = [h["loss"] for h in result.history]
     assert losses["cudagraphs"] == pytest.approx(losses["off"], rel=3e-2)
+    assert losses["eager-graphs"] == pytest.approx(losses["off"], rel=3e-2)
 
 
 def test_auto_dequantises_a_4bit_base_and_graphs_a_short_run(gpu_tiny_dir, tmp_path, monkeypatch):
     """--train-weights auto on a GPU: the tiny 4-bit base's copies fit, so it trains over bf16 linears, and a
-    run of AUTO_MIN_STEPS["layers-bf16"] steps is long enough for graphs; the same run kept 4-bit is not. Both
+    run of AUTO_MIN_STEPS["layers-bf16"] steps is long enough for inductor's graphs; the same run kept 4-bit is not,
+    and takes graphs of the eager kernels (cold cache, their copies fit); a 5-step run too, over bf16. All
     start from the same prefix and follow the same losses (the same weight values)."""
     import json
 
@@ -85,11 +87,14 @@ def test_auto_dequantises_a_4bit_base_and_graphs_a_short_run(gpu_tiny_dir, tmp_p
     data = write_data(tmp_path / "data")
     steps = compiling.AUTO_MIN_STEPS["layers-bf16"]
     records, losses = {}, {}
-    for weights in ("auto", "4bit"):
-        result = fit(fast_config(gpu_tiny_dir, data, tmp_path / weights, max_steps=steps, quantization_bit="4",
-                                 train_weights=weights, save_steps=1000), log=lambda *_: None)
+    for weights, n in (("auto", steps), ("4bit", steps), ("short", 5)):
+        result = fit(fast_config(gpu_tiny_dir, data, tmp_path / weights, max_steps=n, quantization_bit="4",
+                                 train_weights="auto" if weights == "short" else weights, save_steps=1000),
+                     log=lambda *_: None)
         records[weights] = json.loads((result.run_dir / "tasktune_run.json").read_text())
         losses[weights] = [h["loss"] for h in result.history][:3]
     assert records["auto"]["base_weights"]["mode"] == "bf16" and records["auto"]["compile"] == "cudagraphs"
-    assert records["4bit"]["base_weights"]["mode"] == "4bit" and records["4bit"]["compile"] == "off"
+    assert records["4bit"]["base_weights"]["mode"] == "4bit" and records["4bit"]["compile"] == "eager-graphs"
+    assert records["short"]["base_weights"]["mode"] == "bf16" and records["short"]["compile"] == "eager-graphs"
     assert losses["auto"] == pytest.approx(losses["4bit"], rel=3e-2)
+    assert losses["short"] == pytest.approx(losses["4bit"], rel=3e-2)

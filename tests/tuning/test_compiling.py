@@ -202,6 +202,9 @@ def test_modes_and_auto():
     assert compiling.resolve_mode("auto", task="classification", cuda=True) == "off"
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         compiling.resolve_mode("cudagraphs", cuda=False)
+    with pytest.raises(ConfigError, match="eager-graphs needs a CUDA GPU"):
+        compiling.resolve_mode("eager-graphs", cuda=False)
+    assert compiling.resolve_mode("eager-graphs", cuda=True) == "eager-graphs"
     with pytest.raises(ConfigError, match="unknown compile mode"):
         compiling.resolve_mode("fast")
 
@@ -400,8 +403,8 @@ def test_auto_plan_sets_the_step_threshold_by_the_scope_it_would_compile(monkeyp
 
 @pytest.mark.parametrize("weights, steps, expect", [
     ("auto", 120, "cudagraphs"),  # the copies fit: graphs over them pay back after AUTO_MIN_STEPS["layers-bf16"]
-    ("auto", 99, "off"),
-    ("4bit", 120, "off"),  # over the 4-bit linears a cold run needs 250 steps
+    ("auto", 99, "eager-graphs"),  # shorter and cold: graphs of the eager kernels (no compile to pay back)
+    ("4bit", 120, "eager-graphs"),  # over the 4-bit linears a cold inductor compile needs 250 steps
 ])
 def test_auto_plan_over_dequantised_weights_compiles_shorter_runs(monkeypatch, weights, steps, expect):
     """plan() with a 4-bit base on one (pretended) CUDA GPU, a cold cache and no checkpointing: the weights chosen
@@ -436,3 +439,54 @@ def test_checkpointing_is_read_without_transformers_deprecation_warning(tiny_mod
         assert compiling.checkpointing_on(model) is False
         memory.apply(model, "full")  # (transformers' own new or old switch, as training sets it)
         assert compiling.checkpointing_on(model) is True
+
+
+@pytest.mark.parametrize("budget_gib, weights, expect, trained", [
+    (80, "auto", "eager-graphs", "bf16"),  # 6 + 8 (copies) + 8 + their graph copy (~8) fits 80 GiB
+    (20, "auto", "eager-graphs", "4bit"),  # bf16 and its graph copy would not: the 4-bit weights and theirs do
+    (6.2, "auto", "off", "4bit"),  # not even the 4-bit weights' graph copy fits: eager
+    (20, "bf16", "off", "bf16"),  # bf16 asked for and no room for its graph copy: eager over bf16, as asked
+])
+def test_a_short_cold_auto_run_takes_eager_graphs_where_their_copies_fit(monkeypatch, budget_gib, weights, expect,
+                                                                          trained):
+    """plan(): a 50-step `--compile auto` run on one (pretended) CUDA GPU with a cold cache and no checkpointing:
+    graphs of the eager kernels when their copy of the layers' weights (memory.eager_graphs_extra) fits the
+    budget beside the estimate, over the bf16 copies first; else eager. No compile cache entry is kept for them."""
+    from tasktune.tuning.model import dequantize
+    from tasktune.tuning.training import memory
+
+    def extra(model, *, tokens, element_bytes=2, added_bytes=0):
+        return int(0.25 * memory.GIB + added_bytes)  # packed layers ~0.25 GiB (a stand-in), + the copies if bf16
+
+    monkeypatch.setattr(dequantize, "added_bytes", lambda model: 8 * memory.GIB)
+    monkeypatch.setattr(memory, "eager_graphs_extra", extra)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(compiling, "run_cache", lambda *a, **k: pytest.fail("eager-graphs keeps no cache entry")
+                        if k.get("mode") == "eager-graphs" else None)
+    budget = int(budget_gib * memory.GIB)
+    monkeypatch.setattr(memory, "resolve", lambda *a, **k: memory.Choice("none", "auto", 6 * memory.GIB, budget,
+                                                                         "free on cuda:0"))
+    cfg = fast_config("unused", "unused", "unused", max_steps=50, train_weights=weights)
+    planned = compiling.plan(cfg, torch.nn.Linear(2, 2), device=torch.device("cuda"), quant=4)
+    assert planned.compile == expect
+    assert planned.weights.mode == trained
+    assert planned.cache is None
+    if expect == "eager-graphs":
+        assert planned.weights.estimate_bytes <= budget * (1 - memory.HEADROOM)
+
+
+def test_eager_graphs_extra_is_the_layers_weights_and_copies(tiny_model_dir):
+    """memory.eager_graphs_extra: the decoder layers' parameter bytes, plus the dequantised copies' added bytes, plus
+    a per-token term; nothing for a model without decoder layers."""
+    from transformers import AutoModelForCausalLM
+
+    from tasktune.tuning.model.layers import decoder_layers
+    from tasktune.tuning.training import memory
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("glm"))
+    layers = sum(p.numel() * p.element_size() for layer in decoder_layers(model) for p in layer.parameters())
+    plain = memory.eager_graphs_extra(model, tokens=0)
+    assert plain == layers > 0
+    assert memory.eager_graphs_extra(model, tokens=0, added_bytes=1000) == layers + 1000
+    assert memory.eager_graphs_extra(model, tokens=100) > plain
+    assert memory.eager_graphs_extra(torch.nn.Linear(2, 2), tokens=100) == 0

@@ -39,7 +39,10 @@ compilation are skipped (dynamo's caching_precompile, which would skip the trace
 `<cache>/compile/inductor` too, instead of /tmp.
 
 `auto` and the cache: a run shorter than AUTO_MIN_STEPS uses graphs too when the cache holds a warm entry for
-exactly its key (someone paid the compile before); a cold one keeps the >= AUTO_MIN_STEPS rule.
+exactly its key (someone paid the compile before). A cold one takes "eager-graphs" instead (GRAPH_MODES: CUDA graphs
+of the eager kernels, no inductor, so nothing to compile or cache) where its estimate, with the graphs' copy of the
+layers' weights (memory.eager_graphs_extra), fits without checkpointing: over the bf16 copies, else over the 4-bit
+weights; else it stays eager.
 
 Longer than 300 lines because compiling the step, its CUDA-graph plan and the persistent compile cache (key,
 invalidation) are one decision made once per run; the measurements behind each rule are quoted next to it.
@@ -47,6 +50,7 @@ invalidation) are one decision made once per run; the measurements behind each r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -60,7 +64,13 @@ from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.tuning.training import memory, regional
 
-MODES = ("auto", "off", "on", "cudagraphs")
+MODES = ("auto", "off", "on", "cudagraphs", "eager-graphs")
+#: Modes that replay CUDA graphs (their backward writes into a graph pool: gradients need buffers, `step_begin`).
+#: "eager-graphs": CUDA graphs of the eager kernels, recorded by dynamo's cudagraphs backend (no inductor code
+#: generation): on an H100 (2026-12-08, 6B GLM, 4 x 64/64, bf16 copies, cold) its first step took 5.5 s and later
+#: steps 60 ms (2.4x the PEFT recipe's 146 ms), against inductor's graphs at 13.7 s and 40 ms; it keeps a copy of
+#: the layers' weights in the graph pool (memory.eager_graphs_extra).
+GRAPH_MODES = ("cudagraphs", "eager-graphs")
 #: What `auto` picks on a CUDA GPU for methods where it was measured (see benchmarks/RESULTS.md).
 AUTO_CUDA_MODE = "cudagraphs"
 #: `auto` compiles only runs this long, by the scope the compile would use (`resolve_scope`). "model": at ~0.24 s
@@ -103,8 +113,8 @@ def resolve_mode(mode: str, *, method: str = "ptuning-v2", task: str = "causal-l
         long_run = steps is None or steps >= AUTO_MIN_STEPS[scope] or warm
         ok = long_run and auto_eligible(method=method, task=task, cuda=cuda, processes=processes)
         return AUTO_CUDA_MODE if ok else "off"
-    if mode == "cudagraphs" and not cuda:
-        raise ConfigError("--compile cudagraphs needs a CUDA GPU; use --compile on (or off) on a CPU")
+    if mode in GRAPH_MODES and not cuda:
+        raise ConfigError(f"--compile {mode} needs a CUDA GPU; use --compile on (or off) on a CPU")
     return mode
 
 
@@ -130,7 +140,7 @@ def resolve_scope(mode: str, *, checkpointed: bool, scope: str | None = None) ->
     tests/gpu/test_gpu_compile.py's checkpointed accumulation case (the backward re-runs a compiled layer inside
     the CUDA-graph tree) while the unchecked ones passed; the whole-model path passes both."""
     scope = scope or compile_scope()
-    return "model" if mode == "cudagraphs" and checkpointed else scope
+    return "model" if mode in GRAPH_MODES and checkpointed else scope
 
 
 def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | None = None,
@@ -151,9 +161,9 @@ def compile_model(model, mode: str, *, fullgraph: bool = False, backend: str | N
         # transformers' activation checkpointing marks the embedding output requires_grad_() (for reentrant
         # checkpointing); dynamo refuses to return such a tensor, and non-reentrant checkpointing needs none
         model.disable_input_require_grads()
-    backend = backend or compile_backend()
+    backend = backend or ("cudagraphs" if mode == "eager-graphs" else compile_backend())
     options = {}
-    if mode == "cudagraphs":
+    if mode in GRAPH_MODES:
         if backend == "inductor":  # (dynamo's "cudagraphs" backend records the graphs itself: no mode to pass)
             options["mode"] = "reduce-overhead"
         mark_quant_state_static(model)
@@ -222,7 +232,7 @@ def fixed_width_collate(collate: Callable[[list], dict], width: int, pad_id: int
 class Plan:
     """What a run compiles and checkpoints, decided together before the first step (`plan`)."""
 
-    compile: str  # off, on, cudagraphs
+    compile: str  # off, on, cudagraphs, eager-graphs
     checkpointing: memory.Choice
     cache: "CompileCache | None" = None  # None: off, or --compile-cache off
     weights: "base_weights.WeightsChoice | None" = None  # the base's linears: 4-bit or dequantised (None: not chosen)
@@ -268,6 +278,24 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quan
         return base_weights.choose(cfg.train_weights, quant=quant, method=cfg.method,
                                    task=cfg.task, cuda=cuda, checkpointing=choice, added_bytes=extra)
 
+    def eager_graphs(choice: memory.Choice, chosen: base_weights.WeightsChoice):
+        """The weights under which eager-graphs fits beside `choice` (its estimate with the graphs' copy of the
+        layers' weights, memory.eager_graphs_extra), bf16 copies first; None where none fits or where it was not
+        measured (checkpointed layers: the whole-model graphs)."""
+        if choice.mode != "none" or choice.estimate_bytes is None or choice.budget_bytes is None:
+            return None
+        options = [chosen]
+        if chosen.mode == "bf16" and cfg.train_weights == "auto":
+            options.append(base_weights.WeightsChoice("4bit", cfg.train_weights, "auto: eager-graphs over the "
+                                                      "dequantised copies would not fit"))
+        for option in options:
+            added = option.added_bytes if option.mode == "bf16" else 0
+            need = choice.estimate_bytes + added + memory.eager_graphs_extra(
+                model, tokens=tokens, element_bytes=element_bytes, added_bytes=added)
+            if need <= choice.budget_bytes * (1 - memory.HEADROOM):
+                return dataclasses.replace(option, estimate_bytes=need, budget_bytes=choice.budget_bytes)
+        return None
+
     mode = cfg.compile
     if mode == "auto" and auto_eligible(method=cfg.method, task=cfg.task, cuda=cuda, processes=processes):
         choice = checkpointing(True)
@@ -279,7 +307,14 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quan
             scope = "layers-bf16"  # (the break-even of AUTO_MIN_STEPS; the compile itself is the layers scope)
         mode = resolve_mode("auto", method=cfg.method, task=cfg.task, cuda=cuda, steps=cfg.max_steps,
                             processes=processes, warm=cache is not None and cache.warm(), scope=scope)
-        if mode == "off":
+        lite = eager_graphs(choice, chosen) if mode == "off" else None
+        if lite is not None:  # a short cold run: graphs without inductor's compile (GRAPH_MODES)
+            mode, chosen, cache = "eager-graphs", lite, None
+            if log is not None:
+                log(f"compile: auto uses eager-graphs in this {cfg.max_steps}-step run (CUDA graphs of the eager "
+                    f"kernels: no compile to wait for; est. {lite.estimate_bytes / memory.GIB:.1f} GiB with their "
+                    f"copy of the layers' weights)")
+        elif mode == "off":
             choice, cache = checkpointing(False), None
             chosen = weights(choice)
         elif cfg.max_steps < AUTO_MIN_STEPS[scope] and log is not None:
@@ -290,7 +325,7 @@ def plan(cfg, model, *, device, processes: int = 1, element_bytes: int = 2, quan
                             processes=processes)
         choice = checkpointing(mode != "off")
         chosen = weights(choice)
-        cache = None if mode == "off" else run_cache(cfg, model, checkpointing=choice.mode, mode=mode,
+        cache = None if mode in ("off", "eager-graphs") else run_cache(cfg, model, checkpointing=choice.mode, mode=mode,
                                                      element_bytes=element_bytes, weights=chosen.mode)
     if log is not None and choice.estimate_bytes is not None:  # (CPU runs: no estimate, no line)
         log(choice.describe())
@@ -492,7 +527,7 @@ def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int =
 
 def step_begin(mode: str) -> None:
     """Call before each compiled forward: tells CUDA-graph trees that the last replay's outputs are consumed."""
-    if mode == "cudagraphs":
+    if mode in GRAPH_MODES:
         import torch
 
         torch.compiler.cudagraph_mark_step_begin()

@@ -44,6 +44,11 @@ HEAD_BYTES = 10.7
 #: torch.compile (on, cudagraphs) with full checkpointing: 5.16 vs 4.32 GiB at 512 tokens (9.12 vs 5.79 GiB at
 #: 2,048): +0.37 a per checkpointed layer and token (the compiled graphs save some recomputable values)
 COMPILED_EXTRA = 0.37
+#: `--compile eager-graphs` (dynamo's cudagraphs backend, no inductor) hands the decoder layers' weights to its graphs
+#: as plain inputs, and CUDA-graph trees copy such inputs into their pool: on an H100 (2026-12-08, 6B GLM, 4 x 64/64,
+#: no checkpointing) its peak was the eager peak + the layers' weights (10.6 GiB as bf16 copies, 2.7 GiB packed
+#: 4-bit) + ~0.7 GiB, i.e. +0.27 a per layer and token (`eager_graphs_extra`)
+EAGER_GRAPHS_EXTRA = 0.27
 #: the optimizer's bytes per trainable parameter: fp32 value, gradient, exp_avg, exp_avg_sq
 OPTIMIZER_BYTES = 16
 #: auto needs the estimate to stay this far below the budget (the estimate's error on the measured cases: <= 4 %)
@@ -79,6 +84,19 @@ def estimate(sizes: Sizes, mode: str, *, compiled: bool = False) -> int:
     per_token = ((sizes.layers - c) * act + c * 2 * sizes.hidden * scale + (act if c else 0.0)
                  + (c * COMPILED_EXTRA * act if compiled else 0.0) + sizes.vocab * HEAD_BYTES * scale)
     return int(sizes.weights_bytes + OPTIMIZER_BYTES * sizes.trainable + sizes.tokens * per_token)
+
+
+def eager_graphs_extra(model, *, tokens: int, element_bytes: int = 2, added_bytes: int = 0) -> int:
+    """Bytes `--compile eager-graphs` adds to the eager step's peak (EAGER_GRAPHS_EXTRA): a copy of the decoder
+    layers' weights as trained (their bytes now, plus `added_bytes` when they are dequantised first) and some
+    graph-pool outputs per token."""
+    layers = decoder_layers(model)
+    weights = sum(t.numel() * t.element_size() for layer in layers for t in (*layer.parameters(), *layer.buffers()))
+    c = getattr(model, "config", None)
+    c = getattr(c, "text_config", None) or c
+    hidden = getattr(c, "hidden_size", 0) or 0
+    act = ACT_BYTES * (hidden + (getattr(c, "intermediate_size", None) or 4 * hidden)) * element_bytes / 2
+    return int(weights + added_bytes + EAGER_GRAPHS_EXTRA * act * len(layers) * tokens)
 
 
 def candidates(layers: int) -> list[str]:

@@ -226,7 +226,7 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
             step_rng = ckpt.rng_state()
             raise_if_terminated()  # a SIGTERM whose raise a finalizer swallowed still stops here
             total = torch.zeros((), device=accelerator.device)
-            if compile_mode == "cudagraphs":
+            if compile_mode in compiling.GRAPH_MODES:
                 compiling.materialize_grads(params)
             draws = [next(stream) for _ in range(accum)]
             micro = step_micro_batches(draws, rank, per_device, step_lengths)
