@@ -490,3 +490,16 @@ def test_eager_graphs_extra_is_the_layers_weights_and_copies(tiny_model_dir):
     assert memory.eager_graphs_extra(model, tokens=0, added_bytes=1000) == layers + 1000
     assert memory.eager_graphs_extra(model, tokens=100) > plain
     assert memory.eager_graphs_extra(torch.nn.Linear(2, 2), tokens=100) == 0
+
+
+def test_an_entry_holds_only_what_its_own_run_compiled(tmp_path):
+    """Loading (or finding no) entry forgets the artifacts torch.compile recorded earlier in the process, so the
+    entry saved after this run's first step is this run's alone (an earlier run's inductor graphs were saved
+    under the next run's key, and an aot_eager run after them wrote an entry it never compiled)."""
+    from torch.compiler._cache import CacheArtifactManager
+
+    CacheArtifactManager._new_cache_artifacts["stale"].append(object())  # an earlier run's record
+    cache = compiling.CompileCache(tmp_path, {"run": 2})
+    assert cache.load() is False  # no entry yet
+    assert not CacheArtifactManager._new_cache_artifacts
+    assert cache.save_once() is False and not cache.folder.exists()  # nothing compiled since: nothing written

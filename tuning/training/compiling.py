@@ -464,6 +464,7 @@ class CompileCache:
         A missing entry is quiet; an unusable one gives one warning and is ignored."""
         import torch
 
+        forget_recorded_artifacts()
         problem = self._problem()
         if problem is not None:
             if problem != "missing":
@@ -504,6 +505,17 @@ class CompileCache:
                           stacklevel=2)
             return False
         return True
+
+
+def forget_recorded_artifacts() -> None:
+    """Drop what torch.compile recorded earlier in this process: `save_cache_artifacts` returns every artifact
+    since the process began, so a second run in one process (the Python API, the tests) saved the first run's
+    graphs under its own key, and a run without inductor (aot_eager) wrote an entry of them."""
+    try:
+        from torch.compiler._cache import CacheArtifactManager
+    except ImportError:  # (a torch without it records nothing to forget)
+        return
+    CacheArtifactManager.clear()
 
 
 def run_cache(cfg, model, *, checkpointing: str, mode: str, element_bytes: int = 2,
