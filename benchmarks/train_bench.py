@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasktune variants: full, none, everyN, auto (what `tasktune train` picks: "
                              "tuning/training/memory.py), auto:GIB (auto under --max-memory GIB)")
     parser.add_argument("--methods", default="tasktune,reference")
-    parser.add_argument("--compile", default="off", help="tasktune variants: off, on, cudagraphs, eager-graphs (tuning/training/compiling.py)")
+    parser.add_argument("--compile", default="off",
+                        help="tasktune variants: off, on, cudagraphs, eager-graphs (tuning/training/compiling.py)")
     parser.add_argument("--caps", default="8,24", help="GiB caps for the largest-batch search (GPU only)")
     parser.add_argument("--cap-case", default="64x64", help="SRCxTGT for the cap search")
     parser.add_argument("--steps", type=int, default=5)

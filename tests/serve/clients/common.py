@@ -19,7 +19,8 @@ RESULT = {"expected": 47, "present": 34, "ok": 34}
 PARAMETERS = {  # templates/grid/spec.yaml, actions[0].parameters
     "type": "object",
     "properties": {"place": {"type": "string", "description": "工地名称, 如 济南"},
-                   "check": {"type": "string", "enum": ["人数检测", "安全检查", "设备检查"], "description": "检查类型"}},
+                   "check": {"type": "string", "enum": ["人数检测", "安全检查", "设备检查"],
+                             "description": "检查类型"}},
     "required": ["place", "check"], "additionalProperties": False}
 TOOL = {"type": "function", "function": {"name": "site_check", "description": "查询工地的工单与现场检测结果",
                                          "parameters": PARAMETERS}}
