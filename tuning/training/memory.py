@@ -79,7 +79,7 @@ class Sizes:
 def estimate(sizes: Sizes, mode: str, *, compiled: bool = False) -> int:
     """Estimated peak bytes allocated by one training step with checkpointing `mode` (module docstring)."""
     scale = sizes.element_bytes / 2
-    act = ACT_BYTES * (sizes.hidden + sizes.intermediate) * scale
+    act = activation_bytes(sizes.hidden, sizes.intermediate, sizes.element_bytes)
     c = checkpointed_layers(mode, sizes.layers)
     per_token = ((sizes.layers - c) * act + c * 2 * sizes.hidden * scale + (act if c else 0.0)
                  + (c * COMPILED_EXTRA * act if compiled else 0.0) + sizes.vocab * HEAD_BYTES * scale)
@@ -92,11 +92,14 @@ def eager_graphs_extra(model, *, tokens: int, element_bytes: int = 2, added_byte
     graph-pool outputs per token."""
     layers = decoder_layers(model)
     weights = sum(t.numel() * t.element_size() for layer in layers for t in (*layer.parameters(), *layer.buffers()))
-    c = getattr(model, "config", None)
-    c = getattr(c, "text_config", None) or c
-    hidden = getattr(c, "hidden_size", 0) or 0
-    act = ACT_BYTES * (hidden + (getattr(c, "intermediate_size", None) or 4 * hidden)) * element_bytes / 2
+    c = decoder_config(model)
+    act = activation_bytes(*widths(c), element_bytes) if c is not None else 0.0
     return int(weights + added_bytes + EAGER_GRAPHS_EXTRA * act * len(layers) * tokens)
+
+
+def activation_bytes(hidden: int, intermediate: int, element_bytes: int) -> float:
+    """a: the activations a decoder layer keeps per token (ACT_BYTES, scaled from bf16 to `element_bytes`)."""
+    return ACT_BYTES * (hidden + intermediate) * element_bytes / 2
 
 
 def candidates(layers: int) -> list[str]:
@@ -194,14 +197,25 @@ def trainable_estimate(cfg, model_config) -> int:
 
 def model_sizes(model, cfg, *, tokens: int, element_bytes: int, weights_bytes: int | None = None) -> Sizes:
     """`Sizes` of a loaded base (its config; weights measured by the caller on CUDA, else parameter bytes)."""
-    c = model.config
-    c = getattr(c, "text_config", None) or c  # multimodal configs keep the decoder's sizes apart
+    c = decoder_config(model)
     if weights_bytes is None:
         weights_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    hidden, intermediate = widths(c)
     return Sizes(layers=getattr(c, "num_hidden_layers", None) or len(decoder_layers(model)) or 1,
-                 hidden=c.hidden_size, intermediate=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
-                 vocab=c.vocab_size, weights_bytes=int(weights_bytes), trainable=trainable_estimate(cfg, c),
+                 hidden=hidden, intermediate=intermediate, vocab=c.vocab_size, weights_bytes=int(weights_bytes), trainable=trainable_estimate(cfg, c),
                  tokens=tokens, element_bytes=element_bytes)
+
+
+def decoder_config(model):
+    """The config that holds the decoder's sizes (multimodal configs keep them apart, in `text_config`); None for a
+    module without a config."""
+    c = getattr(model, "config", None)
+    return getattr(c, "text_config", None) or c
+
+
+def widths(c) -> tuple[int, int]:
+    """(hidden size, FFN size) of a decoder config (FFN 4 x hidden where the config names none)."""
+    return c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size
 
 
 def device_budget(device, max_memory_gib: float) -> tuple[int, str]:
