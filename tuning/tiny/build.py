@@ -93,6 +93,11 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"tiny model: --device {device}, but torch sees no CUDA device here; use --device cpu")
 
 
+#: fp32 weights, their gradients and AdamW's two moments (training's memory.OPTIMIZER_BYTES: a later stage, not
+#: imported here)
+BYTES_A_PARAMETER = 16
+
+
 def _sizes(cfg: TinyConfig) -> str:
     """The flags that set the model's size, as given (`--hidden 192 --layers 6 --ffn 512`)."""
     return f"--hidden {cfg.hidden_size} --layers {cfg.num_layers} --ffn {cfg.intermediate_size}"
@@ -102,7 +107,6 @@ def _check_memory(cfg: TinyConfig, device: str) -> None:
     """ConfigError naming the size flags when the model's weights, gradients and Adam states alone (a lower bound:
     activations come on top) need more memory than this machine (or, with --device cuda, the GPU) has."""
     from tasktune.datagen.budget import GIB, total_memory
-    from tasktune.tuning.training.memory import OPTIMIZER_BYTES as BYTES_A_PARAMETER  # fp32 value, grad, 2 moments
 
     n = parameter_count(cfg, cfg.vocab_size)
     need, where = n * BYTES_A_PARAMETER, "this machine's"
