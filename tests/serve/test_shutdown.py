@@ -99,6 +99,17 @@ def _start_streams(url: str, n: int, max_tokens: int) -> tuple[list[threading.Th
     return threads, outs
 
 
+def _wait_decoding(url: str, rows: int, timeout: float = 60) -> None:
+    """Until /metrics says `rows` rows are decoding (tasktune_batch_size)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"^tasktune_batch_size (\S+)$", httpx.get(f"{url}/metrics", timeout=10).text, re.M)
+        if found and float(found[1]) >= rows:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"fewer than {rows} rows were decoding after {timeout} s")
+
+
 def _exit(server: ServeProcess, timeout: float) -> tuple[int, float]:
     start = time.monotonic()
     try:
@@ -166,6 +177,7 @@ def test_shutdown_timeout_cancels_what_is_left_and_exits_promptly(serve_runs, tm
         asking = threading.Thread(target=ask, daemon=True)
         asking.start()
         threads, outs = _start_streams(server.url, 2, 900)
+        _wait_decoding(server.url, 3)  # the plain request too (under load it had not arrived: 2 in flight, not 3)
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code, took = _exit(server, 20)
