@@ -168,6 +168,9 @@ def test_frame_route_and_tools_entries():
     assert tools.tools()[0]["function"]["parameters"]["required"] == ["place", "check"]
     home, _ = _data("smarthome")
     assert home.route("Hi there!") == "greet" and home.route("this is dark, light on") == "command"
+    # a greeting of several phrases is still a greeting; a greeting that asks for something is a command
+    assert home.route("hello, who are you?") == home.route("Hi there! Please introduce yourself.") == "greet"
+    assert home.route("hello, turn on the lamp") == "command"
 
 
 def test_spec_without_route_or_actions(tmp_path):
