@@ -184,6 +184,24 @@ class RunFolder:
         return self.record_path
 
 
+def split_run_name(item: str | Path) -> tuple[str | None, str]:
+    """A RUN_DIR or NAME=RUN_DIR argument (`tasktune serve`'s, `Assistant.from_run`'s) -> (NAME or None, RUN_DIR).
+    A folder that exists under the whole text is a RUN_DIR, "=" in its name or not; ConfigError for an empty NAME
+    or RUN_DIR."""
+    text = str(item)
+    name, sep, path = text.partition("=")
+    try:
+        whole = Path(text).exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder
+        whole = False
+    if not sep or whole:
+        return None, text
+    if not (name.strip() and path):
+        shown = repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
+        raise ConfigError(f"{shown}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
+    return name, path
+
+
 # -- what a run records so it can be reproduced ------------------------------------------------------------
 
 DATA_FILES = ("train.json", "dev.json", "train.jsonl", "dev.jsonl")

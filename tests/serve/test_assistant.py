@@ -153,3 +153,26 @@ def test_the_engine_fits_prompts_to_the_context_window_as_generate_does(small_wi
                                          - shortest + 3)
     assert got["engine"][1] == got["generate"][1] == 2  # both prompts cut by 3+ tokens to fit
     assert got["engine"] == got["generate"]
+
+
+@pytest.mark.parametrize("batching", ["engine", "generate"])
+def test_from_run_names_runs_and_takes_the_clis_grants_as_keywords(serve_runs, serve_prompts, batching, monkeypatch):
+    """Two runs of one folder name were refused with "name them apart with NAME=RUN_DIR", which from_run did not
+    take ('run folder not found: b=runs/grid'); a base with its own code said "pass trust_remote_code=True", which
+    from_run refused as an unknown keyword. Both are taken now, as the CLI takes them."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.inference import assistant
+
+    seen = []
+    real = assistant._LoadedRun.load
+    monkeypatch.setattr(assistant._LoadedRun, "load", classmethod(
+        lambda cls, run_dir, trust=assistant.Trust(): seen.append(trust) or real(run_dir, trust)))
+    runs = [f"mine={serve_runs['grid']}"] + ([f"other={serve_runs['grid']}"] if batching == "engine" else [])
+    with tasktune.Assistant.from_run(*runs, batching=batching, trust_remote_code=False, allow_pickle=True) as bot:
+        assert bot.runs == ["mine", "other"][:len(runs)]
+        assert bot.answer(serve_prompts[:1], run="mine", max_new_tokens=2)
+    assert seen == ([assistant.Trust(pickle=True)] if batching == "generate" else [])
+    with pytest.raises(ConfigError, match="not both"):
+        tasktune.Assistant.from_run(serve_runs["grid"], trust_remote_code=True, trust=assistant.Trust())
+    with pytest.raises(ConfigError, match="NAME=RUN_DIR with a name and a folder"):
+        tasktune.Assistant.from_run("=runs/x")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from tasktune.errors import ConfigError
 from tasktune.tuning.config import checked_arguments
-from tasktune.tuning.run import Trust
+from tasktune.tuning.run import Trust, split_run_name
 
 BATCHING = ("auto", "engine", "generate")
 
@@ -41,12 +41,17 @@ class Assistant:
     @classmethod
     @checked_arguments  # (a None run folder was a bare TypeError from pathlib)
     def from_run(cls, *run_dirs: str | Path, max_batch_size: int = 16, batching: str = "auto",
+                 trust_remote_code: bool = False, allow_pickle: bool = False,
                  trust: Trust | None = None) -> "Assistant":
-        """Load the runs' base once and put every run on it (runs are named by folder name); see the module's doc
-        for `batching`. `trust`: what the base may run as it loads (tuning/run.py's Trust; default: nothing)."""
+        """Load the runs' base once and put every run on it; a run is named by its folder's name, or NAME=RUN_DIR
+        (as `tasktune serve` takes it); see the module's doc for `batching`. `trust_remote_code`, `allow_pickle`
+        (or a tuning/run.py `Trust`): what the base may run as it loads, as the CLI's flags (default: nothing)."""
         if not run_dirs:
             raise ConfigError("Assistant.from_run: give at least one run folder")
-        trust = trust or Trust()
+        if trust is not None and (trust_remote_code or allow_pickle):
+            raise ConfigError("Assistant.from_run: give trust= or trust_remote_code=/allow_pickle=, not both")
+        trust = trust or Trust(remote_code=trust_remote_code, pickle=allow_pickle)
+        named = [split_run_name(item) for item in run_dirs]
         if batching not in BATCHING:
             raise ConfigError(f"Assistant.from_run: batching must be one of {', '.join(BATCHING)}, not {batching!r}")
         if batching == "auto":
@@ -55,10 +60,12 @@ class Assistant:
             if len(run_dirs) > 1:
                 raise ConfigError("Assistant.from_run: batching='generate' answers with one run; give one folder, "
                                   "or prefix runs with batching='engine' to share a base")
-            return cls(run=_LoadedRun.load(run_dirs[0], trust))
+            run = _LoadedRun.load(named[0][1], trust)
+            run.name = named[0][0] or run.name
+            return cls(run=run)
         from tasktune.tuning.inference.bank import load_bank
 
-        return cls(bank=load_bank([(None, path) for path in run_dirs], trust=trust), max_batch_size=max_batch_size)
+        return cls(bank=load_bank(named, trust=trust), max_batch_size=max_batch_size)
 
     @property
     def runs(self) -> list[str]:
