@@ -48,6 +48,11 @@ help:
 	@echo "make tiny-model  rebuild the shipped tiny base into $(TINY_OUT) (tokenizer + small GLM, pre-trained on unpaired text)"
 	@echo "make train       tasktune train on $(DATA) into $(RUN)   (GPUS=N: data-parallel, N x the global batch)"
 	@echo "make eval        base vs tuned answers on the dev set, report in $(RUN)/eval/"
+	@echo "make chat        talk to $(RUN) at the terminal (type framed prompts, as in $(DATA)/dev.json)"
+	@echo "make compare     every tuning method on $(DATA) with one step budget, into runs/compare"
+	@echo "make bench       the data generation benchmark (benchmarks/datagen_bench.py)"
+	@echo "make test-all    the default and the slow tests"
+	@echo "make clean       remove data/, runs/ and models/"
 	@echo "variables: SPEC SEED N DATA MODEL TINY_OUT TINY_DEVICE RUN STEPS GPUS TRAIN_CONFIG ARGS"
 
 install: $(STAMP)

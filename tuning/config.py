@@ -43,6 +43,9 @@ GROUPINGS = ("none", "step", "window")
 PREFIX_METHODS = ("ptuning-v2", "prefix")
 
 
+#: `tasktune train`'s --model when none is given: where `tasktune tiny-model` writes by default
+DEFAULT_MODEL = "models/tiny-glm"
+
 @dataclass(frozen=True)
 class MethodFlags:
     """Settings (flags and YAML keys) that only `methods` read, and those only for `tasks`."""
@@ -107,7 +110,7 @@ def parse_checkpointing(value) -> str:
 @dataclass
 class TrainConfig:
     # what to train on
-    model: str = _opt("models/tiny-glm", "base model: local path or hub id (loaded with AutoModelForCausalLM)")
+    model: str = _opt(DEFAULT_MODEL, "base model: local path or hub id (loaded with AutoModelForCausalLM)")
     data: str = _opt("data/grid", "folder with train.json/dev.json (or .jsonl) from `tasktune data`")
     out: str = _opt("runs/grid-tiny", "run folder: adapter, checkpoints, logs, loss curve, reproduction record")
     method: str = _opt("ptuning-v2", "tuning method (docs/methods.md)", choices=METHODS)

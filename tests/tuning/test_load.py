@@ -34,6 +34,21 @@ def test_missing_path_names_it(tmp_path):
         load_tokenizer("./no-such-tokenizer")
 
 
+def test_the_default_model_missing_says_so_without_asking_the_hub(tmp_path, monkeypatch):
+    """`tasktune train` without --model in a fresh clone answered with a hub error ("cannot resolve
+    huggingface.co") about models/tiny-glm, a model the user never named; now it names the default, the shipped
+    base and `tasktune tiny-model`, before any request to the hub."""
+    from tasktune.tuning.config import DEFAULT_MODEL, TrainConfig
+    from tasktune.tuning.model import hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "hub_load", lambda *a, **k: pytest.fail("asked the hub"))
+    assert TrainConfig().model == DEFAULT_MODEL
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ConfigError, match="train's default --model.*templates/demo/tiny-glm.*tiny-model"):
+            load(DEFAULT_MODEL)
+
+
 def test_folder_without_weights(tmp_path, tiny_model_dir):
     shutil.copy(tiny_model_dir("glm") / "config.json", tmp_path / "config.json")
     with pytest.raises(ConfigError, match="no model weights"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.tuning.progress import library_bars_on_terminal_only
+from tasktune.tuning.config import DEFAULT_MODEL
 from tasktune.tuning.run import METHOD_FILE
 
 TASKS = ("causal-lm", "classification")
@@ -35,6 +36,12 @@ def _check_source(name_or_path: str) -> Path | None:
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
     if looks_local:
         raise ConfigError(f"model path {path} does not exist")
+    if name_or_path == DEFAULT_MODEL:  # the hub's error spoke of a model the user may never have named
+        from tasktune import TEMPLATES
+
+        raise ConfigError(f"model {DEFAULT_MODEL} (train's default --model: what `tasktune tiny-model` builds) is not "
+                          f"in {Path.cwd()}; give --model a hub id or a model folder (the tiny base tasktune ships: "
+                          f"{TEMPLATES / 'demo' / 'tiny-glm'}), or build it with `tasktune tiny-model`")
     return None
 
 

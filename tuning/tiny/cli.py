@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tasktune.flags import check_output_folder
 from tasktune.runlock import sigterm_as_interrupt
+from tasktune.tuning.config import DEFAULT_MODEL
 from tasktune.tuning.tiny.build import build_tiny_model
 from tasktune.tuning.tiny.config import TinyConfig
 
@@ -29,7 +30,7 @@ def add_arguments(parser) -> None:
     """The `tasktune tiny-model` options."""
     parser.add_argument("--spec", default="grid",
                         help="task spec whose text the model learns: a YAML path or a built-in name (default: grid)")
-    parser.add_argument("--out", default=Path("models/tiny-glm"), type=Path, help="output model folder")
+    parser.add_argument("--out", default=Path(DEFAULT_MODEL), type=Path, help="output model folder")
     for f in _flagged():
         flag, help_text = f.metadata["flag"], f.metadata["help"]
         if f.metadata.get("action") == "store_true":
