@@ -18,6 +18,7 @@ Pure ASGI middleware (as serve/guard.py), outermost, so a CORS preflight from el
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -31,14 +32,27 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def is_loopback(host: str) -> bool:
-    """Whether --host is a loopback address (or the name localhost)."""
+    """Whether --host is a loopback address (or the name localhost), judged by the addresses it resolves to, as the
+    socket binds it: `127.1`, `0x7f000001`, `::ffff:127.0.0.1` and a name of this machine that /etc/hosts points at
+    127.0.1.1 (Debian's `--host $(hostname)`) all listen on loopback only, but read as text they were "elsewhere",
+    and any Host was answered (no DNS-rebinding check)."""
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):  # (cli.bind refuses such a --host)
+        return False
+    return bool(found) and all(_loopback_address(address[4][0]) for address in found)
+
+
+def _loopback_address(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])  # (an IPv6 scope: fe80::1%eth0)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (Python 3.11 says it is not loopback)
+    return (mapped or address).is_loopback
 
 
 def allowed_hosts(bind: str, named: list[str]) -> frozenset[str] | None:
@@ -47,7 +61,8 @@ def allowed_hosts(bind: str, named: list[str]) -> frozenset[str] | None:
     names = {n.strip().strip("[]").lower() for n in named}
     if "*" in names or (not names and not is_loopback(bind)):
         return None
-    return frozenset(names | set(LOOPBACK_NAMES))
+    own = bind.strip().strip("[]").lower()  # the name the server was bound by (`--host vm`) is this machine's own
+    return frozenset(names | set(LOOPBACK_NAMES) | ({own} if own and not _is_ip(own) else set()))
 
 
 def _split_host(value: str) -> tuple[str, int | None]:

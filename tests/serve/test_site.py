@@ -65,6 +65,27 @@ def test_allowed_hosts_and_cors_origins():
     assert anyone.refusal("http", {"host": "x.example", "origin": "http://y.example"}) is None
 
 
+
+@pytest.mark.parametrize("bind", ["127.1", "0x7f000001", "2130706433", "127.000.000.001", "::ffff:127.0.0.1",
+                                  "myhost"])
+def test_a_loopback_host_spelt_otherwise_keeps_the_dns_rebinding_check(bind, monkeypatch):
+    """--host was judged loopback by its text: `127.1`, `0x7f000001` or a name of this machine that /etc/hosts
+    points at 127.0.1.1 (Debian's `--host $(hostname)`) bind loopback only, yet every Host was answered, as for a
+    server bound elsewhere. Now judged by what it resolves to; the name it was bound by is taken as a Host too."""
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real("127.0.1.1" if host == "myhost" else host,
+                                                                          *a, **k))
+    hosts = allowed_hosts(bind, [])
+    assert hosts is not None and {"localhost", "127.0.0.1", "::1"} <= hosts, hosts
+    guard = SiteGuard(None, hosts=hosts)
+    assert guard.refusal("http", {"host": "evil.example:8000"}).status_code == 403
+    assert guard.refusal("http", {"host": f"{bind}:8000" if bind == "myhost" else "localhost"}) is None
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real("10.1.2.3" if host == "myhost" else host,
+                                                                          *a, **k))
+    assert allowed_hosts("myhost", []) is None  # a name of another address: bound elsewhere, any Host
+
 @pytest.fixture
 def serve(capsys, monkeypatch):
     """main(["serve", *argv]) -> (exit code, stderr); a server that would start fails the test instead."""
