@@ -104,7 +104,17 @@ def _outcome(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
     try:
         return call(), None
     except BaseException as exc:  # SystemExit, KeyboardInterrupt too: they end this call, never the server
-        return None, exc
+        return None, _Said(exc)
+
+
+class _Said(Exception):
+    """What an action raised, described on its worker thread: an exception's `__str__` is the library's code too
+    (one that raised was a 500 `internal error: RuntimeError` with a traceback on the terminal; one that hangs
+    would have held the event loop)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(_said(error))
+        self.error = error
 
 
 class ActionRunner(Mapping[str, Callable[..., Any]]):
@@ -165,10 +175,10 @@ class ActionRunner(Mapping[str, Callable[..., Any]]):
             self._waiting.pop(future, None)
         if isinstance(error, ActionsClosed):
             raise ActionsClosed(f"{error} (action {name} was still running)")
-        if isinstance(error, _NotJson):
-            raise ActionFailed(f"action {name} returned a result that is not JSON: {error}")
+        if isinstance(error, _Said) and isinstance(error.error, _NotJson):
+            raise ActionFailed(f"action {name} returned a result that is not JSON: {error.error}")
         if error is not None:
-            raise ActionFailed(f"action {name} failed: {_said(error)}")
+            raise ActionFailed(f"action {name} failed: {error}")
         return value
 
     def _late(self, name: str, started: bool) -> str:
@@ -195,8 +205,13 @@ def _settle(future: asyncio.Future, value: Any, error: BaseException | None) -> 
 
 
 def _said(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """`Type: message`; the type alone when the message is empty or cannot be read (its `__str__` raised)."""
+    kind = type(error).__name__
+    try:
+        text = str(error)
+    except BaseException as exc:  # noqa: BLE001 (whatever it raises, the call's failure is still said)
+        return f"{kind} (its message could not be read: {type(exc).__name__})"
+    return f"{kind}: {text}" if text else kind
 
 
 class _NotJson(Exception):
@@ -208,8 +223,10 @@ def plain_json(value: Any, where: str = "result", depth: int = 0) -> Any:
     becomes a dict, a tuple a list); _NotJson naming the place for anything else: NaN, a generator, an object."""
     if depth > MAX_DEPTH:
         raise _NotJson(f"{where}: nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return str(_utf8(value, where))
     if isinstance(value, int):
         try:
             str(value)  # (json.dumps cannot write an integer Python will not convert: over 4,300 digits)
@@ -224,9 +241,30 @@ def plain_json(value: Any, where: str = "result", depth: int = 0) -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise _NotJson(f"{where}: key {key!r} is not a string")
+                raise _NotJson(f"{where}: key {_brief(key)} is not a string")
+            _utf8(key, f"{where}: key")
             out[key] = plain_json(item, f"{where}.{key}", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
         return [plain_json(item, f"{where}[{k}]", depth + 1) for k, item in enumerate(value)]
     raise _NotJson(f"{where}: {type(value).__name__!r} is not a JSON type")
+
+
+def _utf8(text: str, where: str) -> str:
+    """`text`, which must be writable as UTF-8: a lone surrogate (`"\\ud800"`, half an emoji, as a bad decode with
+    `surrogateescape` leaves) in a result was a 500 `internal error: UnicodeEncodeError` (a stream was cut)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _NotJson(f"{where}: a string with a lone surrogate ({text[exc.start]!r} at character {exc.start}), "
+                       "which UTF-8 cannot write") from None
+    return text
+
+
+def _brief(value: Any) -> str:
+    """repr(value) in at most 60 characters, or its type where its repr fails."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        return f"of type {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."

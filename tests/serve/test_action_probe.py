@@ -1,0 +1,53 @@
+"""The seventh probe's hostile action libraries (docs/reliability.md, "A seventh probe"): what an action raises
+or returns is described and checked on its worker thread, and fails its own request only, as a 502
+`action_failed`, plain or streamed; never a 500 `internal error` with a traceback on the server's terminal."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.serve.test_actions import ASK, _act, _still_serves, _streamed_error, acting, action_server  # noqa: F401
+
+
+class _Unsayable(Exception):
+    def __str__(self):
+        raise RuntimeError("no message for you")
+
+
+def test_an_exception_whose_message_cannot_be_read_is_still_a_502(acting, monkeypatch):  # noqa: F811
+    """An exception whose __str__ raised was a 500 `internal error: RuntimeError` (the message was read on the event
+    loop, outside the action's protection) with a traceback on the terminal; a stream ended the same way."""
+    def site_check(place, check):
+        raise _Unsayable()
+
+    _act(acting, monkeypatch, site_check)
+    with pytest.raises(openai.APIStatusError) as err:
+        acting.client().chat.completions.create(model="grid", messages=ASK)
+    body = err.value.body
+    assert err.value.status_code == 502 and body["code"] == "action_failed", body
+    assert body["message"] == "action site_check failed: _Unsayable (its message could not be read: RuntimeError)"
+    error = _streamed_error(acting)
+    assert error["code"] == "action_failed" and "_Unsayable" in error["message"], error
+    _still_serves(acting, monkeypatch)
+
+
+@pytest.mark.parametrize("result, said", [
+    ({"expected": 1, "present": 1, "ok": 1, "note": "bad \ud800 half"}, r"result.note: a string with a lone surrogate"),
+    ({"expected": 1, "present": 1, "ok": 1, "\udfff": 1}, r"result: key: a string with a lone surrogate"),
+    ({"expected": 1, "present": 1, "ok": 1, "list": ["ok", "\ud83d"]}, r"result.list[1]: a string with a lone"),
+], ids=["value", "key", "in-a-list"])
+def test_a_lone_surrogate_in_a_result_is_a_502_not_a_500(acting, monkeypatch, result, said):  # noqa: F811
+    """A string UTF-8 cannot write (a lone surrogate, as `surrogateescape` decoding leaves) in a result's extra
+    field passed the checks, then failed writing the answer: a 500 `internal error: UnicodeEncodeError` with a
+    traceback; a stream broke off without its error event or [DONE]."""
+    _act(acting, monkeypatch, lambda place, check: result)
+    with pytest.raises(openai.APIStatusError) as err:
+        acting.client().chat.completions.create(model="grid", messages=ASK)
+    body = err.value.body
+    assert err.value.status_code == 502 and body["code"] == "action_failed", body
+    assert body["message"].startswith("action site_check returned a result that is not JSON: ") and \
+        said in body["message"], body
+    error = _streamed_error(acting)
+    assert error["code"] == "action_failed" and said in error["message"], error
+    _still_serves(acting, monkeypatch)
