@@ -220,6 +220,9 @@ def _api_key(flag: str | None) -> str | None:
     if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise ConfigError(f"{where}: the key has spaces at its ends or control characters, which no client can "
                           "send in an Authorization header")
+    if not key.isascii():  # httpx raises UnicodeEncodeError; a browser sends `ä` as one Latin-1 byte
+        raise ConfigError(f"{where}: the key has characters outside ASCII, which the openai clients cannot send in "
+                          "a header")
     return key
 
 

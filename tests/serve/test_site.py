@@ -86,6 +86,7 @@ def test_a_loopback_host_spelt_otherwise_keeps_the_dns_rebinding_check(bind, mon
                                                                           *a, **k))
     assert allowed_hosts("myhost", []) is None  # a name of another address: bound elsewhere, any Host
 
+
 @pytest.fixture
 def serve(capsys, monkeypatch):
     """main(["serve", *argv]) -> (exit code, stderr); a server that would start fails the test instead."""
@@ -125,6 +126,21 @@ def test_an_empty_or_unsendable_api_key_is_refused(serve_runs, serve, monkeypatc
     rc, err = serve([str(serve_runs["grid"]), "--port", "0", *flag])
     assert rc == 2 and f"tasktune serve: error: {says}" in err, err
 
+
+
+@pytest.mark.parametrize("key", ["pässwort", "ключ", "key\u00a0x", "ｋｅｙ"])
+def test_an_api_key_outside_ascii_is_refused(serve_runs, serve, monkeypatch, key):
+    """A key with a character outside ASCII started the server, yet no client could send it: the openai clients
+    (httpx) raise UnicodeEncodeError before sending such a header, and a browser sends `ä` as one Latin-1 byte
+    where the check compared the key's UTF-8 bytes (401 for ever, whatever was typed on the page)."""
+    monkeypatch.delenv("TASKTUNE_API_KEY", raising=False)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0", "--api-key", key])
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("tasktune serve: error: --api-key: the key has characters outside "
+                                            "ASCII, which the openai clients cannot send in a header"), err
+    monkeypatch.setenv("TASKTUNE_API_KEY", key)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0"])
+    assert rc == 2 and "error: $TASKTUNE_API_KEY: the key has characters outside ASCII" in err, err
 
 @pytest.mark.parametrize("runs, flags, says", [
     (["tiny-base={grid}"], ["--base-name", "tiny-base"], "run name 'tiny-base' is the base model's name"),
