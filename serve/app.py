@@ -1,6 +1,9 @@
 """The HTTP layer: OpenAI's chat-completions API on FastAPI (SSE streaming), /health, /metrics, the chat page.
 
 Only translation lives here (JSON <-> serve/service.py); errors leave in OpenAI's shape, never as a traceback.
+
+Longer than 300 lines because the streamed answer (`_events`) follows every path a plain answer takes (server-side
+actions, parallel tool calls' results, errors as events) in OpenAI's chunk format.
 """
 
 from __future__ import annotations
@@ -256,22 +259,30 @@ async def _events(service: Service, body: ChatRequest, turn, params):
             return
         yield chunk({"executed_tool_calls": executed})
         turn = next_turn
-    parts, last = [], None
-    async for event in service.stream(turn, params):
-        last = event
-        if event.finish_reason == "error":
-            failure = generation_failed(event.error)
-            yield _failed(str(failure), failure.type, failure.code, failure.status)
-            return
-        if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
-            yield _failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
-                          f"tokens)", "server_error", "shutting_down", 503)
-            return
-        if event.text:
-            parts.append(event.text)
-            yield chunk({"content": event.text})
-    finish = last.finish_reason if last else "stop"
-    text = last.full_text if last and last.full_text is not None else "".join(parts)
+    texts, finishes = [], []
+    for k, call in enumerate(turn.calls()):  # (parallel tool calls' results: each one's answer, a line each)
+        if k:
+            yield chunk({"content": "\n"})
+        parts, last = [], None
+        async for event in service.stream(call, params):
+            last = event
+            if event.finish_reason == "error":
+                failure = generation_failed(event.error)
+                yield _failed(str(failure), failure.type, failure.code, failure.status)
+                return
+            if event.finish_reason == "cancelled":  # the server is shutting down (a client that left reads nothing)
+                yield _failed(f"{event.error or 'the server is shutting down'} (after {event.completion_tokens} "
+                              f"tokens)", "server_error", "shutting_down", 503)
+                return
+            if event.text:
+                parts.append(event.text)
+                yield chunk({"content": event.text})
+        finishes.append(last.finish_reason if last else "stop")
+        texts.append(last.full_text if last and last.full_text is not None else "".join(parts))
+        prompt_tokens += last.prompt_tokens if last else 0
+        completion_tokens += last.completion_tokens if last else 0
+    finish = "length" if "length" in finishes else finishes[-1]
+    text = "\n".join(texts)
     try:
         calls = [] if body.tool_choice == "none" else service.tool_calls(turn, text.strip(), body, finish)
     except RequestError as exc:  # tool_choice required/named, and the answer is no call
@@ -281,8 +292,6 @@ async def _events(service: Service, body: ChatRequest, turn, params):
         yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
         finish = "tool_calls"
     yield chunk({}, finish)
-    if last is not None:
-        prompt_tokens, completion_tokens = prompt_tokens + last.prompt_tokens, completion_tokens + last.completion_tokens
     yield from_usage(body, ident, created, prompt_tokens, completion_tokens, model)
     yield "data: [DONE]\n\n"
 

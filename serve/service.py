@@ -91,13 +91,19 @@ class Limits:
 
 @dataclass
 class Turn:
-    """One model call: the run (None = base), the prompt text as the model sees it, and the step it is for."""
+    """One model call: the run (None = base), the prompt text as the model sees it, and the step it is for; `then`:
+    the model calls whose answers follow this one's, a line each (the other results of parallel tool calls)."""
 
     run: str | None
     query: str
     history: list[list[str]]
     step: str | None = None
     ids: list[int] | None = field(default=None, compare=False, repr=False)  # the prompt's tokens (`Service.encode`)
+    then: list[Turn] = field(default_factory=list, compare=False, repr=False)
+
+    def calls(self) -> list[Turn]:
+        """This model call and those that follow it."""
+        return [self, *self.then]
 
 
 @dataclass
@@ -308,8 +314,24 @@ class Service:
         return pairs
 
     def _tool_turn(self, request: ChatRequest, messages: list[Message]) -> Turn:
-        """A tool result: render the result step's frame from it (the call comes from the assistant message)."""
-        result_msg = messages[-1]
+        """The tool results that end the messages (ChatRequest checked that they answer every call of the assistant
+        message before them): each framed in its result step, answered in the order of the calls, whatever the
+        order of the results, a line each (the answer of the first, `then` the others'). Only the last result was
+        answered: of two parallel calls' results, the first was dropped without a word, and swapping them changed
+        the answer."""
+        trailing = []
+        for message in reversed(messages):
+            if message.role != "tool":
+                break
+            trailing.append(message)
+        turns = sorted((self._result_turn(request, messages, m) for m in trailing), key=lambda found: found[0])
+        first = turns[0][1]
+        first.then = [turn for _, turn in turns[1:]]
+        return first
+
+    def _result_turn(self, request: ChatRequest, messages: list[Message],
+                     result_msg: Message) -> tuple[tuple[int, int], Turn]:
+        """One tool result's turn, with where its call is (the assistant message's index, the call's)."""
         # the call it answers: ChatRequest refused a tool message that answers no open call of the assistant
         # message before it (_a_conversation_openai_would_take), so there is one
         asked, k, call = next((m, k, tc) for m in reversed(messages[:-1]) for k, tc in enumerate(m.tool_calls or ())
@@ -325,7 +347,7 @@ class Service:
         run = self._tool_owner(request.model, call.function.name, f"{function}.name")
         prompt, step = self._result_prompt(run, call.function.name, arguments, result, f"messages[{at}].content",
                                            f"{function}.arguments")
-        return Turn(run, prompt, [], step)
+        return (_index(request, asked), k), Turn(run, prompt, [], step)
 
     def _result_prompt(self, run: str, name: str, arguments: Any, result: Any, where: str = "",
                        called: str = "") -> tuple[str, str]:
@@ -407,6 +429,16 @@ class Service:
                                param=field, code="integer_above_max_value")
         default = self.bank.runs[turn.run].max_target_length if turn.run else 128
         _refuse_unsupported(request)
+        for call in turn.calls():  # (each result of parallel tool calls is a model call of its own)
+            self._fits(call, limit, field)
+        params = SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
+                                temperature=float(request.temperature or 0.0),
+                                top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
+                                seed=request.seed, stop=request.stops(), ignore_eos=request.ignore_eos is True)
+        return self._fitted(turn, params)  # a default answer longer than the window leaves
+
+    def _fits(self, turn: Turn, limit: int | None, field: str) -> None:
+        """400 `context_length_exceeded` when the turn's prompt and `limit` new tokens do not fit the window."""
         prompt, room = len(self.encode(turn)), self.room(turn.run)
         if limit is not None and room is not None and prompt + limit > room:
             prefix = self.bank.context - room
@@ -416,11 +448,6 @@ class Service:
             raise RequestError(overflow_message(window, asked, f"the messages or {field}",
                                                 "the prompt is too long for that completion"),
                                param=field, code="context_length_exceeded")
-        params = SamplingParams(max_new_tokens=min(limit or default, self.limits.max_tokens),
-                                temperature=float(request.temperature or 0.0),
-                                top_p=1.0 if request.top_p is None else float(request.top_p),  # 0: top token only
-                                seed=request.seed, stop=request.stops(), ignore_eos=request.ignore_eos is True)
-        return self._fitted(turn, params)  # a default answer longer than the window leaves
 
     def _fitted(self, turn: Turn, params: SamplingParams) -> SamplingParams:
         """`params` with max_new_tokens cut to what the window leaves after the turn's prompt: a default answer,
@@ -478,6 +505,16 @@ class Service:
         text = last.full_text if last.full_text is not None else "".join(parts)
         return Answer(text, last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
 
+    async def complete_all(self, turn: Turn, params: SamplingParams) -> Answer:
+        """The answers of the turn's model calls (`Turn.then`: parallel tool calls' results), a line each."""
+        answer = await self.complete(turn, params)
+        for more in turn.then:
+            nxt = await self.complete(more, params)
+            finish = "length" if "length" in (answer.finish_reason, nxt.finish_reason) else nxt.finish_reason
+            answer = Answer(f"{answer.text}\n{nxt.text}", finish, answer.prompt_tokens + nxt.prompt_tokens,
+                            answer.completion_tokens + nxt.completion_tokens)
+        return answer
+
     def tool_calls(self, turn: Turn, text: str, request: ChatRequest | None = None,
                    finish_reason: str | None = None) -> list[dict[str, Any]]:
         """OpenAI tool calls parsed from an answer of a step that has an action (none otherwise). When the request
@@ -511,7 +548,7 @@ class Service:
         """A whole non-streamed answer; runs server-side actions when registered and the client sent no tools."""
         turn = self.plan(request)
         params = self.sampling(request, turn)
-        answer = await self.complete(turn, params)
+        answer = await self.complete_all(turn, params)
         answer.model = self.served_name(turn)
         if request.tool_choice == "none":
             return answer
@@ -532,18 +569,21 @@ class Service:
         """Run the calls with the registered actions: what was run (with results) and the result step's turn
         (None when a call has no registered action: the client then gets the calls). A failure of the action,
         or a result the spec cannot take, is the server's (502), never the client's 400."""
-        executed, next_turn = [], None
+        if not all(call["function"]["name"] in self.actions for call in calls):
+            return [], None  # (checked before any runs: an action ran, then its call went to the client to run again)
+        executed, turns = [], []
         for call in calls:
             name = call["function"]["name"]
-            if name not in self.actions:
-                return executed, None
             arguments = json.loads(call["function"]["arguments"])
             result = await self._act(name, arguments)
             prompt, step = self._action_result_prompt(turn.run, name, arguments, result)
             executed.append({"id": call["id"], "name": name, "arguments": arguments, "result": result})
-            next_turn = Turn(turn.run, prompt, [], step)
-            self._encode_result(next_turn, name)
-        return executed, next_turn
+            turns.append(Turn(turn.run, prompt, [], step))
+            self._encode_result(turns[-1], name)
+        if not turns:
+            return executed, None
+        turns[0].then = turns[1:]  # several calls: each result's answer, a line each (the last one's alone before)
+        return executed, turns[0]
 
     def _encode_result(self, turn: Turn, name: str) -> None:
         """The result step's prompt encoded now: one over --max-prompt-tokens (a result of long values) is the
@@ -593,7 +633,7 @@ class Service:
         if next_turn is None:
             answer.finish_reason = "tool_calls"  # not ours to run: the client gets the calls
             return answer
-        summary = await self.complete(next_turn, params)
+        summary = await self.complete_all(next_turn, params)
         return Answer(summary.text, summary.finish_reason, answer.prompt_tokens + summary.prompt_tokens,
                       answer.completion_tokens + summary.completion_tokens, [], executed, answer.model)
 
