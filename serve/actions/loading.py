@@ -117,6 +117,11 @@ def check_actions(path: str, registry: dict[str, Callable[..., Any]], tools: dic
         for action in t.spec.actions:
             if action.name in registry:
                 _takes(path, action.name, registry[action.name], t.spec.step(action.step).arguments)
+    tool_names = {a.name for t in tools.values() for a in t.spec.actions}
+    unused = [name for name in registry if name not in tool_names]
+    if unused:  # a misspelt name (site_chek) beside the right ones said nothing, and never ran
+        warn(f"--actions {path}: REGISTRY has {', '.join(map(repr, unused))}, which no served spec has as a tool "
+             f"(tools: {', '.join(sorted(tool_names))}): {'it never runs' if len(unused) == 1 else 'they never run'}")
     if missing:
         warn(f"--actions {path}: REGISTRY has no function for tool {', '.join(missing)}: the server runs the "
              f"others ({', '.join(sorted(set(registry) & {a.name for t in tools.values() for a in t.spec.actions}))})"

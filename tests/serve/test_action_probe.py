@@ -51,3 +51,23 @@ def test_a_lone_surrogate_in_a_result_is_a_502_not_a_500(acting, monkeypatch, re
     error = _streamed_error(acting)
     assert error["code"] == "action_failed" and said in error["message"], error
     _still_serves(acting, monkeypatch)
+
+
+def test_a_registry_name_that_is_no_tool_is_warned_about():
+    """A name in REGISTRY that no served spec has as a tool (a misspelling beside the right names) started without
+    a word, and its function never ran. The startup now warns, naming it and the tools there are."""
+    from tasktune.datagen.spec import load_spec
+    from tasktune.serve.actions.loading import check_actions
+    from tasktune.serve.tools import TaskTools
+
+    def act(place, check):
+        return {}
+
+    warned: list[str] = []
+    check_actions("acts.py", {"site_check": act, "site_chek": act, "Site_Check": act},
+                  {"grid": TaskTools(load_spec("grid"))}, warned.append)
+    assert warned == ["--actions acts.py: REGISTRY has 'site_chek', 'Site_Check', which no served spec has as a tool "
+                      "(tools: site_check): they never run"], warned
+    warned.clear()
+    check_actions("grid", {"site_check": act}, {"grid": TaskTools(load_spec("grid"))}, warned.append)
+    assert warned == []
