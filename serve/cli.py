@@ -179,7 +179,7 @@ def build(args: argparse.Namespace):
     names_apart(list(view.runs), base_name, bool(args.base_name))
     tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
     actions = server_actions(args, tools) if args.actions else None
-    router = load_router(args.router, view.runs, trust) if args.router else None
+    router = load_router(args.router, view.runs, trust, tools) if args.router else None
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
     # the prefix and the largest answer a request may ask for, never more than the base's context window
     args.max_tokens, width = fit_window(view.context, view.runs.values(), args.max_tokens,

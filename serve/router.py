@@ -10,9 +10,24 @@ from typing import Callable
 from tasktune.tuning.run import Trust
 
 
-def load_router(run_dir: str | Path, runs: dict,
-                trust: Trust = Trust()) -> Callable[[str], tuple[str | None, str] | None]:
-    """A function text -> (None, step label) from a classification run (any served run may take the step)."""
+def check_labels(router: str, labels: list[str], tools: dict) -> None:
+    """ConfigError unless some of the router's `labels` are steps of the served runs' specs (`tools`: run name ->
+    TaskTools): a classification run of other labels (sentiment, another spec's intents) started, and routed
+    nothing (each plain request was a 400 `unknown step 'positive'` before that was fixed)."""
+    from tasktune.errors import ConfigError
+
+    steps = sorted({step.name for t in tools.values() for step in t.spec.steps})
+    if not set(labels) & set(steps):
+        said = ", ".join(map(str, labels[:8])) + (", ..." if len(labels) > 8 else "")
+        raise ConfigError(f"--router {router}: its labels ({said}) name no step of the served runs' specs "
+                          f"({', '.join(steps) or 'no run has a spec: give one with --spec NAME=SPEC'}); train it on "
+                          "the spec's intent data (e.g. templates/grid/intent.yaml)")
+
+
+def load_router(run_dir: str | Path, runs: dict, trust: Trust = Trust(),
+                tools: dict | None = None) -> Callable[[str], tuple[str | None, str] | None]:
+    """A function text -> (None, step label) from a classification run (any served run may take the step); with
+    `tools` (run name -> TaskTools), its labels are checked against their steps first (check_labels)."""
     import torch
 
     from tasktune.tuning.model import methods
@@ -26,6 +41,8 @@ def load_router(run_dir: str | Path, runs: dict,
                                        "the spec's intent data", trust=trust)
     cfg = record.config
     labels = methods.read_method_info(run_dir).get("labels") or record.labels
+    if tools is not None:
+        check_labels(str(run_dir), list(labels), tools)  # before the router's model loads
     source = methods.base_source(cfg.model, run_dir)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, padding_side="right")
     model = methods.load_base(cfg, model=source, quantization=record.quantization, labels=labels)

@@ -293,9 +293,9 @@ class Service:
         if matched is not None:
             return run, matched.step, text
         step = None
-        if self.router is not None:
+        if self.router is not None:  # a label that is no step of this run's spec means "no step" (router.py)
             routed = self.router(text)
-            step = routed[1] if routed and routed[0] in (run, None) else None
+            step = routed[1] if routed and routed[0] in (run, None) and tools.has_step(routed[1]) else None
         if step is None:
             step = tools.route(text)
         if step is None:

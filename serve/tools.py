@@ -275,6 +275,10 @@ class TaskTools:
                 return name
         return next((name for name, rule, _ in self._routes if rule.default), None)
 
+    def has_step(self, step: object) -> bool:
+        """Whether the spec has a step of that name."""
+        return isinstance(step, str) and step in self._frames
+
     def _frame(self, step: str) -> _Frame:
         if step not in self._frames:
             raise ToolError(f"unknown step {step!r} (steps: {', '.join(self._frames)})")
