@@ -123,6 +123,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
         name, sep, rest = value.partition("=")
         if not sep or not name or not rest:
             raise ConfigError(f"{flag} {value!r}: expected NAME=VALUE")
+        if name in out and out[name] != rest:  # the last one won without a word
+            raise ConfigError(f"{flag} {name}=...: given twice ({out[name]}, {rest}); give one")
         out[name] = rest
     return out
 

@@ -142,6 +142,14 @@ def test_an_api_key_outside_ascii_is_refused(serve_runs, serve, monkeypatch, key
     rc, err = serve([str(serve_runs["grid"]), "--port", "0"])
     assert rc == 2 and "error: $TASKTUNE_API_KEY: the key has characters outside ASCII" in err, err
 
+
+def test_a_spec_given_twice_for_one_run_is_refused(serve_runs, serve):
+    """`--spec grid=grid --spec grid=smarthome` served the last one without a word (a flag read as a dict)."""
+    rc, err = serve([f"grid={serve_runs['grid']}", "--port", "0", "--spec", "grid=grid", "--spec", "grid=smarthome"])
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("tasktune serve: error: --spec grid=...: given twice (grid, smarthome); "
+                                            "give one"), err
+
 @pytest.mark.parametrize("runs, flags, says", [
     (["tiny-base={grid}"], ["--base-name", "tiny-base"], "run name 'tiny-base' is the base model's name"),
     (["auto={grid}"], [], "run name 'auto' is the model name that routes requests"),
