@@ -115,12 +115,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
+def _pairs(values: list[str], flag: str, names: list[str] = ()) -> dict[str, str]:
+    """NAME=VALUE pairs; NAME is the longest of `names` (the served runs) that the value starts with and "=" follows
+    (a run folder whose own name holds "=" is served by that name), else what comes before the first "="."""
     from tasktune.errors import ConfigError
 
     out = {}
     for value in values:
-        name, sep, rest = value.partition("=")
+        known = max((n for n in names if value.startswith(f"{n}=")), key=len, default=None)
+        name, sep, rest = (known, "=", value[len(known) + 1:]) if known else value.partition("=")
         if not sep or not name or not rest:
             raise ConfigError(f"{flag} {value!r}: expected NAME=VALUE")
         if name in out and out[name] != rest:  # the last one won without a word
@@ -179,7 +182,7 @@ def build(args: argparse.Namespace):
     first = next(iter(view.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
     names_apart(list(view.runs), base_name, bool(args.base_name))
-    tools = load_tools(view.runs, _pairs(args.spec, "--spec"))
+    tools = load_tools(view.runs, _pairs(args.spec, "--spec", list(view.runs)))
     actions = server_actions(args, tools) if args.actions else None
     router = load_router(args.router, view.runs, trust, tools) if args.router else None
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus

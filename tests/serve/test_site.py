@@ -150,6 +150,17 @@ def test_a_spec_given_twice_for_one_run_is_refused(serve_runs, serve):
     assert err.strip().splitlines()[-1] == ("tasktune serve: error: --spec grid=...: given twice (grid, smarthome); "
                                             "give one"), err
 
+
+def test_a_run_whose_folder_name_holds_an_equals_sign_takes_its_spec(serve_runs, serve, tmp_path):
+    """A run folder named `a=b` is served as `a=b`, but `--spec a=b=grid` was read as run `a`: refused, `no served
+    run of that name`, so that run could have no spec. The longest served name before an "=" is the run's."""
+    import shutil
+
+    folder = tmp_path / "a=b"
+    shutil.copytree(serve_runs["grid"], folder)
+    rc, err = serve([str(folder), "--port", "0", "--spec", "a=b=grid"])
+    assert rc == "the server started" and "error" not in err and "its spec is unknown" not in err, (rc, err)
+
 @pytest.mark.parametrize("runs, flags, says", [
     (["tiny-base={grid}"], ["--base-name", "tiny-base"], "run name 'tiny-base' is the base model's name"),
     (["auto={grid}"], [], "run name 'auto' is the model name that routes requests"),
