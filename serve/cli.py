@@ -190,9 +190,7 @@ def build(args: argparse.Namespace):
     args.max_tokens, width = fit_window(view.context, view.runs.values(), args.max_tokens,
                                         lambda line: print(line, file=sys.stderr, flush=True))
     if args.decode_compile != "off":  # inductor's content-keyed caches beside training's (a restart compiles fast)
-        from tasktune.tuning.training.compiling import cache_root
-
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+        _inductor_cache(args.decode_compile)
     config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads,
                          args.decode_compile, args.max_queue_delay / 1000, trust)
     args.in_process = engine_in_process(args.engine_process)  # for the startup line, as args.dequantised
@@ -209,6 +207,31 @@ def build(args: argparse.Namespace):
                                   args.read_timeout, args.max_header_bytes))
     hosts = allowed_hosts(args.host, args.allowed_host)
     return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin), hosts=hosts), service, api_key
+
+
+def _inductor_cache(choice: str) -> None:
+    """TORCHINDUCTOR_CACHE_DIR under $TASKTUNE_CACHE, made now: a $TASKTUNE_CACHE (or HOME) where no folder can be
+    made failed the model's load, said as `could not load model ...: Not a directory: '/dev/null/x'`. Where it cannot
+    be made, --decode-compile on is refused naming it; auto leaves inductor its own cache (a warning on CUDA)."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.training.compiling import cache_root
+
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder = cache_root() / "inductor"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = "$TASKTUNE_CACHE" if os.environ.get("TASKTUNE_CACHE") else "the cache folder"
+        why = f"{where}: cannot make {folder} ({exc.strerror or exc}); set $TASKTUNE_CACHE to a writable folder"
+        if choice == "on":
+            raise ConfigError(f"--decode-compile on: {why}, or give --decode-compile off") from None
+        import torch
+
+        if torch.cuda.is_available():
+            print(f"tasktune serve: warning: {why}: inductor keeps its own cache", file=sys.stderr, flush=True)
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def _api_key(flag: str | None) -> str | None:
@@ -232,8 +255,15 @@ def _api_key(flag: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tasktune.errors import ConfigError
+
     from .shutdown import GracefulServer
 
+    try:  # a folder deleted under the shell: torch's import died in oneMKL (`FATAL ERROR: Cannot load libtorch_cpu`)
+        os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError("the current folder no longer exists (deleted after the shell entered it): cd to another "
+                          "folder and run it again") from None
     sock = bind(args.host, args.port)  # before the model loads: a port in use is said at once
     try:
         app, service, api_key = build(args)

@@ -161,6 +161,37 @@ def test_a_run_whose_folder_name_holds_an_equals_sign_takes_its_spec(serve_runs,
     rc, err = serve([str(folder), "--port", "0", "--spec", "a=b=grid"])
     assert rc == "the server started" and "error" not in err and "its spec is unknown" not in err, (rc, err)
 
+
+def test_a_cache_folder_that_cannot_be_made_is_named(serve_runs, serve, tmp_path, monkeypatch):
+    """$TASKTUNE_CACHE under a file: the server failed to start with `could not load model MODEL (local folder):
+    [Errno 20] Not a directory`, blaming the model. Now the default (auto) starts, and --decode-compile on is
+    refused naming $TASKTUNE_CACHE and the folder."""
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    monkeypatch.setenv("TASKTUNE_CACHE", str(tmp_path / "file" / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0"])
+    assert rc == "the server started" and "error" not in err, (rc, err)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0", "--decode-compile", "on"])
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"tasktune serve: error: --decode-compile on: $TASKTUNE_CACHE: cannot "
+                                            f"make {tmp_path}/file/cache/compile/inductor (Not a directory); set "
+                                            "$TASKTUNE_CACHE to a writable folder, or give --decode-compile off"), err
+
+
+def test_a_deleted_current_folder_is_one_line(serve_runs, serve, monkeypatch):
+    """Started in a folder deleted under the shell, `tasktune serve` died importing torch with `Intel oneMKL FATAL
+    ERROR: Cannot load .../libtorch_cpu.so`, which names no cause (os.getcwd fails there: faked here)."""
+    import os
+
+    def gone():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "getcwd", gone)
+    rc, err = serve([str(serve_runs["grid"]), "--port", "0"])
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "tasktune serve: error: the current folder no longer exists (deleted after the shell entered it): cd to "
+        "another folder and run it again"), err
+
 @pytest.mark.parametrize("runs, flags, says", [
     (["tiny-base={grid}"], ["--base-name", "tiny-base"], "run name 'tiny-base' is the base model's name"),
     (["auto={grid}"], [], "run name 'auto' is the model name that routes requests"),
