@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
+import operator
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -233,10 +235,13 @@ def plain_json(value: Any, where: str = "result", depth: int = 0) -> Any:
         except ValueError:
             raise _NotJson(f"{where}: an integer too long to write") from None
         return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
+    if isinstance(value, numbers.Integral):  # numpy's int64 (a count from numpy or pandas): an int, as it says
+        return plain_json(operator.index(value), where, depth)
+    if isinstance(value, (float, numbers.Real)):  # numpy's float32 too (float64 is a float)
+        number = float(value)
+        if not math.isfinite(number):
             raise _NotJson(f"{where}: {value} is not a JSON number")
-        return float(value)
+        return number
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -247,7 +252,9 @@ def plain_json(value: Any, where: str = "result", depth: int = 0) -> Any:
         return out
     if isinstance(value, (list, tuple)):
         return [plain_json(item, f"{where}[{k}]", depth + 1) for k, item in enumerate(value)]
-    raise _NotJson(f"{where}: {type(value).__name__!r} is not a JSON type")
+    kind = type(value)
+    named = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    raise _NotJson(f"{where}: {named!r} is not a JSON type")  # (numpy.bool, not a bare 'bool')
 
 
 def _utf8(text: str, where: str) -> str:

@@ -4,6 +4,8 @@ or returns is described and checked on its worker thread, and fails its own requ
 
 from __future__ import annotations
 
+import re
+
 import openai
 import pytest
 
@@ -71,3 +73,23 @@ def test_a_registry_name_that_is_no_tool_is_warned_about():
     warned.clear()
     check_actions("grid", {"site_check": act}, {"grid": TaskTools(load_spec("grid"))}, warned.append)
     assert warned == []
+
+
+def test_numpy_numbers_in_a_result_are_json_numbers(acting, monkeypatch):  # noqa: F811
+    """Counts computed with numpy or pandas come as numpy.int64: a number where the tool wants one, yet the action
+    failed with 502 `'int64' is not a JSON type`. Integers and reals of any kind (numbers.Integral, numbers.Real)
+    are now JSON numbers; what is not a number still fails, named with its module (`numpy.bool`, not `bool`)."""
+    import numpy as np
+
+    result = {"expected": np.int64(47), "present": np.int32(34), "ok": np.uint8(34), "share": np.float32(0.5)}
+    _act(acting, monkeypatch, lambda place, check: result)
+    reply = acting.client().chat.completions.create(model="grid", messages=ASK)
+    (executed,) = reply.choices[0].message.model_extra["executed_tool_calls"]
+    assert executed["result"] == {"expected": 47, "present": 34, "ok": 34, "share": 0.5}, executed
+    assert all(type(v) in (int, float) for v in executed["result"].values())
+    _act(acting, monkeypatch, lambda place, check: {**result, "all_present": np.bool_(True)})
+    with pytest.raises(openai.APIStatusError) as err:
+        acting.client().chat.completions.create(model="grid", messages=ASK)
+    assert err.value.status_code == 502, err.value.body
+    assert re.search(r"result\.all_present: 'numpy\.bool_?' is not a JSON type", err.value.body["message"]), \
+        err.value.body  # (numpy 1 names it bool_)
