@@ -92,7 +92,8 @@ def two_action_server(serve_runs, tmp_path_factory):
     (root / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
     (root / "parallel_acts.py").write_text(
         "RAN = []\n"
-        "def site_check(place, check):\n    RAN.append('site_check')\n    return {'expected': 5, 'present': 1, 'ok': 1}\n"
+        "def site_check(place, check):\n    RAN.append('site_check')\n"
+        "    return {'expected': 5, 'present': 1, 'ok': 1}\n"
         "def site_log(place, check):\n    RAN.append('site_log')\n    return {'expected': 9, 'present': 1, 'ok': 1}\n"
         "REGISTRY = {'site_check': site_check, 'site_log': site_log}\n", encoding="utf-8")
     server = LiveServer(two_runs_argv(serve_runs, "--spec", f"grid={root / 'spec.yaml'}",
