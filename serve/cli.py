@@ -115,23 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _pairs(values: list[str], flag: str, names: list[str] = ()) -> dict[str, str]:
-    """NAME=VALUE pairs; NAME is the longest of `names` (the served runs) that the value starts with and "=" follows
-    (a run folder whose own name holds "=" is served by that name), else what comes before the first "="."""
-    from tasktune.errors import ConfigError
-
-    out = {}
-    for value in values:
-        known = max((n for n in names if value.startswith(f"{n}=")), key=len, default=None)
-        name, sep, rest = (known, "=", value[len(known) + 1:]) if known else value.partition("=")
-        if not sep or not name or not rest:
-            raise ConfigError(f"{flag} {value!r}: expected NAME=VALUE")
-        if name in out and out[name] != rest:  # the last one won without a word
-            raise ConfigError(f"{flag} {name}=...: given twice ({out[name]}, {rest}); give one")
-        out[name] = rest
-    return out
-
-
 def engine_in_process(choice: str) -> bool:
     """--engine-process: auto is on where a CUDA GPU is (the GIL, not the GPU, limits a batch there)."""
     if choice != "auto":
@@ -157,6 +140,7 @@ def build(args: argparse.Namespace):
     from .actions.loading import server_actions
     from .service import Limits, Service, load_tools
     from .site import allowed_hosts
+    from .startup import api_key as startup_api_key, inductor_cache, pairs
     from .window import fit_window
 
     if args.threads:
@@ -169,7 +153,7 @@ def build(args: argparse.Namespace):
     switch = env_number("TASKTUNE_SWITCH_INTERVAL", None, Range(float, 1e-6, 1.0))
     if switch is not None:
         sys.setswitchinterval(switch)
-    api_key = _api_key(args.api_key)
+    api_key = startup_api_key(args.api_key)
     runs = []
     for item in args.runs:
         name, sep, path = item.partition("=")
@@ -182,7 +166,7 @@ def build(args: argparse.Namespace):
     first = next(iter(view.runs.values()))
     base_name = args.base_name or Path(first.base_model).name or first.base_model
     names_apart(list(view.runs), base_name, bool(args.base_name))
-    tools = load_tools(view.runs, _pairs(args.spec, "--spec", list(view.runs)))
+    tools = load_tools(view.runs, pairs(args.spec, "--spec", list(view.runs)))
     actions = server_actions(args, tools) if args.actions else None
     router = load_router(args.router, view.runs, trust, tools) if args.router else None
     # prompts are cut to the runs' max_source_length (as training and eval cut them): a slot holds that plus
@@ -190,7 +174,7 @@ def build(args: argparse.Namespace):
     args.max_tokens, width = fit_window(view.context, view.runs.values(), args.max_tokens,
                                         lambda line: print(line, file=sys.stderr, flush=True))
     if args.decode_compile != "off":  # inductor's content-keyed caches beside training's (a restart compiles fast)
-        _inductor_cache(args.decode_compile)
+        inductor_cache(args.decode_compile)
     config = ChildConfig(runs, args.max_batch_size, args.decode, width, args.decode_weights, args.threads,
                          args.decode_compile, args.max_queue_delay / 1000, trust)
     args.in_process = engine_in_process(args.engine_process)  # for the startup line, as args.dequantised
@@ -207,51 +191,6 @@ def build(args: argparse.Namespace):
                                   args.read_timeout, args.max_header_bytes))
     hosts = allowed_hosts(args.host, args.allowed_host)
     return create_app(service, api_key=api_key, cors_origins=tuple(args.cors_origin), hosts=hosts), service, api_key
-
-
-def _inductor_cache(choice: str) -> None:
-    """TORCHINDUCTOR_CACHE_DIR under $TASKTUNE_CACHE, made now: a $TASKTUNE_CACHE (or HOME) where no folder can be
-    made failed the model's load, said as `could not load model ...: Not a directory: '/dev/null/x'`. Where it cannot
-    be made, --decode-compile on is refused naming it; auto leaves inductor its own cache (a warning on CUDA)."""
-    from tasktune.errors import ConfigError
-    from tasktune.tuning.training.compiling import cache_root
-
-    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
-        return
-    folder = cache_root() / "inductor"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        where = "$TASKTUNE_CACHE" if os.environ.get("TASKTUNE_CACHE") else "the cache folder"
-        why = f"{where}: cannot make {folder} ({exc.strerror or exc}); set $TASKTUNE_CACHE to a writable folder"
-        if choice == "on":
-            raise ConfigError(f"--decode-compile on: {why}, or give --decode-compile off") from None
-        import torch
-
-        if torch.cuda.is_available():
-            print(f"tasktune serve: warning: {why}: inductor keeps its own cache", file=sys.stderr, flush=True)
-        return
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-
-
-def _api_key(flag: str | None) -> str | None:
-    """--api-key, else $TASKTUNE_API_KEY, else None (no key). An empty one is refused rather than read as none (a
-    script's `--api-key "$KEY"` with KEY unset served openly), and one no client can send (blank, spaces around it,
-    control characters: a header carries none of these) rather than refusing every request with 401."""
-    from tasktune.errors import ConfigError
-
-    where, key = ("--api-key", flag) if flag is not None else ("$TASKTUNE_API_KEY", os.environ.get("TASKTUNE_API_KEY"))
-    if key is None:
-        return None
-    if not key.strip():
-        raise ConfigError(f"{where}: the key is empty; give a key, or leave {where} out to serve without one")
-    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ConfigError(f"{where}: the key has spaces at its ends or control characters, which no client can "
-                          "send in an Authorization header")
-    if not key.isascii():  # httpx raises UnicodeEncodeError; a browser sends `ä` as one Latin-1 byte
-        raise ConfigError(f"{where}: the key has characters outside ASCII, which the openai clients cannot send in "
-                          "a header")
-    return key
 
 
 def run(args: argparse.Namespace) -> int:
