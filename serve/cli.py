@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tasktune.flags import Range, nonempty
-from tasktune.tuning.run import Trust
+from tasktune.tuning.run import Trust, split_run_name
 
 DESCRIPTION = """\
 Serve trained runs behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models; streaming
@@ -135,7 +135,7 @@ def build(args: argparse.Namespace):
     from tasktune.tuning.inference.engine_process import EngineProcess
     from tasktune.errors import ConfigError
 
-    from .names import exists, names_apart, shown
+    from .names import names_apart
     from .router import load_router
     from .actions.loading import server_actions
     from .service import Limits, Service, load_tools
@@ -154,13 +154,7 @@ def build(args: argparse.Namespace):
     if switch is not None:
         sys.setswitchinterval(switch)
     api_key = startup_api_key(args.api_key)
-    runs = []
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        named = bool(sep) and not exists(item)  # (a folder whose own name holds "=" is a RUN_DIR)
-        if named and not (name.strip() and path):
-            raise ConfigError(f"{shown(item)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
-        runs.append((name, path) if named else (None, item))
+    runs = [split_run_name(item) for item in args.runs]  # (a folder whose own name holds "=" is a RUN_DIR)
     trust = Trust.from_args(args)  # the user's grants; a run folder's record gives none (tuning/run.py)
     view = load_view(runs, trust)  # the runs and the tokenizer, checked before any model loads
     first = next(iter(view.runs.values()))

@@ -3,8 +3,6 @@ distinct from each other, from the base's and from `auto`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tasktune.errors import ConfigError
 
 from .service import AUTO
@@ -28,13 +26,6 @@ def name_problem(name: str) -> str | None:
 def shown(text: str) -> str:
     """`text` quoted for an error line: escapes shown, cut to 60 characters."""
     return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
-
-
-def exists(item: str) -> bool:
-    try:
-        return Path(item).exists()
-    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder
-        return False
 
 
 def names_apart(runs: list[str], base_name: str, named: bool) -> None:
