@@ -226,7 +226,8 @@ def plan_counts(spec: TaskSpec, n: int, warnings: list[str] | None = None) -> tu
     if not chain_n and not any(counts.values()):  # (only when every step has a count or share: free ones get n)
         _no_records(spec, n)
     if rest and not free and warnings is not None:
-        warnings.append(f"{spec.path}: n is {n:,} but every step has a count or share and, with the chains, they "
+        chains = ", with the chains," if chain_n else ""
+        warnings.append(f"{spec.path}: n is {n:,} but every step has a count or share and{chains} they "
                         f"ask for {n - rest:,} records: the other {rest:,} are not made (leave one step without "
                         "count/share to take the rest, or lower n)")
     return {s.name: counts[s.name] for s in spec.steps}, chain_n

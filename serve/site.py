@@ -108,7 +108,7 @@ class SiteGuard:
             name, _ = _split_host(host)
             if name not in self.hosts and not _is_ip(name):
                 return _error(403, f"Host {host[:100]!r} is not a name of this server (DNS rebinding?); a server "
-                              "bound elsewhere than this machine may name it with --allowed-host",
+                              "reached under another name (a reverse proxy's) is told that name with --allowed-host",
                               code="host_not_allowed")
         origin = headers.get("origin")
         if origin is None or self.any_origin or origin.rstrip("/").lower() in self.origins:

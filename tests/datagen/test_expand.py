@@ -37,10 +37,13 @@ def test_counts_below_n_with_no_step_to_take_the_rest_are_a_warning(tmp_path):
     examples, warnings = run(tmp_path, text, n=40)
     assert len(examples) == 20
     assert [w for w in warnings if "are not made" in w] == [
-        f"{tmp_path / 'spec.yaml'}: n is 40 but every step has a count or share and, with the chains, they ask for "
+        f"{tmp_path / 'spec.yaml'}: n is 40 but every step has a count or share and they ask for "
         "20 records: the other 20 are not made (leave one step without count/share to take the rest, or lower n)"]
     examples, warnings = run(tmp_path, n=40)
     assert len(examples) == 40 and not any("are not made" in w for w in warnings)
+    # the chains are named only where the spec has them
+    _, warnings = run(tmp_path, text + "chains: {steps: [greet, arguments], count: 5}\n", n=40)
+    assert [w for w in warnings if "are not made" in w and "with the chains, they ask for 25 records" in w]
 
 
 def test_more_unique_than_combinations_is_an_error(tmp_path):
