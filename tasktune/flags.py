@@ -208,3 +208,15 @@ def check_choices(config: Any) -> None:
             setattr(config, f.name, value)
         if choices and str(value) not in choices:
             raise ConfigError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each option's default, where it has one: argparse's own formatter also printed
+    "(default: None)" after required options and flags with no default (`tasktune compare --model`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, check_output_folder
+from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, DefaultsHelpFormatter, check_output_folder
 from tasktune.tuning import tiny
 from tasktune.tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
 from tasktune.tuning.run import Trust
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "model on UNPAIRED text (prompts and answers as separate documents). Like a real base model it "
             "writes fluent domain text but does not do the task; `tasktune train` teaches the task."
         ),
+        formatter_class=DefaultsHelpFormatter,
     )
     tiny.add_arguments(p)
     p.set_defaults(func=tiny.run)
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "TensorBoard logs, loss.png and tasktune_run.json (what is needed to reproduce the run). "
             "Re-running the same command resumes from the last checkpoint; Ctrl-C saves one first."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_train)
@@ -83,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "evaluate it on the dev set, and write OUT/compare.md, compare.png and compare.json: trainable "
             "parameters, checkpoint size, peak memory, seconds per step and dev metrics (base -> tuned)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="base model folder or hub id (tiny model on CPU)")
     p.add_argument("--data", required=True, help="data folder with train/dev splits")
