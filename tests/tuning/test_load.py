@@ -105,3 +105,26 @@ def test_tokenizer_without_pad_uses_eos_and_pads_left(tiny_model_dir):
 def test_tokenizer_keeps_its_own_pad(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir("llama"), padding_side="right")
     assert tokenizer.pad_token == "<pad>" and tokenizer.padding_side == "right"
+
+
+def test_a_classification_base_loads_without_the_report_of_its_new_head(tiny_model_dir, capfd):
+    """Every classification train, eval and `serve --router` printed transformers' LOAD REPORT (score.weight
+    MISSING, "Consider training on your downstream task"): the head is new by design. Other rows keep the report."""
+    import logging
+
+    from tasktune.tuning.model.load import _HeadReportFilter
+
+    load_model(tiny_model_dir("glm"), task="classification", num_labels=3)
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    table = "Key          | Status  | \n-------------+---------+-\n{rows}\nNotes:\n- MISSING:\tthose params were newly"
+
+    def kept(rows: str) -> bool:
+        message = "\x1b[1mGlm LOAD REPORT\x1b[0m from: x\n" + table.format(rows=rows)
+        return _HeadReportFilter().filter(logging.LogRecord("t", logging.WARNING, "f", 1, message, None, None))
+
+    assert not kept("score.weight | MISSING | ") and not kept("score.weight | MISSING | \nscore.bias   | MISSING | ")
+    assert kept("score.weight | MISSING | \nmodel.layers.0.mlp.up.weight | MISSING | ")
+    assert not kept("score.weight | MISSING | \nlm_head.weight | UNEXPECTED | ")
+    assert kept("score.weight | MISMATCH | ") and kept("lm_head.weight | MISSING | ")
+    assert kept("score.weight | MISSING | \nmodel.norm.weight | UNEXPECTED | ")
+    assert _HeadReportFilter().filter(logging.LogRecord("t", logging.WARNING, "f", 1, "other text", None, None))

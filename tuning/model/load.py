@@ -10,7 +10,10 @@ vocabulary) and a run's recorded base is resolved beside it; each check is a sma
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 from pathlib import Path
 
 from tasktune.errors import ConfigError, TaskTuneWarning
@@ -108,6 +111,43 @@ def check_vocabulary(name, tokenizer, config, top_id: int, model=None) -> None:
     raise ConfigError(f"{where}: {what} is smaller than the tokenizer's {len(tokenizer):,} tokens (the data holds "
                       f"token id {top_id:,}); the model and tokenizer do not belong together, or vocab_size was "
                       "edited")
+
+
+#: AutoModelForSequenceClassification over a causal LM's checkpoint: its new head is MISSING (score.*; classifier.*
+#: in others), the unused language-model head UNEXPECTED
+_HEAD_ROWS = {"MISSING": re.compile(r"(score|classifier)\.(weight|bias)"),
+              "UNEXPECTED": re.compile(r"lm_head\.(weight|bias)")}
+
+
+class _HeadReportFilter(logging.Filter):
+    """Drop transformers' LOAD REPORT when all it reports is the classification head as MISSING (new by design:
+    training learns it, a trained run's adapter holds it) and the language-model head as UNEXPECTED (unused): it told
+    every classification train, eval and `serve --router` to "consider training on your downstream task". Any
+    other row keeps the report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.getMessage())
+        if "LOAD REPORT" not in text:
+            return True
+        rows = [re.split(r"\s*\|\s*", line.strip()) for line in text.splitlines() if "|" in line]
+        rows = [r for r in rows if len(r) >= 2 and r[0] not in ("Key", "") and not set(r[0]) <= set("-+")]
+        return not rows or not all(any(status in r[1] and key.fullmatch(r[0]) for status, key in _HEAD_ROWS.items())
+                                   for r in rows)
+
+
+@contextlib.contextmanager
+def _no_head_report(task: str):
+    """While a classification base loads, transformers' report of its new head is not printed (_HeadReportFilter)."""
+    if task != "classification":
+        yield
+        return
+    target = logging.getLogger("transformers.modeling_utils")
+    quiet = _HeadReportFilter()
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
@@ -237,7 +277,7 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        with library_bars_on_terminal_only():
+        with library_bars_on_terminal_only(), _no_head_report(task):
             model = _from_pretrained(auto.from_pretrained, name, folder, **kwargs)
     except RuntimeError as exc:
         if "mismatched_sizes" not in str(exc):
