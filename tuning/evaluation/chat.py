@@ -33,8 +33,9 @@ def chat(run_dir: str | Path, *, base: bool = False, max_new_tokens: int = 128, 
     adapter = bot.run.adapter  # an answer cap the window cannot hold is said now, not at the first line typed
     prompt_room(adapter.model, max_new_tokens, 0 if base else adapter.reserved_positions)
     who = "base" if base else "tuned"
-    print(f"tasktune chat ({who} model, {bot.run.config.model}). Empty line or Ctrl-D quits; `clear` forgets "
-          "history.", file=stdout)
+    print(f"tasktune chat ({who} model, {bot.run.config.model}). Type each line as the run's data writes its "
+          "prompts (a record's `content`, frame included: the model was tuned on that frame; `tasktune serve` frames "
+          "plain text for you). Empty line or Ctrl-D quits; `clear` forgets history.", file=stdout)
     turns: list[tuple[str, str]] = []
     try:
         _converse(stdin, stdout, bot, who=who, base=base, max_new_tokens=max_new_tokens,
