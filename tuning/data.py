@@ -61,12 +61,16 @@ class TruncationReport:
     source_truncated: int
     target_truncated: int
     source: str = "dataset"
+    longest_source: int = 0  # tokens of the longest prompt / response, before cutting
+    longest_target: int = 0
 
     def __str__(self) -> str:
-        return (
-            f"{self.source}: {self.total} examples, {self.source_truncated} prompts truncated, "
-            f"{self.target_truncated} responses truncated"
-        )
+        text = (f"{self.source}: {self.total} examples, {self.source_truncated} prompts truncated, "
+                f"{self.target_truncated} responses truncated")
+        fits = [f"{flag} {n}" for flag, n, cut in [("--max-source-length", self.longest_source, self.source_truncated),
+                                                    ("--max-target-length", self.longest_target, self.target_truncated)]
+                if cut and n]
+        return text + (f" (keeping every token takes {' and '.join(fits)})" if fits else "")
 
 
 # ---------------------------------------------------------------- loading
@@ -252,7 +256,8 @@ def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
         a = a + [tokenizer.eos_token_id]
         input_ids.append(p + a)
         labels.append([IGNORE_INDEX] * len(p) + a)
-    report = TruncationReport(len(input_ids), src_cut, tgt_cut, source)
+    report = TruncationReport(len(input_ids), src_cut, tgt_cut, source, max(map(len, prompt_ids), default=0),
+                              max(map(len, answer_ids), default=0))
     log.info("%s", report)
     if tgt_cut == len(input_ids):
         raise DataError(

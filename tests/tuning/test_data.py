@@ -264,6 +264,11 @@ def test_truncation_counts_and_kept_parts(data_dir, tokenizer):
     assert row["labels"][:src] == [IGNORE_INDEX] * src
     assert all(len([t for t in r["labels"] if t != IGNORE_INDEX]) <= tgt + 1 for r in tokenized)
     assert "1 prompts truncated" in str(report)
+    # what keeps every token is said (grid's whole-dialogue records lost tokens at the default 64, with no hint)
+    assert str(report).endswith(f"(keeping every token takes --max-source-length {max(lengths)} and "
+                                f"--max-target-length {max(answers)})")
+    _, whole = tokenize_dataset(ds, tokenizer, DataConfig(max_source_length=max(lengths), max_target_length=tgt))
+    assert str(whole).endswith(f"(keeping every token takes --max-target-length {max(answers)})")
 
 
 def test_all_responses_or_prompts_too_long_is_an_error(data_dir, tokenizer):
