@@ -37,3 +37,14 @@ def read_tensors(path: Path, expected: set[str] | None = None) -> dict[str, torc
             raise ConfigError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s); the adapter is "
                               f"damaged (train it again, or resume from an earlier checkpoint)")
     return tensors
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Each tensor's shape in the safetensors file `path`, read from its header alone (no tensor data)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as exc:  # SafetensorError on a truncated or corrupt header
+        raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None

@@ -28,6 +28,7 @@ from tasktune.tuning.run import ADAPTER_FILES, read_json_object
 from .adapter import METHOD_FILE, Adapter, folder_bytes, read_method_info  # noqa: F401
 from .ours import PrefixAdapter, attach_prefix, load_prefix
 from .peft import PeftAdapter, attach_peft, load_peft
+from .peft_files import check_adapter_config
 from .weights import (BITFIT_FILE, FULL_COPY_LIMIT_BYTES, FULL_FILE, BitFitAdapter, FullAdapter,  # noqa: F401
                       attach_bitfit, attach_full, load_bitfit, load_full)
 
@@ -170,6 +171,7 @@ def check_method_files(folder: Path) -> dict:
         raise ConfigError(f"{where}: method is {method.name!r}, whose adapter is PEFT's {method.peft_type} in "
                           f"{ADAPTER_FILES[0]}, which {folder} lacks: {disagree}")
     config = read_json_object(config_path)
+    check_adapter_config(config, config_path, folder / ADAPTER_FILES[1])  # its values and shapes, before PEFT's
     task_type = "SEQ_CLS" if task == "classification" else "CAUSAL_LM"
     found = {"peft_type": config.get("peft_type"), "task_type": config.get("task_type")}
     for key, want, said in (("peft_type", method.peft_type, f"method is {method.name!r}"),

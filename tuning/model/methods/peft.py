@@ -142,12 +142,42 @@ def stop_checkpointing(model) -> None:
 def load_peft(model, folder: Path, info: dict, is_trainable: bool) -> PeftAdapter:
     from peft import PeftModel
 
+    from tasktune.tuning.model.tensors import read_tensors
+
+    weights = folder / "adapter_model.safetensors"
+    saved = read_tensors(weights)  # NaN/inf, integer tensors: PEFT loads them as found (a NaN LoRA answered, exit 0)
     if info["method"] in ("ptuning-v2", "prefix"):  # PEFT prefix (classification): see stop_checkpointing
         stop_checkpointing(model)
     try:
         with _quiet_peft():
             peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
-    except (ValueError, RuntimeError, KeyError, OSError) as exc:
-        raise ConfigError(f"{folder}: peft could not load this adapter onto the model: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except KeyError as exc:  # a prompt-learning file without its tensor
+        raise ConfigError(f"{weights}: lacks the tensor {exc} that {folder / 'adapter_config.json'} needs") from None
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(f"{folder}: peft could not load this adapter onto the model: {_load_error(exc)}") from None
+    _check_all_used(peft_model, saved, weights)
     return PeftAdapter(peft_model, info["method"], info.get("task", "causal-lm"), info.get("labels"))
+
+
+def _load_error(exc: BaseException) -> str:
+    """PEFT's/torch's error on one line: a state_dict's first size mismatch, not its bare heading ("Error(s) in
+    loading state_dict for PeftModelForCausalLM:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith(("size mismatch", "Missing", "Unexpected"))), None)
+    return " ".join(filter(None, (lines[0] if lines else type(exc).__name__, detail)))[:600]
+
+
+def _check_all_used(peft_model, saved: dict, weights: Path) -> None:
+    """Every tensor of the file went into the model, and the model's adapter got every weight it has: PEFT loads
+    with strict=False, so an adapter_config.json whose target_modules or layers_to_transform no longer match the
+    file (or a file missing tensors) left the adapter's weights at their initial values, with exit 0."""
+    from peft import get_peft_model_state_dict
+
+    wanted = get_peft_model_state_dict(peft_model)
+    unused, missing = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    if unused or missing:
+        parts = [f"{len(unused)} tensor(s) the model has no place for ({', '.join(unused[:3])})"] if unused else []
+        if missing:
+            parts.append(f"no tensor for {len(missing)} weight(s) of the adapter ({', '.join(missing[:3])})")
+        raise ConfigError(f"{weights}: does not fit the adapter its adapter_config.json describes: {'; '.join(parts)}; "
+                          "the two files are of different adapters, or one was edited")

@@ -93,6 +93,17 @@ def load_bitfit(model, folder: Path, is_trainable: bool) -> BitFitAdapter:
     if unknown:
         raise ConfigError(f"{folder / BITFIT_FILE}: biases {unknown[:3]} are not in {type(model).__name__}; "
                           "saved for a different base model")
+    # every bias of the base, each of its shape: a file lacking some left those at the base's values (exit 0), and
+    # one of another shape was a RuntimeError traceback from copy_
+    missing = sorted(set(_bias_names(model)) - set(tensors))
+    if missing:
+        raise ConfigError(f"{folder / BITFIT_FILE}: lacks {len(missing)} of the {len(_bias_names(model))} biases of "
+                          f"{type(model).__name__} ({', '.join(missing[:3])}); the file is incomplete, or was saved "
+                          "for a different base model")
+    for name, tensor in sorted(tensors.items()):
+        if tensor.shape != params[name].shape:
+            raise ConfigError(f"{folder / BITFIT_FILE}: tensor {name!r} has shape {list(tensor.shape)}, the base's "
+                              f"bias has {list(params[name].shape)}; saved for a different base model")
     for param in model.parameters():
         param.requires_grad_(False)
     adapter = BitFitAdapter(model, sorted(tensors))

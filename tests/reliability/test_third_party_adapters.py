@@ -1,0 +1,140 @@
+"""A seventh probe: adapter files another program (or hand) wrote into a run folder. adapter_config.json's values
+and the weights' tensors are checked against each other, exit 2 naming the file and the field, never a traceback
+or an adapter that silently loads as something else (docs/reliability.md, "A seventh probe")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from reliability_util import ADAPTER, run_cli, train_argv
+from tasktune.tuning.model import methods
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_glm, train_data, tmp_path_factory):
+    """One finished 1-step run per adapter family: ours (ptuning-v2), PEFT's lora and prompt, BitFit."""
+    out = {}
+    for method in ("ptuning-v2", "lora", "prompt", "bitfit"):
+        folder = tmp_path_factory.mktemp("third-party") / method
+        assert run_cli(train_argv(tiny_glm, train_data, folder, method=method, max_steps=1, save_steps=1)) == 0
+        out[method] = folder
+    return out
+
+
+def _copy(runs, method, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[method], run)
+    return run
+
+
+def _edit_config(run, **changes):
+    path = run / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
+def _eval(run, capsys):
+    capsys.readouterr()
+    code = run_cli(["eval", str(run), "--limit", "1", "--max-new-tokens", "2"])
+    return code, capsys.readouterr().err
+
+
+CONFIG_VALUES = [  # (method, edit of adapter_config.json, what the message says)
+    ("ptuning-v2", {"num_virtual_tokens": 4.0}, "num_virtual_tokens: expected an integer, got float 4.0"),  # TypeError
+    ("ptuning-v2", {"num_virtual_tokens": "4"}, "num_virtual_tokens: expected an integer, got str '4'"),
+    ("ptuning-v2", {"num_virtual_tokens": ...}, "num_virtual_tokens: missing"),
+    ("ptuning-v2", {"num_transformer_submodules": "x"}, "num_transformer_submodules: expected an integer"),
+    ("ptuning-v2", {"prefix_projection": "yes"}, "prefix_projection: expected true or false, got 'yes'"),
+    ("lora", {"r": "8"}, "r: expected an integer, got str '8'"),  # TypeError from PEFT's `<=`
+    ("lora", {"r": 8.5}, "r: expected an integer, got float 8.5"),
+    ("lora", {"r": 4}, "gives r 4"),  # the weights' rank is 8: was PEFT's cut "Error(s) in loading state_dict"
+    ("lora", {"lora_alpha": "nan"}, "lora_alpha: expected a finite float"),  # TypeError
+    ("lora", {"target_modules": 5}, "target_modules: expected a module name or a list of them"),  # TypeError
+    ("lora", {"use_dora": "yes"}, "use_dora: expected true or false"),  # loaded as DoRA without its weights, exit 0
+    ("prompt", {"num_virtual_tokens": 10**9}, "num_virtual_tokens: expected int >= 1 and <= 4096"),  # 256 GB alloc
+    ("prompt", {"num_virtual_tokens": "16"}, "num_virtual_tokens: expected an integer"),  # TypeError
+    ("prompt", {"num_virtual_tokens": 8}, "gives num_virtual_tokens 8"),  # cut "Error(s) in loading state_dict"
+]
+
+
+@pytest.mark.parametrize("method,changes,said", CONFIG_VALUES,
+                         ids=[f"{m}-{'-'.join(c)}={list(c.values())[0]!r:.12}" for m, c, _ in CONFIG_VALUES])
+def test_adapter_config_values_are_checked_before_the_base_loads(runs, method, changes, said, tmp_path, capsys,
+                                                                 monkeypatch):
+    run = _copy(runs, method, tmp_path)
+    _edit_config(run, **changes)
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("the base was loaded before adapter_config.json was checked")
+
+    monkeypatch.setattr(methods, "load_base", no_base)
+    code, err = _eval(run, capsys)
+    assert code == 2 and "Traceback" not in err and "AssertionError" not in err, err
+    assert f"{run / 'adapter_config.json'}" in err and said in err, err
+    assert not (run / "eval").exists()
+
+
+def _nan(tensors):
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    return tensors
+
+
+def _extra(tensors):
+    return {**tensors, "base_model.model.extra.weight": torch.zeros(3)}
+
+
+def _drop_first(tensors):
+    return {k: v for k, v in tensors.items() if k != sorted(tensors)[0]}
+
+
+def _grow_first(tensors):
+    name = sorted(tensors)[0]
+    return {**tensors, name: torch.zeros(*[n + 1 for n in tensors[name].shape])}
+
+
+WEIGHTS = [  # (method, weight file, change, what the message says); each loaded with exit 0 or was a traceback
+    ("lora", ADAPTER, _nan, "NaN or infinite"),
+    ("lora", ADAPTER, lambda t: {k: v.to(torch.int32) for k, v in t.items()}, "adapter weights are floating point"),
+    ("lora", ADAPTER, _extra, "1 tensor(s) the model has no place for (base_model.model.extra.weight)"),
+    ("lora", ADAPTER, _drop_first, "no tensor for 1 weight(s) of the adapter"),
+    ("prompt", ADAPTER, _nan, "NaN or infinite"),
+    ("prompt", ADAPTER, _extra, "the model has no place for"),
+    ("prompt", ADAPTER, lambda t: {}, "lacks the tensor 'prompt_embeddings'"),  # was "peft could not ...: 'prompt_e…"
+    ("bitfit", "tasktune_bitfit.safetensors", _drop_first, "lacks 1 of the"),
+    ("bitfit", "tasktune_bitfit.safetensors", lambda t: {}, "biases of"),
+    ("bitfit", "tasktune_bitfit.safetensors", _grow_first, "the base's bias has"),  # RuntimeError traceback
+]
+
+
+@pytest.mark.parametrize("method,file,change,said", WEIGHTS,
+                         ids=[f"{m}-{i}" for i, (m, *_rest) in enumerate(WEIGHTS)])
+def test_adapter_weights_that_do_not_fit_are_refused(runs, method, file, change, said, tmp_path, capsys):
+    run = _copy(runs, method, tmp_path)
+    path = run / file
+    save_file(change(load_file(str(path))), str(path))
+    code, err = _eval(run, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert str(path) in err and said in err, err
+    assert not (run / "eval").exists()
+
+
+def test_an_untouched_third_party_style_folder_still_evaluates(runs, tmp_path, capsys):
+    """The checks pass what PEFT itself writes (every family, f16 weights too)."""
+    for method in ("lora", "prompt"):
+        run = _copy(runs, method, tmp_path / method)
+        tensors = load_file(str(run / ADAPTER))
+        save_file({k: v.half() for k, v in tensors.items()}, str(run / ADAPTER))
+        code, err = _eval(run, capsys)
+        assert code == 0, err
