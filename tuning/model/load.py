@@ -91,10 +91,25 @@ def load_config(name_or_path, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return _from_pretrained(AutoConfig.from_pretrained, name, folder, trust_remote_code=trust_remote_code)
+        config = _from_pretrained(AutoConfig.from_pretrained, name, folder, trust_remote_code=trust_remote_code)
     except (StrictDataclassError, TypeError, ValueError, KeyError, AttributeError, OSError) as exc:
         text = _one_line(exc)
         raise _remote_code_error(name, text, trust_remote_code) or ConfigError(f"{where}: {text}") from None
+    _check_sizes(config, where)
+    return config
+
+
+#: config.json's sizes a model is built from: `num_key_value_heads: 0` was a ZeroDivisionError traceback, and
+#: `num_hidden_layers: 0` built a model of no layers that trained with exit 0
+SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _check_sizes(config, where: str) -> None:
+    for key in SIZES:
+        value = getattr(config, key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: {key}: expected a positive integer, got {value!r:.60}")
 
 
 def check_vocabulary(name, tokenizer, config, top_id: int, model=None) -> None:
@@ -278,7 +293,7 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         with library_bars_on_terminal_only(), _no_head_report(task):
-            model = _from_pretrained(auto.from_pretrained, name, folder, **kwargs)
+            model, info = _from_pretrained(auto.from_pretrained, name, folder, output_loading_info=True, **kwargs)
     except RuntimeError as exc:
         if "mismatched_sizes" not in str(exc):
             raise
@@ -292,10 +307,28 @@ def load_model(
             raise remote from None
         where = "local folder" if folder is not None else "hub id (is it spelled right, and is the hub reachable?)"
         raise ConfigError(f"could not load model {name} ({where}): {text.splitlines()[0] if text else exc}") from None
+    if task == "causal-lm":
+        _check_loading_info(name, folder, info)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def _check_loading_info(name: str, folder: Path | None, info: dict) -> None:
+    """ConfigError when the weight files and config.json do not describe the same model: transformers printed a
+    LOAD REPORT and went on with the missing weights at random values (a GLM folder whose config says llama, or
+    `num_hidden_layers` edited) and trained with exit 0."""
+    missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if not missing and not unused:
+        return
+    where = folder / "config.json" if folder is not None else f"{name}'s config.json"
+    parts = [f"{len(missing)} weight(s) it needs are not in the weight files ({', '.join(missing[:3])})"] \
+        if missing else []
+    if unused:
+        parts.append(f"{len(unused)} tensor(s) of the weight files have no place in it ({', '.join(unused[:3])})")
+    raise ConfigError(f"{name}: the model {where} describes does not match its weights: {'; '.join(parts)}; the "
+                      "config was edited (model_type, layer counts) or belongs to another model")
 
 
 def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_side: str = "left"):
@@ -312,7 +345,7 @@ def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_sid
 
     try:
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, folder, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as exc:
         if folder is not None:
             _explain_tokenizer(folder)
         raise ConfigError(f"could not load the tokenizer of {name}: {_one_line(exc)}") from None
@@ -335,9 +368,12 @@ def _explain_tokenizer(folder: Path) -> None:
         path = folder / file
         if path.is_file():
             try:
-                json.loads(read_text_file(path, limit=1 << 30))
+                data = json.loads(read_text_file(path, limit=1 << 30))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: not valid JSON ({exc}); the tokenizer of {folder} cannot load") from None
+            if not isinstance(data, dict):  # a JSON list was an AttributeError traceback
+                raise ConfigError(f"{path}: holds a JSON {type(data).__name__}, not an object; the tokenizer of "
+                                  f"{folder} cannot load")
     if not any((folder / file).is_file() for file in TOKENIZER_FILES):
         raise ConfigError(f"{folder} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); copy the "
                           "model's tokenizer into it")

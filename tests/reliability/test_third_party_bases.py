@@ -1,0 +1,46 @@
+"""A seventh probe: base model folders whose config.json (or tokenizer files) do not describe their weights. Each is
+exit 2 naming the file before anything is written (it trained on random weights with exit 0, or was a traceback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from reliability_util import run_cli, train_argv
+
+
+def _edit(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+CASES = [  # (file, change, what the message says)
+    # GLM weights (fused gate_up_proj) under a Llama config: the missing weights were initialised at random
+    ("config.json", dict(model_type="llama", architectures=["LlamaForCausalLM"]),
+     "does not match its weights: 6 weight(s) it needs are not in the weight files"),
+    ("config.json", dict(num_hidden_layers=0), "num_hidden_layers: expected a positive integer, got 0"),  # exit 0
+    ("config.json", dict(num_key_value_heads=0), "num_key_value_heads: expected a positive integer"),  # ZeroDivision
+    ("config.json", dict(hidden_size=0), "hidden_size: expected a positive integer"),
+    ("tokenizer_config.json", None, "holds a JSON list, not an object"),  # AttributeError traceback
+]
+
+
+@pytest.mark.parametrize("file,change,said", CASES, ids=[f"{f}-{c}" for f, c, _ in CASES])
+def test_a_base_whose_config_does_not_describe_its_weights_is_refused(tiny_glm, train_data, tmp_path, capsys, file,
+                                                                      change, said):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_glm, model)
+    if change is None:
+        (model / file).write_text("[]")
+    else:
+        _edit(model / file, **change)
+    out = tmp_path / "runs" / "run"
+    capsys.readouterr()
+    code = run_cli(train_argv(model, train_data, out, max_steps=1))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert said in err and str(model) in err, err
+    assert not (tmp_path / "runs").exists()  # nothing written
