@@ -94,13 +94,31 @@ class RunRecord:
             config = TrainConfig(**values)
         except (ConfigError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: config: {exc}") from None
+        _check_fields(data, where)
         quant = data.get("quantization")
-        return cls(config=config, quantization=int(quant) if isinstance(quant, (int, str)) and str(quant).isdigit()
-                   else None, labels=data.get("labels"), steps=data.get("steps"), final_loss=data.get("final_loss"),
+        return cls(config=config, quantization=int(quant) if quant is not None else None, labels=data.get("labels"),
+                   steps=data.get("steps"), final_loss=data.get("final_loss"),
                    fingerprint=data.get("fingerprint") or {}, raw=data)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.raw, "config": self.config.to_dict()}
+
+
+def _check_fields(data: dict[str, Any], where: Path) -> None:
+    """The record's own fields that readers act on, of the shapes training writes: a `fingerprint` list was an
+    AttributeError traceback in eval, `quantization: "x"` loaded the base unquantised without a word and
+    `quantization: 3` was refused without naming this file."""
+    quant = data.get("quantization")
+    if quant is not None and (isinstance(quant, bool) or quant not in (4, 8, "4", "8")):
+        raise ConfigError(f"{where}: quantization: expected 4, 8 or null (what training wrote), got {quant!r:.60}")
+    labels = data.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise ConfigError(f"{where}: labels: expected a list of label names or null, got {labels!r:.60}")
+    for key, kind, what in (("fingerprint", dict, "an object"), ("steps", int, "an integer"),
+                            ("final_loss", (int, float), "a number")):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ConfigError(f"{where}: {key}: expected {what} or null, got {type(value).__name__} {value!r:.60}")
 
 
 class RunFolder:

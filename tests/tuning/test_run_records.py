@@ -101,3 +101,17 @@ def test_a_bad_prompt_template_in_the_run_record_names_the_record(run, capsys, t
 
 def test_the_untouched_run_still_evaluates(run):
     assert main(["eval", str(run), "--limit", "1", "--max-new-tokens", "1"]) == 0
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("fingerprint", [1], "fingerprint: expected an object or null, got list [1]"),  # AttributeError traceback
+    ("quantization", "x", "quantization: expected 4, 8 or null"),  # loaded unquantised without a word
+    ("quantization", 3, "quantization: expected 4, 8 or null"),  # refused without naming the file
+    ("labels", "abc", "labels: expected a list of label names or null"),
+    ("steps", "x", "steps: expected an integer or null, got str 'x'"),
+])
+def test_the_run_records_own_fields_are_checked(run, capsys, key, value, says):
+    """A seventh probe: the record's top-level fields readers act on, of the shapes training writes."""
+    edit(run / "tasktune_run.json", lambda r: r.update({key: value}))
+    err = refused(run, capsys)
+    assert f"{run}/tasktune_run.json: {says}" in err, err
