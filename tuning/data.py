@@ -14,7 +14,7 @@ from typing import Any
 from tasktune import TEMPLATES
 from tasktune.errors import DataError
 from tasktune.tuning import templating
-from tasktune.tuning.rows import SURROGATE, clean_history, clean_meta, layout_hint, read_rows
+from tasktune.tuning.rows import SURROGATE, check_unread_text, clean_history, clean_meta, layout_hint, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def load_records(path_or_dir: str | Path, split: str = "train", cfg: DataConfig 
             if SURROGATE.search(row[column]):  # "\ud800" in JSON: no tokenizer or file can take it
                 raise DataError(f"{where}: column {column!r} holds a lone UTF-16 surrogate (not valid Unicode)")
             keep[column].append(row[column])
+        check_unread_text(row, set(keep), where)
         keep[cfg.history_column].append(clean_history(row.get(cfg.history_column), where))
         names = (f"column {cfg.prompt_column!r}", f"column {cfg.history_column!r}")
         templating.check_prompt_text(keep[cfg.prompt_column][-1], keep[cfg.history_column][-1], f"{where}: its prompt",

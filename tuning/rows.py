@@ -146,3 +146,23 @@ _LAYOUTS = (
 def layout_hint(columns) -> str:
     """How to train on rows of `columns` when they are another layout that `tasktune data` writes ('' if none)."""
     return next((hint for names, hint in _LAYOUTS if names <= set(columns)), "")
+
+
+#: columns LLaMA-Factory's alpaca layout puts prompt text in besides the instruction -> what to do about them;
+#: tasktune reads one prompt column, so such text was dropped without a word (the model trained on, and eval scored,
+#: prompts cut short)
+_UNREAD_PROMPT_TEXT = {
+    "input": "LLaMA-Factory's alpaca layout joins it to the instruction as the prompt, tasktune reads --prompt-column "
+             "alone; join the two into that column, or empty it",
+    "system": "tasktune does not read a system prompt (the prompt template frames each record); fold it into the "
+              "prompt column, or drop it",
+}
+
+
+def check_unread_text(row: dict[str, Any], read: set[str], where: str) -> None:
+    """DataError when `row` holds prompt text in a column no setting reads (`read`: the columns that are)."""
+    for column, fix in _UNREAD_PROMPT_TEXT.items():
+        value = row.get(column)
+        if column not in read and isinstance(value, str) and value.strip():
+            raise DataError(f"{where}: column {column!r} holds text ({value[:40]!r}) that would not be read: {fix}")
+

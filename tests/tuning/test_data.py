@@ -346,3 +346,22 @@ def test_data_in_another_layout_says_how_to_train_on_it(tmp_path, tokenizer, rec
     with pytest.raises(DataError, match="no column 'content'") as err:
         tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
     assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("extra, said", [
+    ({"input": "在济南"}, "column 'input' holds text ('在济南') that would not be read: LLaMA-Factory's alpaca layout"),
+    ({"system": "你是助手"}, "column 'system' holds text ('你是助手') that would not be read"),
+])
+def test_alpaca_prompt_text_outside_the_prompt_column_is_not_dropped(tmp_path, extra, said):
+    """A seventh probe: an alpaca record's non-empty `input` (or `system`) was dropped without a word with
+    --prompt-column instruction; the model trained on, and eval scored, the instruction alone."""
+    records = [{"instruction": "查查人数", "input": "", "output": "好的", "history": []},
+               {"instruction": "查查人数", "output": "好的", **extra}]
+    (tmp_path / "train.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    config = DataConfig(prompt_column="instruction", response_column="output")
+    with pytest.raises(DataError) as err:
+        load_records(tmp_path, "train", config)
+    assert str(err.value).startswith(f"{tmp_path / 'train.json'}: record 1: {said}"), err.value
+    records[1].update({key: "" for key in extra})  # empty, as `tasktune data --format alpaca` writes: read
+    (tmp_path / "train.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    assert len(load_records(tmp_path, "train", config)) == 2
