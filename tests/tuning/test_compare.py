@@ -61,13 +61,40 @@ def test_markdown_for_classification_metrics():
 
 
 def test_the_cli_exits_non_zero_when_a_method_failed(tiny_model_dir, tmp_path, capsys):
-    """`compare --data nosuch` wrote a table of failures and exited 0."""
+    """A table of failures was exit 0 (llama has no biases: bitfit fails in its own process)."""
     from tasktune.cli import main
 
-    code = main(["compare", "--model", str(tiny_model_dir("glm")), "--data", str(tmp_path / "nosuch"),
-                 "--out", str(tmp_path / "cmp"), "--methods", "ptuning-v2", "--steps", "1"])
-    assert code == 1 and "1 of 1 method(s) failed: ptuning-v2" in capsys.readouterr().err
-    assert "| ptuning-v2 | failed:" in (tmp_path / "cmp" / "compare.md").read_text()
+    code = main(["compare", "--model", str(tiny_model_dir("llama")), "--data", str(write_data(tmp_path / "data")),
+                 "--out", str(tmp_path / "cmp"), "--methods", "bitfit", "--steps", "1", "--quantization-bit", "none"])
+    assert code == 1 and "1 of 1 method(s) failed: bitfit" in capsys.readouterr().err
+    assert "| bitfit | failed:" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("model, data, says", [
+    ("nosuch", "data", "--model: model path {tmp}/nosuch does not exist"),
+    ("", "data", "--model: empty model name"),
+    ("glm", "nosuch", "--data {tmp}/nosuch: no such data file"),
+    ("glm", "", "--data: empty path"),
+    ("glm", "data/train.json", "--data {tmp}/data/train.json: a file; compare trains on a folder's train split"),
+    ("glm", "nodev", "--data {tmp}/nodev: no dev.json or dev.jsonl in this folder"),
+    ("glm", "badrecord", "--data {tmp}/badrecord/train.json: record 0: column 'summary' is empty"),
+])
+def test_inputs_every_method_would_fail_on_are_refused_before_any_work(tiny_model_dir, tmp_path, capsys, model, data,
+                                                                      says):
+    """A seventh probe: a missing --model or --data started every method (a subprocess each), wrote a table of
+    failures, exit 1; a data *file* scored each method on the very records it trained on (its dev split is itself)."""
+    from tasktune.cli import main
+
+    write_data(tmp_path / "data")
+    write_data(tmp_path / "nodev").joinpath("dev.json").unlink()
+    bad = write_data(tmp_path / "badrecord") / "train.json"
+    bad.write_text(json.dumps([{"content": "q", "summary": " "}]), encoding="utf-8")
+    model = str(tiny_model_dir("glm")) if model == "glm" else (str(tmp_path / model) if model else "")
+    code = main(["compare", "--model", model, "--data", str(tmp_path / data) if data else "",
+                 "--out", str(tmp_path / "cmp"), "--methods", "bitfit", "--steps", "1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tasktune")]  # (not the
+    assert code == 2 and len(err) == 1 and says.format(tmp=tmp_path) in err[0], err  # tiny model's bars)
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_a_rate_for_a_method_not_compared_is_refused():

@@ -150,6 +150,7 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     """Run every method in turn; write OUT/compare.json, compare.md and compare.png; return the results."""
     out = Path(cfg.out)
     check_out_folder(out)
+    check_inputs(cfg)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the worker stopped, the hidden files removed
@@ -167,6 +168,34 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
     plot(results, out / "compare.png")
     log(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
     return summary
+
+
+def check_inputs(cfg: CompareConfig) -> None:
+    """ConfigError/DataError naming --model or --data when every method would fail the same way: each was started
+    (a subprocess, seconds of imports) and failed, then a table of failures was written, exit 1. A data *file* is
+    refused: its dev split is the file itself, so every method was scored on the records it trained on."""
+    from tasktune.errors import ConfigError, DataError
+    from tasktune.tuning.data import load_records, resolve_split_file
+    from tasktune.tuning.model.load import load_config
+
+    data = Path(cfg.data)
+    if not str(cfg.data).strip():
+        raise ConfigError("--data: empty path; give the data folder with train and dev splits")
+    if data.is_file():
+        raise ConfigError(f"--data {data}: a file; compare trains on a folder's train split and scores its dev split "
+                          "(a file would be both, scoring each method on the records it trained on): give the folder")
+    for split in ("train", "dev"):
+        try:
+            resolve_split_file(data, split)
+            if cfg.task == "causal-lm":  # every record as each method's `train` reads it (columns, meta, lengths)
+                load_records(data, split)
+        except DataError as exc:
+            raise DataError(f"--data {exc}") from None
+    try:
+        load_config(cfg.model, trust_remote_code=False)
+    except ConfigError as exc:
+        if "trust_remote_code" not in str(exc):  # (a model of its own code: each method's run says so)
+            raise ConfigError(f"--model: {exc}") from None
 
 
 #: What compare writes in OUT (compare's own folder holds nothing else): the report, one run folder per method, the
