@@ -51,6 +51,7 @@ def train(config=None, **fields: Any):
     from tasktune.tuning.config import TrainConfig, check_method_settings
     from tasktune.tuning.training.train import fit
 
+    _known_keywords("train", fields, TrainConfig)
     if config is None:
         config, given = TrainConfig(**fields), set(fields)
     elif not isinstance(config, TrainConfig):  # a dict failed deep inside with "'dict' object has no attribute"
@@ -71,6 +72,27 @@ def train(config=None, **fields: Any):
 def evaluate(run_dir: str | Path, *, log=print, **options: Any) -> dict[str, Any]:
     """Answer the dev split with the base and the tuned model, write RUN/eval/ and return the metrics
     (`{"base": ..., "tuned": ..., "info": ..., "paths": ...}`). `options`: EvalConfig fields (limit=, split=...)."""
+    from tasktune.errors import ConfigError
     from tasktune.tuning.evaluation.eval import EvalConfig, evaluate as run_eval
 
+    if not callable(log):  # it was called only once the whole eval had run: a TypeError after the work
+        raise ConfigError(f"evaluate: log: expected a function taking one line (print, or lambda line: None), got "
+                          f"{type(log).__name__} {log!r:.60}")
+    _known_keywords("evaluate", options, EvalConfig, exclude=("run_dir",))
     return run_eval(EvalConfig(run_dir=str(run_dir), **options), log=log)
+
+
+def _known_keywords(function: str, given: dict[str, Any], config: type, exclude: tuple[str, ...] = ()) -> None:
+    """ConfigError naming a keyword that is no field of the `config` dataclass (was the dataclass's bare TypeError,
+    `TrainConfig.__init__() got an unexpected keyword argument`), with the nearest field names."""
+    import dataclasses
+    import difflib
+
+    from tasktune.errors import ConfigError
+
+    names = [f.name for f in dataclasses.fields(config) if f.name not in exclude]
+    for key in given:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else f"the settings are {config.__name__}'s fields"
+            raise ConfigError(f"{function}: unknown setting {key!r}; {hint}")

@@ -97,3 +97,21 @@ def test_assistant_from_run_checks_its_run_folders(run):
     which argument was wrong."""
     with pytest.raises(ConfigError, match="^Assistant.from_run: run_dirs: expected a path"):
         tasktune.Assistant.from_run(run)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: tasktune.train(model="m", data="d", out="o", max_step=2), "train: unknown setting 'max_step'; did you "
+                                                                       "mean max_steps"),
+    (lambda: tasktune.train(nosuch=1), "train: unknown setting 'nosuch'; the settings are TrainConfig's fields"),
+    (lambda: tasktune.evaluate("run", limt=1), "evaluate: unknown setting 'limt'; did you mean limit"),
+    (lambda: tasktune.evaluate("run", log=None), "evaluate: log: expected a function taking one line"),
+    (lambda: tasktune.evaluate("run", log="print"), "evaluate: log: expected a function"),
+    (lambda: tasktune.Assistant(), "Assistant(): nothing to answer with; make one with Assistant.from_run"),
+])
+def test_wrong_keywords_and_objects_are_tasktunes_errors_before_any_work(call, says):
+    """A seventh probe: these were bare errors from deep inside (TrainConfig.__init__'s TypeError; `log=None` a
+    TypeError once the whole eval had run and written its report; a bare Assistant() an AttributeError on
+    'NoneType' at its first answer)."""
+    with pytest.raises(ConfigError) as err:
+        call()
+    assert says in str(err.value)

@@ -31,6 +31,8 @@ BATCHING = ("auto", "engine", "generate")
 class Assistant:
     def __init__(self, *, bank=None, run=None, max_batch_size: int = 16):
         """Use `from_run`. `bank`: a PrefixBank (engine); `run`: a _LoadedRun (generate)."""
+        if bank is None and run is None:  # (it answered nothing: AttributeError on 'NoneType' at the first call)
+            raise ConfigError("Assistant(): nothing to answer with; make one with Assistant.from_run(RUN_DIR)")
         self.bank, self.run = bank, run
         self.engine = None
         if bank is not None:
