@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from pathlib import Path
 
 from tasktune.datagen.formats import FORMATS
-from tasktune.flags import COUNT, SEED, check_output_folder
+from tasktune.flags import COUNT, SEED, check_can_write, check_output_folder
 from tasktune.runlock import raise_if_terminated, sigterm_as_interrupt
 
 DESCRIPTION = """\
@@ -74,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     from tasktune.datagen.stats import format_table
 
     check_output_folder(args.out, "--out")
+    check_can_write(Path(args.out).absolute().parent, f"--out {args.out}")  # the set is staged beside OUT
     spec = load_spec(args.spec)
     seed = args.seed if args.seed is not None else spec.seed
     if seed is None:

@@ -152,6 +152,23 @@ def check_output_folder(path: str | Path, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: {problem}")
 
 
+def check_can_write(folder: str | Path, label: str) -> None:
+    """ConfigError starting with `label` when nothing can be created in `folder` (or, if it does not exist yet, in
+    the nearest folder above it): no permission, a read-only or special file system (/proc). Probed by creating and
+    removing a hidden folder there, for commands whose work comes long before their first write (tiny-model
+    trained for minutes, then failed on `/proc/.x.tmp-123: No such file or directory`)."""
+    import os
+    import tempfile
+
+    here = Path(folder).absolute()
+    existing = next((p for p in (here, *here.parents) if p.is_dir()), None)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tasktune-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot create anything in {existing} ({exc.strerror or exc}); choose a folder "
+                          "you can write to") from None
+
+
 # -- config dataclasses: their fields' `range` and `choices` metadata (tuning/config.py's `_opt`) ----------------
 
 def check_ranges(config: Any) -> None:

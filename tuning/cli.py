@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasktune.flags import BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, Range, DefaultsHelpFormatter, check_output_folder
+from tasktune.flags import (BATCH, COUNT, LEARNING_RATE, SEED, TOKENS, DefaultsHelpFormatter, Range, check_can_write,
+                            check_output_folder)
 from tasktune.tuning import tiny
 from tasktune.tuning.config import METHODS, TASKS, TrainConfig, add_config_arguments, config_from_args
 from tasktune.tuning.run import Trust
@@ -137,6 +138,7 @@ def _compare(args: argparse.Namespace) -> int:
     from tasktune.tuning.evaluation.compare import CompareConfig, compare
 
     check_output_folder(args.out, "--out")
+    check_can_write(args.out, f"--out {args.out}")
     rates = {}
     for item in args.lr:
         method, _, value = item.partition("=")

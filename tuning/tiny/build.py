@@ -18,6 +18,7 @@ from typing import Iterator
 
 from tasktune import files as atomic
 from tasktune.errors import ConfigError, SpecError
+from tasktune.flags import check_can_write
 from tasktune.tuning.progress import transformers_bars_off
 from tasktune.tuning.tiny.config import RECORD_FILE, TinyConfig
 from tasktune.tuning.tiny.corpus import build_corpus, generate_records, read_spec_text
@@ -164,6 +165,7 @@ def build_tiny_model(
     if not spec_path.is_file():
         raise SpecError(f"{spec_path}: no such spec file")
     _check_out(out)  # before the build (over an hour on a CPU), not only when its result would replace `out`
+    check_can_write(out.parent, f"--out {out}")  # where the finished model is staged
     _check_device(device)
     cfg = config or TinyConfig()
     cfg.seed = seed
