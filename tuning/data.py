@@ -1,6 +1,9 @@
 """Training data: train/dev JSON(L) records -> prompt strings -> tokenized, label-masked examples.
 
 Prompts use the tokenizer's chat template when it has one, else a Jinja frame from templates/prompts/.
+
+Longer than 300 lines because reading records, framing them and tokenizing them are one pipeline over one
+DataConfig, and each refusal (a record, a frame too long) is said where the record is still known.
 """
 
 from __future__ import annotations
@@ -180,19 +183,28 @@ def format_prompt(tokenizer, query: str, history: list | None = None, template: 
     history = [list(turn) for turn in (history or [])]
     templating.check_prompt_text(query, history)
     try:
-        if _uses_chat_template(tokenizer, template):
-            messages = []
-            for q, a in history:
-                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            messages.append({"role": "user", "content": query})
-            return templating.render_chat(tokenizer, messages)  # = apply_chat_template's text, in the spec sandbox
-        name = "chatglm" if template == "auto" else template
-        return templating.render_frame(str(_template_path(name)), query=query, history=history)
+        return _frame(tokenizer, query, history, template)
     except templating.FrameTooLong as exc:  # text just under the bound, which the frame takes over it: its length
         lengths = templating.text_lengths(query, history)
         if sum(lengths) > MAX_TEXT // 2:
             raise templating.too_long("the prompt", lengths, ("query", "history"), f"its frame ({exc})") from None
-        raise
+        if not history:
+            raise
+        try:  # many short turns (5,000 of them): the frame's own text around each; else the template is at fault
+            _frame(tokenizer, "", [], template)
+        except templating.FrameTooLong:
+            raise exc from None
+        raise templating.too_long("the prompt", lengths, ("query", "history"),
+                                  f"the template's own text around each of its {len(history) + 1:,} turns") from None
+
+
+def _frame(tokenizer, query: str, history: list, template: str) -> str:
+    if _uses_chat_template(tokenizer, template):  # = apply_chat_template's text, in the spec sandbox
+        turns = [({"role": "user", "content": q}, {"role": "assistant", "content": a}) for q, a in history]
+        return templating.render_chat(tokenizer, [m for turn in turns for m in turn] + [{"role": "user",
+                                                                                           "content": query}])
+    name = "chatglm" if template == "auto" else template
+    return templating.render_frame(str(_template_path(name)), query=query, history=history)
 
 
 def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> list[list[int]]:

@@ -200,6 +200,23 @@ def test_text_the_frame_takes_over_the_bound_is_named_as_too_long(tmp_path, toke
         tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
 
 
+def test_many_short_turns_the_frame_takes_over_the_bound_are_named_as_such(tmp_path, tokenizer):
+    """A seventh probe: 5,000 turns of 2 characters pass the reader (10,027 characters), and the frame's own text
+    around each turn takes them over 100,000: the error was the template's bare refusal (`prompt template
+    .../chatglm.jinja: cannot render (SecurityError: ...)`), as the server's was before the sixth probe."""
+    rows = RECORDS[:2] + [{"content": "b", "summary": "b", "history": [["问", "答"]] * 5000}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError) as refused:
+        tokenize_dataset(load_records(tmp_path, "train"), tokenizer, DataConfig())
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'train.json'}: record 2: the prompt is 10,001 characters long (query 1, history 10,000): with "
+        "the template's own text around each of its 5,001 turns it is over the 100,000 characters"), refused.value
+    hostile = tmp_path / "big.jinja"  # a template too long by itself is still named, with or without history
+    hostile.write_text("{{ 'x' * 99999 }}{{ 'y' * 99999 }}{{ query }}", encoding="utf-8")
+    with pytest.raises(DataError, match="big.jinja: cannot render"):
+        format_prompt(tokenizer, "q", [["a", "b"]], template=str(hostile))
+
+
 def test_human_assistant_frame(tokenizer):
     assert format_prompt(tokenizer, "你好", template="human_assistant") == "Human: 你好\n\nAssistant: "
     assert format_prompt(tokenizer, "b", [["a", "x"]], template="human_assistant") == (
