@@ -138,3 +138,23 @@ def test_an_untouched_third_party_style_folder_still_evaluates(runs, tmp_path, c
         save_file({k: v.half() for k, v in tensors.items()}, str(run / ADAPTER))
         code, err = _eval(run, capsys)
         assert code == 0, err
+
+
+@pytest.mark.parametrize("changes, said", [({"num_virtual_tokens": 4.0}, "num_virtual_tokens: expected an integer"),
+                                           ({"num_layers": "2"}, "num_layers: expected an integer, got str '2'")])
+def test_the_shared_base_of_serve_checks_adapter_config_before_loading(runs, tmp_path, monkeypatch, changes, said):
+    """`tasktune serve` / Assistant.from_run(batching="engine") read the prefix without eval's checks: 4.0 was
+    torch's TypeError traceback once the base had loaded, "2" an error saying 2 layers differ from 2 layers."""
+    import tasktune
+    from tasktune.errors import ConfigError
+
+    run = _copy(runs, "ptuning-v2", tmp_path)
+    _edit_config(run, **changes)
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("the base was loaded before adapter_config.json was checked")
+
+    monkeypatch.setattr(methods, "load_base", no_base)
+    with pytest.raises(ConfigError) as err:
+        tasktune.Assistant.from_run(run, runs["ptuning-v2"], batching="engine")
+    assert str(err.value).startswith(f"{run / 'adapter_config.json'}: {said}"), err.value

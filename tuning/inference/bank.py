@@ -38,13 +38,14 @@ class ServedRun:
 
 def _record(run_dir: Path, trust: Trust):
     """The run's RunRecord, refused unless it is a causal-lm run of a prefix method."""
-    from tasktune.tuning.model.methods import read_method_info
+    from tasktune.tuning.model.methods import check_method_files
     from tasktune.tuning.run import RunFolder
 
     record = RunFolder(run_dir).record(task="causal-lm", refusal="{run}: a {task} run labels texts; serve causal-lm "
                                                                 "runs (use it as --router)", trust=trust)
     cfg = record.config
-    method = read_method_info(run_dir).get("method", cfg.method)
+    # the adapter files agree with the records, adapter_config.json's values too, before the base loads (as eval's)
+    method = check_method_files(Path(run_dir)).get("method", cfg.method)
     if method not in PREFIX_METHODS:
         raise ConfigError(f"{run_dir}: method {method!r} changes the base model's weights and cannot share one base "
                           f"with other runs; `tasktune serve` serves {' and '.join(PREFIX_METHODS)} runs")

@@ -24,6 +24,7 @@ import torch
 from tasktune import __version__
 from tasktune import files as atomic
 from tasktune.files import read_text_file
+from tasktune.tuning.model.methods.peft_files import check_adapter_config
 from tasktune.tuning.model.tensors import read_tensors
 from tasktune.tuning.run import read_json_object, sha256_file
 from tasktune.errors import ConfigError, TaskTuneWarning
@@ -209,6 +210,7 @@ def load_adapter(model, adapter_dir, *, is_trainable: bool = False) -> PrefixTun
     peft_config = _read_json(config_path)
     if peft_config.get("peft_type") != "PREFIX_TUNING":
         raise ConfigError(f"{config_path}: peft_type is {peft_config.get('peft_type')!r}, expected 'PREFIX_TUNING'")
+    check_adapter_config(peft_config, config_path, folder / WEIGHTS_NAME)  # sizes PEFT and torch take (4.0: TypeError)
     if peft_config.get("num_transformer_submodules", 1) != 1:
         raise ConfigError(f"{config_path}: encoder-decoder prefixes (num_transformer_submodules=2) are not supported")
     _check_geometry(peft_config, model, config_path)
