@@ -17,9 +17,9 @@ from tasktune.tuning.model import methods
 
 @pytest.fixture(scope="module")
 def runs(tiny_glm, train_data, tmp_path_factory):
-    """One finished 1-step run per adapter family: ours (ptuning-v2), PEFT's lora and prompt, BitFit."""
+    """One finished 1-step run per adapter family: ours (ptuning-v2), PEFT's lora and prompt, BitFit, full."""
     out = {}
-    for method in ("ptuning-v2", "lora", "prompt", "bitfit"):
+    for method in ("ptuning-v2", "lora", "prompt", "bitfit", "full"):
         folder = tmp_path_factory.mktemp("third-party") / method
         assert run_cli(train_argv(tiny_glm, train_data, folder, method=method, max_steps=1, save_steps=1)) == 0
         out[method] = folder
@@ -115,6 +115,9 @@ WEIGHTS = [  # (method, weight file, change, what the message says); each loaded
     ("bitfit", "tasktune_bitfit.safetensors", _drop_first, "lacks 1 of the"),
     ("bitfit", "tasktune_bitfit.safetensors", lambda t: {}, "biases of"),
     ("bitfit", "tasktune_bitfit.safetensors", _grow_first, "the base's bias has"),  # RuntimeError traceback
+    ("full", "tasktune_full.safetensors", _nan, "holds NaN or infinite values"),
+    ("full", "tasktune_full.safetensors", lambda t: {k: v.to(torch.int32) for k, v in t.items()}, "is I32"),
+    ("full", "tasktune_full.safetensors", _extra, "Unexpected key(s) in state_dict"),  # (the heading alone before)
 ]
 
 

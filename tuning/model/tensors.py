@@ -48,3 +48,18 @@ def tensor_shapes(path: Path) -> dict[str, list[int]]:
             return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except Exception as exc:  # SafetensorError on a truncated or corrupt header
         raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def check_floating_header(path: Path) -> None:
+    """ConfigError naming `path` and the tensor when its header gives a tensor that is not floating point (read
+    from the header alone: a whole model's file is not loaded twice)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            dtypes = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
+    except Exception as exc:  # SafetensorError on a truncated or corrupt header
+        raise ConfigError(f"{path}: unreadable safetensors file (truncated or corrupt?): {exc}") from None
+    for name, dtype in sorted(dtypes.items()):
+        if not dtype.startswith(("F", "BF")):  # F64/F32/F16/BF16/F8_*; not I*, U8, BOOL
+            raise ConfigError(f"{path}: tensor {name!r} is {dtype}; adapter weights are floating point")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tasktune.errors import ConfigError
-from tasktune.tuning.model.tensors import read_tensors
+from tasktune.tuning.model.tensors import check_floating_header, read_tensors
 
 from .adapter import Adapter
 
@@ -164,10 +164,16 @@ def load_full(model, folder: Path, is_trainable: bool, reload_base) -> FullAdapt
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     original = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 if size <= FULL_COPY_LIMIT_BYTES else None)
+    check_floating_header(path)  # integer weights were cast in without a word
     try:
         load_model(model, str(path), strict=True)
-    except Exception as exc:  # shape/key mismatch or a corrupt file
-        raise ConfigError(f"{path}: does not fit {type(model).__name__}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # shape/key mismatch or a corrupt file: its heading and first detail
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]
+        raise ConfigError(f"{path}: does not fit {type(model).__name__}: {' '.join(lines)[:600]}") from None
+    bad = next((name for name, param in model.named_parameters() if not bool(torch.isfinite(param).all())), None)
+    if bad is not None:  # (a NaN weight answered garbage with exit 0)
+        raise ConfigError(f"{path}: tensor {bad!r} holds NaN or infinite values; the weights are damaged (train "
+                          "again, or resume from an earlier checkpoint)")
     for param in model.parameters():
         param.requires_grad_(is_trainable)
     return FullAdapter(model, original, None if original is not None else reload_base)
