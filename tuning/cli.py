@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "predictions.jsonl (prompt/predict/label), and prints the metric table."
         ),
     )
-    p.add_argument("run_dir", help="a run folder written by `tasktune train`")
+    p.add_argument("run_dir", type=_run_folder, help="a run folder written by `tasktune train`")
     p.add_argument("--data", help="data folder or file (default: the one the run was trained on)")
     p.add_argument("--split", default="dev", help="which split to answer (default: dev)")
     p.add_argument("--limit", type=COUNT, help="answer only the first N records, N >= 1 (default: all)")
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="An interactive prompt with the tuned model; --base talks to the base model. "
                     "Empty line or Ctrl-D quits; `clear` forgets the history.",
     )
-    p.add_argument("run_dir", help="a run folder written by `tasktune train`")
+    p.add_argument("run_dir", type=_run_folder, help="a run folder written by `tasktune train`")
     p.add_argument("--base", action="store_true", help="answer with the adapter disabled")
     p.add_argument("--max-new-tokens", type=TOKENS, default=128, help="answer length cap (default: 128)")
     p.add_argument("--no-history", action="store_true", help="do not feed earlier turns back as history")
@@ -107,6 +107,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
                    help="override one method's learning rate (repeatable)")
     p.set_defaults(func=_compare)
+
+
+def _run_folder(text: str) -> str:
+    """argparse `type=` for RUN_DIR: `eval ""` looked for a run in the current folder, `chat ""` named the Python
+    API's parameter."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give the run folder `tasktune train --out` wrote")
+    return text
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -35,6 +35,11 @@ class EvalConfig:
         from tasktune.flags import BATCH, COUNT, TOKENS, check_types
 
         check_types(self)
+        if self.data is not None and not str(self.data).strip():  # "" fell back to the run's own data unsaid
+            raise ConfigError("--data: empty path; give a data folder or file, or leave it out for the run's own")
+        if not str(self.split).strip() or any(c in str(self.split) for c in "/\\") or self.split in (".", ".."):
+            raise ConfigError(f"--split {self.split!r}: expected a split's name (dev, train, ...), which names "
+                              "DATA/NAME.json or .jsonl; give another folder or file with --data")
         COUNT.check("limit", self.limit, optional=True)  # None = all; 0 or negative is refused, never "all"
         BATCH.check("batch_size", self.batch_size)
         TOKENS.check("max_new_tokens", self.max_new_tokens, optional=True)
