@@ -55,6 +55,16 @@ def test_a_state_file_of_random_bytes_gives_one_line_without_torchs_advice(tmp_p
     assert message.endswith(f"delete {folder} to resume from an older one")
 
 
+def test_resume_after_the_data_changed_names_the_files(tmp_path):
+    """A seventh probe: resuming after an edit of train.json printed the two dicts of sha256 prefixes."""
+    ckpt.write_fingerprint(tmp_path, {"model": "a", "data": {"train.json": "aa", "dev.json": "bb"}})
+    _write(tmp_path, 2)
+    with pytest.raises(ConfigError) as err:
+        ckpt.find_resume_point(tmp_path, "auto", {"model": "a", "data": {"train.json": "cc", "dev.jsonl": "bb"}})
+    assert ("different run (the data (--data) has changed since the checkpoint was written: dev.json is gone, "
+            "train.json changed, dev.jsonl is new). Use a new --out folder, or --resume never") in str(err.value)
+
+
 def test_rng_state_round_trips():
     state = ckpt.rng_state()
     expected = (random.random(), torch.rand(3))

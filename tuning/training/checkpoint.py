@@ -242,6 +242,10 @@ def _difference(key: str, saved: Any, now: Any, fingerprint: dict[str, Any]) -> 
     if key == "model_content":
         return (f"the base model {fingerprint.get('model')} has changed since the checkpoint was written (its "
                 "config.json or weight files differ)")
+    if key == "data" and isinstance(saved, dict) and isinstance(now, dict):  # name the files, not two hash dicts
+        changed = [f"{name} {'changed' if name in now else 'is gone'}" for name in sorted(saved)
+                   if saved[name] != now.get(name)] + [f"{name} is new" for name in sorted(set(now) - set(saved))]
+        return f"the data (--data) has changed since the checkpoint was written: {', '.join(changed)}"
     return f"{key}: checkpoint has {saved!r}, this run has {now!r}"
 
 
