@@ -140,6 +140,8 @@ _LAYOUTS = (
     ({"conversations"}, "; it is sharegpt-shaped (LLaMA-Factory's): write the data with --format chatglm or jsonl "
                         "for tasktune train"),
     ({"text", "label"}, "; it is labelled text: train a classifier with --task classification"),
+    ({"prompt", "response"}, "; it is ChatGLM2-6B's ptuning layout: add --prompt-column prompt --response-column "
+                             "response"),
 )
 
 

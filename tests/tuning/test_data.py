@@ -355,6 +355,8 @@ def test_a_missing_prompt_template_file_is_named_as_the_flags_not_a_records(data
                                                        "--response-column output"),
     ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt-shaped"),
     ({"text": "q", "label": "a"}, "--task classification"),
+    ({"prompt": "q", "response": "a", "history": []}, "ChatGLM2-6B's ptuning layout: add --prompt-column prompt "
+                                                     "--response-column response"),  # (a seventh probe)
 ])
 def test_data_in_another_layout_says_how_to_train_on_it(tmp_path, tokenizer, record, hint):
     """`tasktune data --format alpaca` (or sharegpt, classification) then `tasktune train` on it said only `no
