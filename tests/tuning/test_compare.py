@@ -78,6 +78,10 @@ def test_the_cli_exits_non_zero_when_a_method_failed(tiny_model_dir, tmp_path, c
     ("glm", "data/train.json", "--data {tmp}/data/train.json: a file; compare trains on a folder's train split"),
     ("glm", "nodev", "--data {tmp}/nodev: no dev.json or dev.jsonl in this folder"),
     ("glm", "badrecord", "--data {tmp}/badrecord/train.json: record 0: column 'summary' is empty"),
+    ("glm", "data --max-new-tokens 600", "--max-new-tokens 600 leaves no room for a prompt in {model}'s 512-position "
+                                         "context (at most 511)"),  # refused by each method's eval, after training
+    ("glm", "data --methods ptuning-v2 --pre-seq-len 4096", "--pre-seq-len 4096 (ptuning-v2) + the 128 positions of a "
+                                                            "training record is more than {model}'s 512-position"),
 ])
 def test_inputs_every_method_would_fail_on_are_refused_before_any_work(tiny_model_dir, tmp_path, capsys, model, data,
                                                                       says):
@@ -90,10 +94,11 @@ def test_inputs_every_method_would_fail_on_are_refused_before_any_work(tiny_mode
     bad = write_data(tmp_path / "badrecord") / "train.json"
     bad.write_text(json.dumps([{"content": "q", "summary": " "}]), encoding="utf-8")
     model = str(tiny_model_dir("glm")) if model == "glm" else (str(tmp_path / model) if model else "")
+    data, *flags = data.split(" ") if data else [""]
     code = main(["compare", "--model", model, "--data", str(tmp_path / data) if data else "",
-                 "--out", str(tmp_path / "cmp"), "--methods", "bitfit", "--steps", "1"])
+                 "--out", str(tmp_path / "cmp"), "--methods", "bitfit", "--steps", "1", *flags])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tasktune")]  # (not the
-    assert code == 2 and len(err) == 1 and says.format(tmp=tmp_path) in err[0], err  # tiny model's bars)
+    assert code == 2 and len(err) == 1 and says.format(tmp=tmp_path, model=model) in err[0], err  # tiny model's bars)
     assert not (tmp_path / "cmp").exists()
 
 

@@ -192,10 +192,32 @@ def check_inputs(cfg: CompareConfig) -> None:
         except DataError as exc:
             raise DataError(f"--data {exc}") from None
     try:
-        load_config(cfg.model, trust_remote_code=False)
+        _check_lengths(cfg, load_config(cfg.model, trust_remote_code=False))
     except ConfigError as exc:
         if "trust_remote_code" not in str(exc):  # (a model of its own code: each method's run says so)
-            raise ConfigError(f"--model: {exc}") from None
+            raise ConfigError(f"--model: {exc}" if not str(exc).startswith("--") else str(exc)) from None
+
+
+def _check_lengths(cfg: CompareConfig, config) -> None:
+    """--max-new-tokens and --pre-seq-len against the base's context window: each method trained, then its eval
+    refused the answer cap (or its train the prefix), and a table of failures was written."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.config import TrainConfig
+    from tasktune.tuning.model.generate import context_limit
+
+    limit = context_limit(config)
+    prefixed = [m for m in cfg.methods if m in ("ptuning-v2", "prefix", "prompt", "p-tuning")]
+    reserve = cfg.pre_seq_len if prefixed else 0
+    if limit is None:
+        return
+    lengths = TrainConfig.max_source_length + TrainConfig.max_target_length  # (compare trains at the defaults)
+    if lengths + reserve > limit:
+        raise ConfigError(f"--pre-seq-len {reserve} ({', '.join(prefixed)}) + the {lengths} positions of a training "
+                          f"record is more than {cfg.model}'s {limit}-position context; lower --pre-seq-len")
+    if cfg.max_new_tokens + reserve >= limit:
+        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in {cfg.model}'s "
+                          f"{limit}-position context (at most {limit - reserve - 1}"
+                          + (f" beside --pre-seq-len {reserve} of {', '.join(prefixed)})" if reserve else ")"))
 
 
 #: What compare writes in OUT (compare's own folder holds nothing else): the report, one run folder per method, the
