@@ -44,3 +44,20 @@ def test_a_base_whose_config_does_not_describe_its_weights_is_refused(tiny_glm, 
     assert code == 2 and "Traceback" not in err, err
     assert said in err and str(model) in err, err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_a_run_folder_given_as_the_model_says_which_base_to_give(train_data, tmp_path, capsys):
+    """A seventh probe: `--model RUN` (an adapter folder) said `RUN has no tokenizer files ...; copy the model's
+    tokenizer into it`, advice that would make it worse."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base-7b",
+                                                         "peft_type": "PREFIX_TUNING"}))
+    capsys.readouterr()
+    code = run_cli(train_argv(run, train_data, tmp_path / "out", max_steps=1))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"{run} has no tokenizer files (looked for tokenizer.json, tokenizer.model, vocab.json, vocab.txt, "
+            "spiece.model, sentencepiece.bpe.model) and no config.json: it is not a model folder; it holds an adapter, "
+            "trained on /models/base-7b (adapter_config.json): give that base model") in err
+    assert "copy the model's tokenizer" not in err and not (tmp_path / "out").exists()

@@ -375,8 +375,12 @@ def _explain_tokenizer(folder: Path) -> None:
                 raise ConfigError(f"{path}: holds a JSON {type(data).__name__}, not an object; the tokenizer of "
                                   f"{folder} cannot load")
     if not any((folder / file).is_file() for file in TOKENIZER_FILES):
-        raise ConfigError(f"{folder} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); copy the "
-                          "model's tokenizer into it")
+        looked = f"{folder} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})"
+        if not (folder / "config.json").is_file():  # no model folder at all (a run, a data folder): no copying helps
+            base, named_in = recorded_base(folder)
+            raise ConfigError(f"{looked} and no config.json: it is not a model folder" + (
+                f"; it holds an adapter, trained on {base} ({named_in.name}): give that base model" if base else ""))
+        raise ConfigError(f"{looked}; copy the model's tokenizer into it")
 
 
 # -- a run's base: where it is, and loading it as the run was trained -------------------------------------
