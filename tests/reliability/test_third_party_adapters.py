@@ -161,3 +161,22 @@ def test_the_shared_base_of_serve_checks_adapter_config_before_loading(runs, tmp
     with pytest.raises(ConfigError) as err:
         tasktune.Assistant.from_run(run, runs["ptuning-v2"], batching="engine")
     assert str(err.value).startswith(f"{run / 'adapter_config.json'}: {said}"), err.value
+
+
+def test_an_adapter_naming_another_existing_base_than_the_record_is_said(runs, tmp_path, capsys):
+    """A seventh probe: adapter_config.json's base_model_name_or_path (read first, so a run evaluates from any
+    folder) edited to another model folder of the same shapes was loaded without a word, while tasktune_run.json's
+    config.model, the base it was trained on, still existed."""
+    from tests.tuning.conftest import build_tiny_model_dir
+
+    other = build_tiny_model_dir(tmp_path / "other-base", "glm", seed=5)
+    run = _copy(runs, "ptuning-v2", tmp_path)
+    trained_on = json.loads((run / "tasktune_run.json").read_text())["config"]["model"]
+    _edit_config(run, base_model_name_or_path=str(other))
+    code, err = _eval(run, capsys)
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("tasktune eval: warning:")]
+    assert warning == [f"tasktune eval: warning: {run}: adapter_config.json names the base {other}, but its "
+                       f"tasktune_run.json was trained on {trained_on} (config.model), which exists too; loading "
+                       f"{other}. If that is not the base, fix \"base_model_name_or_path\" in "
+                       f"{run / 'adapter_config.json'}"], err

@@ -20,7 +20,7 @@ from tasktune.errors import ConfigError, TaskTuneWarning
 from tasktune.files import read_text_file
 from tasktune.tuning.progress import library_bars_on_terminal_only
 from tasktune.tuning.config import DEFAULT_MODEL
-from tasktune.tuning.run import METHOD_FILE
+from tasktune.tuning.run import METHOD_FILE, RECORD_FILE
 
 TASKS = ("causal-lm", "classification")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -421,9 +421,13 @@ def base_source(given: str, run_dir) -> str:
     recorded, where = recorded_base(run_dir)
     if recorded is None or not Path(recorded).is_absolute():  # a hub id, or a run saved before absolute paths
         return given
-    if Path(recorded).is_dir():
-        return recorded
     here = Path(given).expanduser()
+    if Path(recorded).is_dir():
+        if here.is_absolute() and here.is_dir() and here.resolve() != Path(recorded).resolve():  # (shown once)
+            warnings.warn(f"{run_dir}: {where.name} names the base {recorded}, but its {RECORD_FILE} was trained on "
+                          f"{given} (config.model), which exists too; loading {recorded}. If that is not the base, "
+                          f"fix \"{_BASE_KEYS[where.name]}\" in {where}", TaskTuneWarning)
+        return recorded
     if recorded != given and here.is_dir():
         warnings.warn(f"{run_dir}: the base model folder it was trained on, {recorded}, no longer exists; loading "
                       f"{here.resolve()} ({given!r}, the name it was trained with, from the current directory)",
