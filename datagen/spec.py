@@ -468,7 +468,9 @@ def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> 
     _check_tree(data, at)  # before the schema: NaN passes its bounds, a surrogate its string checks
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
-        raise SpecError(f"{at(*error.absolute_path)}: {error.message}")
+        from tasktune.datagen.validate import short_message
+
+        raise SpecError(f"{at(*error.absolute_path)}: {short_message(error)}")
     slots = {name: _build_slot(name, raw, path.parent, at) for name, raw in (data.get("slots") or {}).items()}
     steps = tuple(_build_step(i, raw, slots, at) for i, raw in enumerate(data["steps"]))
     names = [s.name for s in steps]

@@ -77,7 +77,18 @@ def explain(record: Any, fmt: str) -> str:
     if error is None:
         return ""
     path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return f"{path}: {error.message}"
+    return f"{path}: {short_message(error)}"
+
+
+def short_message(error: jsonschema.ValidationError, limit: int = 200) -> str:
+    """A schema error's message with the value it quotes cut to `limit` characters: jsonschema quotes the whole
+    value, so a data file given as a spec printed its 20,000 characters of records on one line."""
+    text, quoted = error.message, repr(error.instance)
+    if len(quoted) <= limit or quoted not in text:
+        return text
+    size = f"{len(error.instance):,} items" if isinstance(error.instance, (list, dict)) else f"{len(quoted):,} " \
+                                                                                              "characters"
+    return text.replace(quoted, f"{quoted[:limit]}... ({type(error.instance).__name__} of {size})")
 
 
 def _holds(check: Callable[[Any], bool], record: Any) -> bool:

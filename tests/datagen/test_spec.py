@@ -118,3 +118,18 @@ def test_plain_scalars_are_read_as_yaml_1_2_reads_them(tmp_path):
     text = MINI.replace("  check: {choices: [人数检测, 安全检查]}\n",
                         "  check: {choices: [人数检测, 安全检查]}\n  switch: {values: [on, off, yes, no, 010, 0x1F, 7]}\n")
     assert load_spec(write_spec(tmp_path, text)).slots["switch"].values == ("on", "off", "yes", "no", "010", "0x1F", 7)
+
+
+def test_a_schema_error_quotes_a_long_value_cut_short(tmp_path):
+    """A seventh probe: a data file given as a spec (`tasktune data train.json`, `tiny-model --spec train.json`)
+    printed all its records on one line (jsonschema quotes the whole value); the quote is cut at 200 characters."""
+    import json
+
+    records = [{"content": f"查查第{i}个工地的人数", "summary": "好的" * 20} for i in range(300)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:1: $: [{{'content': '查查第0个工地的人数'") and len(message) < 500, message
+    assert message.endswith("... (list of 300 items) is not of type 'object'"), message
