@@ -61,3 +61,18 @@ def test_a_run_folder_given_as_the_model_says_which_base_to_give(train_data, tmp
             "spiece.model, sentencepiece.bpe.model) and no config.json: it is not a model folder; it holds an adapter, "
             "trained on /models/base-7b (adapter_config.json): give that base model") in err
     assert "copy the model's tokenizer" not in err and not (tmp_path / "out").exists()
+
+
+def test_tensors_the_config_has_no_place_for_are_a_warning_not_a_refusal(tiny_glm, tmp_path):
+    """Published checkpoints carry tensors transformers does not use (a draft head, old buffers): they load, with a
+    warning naming them; weights the config needs and the files lack stay a refusal (above)."""
+    from tasktune.errors import TaskTuneWarning
+    from tasktune.tuning.model.load import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_glm, model)
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
+    _edit(model / "config.json", num_hidden_layers=layers - 1)
+    with pytest.warns(TaskTuneWarning, match=rf"tensor\(s\) of the weight files have no place .*layers\.{layers - 1}\."):
+        loaded = load_model(model)
+    assert loaded.config.num_hidden_layers == layers - 1

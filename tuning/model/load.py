@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from tasktune.errors import ConfigError, TaskTuneWarning
@@ -316,19 +317,23 @@ def load_model(
 
 
 def _check_loading_info(name: str, folder: Path | None, info: dict) -> None:
-    """ConfigError when the weight files and config.json do not describe the same model: transformers printed a
-    LOAD REPORT and went on with the missing weights at random values (a GLM folder whose config says llama, or
-    `num_hidden_layers` edited) and trained with exit 0."""
+    """ConfigError when config.json needs weights the files lack: transformers printed a LOAD REPORT and went on with
+    them at random values (a GLM folder whose config says llama, `num_hidden_layers` raised) and trained with exit
+    0. Tensors of the files the model has no place for are a warning only: the model computes without them, and
+    published checkpoints carry extras transformers does not list as ignorable (a draft head, old buffers)."""
     missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
-    if not missing and not unused:
-        return
     where = folder / "config.json" if folder is not None else f"{name}'s config.json"
-    parts = [f"{len(missing)} weight(s) it needs are not in the weight files ({', '.join(missing[:3])})"] \
-        if missing else []
+    if missing:
+        also = f"; and {len(unused)} tensor(s) of the files have no place in it ({', '.join(unused[:3])})" \
+            if unused else ""
+        raise ConfigError(f"{name}: the model {where} describes does not match its weights: {len(missing)} weight(s) "
+                          f"it needs are not in the weight files ({', '.join(missing[:3])}){also}; the config was "
+                          "edited (model_type, layer counts) or belongs to another model")
     if unused:
-        parts.append(f"{len(unused)} tensor(s) of the weight files have no place in it ({', '.join(unused[:3])})")
-    raise ConfigError(f"{name}: the model {where} describes does not match its weights: {'; '.join(parts)}; the "
-                      "config was edited (model_type, layer counts) or belongs to another model")
+        warnings.warn(f"{name}: {len(unused)} tensor(s) of the weight files have no place in the model {where} "
+                      f"describes ({', '.join(unused[:3])}); they are not used. If the config was edited (fewer "
+                      "layers) or belongs to another model, this is not the model the files hold", TaskTuneWarning,
+                      stacklevel=3)
 
 
 def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, padding_side: str = "left"):
