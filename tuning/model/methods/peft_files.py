@@ -84,6 +84,6 @@ def _check_shapes(config: dict[str, Any], config_path: Path, weights_path: Path,
         rank = config["r"]
         for name, shape in sorted(shapes.items()):
             axis = 0 if name.endswith("lora_A.weight") else 1 if name.endswith("lora_B.weight") else None
-            if axis is not None and (len(shape) != 2 or shape[axis] != rank):
+            if axis is not None and len(shape) in (2, 4) and shape[axis] != rank:  # (4: a Conv2d's LoRA)
                 raise ConfigError(f"{weights_path}: tensor {name!r} has shape {shape}, but {config_path} gives r "
                                   f"{rank}: the two files are of different adapters, or one was edited")
