@@ -143,6 +143,30 @@ def test_an_untouched_third_party_style_folder_still_evaluates(runs, tmp_path, c
         assert code == 0, err
 
 
+@pytest.mark.parametrize("targets, with_embeddings", [(["q_proj"], True), (["q_proj", "embed_tokens"], False)])
+def test_lora_files_peft_saves_either_way_load_without_asking_the_hub(tiny_glm, tmp_path, monkeypatch, targets,
+                                                                       with_embeddings):
+    """The check that every tensor found its place compared the file with PEFT's default save
+    (save_embedding_layers="auto"): a LoRA saved with the embedding layers (or an embedding-targeted one saved
+    without) was refused, and every load asked the hub whether the base's vocabulary changed."""
+    import peft
+    import peft.utils.save_and_load as peft_save
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tasktune.tuning.model.load import load_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_glm),
+                           LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=targets))
+    folder = tmp_path / "adapter"
+    model.save_pretrained(folder, save_embedding_layers=with_embeddings)
+    (folder / "tasktune_method.json").write_text(json.dumps({"method": "lora", "task": "causal-lm", "labels": None}))
+    asked = []
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", lambda *a, **k: asked.append(a) or False)
+    adapter = methods.load(load_model(tiny_glm), folder)
+    assert isinstance(adapter.model, peft.PeftModel) and asked == []
+
+
 @pytest.mark.parametrize("changes, said", [({"num_virtual_tokens": 4.0}, "num_virtual_tokens: expected an integer"),
                                            ({"num_layers": "2"}, "num_layers: expected an integer, got str '2'")])
 def test_the_shared_base_of_serve_checks_adapter_config_before_loading(runs, tmp_path, monkeypatch, changes, said):
@@ -180,3 +204,19 @@ def test_an_adapter_naming_another_existing_base_than_the_record_is_said(runs, t
                        f"tasktune_run.json was trained on {trained_on} (config.model), which exists too; loading "
                        f"{other}. If that is not the base, fix \"base_model_name_or_path\" in "
                        f"{run / 'adapter_config.json'}"], err
+
+
+def test_lora_layouts_whose_rank_is_not_one_axis_are_left_to_peft(tmp_path):
+    """The rank check refused valid PEFT files: MoE experts' LoRA (target_parameters: r x experts rows) and a
+    grouped Conv2d's lora_B (r / groups columns); a plain 2-D tensor of another rank is still refused."""
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.model.methods.peft_files import _check_shapes
+
+    config, weights = tmp_path / "adapter_config.json", tmp_path / ADAPTER
+    moe = {"peft_type": "LORA", "r": 4, "target_parameters": ["mlp.experts.gate_up_proj"]}
+    _check_shapes(moe, config, weights, {"m.experts.lora_A.weight": [16, 32], "m.experts.lora_B.weight": [128, 16]})
+    conv = {"peft_type": "LORA", "r": 4}
+    _check_shapes(conv, config, weights, {"conv.lora_A.weight": [4, 8, 3, 3], "conv.lora_B.weight": [8, 2, 1, 1]})
+    for shapes in ({"q.lora_A.weight": [8, 32]}, {"q.lora_B.weight": [32, 2]}, {"conv.lora_A.weight": [8, 8, 3, 3]}):
+        with pytest.raises(ConfigError, match="gives r 4"):
+            _check_shapes(conv, config, weights, shapes)

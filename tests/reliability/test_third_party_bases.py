@@ -77,3 +77,16 @@ def test_tensors_the_config_has_no_place_for_are_a_warning_not_a_refusal(tiny_gl
     with pytest.warns(TaskTuneWarning, match=unused):
         loaded = load_model(model)
     assert loaded.config.num_hidden_layers == layers - 1
+
+
+def test_a_size_given_per_layer_is_a_list_of_positive_integers():
+    """Gemma3n's text config gives intermediate_size per layer ([128, 128]): it was refused as not an integer."""
+    from types import SimpleNamespace
+
+    from tasktune.errors import ConfigError
+    from tasktune.tuning.model.load import _check_sizes
+
+    _check_sizes(SimpleNamespace(intermediate_size=[128, 128], hidden_size=64), "c.json")
+    for bad in ([128, 0], [], [1.5], 0):
+        with pytest.raises(ConfigError, match="c.json: intermediate_size: expected a positive integer"):
+            _check_sizes(SimpleNamespace(intermediate_size=bad), "c.json")

@@ -149,3 +149,20 @@ def test_an_earlier_compare_folder_is_accepted_and_a_look_alike_is_not(tmp_path)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"did not write \(bitfit, notes.txt\)"):
         check_out_folder(out)
+
+
+def test_the_context_check_counts_what_the_task_reads():
+    """compare refused classification settings train accepts: it counted --max-target-length (and the answer cap),
+    which a classifier never uses."""
+    from types import SimpleNamespace
+
+    from tasktune.tuning.evaluation.compare import _check_lengths
+
+    base = SimpleNamespace(max_position_embeddings=150)  # the defaults' 64 + 64 positions, + a prefix of 32
+    for task, refused in (("classification", False), ("causal-lm", True)):
+        cfg = CompareConfig(model="m", data="d", out="o", methods=["ptuning-v2"], task=task, pre_seq_len=32)
+        if refused:
+            with pytest.raises(ConfigError, match="--pre-seq-len 32 .* 150-position context"):
+                _check_lengths(cfg, base)
+        else:
+            _check_lengths(cfg, base)

@@ -125,6 +125,7 @@ def test_a_classification_base_loads_without_the_report_of_its_new_head(tiny_mod
     assert not kept("score.weight | MISSING | ") and not kept("score.weight | MISSING | \nscore.bias   | MISSING | ")
     assert kept("score.weight | MISSING | \nmodel.layers.0.mlp.up.weight | MISSING | ")
     assert not kept("score.weight | MISSING | \nlm_head.weight | UNEXPECTED | ")
+    assert not kept("classifier.dense.weight | MISSING | \nembed_out.weight | UNEXPECTED | ")  # GPT-NeoX, RoBERTa
     assert kept("score.weight | MISMATCH | ") and kept("lm_head.weight | MISSING | ")
     assert kept("score.weight | MISSING | \nmodel.norm.weight | UNEXPECTED | ")
     assert _HeadReportFilter().filter(logging.LogRecord("t", logging.WARNING, "f", 1, "other text", None, None))

@@ -210,11 +210,12 @@ def _check_lengths(cfg: CompareConfig, config) -> None:
     reserve = cfg.pre_seq_len if prefixed else 0
     if limit is None:
         return
-    lengths = TrainConfig.max_source_length + TrainConfig.max_target_length  # (compare trains at the defaults)
+    causal = cfg.task == "causal-lm"  # (a classifier reads the source only, and generates nothing)
+    lengths = TrainConfig.max_source_length + (TrainConfig.max_target_length if causal else 0)  # (the defaults)
     if lengths + reserve > limit:
         raise ConfigError(f"--pre-seq-len {reserve} ({', '.join(prefixed)}) + the {lengths} positions of a training "
                           f"record is more than {cfg.model}'s {limit}-position context; lower --pre-seq-len")
-    if cfg.max_new_tokens + reserve >= limit:
+    if causal and cfg.max_new_tokens + reserve >= limit:
         raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in {cfg.model}'s "
                           f"{limit}-position context (at most {limit - reserve - 1}"
                           + (f" beside --pre-seq-len {reserve} of {', '.join(prefixed)})" if reserve else ")"))

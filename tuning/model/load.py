@@ -109,7 +109,8 @@ SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", 
 def _check_sizes(config, where: str) -> None:
     for key in SIZES:
         value = getattr(config, key, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        values = value if isinstance(value, list) and value else [value]  # (Gemma3n: intermediate_size per layer)
+        if value is not None and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
             raise ConfigError(f"{where}: {key}: expected a positive integer, got {value!r:.60}")
 
 
@@ -130,9 +131,9 @@ def check_vocabulary(name, tokenizer, config, top_id: int, model=None) -> None:
 
 
 #: AutoModelForSequenceClassification over a causal LM's checkpoint: its new head is MISSING (score.*; classifier.*
-#: in others), the unused language-model head UNEXPECTED
-_HEAD_ROWS = {"MISSING": re.compile(r"(score|classifier)\.(weight|bias)"),
-              "UNEXPECTED": re.compile(r"lm_head\.(weight|bias)")}
+#: in others), the unused language-model head UNEXPECTED (lm_head; embed_out in GPT-NeoX, output_layer in ChatGLM)
+_HEAD_ROWS = {"MISSING": re.compile(r"(score|classifier)(\.dense|\.out_proj)?\.(weight|bias)"),
+              "UNEXPECTED": re.compile(r"(lm_head|embed_out|(transformer\.)?output_layer)\.(weight|bias)")}
 
 
 class _HeadReportFilter(logging.Filter):

@@ -173,8 +173,11 @@ def _check_all_used(peft_model, saved: dict, weights: Path) -> None:
     file (or a file missing tensors) left the adapter's weights at their initial values, with exit 0."""
     from peft import get_peft_model_state_dict
 
-    wanted = get_peft_model_state_dict(peft_model)
-    unused, missing = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    # what PEFT writes without and with the embedding layers (save_embedding_layers was the saver's choice; never
+    # "auto", which asks the hub whether the base's vocabulary changed, at every load)
+    least = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    most = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))
+    unused, missing = sorted(set(saved) - most), sorted(least - set(saved))
     if unused or missing:
         parts = [f"{len(unused)} tensor(s) the model has no place for ({', '.join(unused[:3])})"] if unused else []
         if missing:

@@ -80,10 +80,14 @@ def _check_shapes(config: dict[str, Any], config_path: Path, weights_path: Path,
             raise ConfigError(f"{weights_path}: tensor 'prompt_embeddings' has shape {found}, but {config_path} "
                               f"gives num_virtual_tokens {config['num_virtual_tokens']} ({rows} rows): the two files "
                               "are of different adapters, or one was edited")
-    if peft_type == "LORA" and not config.get("rank_pattern"):
+    # (per-module ranks, and MoE experts' LoRA (target_parameters: r x experts rows) are PEFT's to check)
+    if peft_type == "LORA" and not config.get("rank_pattern") and not config.get("target_parameters"):
         rank = config["r"]
         for name, shape in sorted(shapes.items()):
             axis = 0 if name.endswith("lora_A.weight") else 1 if name.endswith("lora_B.weight") else None
-            if axis is not None and len(shape) in (2, 4) and shape[axis] != rank:  # (4: a Conv2d's LoRA)
+            if axis is None or len(shape) not in (2, 4):
+                continue
+            grouped = len(shape) == 4 and axis == 1 and rank % shape[1] == 0  # a grouped Conv2d: r / groups columns
+            if shape[axis] != rank and not grouped:
                 raise ConfigError(f"{weights_path}: tensor {name!r} has shape {shape}, but {config_path} gives r "
                                   f"{rank}: the two files are of different adapters, or one was edited")
