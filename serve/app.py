@@ -242,7 +242,7 @@ async def _events(service: Service, body: ChatRequest, turn, params):
     prompt_tokens = completion_tokens = 0
     if service.runs_actions(body, turn):  # the server runs the tools: stream the result step's answer
         try:
-            first = await service.complete(turn, params)
+            first = await service.complete_all(turn, params)  # (as the plain answer: every model call of the turn)
             calls = service.tool_calls(turn, first.text, body, first.finish_reason)
             executed, next_turn = await service.execute(turn, calls) if calls else ([], None)
         except RequestError as exc:  # the generation or an action failed, or its result does not fit the frame
