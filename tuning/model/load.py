@@ -44,8 +44,8 @@ def _check_source(name_or_path: str) -> Path | None:
         from tasktune import TEMPLATES
 
         raise ConfigError(f"model {DEFAULT_MODEL} (train's default --model: what `tasktune tiny-model` builds) is not "
-                          f"in {Path.cwd()}; give --model a hub id or a model folder (the tiny base tasktune ships: "
-                          f"{TEMPLATES / 'demo' / 'tiny-glm'}), or build it with `tasktune tiny-model`")
+                          f"in {Path.cwd()}; train with --model a hub id or a model folder (the tiny base tasktune "
+                          f"ships: {TEMPLATES / 'demo' / 'tiny-glm'}), or build it here with `tasktune tiny-model`")
     return None
 
 
