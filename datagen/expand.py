@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tasktune.datagen.answers import build_pattern
+from tasktune.datagen.answers import build_pattern, recovers
 from tasktune.datagen.render import Compiled, getter
 from tasktune.datagen.slots import SlotSampler, Unsatisfiable
 from tasktune.datagen.spec import StepSpec, TaskSpec
@@ -147,10 +147,12 @@ class StepPlan:
         args = self.step.arguments
         case = self.cases[index]
         key = (index, *[values[r] for r in case.refs if r not in args])
-        if key in self._patterns:
-            return self._patterns[key]
+        pattern = self._patterns.get(key)
+        # a shape's pattern holds for values like the first's: one holding its own separators (or empty) does not
+        if pattern is not None and recovers(pattern, answer, values, args):
+            return pattern
         pattern, general = build_pattern(case, values, args, answer, self.step.where)
-        if general:  # holds for any argument values: reuse it
+        if general and key not in self._patterns:  # holds for any argument values: reuse it
             self._patterns[key] = pattern
         return pattern
 

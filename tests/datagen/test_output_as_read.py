@@ -1,0 +1,79 @@
+"""The eighth probe (docs/reliability.md): `tasktune data` output as other tools read it.
+
+Every record's `meta.answer_pattern` reads its own answer's arguments back as eval does
+(tuning/evaluation/metrics.py `argument_accuracy`: the stripped answer, fully matched); records whose text no
+reader could take are refused where they are made, naming the spec's field.
+"""
+
+import random
+
+import pytest
+import yaml
+
+from datagen_testutil import write_spec
+from tasktune.datagen.expand import expand
+from tasktune.datagen.spec import load_spec
+from tasktune.errors import SpecError
+from tasktune.tuning.evaluation.metrics import argument_accuracy
+
+ARGS_SPEC = """\
+name: hostile
+n: {n}
+slots:
+  a: {{values: {a}}}
+  b: {{values: ["1", "2"]}}
+  c: {{values: {c}}}
+steps:
+  - name: s
+    pattern: "步骤#拆分*语音#{{{{ utterance }}}}"
+    contents: ["查{{{{ a }}}}的{{{{ b }}}}和{{{{ c }}}}"]
+    summary: "地名为{{{{ a }}}}, 参数为{{{{ b }}}}；{{{{ c }}}}"
+    arguments: [a, b]
+"""
+
+
+def _spec(tmp_path, a, c='["w"]', n=None):
+    flow = yaml.safe_dump(a, allow_unicode=True, default_flow_style=True, width=1 << 20).strip()  # controls escaped
+    n = n or 2 * len(a) * len(yaml.safe_load(c))
+    return write_spec(tmp_path, ARGS_SPEC.format(n=n, a=flow, c=c))
+
+
+def _examples(path, seed=0):
+    return expand(load_spec(path), random.Random(seed), None, [])
+
+
+def _scores_itself(example) -> bool:
+    meta = {"arguments": example.arguments, "answer_pattern": example.answer_pattern}
+    return all(argument_accuracy(example.summary, meta).values())
+
+
+HOSTILE_VALUES = ["济南", "x\ny", "t\tab", "ls\u2028ps\u2029e", "bel\x07\x1b[31m", "rlo\u202eevil\u202c",
+                  "\u0301lone", "emoji😀𝕏", "re.*+?[](){}|^$\\", "{{ x }}", "#*#", "nul\x01\x7f", "nel\x85end",
+                  " lead", "trail ", "a.b", "(x)"]
+
+
+def test_every_answer_pattern_reads_its_own_answer_back_as_eval_does(tmp_path):
+    # a value with a newline (`.` stops at "\n") and a trailing literal space ("；z ", gone once eval strips the
+    # answer) made the pattern miss: a perfect answer scored 0 on every argument
+    examples = _examples(_spec(tmp_path, HOSTILE_VALUES, c='["w", "z "]'))
+    assert len(examples) == 2 * len(HOSTILE_VALUES) * 2
+    failed = [(e.summary, e.answer_pattern) for e in examples if not _scores_itself(e)]
+    assert not failed
+
+
+def test_patterns_of_ordinary_values_are_unchanged(tmp_path):
+    # the fixes touch only what they need: the usual pattern is as before (the golden files hold it)
+    examples = _examples(_spec(tmp_path, ["济南", "a.b"]))
+    assert {e.answer_pattern for e in examples} == {"^地名为(?P<a>.+?), 参数为(?P<b>.+?)；w$"}
+
+
+def test_a_value_holding_the_answers_own_separator_is_refused(tmp_path):
+    # 'p, 参数为q' makes the answer '地名为p, 参数为q, 参数为1；w' read two ways: the pattern gave a = 'p'
+    with pytest.raises(SpecError, match=r"spec.yaml:\d+: \$.steps\[0\].arguments: the arguments .* cannot be read "
+                                        r"back from the answer '地名为p, 参数为q, 参数为\d；w': a value holds the text"):
+        _examples(_spec(tmp_path, ["济南", "p, 参数为q"]))
+
+
+def test_an_empty_argument_value_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"\$.steps\[0\].arguments: argument 'a' is '' \(empty or only whitespace\)"):
+        _examples(_spec(tmp_path, ["济南", ""]))
