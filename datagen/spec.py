@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -314,11 +315,55 @@ def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
                 raise SpecError(f"{where}.weights: {len(weights)} weights for {len(values)} choices")
             if sum(weights) <= 0:
                 raise SpecError(f"{where}.weights: weights sum to 0")
+        _no_lookalikes(values, f"{where}.choices: values")
         return SlotSpec(name, "choices", where, values=values, weights=tuple(weights) if weights else None)
     values = tuple(raw["values"]) if "values" in raw else _read_pool(spec_dir, raw["file"], where)
     if not values:
         raise SpecError(f"{where}: empty pool (no values)")
+    _no_lookalikes(values, f"{where}.values: values" if "values" in raw else
+                   f"{where}: pool file {raw['file']}: values")
     return SlotSpec(name, "pool", where, values=tuple(dict.fromkeys(values)))
+
+
+def _no_lookalikes(values: tuple[Scalar, ...], where: str) -> None:
+    """SpecError for two values of one slot that a reader takes for one: the same text once written (`1` and
+    `'1'`), but for Unicode normal form (NFC 'é' and NFD 'e' + U+0301, as lists merged from macOS give) or
+    whitespace at the ends (eval compares arguments stripped), or equal numbers of other types (`1`, `1.0`, `true`:
+    the pool kept only the first without a word). Such values made records that differ only in invisible bytes: a
+    `slot` split held one out while its twin trained, and uniqueness counted them twice. The same value given
+    twice is still one value."""
+    by_text: dict[str, Scalar] = {}
+    by_value: dict[Scalar, Scalar] = {}
+    seen: set[tuple[type, Scalar]] = set()
+    for value in values:
+        if (type(value), value) in seen:
+            continue
+        seen.add((type(value), value))
+        text = unicodedata.normalize("NFC", str(value)).strip()
+        other = by_text.get(text, by_value.get(value, _NONE))
+        if other is not _NONE:
+            tail = "records would differ only in bytes a reader does not see; keep one of them"
+            if str(other) == str(value):
+                why = "write the same text"
+            elif unicodedata.normalize("NFC", str(other)) == unicodedata.normalize("NFC", str(value)):
+                why = (f"are the same text in two Unicode normal forms (NFC and NFD: {_points(other)} vs "
+                       f"{_points(value)})")
+            elif text == unicodedata.normalize("NFC", str(other)).strip():
+                why = "differ only in whitespace at the ends (eval compares arguments stripped)"
+            else:
+                why = f"are equal as {type(other).__name__} and {type(value).__name__}"
+                tail = "the slot kept only the first; keep one of them, or quote them to make them text"
+            raise SpecError(f"{where} {other!r} and {value!r} {why}: {tail}")
+        by_text[text] = value
+        by_value.setdefault(value, value)
+
+
+_NONE = object()
+
+
+def _points(value: Scalar) -> str:
+    text = str(value)
+    return " ".join(f"U+{ord(c):04X}" for c in text[:12]) + (" ..." if len(text) > 12 else "")
 
 
 def _build_step(i: int, raw: dict, slots: dict[str, SlotSpec], at: _Locator) -> StepSpec:
