@@ -209,19 +209,31 @@ def plan_counts(spec: TaskSpec, n: int, warnings: list[str] | None = None) -> tu
     """Records per step and chain count: `count`, `share` of n, else an even split of what is left. When every
     step has a count or share and they ask for fewer than n, the rest is not made: a warning says so."""
     fixed: dict[str, int] = {}
+    exact: dict[str | None, float] = {}  # share * n of each step with a share (None: the chains)
     for s in spec.steps:
         if s.count is not None:
             fixed[s.name] = s.count
         elif s.share is not None:
             fixed[s.name] = round(s.share * n)
+            exact[s.name] = s.share * n
     chains = spec.chains
     chain_n = 0 if chains is None else chains.count if chains.count is not None else round((chains.share or 0) * n)
+    if chains is not None and chains.count is None and chains.share:
+        exact[None] = chains.share * n
+    if sum(exact.values()) > n * (1 + 1e-9):  # shares over 1 in all: more than n at any n, whatever rounds
+        shares = [(w, path, value) for w, path, key, value, _ in _count_fields(spec, fixed, chain_n) if key == "share"]
+        listed = ", ".join(f"{path}.share {value:g}" for _, path, value in shares)
+        raise SpecError(f"{shares[0][0]}.share: impossible counts: the shares add up to "
+                        f"{sum(value for *_, value in shares):g}, more than all of n ({listed})")
+    chain_n = _fit_shares(fixed, chain_n, exact)
     rest = n - sum(fixed.values()) - chain_n
     free = [s.name for s in spec.steps if s.name not in fixed]
     if rest < 0:
-        raise SpecError(
-            f"{spec.path}: impossible counts: steps and chains ask for {n - rest} records but n is {n}"
-        )
+        listed = ", ".join(f"{path}.{key} {value:g}" + (f" ({made:,})" if key == "share" else "")
+                           for _, path, key, value, made in _count_fields(spec, fixed, chain_n) if made)
+        where = next(f"{w}.{key}" for w, _, key, _, made in _count_fields(spec, fixed, chain_n) if made)
+        raise SpecError(f"{where}: impossible counts: steps and chains ask for {n - rest:,} records but n is {n:,} "
+                        f"({listed}); lower them, or raise n (or --n)")
     counts = dict(fixed)
     for i, name in enumerate(free):
         counts[name] = rest // len(free) + (1 if i < rest % len(free) else 0)
@@ -233,6 +245,36 @@ def plan_counts(spec: TaskSpec, n: int, warnings: list[str] | None = None) -> tu
                         f"ask for {n - rest:,} records: the other {rest:,} are not made (leave one step without "
                         "count/share to take the rest, or lower n)")
     return {s.name: counts[s.name] for s in spec.steps}, chain_n
+
+
+def _fit_shares(fixed: dict[str, int], chain_n: int, exact: dict[str | None, float]) -> int:
+    """Take back what rounding each share on its own added over the shares' total (`share: 0.5` twice of n 3 rounds
+    to 2 + 2 = 4 records, refused as more than n): one record from each share rounded up the most (the first in spec
+    order on a tie) until the shares give round(their total). `fixed` is changed in place; returns the chain count.
+    Shares whose rounding stays within their total are left as they were."""
+    made = {name: (fixed[name] if name is not None else chain_n) for name in exact}
+    excess = sum(made.values()) - round(sum(exact.values()))
+    if excess > 0:
+        order = sorted(exact, key=lambda name: exact[name] - made[name])  # (stable: spec order on a tie)
+        for name in order[:excess]:
+            made[name] -= 1
+    for name, count in made.items():
+        if name is not None:
+            fixed[name] = count
+    return made.get(None, chain_n)
+
+
+def _count_fields(spec: TaskSpec, fixed: dict[str, int], chain_n: int) -> list[tuple[str, str, str, float, int]]:
+    """(where, JSON path, `count` or `share`, its value, records it gives) of each step and the chains that has
+    one."""
+    fields = [(s.where, f"$.steps[{i}]", "count" if s.count is not None else "share",
+               s.count if s.count is not None else s.share, fixed[s.name])
+              for i, s in enumerate(spec.steps) if s.name in fixed]
+    if spec.chains is not None:
+        count = spec.chains.count
+        fields.append((f"{spec.path}: $.chains", "$.chains", "count" if count is not None else "share",
+                       count if count is not None else spec.chains.share or 0, chain_n))
+    return fields
 
 
 def _no_records(spec: TaskSpec, n: int) -> None:

@@ -1,0 +1,50 @@
+"""The eighth probe (docs/reliability.md): counts and shares at their edges (tiny n, shares that round up)."""
+
+import pytest
+
+from datagen_testutil import write_spec
+from tasktune.datagen.expand import plan_counts
+from tasktune.datagen.spec import load_spec
+from tasktune.errors import SpecError
+
+STEP = '{{name: {name}, contents: ["{{{{ a }}}}"], summary: "{{{{ a }}}}"{extra}}}'
+
+
+def _spec(tmp_path, *steps, chains=""):
+    listed = ", ".join(STEP.format(name=name, extra=extra) for name, extra in steps)
+    text = f"name: e\nn: 10\nslots: {{a: {{range: [0, 99]}}}}\nsteps: [{listed}]\n{chains}"
+    return load_spec(write_spec(tmp_path, text))
+
+
+def test_shares_that_fit_n_are_never_refused_for_their_rounding(tmp_path):
+    # 0.5 and 0.5 of 3 rounded to 2 + 2: "impossible counts: steps and chains ask for 4 records but n is 3"
+    spec = _spec(tmp_path, ("s", ", share: 0.5"), ("t", ", share: 0.5"))
+    assert plan_counts(spec, 3) == ({"s": 1, "t": 2}, 0)
+    spec = _spec(tmp_path, ("s", ", share: 0.3"), ("t", ", share: 0.3"), ("u", ""))
+    assert plan_counts(spec, 5) == ({"s": 1, "t": 2, "u": 2}, 0)
+    spec = _spec(tmp_path, ("s", ", share: 0.45"), ("t", ""), chains="chains: {steps: [s, t], share: 0.55}\n")
+    assert plan_counts(spec, 3) == ({"s": 1, "t": 0}, 2)
+
+
+def test_a_share_whose_rounding_fits_is_as_before(tmp_path):
+    spec = _spec(tmp_path, ("s", ", share: 0.25"), ("t", ", share: 0.25"), ("u", ""))
+    assert plan_counts(spec, 10) == ({"s": 2, "t": 2, "u": 6}, 0)  # round(2.5) is 2, as it was
+    assert plan_counts(spec, 24) == ({"s": 6, "t": 6, "u": 12}, 0)
+
+
+def test_shares_over_one_are_refused_at_any_n(tmp_path):
+    spec = _spec(tmp_path, ("s", ", share: 0.6"), ("t", ", share: 0.5"))
+    for n in (3, 10, 1000):  # (at n 3 the rounding alone would have fitted)
+        with pytest.raises(SpecError, match=r"spec.yaml:4: \$.steps\[0\].share: impossible counts: the shares add "
+                                            r"up to 1.1, more than all of n \(\$.steps\[0\].share 0.6, "
+                                            r"\$.steps\[1\].share 0.5\)"):
+            plan_counts(spec, n)
+
+
+def test_counts_over_n_name_the_fields_that_ask(tmp_path):
+    # was "spec.yaml: impossible counts: steps and chains ask for 13 records but n is 10": no line, no field
+    spec = _spec(tmp_path, ("s", ", count: 5"), ("t", ", share: 0.2"), chains="chains: {steps: [s, t], count: 6}\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:4: \$.steps\[0\].count: impossible counts: steps and chains ask "
+                                        r"for 13 records but n is 10 \(\$.steps\[0\].count 5, \$.steps\[1\].share "
+                                        r"0.2 \(2\), \$.chains.count 6\); lower them, or raise n \(or --n\)"):
+        plan_counts(spec, 10)
