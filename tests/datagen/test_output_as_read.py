@@ -112,3 +112,31 @@ def test_the_same_value_twice_is_still_one_value(tmp_path):
     assert spec.slots["a"].values == ("a", "b", 1)
     spec = load_spec(write_spec(tmp_path, POOL_SPEC.format(slot="{choices: [a, a, b], weights: [1, 1, 2]}")))
     assert spec.slots["a"].values == ("a", "a", "b")
+
+
+LONG_SPEC = """\
+name: long
+n: 4
+slots: {{a: {{range: [0, 99]}}}}
+steps:
+  - {{name: s, pattern: "{pattern}", contents: ["{{{{ 'y' * {size} }}}}{{{{ a }}}}"], summary: "{{{{ a }}}}"}}
+  - {{name: t, contents: ["{{{{ 'z' * {size} }}}}{{{{ a }}}}"], summary: "{{{{ a }}}}"}}
+{chains}"""
+
+
+@pytest.mark.parametrize("pattern, size, chains, message", [
+    ("{{ 'x' * 60000 }}{{ utterance }}", 60000, "",
+     r"spec.yaml:5: \$.steps\[0\]: template s/0 gives a prompt of 120,00\d characters \(content 120,00\d\), over the "
+     r"100,000 that `tasktune train` and `eval` accept"),
+    ("{{ utterance }}", 40000, "chains: {steps: [s, t, s], count: 2}",
+     r"spec.yaml:5: \$.steps\[0\]: template s/0 in the chain s -> t -> s gives a prompt of 120,0\d\d characters "
+     r"\(content 40,00\d, history 80,0\d\d\)"),
+])
+def test_a_prompt_too_long_for_train_and_eval_is_refused_where_it_is_made(tmp_path, pattern, size, chains, message):
+    # a pattern and a content may each build 100,000 characters, and a chain's turns add up: such records were
+    # written with exit 0, then `tasktune train` refused the file ("its prompt is 120,002 characters long")
+    from tasktune.datagen import generate
+
+    path = write_spec(tmp_path, LONG_SPEC.format(pattern=pattern, size=size, chains=chains))
+    with pytest.raises(SpecError, match=message):
+        generate(path, seed=0)
