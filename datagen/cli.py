@@ -7,7 +7,7 @@ import random
 import sys
 from pathlib import Path
 
-from tasktune.datagen.formats import FORMATS
+from tasktune.datagen.formats import FORMATS, check_format
 from tasktune.flags import COUNT, SEED, check_can_write, check_output_folder
 from tasktune.runlock import raise_if_terminated, sigterm_as_interrupt
 
@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, "--out")
     check_can_write(Path(args.out).absolute().parent, f"--out {args.out}")  # the set is staged beside OUT
     spec = load_spec(args.spec)
+    check_format(spec, args.format)  # before any work: a set no record of which fits the format
     seed = args.seed if args.seed is not None else spec.seed
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)

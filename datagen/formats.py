@@ -18,6 +18,19 @@ if TYPE_CHECKING:
 FORMATS = ("chatglm", "jsonl", "alpaca", "sharegpt", "classification")
 
 
+def check_format(spec: Any, fmt: str) -> None:
+    """SpecError, before any record is made, when the spec's steps cannot be written as `fmt`: `classification`
+    takes only `label:` steps. (It was found at the first record written, after the whole set was generated, and
+    named neither the file nor the line.)"""
+    if fmt != "classification":
+        return
+    for step in spec.steps:
+        if step.label is None:
+            raise SpecError(f"{step.where}: --format classification writes {{text, label}} records, but step "
+                            f"{step.name!r} has a summary, not a `label:`; write this spec with another --format "
+                            "(chatglm, jsonl, alpaca, sharegpt), or give every step a label")
+
+
 def to_chatglm(example: Example) -> dict[str, Any]:
     """The default record: content/summary/history (`[]` for one turn), with `meta` for evaluation and audit."""
     if not (example.arguments is not None or example.noise or example.chain or example.label or example.history):

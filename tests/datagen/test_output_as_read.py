@@ -6,6 +6,7 @@ reader could take are refused where they are made, naming the spec's field.
 """
 
 import random
+import re
 
 import pytest
 import yaml
@@ -140,3 +141,17 @@ def test_a_prompt_too_long_for_train_and_eval_is_refused_where_it_is_made(tmp_pa
     path = write_spec(tmp_path, LONG_SPEC.format(pattern=pattern, size=size, chains=chains))
     with pytest.raises(SpecError, match=message):
         generate(path, seed=0)
+
+
+def test_a_format_the_steps_cannot_take_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    # was found at the first record written, after the whole set was generated, naming neither file nor line
+    from tasktune.cli import main
+    from tasktune.datagen import pipeline
+
+    monkeypatch.setattr(pipeline, "expand", lambda *a, **k: pytest.fail("generated before the format was checked"))
+    spec = write_spec(tmp_path / "spec", POOL_SPEC.format(slot="{values: [a, b]}"))
+    assert main(["data", str(spec), "--out", str(tmp_path / "out"), "--format", "classification"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: \S+spec.yaml:5: \$.steps\[0\]: --format classification writes \{text, label\} "
+                     r"records, but step 's' has a summary", err), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
