@@ -110,8 +110,13 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
             t, d = _group_split(part, spec.dev, _text_key, rng)
         train.extend(t)
         dev.extend(d)
+        if not t:  # (only a `slot` split can: every record of the step holds a held-out value)
+            warnings.append(f"split: step {name!r} has all of its {len(d)} records in dev and none to train on: each "
+                            f"holds a held-out value of slot {spec.slot!r} ({_listed(held)}), e.g. a content's `fix`; "
+                            "the model never learns this step (give it other values, or split another slot)")
+            explained = True
         # a step of a few distinct texts cannot be cut at the share asked: say so where it is far off
-        if (round(spec.dev * len(part)) >= 1 and not d) or len(d) > max(3 * spec.dev, spec.dev + 0.25) * len(part):
+        elif (round(spec.dev * len(part)) >= 1 and not d) or len(d) > max(3 * spec.dev, spec.dev + 0.25) * len(part):
             warnings.append(f"split: step {name!r} has {len(d)} of its {len(part)} records in dev against the "
                             f"{spec.dev:g} asked: too few distinct texts (or groups) to split finer")
             explained = explained or not d
@@ -120,6 +125,11 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
     shuffle(train, rng)
     shuffle(dev, rng)
     return train, dev
+
+
+def _listed(values: set, most: int = 5) -> str:
+    shown = sorted(map(repr, values))
+    return ", ".join(shown[:most]) + (f" and {len(shown) - most} more" if len(shown) > most else "")
 
 
 def _why_no_held_values(examples: list[Example], slot: str) -> str:

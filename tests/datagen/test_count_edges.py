@@ -1,4 +1,5 @@
-"""The eighth probe (docs/reliability.md): counts and shares at their edges (tiny n, shares that round up)."""
+"""The eighth probe (docs/reliability.md): counts, shares and splits at their edges (tiny n, shares that round up,
+a held-out slot that takes a whole step)."""
 
 import pytest
 
@@ -48,3 +49,31 @@ def test_counts_over_n_name_the_fields_that_ask(tmp_path):
                                         r"for 13 records but n is 10 \(\$.steps\[0\].count 5, \$.steps\[1\].share "
                                         r"0.2 \(2\), \$.chains.count 6\); lower them, or raise n \(or --n\)"):
         plan_counts(spec, 10)
+
+
+def test_a_step_the_slot_split_sends_wholly_to_dev_is_a_warning(tmp_path):
+    # step s fixes a = x; when x was held out, s had 10 records in dev and none in train with no word (the
+    # "far off" warning allowed up to 1.5 x the share: never at dev 0.5)
+    from tasktune.datagen import generate
+
+    text = """\
+name: e
+n: 20
+slots: {a: {values: [x, y]}, b: {range: [0, 99]}}
+steps:
+  - {name: s, contents: [{text: "{{ a }}{{ b }}", fix: {a: x}}], summary: "{{ a }}{{ b }}"}
+  - {name: t, contents: ["t{{ a }}{{ b }}"], summary: "{{ a }}{{ b }}"}
+split: {strategy: slot, slot: a, dev: 0.5}
+"""
+    path = write_spec(tmp_path, text)
+    for seed in range(6):
+        splits = generate(path, seed=seed)
+        trained = {r["meta"]["step"] for r in splits.train}
+        warned = [w for w in splits.stats["warnings"] if "none to train on" in w]
+        if "s" in trained:
+            assert not warned
+        else:
+            assert warned == ["split: step 's' has all of its 10 records in dev and none to train on: each holds a "
+                              "held-out value of slot 'a' ('x'), e.g. a content's `fix`; the model never learns this "
+                              "step (give it other values, or split another slot)"]
+    assert any("s" not in {r["meta"]["step"] for r in generate(path, seed=seed).train} for seed in range(6))
