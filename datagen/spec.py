@@ -305,6 +305,7 @@ def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
         low, high = raw["range"]
         if low > high:
             raise SpecError(f"{where}.range: low {low} is above high {high}")
+        _exact_in_json((low, high), f"{where}.range", "give a pool of the values as text instead")
         if high - low >= 1_000_000:
             raise SpecError(f"{where}.range: {high - low + 1} values; at most 1,000,000 (use an expr slot)")
         return SlotSpec(name, "range", where, values=tuple(range(low, high + 1)))
@@ -316,13 +317,30 @@ def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
             if sum(weights) <= 0:
                 raise SpecError(f"{where}.weights: weights sum to 0")
         _no_lookalikes(values, f"{where}.choices: values")
+        _exact_in_json(values, f"{where}.choices")
         return SlotSpec(name, "choices", where, values=values, weights=tuple(weights) if weights else None)
     values = tuple(raw["values"]) if "values" in raw else _read_pool(spec_dir, raw["file"], where)
     if not values:
         raise SpecError(f"{where}: empty pool (no values)")
+    _exact_in_json(values, f"{where}.values")
     _no_lookalikes(values, f"{where}.values: values" if "values" in raw else
                    f"{where}: pool file {raw['file']}: values")
     return SlotSpec(name, "pool", where, values=tuple(dict.fromkeys(values)))
+
+
+#: the largest integer every JSON reader keeps exactly: JavaScript's numbers and pyarrow (datasets, LLaMA-Factory)
+#: past int64 are doubles, so 9007199254740993 is read as ...992 (RFC 8259, section 6)
+JSON_SAFE_INT = 2**53 - 1
+
+
+def _exact_in_json(values: tuple[Scalar, ...], where: str, fix: str = "quote it to make it text") -> None:
+    """SpecError for an integer slot value that JSON readers other than Python's would round (records' meta.slots
+    and meta.arguments hold it as a number)."""
+    for value in values:
+        if type(value) is int and abs(value) > JSON_SAFE_INT:
+            raise SpecError(f"{where}: {value} is beyond ±{JSON_SAFE_INT:,} (2**53 - 1), which JSON readers other "
+                            "than Python's (JavaScript, pyarrow under `datasets` and LLaMA-Factory) read as a rounded "
+                            f"float in meta.slots; {fix}")
 
 
 def _no_lookalikes(values: tuple[Scalar, ...], where: str) -> None:

@@ -155,3 +155,16 @@ def test_a_format_the_steps_cannot_take_is_refused_before_any_work(tmp_path, cap
     assert re.search(r"error: \S+spec.yaml:5: \$.steps\[0\]: --format classification writes \{text, label\} "
                      r"records, but step 's' has a summary", err), err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("slot, where, fix", [
+    ("{range: [9223372036854775800, 9223372036854775830]}", "range", "give a pool of the values as text"),
+    ("{values: [1, 9007199254740993]}", "values", "quote it to make it text"),
+    ("{choices: [1, -9007199254740993]}", "choices", "quote it to make it text"),
+])
+def test_an_integer_json_readers_would_round_is_refused(tmp_path, slot, where, fix):
+    # meta.slots held 9223372036854775800, which `datasets` (pyarrow) read as the float 9.223372036854776e18
+    with pytest.raises(SpecError, match=rf"spec.yaml:4: \$.slots.a.{where}: -?9\d+ is beyond ±9,007,199,254,740,991 "
+                                        rf"\(2\*\*53 - 1\).*; {fix}"):
+        load_spec(write_spec(tmp_path, POOL_SPEC.format(slot=slot)))
+    assert load_spec(write_spec(tmp_path, POOL_SPEC.format(slot="{range: [9007199254740990, 9007199254740991]}")))
