@@ -293,6 +293,9 @@ def _read_pool(spec_dir: Path, name: str, where: str) -> tuple[str, ...]:
         raise SpecError(f"{where}: cannot read pool file {target}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise SpecError(f"{where}: pool file {target} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if "\x00" in text:
+        raise SpecError(f"{where}: pool file {target}, line {text.count(chr(10), 0, text.index(chr(0))) + 1}: "
+                        f"{_NUL_TEXT}{_NUL_FIX}")
     # one value a line: cut at "\n" only (splitlines() also cut at U+2028, NEL, form feed... inside a value)
     return tuple(s for s in (line.strip() for line in files.text_lines(text)) if s and not s.startswith("#"))
 
@@ -486,6 +489,14 @@ def _lone_surrogate(text: str) -> int | None:
     return None
 
 
+#: a NUL in a spec's text (YAML's "\0" escape; a raw one is refused by the YAML reader) or pool file: the generator
+#: marks where the utterance and the arguments go with NUL-delimited sentinels, so a value `"\0utterance\0"` read as
+#: a second utterance ("the pattern uses {{ utterance }} more than once"), and C-based readers end text at a NUL
+_NUL_TEXT = "holds a NUL character (U+0000)"
+_NUL_FIX = (", which tasktune keeps for its own markers (a value holding one read as the utterance's or an "
+            "argument's place) and which C-based readers take for the end of the text; remove it")
+
+
 def _check_tree(data: Any, at: _Locator) -> None:
     """One walk over the loaded spec, in document order, refusing what the schema cannot see: a NaN or ±inf
     (it passes every `minimum`/`maximum`, comparing false), a mapping key that is not text (`1:`, `null:`,
@@ -500,6 +511,8 @@ def _check_tree(data: Any, at: _Locator) -> None:
             if bad is not None:
                 raise SpecError(f"{at(*here)}: holds invalid Unicode (a lone surrogate {node[bad]!a} at character "
                                 f"{bad}), which cannot be written as UTF-8 text")
+            if "\x00" in node:
+                raise SpecError(f"{at(*here)}: {_NUL_TEXT} at character {node.index(chr(0))}{_NUL_FIX}")
         elif isinstance(node, float) and not math.isfinite(node):
             raise SpecError(f"{at(*here)}: {node} is not a finite number (NaN and infinities are not allowed)")
         elif isinstance(node, dict):

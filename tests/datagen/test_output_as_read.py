@@ -168,3 +168,17 @@ def test_an_integer_json_readers_would_round_is_refused(tmp_path, slot, where, f
                                         rf"\(2\*\*53 - 1\).*; {fix}"):
         load_spec(write_spec(tmp_path, POOL_SPEC.format(slot=slot)))
     assert load_spec(write_spec(tmp_path, POOL_SPEC.format(slot="{range: [9007199254740990, 9007199254740991]}")))
+
+
+@pytest.mark.parametrize("slots, pattern, message", [
+    # each value was read as the generator's own marker: a second utterance, or "no case holds"
+    (r'{a: {values: [b, "\0utterance\0"]}}', "{{ a }}#{{ utterance }}", r"spec.yaml:3: \$.slots.a.values\[1\]: "),
+    (r'{a: {values: [b, "x\0no case\0"]}}', "{{ utterance }}", r"spec.yaml:3: \$.slots.a.values\[1\]: "),
+    ("{a: {file: pool.txt}}", "{{ utterance }}", r"spec.yaml:3: \$.slots.a: pool file \S+pool.txt, line 2: "),
+])
+def test_a_nul_in_spec_text_is_refused(tmp_path, slots, pattern, message):
+    text = f'name: e\nn: 2\nslots: {slots}\nsteps: [{{name: s, pattern: "{pattern}", contents: ["x{{{{ a }}}}"], ' \
+           'summary: "{{ a }}"}]\n'
+    path = write_spec(tmp_path, text, pool__txt="a\nb\x00c\n")
+    with pytest.raises(SpecError, match=message + r"holds a NUL character \(U\+0000\)"):
+        load_spec(path)
