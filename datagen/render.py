@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace
 
 from tasktune.datagen import segments
+from tasktune.datagen.terminal import printable
 from tasktune.errors import SpecError
 
 #: the most text a template may build or output: a string's characters, or a list's items plus their text
@@ -468,7 +469,7 @@ _JINJA_NEWLINE = re.compile(r"\r\n|\r|\n")  # jinja2.lexer.newline_re
 def _syntax_error(exc: TemplateSyntaxError, where: str, source: str) -> SpecError:
     lines = _JINJA_NEWLINE.split(source)  # Jinja's own line count (splitlines() also cuts at U+2028, \x0c...)
     line = lines[exc.lineno - 1] if 0 < exc.lineno <= len(lines) else source
-    return SpecError(f"{where}: broken Jinja (template line {exc.lineno}): {exc.message}\n    {line}")
+    return SpecError(f"{where}: broken Jinja (template line {exc.lineno}): {exc.message}\n    {printable(line)}")
 
 
 def _render_error(exc: Exception, where: str, context: dict) -> SpecError:

@@ -8,6 +8,7 @@ from operator import attrgetter
 from typing import Any
 
 from tasktune.datagen.expand import Example
+from tasktune.datagen.terminal import printable
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:
@@ -126,12 +127,12 @@ def format_table(stats: dict[str, Any]) -> str:
     rows += [f"{name:<24}{c['train']:>8}{c['dev']:>8}" for name, c in stats["templates"].items()]
     rows.append("slot values (distinct; most common)")
     for slot, counts in stats["slot_values"].items():
-        top = ", ".join(f"{v}:{n}" for v, n in list(counts.items())[:4])
+        top = ", ".join(f"{printable(str(v))}:{n}" for v, n in list(counts.items())[:4])  # (values hold anything)
         rows.append(f"  {slot:<14}{len(counts):>6}  {top}")
     for side, noise in stats["noise"].items():
         ops = " ".join(f"{k}={v}" for k, v in noise["ops"].items()) or "-"
         rows.append(f"noise {side:<5} rate {noise['rate']:.3f}  records noised {noise['records_noised']}  ops {ops}")
     for field, p in stats["length"].items():
         rows.append(f"length {field:<8} p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}  max {p['max']}")
-    rows += [f"warning: {w}" for w in stats["warnings"]]
+    rows += [f"warning: {printable(w)}" for w in stats["warnings"]]
     return "\n".join(rows)

@@ -182,3 +182,22 @@ def test_a_nul_in_spec_text_is_refused(tmp_path, slots, pattern, message):
     path = write_spec(tmp_path, text, pool__txt="a\nb\x00c\n")
     with pytest.raises(SpecError, match=message + r"holds a NUL character \(U\+0000\)"):
         load_spec(path)
+
+
+def test_the_printed_table_and_errors_escape_what_a_terminal_would_obey(tmp_path):
+    # `tasktune data` printed slot values raw: an ANSI sequence (clear screen, set the title), BEL, a bidi override
+    # (text shown reversed), U+2028 and newlines (a table row split in two)
+    from tasktune.datagen import generate
+    from tasktune.datagen.stats import format_table
+    from tasktune.datagen.terminal import printable
+
+    hostile = ["bel\x07\x1b[2J", "rlo\u202eevil", "ls\u2028x", "nl\ny\tz"]  # (the table shows the 4 most common)
+    table = format_table(generate(_spec(tmp_path, hostile, n=8), seed=0).stats)
+    for raw, shown in [("\x1b[2J", "\\x1b[2J"), ("\u202e", "\\u202e"), ("\u2028", "\\u2028"), ("nl\n", "nl\\n"),
+                       ("\t", "\\t"), ("\x07", "\\x07")]:
+        assert raw not in table and shown in table, (raw, table)
+    assert all(c.isprintable() for c in table.replace("\n", ""))
+    assert printable("ok 😀 é") == "ok 😀 é"  # printable text (astral, combining) is shown as it is
+    with pytest.raises(SpecError) as caught:
+        _examples(write_spec(tmp_path, 'name: e\nsteps: [{name: s, contents: ["x{{ a \\x1b[2J"], summary: y}]\n'))
+    assert "\x1b" not in str(caught.value) and "x{{ a \\x1b[2J" in str(caught.value)
