@@ -319,6 +319,7 @@ def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
                 raise SpecError(f"{where}.weights: {len(weights)} weights for {len(values)} choices")
             if sum(weights) <= 0:
                 raise SpecError(f"{where}.weights: weights sum to 0")
+            _finite_sum(weights, f"{where}.weights", "the weights")
         _no_lookalikes(values, f"{where}.choices: values")
         _exact_in_json(values, f"{where}.choices")
         return SlotSpec(name, "choices", where, values=values, weights=tuple(weights) if weights else None)
@@ -329,6 +330,15 @@ def _build_slot(name: str, raw: dict, spec_dir: Path, at: _Locator) -> SlotSpec:
     _no_lookalikes(values, f"{where}.values: values" if "values" in raw else
                    f"{where}: pool file {raw['file']}: values")
     return SlotSpec(name, "pool", where, values=tuple(dict.fromkeys(values)))
+
+
+def _finite_sum(weights: list[float], where: str, what: str) -> None:
+    """SpecError when relative weights add up past the largest float: the running total became inf, so every draw
+    landed on the last one (`weights: [1e308, 1e308]` drew only the second choice, template or noise op)."""
+    if not math.isfinite(sum(weights)):  # (the running total the draws bisect, as they add it up)
+        listed = ", ".join(f"{w:g}" for w in weights[:4]) + (", ..." if len(weights) > 4 else "")
+        raise SpecError(f"{where}: {what} add up to more than the largest float ({listed}), so draws would take only "
+                        "the last; only their ratios count: scale them down")
 
 
 #: the largest integer every JSON reader keeps exactly: JavaScript's numbers and pyarrow (datasets, LLaMA-Factory)
@@ -400,6 +410,7 @@ def _build_step(i: int, raw: dict, slots: dict[str, SlotSpec], at: _Locator) -> 
             if domain is not None and value not in domain:
                 raise SpecError(f"{where}.fix.{slot}: {value!r} is not a value of slot {slot!r}")
         contents.append(ContentSpec(item["text"], where, dict(item.get("fix", {})), item.get("weight", 1.0)))
+    _finite_sum([c.weight for c in contents], at("steps", i, "contents"), "the contents' weights")
     summary = raw.get("summary")
     if isinstance(summary, str):
         cases = (CaseSpec(summary, at("steps", i, "summary")),)
@@ -563,6 +574,7 @@ def parse_spec(data: Any, path: Path, lines: dict[tuple, int] | None = None) -> 
     )
     if noise.rate > 0 and sum(noise.ops.values()) <= 0:
         raise SpecError(f"{at('noise', 'ops')}: op probabilities sum to 0")
+    _finite_sum(list(noise.ops.values()), at("noise", "ops"), "the op probabilities")
     split_raw = data.get("split") or {}
     split = SplitSpec(split_raw.get("strategy", "random"), split_raw.get("dev", 0.1), split_raw.get("slot"))
     if split.slot is not None and split.slot not in slots:

@@ -201,3 +201,28 @@ def test_the_printed_table_and_errors_escape_what_a_terminal_would_obey(tmp_path
     with pytest.raises(SpecError) as caught:
         _examples(write_spec(tmp_path, 'name: e\nsteps: [{name: s, contents: ["x{{ a \\x1b[2J"], summary: y}]\n'))
     assert "\x1b" not in str(caught.value) and "x{{ a \\x1b[2J" in str(caught.value)
+
+
+WEIGHTS_SPEC = """\
+name: e
+n: 20
+slots: {{a: {{choices: [x, y], weights: [{w1}, {w1}]}}, b: {{range: [0, 999]}}}}
+steps:
+  - {{name: s, summary: "{{{{ a }}}}",
+     contents: [{{text: "p{{{{ a }}}}{{{{ b }}}}", weight: {w2}}}, {{text: "q{{{{ a }}}}{{{{ b }}}}", weight: {w2}}}]}}
+noise: {{rate: 0.5, ops: {{mask: {w3}, delete: {w3}}}}}
+"""
+
+
+@pytest.mark.parametrize("w1, w2, w3, message", [
+    ("1e308", "1", "1", r"spec.yaml:3: \$.slots.a.weights: the weights add up"),
+    ("1", "1e308", "1", r"spec.yaml:6: \$.steps\[0\].contents: the contents' weights add up"),
+    ("1", "1", "1e308", r"spec.yaml:7: \$.noise.ops: the op probabilities add up"),
+])
+def test_weights_whose_total_overflows_are_refused(tmp_path, w1, w2, w3, message):
+    # the running total the draws bisect became inf: every draw took the last choice / template / op, exit 0
+    path = write_spec(tmp_path, WEIGHTS_SPEC.format(w1=w1, w2=w2, w3=w3))
+    with pytest.raises(SpecError, match=message + r" to more than the largest float \(1e\+308, 1e\+308\), so draws "
+                                                  r"would take only the last"):
+        load_spec(path)
+    assert load_spec(write_spec(tmp_path, WEIGHTS_SPEC.format(w1="1e307", w2="1e307", w3="1e307")))
