@@ -50,3 +50,30 @@ def check(n: int, what: str = "--n") -> None:
             f"a record: every record is held to split, de-duplicate and count them), more than half of this "
             f"machine's {total / GIB:.1f} GiB; generate it in parts (several runs with other --seed and --out "
             "values, then concatenate) or on a larger machine")
+
+
+class TextMemory:
+    """The records' text, checked against half of this machine's memory as it is made (`estimate` assumes texts of
+    a few hundred characters: a spec whose prompts run to 90,000 characters needs ~100x more a record, and such a run
+    filled the machine's memory with `check` passed).
+
+    `add(nbytes)` counts the text of each new (distinct) combination as it is rendered; every STEP bytes,
+    `check(made)` projects the bytes so far over the `n` planned records (texts shared by many records count once) and
+    raises a SpecError when the projection does not fit. Without a known memory size nothing is checked."""
+
+    STEP = 16 << 20  # bytes of new text between two checks
+
+    def __init__(self, n: int):
+        self.n, self.bytes = n, 0
+        self.total = total_memory()
+        self.next_check = self.STEP if self.total else float("inf")
+
+    def check(self, made: int) -> None:
+        self.next_check = self.bytes + self.STEP
+        need = estimate(self.n) + self.bytes * self.n // max(made, 1)
+        if need > self.total // 2:
+            raise SpecError(
+                f"n {self.n:,}: the records' texts are long (about {self.bytes // max(made, 1):,} bytes of text a "
+                f"record in the first {made:,}), so generating this set needs about {need / GIB:.1f} GiB of memory, "
+                f"more than half of this machine's {self.total / GIB:.1f} GiB; shorten the texts, lower n, or "
+                "generate it in parts (several runs with other --seed and --out values, then concatenate)")

@@ -15,9 +15,11 @@ import functools
 import itertools
 import random
 from dataclasses import dataclass
+from sys import getsizeof
 from typing import Any, Callable
 
 from tasktune.datagen.answers import build_pattern, recovers
+from tasktune.datagen.budget import TextMemory
 from tasktune.datagen.render import Compiled, getter
 from tasktune.datagen.slots import SlotSampler, Unsatisfiable
 from tasktune.datagen.spec import StepSpec, TaskSpec
@@ -118,6 +120,7 @@ class StepPlan:
         self._pattern, self._answer, self._label = (self._cached(t) for t in (self.pattern, self.answer, self.label))
         self._cases = [self._cached(c) for c in self.cases]
         self._arguments = step.arguments if step.arguments and self.label is None else ()
+        self.memory = TextMemory(0)  # (expand() gives all plans one, for the whole set)
 
     def _cached(self, template: Compiled | None) -> Callable[[dict[str, Any]], Any] | None:
         if template is None:
@@ -193,6 +196,7 @@ class StepPlan:
                     raise SpecError(f"{where}: template {self.names[index]} gives an empty {what} ({text!r}) for "
                                     f"slots {values}; every record needs text on both sides")
             texts = made[key] = (prefix, utterance, suffix, summary, pattern, (content, summary))
+            self.memory.bytes += sum(map(getsizeof, (prefix, utterance, suffix, summary, content)))
         return texts
 
     def make(self, index: int, values: dict[str, Any]) -> Example:
@@ -293,9 +297,11 @@ def _no_records(spec: TaskSpec, n: int) -> None:
                     "neither shares what the others leave of n)")
 
 
-def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str]) -> list[Example]:
-    """`count` examples of one step (unique by text unless the step says `unique: false`)."""
-    step = plan.step
+def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[str],
+                made_before: int = 0) -> list[Example]:
+    """`count` examples of one step (unique by text unless the step says `unique: false`); `made_before`: records of
+    the steps before it (for the memory projection)."""
+    step, memory = plan.step, plan.memory
     if step.unique and all(b is not None for b in plan.bounds) and sum(plan.bounds) < count:
         raise SpecError(
             f"{step.where}: impossible counts: {count} unique examples asked for but the templates give at most "
@@ -333,6 +339,8 @@ def expand_step(plan: StepPlan, count: int, rng: random.Random, warnings: list[s
                 cum = list(itertools.accumulate(weights[i] for i in active))
         stall = 0
         append(example)
+        if memory.bytes > memory.next_check:  # (long texts: does the whole set still fit in memory?)
+            memory.check(made_before + len(out))
     if len(out) < count:
         warnings.append(f"step {step.name!r}: only {len(out)} unique examples of the {count} asked for")
     return out
@@ -347,9 +355,10 @@ def _chain_fixed(steps: list[StepPlan], picks: tuple[int, ...]) -> dict[str, Any
 
 
 def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: random.Random,
-                  warnings: list[str]) -> list[Example]:
+                  warnings: list[str], made_before: int = 0) -> list[Example]:
     """Whole dialogues: one record per chain, the last step's turn with the earlier turns as history."""
     steps = [plans[name] for name in spec.chains.steps] if spec.chains else []
+    last_plan = steps[-1] if steps else None
     # the picks so far determine the fixed slot values: per such prefix, the templates that agree with them
     candidates: dict[tuple[int, ...], tuple[list[int], list[float]]] = {}
     finals: dict[tuple[int, ...], tuple[dict[str, Any], Callable]] = {}  # all picks -> (fixed values, draw plan)
@@ -397,6 +406,8 @@ def expand_chains(spec: TaskSpec, plans: dict[str, StepPlan], count: int, rng: r
         last.history = [list(t[5]) for t in earlier]  # [content, answer], clean
         last.chain = spec.chains.steps
         out.append(last)
+        if last_plan.memory.bytes > last_plan.memory.next_check:
+            last_plan.memory.check(made_before + len(out))
     return out
 
 
@@ -408,12 +419,15 @@ def expand(spec: TaskSpec, rng: random.Random, n: int | None = None,
     sampler = SlotSampler(spec.slots)
     pieces: dict = {}
     plans = {s.name: StepPlan(s, sampler, pieces) for s in spec.steps}
+    memory = TextMemory(sum(counts.values()) + chain_n)
+    for plan in plans.values():
+        plan.memory = memory
     out: list[Example] = []
     for step in spec.steps:
-        out.extend(expand_step(plans[step.name], counts[step.name], rng, warnings))
+        out.extend(expand_step(plans[step.name], counts[step.name], rng, warnings, len(out)))
         if progress:
             progress(counts[step.name])
-    out.extend(expand_chains(spec, plans, chain_n, rng, warnings))
+    out.extend(expand_chains(spec, plans, chain_n, rng, warnings, len(out)))
     if progress:
         progress(chain_n)
     return out

@@ -77,3 +77,23 @@ split: {strategy: slot, slot: a, dev: 0.5}
                               "held-out value of slot 'a' ('x'), e.g. a content's `fix`; the model never learns this "
                               "step (give it other values, or split another slot)"]
     assert any("s" not in {r["meta"]["step"] for r in generate(path, seed=seed).train} for seed in range(6))
+
+
+@pytest.mark.parametrize("chains", ["", "chains: {steps: [s, s], count: 5000}\n"])
+def test_long_texts_are_refused_before_they_fill_memory(tmp_path, monkeypatch, chains):
+    # budget.check counts ~1,800 bytes a record; 5,000 records of 90,000 characters (~180 KB of text each) passed it
+    # and filled 521 MiB of a "1 GiB" machine. Now the text made so far is projected over n as records are made.
+    import resource
+
+    from tasktune.datagen import budget, generate
+
+    monkeypatch.setattr(budget, "total_memory", lambda: 1 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    count = ", count: 0" if chains else ""  # (with chains: every record a dialogue)
+    text = ("name: e\nn: 5000\nslots: {a: {range: [0, 99999]}}\n"
+            f"steps: [{{name: s, contents: [\"{{{{ 'y' * 90000 }}}}{{{{ a }}}}\"], summary: \"{{{{ a }}}}\"{count}}}]\n"
+            + chains)
+    with pytest.raises(SpecError, match=r"n 5,000: the records' texts are long \(about 1\d\d,\d{3} bytes of text a "
+                                        r"record in the first \d+\), so generating this set needs about 1.0 GiB"):
+        generate(write_spec(tmp_path, text), seed=0)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # KiB: stopped within ~16 MiB
