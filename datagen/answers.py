@@ -13,12 +13,14 @@ holding the text that follows it in the answer) is a SpecError, not a record a p
 from __future__ import annotations
 
 import re
+import secrets
 from functools import lru_cache
 from typing import Any
 
 from tasktune.datagen.render import Compiled
 from tasktune.errors import SpecError
 
+_TOKEN = secrets.token_hex(8)  # (in the sentinels: no slot value or template can spell one)
 _GROUP = ".+?"
 _GROUP_DOTALL = "(?s:.+?)"  # an argument value holding a newline ('.' stops at "\n" without the s flag)
 
@@ -82,7 +84,7 @@ def build_pattern(case: Compiled, values: dict, args: tuple[str, ...], answer: s
     A pattern that cannot read this answer's arguments back (`recovers`) is a SpecError.
     """
     dotall = any("\n" in str(values[a]) for a in args)
-    sentinels = {f"\x00arg{i}\x00": a for i, a in enumerate(args)}
+    sentinels = {f"\x00arg{i}-{_TOKEN}\x00": a for i, a in enumerate(args)}
     try:
         rendered = case({**values, **{a: s for s, a in sentinels.items()}})
         pieces = re.split("(" + "|".join(map(re.escape, sentinels)) + ")", rendered)

@@ -14,6 +14,7 @@ import bisect
 import functools
 import itertools
 import random
+import secrets
 from dataclasses import dataclass
 from sys import getsizeof
 from typing import Any, Callable
@@ -26,8 +27,12 @@ from tasktune.datagen.spec import StepSpec, TaskSpec
 from tasktune.errors import SpecError
 
 UTTERANCE = "utterance"
-_SENTINEL = "\x00utterance\x00"
-_NO_CASE = "\x00no case\x00"
+# markers rendered in place of the utterance / an answer no case gives: NUL-delimited, with a token drawn once per
+# process (never written out, so the files do not depend on it) that no template can spell: a pattern printing
+# '\x00utterance\x00' itself read as a second {{ utterance }}
+_TOKEN = secrets.token_hex(8)
+_SENTINEL = f"\x00utterance-{_TOKEN}\x00"
+_NO_CASE = f"\x00no case-{_TOKEN}\x00"
 _STALL_LIMIT = 2000  # consecutive duplicates before a step is declared exhausted
 
 
@@ -195,6 +200,12 @@ class StepPlan:
                 if not text or text.isspace():  # an empty prompt or answer: nothing to train on (`train` refuses it)
                     raise SpecError(f"{where}: template {self.names[index]} gives an empty {what} ({text!r}) for "
                                     f"slots {values}; every record needs text on both sides")
+                if "\x00" in text:  # (a spec's text holds none: a template made it, e.g. '\x00' or '%c' % 0)
+                    if what == "content" and "\x00" not in utterance:
+                        where = self.step.pattern_where  # (the frame made it)
+                    raise SpecError(f"{where}: template {self.names[index]} gives a {what} holding a NUL character "
+                                    f"(U+0000) for slots {values}: C-based readers end text there, and tasktune marks "
+                                    "its own places with it; remove it")
             texts = made[key] = (prefix, utterance, suffix, summary, pattern, (content, summary))
             self.memory.bytes += sum(map(getsizeof, (prefix, utterance, suffix, summary, content)))
         return texts

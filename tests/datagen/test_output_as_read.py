@@ -226,3 +226,17 @@ def test_weights_whose_total_overflows_are_refused(tmp_path, w1, w2, w3, message
                                                   r"would take only the last"):
         load_spec(path)
     assert load_spec(write_spec(tmp_path, WEIGHTS_SPEC.format(w1="1e307", w2="1e307", w3="1e307")))
+
+
+@pytest.mark.parametrize("where, pattern, content, summary", [
+    (r"\$.steps\[0\].pattern", '{{ "\\x00utterance\\x00" }}#{{ utterance }}', "x{{ a }}", "{{ a }}"),
+    (r"\$.steps\[0\].contents\[0\]", "{{ utterance }}", 'x{{ a }}{{ "\\x00" }}', "{{ a }}"),
+    (r"\$.steps\[0\].summary", "{{ utterance }}", "x{{ a }}", '{{ a }}{{ "%c" % 0 }}'),
+])
+def test_a_nul_a_template_makes_is_refused_naming_the_template(tmp_path, where, pattern, content, summary):
+    # a pattern printing "\x00utterance\x00" was "the pattern uses {{ utterance }} more than once"; a content or
+    # summary holding a NUL was written (the markers are now unguessable and NUL is refused in what is written)
+    text = f"name: e\nn: 2\nslots: {{a: {{values: [p, q]}}}}\nsteps: [{{name: s, pattern: '{pattern}', " \
+           f"contents: ['{content}'], summary: '{summary}'}}]\n"
+    with pytest.raises(SpecError, match=rf"spec.yaml:4: {where}: template s/0 gives a \w+ holding a NUL character"):
+        _examples(write_spec(tmp_path, text))
