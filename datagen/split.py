@@ -1,7 +1,8 @@
 """Seeded train/dev split: `random` (by text), `template` (by content template) or `slot` (held-out values).
 
 Every strategy splits whole groups, per step, so that identical clean texts never straddle the
-split; `template` and `slot` additionally keep templates / slot values disjoint between the sides.
+split (a one-turn text an earlier step made too goes to that step's side); `template` and `slot` additionally
+keep templates / slot values disjoint between the sides.
 """
 
 from __future__ import annotations
@@ -93,24 +94,24 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
     train: list[Example] = []
     dev: list[Example] = []
     explained = False  # a warning below says why dev got none of a step
+    placed: dict[tuple[str, str], bool] = {}  # clean text of a one-turn record split so far -> in dev
+    last_one_turn = next((name for name in reversed(strata) if not name.endswith("+chain")), None)
     for name, part in strata.items():
-        if spec.strategy == "template":
-            if len({e.template for e in part}) >= 2:
-                t, d = _group_split(part, spec.dev, lambda e: e.template, rng)
-            else:
-                warnings.append(f"split: step {name!r} has one content template; split it by text instead")
-                t, d = _group_split(part, spec.dev, _text_key, rng)
-        elif spec.strategy == "slot" and held:
-            with_slot = [e for e in part if spec.slot in e.slots]
-            t = [e for e in with_slot if e.slots[spec.slot] not in held]
-            d = [e for e in with_slot if e.slots[spec.slot] in held]
-            rest_t, rest_d = _group_split([e for e in part if spec.slot not in e.slots], spec.dev, _text_key, rng)
-            t, d = t + rest_t, d + rest_d
-        else:
-            t, d = _group_split(part, spec.dev, _text_key, rng)
+        # a text another step made too goes where that step's went: two steps with one content and answer
+        # template put the same record in train and dev (a dev score on records trained on)
+        ahead = [e for e in part if e.key in placed] if placed and not name.endswith("+chain") else []
+        rest = [e for e in part if e.key not in placed] if ahead else part
+        t, d = _split_part(name, rest, spec, held, rng, warnings)
+        if ahead:
+            t, d = [e for e in ahead if not placed[e.key]] + t, [e for e in ahead if placed[e.key]] + d
+            warnings.append(f"split: step {name!r} makes {len(ahead)} of its records with the same text (content and "
+                            "answer) as an earlier step's; each went to that one's side of the split")
+        if not name.endswith("+chain") and name != last_one_turn:  # (no later step to read them)
+            placed.update(dict.fromkeys((e.key for e in t), False))
+            placed.update(dict.fromkeys((e.key for e in d), True))
         train.extend(t)
         dev.extend(d)
-        if not t:  # (only a `slot` split can: every record of the step holds a held-out value)
+        if not t and not ahead:  # (only a `slot` split can: every record of the step holds a held-out value)
             warnings.append(f"split: step {name!r} has all of its {len(d)} records in dev and none to train on: each "
                             f"holds a held-out value of slot {spec.slot!r} ({_listed(held)}), e.g. a content's `fix`; "
                             "the model never learns this step (give it other values, or split another slot)")
@@ -125,6 +126,23 @@ def split(examples: list[Example], spec: SplitSpec, rng: random.Random,
     shuffle(train, rng)
     shuffle(dev, rng)
     return train, dev
+
+
+def _split_part(name: str, part: list[Example], spec: SplitSpec, held: set, rng: random.Random,
+                warnings: list[str]) -> tuple[list[Example], list[Example]]:
+    """Train and dev examples of one step's records, by the spec's strategy."""
+    if spec.strategy == "template":
+        if len({e.template for e in part}) >= 2:
+            return _group_split(part, spec.dev, lambda e: e.template, rng)
+        warnings.append(f"split: step {name!r} has one content template; split it by text instead")
+        return _group_split(part, spec.dev, _text_key, rng)
+    if spec.strategy == "slot" and held:
+        with_slot = [e for e in part if spec.slot in e.slots]
+        t = [e for e in with_slot if e.slots[spec.slot] not in held]
+        d = [e for e in with_slot if e.slots[spec.slot] in held]
+        rest_t, rest_d = _group_split([e for e in part if spec.slot not in e.slots], spec.dev, _text_key, rng)
+        return t + rest_t, d + rest_d
+    return _group_split(part, spec.dev, _text_key, rng)
 
 
 def _listed(values: set, most: int = 5) -> str:

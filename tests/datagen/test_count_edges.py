@@ -97,3 +97,27 @@ def test_long_texts_are_refused_before_they_fill_memory(tmp_path, monkeypatch, c
                                         r"record in the first \d+\), so generating this set needs about 1.0 GiB"):
         generate(write_spec(tmp_path, text), seed=0)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # KiB: stopped within ~16 MiB
+
+
+@pytest.mark.parametrize("strategy", ["random", "template"])
+def test_a_record_two_steps_make_never_straddles_the_split(tmp_path, strategy):
+    # steps s and t make the same (content, answer) records; each step was split on its own, so 10 of 12 dev
+    # records were also in train (seed 3): a dev score on records trained on
+    from tasktune.datagen import generate
+
+    text = """\
+name: e
+n: 40
+slots: {a: {range: [0, 19]}}
+steps:
+  - {name: s, contents: ["查{{ a }}", "问{{ a }}"], summary: "{{ a }}"}
+  - {name: t, contents: ["查{{ a }}", "问{{ a }}"], summary: "{{ a }}"}
+split: {strategy: STRATEGY, dev: 0.3}
+""".replace("STRATEGY", strategy)
+    path = write_spec(tmp_path, text)
+    for seed in range(4):
+        splits = generate(path, seed=seed)
+        train = {(r["content"], r["summary"]) for r in splits.train}
+        dev = {(r["content"], r["summary"]) for r in splits.dev}
+        assert train and dev and not train & dev
+        assert any("step 't' makes" in w and "as an earlier step's" in w for w in splits.stats["warnings"])
