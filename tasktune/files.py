@@ -42,6 +42,8 @@ import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tasktune.libwrites import library_writes
+
 _TMP_SUFFIX = ".tmp"
 
 
@@ -80,7 +82,7 @@ def stale_temps(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
+    with _naming(path), open(path, "rb") as handle:
         os.fsync(handle.fileno())
 
 
@@ -92,7 +94,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     tmp = _temp_for(path, path.suffix)
     try:
-        yield tmp
+        with library_writes(path):
+            yield tmp
         _fsync(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
@@ -108,7 +111,7 @@ def _write(path: Path, pieces: Iterable[bytes], atomic: bool) -> Path:
              | _NOFOLLOW)  # a link planted where the file goes is an error (ELOOP), never written through
     fd = os.open(target, flags, 0o666)  # the kernel applies the umask, as open(path, "w") does
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with _naming(path), os.fdopen(fd, "wb") as handle:
             for piece in pieces:
                 handle.write(piece)
             handle.flush()
@@ -121,6 +124,18 @@ def _write(path: Path, pieces: Iterable[bytes], atomic: bool) -> Path:
                 target.unlink()
         raise
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of a write, flush or fsync names no file (a full disk read "error: No space left on device",
+    with no word of where): it gets `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[bytes], *, atomic: bool = True) -> Path:

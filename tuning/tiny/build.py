@@ -205,8 +205,9 @@ def build_tiny_model(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _save_quietly(model.to("cpu"), tmp)
-        tokenizer.save_pretrained(tmp)
+        with atomic.library_writes(tmp):  # safetensors' error for a full disk: an OSError naming the folder
+            _save_quietly(model.to("cpu"), tmp)
+            tokenizer.save_pretrained(tmp)
         record = {
             "spec": str(spec_path),
             "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
@@ -222,7 +223,7 @@ def build_tiny_model(
             "device": device,
             "config": asdict(cfg),
         }
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.write_json(tmp / RECORD_FILE, record, atomic=False)  # the staging folder moves in as a unit
         atomic.settle(tmp)  # fsync'ed, and the umask's modes (safetensors writes the weights 0600)
         _replace_dir(tmp, out)
     except BaseException:

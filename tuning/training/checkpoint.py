@@ -140,8 +140,9 @@ def write_checkpoint(run_dir: Path, step: int, *, save_adapter_fn, state: dict[s
         atomic.remove_tree(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:06d}-", dir=root))
     try:
-        save_adapter_fn(tmp)
-        torch.save(state, tmp / STATE_FILE)
+        with atomic.library_writes(tmp):  # torch.save's and safetensors' errors for a full disk: OSErrors
+            save_adapter_fn(tmp)
+            torch.save(state, tmp / STATE_FILE)
         atomic.settle(tmp)  # fsync'ed, and the umask's modes (mkdtemp made the folder 0700)
         if os.path.lexists(final):
             atomic.remove_tree(final)

@@ -32,6 +32,7 @@ from tasktune.tuning.config import TrainConfig
 from tasktune.tuning.data import IGNORE_INDEX
 from tasktune.tuning.run import HISTORY_FILE, LOGS_DIR, LOSS_PLOT, RunFolder, environment_info
 from tasktune.files import write_json as write_json_atomic
+from tasktune.libwrites import library_writes
 
 
 class TrainingDiverged(TaskTuneError):
@@ -184,9 +185,10 @@ def _fit(cfg: TrainConfig, *, log=print) -> FitResult:
               "base_weights": plan.weights.to_dict() if plan.weights is not None else None}
 
     def save_to(folder: Path) -> None:
-        adapter.save(folder, base_model=cfg.model,
-                     extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
-                            "data": fingerprint["data"], "step": step})
+        with library_writes(folder):  # safetensors' error for a full disk: an OSError naming the folder
+            adapter.save(folder, base_model=cfg.model,
+                         extra={"prompt_template": cfg.prompt_template, "seed": cfg.seed,
+                                "data": fingerprint["data"], "step": step})
 
     def save_checkpoint(rng: dict | None = None, rng_ranks: list | None = None) -> Path:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
