@@ -80,6 +80,14 @@ def _new_staging(out_dir: Path) -> Path:
     raise PermissionError(13, "Permission denied", str(out_dir))
 
 
+def in_staging(path: str | os.PathLike[str], out_dir: Path) -> bool:
+    """True when `path` is a file in one of `out_dir`'s staging folders (an error there is one of `out_dir`'s)."""
+    folder = Path(path).parent
+    sibling, inside = _staging_names(out_dir)
+    return (folder.parent == out_dir.parent and folder.name.startswith(sibling)) or \
+        (folder.parent == out_dir and folder.name.startswith(inside))
+
+
 class UntrustedSwap(SpecError):
     """A swap marker in the output folder that this module did not leave, or whose staging folder or files are
     not what it writes (links, FIFOs, another user's): not acted on."""

@@ -102,6 +102,8 @@ def write_files(out_dir: Path, files: dict[str, str | Iterable[str]]) -> list[Pa
         return fileset.write_set(out_dir, files)
     except OSError as exc:  # named by the path at fault (`OUT/train.json` when that is a folder), else OUT
         where = exc.filename if exc.filename is not None else out_dir
+        if exc.filename is not None and fileset.in_staging(exc.filename, out_dir):
+            where = out_dir / Path(exc.filename).name  # the file the user asked for, not the removed staging copy
         raise SpecError(f"{where}: cannot write output: {exc.strerror or exc}") from None
 
 
