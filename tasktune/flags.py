@@ -139,10 +139,27 @@ def output_folder_problem(path: str | Path) -> str | None:
     for folder in (here, *here.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
-                return f"{folder} is a file, not a folder" if folder == here else \
-                    f"cannot create the output directory: {folder} (above it) is a file, not a folder"
+                what = _not_a_folder(folder)
+                return f"{folder} is {what}, not a folder" if folder == here else \
+                    f"cannot create the output directory: {folder} (above it) is {what}, not a folder"
             return None
     return None
+
+
+def _not_a_folder(path: Path) -> str:
+    """What `path`, which is not a folder, is: a link that leads nowhere (a loop, a missing target) was called
+    "a file"."""
+    import os
+    import stat
+
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link (to {os.readlink(path)}) that leads nowhere (a loop, or its target is missing)"
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "a file"
 
 
 def check_output_folder(path: str | Path, flag: str) -> None:
