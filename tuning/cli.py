@@ -125,11 +125,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """SIGTERM takes Ctrl-C's path (exit 143, one line; a report file being written is left whole and its temporary
+    file removed): it killed eval at once, with no word, leaving `.report.md.<random>.tmp` files behind."""
+    from tasktune.runlock import sigterm_as_interrupt
     from tasktune.tuning.evaluation.eval import EvalConfig, evaluate
 
-    evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
-                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle))
+    with sigterm_as_interrupt():
+        evaluate(EvalConfig(run_dir=args.run_dir, data=args.data, split=args.split, limit=args.limit,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle))
     return 0
 
 
