@@ -44,7 +44,7 @@ def evaluate_classification(run_dir: Path, record, *, data=None, split: str = "d
     predictions.jsonl and report.md. `record`: the run's RunRecord."""
     from tasktune.tuning.model import methods
     from tasktune.tuning.model.load import load_tokenizer
-    from tasktune.files import write_json as write_json_atomic
+    from tasktune.files import write_json as write_json_atomic, write_text
 
     cfg = record.config
     source = methods.base_source(cfg.model, run_dir)  # from any directory
@@ -72,14 +72,13 @@ def evaluate_classification(run_dir: Path, record, *, data=None, split: str = "d
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", result)
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
-        for row, b, t in zip(rows, base, tuned):
-            fh.write(json.dumps({"text": row[TEXT_COLUMN], "label": str(row[LABEL_COLUMN]),
-                                 "predict": labels[t], "base_predict": labels[b]}, ensure_ascii=False) + "\n")
+    write_text(out / "predictions.jsonl", (  # whole or absent (a plain open() left half a file on a full disk)
+        json.dumps({"text": row[TEXT_COLUMN], "label": str(row[LABEL_COLUMN]), "predict": labels[t],
+                    "base_predict": labels[b]}, ensure_ascii=False) + "\n" for row, b, t in zip(rows, base, tuned)))
     table = (f"| | accuracy | macro-F1 |\n|---|---|---|\n"
              f"| base | {result['base']['accuracy']:.2f} | {result['base']['macro_f1']:.2f} |\n"
              f"| tuned | {result['tuned']['accuracy']:.2f} | {result['tuned']['macro_f1']:.2f} |\n")
-    (out / "report.md").write_text(f"# Classification eval: {run_dir}\n\n{len(rows)} {split} texts, labels: "
-                                   f"{', '.join(labels)}\n\n{table}", encoding="utf-8")
+    write_text(out / "report.md", f"# Classification eval: {run_dir}\n\n{len(rows)} {split} texts, labels: "
+                                  f"{', '.join(labels)}\n\n{table}")
     log(table)
     return result

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.errors import ConfigError
-from tasktune.files import read_text_file
+from tasktune.files import read_text_file, write_json as atomic_write_json
 from tasktune.runlock import LOCK_NAME, sigterm_as_interrupt
 from tasktune.tuning.config import METHODS
 
@@ -132,7 +132,7 @@ def run_worker(spec_path: Path, result_path: Path) -> None:
         result["base"], result["tuned"] = _headline(out["base"]), _headline(out["tuned"])
     except Exception as exc:  # a failing method is a row of the table, not the end of the comparison
         result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    Path(result_path).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    atomic_write_json(result_path, result)  # whole or absent: a worker stopped mid-write left half a JSON file
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -159,12 +159,12 @@ def compare(cfg: CompareConfig, *, log=print) -> dict[str, Any]:
             result = _run_method(cfg, out, method)
             results.append(result)
             log(f"    {_one_line(result)}")
-    from tasktune.files import write_json as write_json_atomic
+    from tasktune.files import write_text as write_text_atomic
     from tasktune.tuning.run import environment_info
 
     summary = {"config": asdict(cfg), "environment": environment_info(), "results": results}
-    write_json_atomic(out / "compare.json", summary)
-    (out / "compare.md").write_text(format_markdown(cfg, results, summary["environment"]), encoding="utf-8")
+    atomic_write_json(out / "compare.json", summary)
+    write_text_atomic(out / "compare.md", format_markdown(cfg, results, summary["environment"]))
     plot(results, out / "compare.png")
     log(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
     return summary
@@ -222,9 +222,10 @@ def _check_lengths(cfg: CompareConfig, config) -> None:
 
 
 #: What compare writes in OUT (compare's own folder holds nothing else): the report, one run folder per method, the
-#: hidden per-method spec/result files while a method runs, and write_json's temporary file of compare.json.
+#: hidden per-method spec/result files while a method runs, and tasktune.files' temporary files of those and of the
+#: report (a process killed mid-write leaves one).
 _REPORT = ("compare.json", "compare.md", "compare.png")
-_HIDDEN = re.compile(r"\.(?:(?:%s)\.(?:spec|result)\.json|compare\.json\..*\.tmp)"
+_HIDDEN = re.compile(r"\.(?:\.?(?:%s)\.(?:spec|result)\.json(?:\..*\.tmp)?|compare\.(?:json|md|png)\..*\.tmp(?:\.png)?)"
                      % "|".join(map(re.escape, METHODS)))
 
 
@@ -257,7 +258,7 @@ def _run_method(cfg: CompareConfig, out: Path, method: str) -> dict[str, Any]:
     spec_path, result_path = out / f".{method}.spec.json", out / f".{method}.result.json"
     proc = None
     try:
-        spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        atomic_write_json(spec_path, spec, indent=None)
         result_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         # output to a file, not a pipe: a worker never blocks on (or breaks on) a parent that stopped reading
