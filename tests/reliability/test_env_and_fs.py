@@ -34,7 +34,8 @@ def _tasktune(*argv: str, env: dict | None = None, **kwargs) -> subprocess.Compl
                                    {"PYTHONIOENCODING": "latin-1"}], ids=["ascii", "C-locale-no-utf8", "latin-1"])
 def test_an_output_encoding_without_chinese_escapes_it_rather_than_a_traceback(tmp_path, extra):
     """The grid spec's table printed 安全检查 after the data was written: UnicodeEncodeError, a traceback, exit 1."""
-    env = {k: v for k, v in ENV.items() if k not in ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8", "PYTHONIOENCODING")}
+    locale = ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8", "PYTHONIOENCODING")
+    env = {k: v for k, v in ENV.items() if k not in locale}
     done = _tasktune("data", "grid", "--out", str(tmp_path / "d"), "--seed", "1", env={**env, **extra})
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "\\u5b89\\u5168\\u68c0\\u67e5" in done.stdout  # 安全检查, escaped
