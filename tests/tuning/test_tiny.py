@@ -170,7 +170,7 @@ def test_a_failed_build_leaves_nothing(spec, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     out = tmp_path / "tiny"
-    monkeypatch.setattr("pathlib.Path.write_text", boom)
+    monkeypatch.setattr("tasktune.files.write_json", boom)  # the record, written last into the staging folder
     with pytest.raises(RuntimeError, match="disk full"):
         build_tiny_model(spec, out, config=TinyConfig(**SMALL), pretrain_steps=1, records=(TRAIN, DEV), progress=False)
     assert list(tmp_path.iterdir()) == [spec.parent]
