@@ -3,7 +3,7 @@ distinct from each other, from the base's and from `auto`."""
 
 from __future__ import annotations
 
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, quoted
 
 from .service import AUTO
 
@@ -23,11 +23,6 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def shown(text: str) -> str:
-    """`text` quoted for an error line: escapes shown, cut to 60 characters."""
-    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
-
-
 def names_apart(runs: list[str], base_name: str, named: bool) -> None:
     """The served model names must be distinct: a run named as the base or `auto` hid it (and /v1/models listed the
     name twice). Two runs of one name are refused by load_view already."""
@@ -38,7 +33,7 @@ def names_apart(runs: list[str], base_name: str, named: bool) -> None:
         problem = name_problem(name)
         if problem:
             fix = "give another with --base-name" if what != "run name" else "name the run with NAME=RUN_DIR"
-            raise ConfigError(f"{what} {shown(name)} {problem}: it is a model name clients send and logs print; "
+            raise ConfigError(f"{what} {quoted(name)} {problem}: it is a model name clients send and logs print; "
                               f"{fix}")
     for name in runs:
         if name in (base_name, AUTO):

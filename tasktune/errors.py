@@ -24,3 +24,8 @@ class TaskTuneWarning(RuntimeWarning, UserWarning):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping the job) while work that saves on Ctrl-C runs: the same path, exit 143."""
+
+
+def quoted(text: str) -> str:
+    """User text (a name, a flag's value) as an error line quotes it: escapes shown, cut to 60 characters."""
+    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, quoted
 from tasktune.files import read_text_file
 
 #: What training records about a run (config, fingerprint, environment, results).
@@ -215,8 +215,7 @@ def split_run_name(item: str | Path) -> tuple[str | None, str]:
     if not sep or whole:
         return None, text
     if not (name.strip() and path):
-        shown = repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text):,} characters)"
-        raise ConfigError(f"{shown}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
+        raise ConfigError(f"{quoted(text)}: expected RUN_DIR or NAME=RUN_DIR with a name and a folder")
     return name, path
 
 
