@@ -140,7 +140,12 @@ def load(model, folder, *, is_trainable: bool = False, reload_base: Callable[[],
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"adapter folder {folder} does not exist")
-    info = check_method_files(folder)
+    return _load_checked(model, folder, check_method_files(folder), is_trainable, reload_base)
+
+
+def _load_checked(model, folder: Path, info: dict, is_trainable: bool = False,
+                  reload_base: Callable[[], nn.Module] | None = None) -> Adapter:
+    """`load` once `check_method_files(folder)` gave `info`."""
     task = info.get("task", "causal-lm")
     return get_method(info.get("method", "")).family(task).load(model, folder, info, is_trainable, reload_base)
 
@@ -188,7 +193,7 @@ def check_method_files(folder: Path) -> dict:
 def load_run_adapter(run_dir: Path, record):
     """The run's base model (as trained: same quantization) with its adapter on, in eval mode (`record`: the
     run's RunRecord)."""
-    check_method_files(Path(run_dir))  # before the base loads
+    info = check_method_files(Path(run_dir))  # before the base loads
     quant = record.quantization
     source = base_source(record.config.model, run_dir)  # from any directory
 
@@ -196,7 +201,7 @@ def load_run_adapter(run_dir: Path, record):
         return load_base(record.config, model=source, quantization=quant, labels=record.labels,
                          device_map=device_map(quant))
 
-    adapter = load(reload_base(), run_dir, reload_base=reload_base)
+    adapter = _load_checked(reload_base(), Path(run_dir), info, reload_base=reload_base)
     adapter.model.eval()
     return adapter
 
